@@ -1,0 +1,29 @@
+# The two commands of the README: `make serve` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+HOST ?= 127.0.0.1
+PORT ?= 8000
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: serve test compile report bench-compile bench-serve clean-venv
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[service,client,test]'
+	touch $@
+
+serve: $(STAMP)  ## serve the committed artifacts on $(HOST):$(PORT)
+	$(BIN)/uvicorn service.main:app --host $(HOST) --port $(PORT)
+
+test: $(STAMP)  ## run the test suite
+	$(BIN)/python -m pytest -q
+
+compile: $(STAMP)  ## recompile all eight artifacts into artifacts/
+	$(BIN)/python -m trainer compile --all
+
+report: $(STAMP)  ## print the evaluation table of the committed artifacts
+	$(BIN)/python -m trainer report
+
+clean-venv:
+	rm -rf $(VENV)

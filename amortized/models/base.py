@@ -1,0 +1,168 @@
+"""What the four models share: a conjugate mixture observed through Gaussian noise.
+
+Every model of MODELS.md is p(c) N(x; mu_c, s_c^2) N(y; x, sigma^2) over a
+finite set of prior components c. They differ only in the components and in
+which discrete choices are *latents* (kept in the posterior, like z in
+``gmm_discrete``) or marginalised (the mixture component of ``gmm``). So one
+class gives all of them vectorised sampling, the log joint, the exact
+posterior and the exact evidence; a model module only lists its components.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from functools import cached_property
+from typing import ClassVar, NamedTuple
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor
+
+from amortized.distributions import BranchedNormal, normal_log_prob
+
+
+class Component(NamedTuple):
+    """One prior component: p(c), x | c ~ N(mean, std^2), and the latent values naming it."""
+
+    weight: float
+    mean: float
+    std: float
+    latents: dict[str, int]
+
+
+class JointSample(NamedTuple):
+    """Draws of (branch, x, y) from the joint; ``branch`` indexes ``model.branches``."""
+
+    branch: Tensor
+    x: Tensor
+    y: Tensor
+
+
+class ModelParams(BaseModel):
+    """Base of every model's parameters: unknown fields are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MixtureParams(ModelParams):
+    """A finite mixture of normals on x, validated once for every model that has one."""
+
+    weights: list[float] = Field(default=[0.5, 0.5], min_length=1, description="mixture weights pi_k, summing to 1")
+    means: list[float] = Field(default=[-5.0, 5.0], min_length=1, description="component means mu_k")
+    stds: list[float] = Field(default=[1.0, 1.0], min_length=1, description="component standard deviations sigma_k")
+
+    @model_validator(mode="after")
+    def _check_mixture(self) -> MixtureParams:
+        if not len(self.weights) == len(self.means) == len(self.stds):
+            raise ValueError("weights, means and stds must have the same length")
+        if any(not w > 0 for w in self.weights) or not math.isclose(sum(self.weights), 1.0, rel_tol=1e-6):
+            raise ValueError("weights must be positive and sum to 1")
+        if any(not s > 0 for s in self.stds):
+            raise ValueError("stds must be positive")
+        return self
+
+
+class ConjugateMixtureModel(ABC):
+    """p(c) N(x; mu_c, s_c^2) N(y; x, sigma^2); subclasses name themselves and list components."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    description: ClassVar[str]
+    Params: ClassVar[type[ModelParams]]
+
+    def __init__(self, params: ModelParams | dict | None = None) -> None:
+        self.params = self.Params.model_validate(params if params is not None else {})
+        components = self.components()
+        self.sigma = float(self.params.sigma)  # type: ignore[attr-defined]
+        self.branches: list[dict[str, int]] = []
+        for component in components:
+            if component.latents not in self.branches:
+                self.branches.append(component.latents)
+        self.latent_names: tuple[str, ...] = tuple(dict.fromkeys(k for b in self.branches for k in b))
+        f64 = torch.float64
+        self.log_weights = torch.tensor([math.log(c.weight) for c in components], dtype=f64)
+        self.means = torch.tensor([c.mean for c in components], dtype=f64)
+        self.stds = torch.tensor([c.std for c in components], dtype=f64)
+        self.component_branch = torch.tensor([self.branches.index(c.latents) for c in components])
+        weights = self.log_weights.exp()
+        self.x_loc = float((weights * self.means).sum())
+        self.x_scale = math.sqrt(float((weights * (self.stds**2 + self.means**2)).sum()) - self.x_loc**2)
+        self.y_loc, self.y_scale = self.x_loc, math.hypot(self.x_scale, self.sigma)
+
+    @abstractmethod
+    def components(self) -> list[Component]:
+        """The prior components, from ``self.params``."""
+
+    @property
+    def num_branches(self) -> int:
+        return len(self.branches)
+
+    @property
+    def family_contains_posterior(self) -> bool:
+        """True when each branch holds one component: the exact posterior is then a BranchedNormal over branches."""
+        return len(self.component_branch) == self.num_branches
+
+    @cached_property
+    def latent_value_members(self) -> dict[str, dict[int, Tensor]]:
+        """For each discrete latent and value, which branches carry it (boolean over branches)."""
+        return {
+            name: {
+                value: torch.tensor([branch.get(name) == value for branch in self.branches])
+                for value in sorted({b[name] for b in self.branches if name in b})
+            }
+            for name in self.latent_names
+        }
+
+    def sample_joint(self, num: int, generator: torch.Generator | None = None) -> JointSample:
+        """Ancestral samples of (c, x, y), vectorised; float32, as the networks train in it."""
+        component = torch.multinomial(self.log_weights.exp(), num, replacement=True, generator=generator)
+        noise = torch.randn(2, num, generator=generator, dtype=torch.float64)
+        x = self.means[component] + self.stds[component] * noise[0]
+        y = x + self.sigma * noise[1]
+        return JointSample(self.component_branch[component], x.float(), y.float())
+
+    def log_joint(self, branch: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """log p(b, x, y), broadcasting; components of a branch are summed (marginalised)."""
+        dtype = x.dtype
+        per_component = self.log_weights.to(dtype) + normal_log_prob(
+            x[..., None], self.means.to(dtype), self.stds.to(dtype)
+        )
+        in_branch = self.component_branch == branch[..., None]
+        log_prior = torch.logsumexp(per_component.masked_fill(~in_branch, -math.inf), dim=-1)
+        return log_prior + normal_log_prob(y, x, torch.tensor(self.sigma, dtype=dtype))
+
+    def _predictive(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Per component: log p(c) + log N(y; mu_c, s_c^2 + sigma^2), and that predictive std."""
+        y = y.to(torch.float64)[..., None]
+        predictive_std = torch.sqrt(self.stds**2 + self.sigma**2)
+        return self.log_weights + normal_log_prob(y, self.means, predictive_std), predictive_std
+
+    def log_evidence(self, y: Tensor) -> Tensor:
+        """Exact log p(y), float64."""
+        return torch.logsumexp(self._predictive(y)[0], dim=-1)
+
+    def exact_posterior(self, y: Tensor) -> BranchedNormal:
+        """p(c, x | y) over *components* (float64): w_c(y), and the conjugate N(m_c, s_c^2)."""
+        log_joint_c, _ = self._predictive(y)
+        precision = 1.0 / self.stds**2 + 1.0 / self.sigma**2
+        variance = 1.0 / precision
+        means = variance * (self.means / self.stds**2 + y.to(torch.float64)[..., None] / self.sigma**2)
+        log_probs = log_joint_c - torch.logsumexp(log_joint_c, dim=-1, keepdim=True)
+        return BranchedNormal(log_probs, means, variance.sqrt().expand_as(means))
+
+    def branch_probabilities(self, posterior: BranchedNormal) -> Tensor:
+        """Sum component probabilities into branch probabilities, ``(batch, branches)``."""
+        out = torch.zeros(posterior.probs.shape[:-1] + (self.num_branches,), dtype=posterior.probs.dtype)
+        return out.index_add_(-1, self.component_branch, posterior.probs)
+
+    def describe(self) -> dict:
+        """Plain data about the model, for manifests and the API."""
+        return {
+            "name": self.name,
+            "title": self.title,
+            "description": self.description,
+            "latents": [*self.latent_names, "x"],
+            "branches": self.branches,
+            "params": self.params.model_dump(),
+        }

@@ -1,0 +1,29 @@
+"""What every inference network is: a torch module from observations y to a BranchedNormal."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from amortized.distributions import BranchedNormal
+from amortized.models import ConjugateMixtureModel
+
+
+class InferenceNetwork(nn.Module, ABC):
+    """q_phi(b, x | y) for a model; ``architecture()`` plus the weights rebuild it exactly."""
+
+    family: ClassVar[str]
+
+    def __init__(self, model: ConjugateMixtureModel) -> None:
+        super().__init__()
+        self.num_branches = model.num_branches
+
+    @abstractmethod
+    def forward(self, y: Tensor) -> BranchedNormal:
+        """q(. | y) for a batch ``y`` of shape ``(batch,)``."""
+
+    def architecture(self) -> dict[str, Any]:
+        """The constructor's keyword arguments and the family name, as plain data."""
+        return {"family": self.family}

@@ -1,0 +1,89 @@
+"""Small MLPs for the mixture models: q(b|y) as a tree of categoricals, q(x|y,b) normal.
+
+The discrete part follows the model's latents in order, one categorical per
+node of the tree: ``gmm_discrete`` has q(z|y); ``gmm_open`` has q(k|y) and
+q(z|y,k) only where universe k has several components. The continuous part is
+the seed's eta_mu(y, b), eta_var(y, b): one MLP fed y and a one-hot of the
+branch, evaluated for all branches at once. With one branch (``gmm``) this is
+just N(eta1(y), eta2(y)). Inputs and outputs are scaled by the model's prior
+moments, since y spans tens for ``gmm``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from amortized.distributions import BranchedNormal
+from amortized.models import ConjugateMixtureModel
+from amortized.networks.base import InferenceNetwork
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU}
+
+
+def mlp(inputs: int, hidden: Sequence[int], outputs: int, activation: str) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(inputs, width), ACTIVATIONS[activation]()]
+        inputs = width
+    return nn.Sequential(*layers, nn.Linear(inputs, outputs))
+
+
+def categorical_tree(branches: list[dict[str, int]], latent_names: Sequence[str]) -> tuple[list[list[int]], Tensor]:
+    """Sibling groups of tree nodes, and which nodes lie on each branch's path (nodes x branches)."""
+    nodes: dict[tuple, int] = {}
+    groups: dict[tuple, list[int]] = {}
+    paths: list[list[int]] = []
+    for branch in branches:
+        path, prefix = [], ()
+        for name in latent_names:
+            if name not in branch:
+                continue
+            key = (*prefix, (name, branch[name]))
+            if key not in nodes:
+                nodes[key] = len(nodes)
+                groups.setdefault(prefix, []).append(nodes[key])
+            path.append(nodes[key])
+            prefix = key
+        paths.append(path)
+    membership = torch.zeros(len(nodes), len(branches))
+    for b, path in enumerate(paths):
+        membership[path, b] = 1.0
+    return list(groups.values()), membership
+
+
+class BranchedMLPNetwork(InferenceNetwork):
+    family = "branched_mlp"
+
+    def __init__(self, model: ConjugateMixtureModel, hidden: Sequence[int] = (64, 64), activation: str = "tanh") -> None:
+        super().__init__(model)
+        self.hidden, self.activation = list(hidden), activation
+        self.y_loc, self.y_scale = model.y_loc, model.y_scale
+        self.x_loc, self.x_scale = model.x_loc, model.x_scale
+        self.groups, membership = categorical_tree(model.branches, model.latent_names)
+        self.register_buffer("membership", membership, persistent=False)
+        self.register_buffer("branch_onehot", torch.eye(self.num_branches), persistent=False)
+        self.discrete = mlp(1, hidden, len(membership), activation) if self.num_branches > 1 else None
+        self.continuous = mlp(1 + self.num_branches, hidden, 2, activation)
+
+    def forward(self, y: Tensor) -> BranchedNormal:
+        u = ((y - self.y_loc) / self.y_scale)[:, None]
+        batch, nb = len(y), self.num_branches
+        if self.discrete is None:
+            log_probs = torch.zeros(batch, 1, dtype=u.dtype)
+        else:
+            logits = self.discrete(u)
+            node_log_probs = torch.empty_like(logits)
+            for group in self.groups:
+                node_log_probs[:, group] = torch.log_softmax(logits[:, group], dim=-1)
+            log_probs = node_log_probs @ self.membership
+        inputs = torch.cat([u[:, None, :].expand(batch, nb, 1), self.branch_onehot.expand(batch, nb, nb)], dim=-1)
+        out = self.continuous(inputs)
+        means = self.x_loc + self.x_scale * out[..., 0]
+        stds = self.x_scale * torch.exp(0.5 * out[..., 1].clamp(-30.0, 10.0))
+        return BranchedNormal(log_probs, means, stds)
+
+    def architecture(self) -> dict:
+        return {"family": self.family, "hidden": self.hidden, "activation": self.activation}

@@ -1,0 +1,114 @@
+"""The four models: their joint against its definition, and exact posteriors against brute-force integration."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+from scipy import integrate, stats
+
+from amortized.models import MODELS, build_model
+
+OBSERVATIONS = [-12.0, -1.3, 0.0, 0.7, 4.0, 25.0]
+
+
+def definition_log_joint(name: str, branch: dict, x: float, y: float) -> float:
+    """log p(latents, x, y) written straight from MODELS.md with scipy, independent of the package."""
+    like = stats.norm.logpdf(y, x, {"gaussian": 1.0, "gmm": 10.0, "gmm_discrete": 10.0, "gmm_open": 1.0}[name])
+    if name == "gaussian":
+        return stats.norm.logpdf(x, 0, 1) + like
+    if name == "gmm":
+        return np.logaddexp(*(math.log(0.5) + stats.norm.logpdf(x, m, 1) for m in (-5, 5))) + like
+    if name == "gmm_discrete":
+        return math.log(0.5) + stats.norm.logpdf(x, (-5, 5)[branch["z"]], 1) + like
+    if branch["k"] == 1:
+        return math.log(0.5) + stats.norm.logpdf(x, 0, 1) + like
+    return math.log(0.5) + math.log(0.5) + stats.norm.logpdf(x, (-5, 5)[branch["z"]], 1) + like
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_log_joint_matches_the_definition(name):
+    model = build_model(name)
+    rng = np.random.default_rng(0)
+    for b, branch in enumerate(model.branches):
+        x, y = rng.normal(0, 6, 20), rng.normal(0, 12, 20)
+        ours = model.log_joint(torch.full((20,), b), torch.tensor(x), torch.tensor(y)).numpy()
+        reference = [definition_log_joint(name, branch, xi, yi) for xi, yi in zip(x, y)]
+        np.testing.assert_allclose(ours, reference, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("y", OBSERVATIONS)
+def test_exact_posterior_matches_numerical_integration(name, y):
+    """Integrate p(b, x, y) over x with adaptive quadrature: evidence, p(b|y), and the mean and std of x."""
+    model = build_model(name)
+
+    def joint(x: float, b: int) -> float:
+        return math.exp(model.log_joint(torch.tensor(b), torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)).item())
+
+    exact = model.exact_posterior(torch.tensor([y]))
+    centres = exact.means[0].tolist()
+    moments = np.zeros((model.num_branches, 3))
+    for b in range(model.num_branches):
+        for power in range(3):
+            moments[b, power] = integrate.quad(lambda x: x**power * joint(x, b), -80, 80, points=centres, limit=400, epsabs=1e-13)[0]
+    evidence = moments[:, 0].sum()
+    assert model.log_evidence(torch.tensor([y])).item() == pytest.approx(math.log(evidence), abs=1e-7)
+    np.testing.assert_allclose(model.branch_probabilities(exact)[0].numpy(), moments[:, 0] / evidence, atol=1e-9)
+    mean = moments[:, 1].sum() / evidence
+    std = math.sqrt(moments[:, 2].sum() / evidence - mean**2)
+    assert exact.mean_x().item() == pytest.approx(mean, abs=1e-7)
+    assert exact.std_x().item() == pytest.approx(std, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_joint_samples_follow_the_model(name):
+    """y from sample_joint follows the exact evidence p(y) (KS), and branch frequencies follow p(b|y) on average."""
+    model = build_model(name)
+    sample = model.sample_joint(20000, torch.Generator().manual_seed(1))
+    grid = torch.linspace(-80, 80, 40001, dtype=torch.float64)
+    cdf = torch.cumulative_trapezoid(model.log_evidence(grid).exp(), grid)
+    y = sample.y.double().numpy()
+    assert stats.kstest(y, lambda v: np.interp(v, grid[1:].numpy(), cdf.numpy())).pvalue > 1e-3
+    expected = model.branch_probabilities(model.exact_posterior(sample.y.double())).mean(0)
+    observed = torch.bincount(sample.branch, minlength=model.num_branches) / len(y)
+    np.testing.assert_allclose(observed.numpy(), expected.numpy(), atol=0.015)
+
+
+def test_gaussian_optimum_is_the_corrected_one():
+    """c* is a standard deviation, lam^(-1/2), not the seed's 1/lam."""
+    star = build_model("gaussian").exact_linear_parameters()
+    assert star["a"] == pytest.approx(0.5) and star["b"] == pytest.approx(0.0)
+    assert star["c"] == pytest.approx(0.70711, abs=1e-5)
+
+
+def test_open_universe_layout_is_one_setting_away():
+    universes = [
+        {"probability": 0.2, "weights": [1.0] if k == 1 else [1 / k] * k, "means": list(np.linspace(-6, 6, k)) if k > 1 else [0.0], "stds": [1.0] * k}
+        for k in range(1, 6)
+    ]
+    model = build_model("gmm_open", {"universes": universes})
+    assert model.num_branches == 1 + 2 + 3 + 4 + 5
+    assert model.branches[0] == {"k": 1} and model.branches[-1] == {"k": 5, "z": 4}
+    assert model.branch_probabilities(model.exact_posterior(torch.tensor([0.3, 7.0]))).sum(-1).tolist() == pytest.approx([1, 1])
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("gaussian", {"sigma0": -1}),
+        ("gaussian", {"nonsense": 1}),
+        ("gmm", {"weights": [0.3, 0.3]}),
+        ("gmm", {"means": [1.0]}),
+        ("gmm_open", {"universes": [{"probability": 0.5, "weights": [1.0], "means": [0.0], "stds": [1.0]}]}),
+    ],
+)
+def test_invalid_parameters_are_refused(name, params):
+    with pytest.raises(ValidationError):
+        build_model(name, params)
+
+
+def test_unknown_model_names_the_known_ones():
+    with pytest.raises(KeyError, match="gmm_open"):
+        build_model("nope")
