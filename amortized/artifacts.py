@@ -168,7 +168,7 @@ def load_artifact(path: Path) -> Artifact:
         model = build_model(manifest.model, manifest.model_params)
         network = build_network(model, manifest.architecture)
         network.load_state_dict(safetensors.torch.load(data), strict=True)
-    except (KeyError, ValueError, TypeError, RuntimeError, ValidationError) as error:
+    except (KeyError, ValueError, TypeError, RuntimeError, ValidationError, safetensors.SafetensorError) as error:
         raise ArtifactError(f"{path}: cannot rebuild the network: {error}") from None
     network.eval().requires_grad_(False)
     return Artifact(manifest, model, network, path)
