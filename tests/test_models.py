@@ -40,6 +40,7 @@ def test_log_joint_matches_the_definition(name):
 
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("y", OBSERVATIONS)
+@pytest.mark.filterwarnings("ignore::scipy.integrate.IntegrationWarning")  # odd moments that are exactly 0
 def test_exact_posterior_matches_numerical_integration(name, y):
     """Integrate p(b, x, y) over x with adaptive quadrature: evidence, p(b|y), and the mean and std of x."""
     model = build_model(name)
@@ -52,7 +53,7 @@ def test_exact_posterior_matches_numerical_integration(name, y):
     moments = np.zeros((model.num_branches, 3))
     for b in range(model.num_branches):
         for power in range(3):
-            moments[b, power] = integrate.quad(lambda x: x**power * joint(x, b), -80, 80, points=centres, limit=400, epsabs=1e-13)[0]
+            moments[b, power] = integrate.quad(lambda x: x**power * joint(x, b), -80, 80, points=centres, limit=400, epsabs=0)[0]
     evidence = moments[:, 0].sum()
     assert model.log_evidence(torch.tensor([y])).item() == pytest.approx(math.log(evidence), abs=1e-7)
     np.testing.assert_allclose(model.branch_probabilities(exact)[0].numpy(), moments[:, 0] / evidence, atol=1e-9)

@@ -12,21 +12,18 @@ from amortized.networks.linear_gaussian import LinearGaussianNetwork
 FAMILIES: dict[str, type[InferenceNetwork]] = {
     cls.family: cls for cls in (LinearGaussianNetwork, BranchedMLPNetwork)
 }
-DEFAULT_ARCHITECTURE: dict[str, dict[str, Any]] = {
-    "gaussian": {"family": "linear_gaussian"},
-    "gmm": {"family": "branched_mlp", "hidden": [64, 64], "activation": "tanh"},
-    "gmm_discrete": {"family": "branched_mlp", "hidden": [64, 64], "activation": "tanh"},
-    "gmm_open": {"family": "branched_mlp", "hidden": [64, 64], "activation": "tanh"},
-}
+MLP_ARCHITECTURE: dict[str, Any] = {"family": "branched_mlp", "hidden": [64, 64], "activation": "tanh"}
+# The seed's families: three scalars for gaussian; small MLPs for every other model (and any new one).
+DEFAULT_ARCHITECTURE: dict[str, dict[str, Any]] = {"gaussian": {"family": "linear_gaussian"}}
 
 
 def build_network(model: ConjugateMixtureModel, architecture: dict[str, Any] | None = None) -> InferenceNetwork:
     """A freshly initialised network of ``architecture`` (the model's default if None) for ``model``."""
-    spec = dict(architecture or DEFAULT_ARCHITECTURE[model.name])
+    spec = dict(architecture or DEFAULT_ARCHITECTURE.get(model.name, MLP_ARCHITECTURE))
     family = spec.pop("family")
     if family not in FAMILIES:
         raise ValueError(f"unknown network family {family!r}; known: {', '.join(FAMILIES)}")
     return FAMILIES[family](model, **spec)
 
 
-__all__ = ["DEFAULT_ARCHITECTURE", "FAMILIES", "InferenceNetwork", "build_network"]
+__all__ = ["DEFAULT_ARCHITECTURE", "FAMILIES", "MLP_ARCHITECTURE", "InferenceNetwork", "build_network"]
