@@ -94,6 +94,7 @@ def atomic_write(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(staging, 0o644)  # mkstemp makes 0600; artifacts are read by other users (the server, a container)
         os.replace(staging, path)
     except BaseException:
         Path(staging).unlink(missing_ok=True)

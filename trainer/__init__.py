@@ -1,0 +1,1 @@
+"""The compiler's command line: a thin layer over :mod:`amortized` (``python -m trainer --help``)."""
