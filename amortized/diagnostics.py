@@ -53,7 +53,8 @@ class CrossCheck:
     log_evidence_other_se: Tensor
     log_evidence_mixture: Tensor
     log_evidence_mixture_se: Tensor
-    consistent: Tensor
+    consistent: Tensor  # all three estimates agree within their errors
+    misses_mass: Tensor  # this q's estimate falls below the mixture's: it misses posterior mass
 
 
 @dataclass(frozen=True)
@@ -120,11 +121,11 @@ def pareto_k_hat(log_weights: Tensor) -> Tensor:
     return (n * k_post + prior_k * 0.5) / (n + prior_k)
 
 
-def verdict(summary: WeightSummary, pareto_k: Tensor, consistent: Tensor | None) -> tuple[list[str], list[str]]:
+def verdict(summary: WeightSummary, pareto_k: Tensor, misses_mass: Tensor | None) -> tuple[list[str], list[str]]:
     """A plain verdict per observation: "reliable", "usable" or "unreliable", with the reason."""
     verdicts, reasons = [], []
-    agree = consistent.tolist() if consistent is not None else [None] * len(pareto_k)
-    for ess_fraction, k, log_z, agrees in zip(summary.ess_fraction.tolist(), pareto_k.tolist(), summary.log_evidence.tolist(), agree):
+    missing = misses_mass.tolist() if misses_mass is not None else [False] * len(pareto_k)
+    for ess_fraction, k, log_z, misses in zip(summary.ess_fraction.tolist(), pareto_k.tolist(), summary.log_evidence.tolist(), missing):
         if not math.isfinite(log_z) or not math.isfinite(ess_fraction):
             verdicts.append("unreliable")
             reasons.append("the importance weights are not finite numbers")
@@ -137,9 +138,9 @@ def verdict(summary: WeightSummary, pareto_k: Tensor, consistent: Tensor | None)
             level, why = "usable", f"k-hat = {k:.2f} is between {GOOD_K} and {USABLE_K}: estimates are noisy"
         else:
             level, why = "reliable", f"k-hat = {k:.2f} < {GOOD_K}"
-        if agrees is False:
+        if misses:
             level = "unreliable"
-            why += "; but the evidence estimated with the other compiled network disagrees: q misses posterior mass"
+            why += "; but the evidence estimated with the other compiled network and the mixture of both is higher: q misses posterior mass"
         verdicts.append(level)
         reasons.append(why)
     return verdicts, reasons
@@ -171,12 +172,15 @@ def cross_check(
     gaps = (estimates[:, None] - estimates[None, :]).abs()
     allowed = AGREEMENT_Z * torch.sqrt(errors[:, None] ** 2 + errors[None, :] ** 2) + AGREEMENT_FLOOR
     consistent = (gaps <= allowed).flatten(0, 1).all(0)  # NaN compares False: never "consistent"
+    # A proposal that misses mass underestimates the evidence; the mixture covers what either covers.
+    misses_mass = ~(estimates[0] >= estimates[2] - allowed[0, 2])
     return CrossCheck(
         other_summary.log_evidence,
         other_summary.log_evidence_se,
         mixture_summary.log_evidence,
         mixture_summary.log_evidence_se,
         consistent,
+        misses_mass,
     )
 
 
@@ -200,7 +204,7 @@ def analyse(
     std_x = (normalised * (x - mean_x[:, None]) ** 2).sum(-1).sqrt()
     branch_probabilities = torch.zeros(len(y), model.num_branches, dtype=torch.float64).scatter_add_(-1, branch, normalised)
     check = None if other is None else cross_check(model, y, q, summary, branch, x, other.to(torch.float64), generator)
-    verdicts, reasons = verdict(summary, pareto_k, None if check is None else check.consistent)
+    verdicts, reasons = verdict(summary, pareto_k, None if check is None else check.misses_mass)
     resampled_branch = resampled_x = None
     if resample:
         finite = torch.where(normalised.isfinite(), normalised, 0.0)

@@ -61,12 +61,16 @@ def test_cross_check_catches_a_missed_mode_that_ess_cannot_see():
     result = analyse(model, y, mode_fit, 1000, torch.Generator().manual_seed(0), other=covering)
     assert result.ess_fraction.item() > 0.99
     assert result.log_evidence.item() == pytest.approx(model.log_evidence(y).item() - math.log(2), abs=0.01)
-    assert not result.cross_check.consistent.item()
-    assert result.verdict == ["unreliable"] and "disagrees" in result.reason[0]
+    assert not result.cross_check.consistent.item() and result.cross_check.misses_mass.item()
+    assert result.verdict == ["unreliable"] and "misses posterior mass" in result.reason[0]
     truth = model.log_evidence(y).item()
     assert abs(result.cross_check.log_evidence_mixture.item() - truth) < 3 * result.cross_check.log_evidence_mixture_se.item()
     again = analyse(model, y, covering, 1000, torch.Generator().manual_seed(0), other=covering)
     assert again.cross_check.consistent.item() and again.verdict == ["reliable"]
+    # the covering q is not blamed for the other's missing mode: the flag is raised, the verdict stays
+    covering_first = analyse(model, y, covering, 1000, torch.Generator().manual_seed(0), other=mode_fit)
+    assert not covering_first.cross_check.consistent.item() and not covering_first.cross_check.misses_mass.item()
+    assert covering_first.verdict == ["reliable"]
 
 
 def test_nearly_exact_q_does_not_cry_wolf():
@@ -83,8 +87,8 @@ def test_nearly_exact_q_does_not_cry_wolf():
 def test_a_noisy_k_hat_over_uniform_weights_is_not_a_warning():
     """k-hat above 1 has been seen with ESS/N 0.999: the tail fit of near-constant weights is noise."""
     summary = WeightSummary(*(torch.tensor([v, v], dtype=torch.float64) for v in (-1.0, 0.001, -1.0, 999.0, 0.999)))
-    levels, reasons = verdict(summary, torch.tensor([1.3, 1.3], dtype=torch.float64), torch.tensor([True, False]))
-    assert levels == ["reliable", "unreliable"]  # the second only because the cross-check disagrees
+    levels, reasons = verdict(summary, torch.tensor([1.3, 1.3], dtype=torch.float64), torch.tensor([False, True]))
+    assert levels == ["reliable", "unreliable"]  # the second only because the cross-check finds missing mass
     assert "not informative" in reasons[0]
 
 

@@ -85,6 +85,7 @@ class ConjugateMixtureModel(ABC):
         self.means = torch.tensor([c.mean for c in components], dtype=f64)
         self.stds = torch.tensor([c.std for c in components], dtype=f64)
         self.component_branch = torch.tensor([self.branches.index(c.latents) for c in components])
+        self.branch_component = torch.argsort(self.component_branch)  # meaningful when one component per branch
         weights = self.log_weights.exp()
         self.x_loc = float((weights * self.means).sum())
         self.x_scale = math.sqrt(float((weights * (self.stds**2 + self.means**2)).sum()) - self.x_loc**2)
@@ -125,12 +126,19 @@ class ConjugateMixtureModel(ABC):
     def log_joint(self, branch: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """log p(b, x, y), broadcasting; components of a branch are summed (marginalised)."""
         dtype = x.dtype
+        sigma = torch.tensor(self.sigma, dtype=dtype)
+        if self.family_contains_posterior:  # one component per branch: index it, nothing to sum
+            component = self.branch_component[branch]
+            prior = self.log_weights.to(dtype)[component] + normal_log_prob(
+                x, self.means.to(dtype)[component], self.stds.to(dtype)[component]
+            )
+            return prior + normal_log_prob(y, x, sigma)
         per_component = self.log_weights.to(dtype) + normal_log_prob(
             x[..., None], self.means.to(dtype), self.stds.to(dtype)
         )
         in_branch = self.component_branch == branch[..., None]
         log_prior = torch.logsumexp(per_component.masked_fill(~in_branch, -math.inf), dim=-1)
-        return log_prior + normal_log_prob(y, x, torch.tensor(self.sigma, dtype=dtype))
+        return log_prior + normal_log_prob(y, x, sigma)
 
     def _predictive(self, y: Tensor) -> tuple[Tensor, Tensor]:
         """Per component: log p(c) + log N(y; mu_c, s_c^2 + sigma^2), and that predictive std."""

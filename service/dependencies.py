@@ -1,0 +1,31 @@
+"""What routes need from the app: the registry, settings, metrics, and a served model by name."""
+
+from __future__ import annotations
+
+from fastapi import Path, Request
+
+from service.errors import ApiError
+from service.metrics import Metrics
+from service.registry import Registry, ServedModel
+from service.settings import Settings
+
+
+async def get_registry(request: Request) -> Registry:
+    return request.app.state.registry
+
+
+async def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+async def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+async def get_served_model(request: Request, model: str = Path(..., description="model name, e.g. gmm_open")) -> ServedModel:
+    """The served model named in the path, or a 404 that lists the ones that exist."""
+    registry = request.app.state.registry
+    if model not in registry.models:
+        known = ", ".join(sorted(registry.models)) or "none"
+        raise ApiError(404, ["path", "model"], f"unknown model {model!r}; served models: {known}", "not_found")
+    return registry.models[model]

@@ -1,0 +1,45 @@
+"""The app: ``uvicorn --factory service.main:create_app`` (what ``make serve`` runs)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from fastapi import FastAPI
+
+from service import errors
+from service.limits import BodySizeLimit
+from service.metrics import Metrics
+from service.registry import Registry
+from service.routers import bench, health, models, posterior
+from service.settings import Settings, get_settings
+
+DESCRIPTION = """
+Amortized inference as a service. Compiled inference networks q(x|y) for four models
+(`gaussian`, `gmm`, `gmm_discrete`, `gmm_open`), each trained with two losses:
+**pq** (forward KL, mass-covering) and **qp** (reverse KL, mode-seeking).
+
+`POST /v1/models/{model}/posterior` with `{"y": 0.0, "objective": "both"}` returns q's
+parameters, samples, importance weights and diagnostics, and the exact posterior.
+Importance diagnostics cannot see a mode that q misses, so each answer is cross-checked
+against the other compiled network: read `diagnostics.verdict` and `diagnostics.reason`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Load and verify the artifacts, then build the app; refused artifacts are logged, the rest serve."""
+    settings = settings or get_settings()
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(1)  # small tensors: threads cost more than they save, and workers scale out instead
+    app = FastAPI(title="Amortized inference service", version="0.1.0", description=DESCRIPTION)
+    app.state.settings = settings
+    app.state.registry = Registry(settings.artifacts_dir)
+    app.state.metrics = Metrics()
+    errors.install(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    for router in (models.router, posterior.router, health.router):
+        app.include_router(router)
+    if settings.bench_endpoints:
+        app.include_router(bench.router)
+    return app

@@ -1,0 +1,21 @@
+"""Prometheus metrics: request counts and latency histograms per model and objective."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+class Metrics:
+    """One registry per app, so that several apps (tests) never clash."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "amortized_posterior_requests", "posterior requests", ["model", "objective", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "amortized_posterior_seconds", "posterior request latency", ["model", "objective"], buckets=LATENCY_BUCKETS, registry=self.registry
+        )
+        self.observations = Counter("amortized_observations", "observations answered", ["model"], registry=self.registry)

@@ -1,0 +1,57 @@
+"""The artifacts the server answers with: loaded and verified once, at start."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from amortized.artifacts import Artifact, discover_artifacts
+from amortized.models import ConjugateMixtureModel
+
+log = logging.getLogger("service.registry")
+
+
+@dataclass
+class ServedModel:
+    """One model with its compiled networks, and the per-model tables the request path needs."""
+
+    model: ConjugateMixtureModel
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # latent value of each branch, -1 where the latent does not exist in it (z when k = 1)
+        self.latent_table = {
+            name: np.array([branch.get(name, -1) for branch in self.model.branches]) for name in self.model.latent_names
+        }
+        self.branch_latents = [dict(branch) for branch in self.model.branches]
+
+    @property
+    def objectives(self) -> list[str]:
+        return sorted(self.artifacts)
+
+
+class Registry:
+    """Every loadable artifact under a folder, grouped by model; refused ones are logged and listed."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        loaded, refused = discover_artifacts(self.root)
+        self.refused = {str(path): reason for path, reason in refused.items()}
+        for path, reason in self.refused.items():
+            log.error("refusing artifact %s: %s", path, reason)
+        self.models: dict[str, ServedModel] = {}
+        for (name, objective), artifact in sorted(loaded.items()):
+            served = self.models.setdefault(name, ServedModel(artifact.model))
+            if artifact.model.params != served.model.params:
+                self.refused[str(artifact.path)] = "model parameters differ from the other artifact of this model"
+                log.error("refusing artifact %s: %s", artifact.path, self.refused[str(artifact.path)])
+                continue
+            served.artifacts[objective] = artifact
+            log.info("serving %s/%s (sha256 %s…)", name, objective, artifact.manifest.weights.sha256[:12])
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.models)

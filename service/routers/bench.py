@@ -1,0 +1,28 @@
+"""Benchmark-only endpoint (AMORTIZED_BENCH_ENDPOINTS=1): the same stack and body, a precomputed answer.
+
+Comparing it with the posterior endpoint isolates the cost of the science
+(networks, sampling, diagnostics) from the HTTP, validation and JSON costs.
+"""
+
+from functools import lru_cache
+
+from fastapi import APIRouter, Depends, Response
+
+from service.answers import answer
+from service.dependencies import get_registry
+from service.registry import Registry
+from service.responses import json_response
+from service.schemas import PosteriorRequest
+
+router = APIRouter(prefix="/v1/_bench", tags=["benchmark"], include_in_schema=False)
+
+
+@lru_cache(maxsize=8)
+def precomputed(registry: Registry, model: str, num_samples: int) -> dict:
+    served = registry.models[model]
+    return answer(served, [0.0], served.objectives[0], num_samples, 0, False, True)[0]
+
+
+@router.post("/bare/{model}")
+async def bare(model: str, request: PosteriorRequest, registry: Registry = Depends(get_registry)) -> Response:
+    return json_response(precomputed(registry, model, request.num_samples))

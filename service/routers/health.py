@@ -1,0 +1,31 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from fastapi import APIRouter, Depends, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.dependencies import get_metrics, get_registry
+from service.metrics import Metrics
+from service.registry import Registry
+from service.responses import json_response
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health/live", summary="Liveness: the process answers")
+def live() -> dict[str, str]:
+    return {"status": "alive"}
+
+
+@router.get("/health/ready", summary="Readiness: at least one verified artifact is served", responses={503: {"description": "no artifact could be loaded"}})
+def ready(registry: Registry = Depends(get_registry)) -> Response:
+    body = {
+        "status": "ready" if registry.ready else "not ready",
+        "served": {name: served.objectives for name, served in registry.models.items()},
+        "refused": registry.refused,
+    }
+    return json_response(body, 200 if registry.ready else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics(metrics: Metrics = Depends(get_metrics)) -> Response:
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,31 @@
+"""What is served: the models, their parameters, and each compiled artifact's manifest."""
+
+from fastapi import APIRouter, Depends
+
+from service.dependencies import get_registry, get_served_model
+from service.registry import Registry, ServedModel
+from service.schemas import ErrorResponse, ModelDetail, ModelSummary
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+def summary(served: ServedModel) -> dict:
+    return {**served.model.describe(), "objectives": served.objectives}
+
+
+@router.get("", response_model=list[ModelSummary], summary="Every served model")
+def list_models(registry: Registry = Depends(get_registry)) -> list[dict]:
+    return [summary(served) for served in registry.models.values()]
+
+
+@router.get(
+    "/{model}",
+    response_model=ModelDetail,
+    summary="One model in full, with its artifacts' manifests",
+    description="Manifests carry the training settings, the weights' sha256 and the evaluation metrics "
+    "(for gaussian, metrics.linear gives the learned a, b, c beside a*, b*, c*).",
+    responses={404: {"model": ErrorResponse}},
+)
+def get_model(served: ServedModel = Depends(get_served_model)) -> dict:
+    manifests = {name: artifact.manifest.model_dump(mode="json") for name, artifact in served.artifacts.items()}
+    return {**summary(served), "artifacts": manifests}

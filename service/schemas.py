@@ -1,0 +1,144 @@
+"""Request and response bodies: the API contract, and what /docs shows.
+
+Responses are built as plain dicts and serialised by orjson (see
+``service.routers.posterior``); these models declare their shape for the
+OpenAPI document and for the tests, which validate real responses against them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Objective = Literal["pq", "qp"]
+
+
+class PosteriorRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    y: FiniteFloat | list[FiniteFloat] = Field(
+        ...,
+        description="one observation, or a list of them (at most AMORTIZED_MAX_BATCH, default 10000); finite numbers only",
+    )
+    objective: Literal["pq", "qp", "both"] = Field(
+        "pq", description="which compiled network answers: pq (mass-covering), qp (mode-seeking), or both side by side"
+    )
+    num_samples: int = Field(1000, ge=1, le=100_000, strict=True, description="samples of q per observation")
+    seed: int | None = Field(
+        None, ge=0, lt=2**63, strict=True, description="random seed; the same request with the same seed returns identical samples"
+    )
+    resample: bool = Field(False, strict=True, description="also return sampling-importance-resampling draws (closer to the posterior)")
+    cross_check: bool = Field(
+        True, strict=True, description="also estimate the evidence with the other compiled network and the mixture of both"
+    )
+
+
+class Branch(BaseModel):
+    latents: dict[str, int] = Field(..., description="the discrete latents of this branch, e.g. {\"k\": 2, \"z\": 0}; empty if none")
+    probability: float = Field(..., description="q(branch | y)")
+    mean: float = Field(..., description="mean of the normal q(x | y, branch)")
+    std: float = Field(..., description="standard deviation of q(x | y, branch)")
+
+
+class QParameters(BaseModel):
+    branches: list[Branch] = Field(..., description="q(. | y) as discrete branches with a normal on x in each")
+
+
+Samples = Annotated[
+    dict[str, list[float | int | None]],
+    Field(description="columnar samples keyed by latent name: x, and each discrete latent (null where it does not exist)"),
+]
+Probabilities = Annotated[
+    dict[str, dict[str, float]],
+    Field(description="P(latent = value | y) per discrete latent, e.g. {\"k\": {\"1\": 0.3, \"2\": 0.7}}"),
+]
+
+
+class CrossCheck(BaseModel):
+    other_objective: Objective = Field(..., description="the other compiled network used as a second proposal")
+    log_evidence_other: float | None = Field(..., description="log p(y) estimated with the other network's samples")
+    log_evidence_other_se: float | None = Field(..., description="its standard error (delta method)")
+    log_evidence_mixture: float | None = Field(..., description="log p(y) estimated with the defensive mixture of both networks")
+    log_evidence_mixture_se: float | None = Field(..., description="its standard error")
+    consistent: bool = Field(..., description="false when the three estimates disagree beyond 3 standard errors: some q misses posterior mass")
+    misses_mass: bool = Field(..., description="true when this q's estimate is below the mixture's: this q misses posterior mass")
+
+
+class Diagnostics(BaseModel):
+    num_samples: int
+    ess: float | None = Field(..., description="effective sample size (sum w)^2 / sum w^2")
+    ess_fraction: float | None = Field(..., description="ESS / N")
+    log_evidence: float | None = Field(..., description="logsumexp(log w) - log N, an estimate of log p(y)")
+    log_evidence_se: float | None = Field(..., description="standard error of log_evidence (delta method)")
+    elbo: float | None = Field(..., description="mean log weight, a lower bound on log p(y)")
+    pareto_k: float | None = Field(..., description="PSIS k-hat of the weights: < 0.5 good, 0.5-0.7 usable, > 0.7 unreliable; null if not fittable")
+    verdict: Literal["reliable", "usable", "unreliable"] = Field(..., description="can the importance estimates be trusted")
+    reason: str = Field(..., description="why, in a sentence")
+    posterior_mean_x: float | None = Field(..., description="self-normalised estimate of E[x | y]")
+    posterior_std_x: float | None = Field(..., description="self-normalised estimate of the posterior std of x")
+    discrete_probabilities: Probabilities
+    cross_check: CrossCheck | None = Field(None, description="present when the other objective is compiled and cross_check is true")
+
+
+class Exact(BaseModel):
+    log_evidence: float | None = Field(..., description="exact log p(y)")
+    posterior_mean_x: float | None
+    posterior_std_x: float | None
+    discrete_probabilities: Probabilities
+    kl_pq: float | None = Field(..., description="KL(p(.|y) || q(.|y)) over all latents, nats")
+    kl_qp: float | None = Field(..., description="KL(q(.|y) || p(.|y)) over all latents, nats")
+
+
+class PosteriorResult(BaseModel):
+    model: str
+    seed: int = Field(..., description="the seed used (echoed, or drawn when the request had none)")
+    y: float
+    objective: Objective
+    q: QParameters
+    samples: Samples
+    log_weights: list[float | None] = Field(..., description="log p(latents, y) - log q(latents | y), one per sample")
+    diagnostics: Diagnostics
+    exact: Exact = Field(..., description="the truth, which all four models know in closed form")
+    resampled: Samples | None = Field(None, description="SIR draws, when resample is true")
+
+
+class Comparison(BaseModel):
+    model: str
+    seed: int
+    y: float
+    objectives: dict[str, PosteriorResult] = Field(..., description="the answer of each compiled network, keyed by objective")
+
+
+class BatchResponse(BaseModel):
+    model: str
+    seed: int
+    results: list[PosteriorResult | Comparison] = Field(..., description="one answer per observation, in the request's order")
+
+
+PosteriorResponse = PosteriorResult | Comparison | BatchResponse
+
+
+class ModelSummary(BaseModel):
+    name: str
+    title: str
+    description: str
+    latents: list[str] = Field(..., description="discrete latents, then x")
+    branches: list[dict[str, int]] = Field(..., description="the discrete branches of the posterior")
+    params: dict = Field(..., description="the model's parameters")
+    objectives: list[str] = Field(..., description="losses with a compiled network being served")
+
+
+class ModelDetail(ModelSummary):
+    artifacts: dict[str, dict] = Field(..., description="each served artifact's manifest: training settings, sha256, metrics")
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int] = Field(..., description="where: e.g. [\"body\", \"y\", 3]")
+    msg: str = Field(..., description="why")
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    detail: list[ErrorItem]

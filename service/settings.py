@@ -1,0 +1,24 @@
+"""Settings from the environment (prefix ``AMORTIZED_``), so a deployment changes no code."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AMORTIZED_", frozen=True)
+
+    artifacts_dir: Path = Field(Path("artifacts"), description="folder of compiled artifacts (one subfolder per model)")
+    max_batch: int = Field(10_000, ge=1, description="most observations in one request")
+    max_samples: int = Field(100_000, ge=1, description="most samples per observation")
+    max_total_samples: int = Field(2_000_000, ge=1, description="most observations x samples in one request")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body accepted")
+    offload_samples: int = Field(50_000, ge=1, description="requests with more observations x samples run off the event loop")
+    bench_endpoints: bool = Field(False, description="expose /v1/_bench/bare for the benchmark script")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

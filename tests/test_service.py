@@ -1,0 +1,226 @@
+"""The HTTP contract, through the app: answers match the networks and the truth, bad input gets a clear 4xx."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from pydantic import TypeAdapter
+from scipy import stats
+
+from service.main import create_app
+from service.schemas import ModelDetail, ModelSummary, PosteriorResponse
+from service.settings import Settings
+from tests.conftest import ARTIFACTS
+
+MODELS = ["gaussian", "gmm", "gmm_discrete", "gmm_open"]
+PAIRS = [(m, o) for m in MODELS for o in ("pq", "qp")]
+CONTAINS_POSTERIOR = {"gaussian", "gmm_discrete", "gmm_open"}
+RESPONSE = TypeAdapter(PosteriorResponse)
+
+
+def strict_json(text: str):
+    """Parse JSON refusing NaN and Infinity, which a 200 response must never carry."""
+    def refuse(constant):
+        raise AssertionError(f"non-finite number {constant} in a response")
+    return json.loads(text, parse_constant=refuse)
+
+
+def post(client, model, **body):
+    response = client.post(f"/v1/models/{model}/posterior", json=body)
+    assert response.status_code == 200, response.text
+    data = strict_json(response.text)
+    RESPONSE.validate_python(data)
+    return data
+
+
+@pytest.mark.parametrize("model, objective", PAIRS)
+def test_answer_matches_the_network_and_the_truth(client, app, model, objective):
+    y = {"gaussian": 0.8, "gmm": 6.0, "gmm_discrete": -3.0, "gmm_open": 2.7}[model]
+    data = post(client, model, y=y, objective=objective, num_samples=5000, seed=11)
+    # q is the network's output
+    network = app.state.registry.models[model].artifacts[objective].network
+    with torch.no_grad():
+        q = network(torch.tensor([y]))
+    branches = data["q"]["branches"]
+    np.testing.assert_allclose([b["probability"] for b in branches], q.probs[0].numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose([b["mean"] for b in branches], q.means[0].numpy(), rtol=1e-6)
+    np.testing.assert_allclose([b["std"] for b in branches], q.stds[0].numpy(), rtol=1e-6)
+    # samples follow q: x against q's mixture CDF, and the branch frequencies
+    probs, means, stds = (np.array([b[k] for b in branches]) for k in ("probability", "mean", "std"))
+    x = np.array(data["samples"]["x"])
+    assert stats.kstest(x, lambda v: (probs * stats.norm.cdf(np.asarray(v)[..., None], means, stds)).sum(-1)).pvalue > 1e-3
+    for name in data["samples"]:
+        if name != "x":
+            values = data["samples"][name]
+            for value in {v for v in values if v is not None}:
+                expected = sum(p for b, p in zip(branches, probs) if b["latents"].get(name) == value)
+                assert abs(np.mean([v == value for v in values]) - expected) < 0.03
+    # the evidence: within 3 standard errors of the truth, except where q misses a mode (then the cross-check says so)
+    d, exact = data["diagnostics"], data["exact"]
+    z = (d["log_evidence"] - exact["log_evidence"]) / d["log_evidence_se"]
+    if (model, objective) == ("gmm", "qp"):
+        assert d["cross_check"]["misses_mass"] and d["verdict"] == "unreliable"
+        mixture = d["cross_check"]
+        assert abs(mixture["log_evidence_mixture"] - exact["log_evidence"]) < 3 * mixture["log_evidence_mixture_se"]
+    else:
+        assert abs(z) < 3, z
+    if model in CONTAINS_POSTERIOR:
+        assert d["ess_fraction"] > 0.9 and d["verdict"] == "reliable"
+        assert exact["kl_pq"] < 0.05 and exact["kl_qp"] < 0.05
+
+
+def test_gmm_at_zero_shows_the_seeds_contrast(client):
+    data = post(client, "gmm", y=0.0, objective="both", num_samples=1000, seed=3)
+    pq, qp = data["objectives"]["pq"], data["objectives"]["qp"]
+    assert pq["q"]["branches"][0]["std"] == pytest.approx(5.05, rel=0.05)
+    assert qp["q"]["branches"][0]["std"] == pytest.approx(0.995, rel=0.05)
+    # importance weights alone trust the mode-seeking answer; the cross-check does not
+    assert qp["diagnostics"]["ess_fraction"] > 0.99
+    assert qp["diagnostics"]["cross_check"]["misses_mass"] and qp["diagnostics"]["verdict"] == "unreliable"
+    assert not pq["diagnostics"]["cross_check"]["misses_mass"] and pq["diagnostics"]["verdict"] == "reliable"
+    assert pq["exact"]["posterior_std_x"] == pytest.approx(5.0495, abs=1e-3)
+
+
+def test_same_seed_same_samples_and_omitted_seed_is_echoed(client):
+    body = {"y": [0.5, -2.0], "objective": "both", "num_samples": 200, "seed": 42, "resample": True}
+    first = client.post("/v1/models/gmm_open/posterior", json=body)
+    again = client.post("/v1/models/gmm_open/posterior", json=body)
+    assert first.content == again.content
+    other = post(client, "gmm_open", **{**body, "seed": 43})
+    assert other["results"][0]["objectives"]["pq"]["samples"]["x"] != first.json()["results"][0]["objectives"]["pq"]["samples"]["x"]
+    drawn = post(client, "gmm_open", y=0.5, num_samples=50)
+    replay = post(client, "gmm_open", y=0.5, num_samples=50, seed=drawn["seed"])
+    assert drawn["samples"] == replay["samples"]
+
+
+def test_batches_keep_order_and_shapes(client):
+    ys = [3.0, -1.0, 0.25, 12.0]
+    data = post(client, "gmm_open", y=ys, objective="qp", num_samples=300, seed=1, resample=True)
+    assert [r["y"] for r in data["results"]] == ys
+    for result in data["results"]:
+        assert len(result["samples"]["x"]) == len(result["log_weights"]) == len(result["resampled"]["x"]) == 300
+        k, z = result["samples"]["k"], result["samples"]["z"]
+        assert all((kk == 1) == (zz is None) for kk, zz in zip(k, z))  # z exists exactly when k = 2
+        probs = result["diagnostics"]["discrete_probabilities"]
+        assert probs["k"]["1"] + probs["k"]["2"] == pytest.approx(1.0)
+
+
+def test_extreme_observations_answer_without_nan_and_say_so(client):
+    for model in MODELS:
+        data = post(client, model, y=1e6, objective="both", num_samples=500, seed=0)
+        for objective, result in data["objectives"].items():
+            if model != "gaussian":  # the linear family extrapolates exactly; the MLPs never saw such y
+                assert result["diagnostics"]["verdict"] == "unreliable", (model, objective)
+
+
+BAD_BODIES = [
+    ({"y": "1.5"}, ["body", "y"]),
+    ({"y": None}, ["body", "y"]),
+    ({"y": True}, ["body", "y"]),
+    ({"y": [1.0, "x"]}, ["body", "y"]),
+    ({"y": []}, ["body", "y"]),
+    ({"y": 1.0, "objective": "kl"}, ["body", "objective"]),
+    ({"y": 1.0, "num_samples": 0}, ["body", "num_samples"]),
+    ({"y": 1.0, "num_samples": 100_001}, ["body", "num_samples"]),
+    ({"y": 1.0, "num_samples": 2.5}, ["body", "num_samples"]),
+    ({"y": 1.0, "seed": -1}, ["body", "seed"]),
+    ({"y": 1.0, "surprise": 1}, ["body", "surprise"]),
+    ({"y": [0.0] * 10_001}, ["body", "y"]),
+    ({"y": [0.0] * 100, "num_samples": 100_000}, ["body"]),
+    ({}, ["body", "y"]),
+]
+
+
+@pytest.mark.parametrize("body, loc", BAD_BODIES, ids=[str(b)[:40] for b, _ in BAD_BODIES])
+def test_bad_bodies_get_a_4xx_naming_the_field(client, body, loc):
+    response = client.post("/v1/models/gmm/posterior", json=body)
+    assert response.status_code == 422, response.text
+    locations = [item["loc"][: len(loc)] for item in response.json()["detail"]]
+    assert loc in locations and all(item["msg"] for item in response.json()["detail"])
+
+
+@pytest.mark.parametrize("raw", [b'{"y": NaN}', b'{"y": Infinity}', b'{"y": -Infinity}', b'{"y": 1e999}', b'{"y": ', b"not json", b'[1, 2]'])
+def test_malformed_or_non_finite_json_is_a_422(client, raw):
+    response = client.post("/v1/models/gmm/posterior", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"][0] == "body"
+
+
+def test_unknown_model_lists_the_known_ones(client):
+    response = client.post("/v1/models/gmm_closed/posterior", json={"y": 1.0})
+    assert response.status_code == 404
+    assert all(m in response.json()["detail"][0]["msg"] for m in MODELS)
+    assert client.get("/v1/models/nope").status_code == 404
+
+
+def test_oversized_bodies_are_refused_and_the_server_goes_on(client):
+    big = b'{"y": [' + b"1.0," * 400_000 + b"1.0]}"
+    response = client.post("/v1/models/gmm/posterior", content=big, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "AMORTIZED_MAX_BODY_BYTES" in response.json()["detail"][0]["msg"]
+    assert client.get("/health/live").status_code == 200
+
+
+def test_a_tampered_artifact_is_refused_and_the_others_serve(tmp_path, caplog):
+    shutil.copytree(ARTIFACTS, tmp_path / "artifacts")
+    manifest = json.loads((tmp_path / "artifacts/gmm/qp.json").read_text())
+    weights = tmp_path / "artifacts/gmm" / manifest["weights"]["file"]
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with caplog.at_level("ERROR"):
+        app = create_app(Settings(artifacts_dir=tmp_path / "artifacts"))
+    assert any("checksum mismatch" in record.getMessage() for record in caplog.records)
+    with TestClient(app) as client:
+        models = {m["name"]: m["objectives"] for m in client.get("/v1/models").json()}
+        assert models["gmm"] == ["pq"] and models["gmm_open"] == ["pq", "qp"]
+        response = client.post("/v1/models/gmm/posterior", json={"y": 0.0, "objective": "qp"})
+        assert response.status_code == 404 and response.json()["detail"][0]["loc"] == ["body", "objective"]
+        answer = post(client, "gmm", y=0.0, objective="pq", num_samples=100, seed=1)
+        assert answer["diagnostics"]["cross_check"] is None  # nothing to cross-check against
+        ready = client.get("/health/ready").json()
+        assert any("checksum mismatch" in why for why in ready["refused"].values())
+
+
+def test_no_artifacts_means_not_ready(tmp_path):
+    with TestClient(create_app(Settings(artifacts_dir=tmp_path))) as client:
+        assert client.get("/health/ready").status_code == 503
+        assert client.get("/health/live").status_code == 200
+
+
+def test_models_listing_and_detail(client):
+    listing = client.get("/v1/models").json()
+    TypeAdapter(list[ModelSummary]).validate_python(listing)
+    assert {m["name"]: m["objectives"] for m in listing} == {m: ["pq", "qp"] for m in MODELS}
+    detail = client.get("/v1/models/gaussian").json()
+    ModelDetail.model_validate(detail)
+    linear = detail["artifacts"]["qp"]["metrics"]["linear"]
+    assert linear["c"]["exact"] == pytest.approx(math.sqrt(0.5)) and linear["c"]["abs_error"] < 0.01
+    assert len(detail["artifacts"]["pq"]["weights"]["sha256"]) == 64
+
+
+def test_png_of_both_objectives(client):
+    response = client.get("/v1/models/gmm/posterior.png", params={"y": 0})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert response.content.startswith(b"\x89PNG\r\n\x1a\n")
+    assert client.get("/v1/models/gmm/posterior.png", params={"y": "nan"}).status_code == 422
+    assert client.get("/v1/models/gmm/posterior.png").status_code == 422
+
+
+def test_metrics_count_requests_per_model_and_objective(client):
+    post(client, "gaussian", y=0.1, objective="qp", num_samples=10)
+    text = client.get("/metrics").text
+    assert 'amortized_posterior_requests_total{model="gaussian",objective="qp",status="ok"}' in text
+    assert 'amortized_posterior_seconds_bucket{le="0.005",model="gaussian",objective="qp"}' in text
+
+
+def test_openapi_documents_fields_and_examples(client):
+    spec = client.get("/openapi.json").json()
+    operation = spec["paths"]["/v1/models/{model}/posterior"]["post"]
+    examples = operation["requestBody"]["content"]["application/json"]["examples"]
+    assert set(examples) == set(MODELS)
+    request_fields = spec["components"]["schemas"]["PosteriorRequest"]["properties"]
+    assert all("description" in field for field in request_fields.values())
+    assert client.get("/docs").status_code == 200
