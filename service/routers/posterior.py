@@ -32,7 +32,8 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "gmm_discrete": {"summary": "gmm_discrete: a batch, with resampling", "value": {"y": [-8.0, 0.5, 12.0], "objective": "qp", "num_samples": 500, "seed": 7, "resample": True}},
     "gmm_open": {"summary": "gmm_open: one y", "value": {"y": 2.7, "objective": "pq", "num_samples": 1000, "seed": 7}},
 }
-ERRORS = {404: {"model": ErrorResponse, "description": "unknown model, or objective not compiled for it"},
+ERRORS = {400: {"model": ErrorResponse, "description": "the body is not decodable text (e.g. not UTF-8)"},
+          404: {"model": ErrorResponse, "description": "unknown model, or objective not compiled for it"},
           413: {"model": ErrorResponse, "description": "body too large"},
           422: {"model": ErrorResponse, "description": "invalid field: the body names it and why"}}
 

@@ -1,0 +1,69 @@
+"""A real server: uvicorn started on a free port, queried with the project's httpx client."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from client import AmortizedClient, ApiError
+from tests.conftest import ARTIFACTS
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = free_port()
+    env = {**os.environ, "AMORTIZED_ARTIFACTS_DIR": str(ARTIFACTS)}
+    command = [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app", "--host", "127.0.0.1", "--port", str(port)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    with AmortizedClient(url, timeout=10) as probe:
+        for _ in range(300):
+            try:
+                if probe.ready():
+                    break
+            except Exception:  # not listening yet
+                pass
+            if process.poll() is not None:
+                pytest.fail(f"server exited: {process.stdout.read()}")
+            time.sleep(0.1)
+        else:
+            process.kill()
+            pytest.fail("server not ready after 30 s")
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_client_gets_numpy_answers_from_a_real_server(server):
+    with AmortizedClient(server) as api:
+        assert {m["name"] for m in api.models()} == {"gaussian", "gmm", "gmm_discrete", "gmm_open"}
+        answer = api.posterior("gmm_open", 0.5, objective="qp", num_samples=400, seed=5, resample=True)
+        assert answer.x.shape == answer.log_weights.shape == (400,) and answer.x.dtype == np.float64
+        assert np.isnan(answer.latents["z"][answer.latents["k"] == 1]).all()  # z does not exist when k = 1
+        assert set(np.unique(answer.latents["k"])) <= {1.0, 2.0}
+        assert abs(answer.branch_probabilities.sum() - 1) < 1e-6
+        assert answer.resampled["x"].shape == (400,)
+        both = api.posterior("gmm", [0.0, 4.0], objective="both", num_samples=200, seed=1)
+        assert len(both) == 2 and set(both[0]) == {"pq", "qp"}
+        assert both[0]["qp"].branch_stds[0] < 1.1 < 4.5 < both[0]["pq"].branch_stds[0]
+        assert api.model("gaussian")["artifacts"]["pq"]["metrics"]["linear"]["a"]["abs_error"] < 0.01
+
+
+def test_client_raises_the_servers_reason(server):
+    with AmortizedClient(server) as api:
+        with pytest.raises(ApiError) as error:
+            api.posterior("gmm", 1.0, num_samples=0)
+        assert error.value.status == 422 and error.value.detail[0]["loc"] == ["body", "num_samples"]
+        with pytest.raises(ApiError) as error:
+            api.posterior("nope", 1.0)
+        assert error.value.status == 404
