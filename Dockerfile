@@ -1,0 +1,20 @@
+# One image for both compose services: the trainer (compile) and the api (serve).
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /app
+
+# CPU-only torch, pinned by constraints.txt (the default PyPI wheel would bring CUDA, several GB).
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+COPY pyproject.toml constraints.txt README.md ./
+COPY amortized ./amortized
+COPY trainer ./trainer
+COPY service ./service
+COPY client ./client
+RUN pip install --extra-index-url "$TORCH_INDEX_URL" -c constraints.txt ".[service]"
+
+RUN useradd --create-home --uid 10001 app && mkdir /artifacts && chown app /artifacts
+USER app
+ENV HOST=0.0.0.0 PORT=8000 AMORTIZED_ARTIFACTS_DIR=/artifacts
+EXPOSE 8000
+CMD ["sh", "-c", "exec uvicorn --factory service.main:create_app --host \"$HOST\" --port \"$PORT\""]

@@ -1,0 +1,61 @@
+"""Docker cannot run here: check the compose file and the Dockerfile statically, and in step with the Makefile."""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+MAKEFILE = (ROOT / "Makefile").read_text()
+APP = "--factory service.main:create_app"
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian's docker-compose is not installed (.ci/run installs it)")
+def test_compose_file_is_valid_for_docker_compose():
+    result = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+
+
+def test_trainer_compiles_into_the_volume_the_api_serves():
+    trainer, api = COMPOSE["services"]["trainer"], COMPOSE["services"]["api"]
+    assert trainer["command"][:5] == ["python", "-m", "trainer", "compile", "--all"]
+    assert "python -m trainer compile --all" in MAKEFILE  # make compile runs the same command
+    out = trainer["command"][trainer["command"].index("--out") + 1]
+    assert f"artifacts:{out}" in trainer["volumes"] and f"artifacts:{out}:ro" in api["volumes"]
+    assert api["environment"]["AMORTIZED_ARTIFACTS_DIR"] == out
+    assert api["depends_on"]["trainer"]["condition"] == "service_completed_successfully"
+
+
+def test_api_serves_like_make_serve_and_checks_readiness():
+    api = COMPOSE["services"]["api"]
+    command = " ".join(api["command"])
+    assert APP in command and APP in MAKEFILE and APP in DOCKERFILE
+    for variable in ("HOST", "PORT"):
+        assert f"$({variable})" in MAKEFILE and variable in api["environment"] and f"$${variable}" in command
+    assert "/health/ready" in " ".join(api["healthcheck"]["test"])
+    port = api["environment"]["PORT"]
+    assert f"{port}:{port}" in api["ports"] and f"127.0.0.1:{port}" in " ".join(api["healthcheck"]["test"])
+
+
+def test_environment_names_are_real_settings():
+    names = {f"AMORTIZED_{field.upper()}" for field in Settings.model_fields}
+    compose_names = {k for k in COMPOSE["services"]["api"]["environment"] if k.startswith("AMORTIZED_")}
+    docker_names = set(re.findall(r"AMORTIZED_[A-Z_]+", DOCKERFILE))
+    assert compose_names <= names and docker_names <= names
+
+
+def test_dockerfile_installs_the_pinned_cpu_torch_and_every_package():
+    assert "-c constraints.txt" in DOCKERFILE and "whl/cpu" in DOCKERFILE
+    assert "torch==2.13.0" in (ROOT / "constraints.txt").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    packages = re.search(r'include = \[(.*?)\]', pyproject).group(1)
+    for package in re.findall(r'"(\w+)\*"', packages):
+        assert f"COPY {package} ./{package}" in DOCKERFILE
+    assert re.search(r"^USER (?!root)", DOCKERFILE, re.M), "the image should not run as root"
