@@ -1,0 +1,114 @@
+"""Serving throughput and latency with wrk: the posterior endpoint beside a bare endpoint of the same stack.
+
+The bare endpoint (enabled by AMORTIZED_BENCH_ENDPOINTS=1) parses the same body
+and returns a precomputed answer of the same size through the same response
+path, so the ratio isolates the cost of the science on the request path.
+Rounds alternate between the endpoints; medians are reported.
+
+    .venv/bin/python bench/serve_benchmark.py [--seconds 5] [--rounds 3] [--connections 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(port: int) -> subprocess.Popen:
+    env = {**os.environ, "AMORTIZED_BENCH_ENDPOINTS": "1", "AMORTIZED_ARTIFACTS_DIR": str(ROOT / "artifacts")}
+    command = [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app", "--host", "127.0.0.1",
+               "--port", str(port), "--workers", "1", "--log-level", "warning", "--no-access-log"]
+    process = subprocess.Popen(command, env=env, cwd=ROOT)
+    for _ in range(300):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health/ready").status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    process.kill()
+    raise SystemExit("server did not become ready")
+
+
+def wrk(url: str, body: dict, seconds: int, connections: int) -> dict[str, float]:
+    """requests/s and p50/p99 latency (ms) of POSTing ``body`` to ``url``."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\nwrk.headers["Content-Type"] = "application/json"\n')
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, url],
+                         capture_output=True, text=True, check=True).stdout
+    os.unlink(script.name)
+    if re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        raise SystemExit(f"errors from {url}:\n{out}")
+    unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+    latency = {p: float(v) * unit[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)", out, re.M)}
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "p50": latency["50"], "p99": latency["99"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--models", nargs="+", default=["gmm_open", "gmm"])
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is needed: apt-get install wrk")
+    port = free_port()
+    server = start_server(port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        body = {"y": 0.3, "objective": "pq", "num_samples": 1000, "seed": 1}
+        rows = []
+        for model in args.models:
+            size = len(httpx.post(f"{base}/v1/models/{model}/posterior", json=body).content)
+            bare_size = len(httpx.post(f"{base}/v1/_bench/bare/{model}", json=body).content)
+            runs: dict[str, list[dict[str, float]]] = {"bare": [], "posterior": []}
+            for _ in range(args.rounds):
+                runs["bare"].append(wrk(f"{base}/v1/_bench/bare/{model}", body, args.seconds, args.connections))
+                runs["posterior"].append(wrk(f"{base}/v1/models/{model}/posterior", body, args.seconds, args.connections))
+            medians = {name: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99")} for name, rs in runs.items()}
+            rows.append((model, size, bare_size, medians))
+        ys = [round(-20 + 40 * i / 999, 4) for i in range(1000)]
+        batch_times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            response = httpx.post(f"{base}/v1/models/gmm_open/posterior", json={**body, "y": ys}, timeout=120)
+            batch_times.append(time.perf_counter() - started)
+            assert response.status_code == 200, response.text[:300]
+        batch_bytes = len(response.content)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    print(f"one uvicorn worker, wrk -t1 -c{args.connections}, {args.rounds} alternating rounds of {args.seconds} s, medians;"
+          f" body {json.dumps(body)}")
+    print(f"{'model':<10} {'endpoint':<10} {'bytes':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    for model, size, bare_size, medians in rows:
+        for name, nbytes in (("bare", bare_size), ("posterior", size)):
+            m = medians[name]
+            print(f"{model:<10} {name:<10} {nbytes:>7} {m['rps']:>8.0f} {m['p50']:>8.2f} {m['p99']:>8.2f}")
+        print(f"{model:<10} ratio posterior/bare throughput: {medians['posterior']['rps'] / medians['bare']['rps']:.2f}")
+    print(f"one request with 1000 observations x 1000 samples (gmm_open): median {statistics.median(batch_times):.2f} s"
+          f" over 3, {batch_bytes / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()
