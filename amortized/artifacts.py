@@ -118,7 +118,7 @@ def save_artifact(
     folder = Path(root) / model.name
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {name: value.detach().contiguous() for name, value in network.state_dict().items()}
-    data = safetensors.torch.save(tensors, metadata={"model": model.name, "objective": objective})
+    data = safetensors.torch.save(tensors)  # no metadata: its key order varies per process, and so would the sha256
     digest = hashlib.sha256(data).hexdigest()
     weights_file = f"{objective}-{digest[:16]}.safetensors"
     atomic_write(folder / weights_file, data)

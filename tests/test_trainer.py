@@ -1,0 +1,83 @@
+"""The compiler's command line: compile, determinism, interruption, figures, report."""
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from amortized import artifacts
+from amortized.artifacts import load_artifact
+from amortized.figures import posterior_png
+from amortized.models import MODELS, build_model
+from trainer.cli import main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def weights_sha(root, model="gaussian", objective="pq") -> str:
+    return json.loads((root / model / f"{objective}.json").read_text())["weights"]["sha256"]
+
+
+def test_compile_writes_loadable_artifacts_and_figures(tmp_path, capsys):
+    assert main(["compile", "--model", "gmm_open", "--steps", "60", "--jobs", "1", "--out", str(tmp_path)]) == 0
+    for objective in ("pq", "qp"):
+        artifact = load_artifact(tmp_path / "gmm_open" / f"{objective}.json")
+        assert artifact.manifest.training.total_steps == 60 and "kl_pq" in artifact.manifest.metrics
+    for figure in ("posteriors.png", "network_outputs.png"):
+        assert (tmp_path / "gmm_open" / figure).read_bytes().startswith(PNG)
+    assert "compiled 2 artifact(s)" in capsys.readouterr().out
+
+
+def test_same_seed_same_weights_in_parallel_or_not(tmp_path):
+    args = ["compile", "--model", "gaussian", "gmm_discrete", "--steps", "40", "--no-figures"]
+    main([*args, "--jobs", "1", "--seed", "3", "--out", str(tmp_path / "a")])
+    main([*args, "--jobs", "2", "--seed", "3", "--out", str(tmp_path / "b")])
+    main([*args, "--jobs", "1", "--seed", "4", "--out", str(tmp_path / "c")])
+    for model in ("gaussian", "gmm_discrete"):
+        assert weights_sha(tmp_path / "a", model) == weights_sha(tmp_path / "b", model) != weights_sha(tmp_path / "c", model)
+
+
+def test_an_interrupted_compile_leaves_the_previous_artifact(tmp_path, monkeypatch, capsys):
+    main(["compile", "--model", "gaussian", "--objective", "pq", "--steps", "40", "--jobs", "1", "--no-figures", "--out", str(tmp_path)])
+    manifest = tmp_path / "gaussian" / "pq.json"
+    before, sha = manifest.read_bytes(), weights_sha(tmp_path)
+    real_write = artifacts.atomic_write
+
+    def ctrl_c_at_the_commit_point(path, data):
+        if path.suffix == ".json":
+            raise KeyboardInterrupt
+        real_write(path, data)
+
+    monkeypatch.setattr(artifacts, "atomic_write", ctrl_c_at_the_commit_point)
+    status = main(["compile", "--model", "gaussian", "--objective", "pq", "--steps", "40", "--seed", "9", "--jobs", "1", "--no-figures", "--out", str(tmp_path)])
+    assert status == 130 and "interrupted" in capsys.readouterr().err
+    assert manifest.read_bytes() == before
+    artifact = load_artifact(manifest)  # checksum verified: the old weights are intact
+    assert artifact.manifest.weights.sha256 == sha
+    assert not list(tmp_path.rglob(".staging*"))
+
+
+def test_bad_options_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["compile", "--model", "nope"])
+    with pytest.raises(SystemExit):
+        main(["compile", "--all", "--steps", "0"])
+    assert main(["compile", "--all", "--warm-start", "0.8", "--blend", "0.5"]) == 2
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_posterior_figure_even_for_extreme_y(name):
+    model = build_model(name)
+    for y in (0.0, 1e6):
+        exact = model.exact_posterior(torch.tensor([y]))
+        assert posterior_png(model, y, {"pq": exact}).startswith(PNG)
+
+
+def test_report_lists_every_artifact(capsys):
+    assert main(["report", "--format", "markdown"]) == 0
+    out = capsys.readouterr().out
+    for model in MODELS:
+        for objective in ("pq", "qp"):
+            assert f"| {model} | {objective} |" in out
+    assert "REFUSED" not in out
