@@ -6,7 +6,7 @@ from pathlib import Path
 
 from amortized.artifacts import discover_artifacts
 
-COLUMNS = ["model", "loss", "kl_pq", "kl_qp", "limit", "gap", "q std at y=0", "|a-a*|", "|b-b*|", "|c-c*|", "train s"]
+COLUMNS = ["model", "loss", "kl_pq", "kl_qp", "limit", "gap", "q std at y=0", "err a", "err b", "err c", "train s"]
 
 
 def rows(root: Path) -> tuple[list[list[str]], dict[Path, str]]:
@@ -20,10 +20,10 @@ def rows(root: Path) -> tuple[list[list[str]], dict[Path, str]]:
         table.append([
             model,
             objective,
-            f"{metrics['kl_pq']:.4f}",
-            f"{metrics['kl_qp']:.4f}",
-            f"{metrics[f'limit_{objective}']:.4f}",
-            f"{metrics['amortisation_gap']:.4f}",
+            f"{metrics['kl_pq']:.5f}",
+            f"{metrics['kl_qp']:.5f}",
+            f"{metrics[f'limit_{objective}']:.5f}",
+            f"{metrics['amortisation_gap']:.5f}",
             ", ".join(f"{s:.3f}" for s in stds),
             *(f"{linear[p]['abs_error']:.4f}" if p in linear else "" for p in "abc"),
             f"{artifact.manifest.training_result['seconds']:.1f}",
@@ -46,6 +46,6 @@ def report(root: Path, markdown: bool = False) -> str:
     notes = [f"REFUSED {path}: {why}" for path, why in refused.items()]
     legend = (
         "kl_* are means over the fixed test set (1000 y from p(y)); limit = best-in-family value of the loss's own "
-        "divergence; gap = trained - limit (the amortisation gap)."
+        "divergence; gap = trained - limit (the amortisation gap); err a/b/c = |a - a*| etc. for gaussian."
     )
     return "\n".join([text, "", legend, *notes])
