@@ -146,42 +146,34 @@ def verdict(summary: WeightSummary, pareto_k: Tensor, misses_mass: Tensor | None
     return verdicts, reasons
 
 
-def importance_log_weights(model: ConjugateMixtureModel, y: Tensor, q: BranchedNormal, branch: Tensor, x: Tensor) -> Tensor:
-    """log p(b, x, y) - log q(b, x | y) for samples ``(batch, samples)``."""
-    return model.log_joint(branch, x, y[:, None]) - q.log_prob(branch, x)
-
-
 def cross_check(
-    model: ConjugateMixtureModel,
-    y: Tensor,
-    q: BranchedNormal,
-    q_summary: WeightSummary,
-    branch: Tensor,
-    x: Tensor,
-    other: BranchedNormal,
-    generator: torch.Generator,
-) -> CrossCheck:
-    """Evidence from ``other`` alone and from the mixture (q + other)/2 over both sample sets."""
-    other_branch, other_x = other.sample(x.shape[-1], generator)
-    other_summary = summarise_weights(importance_log_weights(model, y, other, other_branch, other_x))
-    pooled_branch, pooled_x = torch.cat([branch, other_branch], -1), torch.cat([x, other_x], -1)
-    log_mixture = torch.logaddexp(q.log_prob(pooled_branch, pooled_x), other.log_prob(pooled_branch, pooled_x)) - math.log(2)
-    mixture_summary = summarise_weights(model.log_joint(pooled_branch, pooled_x, y[:, None]) - log_mixture)
-    estimates = torch.stack([q_summary.log_evidence, other_summary.log_evidence, mixture_summary.log_evidence])
-    errors = torch.stack([q_summary.log_evidence_se, other_summary.log_evidence_se, mixture_summary.log_evidence_se])
+    model: ConjugateMixtureModel, y: Tensor, q: BranchedNormal, other: BranchedNormal, num_samples: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor, CrossCheck]:
+    """Sample q and ``other`` as one stacked batch; evidence from each and from their mixture (q + other)/2.
+
+    Returns q's samples and log weights (its first half) with the cross-check.
+    The mixture estimate pools both sample sets and weighs them against the
+    mixture density (deterministic-mixture importance sampling).
+    """
+    b = len(y)
+    both, y2 = BranchedNormal.cat([q, other]), torch.cat([y, y])
+    branch, x = both.sample(num_samples, generator)
+    log_p = model.log_joint(branch, x, y2[:, None])
+    log_own = both.log_prob(branch, x)
+    log_cross = BranchedNormal.cat([other, q]).log_prob(branch, x)  # the other proposal's density at each sample
+    log_weights = log_p - log_own
+    summary = summarise_weights(log_weights)
+    mixture_log_weights = log_p - (torch.logaddexp(log_own, log_cross) - math.log(2))
+    mixture = summarise_weights(torch.cat([mixture_log_weights[:b], mixture_log_weights[b:]], -1))
+    estimates = torch.stack([summary.log_evidence[:b], summary.log_evidence[b:], mixture.log_evidence])
+    errors = torch.stack([summary.log_evidence_se[:b], summary.log_evidence_se[b:], mixture.log_evidence_se])
     gaps = (estimates[:, None] - estimates[None, :]).abs()
     allowed = AGREEMENT_Z * torch.sqrt(errors[:, None] ** 2 + errors[None, :] ** 2) + AGREEMENT_FLOOR
     consistent = (gaps <= allowed).flatten(0, 1).all(0)  # NaN compares False: never "consistent"
     # A proposal that misses mass underestimates the evidence; the mixture covers what either covers.
     misses_mass = ~(estimates[0] >= estimates[2] - allowed[0, 2])
-    return CrossCheck(
-        other_summary.log_evidence,
-        other_summary.log_evidence_se,
-        mixture_summary.log_evidence,
-        mixture_summary.log_evidence_se,
-        consistent,
-        misses_mass,
-    )
+    check = CrossCheck(estimates[1], errors[1], estimates[2], errors[2], consistent, misses_mass)
+    return branch[:b], x[:b], log_weights[:b], check
 
 
 def analyse(
@@ -195,15 +187,18 @@ def analyse(
 ) -> PosteriorAnalysis:
     """Sample q for each y, weigh, diagnose; optionally cross-check with ``other`` and resample (SIR)."""
     y, q = y.to(torch.float64), q.to(torch.float64)
-    branch, x = q.sample(num_samples, generator)
-    log_weights = importance_log_weights(model, y, q, branch, x)
+    if other is None:
+        check = None
+        branch, x = q.sample(num_samples, generator)
+        log_weights = model.log_joint(branch, x, y[:, None]) - q.log_prob(branch, x)
+    else:
+        branch, x, log_weights, check = cross_check(model, y, q, other.to(torch.float64), num_samples, generator)
     summary = summarise_weights(log_weights)
     pareto_k = pareto_k_hat(log_weights)
     normalised = torch.softmax(log_weights, -1)
     mean_x = (normalised * x).sum(-1)
     std_x = (normalised * (x - mean_x[:, None]) ** 2).sum(-1).sqrt()
     branch_probabilities = torch.zeros(len(y), model.num_branches, dtype=torch.float64).scatter_add_(-1, branch, normalised)
-    check = None if other is None else cross_check(model, y, q, summary, branch, x, other.to(torch.float64), generator)
     verdicts, reasons = verdict(summary, pareto_k, None if check is None else check.misses_mass)
     resampled_branch = resampled_x = None
     if resample:

@@ -50,6 +50,11 @@ class BranchedNormal:
     def to(self, dtype: torch.dtype) -> BranchedNormal:
         return BranchedNormal(self.log_probs.to(dtype), self.means.to(dtype), self.stds.to(dtype))
 
+    @staticmethod
+    def cat(parts: list[BranchedNormal]) -> BranchedNormal:
+        """Join batches of observations (same branches), to run several proposals as one."""
+        return BranchedNormal(*(torch.cat([getattr(p, f) for p in parts]) for f in ("log_probs", "means", "stds")))
+
     def __getitem__(self, index: slice | Tensor | int) -> BranchedNormal:
         """Select observations (the leading batch dimension)."""
         return BranchedNormal(self.log_probs[index], self.means[index], self.stds[index])

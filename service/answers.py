@@ -15,16 +15,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from amortized.diagnostics import PosteriorAnalysis, analyse, exact_summary, latent_marginals
+from amortized.diagnostics import analyse, exact_summary
 from amortized.distributions import BranchedNormal
 from service.registry import ServedModel
 
 OTHER = {"pq": "qp", "qp": "pq"}
 
 
-def finite_or_none(values: torch.Tensor) -> list[float | None]:
-    """A 1-D tensor as floats, NaN and infinities as None."""
-    return [v if math.isfinite(v) else None for v in values.tolist()]
+def finite_or_none(values: torch.Tensor) -> list[list[float | None]]:
+    """Rows of a 2-D tensor as floats, NaN and infinities as None (one tolist for many columns)."""
+    return [[v if math.isfinite(v) else None for v in row] for row in values.tolist()]
 
 
 def finite_array(values: torch.Tensor) -> np.ndarray | list[float | None]:
@@ -33,46 +33,40 @@ def finite_array(values: torch.Tensor) -> np.ndarray | list[float | None]:
     return array if np.isfinite(array).all() else [v if math.isfinite(v) else None for v in array.tolist()]
 
 
+def with_nulls(values: np.ndarray) -> list[int | None]:
+    """Latent values as Python ints, None where negative (the latent does not exist in that sample)."""
+    out = values.astype(object)
+    out[values < 0] = None
+    return out.tolist()
+
+
 def samples_columns(served: ServedModel, branch: torch.Tensor, x: torch.Tensor) -> list[dict[str, Any]]:
     """Per observation: {"x": [...], latent: [...]} with None where a latent does not exist in a sample."""
     columns = {"x": [finite_array(row) for row in x]}
     for name, table in served.latent_table.items():
-        values = table[branch.numpy()]
-        columns[name] = [row if (row >= 0).all() else [int(v) if v >= 0 else None for v in row] for row in values]
+        columns[name] = [row if (row >= 0).all() else with_nulls(row) for row in table[branch.numpy()]]
     return [dict(zip(columns, row)) for row in zip(*columns.values())]
 
 
 def probabilities(served: ServedModel, branch_probabilities: torch.Tensor) -> list[dict[str, dict[str, float]]]:
-    """Per observation: {latent: {value: P(latent = value)}}."""
-    marginals = latent_marginals(served.model, branch_probabilities)
-    flat = {(name, str(value)): p.tolist() for name, values in marginals.items() for value, p in values.items()}
+    """Per observation: {latent: {value: P(latent = value)}}, from one matrix product."""
     out = []
-    for i in range(len(branch_probabilities)):
-        row: dict[str, dict[str, float]] = {name: {} for name in marginals}
-        for (name, value), p in flat.items():
-            row[name][value] = p[i]
-        out.append(row)
+    for row in (branch_probabilities @ served.value_matrix).tolist():
+        nested: dict[str, dict[str, float]] = {name: {} for name in served.latent_table}
+        for (name, value), p in zip(served.value_keys, row):
+            nested[name][value] = p
+        out.append(nested)
     return out
 
 
 def q_branches(served: ServedModel, q: BranchedNormal) -> list[dict[str, Any]]:
-    probs, means, stds = q.probs.tolist(), q.means.tolist(), q.stds.tolist()
-    return [
-        {"branches": [{"latents": latents, "probability": p, "mean": m, "std": s} for latents, p, m, s in zip(served.branch_latents, *row)]}
-        for row in zip(probs, means, stds)
-    ]
+    rows = torch.stack([q.probs, q.means, q.stds], -1).tolist()  # (batch, branches, 3)
+    return [{"branches": [{"latents": latents, "probability": p, "mean": m, "std": s} for latents, (p, m, s) in zip(served.branch_latents, row)]} for row in rows]
 
 
-def cross_checks(analysis: PosteriorAnalysis, other: str) -> list[dict[str, Any] | None]:
-    check = analysis.cross_check
-    if check is None:
-        return [None] * len(analysis.verdict)
-    columns = [finite_or_none(t) for t in (check.log_evidence_other, check.log_evidence_other_se, check.log_evidence_mixture, check.log_evidence_mixture_se)]
-    return [
-        {"other_objective": other, "log_evidence_other": a, "log_evidence_other_se": b, "log_evidence_mixture": c,
-         "log_evidence_mixture_se": d, "consistent": ok, "misses_mass": misses}
-        for a, b, c, d, ok, misses in zip(*columns, check.consistent.tolist(), check.misses_mass.tolist())
-    ]
+DIAGNOSTIC_FIELDS = ("ess", "ess_fraction", "log_evidence", "log_evidence_se", "elbo", "pareto_k")
+EXACT_FIELDS = ("log_evidence", "posterior_mean_x", "posterior_std_x", "kl_pq", "kl_qp")
+CHECK_FIELDS = ("log_evidence_other", "log_evidence_other_se", "log_evidence_mixture", "log_evidence_mixture_se")
 
 
 def results_for(
@@ -82,36 +76,36 @@ def results_for(
     """The answer of one compiled network for every observation in ``y``."""
     analysis = analyse(served.model, y, q, num_samples, generator, other=other, resample=resample)
     exact = exact_summary(served.model, y, q)
-    diagnostics_columns = zip(
-        *(finite_or_none(getattr(analysis, name)) for name in ("ess", "ess_fraction", "log_evidence", "log_evidence_se", "elbo", "pareto_k", "mean_x", "std_x")),
-        analysis.verdict, analysis.reason, probabilities(served, analysis.branch_probabilities), cross_checks(analysis, OTHER[objective]),
-    )
-    exact_columns = zip(
-        *(finite_or_none(exact[name]) for name in ("log_evidence", "mean_x", "std_x", "kl_pq", "kl_qp")),
-        probabilities(served, exact["branch_probabilities"]),
-    )
+    check = analysis.cross_check
+    scalars = [getattr(analysis, name) for name in DIAGNOSTIC_FIELDS] + [analysis.mean_x, analysis.std_x]
+    scalars += [exact[name] for name in ("log_evidence", "mean_x", "std_x", "kl_pq", "kl_qp")]
+    if check is not None:
+        scalars += [getattr(check, name) for name in CHECK_FIELDS]
+    rows = finite_or_none(torch.stack(scalars, -1))
+    flags = torch.stack([check.consistent, check.misses_mass], -1).tolist() if check is not None else None
     samples = samples_columns(served, analysis.branch, analysis.x)
-    resampled = samples_columns(served, analysis.resampled_branch, analysis.resampled_x) if resample else [None] * len(y)
+    resampled = samples_columns(served, analysis.resampled_branch, analysis.resampled_x) if resample else None
+    estimated, truth = probabilities(served, analysis.branch_probabilities), probabilities(served, exact["branch_probabilities"])
     out = []
-    for y_i, q_i, samples_i, log_w, d, e, resampled_i in zip(
-        y.tolist(), q_branches(served, q), samples, analysis.log_weights, diagnostics_columns, exact_columns, resampled
-    ):
-        ess, ess_fraction, log_z, log_z_se, elbo, pareto_k, mean_x, std_x, verdict, reason, discrete, check = d
+    for i, (y_i, q_i, row) in enumerate(zip(y.tolist(), q_branches(served, q), rows)):
+        diagnostics = dict(zip(DIAGNOSTIC_FIELDS, row[:6]))
+        diagnostics.update(
+            num_samples=num_samples, verdict=analysis.verdict[i], reason=analysis.reason[i],
+            posterior_mean_x=row[6], posterior_std_x=row[7], discrete_probabilities=estimated[i], cross_check=None,
+        )
+        if check is not None:
+            diagnostics["cross_check"] = {
+                "other_objective": OTHER[objective], **dict(zip(CHECK_FIELDS, row[13:])),
+                "consistent": flags[i][0], "misses_mass": flags[i][1],
+            }
         result = {
             "model": served.model.name, "seed": seed, "y": y_i, "objective": objective, "q": q_i,
-            "samples": samples_i, "log_weights": finite_array(log_w),
-            "diagnostics": {
-                "num_samples": num_samples, "ess": ess, "ess_fraction": ess_fraction, "log_evidence": log_z,
-                "log_evidence_se": log_z_se, "elbo": elbo, "pareto_k": pareto_k, "verdict": verdict, "reason": reason,
-                "posterior_mean_x": mean_x, "posterior_std_x": std_x, "discrete_probabilities": discrete, "cross_check": check,
-            },
-            "exact": {
-                "log_evidence": e[0], "posterior_mean_x": e[1], "posterior_std_x": e[2], "kl_pq": e[3], "kl_qp": e[4],
-                "discrete_probabilities": e[5],
-            },
+            "samples": samples[i], "log_weights": finite_array(analysis.log_weights[i]),
+            "diagnostics": diagnostics,
+            "exact": {**dict(zip(EXACT_FIELDS, row[8:13])), "discrete_probabilities": truth[i]},
         }
         if resample:
-            result["resampled"] = resampled_i
+            result["resampled"] = resampled[i]
         out.append(result)
     return out
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from amortized.artifacts import Artifact, discover_artifacts
 from amortized.models import ConjugateMixtureModel
@@ -27,6 +28,12 @@ class ServedModel:
             name: np.array([branch.get(name, -1) for branch in self.model.branches]) for name in self.model.latent_names
         }
         self.branch_latents = [dict(branch) for branch in self.model.branches]
+        # P(latent = value) for every (latent, value) at once: branch probabilities @ this (branches x values)
+        members = self.model.latent_value_members
+        self.value_keys = [(name, str(value)) for name, values in members.items() for value in values]
+        self.value_matrix = torch.stack(
+            [m.to(torch.float64) for values in members.values() for m in values.values()], -1
+        ) if self.value_keys else torch.zeros(self.model.num_branches, 0, dtype=torch.float64)
 
     @property
     def objectives(self) -> list[str]:
