@@ -81,10 +81,13 @@ def main() -> None:
         for model in args.models:
             size = len(httpx.post(f"{base}/v1/models/{model}/posterior", json=body).content)
             bare_size = len(httpx.post(f"{base}/v1/_bench/bare/{model}", json=body).content)
-            runs: dict[str, list[dict[str, float]]] = {"bare": [], "posterior": []}
+            runs: dict[str, list[dict[str, float]]] = {"bare": [], "posterior": [], "no cross-check": []}
             for _ in range(args.rounds):
                 runs["bare"].append(wrk(f"{base}/v1/_bench/bare/{model}", body, args.seconds, args.connections))
                 runs["posterior"].append(wrk(f"{base}/v1/models/{model}/posterior", body, args.seconds, args.connections))
+                runs["no cross-check"].append(
+                    wrk(f"{base}/v1/models/{model}/posterior", {**body, "cross_check": False}, args.seconds, args.connections)
+                )
             medians = {name: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99")} for name, rs in runs.items()}
             rows.append((model, size, bare_size, medians))
         ys = [round(-20 + 40 * i / 999, 4) for i in range(1000)]
@@ -100,12 +103,13 @@ def main() -> None:
         server.wait(timeout=10)
     print(f"one uvicorn worker, wrk -t1 -c{args.connections}, {args.rounds} alternating rounds of {args.seconds} s, medians;"
           f" body {json.dumps(body)}")
-    print(f"{'model':<10} {'endpoint':<10} {'bytes':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"| model | endpoint | bytes | req/s | p50 ms | p99 ms | throughput / bare |")
+    print("|---|---|---|---|---|---|---|")
     for model, size, bare_size, medians in rows:
-        for name, nbytes in (("bare", bare_size), ("posterior", size)):
+        for name, nbytes in (("bare", bare_size), ("posterior", size), ("no cross-check", size)):
             m = medians[name]
-            print(f"{model:<10} {name:<10} {nbytes:>7} {m['rps']:>8.0f} {m['p50']:>8.2f} {m['p99']:>8.2f}")
-        print(f"{model:<10} ratio posterior/bare throughput: {medians['posterior']['rps'] / medians['bare']['rps']:.2f}")
+            ratio = m["rps"] / medians["bare"]["rps"]
+            print(f"| {model} | {name} | {nbytes} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {ratio:.2f} |")
     print(f"one request with 1000 observations x 1000 samples (gmm_open): median {statistics.median(batch_times):.2f} s"
           f" over 3, {batch_bytes / 1e6:.1f} MB")
 
