@@ -67,7 +67,7 @@ class CrossCheck(BaseModel):
 
 
 class Diagnostics(BaseModel):
-    num_samples: int
+    num_samples: int = Field(..., description="samples drawn from q for this observation")
     ess: float | None = Field(..., description="effective sample size (sum w)^2 / sum w^2")
     ess_fraction: float | None = Field(..., description="ESS / N")
     log_evidence: float | None = Field(..., description="logsumexp(log w) - log N, an estimate of log p(y)")
@@ -84,36 +84,36 @@ class Diagnostics(BaseModel):
 
 class Exact(BaseModel):
     log_evidence: float | None = Field(..., description="exact log p(y)")
-    posterior_mean_x: float | None
-    posterior_std_x: float | None
+    posterior_mean_x: float | None = Field(..., description="exact E[x | y]")
+    posterior_std_x: float | None = Field(..., description="exact posterior standard deviation of x")
     discrete_probabilities: Probabilities
     kl_pq: float | None = Field(..., description="KL(p(.|y) || q(.|y)) over all latents, nats")
     kl_qp: float | None = Field(..., description="KL(q(.|y) || p(.|y)) over all latents, nats")
 
 
 class PosteriorResult(BaseModel):
-    model: str
+    model: str = Field(..., description="the model answered for")
     seed: int = Field(..., description="the seed used (echoed, or drawn when the request had none)")
-    y: float
-    objective: Objective
-    q: QParameters
-    samples: Samples
+    y: float = Field(..., description="the observation")
+    objective: Objective = Field(..., description="the loss the answering network was compiled with")
+    q: QParameters = Field(..., description="the compiled network's q(. | y)")
+    samples: Samples = Field(..., description="draws from q(. | y), columnar")
     log_weights: list[float | None] = Field(..., description="log p(latents, y) - log q(latents | y), one per sample")
-    diagnostics: Diagnostics
+    diagnostics: Diagnostics = Field(..., description="importance-weighted diagnostics of these samples")
     exact: Exact = Field(..., description="the truth, which all four models know in closed form")
     resampled: Samples | None = Field(None, description="SIR draws, when resample is true")
 
 
 class Comparison(BaseModel):
-    model: str
-    seed: int
-    y: float
+    model: str = Field(..., description="the model answered for")
+    seed: int = Field(..., description="the seed used")
+    y: float = Field(..., description="the observation")
     objectives: dict[str, PosteriorResult] = Field(..., description="the answer of each compiled network, keyed by objective")
 
 
 class BatchResponse(BaseModel):
-    model: str
-    seed: int
+    model: str = Field(..., description="the model answered for")
+    seed: int = Field(..., description="the seed used for the whole batch")
     results: list[PosteriorResult | Comparison] = Field(..., description="one answer per observation, in the request's order")
 
 
@@ -121,9 +121,9 @@ PosteriorResponse = PosteriorResult | Comparison | BatchResponse
 
 
 class ModelSummary(BaseModel):
-    name: str
-    title: str
-    description: str
+    name: str = Field(..., description="the model's name in URLs")
+    title: str = Field(..., description="a human title")
+    description: str = Field(..., description="the generative model in one line")
     latents: list[str] = Field(..., description="discrete latents, then x")
     branches: list[dict[str, int]] = Field(..., description="the discrete branches of the posterior")
     params: dict = Field(..., description="the model's parameters")
@@ -137,8 +137,8 @@ class ModelDetail(ModelSummary):
 class ErrorItem(BaseModel):
     loc: list[str | int] = Field(..., description="where: e.g. [\"body\", \"y\", 3]")
     msg: str = Field(..., description="why")
-    type: str
+    type: str = Field(..., description="a machine-readable kind, e.g. float_type, not_found, http_413")
 
 
 class ErrorResponse(BaseModel):
-    detail: list[ErrorItem]
+    detail: list[ErrorItem] = Field(..., description="one item per problem")

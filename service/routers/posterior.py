@@ -12,9 +12,11 @@ import secrets
 import time
 from typing import Any
 
+import torch
 from fastapi import APIRouter, Body, Depends, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
+from amortized.figures import posterior_png as draw
 from service.answers import answer
 from service.dependencies import get_app_settings, get_metrics, get_served_model
 from service.errors import ApiError
@@ -106,10 +108,6 @@ def posterior_png(
     y: float = Query(..., allow_inf_nan=False, description="the observation", examples=[0.0]),
     served: ServedModel = Depends(get_served_model),
 ) -> Response:
-    import torch
-
-    from amortized.figures import posterior_png as draw
-
     with torch.inference_mode():
         qs = {name: artifact.network(torch.tensor([y], dtype=torch.float32)) for name, artifact in served.artifacts.items()}
         png = draw(served.model, y, qs)
