@@ -11,7 +11,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+# Beyond +-1e9 an observation is astronomically far outside every model's p(y) (noise stds of 1 to 10),
+# float32 networks and squared residuals stop meaning anything: refused with a 422 rather than answered.
+MAX_ABS_Y = 1e9
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_ABS_Y, le=MAX_ABS_Y)]
 Objective = Literal["pq", "qp"]
 
 
@@ -20,7 +23,7 @@ class PosteriorRequest(BaseModel):
 
     y: FiniteFloat | list[FiniteFloat] = Field(
         ...,
-        description="one observation, or a list of them (at most AMORTIZED_MAX_BATCH, default 10000); finite numbers only",
+        description="one observation, or a list of them (at most AMORTIZED_MAX_BATCH, default 10000); finite numbers within +-1e9",
     )
     objective: Literal["pq", "qp", "both"] = Field(
         "pq", description="which compiled network answers: pq (mass-covering), qp (mode-seeking), or both side by side"

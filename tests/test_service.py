@@ -110,9 +110,10 @@ def test_batches_keep_order_and_shapes(client):
         assert probs["k"]["1"] + probs["k"]["2"] == pytest.approx(1.0)
 
 
-def test_extreme_observations_answer_without_nan_and_say_so(client):
+@pytest.mark.parametrize("y", [1e6, -1e9, 1e9])
+def test_extreme_observations_answer_without_nan_and_say_so(client, y):
     for model in MODELS:
-        data = post(client, model, y=1e6, objective="both", num_samples=500, seed=0)
+        data = post(client, model, y=y, objective="both", num_samples=500, seed=0)
         for objective, result in data["objectives"].items():
             if model != "gaussian":  # the linear family extrapolates exactly; the MLPs never saw such y
                 assert result["diagnostics"]["verdict"] == "unreliable", (model, objective)
@@ -125,6 +126,8 @@ BAD_BODIES = [
     ({"y": [1.0, "x"]}, ["body", "y"]),
     ({"y": []}, ["body", "y"]),
     ({"y": 1.0, "objective": "kl"}, ["body", "objective"]),
+    ({"y": 1e10}, ["body", "y"]),
+    ({"y": [0.0, -1e300]}, ["body", "y"]),
     ({"y": 1.0, "num_samples": 0}, ["body", "num_samples"]),
     ({"y": 1.0, "num_samples": 100_001}, ["body", "num_samples"]),
     ({"y": 1.0, "num_samples": 2.5}, ["body", "num_samples"]),

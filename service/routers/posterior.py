@@ -23,7 +23,7 @@ from service.errors import ApiError
 from service.metrics import Metrics
 from service.registry import ServedModel
 from service.responses import json_response
-from service.schemas import ErrorResponse, PosteriorRequest, PosteriorResponse
+from service.schemas import MAX_ABS_Y, ErrorResponse, PosteriorRequest, PosteriorResponse
 from service.settings import Settings
 
 router = APIRouter(prefix="/v1/models", tags=["posterior"])
@@ -105,7 +105,7 @@ async def posterior(
     summary="Figure: q for each objective against the exact posterior at y",
 )
 def posterior_png(
-    y: float = Query(..., allow_inf_nan=False, description="the observation", examples=[0.0]),
+    y: float = Query(..., allow_inf_nan=False, ge=-MAX_ABS_Y, le=MAX_ABS_Y, description="the observation", examples=[0.0]),
     served: ServedModel = Depends(get_served_model),
 ) -> Response:
     with torch.inference_mode():
