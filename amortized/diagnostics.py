@@ -238,10 +238,10 @@ def latent_marginals(model: ConjugateMixtureModel, branch_probabilities: Tensor)
 def exact_summary(model: ConjugateMixtureModel, y: Tensor, q: BranchedNormal) -> dict[str, Tensor]:
     """The truth for each y, and how far this q is from it (kl_pq, kl_qp)."""
     y = y.to(torch.float64)
-    exact = model.exact_posterior(y)
+    exact, log_evidence = model.exact_posterior_and_evidence(y)
     kl_pq, kl_qp = kl_divergences(model, exact, q)
     return {
-        "log_evidence": model.log_evidence(y),
+        "log_evidence": log_evidence,
         "mean_x": exact.mean_x(),
         "std_x": exact.std_x(),
         "branch_probabilities": model.branch_probabilities(exact),

@@ -152,12 +152,16 @@ class ConjugateMixtureModel(ABC):
 
     def exact_posterior(self, y: Tensor) -> BranchedNormal:
         """p(c, x | y) over *components* (float64): w_c(y), and the conjugate N(m_c, s_c^2)."""
+        return self.exact_posterior_and_evidence(y)[0]
+
+    def exact_posterior_and_evidence(self, y: Tensor) -> tuple[BranchedNormal, Tensor]:
+        """Both at once: the evidence is the posterior's normaliser, so it costs nothing more."""
         log_joint_c, _ = self._predictive(y)
         precision = 1.0 / self.stds**2 + 1.0 / self.sigma**2
         variance = 1.0 / precision
         means = variance * (self.means / self.stds**2 + y.to(torch.float64)[..., None] / self.sigma**2)
-        log_probs = log_joint_c - torch.logsumexp(log_joint_c, dim=-1, keepdim=True)
-        return BranchedNormal(log_probs, means, variance.sqrt().expand_as(means))
+        log_evidence = torch.logsumexp(log_joint_c, dim=-1)
+        return BranchedNormal(log_joint_c - log_evidence[..., None], means, variance.sqrt().expand_as(means)), log_evidence
 
     def branch_probabilities(self, posterior: BranchedNormal) -> Tensor:
         """Sum component probabilities into branch probabilities, ``(batch, branches)``."""
