@@ -17,4 +17,4 @@ RUN useradd --create-home --uid 10001 app && mkdir /artifacts && chown app /arti
 USER app
 ENV HOST=0.0.0.0 PORT=8000 AMORTIZED_ARTIFACTS_DIR=/artifacts
 EXPOSE 8000
-CMD ["sh", "-c", "exec uvicorn --factory service.main:create_app --host \"$HOST\" --port \"$PORT\""]
+CMD ["sh", "-c", "exec uvicorn service.main:app --host \"$HOST\" --port \"$PORT\""]

@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 serve: $(STAMP)  ## serve the committed artifacts on $(HOST):$(PORT)
-	$(BIN)/uvicorn --factory service.main:create_app --host $(HOST) --port $(PORT)
+	$(BIN)/uvicorn service.main:app --host $(HOST) --port $(PORT)
 
 test: $(STAMP)  ## run the test suite
 	$(BIN)/python -m pytest -q

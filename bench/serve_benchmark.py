@@ -15,38 +15,14 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(port: int) -> subprocess.Popen:
-    env = {**os.environ, "AMORTIZED_BENCH_ENDPOINTS": "1", "AMORTIZED_ARTIFACTS_DIR": str(ROOT / "artifacts")}
-    command = [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app", "--host", "127.0.0.1",
-               "--port", str(port), "--workers", "1", "--log-level", "warning", "--no-access-log"]
-    process = subprocess.Popen(command, env=env, cwd=ROOT)
-    for _ in range(300):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health/ready").status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    process.kill()
-    raise SystemExit("server did not become ready")
+from service.launch import ROOT, start_server, stop_server
 
 
 def wrk(url: str, body: dict, seconds: int, connections: int) -> dict[str, float]:
@@ -59,7 +35,7 @@ def wrk(url: str, body: dict, seconds: int, connections: int) -> dict[str, float
     if re.search(r"Non-2xx or 3xx responses: (\d+)", out):
         raise SystemExit(f"errors from {url}:\n{out}")
     unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-    latency = {p: float(v) * unit[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)", out, re.M)}
+    latency = {p: float(v) * unit[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)", out, re.MULTILINE)}
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "p50": latency["50"], "p99": latency["99"]}
 
 
@@ -72,9 +48,8 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
-    port = free_port()
-    server = start_server(port)
-    base = f"http://127.0.0.1:{port}"
+    env = {"AMORTIZED_BENCH_ENDPOINTS": "1", "AMORTIZED_ARTIFACTS_DIR": str(ROOT / "artifacts")}
+    server, base = start_server(env, "--workers", "1", "--log-level", "warning", "--no-access-log")
     try:
         body = {"y": 0.3, "objective": "pq", "num_samples": 1000, "seed": 1}
         rows = []
@@ -99,11 +74,10 @@ def main() -> None:
             assert response.status_code == 200, response.text[:300]
         batch_bytes = len(response.content)
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        stop_server(server)
     print(f"one uvicorn worker, wrk -t1 -c{args.connections}, {args.rounds} alternating rounds of {args.seconds} s, medians;"
           f" body {json.dumps(body)}")
-    print(f"| model | endpoint | bytes | req/s | p50 ms | p99 ms | throughput / bare |")
+    print("| model | endpoint | bytes | req/s | p50 ms | p99 ms | throughput / bare |")
     print("|---|---|---|---|---|---|---|")
     for model, size, bare_size, medians in rows:
         for name, nbytes in (("bare", bare_size), ("posterior", size), ("no cross-check", size)):

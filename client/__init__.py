@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import numpy as np
@@ -80,7 +80,7 @@ class AmortizedClient:
     def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 60.0, **httpx_options: Any) -> None:
         self._http = httpx.Client(base_url=base_url, timeout=timeout, **httpx_options)
 
-    def __enter__(self) -> AmortizedClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import Path, Request
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
 
 from service.errors import ApiError
 from service.metrics import Metrics
@@ -22,10 +24,17 @@ async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-async def get_served_model(request: Request, model: str = Path(..., description="model name, e.g. gmm_open")) -> ServedModel:
+async def get_served_model(request: Request, model: Annotated[str, Path(description="model name, e.g. gmm_open")]) -> ServedModel:
     """The served model named in the path, or a 404 that lists the ones that exist."""
     registry = request.app.state.registry
     if model not in registry.models:
         known = ", ".join(sorted(registry.models)) or "none"
         raise ApiError(404, ["path", "model"], f"unknown model {model!r}; served models: {known}", "not_found")
     return registry.models[model]
+
+
+# what routes declare (FastAPI's Annotated style)
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+ServedModelDep = Annotated[ServedModel, Depends(get_served_model)]

@@ -29,6 +29,11 @@ def error_body(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+    content_type = request.headers.get("content-type", "")
+    if "json" not in content_type.lower() and any(tuple(e.get("loc", ()))[:1] == ("body",) for e in exc.errors()):
+        # FastAPI reads a body as JSON only when it says so (a CSRF guard); say that, not "not a dictionary"
+        msg = f"send the body as JSON with Content-Type: application/json (got {content_type or 'no Content-Type'})"
+        return json_response(error_body([{"loc": ["header", "content-type"], "msg": msg, "type": "unsupported_media_type"}]), 415)
     return json_response(error_body(exc.errors()), 422)
 
 

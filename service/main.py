@@ -1,4 +1,4 @@
-"""The app: ``uvicorn --factory service.main:create_app`` (what ``make serve`` runs)."""
+"""The app: ``uvicorn service.main:app`` (what ``make serve`` runs), and ``create_app(settings)`` for tests."""
 
 from __future__ import annotations
 
@@ -43,3 +43,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.bench_endpoints:
         app.include_router(bench.router)
     return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    """``service.main:app``, built from the environment on first access, so importing ``create_app`` loads nothing."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()["app"] = application = create_app()
+    return application

@@ -14,12 +14,12 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 MAKEFILE = (ROOT / "Makefile").read_text()
-APP = "--factory service.main:create_app"
+APP = "uvicorn service.main:app"
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian's docker-compose is not installed (.ci/run installs it)")
 def test_compose_file_is_valid_for_docker_compose():
-    result = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True, cwd=ROOT, check=False)
     assert result.returncode == 0, result.stderr
 
 
@@ -58,4 +58,4 @@ def test_dockerfile_installs_the_pinned_cpu_torch_and_every_package():
     packages = re.search(r'include = \[(.*?)\]', pyproject).group(1)
     for package in re.findall(r'"(\w+)\*"', packages):
         assert f"COPY {package} ./{package}" in DOCKERFILE
-    assert re.search(r"^USER (?!root)", DOCKERFILE, re.M), "the image should not run as root"
+    assert re.search(r"^USER (?!root)", DOCKERFILE, re.MULTILINE), "the image should not run as root"

@@ -81,9 +81,19 @@ def test_gmm_at_zero_shows_the_seeds_contrast(client):
     assert qp["q"]["branches"][0]["std"] == pytest.approx(0.995, rel=0.05)
     # importance weights alone trust the mode-seeking answer; the cross-check does not
     assert qp["diagnostics"]["ess_fraction"] > 0.99
+    assert not qp["diagnostics"]["cross_check"]["consistent"]
     assert qp["diagnostics"]["cross_check"]["misses_mass"] and qp["diagnostics"]["verdict"] == "unreliable"
     assert not pq["diagnostics"]["cross_check"]["misses_mass"] and pq["diagnostics"]["verdict"] == "reliable"
     assert pq["exact"]["posterior_std_x"] == pytest.approx(5.0495, abs=1e-3)
+
+
+@pytest.mark.parametrize("model", sorted(CONTAINS_POSTERIOR))
+def test_nearly_exact_q_is_not_called_unreliable_for_a_noisy_k_hat(client, app, model):
+    """Nearly uniform weights make k-hat noise (above 4 for some of these y on gmm_discrete, gmm_open): no crying wolf."""
+    ys = app.state.registry.models[model].model.sample_joint(200, torch.Generator().manual_seed(5)).y.double().tolist()
+    for objective in ("pq", "qp"):
+        results = post(client, model, y=ys, objective=objective, num_samples=1000, seed=2)["results"]
+        assert {r["diagnostics"]["verdict"] for r in results} == {"reliable"}, (model, objective)
 
 
 def test_same_seed_same_samples_and_omitted_seed_is_echoed(client):
@@ -151,6 +161,13 @@ def test_bad_bodies_get_a_4xx_naming_the_field(client, body, loc):
 def test_malformed_or_non_finite_json_is_a_422(client, raw):
     response = client.post("/v1/models/gmm/posterior", content=raw, headers={"content-type": "application/json"})
     assert response.status_code == 422 and response.json()["detail"][0]["loc"][0] == "body"
+
+
+@pytest.mark.parametrize("headers", [{}, {"content-type": "text/plain"}, {"content-type": "application/x-www-form-urlencoded"}])
+def test_a_body_not_sent_as_json_is_told_to_say_so(client, headers):
+    response = client.post("/v1/models/gmm/posterior", content=b'{"y": 1.0}', headers=headers)
+    assert response.status_code == 415
+    assert response.json()["detail"][0]["loc"] == ["header", "content-type"] and "application/json" in response.json()["detail"][0]["msg"]
 
 
 def test_unknown_model_lists_the_known_ones(client):

@@ -6,10 +6,10 @@ Comparing it with the posterior endpoint isolates the cost of the science
 
 from functools import lru_cache
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Response
 
 from service.answers import answer
-from service.dependencies import get_registry
+from service.dependencies import RegistryDep
 from service.registry import Registry
 from service.responses import json_response
 from service.schemas import PosteriorRequest
@@ -24,5 +24,5 @@ def precomputed(registry: Registry, model: str, num_samples: int) -> dict:
 
 
 @router.post("/bare/{model}")
-async def bare(model: str, request: PosteriorRequest, registry: Registry = Depends(get_registry)) -> Response:
+async def bare(model: str, request: PosteriorRequest, registry: RegistryDep) -> Response:
     return json_response(precomputed(registry, model, request.num_samples))

@@ -1,11 +1,9 @@
 """Liveness, readiness and Prometheus metrics."""
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.dependencies import get_metrics, get_registry
-from service.metrics import Metrics
-from service.registry import Registry
+from service.dependencies import MetricsDep, RegistryDep
 from service.responses import json_response
 
 router = APIRouter(tags=["operations"])
@@ -17,7 +15,7 @@ def live() -> dict[str, str]:
 
 
 @router.get("/health/ready", summary="Readiness: at least one verified artifact is served", responses={503: {"description": "no artifact could be loaded"}})
-def ready(registry: Registry = Depends(get_registry)) -> Response:
+def ready(registry: RegistryDep) -> Response:
     body = {
         "status": "ready" if registry.ready else "not ready",
         "served": {name: served.objectives for name, served in registry.models.items()},
@@ -27,5 +25,5 @@ def ready(registry: Registry = Depends(get_registry)) -> Response:
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-def metrics(metrics: Metrics = Depends(get_metrics)) -> Response:
+def metrics(metrics: MetricsDep) -> Response:
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,9 +1,9 @@
 """What is served: the models, their parameters, and each compiled artifact's manifest."""
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from service.dependencies import get_registry, get_served_model
-from service.registry import Registry, ServedModel
+from service.dependencies import RegistryDep, ServedModelDep
+from service.registry import ServedModel
 from service.schemas import ErrorResponse, ModelDetail, ModelSummary
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -14,7 +14,7 @@ def summary(served: ServedModel) -> dict:
 
 
 @router.get("", response_model=list[ModelSummary], summary="Every served model")
-def list_models(registry: Registry = Depends(get_registry)) -> list[dict]:
+def list_models(registry: RegistryDep) -> list[dict]:
     return [summary(served) for served in registry.models.values()]
 
 
@@ -26,6 +26,6 @@ def list_models(registry: Registry = Depends(get_registry)) -> list[dict]:
     "(for gaussian, metrics.linear gives the learned a, b, c beside a*, b*, c*).",
     responses={404: {"model": ErrorResponse}},
 )
-def get_model(served: ServedModel = Depends(get_served_model)) -> dict:
+def get_model(served: ServedModelDep) -> dict:
     manifests = {name: artifact.manifest.model_dump(mode="json") for name, artifact in served.artifacts.items()}
     return {**summary(served), "artifacts": manifests}

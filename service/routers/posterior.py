@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import torch
-from fastapi import APIRouter, Body, Depends, Query, Response
+from fastapi import APIRouter, Body, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
 from amortized.figures import posterior_png as draw
 from service.answers import answer
-from service.dependencies import get_app_settings, get_metrics, get_served_model
+from service.dependencies import MetricsDep, ServedModelDep, SettingsDep
 from service.errors import ApiError
-from service.metrics import Metrics
 from service.registry import ServedModel
 from service.responses import json_response
 from service.schemas import MAX_ABS_Y, ErrorResponse, PosteriorRequest, PosteriorResponse
@@ -37,6 +36,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
 ERRORS = {400: {"model": ErrorResponse, "description": "the body is not decodable text (e.g. not UTF-8)"},
           404: {"model": ErrorResponse, "description": "unknown model, or objective not compiled for it"},
           413: {"model": ErrorResponse, "description": "body too large"},
+          415: {"model": ErrorResponse, "description": "the body is not sent as JSON (Content-Type: application/json)"},
           422: {"model": ErrorResponse, "description": "invalid field: the body names it and why"}}
 
 
@@ -67,10 +67,10 @@ def check_request(request: PosteriorRequest, served: ServedModel, settings: Sett
     summary="Posterior for observation(s) y: q, samples, log weights, diagnostics, and the exact answer",
 )
 async def posterior(
-    request: PosteriorRequest = Body(..., openapi_examples=EXAMPLES),
-    served: ServedModel = Depends(get_served_model),
-    settings: Settings = Depends(get_app_settings),
-    metrics: Metrics = Depends(get_metrics),
+    request: Annotated[PosteriorRequest, Body(openapi_examples=EXAMPLES)],
+    served: ServedModelDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
 ) -> Response:
     """A scalar y answers one object; a list answers {"results": [...]} in the same order.
 
@@ -105,8 +105,8 @@ async def posterior(
     summary="Figure: q for each objective against the exact posterior at y",
 )
 def posterior_png(
-    y: float = Query(..., allow_inf_nan=False, ge=-MAX_ABS_Y, le=MAX_ABS_Y, description="the observation", examples=[0.0]),
-    served: ServedModel = Depends(get_served_model),
+    y: Annotated[float, Query(allow_inf_nan=False, ge=-MAX_ABS_Y, le=MAX_ABS_Y, description="the observation", examples=[0.0])],
+    served: ServedModelDep,
 ) -> Response:
     with torch.inference_mode():
         qs = {name: artifact.network(torch.tensor([y], dtype=torch.float32)) for name, artifact in served.artifacts.items()}
