@@ -13,7 +13,8 @@ shape the verdict:
 - When q is nearly exact the weights are nearly uniform and the Pareto fit to
   their tail is noise; a high k-hat there is not a warning.
 
-Everything is vectorised over observations (batch) and samples.
+Everything is vectorised over observations (batch) and samples, in NumPy:
+this is the request path, where torch's fixed cost per call would dominate.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-from torch import Tensor
+import numpy as np
 
-from amortized.distributions import BranchedNormal
+from amortized.arrays import gather, logsumexp
+from amortized.distributions import BranchedNormal, inverse_cdf
 from amortized.evaluation import kl_divergences
 from amortized.models import ConjugateMixtureModel
 
@@ -38,55 +39,60 @@ AGREEMENT_FLOOR = 1e-3  # ... plus this many nats, so that exact proposals never
 class WeightSummary:
     """What a set of log weights says about the evidence, per observation ``(batch,)``."""
 
-    log_evidence: Tensor
-    log_evidence_se: Tensor
-    elbo: Tensor
-    ess: Tensor
-    ess_fraction: Tensor
+    log_evidence: np.ndarray
+    log_evidence_se: np.ndarray
+    elbo: np.ndarray
+    ess: np.ndarray
+    ess_fraction: np.ndarray
 
 
 @dataclass(frozen=True)
 class CrossCheck:
     """The evidence again, from the other compiled network and from the mixture of both."""
 
-    log_evidence_other: Tensor
-    log_evidence_other_se: Tensor
-    log_evidence_mixture: Tensor
-    log_evidence_mixture_se: Tensor
-    consistent: Tensor  # all three estimates agree within their errors
-    misses_mass: Tensor  # this q's estimate falls below the mixture's: it misses posterior mass
+    log_evidence_other: np.ndarray
+    log_evidence_other_se: np.ndarray
+    log_evidence_mixture: np.ndarray
+    log_evidence_mixture_se: np.ndarray
+    consistent: np.ndarray  # all three estimates agree within their errors
+    misses_mass: np.ndarray  # this q's estimate falls below the mixture's: it misses posterior mass
 
 
 @dataclass(frozen=True)
 class PosteriorAnalysis:
     """Samples of q, their log weights, and every per-query diagnostic; leading dimension = observations."""
 
-    branch: Tensor
-    x: Tensor
-    log_weights: Tensor
-    log_evidence: Tensor
-    log_evidence_se: Tensor
-    elbo: Tensor
-    ess: Tensor
-    ess_fraction: Tensor
-    pareto_k: Tensor
-    mean_x: Tensor
-    std_x: Tensor
-    branch_probabilities: Tensor
+    branch: np.ndarray
+    x: np.ndarray
+    log_weights: np.ndarray
+    log_evidence: np.ndarray
+    log_evidence_se: np.ndarray
+    elbo: np.ndarray
+    ess: np.ndarray
+    ess_fraction: np.ndarray
+    pareto_k: np.ndarray
+    mean_x: np.ndarray
+    std_x: np.ndarray
+    branch_probabilities: np.ndarray
     verdict: list[str]
     reason: list[str]
     cross_check: CrossCheck | None = None
-    resampled_branch: Tensor | None = None
-    resampled_x: Tensor | None = None
+    resampled_branch: np.ndarray | None = None
+    resampled_x: np.ndarray | None = None
 
 
-def summarise_weights(log_weights: Tensor) -> WeightSummary:
-    """Evidence estimate log(mean w), its delta-method standard error, ELBO and ESS."""
+def summarise_weights(log_weights: np.ndarray) -> WeightSummary:
+    """Evidence estimate log(mean w), its delta-method standard error, ELBO and ESS (one exp per weight)."""
     n = log_weights.shape[-1]
-    lse = torch.logsumexp(log_weights, -1)
-    ess = torch.exp(2 * lse - torch.logsumexp(2 * log_weights, -1))
-    se = (1.0 / ess - 1.0 / n).clamp_min(0.0).sqrt()
-    return WeightSummary(lse - math.log(n), se, log_weights.mean(-1), ess, ess / n)
+    top = log_weights.max(-1, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    weights = np.exp(log_weights - top)
+    total, squares = weights.sum(-1), (weights * weights).sum(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ess = total * total / squares
+        se = np.sqrt(np.clip(1.0 / ess - 1.0 / n, 0.0, None))
+        log_evidence = np.log(total / n) + top[..., 0]
+    return WeightSummary(log_evidence, se, log_weights.mean(-1), ess, ess / n)
 
 
 def pareto_tail_size(num_samples: int) -> int:
@@ -94,34 +100,36 @@ def pareto_tail_size(num_samples: int) -> int:
     return int(math.floor(3 * math.sqrt(num_samples))) if num_samples > 225 else num_samples // 5
 
 
-def pareto_k_hat(log_weights: Tensor) -> Tensor:
+def pareto_k_hat(log_weights: np.ndarray) -> np.ndarray:
     """PSIS k-hat per row: generalised Pareto shape of the largest weights (Zhang & Stephens fit).
 
     The same estimator as arviz-stats' ``psislw`` (with its weak prior towards
     0.5), vectorised over rows; NaN where the tail cannot be fitted (fewer than
     5 tail draws, or all tail weights equal).
     """
-    log_weights = log_weights.to(torch.float64)
     n = pareto_tail_size(log_weights.shape[-1])
     if n < 5:
-        return torch.full(log_weights.shape[:-1], math.nan, dtype=torch.float64)
-    top = torch.topk(log_weights, n + 1, dim=-1).values  # descending; the last is the cutoff
-    shifted = top - top[..., :1]
-    tail = (shifted[..., :n].exp() - shifted[..., n:].exp()).flip(-1)  # exceedances, ascending
-    prior_bs, prior_k = 3.0, 10.0
-    m_est = 30 + int(n**0.5)
-    grid = 1 - torch.sqrt(m_est / (torch.arange(1, m_est + 1, dtype=torch.float64) - 0.5))
-    b = grid / (prior_bs * tail[..., int(n / 4 + 0.5) - 1 : int(n / 4 + 0.5)]) + 1 / tail[..., -1:]
-    k = torch.log1p(-b[..., :, None] * tail[..., None, :]).mean(-1)
-    profile = n * (torch.log(-b / k) - k - 1)
-    weights = torch.softmax(profile, -1)
-    weights = torch.where(weights >= 10 * torch.finfo(torch.float64).eps, weights, 0.0)
-    b_post = (b * weights).sum(-1) / weights.sum(-1)
-    k_post = torch.log1p(-b_post[..., None] * tail).mean(-1)
+        return np.full(log_weights.shape[:-1], math.nan)
+    size = log_weights.shape[-1]
+    top = np.sort(np.partition(log_weights, size - n - 1, -1)[..., size - n - 1 :], -1)  # ascending; the first is the cutoff
+    shifted = top - top[..., -1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tail = np.exp(shifted[..., 1:]) - np.exp(shifted[..., :1])  # exceedances, ascending
+        prior_bs, prior_k = 3.0, 10.0
+        m_est = 30 + int(n**0.5)
+        grid = 1 - np.sqrt(m_est / (np.arange(1, m_est + 1) - 0.5))
+        quartile = int(n / 4 + 0.5) - 1
+        b = grid / (prior_bs * tail[..., quartile : quartile + 1]) + 1 / tail[..., -1:]
+        k = np.log1p(-b[..., :, None] * tail[..., None, :]).mean(-1)
+        profile = n * (np.log(-b / k) - k - 1)
+        weights = np.exp(profile - logsumexp(profile)[..., None])
+        weights = np.where(weights >= 10 * np.finfo(np.float64).eps, weights, 0.0)
+        b_post = (b * weights).sum(-1) / weights.sum(-1)
+        k_post = np.log1p(-b_post[..., None] * tail).mean(-1)
     return (n * k_post + prior_k * 0.5) / (n + prior_k)
 
 
-def verdict(summary: WeightSummary, pareto_k: Tensor, misses_mass: Tensor | None) -> tuple[list[str], list[str]]:
+def verdict(summary: WeightSummary, pareto_k: np.ndarray, misses_mass: np.ndarray | None) -> tuple[list[str], list[str]]:
     """A plain verdict per observation: "reliable", "usable" or "unreliable", with the reason."""
     verdicts, reasons = [], []
     missing = misses_mass.tolist() if misses_mass is not None else [False] * len(pareto_k)
@@ -147,8 +155,9 @@ def verdict(summary: WeightSummary, pareto_k: Tensor, misses_mass: Tensor | None
 
 
 def cross_check(
-    model: ConjugateMixtureModel, y: Tensor, q: BranchedNormal, other: BranchedNormal, num_samples: int, generator: torch.Generator
-) -> tuple[Tensor, Tensor, Tensor, CrossCheck]:
+    model: ConjugateMixtureModel, y: np.ndarray, q: BranchedNormal, other: BranchedNormal, num_samples: int,
+    generator: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, CrossCheck]:
     """Sample q and ``other`` as one stacked batch; evidence from each and from their mixture (q + other)/2.
 
     Returns q's samples and log weights (its first half) with the cross-check.
@@ -156,56 +165,62 @@ def cross_check(
     mixture density (deterministic-mixture importance sampling).
     """
     b = len(y)
-    both, y2 = BranchedNormal.cat([q, other]), torch.cat([y, y])
+    both = BranchedNormal.cat([q, other])
     branch, x = both.sample(num_samples, generator)
-    log_p = model.log_joint(branch, x, y2[:, None])
+    log_p = model.log_joint(branch, x, np.concatenate([y, y])[:, None])
     log_own = both.log_prob(branch, x)
     log_cross = BranchedNormal.cat([other, q]).log_prob(branch, x)  # the other proposal's density at each sample
     log_weights = log_p - log_own
     summary = summarise_weights(log_weights)
-    mixture_log_weights = log_p - (torch.logaddexp(log_own, log_cross) - math.log(2))
-    mixture = summarise_weights(torch.cat([mixture_log_weights[:b], mixture_log_weights[b:]], -1))
-    estimates = torch.stack([summary.log_evidence[:b], summary.log_evidence[b:], mixture.log_evidence])
-    errors = torch.stack([summary.log_evidence_se[:b], summary.log_evidence_se[b:], mixture.log_evidence_se])
-    gaps = (estimates[:, None] - estimates[None, :]).abs()
-    allowed = AGREEMENT_Z * torch.sqrt(errors[:, None] ** 2 + errors[None, :] ** 2) + AGREEMENT_FLOOR
-    consistent = (gaps <= allowed).flatten(0, 1).all(0)  # NaN compares False: never "consistent"
-    # A proposal that misses mass underestimates the evidence; the mixture covers what either covers.
-    misses_mass = ~(estimates[0] >= estimates[2] - allowed[0, 2])
+    mixture_log_weights = log_p - (np.logaddexp(log_own, log_cross) - math.log(2))
+    mixture = summarise_weights(np.concatenate([mixture_log_weights[:b], mixture_log_weights[b:]], -1))
+    estimates = np.stack([summary.log_evidence[:b], summary.log_evidence[b:], mixture.log_evidence])
+    errors = np.stack([summary.log_evidence_se[:b], summary.log_evidence_se[b:], mixture.log_evidence_se])
+    gaps = np.abs(estimates[:, None] - estimates[None, :])
+    allowed = AGREEMENT_Z * np.sqrt(errors[:, None] ** 2 + errors[None, :] ** 2) + AGREEMENT_FLOOR
+    with np.errstate(invalid="ignore"):
+        consistent = (gaps <= allowed).reshape(9, b).all(0)  # NaN compares False: never "consistent"
+        # A proposal that misses mass underestimates the evidence; the mixture covers what either covers.
+        misses_mass = ~(estimates[0] >= estimates[2] - allowed[0, 2])
     check = CrossCheck(estimates[1], errors[1], estimates[2], errors[2], consistent, misses_mass)
     return branch[:b], x[:b], log_weights[:b], check
 
 
 def analyse(
     model: ConjugateMixtureModel,
-    y: Tensor,
+    y: np.ndarray,
     q: BranchedNormal,
     num_samples: int,
-    generator: torch.Generator,
+    generator: np.random.Generator,
     other: BranchedNormal | None = None,
     resample: bool = False,
 ) -> PosteriorAnalysis:
-    """Sample q for each y, weigh, diagnose; optionally cross-check with ``other`` and resample (SIR)."""
-    y, q = y.to(torch.float64), q.to(torch.float64)
+    """Sample q for each y, weigh, diagnose; optionally cross-check with ``other`` and resample (SIR).
+
+    ``y`` and the proposals are NumPy arrays (``BranchedNormal.numpy()``).
+    """
     if other is None:
         check = None
         branch, x = q.sample(num_samples, generator)
         log_weights = model.log_joint(branch, x, y[:, None]) - q.log_prob(branch, x)
     else:
-        branch, x, log_weights, check = cross_check(model, y, q, other.to(torch.float64), num_samples, generator)
+        branch, x, log_weights, check = cross_check(model, y, q, other, num_samples, generator)
     summary = summarise_weights(log_weights)
     pareto_k = pareto_k_hat(log_weights)
-    normalised = torch.softmax(log_weights, -1)
-    mean_x = (normalised * x).sum(-1)
-    std_x = (normalised * (x - mean_x[:, None]) ** 2).sum(-1).sqrt()
-    branch_probabilities = torch.zeros(len(y), model.num_branches, dtype=torch.float64).scatter_add_(-1, branch, normalised)
+    with np.errstate(invalid="ignore"):
+        normalised = np.exp(log_weights - logsumexp(log_weights)[:, None])
+        mean_x = (normalised * x).sum(-1)
+        std_x = np.sqrt((normalised * (x - mean_x[:, None]) ** 2).sum(-1))
+    rows = np.arange(len(y))[:, None] * model.num_branches
+    branch_probabilities = np.bincount((rows + branch).ravel(), normalised.ravel(), len(y) * model.num_branches)
+    branch_probabilities = branch_probabilities.reshape(len(y), model.num_branches)
     verdicts, reasons = verdict(summary, pareto_k, None if check is None else check.misses_mass)
     resampled_branch = resampled_x = None
     if resample:
-        finite = torch.where(normalised.isfinite(), normalised, 0.0)
-        finite = torch.where(finite.sum(-1, keepdim=True) > 0, finite, 1.0)  # uniform if every weight failed
-        picks = torch.multinomial(finite, num_samples, replacement=True, generator=generator)
-        resampled_branch, resampled_x = branch.gather(-1, picks), x.gather(-1, picks)
+        finite = np.where(np.isfinite(normalised), normalised, 0.0)
+        finite = np.where(finite.sum(-1, keepdims=True) > 0, finite, 1.0)  # uniform if every weight failed
+        picks = inverse_cdf(finite, generator.random((len(y), num_samples)))
+        resampled_branch, resampled_x = gather(branch, picks), gather(x, picks)
     return PosteriorAnalysis(
         branch=branch,
         x=x,
@@ -227,17 +242,16 @@ def analyse(
     )
 
 
-def latent_marginals(model: ConjugateMixtureModel, branch_probabilities: Tensor) -> dict[str, dict[int, Tensor]]:
+def latent_marginals(model: ConjugateMixtureModel, branch_probabilities: np.ndarray) -> dict[str, dict[int, np.ndarray]]:
     """P(latent = value | y) for each discrete latent, from branch probabilities ``(batch, branches)``."""
     return {
-        name: {value: branch_probabilities @ member.to(branch_probabilities) for value, member in values.items()}
+        name: {value: branch_probabilities @ member.numpy().astype(np.float64) for value, member in values.items()}
         for name, values in model.latent_value_members.items()
     }
 
 
-def exact_summary(model: ConjugateMixtureModel, y: Tensor, q: BranchedNormal) -> dict[str, Tensor]:
+def exact_summary(model: ConjugateMixtureModel, y: np.ndarray, q: BranchedNormal) -> dict[str, np.ndarray]:
     """The truth for each y, and how far this q is from it (kl_pq, kl_qp)."""
-    y = y.to(torch.float64)
     exact, log_evidence = model.exact_posterior_and_evidence(y)
     kl_pq, kl_qp = kl_divergences(model, exact, q)
     return {

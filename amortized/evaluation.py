@@ -15,12 +15,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from amortized.arrays import Array, lib, like, logsumexp, sort
 from amortized.distributions import BranchedNormal, normal_kl, normal_log_prob
 from amortized.models import ConjugateMixtureModel
 from amortized.networks import InferenceNetwork
 
 TEST_SEED = 20171219  # the seed note's date
 QUADRATURE_POINTS = 801  # per component, over +-12 standard deviations
+QUADRATURE_GRID = np.linspace(-12.0, 12.0, QUADRATURE_POINTS)
 HERMITE_NODES, HERMITE_WEIGHTS = (torch.tensor(a) for a in np.polynomial.hermite.hermgauss(48))
 
 
@@ -29,31 +31,39 @@ def test_observations(model: ConjugateMixtureModel, num: int = 1000, seed: int =
     return model.sample_joint(num, torch.Generator().manual_seed(seed)).y.double()
 
 
-def _joint_log_density(model: ConjugateMixtureModel, dist: BranchedNormal, x: Tensor, per_component: bool) -> Tensor:
-    """log density of (b, x) at grid x ``(batch, points)`` -> ``(batch, branches, points)``."""
+def _joint_log_density(dist: BranchedNormal, x: Array, membership: Array | None) -> Array:
+    """log density of (b, x) at grid x ``(batch, points)`` -> ``(batch, branches, points)``.
+
+    With ``membership`` (components x branches, boolean), ``dist`` is over components
+    and their densities are summed within each branch.
+    """
     terms = dist.log_probs[..., None] + normal_log_prob(x[:, None, :], dist.means[..., None], dist.stds[..., None])
-    if not per_component:
+    if membership is None:
         return terms
-    member = model.component_branch[None, :] == torch.arange(model.num_branches)[:, None]
-    masked = terms[:, None, :, :].masked_fill(~member[None, :, :, None], -math.inf)
-    return torch.logsumexp(masked, dim=2)
+    masked = lib(x).where(membership.T[None, :, :, None], terms[:, None, :, :], -math.inf)
+    return logsumexp(masked, 2)
 
 
-def kl_divergences(model: ConjugateMixtureModel, exact: BranchedNormal, q: BranchedNormal) -> tuple[Tensor, Tensor]:
-    """(kl_pq, kl_qp) per observation, in nats, float64; ``exact`` is over components."""
-    exact, q = exact.to(torch.float64), q.to(torch.float64)
+def kl_divergences(model: ConjugateMixtureModel, exact: BranchedNormal, q: BranchedNormal) -> tuple[Array, Array]:
+    """(kl_pq, kl_qp) per observation, in nats, float64; ``exact`` is over components.
+
+    Torch tensors in, tensors out; NumPy arrays in, arrays out (the request path).
+    """
+    if isinstance(q.means, torch.Tensor):
+        exact, q = exact.to(torch.float64), q.to(torch.float64)
     if model.family_contains_posterior:
         kl_pq = (exact.probs * (exact.log_probs - q.log_probs + normal_kl(exact.means, exact.stds, q.means, q.stds))).sum(-1)
         kl_qp = (q.probs * (q.log_probs - exact.log_probs + normal_kl(q.means, q.stds, exact.means, exact.stds))).sum(-1)
         return kl_pq, kl_qp
-    t = torch.linspace(-12.0, 12.0, QUADRATURE_POINTS, dtype=torch.float64)
-    centres = torch.cat([exact.means, q.means], -1)
-    widths = torch.cat([exact.stds, q.stds], -1)
-    x = (centres[..., None] + widths[..., None] * t).flatten(1).sort(-1).values
-    log_p = _joint_log_density(model, exact, x, per_component=True)
-    log_q = _joint_log_density(model, q, x, per_component=False)
-    kl_pq = torch.trapezoid((log_p.exp() * (log_p - log_q)).sum(1), x, dim=-1)
-    kl_qp = torch.trapezoid((log_q.exp() * (log_q - log_p)).sum(1), x, dim=-1)
+    xp = lib(q.means)
+    centres = xp.concatenate([exact.means, q.means], -1)
+    widths = xp.concatenate([exact.stds, q.stds], -1)
+    x = sort((centres[..., None] + widths[..., None] * like(QUADRATURE_GRID, centres)).reshape(len(centres), -1))
+    membership = like(model.component_branch[:, None] == torch.arange(model.num_branches), centres) > 0
+    log_p = _joint_log_density(exact, x, membership)
+    log_q = _joint_log_density(q, x, None)
+    kl_pq = xp.trapezoid((xp.exp(log_p) * (log_p - log_q)).sum(1), x)
+    kl_qp = xp.trapezoid((xp.exp(log_q) * (log_q - log_p)).sum(1), x)
     return kl_pq, kl_qp
 
 

@@ -1,19 +1,17 @@
-"""Turn the science's tensors into the JSON-ready answer of the posterior endpoint.
+"""Turn the science's arrays into the JSON-ready answer of the posterior endpoint.
 
 The numbers come from :func:`amortized.diagnostics.analyse` and
 :func:`amortized.diagnostics.exact_summary`, vectorised over all observations
-of a request; this module only lays them out per observation. Arrays stay
-numpy (orjson writes them directly), and every non-finite number becomes null
-so that a 200 response never carries NaN.
+of a request in NumPy; this module only lays them out per observation. Arrays
+stay NumPy (orjson writes them directly), and orjson writes every NaN or
+infinity as null, so a 200 response never carries NaN.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
-import torch
 
 from amortized.diagnostics import analyse, exact_summary
 from amortized.distributions import BranchedNormal
@@ -22,33 +20,24 @@ from service.registry import ServedModel
 OTHER = {"pq": "qp", "qp": "pq"}
 
 
-def finite_or_none(values: torch.Tensor) -> list[list[float | None]]:
-    """Rows of a 2-D tensor as floats, NaN and infinities as None (one tolist for many columns)."""
-    return [[v if math.isfinite(v) else None for v in row] for row in values.tolist()]
-
-
-def finite_array(values: torch.Tensor) -> np.ndarray | list[float | None]:
-    """A numpy array for orjson, or a list with None where a value is not finite (rare)."""
-    array = values.numpy()
-    return array if np.isfinite(array).all() else [v if math.isfinite(v) else None for v in array.tolist()]
-
-
-def with_nulls(values: np.ndarray) -> list[int | None]:
-    """Latent values as Python ints, None where negative (the latent does not exist in that sample)."""
+def latent_column(values: np.ndarray) -> np.ndarray | list[int | None]:
+    """Latent values for orjson: the int array itself, or a list with None where the latent does not exist."""
+    if (values >= 0).all():
+        return values
     out = values.astype(object)
     out[values < 0] = None
     return out.tolist()
 
 
-def samples_columns(served: ServedModel, branch: torch.Tensor, x: torch.Tensor) -> list[dict[str, Any]]:
+def samples_columns(served: ServedModel, branch: np.ndarray, x: np.ndarray) -> list[dict[str, Any]]:
     """Per observation: {"x": [...], latent: [...]} with None where a latent does not exist in a sample."""
-    columns = {"x": [finite_array(row) for row in x]}
+    columns = {"x": list(x)}
     for name, table in served.latent_table.items():
-        columns[name] = [row if (row >= 0).all() else with_nulls(row) for row in table[branch.numpy()]]
+        columns[name] = [latent_column(row) for row in table[branch]]
     return [dict(zip(columns, row)) for row in zip(*columns.values())]
 
 
-def probabilities(served: ServedModel, branch_probabilities: torch.Tensor) -> list[dict[str, dict[str, float]]]:
+def probabilities(served: ServedModel, branch_probabilities: np.ndarray) -> list[dict[str, dict[str, float]]]:
     """Per observation: {latent: {value: P(latent = value)}}, from one matrix product."""
     out = []
     for row in (branch_probabilities @ served.value_matrix).tolist():
@@ -60,7 +49,7 @@ def probabilities(served: ServedModel, branch_probabilities: torch.Tensor) -> li
 
 
 def q_branches(served: ServedModel, q: BranchedNormal) -> list[dict[str, Any]]:
-    rows = torch.stack([q.probs, q.means, q.stds], -1).tolist()  # (batch, branches, 3)
+    rows = np.stack([q.probs, q.means, q.stds], -1).tolist()  # (batch, branches, 3)
     return [{"branches": [{"latents": latents, "probability": p, "mean": m, "std": s} for latents, (p, m, s) in zip(served.branch_latents, row)]} for row in rows]
 
 
@@ -70,8 +59,8 @@ CHECK_FIELDS = ("log_evidence_other", "log_evidence_other_se", "log_evidence_mix
 
 
 def results_for(
-    served: ServedModel, y: torch.Tensor, objective: str, q: BranchedNormal, other: BranchedNormal | None,
-    num_samples: int, seed: int, resample: bool, generator: torch.Generator,
+    served: ServedModel, y: np.ndarray, objective: str, q: BranchedNormal, other: BranchedNormal | None,
+    num_samples: int, seed: int, resample: bool, generator: np.random.Generator,
 ) -> list[dict[str, Any]]:
     """The answer of one compiled network for every observation in ``y``."""
     analysis = analyse(served.model, y, q, num_samples, generator, other=other, resample=resample)
@@ -81,8 +70,8 @@ def results_for(
     scalars += [exact[name] for name in ("log_evidence", "mean_x", "std_x", "kl_pq", "kl_qp")]
     if check is not None:
         scalars += [getattr(check, name) for name in CHECK_FIELDS]
-    rows = finite_or_none(torch.stack(scalars, -1))
-    flags = torch.stack([check.consistent, check.misses_mass], -1).tolist() if check is not None else None
+    rows = np.stack(scalars, -1).tolist()
+    flags = np.stack([check.consistent, check.misses_mass], -1).tolist() if check is not None else None
     samples = samples_columns(served, analysis.branch, analysis.x)
     resampled = samples_columns(served, analysis.resampled_branch, analysis.resampled_x) if resample else None
     estimated, truth = probabilities(served, analysis.branch_probabilities), probabilities(served, exact["branch_probabilities"])
@@ -100,7 +89,7 @@ def results_for(
             }
         result = {
             "model": served.model.name, "seed": seed, "y": y_i, "objective": objective, "q": q_i,
-            "samples": samples[i], "log_weights": finite_array(analysis.log_weights[i]),
+            "samples": samples[i], "log_weights": analysis.log_weights[i],
             "diagnostics": diagnostics,
             "exact": {**dict(zip(EXACT_FIELDS, row[8:13])), "discrete_probabilities": truth[i]},
         }
@@ -115,18 +104,17 @@ def answer(
 ) -> list[dict[str, Any]]:
     """Per observation: one network's result, or {"objectives": {...}} for "both"."""
     objectives = ["pq", "qp"] if objective == "both" else [objective]
-    y_tensor = torch.tensor(y, dtype=torch.float64)
-    generator = torch.Generator().manual_seed(seed)
+    y_array = np.asarray(y, dtype=np.float64)
+    generator = np.random.default_rng(seed)
     needed = set(objectives) | ({OTHER[o] for o in objectives} & set(served.artifacts) if cross_check else set())
-    with torch.inference_mode():
-        qs = {name: served.artifacts[name].network(y_tensor.float()).to(torch.float64) for name in needed}
-        per_objective = {
-            name: results_for(
-                served, y_tensor, name, qs[name], qs.get(OTHER[name]) if cross_check else None,
-                num_samples, seed, resample, generator,
-            )
-            for name in objectives
-        }
+    qs = {name: served.forward[name](y_array) for name in needed}
+    per_objective = {
+        name: results_for(
+            served, y_array, name, qs[name], qs.get(OTHER[name]) if cross_check else None,
+            num_samples, seed, resample, generator,
+        )
+        for name in objectives
+    }
     if objective != "both":
         return per_objective[objective]
     return [

@@ -6,10 +6,12 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from collections.abc import Callable
+
 import numpy as np
-import torch
 
 from amortized.artifacts import Artifact, discover_artifacts
+from amortized.distributions import BranchedNormal
 from amortized.models import ConjugateMixtureModel
 
 log = logging.getLogger("service.registry")
@@ -31,9 +33,15 @@ class ServedModel:
         # P(latent = value) for every (latent, value) at once: branch probabilities @ this (branches x values)
         members = self.model.latent_value_members
         self.value_keys = [(name, str(value)) for name, values in members.items() for value in values]
-        self.value_matrix = torch.stack(
-            [m.to(torch.float64) for values in members.values() for m in values.values()], -1
-        ) if self.value_keys else torch.zeros(self.model.num_branches, 0, dtype=torch.float64)
+        self.value_matrix = np.stack(
+            [m.numpy().astype(np.float64) for values in members.values() for m in values.values()], -1
+        ) if self.value_keys else np.zeros((self.model.num_branches, 0))
+        # the request path runs each network as a NumPy function of y (weights copied once, here)
+        self.forward: dict[str, Callable[[np.ndarray], BranchedNormal]] = {}
+
+    def add(self, objective: str, artifact: Artifact) -> None:
+        self.artifacts[objective] = artifact
+        self.forward[objective] = artifact.network.numpy()
 
     @property
     def objectives(self) -> list[str]:
@@ -56,7 +64,7 @@ class Registry:
                 self.refused[str(artifact.path)] = "model parameters differ from the other artifact of this model"
                 log.error("refusing artifact %s: %s", artifact.path, self.refused[str(artifact.path)])
                 continue
-            served.artifacts[objective] = artifact
+            served.add(objective, artifact)
             log.info("serving %s/%s (sha256 %s…)", name, objective, artifact.manifest.weights.sha256[:12])
 
     @property

@@ -8,6 +8,7 @@ import torch
 from pydantic import ValidationError
 from scipy import integrate, stats
 
+from amortized.distributions import BranchedNormal
 from amortized.models import MODELS, build_model
 
 OBSERVATIONS = [-12.0, -1.3, 0.0, 0.7, 4.0, 25.0]
@@ -113,3 +114,30 @@ def test_invalid_parameters_are_refused(name, params):
 def test_unknown_model_names_the_known_ones():
     with pytest.raises(KeyError, match="gmm_open"):
         build_model("nope")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_numpy_and_torch_give_the_same_numbers(name):
+    """The science is written once for both libraries: the request path (NumPy) must agree with training's (torch)."""
+    from amortized.evaluation import kl_divergences
+
+    model = build_model(name)
+    rng = np.random.default_rng(11)
+    y = rng.normal(0.0, 8.0, size=7)
+    branch = rng.integers(0, model.num_branches, size=(7, 50))
+    x = rng.normal(0.0, 6.0, size=(7, 50))
+    as_torch = torch.from_numpy
+    np.testing.assert_allclose(
+        model.log_joint(branch, x, y[:, None]), model.log_joint(as_torch(branch), as_torch(x), as_torch(y)[:, None]).numpy(), rtol=1e-12
+    )
+    exact_np, evidence_np = model.exact_posterior_and_evidence(y)
+    exact_t, evidence_t = model.exact_posterior_and_evidence(as_torch(y))
+    np.testing.assert_allclose(evidence_np, evidence_t.numpy(), rtol=1e-12)
+    for field in ("log_probs", "means", "stds"):
+        np.testing.assert_allclose(getattr(exact_np, field), getattr(exact_t, field).numpy(), rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(model.branch_probabilities(exact_np), model.branch_probabilities(exact_t).numpy(), rtol=1e-12)
+    nb = model.num_branches  # some q over branches, unlike the posterior
+    q = BranchedNormal(np.full((7, nb), -math.log(nb)), exact_np.means[:, :nb] * 0.9, exact_np.stds[:, :nb] * 1.5)
+    torch_q = BranchedNormal(*(as_torch(np.ascontiguousarray(a)) for a in (q.log_probs, q.means, q.stds)))
+    for a, b in zip(kl_divergences(model, exact_np, q), kl_divergences(model, exact_t, torch_q)):
+        np.testing.assert_allclose(a, b.numpy(), rtol=1e-10)

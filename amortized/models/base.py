@@ -19,6 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
+from amortized.arrays import Array, lib, like, logsumexp
 from amortized.distributions import BranchedNormal, normal_log_prob
 
 
@@ -29,6 +30,30 @@ class Component(NamedTuple):
     mean: float
     std: float
     latents: dict[str, int]
+
+
+class ComponentTable(NamedTuple):
+    """The prior components and their conjugate constants, as float64 arrays of one library."""
+
+    log_weights: Array
+    means: Array
+    stds: Array
+    predictive_stds: Array  # sqrt(s_c^2 + sigma^2): y | c
+    posterior_variances: Array  # 1 / (1 / s_c^2 + 1 / sigma^2): x | c, y
+    posterior_stds: Array
+    component_branch: Array
+    branch_component: Array
+    membership: Array  # (components, branches), 1.0 where the component belongs to the branch
+
+    @staticmethod
+    def build(model: ConjugateMixtureModel, torch_arrays: bool) -> ComponentTable:
+        variances = 1.0 / (1.0 / model.stds**2 + 1.0 / model.sigma**2)
+        membership = (model.component_branch[:, None] == torch.arange(model.num_branches)).to(torch.float64)
+        columns = (
+            model.log_weights, model.means, model.stds, torch.sqrt(model.stds**2 + model.sigma**2),
+            variances, variances.sqrt(), model.component_branch, model.branch_component, membership,
+        )
+        return ComponentTable(*(columns if torch_arrays else (c.numpy() for c in columns)))
 
 
 class JointSample(NamedTuple):
@@ -86,6 +111,7 @@ class ConjugateMixtureModel(ABC):
         self.stds = torch.tensor([c.std for c in components], dtype=f64)
         self.component_branch = torch.tensor([self.branches.index(c.latents) for c in components])
         self.branch_component = torch.argsort(self.component_branch)  # meaningful when one component per branch
+        self._tables = {lib_is_torch: ComponentTable.build(self, lib_is_torch) for lib_is_torch in (True, False)}
         weights = self.log_weights.exp()
         self.x_loc = float((weights * self.means).sum())
         self.x_scale = math.sqrt(float((weights * (self.stds**2 + self.means**2)).sum()) - self.x_loc**2)
@@ -123,50 +149,50 @@ class ConjugateMixtureModel(ABC):
         y = x + self.sigma * noise[1]
         return JointSample(self.component_branch[component], x.float(), y.float())
 
-    def log_joint(self, branch: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    def table(self, reference: Array) -> ComponentTable:
+        """The components as float64 arrays of ``reference``'s library (torch or NumPy)."""
+        return self._tables[isinstance(reference, torch.Tensor)]
+
+    def log_joint(self, branch: Array, x: Array, y: Array) -> Array:
         """log p(b, x, y), broadcasting; components of a branch are summed (marginalised)."""
-        dtype = x.dtype
-        sigma = torch.tensor(self.sigma, dtype=dtype)
+        t, xp = self.table(x), lib(x)
+        log_weights, means, stds = (like(v, x) for v in (t.log_weights, t.means, t.stds))
         if self.family_contains_posterior:  # one component per branch: index it, nothing to sum
-            component = self.branch_component[branch]
-            prior = self.log_weights.to(dtype)[component] + normal_log_prob(
-                x, self.means.to(dtype)[component], self.stds.to(dtype)[component]
-            )
-            return prior + normal_log_prob(y, x, sigma)
-        per_component = self.log_weights.to(dtype) + normal_log_prob(
-            x[..., None], self.means.to(dtype), self.stds.to(dtype)
-        )
-        in_branch = self.component_branch == branch[..., None]
-        log_prior = torch.logsumexp(per_component.masked_fill(~in_branch, -math.inf), dim=-1)
-        return log_prior + normal_log_prob(y, x, sigma)
+            component = t.branch_component[branch]
+            log_prior = log_weights[component] + normal_log_prob(x, means[component], stds[component])
+        else:
+            # components on a leading axis: NumPy reduces a short trailing axis ~20x slower
+            leading = (-1,) + (1,) * x.ndim
+            per_component = log_weights.reshape(leading) + normal_log_prob(x, means.reshape(leading), stds.reshape(leading))
+            in_branch = t.component_branch.reshape(leading) == branch
+            log_prior = logsumexp(xp.where(in_branch, per_component, -math.inf), 0)
+        return log_prior + normal_log_prob(y, x, like(self.sigma, x))
 
-    def _predictive(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Per component: log p(c) + log N(y; mu_c, s_c^2 + sigma^2), and that predictive std."""
-        y = y.to(torch.float64)[..., None]
-        predictive_std = torch.sqrt(self.stds**2 + self.sigma**2)
-        return self.log_weights + normal_log_prob(y, self.means, predictive_std), predictive_std
-
-    def log_evidence(self, y: Tensor) -> Tensor:
+    def log_evidence(self, y: Array) -> Array:
         """Exact log p(y), float64."""
-        return torch.logsumexp(self._predictive(y)[0], dim=-1)
+        return self.exact_posterior_and_evidence(y)[1]
 
-    def exact_posterior(self, y: Tensor) -> BranchedNormal:
+    def exact_posterior(self, y: Array) -> BranchedNormal:
         """p(c, x | y) over *components* (float64): w_c(y), and the conjugate N(m_c, s_c^2)."""
         return self.exact_posterior_and_evidence(y)[0]
 
-    def exact_posterior_and_evidence(self, y: Tensor) -> tuple[BranchedNormal, Tensor]:
-        """Both at once: the evidence is the posterior's normaliser, so it costs nothing more."""
-        log_joint_c, _ = self._predictive(y)
-        precision = 1.0 / self.stds**2 + 1.0 / self.sigma**2
-        variance = 1.0 / precision
-        means = variance * (self.means / self.stds**2 + y.to(torch.float64)[..., None] / self.sigma**2)
-        log_evidence = torch.logsumexp(log_joint_c, dim=-1)
-        return BranchedNormal(log_joint_c - log_evidence[..., None], means, variance.sqrt().expand_as(means)), log_evidence
+    def exact_posterior_and_evidence(self, y: Array) -> tuple[BranchedNormal, Array]:
+        """Both at once: the evidence is the posterior's normaliser, so it costs nothing more.
 
-    def branch_probabilities(self, posterior: BranchedNormal) -> Tensor:
+        p(c) N(x; mu_c, s_c^2) N(y; x, sigma^2) = p(c) N(y; mu_c, s_c^2 + sigma^2) N(x; m_c(y), v_c).
+        """
+        t = self.table(y)
+        y = like(y, t.means)[..., None]
+        log_joint_c = t.log_weights + normal_log_prob(y, t.means, t.predictive_stds)
+        means = t.posterior_variances * (t.means / t.stds**2 + y / self.sigma**2)
+        log_evidence = logsumexp(log_joint_c, -1)
+        stds = lib(y).broadcast_to(t.posterior_stds, means.shape)
+        return BranchedNormal(log_joint_c - log_evidence[..., None], means, stds), log_evidence
+
+    def branch_probabilities(self, posterior: BranchedNormal) -> Array:
         """Sum component probabilities into branch probabilities, ``(batch, branches)``."""
-        out = torch.zeros(posterior.probs.shape[:-1] + (self.num_branches,), dtype=posterior.probs.dtype)
-        return out.index_add_(-1, self.component_branch, posterior.probs)
+        probs = posterior.probs
+        return probs @ like(self.table(probs).membership, probs)
 
     def describe(self) -> dict:
         """Plain data about the model, for manifests and the API."""

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar
+
+import numpy as np
 
 from torch import Tensor, nn
 
@@ -23,6 +26,10 @@ class InferenceNetwork(nn.Module, ABC):
     @abstractmethod
     def forward(self, y: Tensor) -> BranchedNormal:
         """q(. | y) for a batch ``y`` of shape ``(batch,)``."""
+
+    @abstractmethod
+    def numpy(self) -> Callable[[np.ndarray], BranchedNormal]:
+        """The same q(. | y) as a float64 NumPy function of y, weights copied now (the request path)."""
 
     def architecture(self) -> dict[str, Any]:
         """The constructor's keyword arguments and the family name, as plain data."""

@@ -11,11 +11,13 @@ moments, since y spans tens for ``gmm``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from amortized.arrays import Array, lib, logsumexp
 from amortized.distributions import BranchedNormal
 from amortized.models import ConjugateMixtureModel
 from amortized.networks.base import InferenceNetwork
@@ -36,6 +38,29 @@ def run(layers: nn.Sequential, inputs: Tensor) -> Tensor:
     for layer in layers:
         inputs = layer.forward(inputs)
     return inputs
+
+
+Layers = Callable[[Array], Array]
+NUMPY_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "tanh": np.tanh, "relu": lambda h: np.maximum(h, 0.0), "silu": lambda h: h / (1.0 + np.exp(-h)),
+}
+
+
+def numpy_mlp(layers: nn.Sequential) -> Layers:
+    """The same layers as a float64 NumPy function (weights copied once), for the request path."""
+    steps: list[tuple[np.ndarray, np.ndarray] | Callable[[np.ndarray], np.ndarray]] = []
+    for layer in layers:
+        if isinstance(layer, nn.Linear):
+            steps.append((layer.weight.detach().numpy().T.astype(np.float64), layer.bias.detach().numpy().astype(np.float64)))
+        else:
+            steps.append(NUMPY_ACTIVATIONS[next(name for name, cls in ACTIVATIONS.items() if isinstance(layer, cls))])
+
+    def apply(inputs: np.ndarray) -> np.ndarray:
+        for step in steps:
+            inputs = inputs @ step[0] + step[1] if isinstance(step, tuple) else step(inputs)
+        return inputs
+
+    return apply
 
 
 def categorical_tree(branches: list[dict[str, int]], latent_names: Sequence[str]) -> tuple[list[list[int]], Tensor]:
@@ -77,20 +102,33 @@ class BranchedMLPNetwork(InferenceNetwork):
         self.continuous = mlp(1 + self.num_branches, hidden, 2, activation)
 
     def forward(self, y: Tensor) -> BranchedNormal:
+        discrete = None if self.discrete is None else lambda u: run(self.discrete, u)
+        return self._forward(y, discrete, lambda inputs: run(self.continuous, inputs), self.groups, self.membership, self.branch_onehot)
+
+    def numpy(self) -> Callable[[np.ndarray], BranchedNormal]:
+        as_numpy = lambda t: t.detach().numpy().astype(np.float64)  # noqa: E731
+        discrete = None if self.discrete is None else numpy_mlp(self.discrete)
+        groups, membership, onehot = [g.numpy() for g in self.groups], as_numpy(self.membership), as_numpy(self.branch_onehot)
+        continuous = numpy_mlp(self.continuous)
+        return lambda y: self._forward(np.asarray(y, dtype=np.float64), discrete, continuous, groups, membership, onehot)
+
+    def _forward(self, y: Array, discrete: Layers | None, continuous: Layers, groups: list, membership: Array, onehot: Array) -> BranchedNormal:
+        """The forward pass, written once for torch (training) and NumPy (serving)."""
+        xp = lib(y)
         u = ((y - self.y_loc) / self.y_scale)[:, None]
         batch, nb = len(y), self.num_branches
-        if self.discrete is None:
-            log_probs = torch.zeros(batch, 1, dtype=u.dtype)
+        if discrete is None:
+            log_probs = xp.zeros((batch, 1), dtype=u.dtype)
         else:
-            logits = run(self.discrete, u)
-            node_log_probs = torch.empty_like(logits)
-            for group in self.groups:
-                node_log_probs[:, group] = torch.log_softmax(logits[:, group], dim=-1)
-            log_probs = node_log_probs @ self.membership
-        inputs = torch.cat([u[:, None, :].expand(batch, nb, 1), self.branch_onehot.expand(batch, nb, nb)], dim=-1)
-        out = run(self.continuous, inputs)
+            logits = discrete(u)
+            node_log_probs = xp.zeros_like(logits)
+            for group in groups:  # a log-softmax per sibling group of the categorical tree
+                node_log_probs[:, group] = logits[:, group] - logsumexp(logits[:, group])[:, None]
+            log_probs = node_log_probs @ membership
+        inputs = xp.concatenate([xp.broadcast_to(u[:, None, :], (batch, nb, 1)), xp.broadcast_to(onehot, (batch, nb, nb))], -1)
+        out = continuous(inputs)
         means = self.x_loc + self.x_scale * out[..., 0]
-        stds = self.x_scale * torch.exp(0.5 * out[..., 1].clamp(-30.0, 10.0))
+        stds = self.x_scale * xp.exp(0.5 * xp.clip(out[..., 1], -30.0, 10.0))
         return BranchedNormal(log_probs, means, stds)
 
     def architecture(self) -> dict:

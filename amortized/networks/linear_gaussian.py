@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -23,6 +26,15 @@ class LinearGaussianNetwork(InferenceNetwork):
     def forward(self, y: Tensor) -> BranchedNormal:
         means = (self.a * y + self.b)[:, None]
         return BranchedNormal(torch.zeros_like(means), means, self.log_c.exp().expand_as(means))
+
+    def numpy(self) -> Callable[[np.ndarray], BranchedNormal]:
+        a, b, c = self.linear_parameters().values()
+
+        def forward(y: np.ndarray) -> BranchedNormal:
+            means = (a * np.asarray(y, dtype=np.float64) + b)[:, None]
+            return BranchedNormal(np.zeros_like(means), means, np.full_like(means, c))
+
+        return forward
 
     def linear_parameters(self) -> dict[str, float]:
         return {"a": self.a.item(), "b": self.b.item(), "c": self.log_c.exp().item()}
