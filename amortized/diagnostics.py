@@ -20,11 +20,11 @@ this is the request path, where torch's fixed cost per call would dominate.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
-from amortized.arrays import gather, logsumexp
+from amortized.arrays import flat_index, gather, logsumexp
 from amortized.distributions import BranchedNormal, inverse_cdf
 from amortized.evaluation import kl_divergences
 from amortized.models import ConjugateMixtureModel
@@ -44,6 +44,12 @@ class WeightSummary:
     elbo: np.ndarray
     ess: np.ndarray
     ess_fraction: np.ndarray
+    normalised: np.ndarray | None = None  # the self-normalised weights, (batch, samples)
+
+    def rows(self, index: slice) -> WeightSummary:
+        """The summary of some observations only."""
+        values = (getattr(self, f.name) for f in fields(self))
+        return WeightSummary(*(None if v is None else v[index] for v in values))
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,7 @@ class PosteriorAnalysis:
 
 
 def summarise_weights(log_weights: np.ndarray) -> WeightSummary:
-    """Evidence estimate log(mean w), its delta-method standard error, ELBO and ESS (one exp per weight)."""
+    """Evidence estimate log(mean w), its delta-method standard error, ELBO, ESS and the normalised weights (one exp per weight)."""
     n = log_weights.shape[-1]
     top = log_weights.max(-1, keepdims=True)
     top = np.where(np.isfinite(top), top, 0.0)
@@ -92,7 +98,8 @@ def summarise_weights(log_weights: np.ndarray) -> WeightSummary:
         ess = total * total / squares
         se = np.sqrt(np.clip(1.0 / ess - 1.0 / n, 0.0, None))
         log_evidence = np.log(total / n) + top[..., 0]
-    return WeightSummary(log_evidence, se, log_weights.mean(-1), ess, ess / n)
+        normalised = weights / total[..., None]
+    return WeightSummary(log_evidence, se, log_weights.mean(-1), ess, ess / n, normalised)
 
 
 def pareto_tail_size(num_samples: int) -> int:
@@ -157,10 +164,10 @@ def verdict(summary: WeightSummary, pareto_k: np.ndarray, misses_mass: np.ndarra
 def cross_check(
     model: ConjugateMixtureModel, y: np.ndarray, q: BranchedNormal, other: BranchedNormal, num_samples: int,
     generator: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, CrossCheck]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, WeightSummary, CrossCheck]:
     """Sample q and ``other`` as one stacked batch; evidence from each and from their mixture (q + other)/2.
 
-    Returns q's samples and log weights (its first half) with the cross-check.
+    Returns q's samples, log weights and their summary (the first half) with the cross-check.
     The mixture estimate pools both sample sets and weighs them against the
     mixture density (deterministic-mixture importance sampling).
     """
@@ -183,7 +190,7 @@ def cross_check(
         # A proposal that misses mass underestimates the evidence; the mixture covers what either covers.
         misses_mass = ~(estimates[0] >= estimates[2] - allowed[0, 2])
     check = CrossCheck(estimates[1], errors[1], estimates[2], errors[2], consistent, misses_mass)
-    return branch[:b], x[:b], log_weights[:b], check
+    return branch[:b], x[:b], log_weights[:b], summary.rows(slice(None, b)), check
 
 
 def analyse(
@@ -203,16 +210,15 @@ def analyse(
         check = None
         branch, x = q.sample(num_samples, generator)
         log_weights = model.log_joint(branch, x, y[:, None]) - q.log_prob(branch, x)
+        summary = summarise_weights(log_weights)
     else:
-        branch, x, log_weights, check = cross_check(model, y, q, other, num_samples, generator)
-    summary = summarise_weights(log_weights)
+        branch, x, log_weights, summary, check = cross_check(model, y, q, other, num_samples, generator)
     pareto_k = pareto_k_hat(log_weights)
-    with np.errstate(invalid="ignore"):
-        normalised = np.exp(log_weights - logsumexp(log_weights)[:, None])
-        mean_x = (normalised * x).sum(-1)
-        std_x = np.sqrt((normalised * (x - mean_x[:, None]) ** 2).sum(-1))
-    rows = np.arange(len(y))[:, None] * model.num_branches
-    branch_probabilities = np.bincount((rows + branch).ravel(), normalised.ravel(), len(y) * model.num_branches)
+    normalised = summary.normalised
+    mean_x = (normalised * x).sum(-1)
+    std_x = np.sqrt((normalised * (x - mean_x[:, None]) ** 2).sum(-1))
+    size = len(y) * model.num_branches
+    branch_probabilities = np.bincount(flat_index(branch, model.num_branches).ravel(), normalised.ravel(), size)
     branch_probabilities = branch_probabilities.reshape(len(y), model.num_branches)
     verdicts, reasons = verdict(summary, pareto_k, None if check is None else check.misses_mass)
     resampled_branch = resampled_x = None
@@ -250,9 +256,11 @@ def latent_marginals(model: ConjugateMixtureModel, branch_probabilities: np.ndar
     }
 
 
-def exact_summary(model: ConjugateMixtureModel, y: np.ndarray, q: BranchedNormal) -> dict[str, np.ndarray]:
-    """The truth for each y, and how far this q is from it (kl_pq, kl_qp)."""
-    exact, log_evidence = model.exact_posterior_and_evidence(y)
+def exact_summary(
+    model: ConjugateMixtureModel, truth: tuple[BranchedNormal, np.ndarray], q: BranchedNormal
+) -> dict[str, np.ndarray]:
+    """The truth for each y (``model.exact_posterior_and_evidence(y)``), and how far this q is from it."""
+    exact, log_evidence = truth
     kl_pq, kl_qp = kl_divergences(model, exact, q)
     return {
         "log_evidence": log_evidence,

@@ -83,13 +83,17 @@ class BranchedNormal:
         """Select observations (the leading batch dimension)."""
         return BranchedNormal(self.log_probs[index], self.means[index], self.stds[index])
 
+    def at(self, branch: Array) -> tuple[Array, Array, Array]:
+        """log q(b|y), mean_b and std_b at each sample's branch, each ``(batch, samples)``."""
+        if isinstance(branch, np.ndarray):  # one flat index serves the three gathers
+            at = flat_index(branch, self.num_branches)
+            return self.log_probs.reshape(-1)[at], self.means.reshape(-1)[at], self.stds.reshape(-1)[at]
+        return gather(self.log_probs, branch), gather(self.means, branch), gather(self.stds, branch)
+
     def log_prob(self, branch: Array, x: Array) -> Array:
         """log q(b, x | y) for samples of shape ``(batch, samples)``."""
-        if isinstance(x, np.ndarray):  # one flat index for the three gathers
-            at = flat_index(branch, self.num_branches)
-            z = (x - self.means.reshape(-1)[at]) / self.stds.reshape(-1)[at]
-            return (self.log_probs - np.log(self.stds) - LOG_SQRT_2PI).reshape(-1)[at] - 0.5 * z * z
-        return gather(self.log_probs, branch) + normal_log_prob(x, gather(self.means, branch), gather(self.stds, branch))
+        log_probs, means, stds = self.at(branch)
+        return log_probs + normal_log_prob(x, means, stds)
 
     def sample(self, num_samples: int, generator: Generator) -> tuple[Array, Array]:
         """Draw ``(branch, x)``, each ``(batch, num_samples)``; not reparameterised.
@@ -107,9 +111,8 @@ class BranchedNormal:
             else:
                 branch = inverse_cdf(self.probs, generator.random((batch, num_samples)))
             noise = generator.standard_normal((batch, num_samples))
-            at = flat_index(branch, self.num_branches)
-            return branch, self.means.reshape(-1)[at] + self.stds.reshape(-1)[at] * noise
-        return branch, gather(self.means, branch) + gather(self.stds, branch) * noise
+        _, means, stds = self.at(branch)
+        return branch, means + stds * noise
 
     def log_density_x(self, x: Array) -> Array:
         """log q(x | y) with branches summed out, for x of shape ``(batch, points)``."""

@@ -59,7 +59,7 @@ def kl_divergences(model: ConjugateMixtureModel, exact: BranchedNormal, q: Branc
     centres = xp.concatenate([exact.means, q.means], -1)
     widths = xp.concatenate([exact.stds, q.stds], -1)
     x = sort((centres[..., None] + widths[..., None] * like(QUADRATURE_GRID, centres)).reshape(len(centres), -1))
-    membership = like(model.component_branch[:, None] == torch.arange(model.num_branches), centres) > 0
+    membership = model.table(centres).membership > 0
     log_p = _joint_log_density(exact, x, membership)
     log_q = _joint_log_density(q, x, None)
     kl_pq = xp.trapezoid((xp.exp(log_p) * (log_p - log_q)).sum(1), x)

@@ -60,11 +60,11 @@ CHECK_FIELDS = ("log_evidence_other", "log_evidence_other_se", "log_evidence_mix
 
 def results_for(
     served: ServedModel, y: np.ndarray, objective: str, q: BranchedNormal, other: BranchedNormal | None,
-    num_samples: int, seed: int, resample: bool, generator: np.random.Generator,
+    truth: tuple[BranchedNormal, np.ndarray], num_samples: int, seed: int, resample: bool, generator: np.random.Generator,
 ) -> list[dict[str, Any]]:
-    """The answer of one compiled network for every observation in ``y``."""
+    """The answer of one compiled network for every observation in ``y`` (``truth``: exact posterior and evidence)."""
     analysis = analyse(served.model, y, q, num_samples, generator, other=other, resample=resample)
-    exact = exact_summary(served.model, y, q)
+    exact = exact_summary(served.model, truth, q)
     check = analysis.cross_check
     scalars = [getattr(analysis, name) for name in DIAGNOSTIC_FIELDS] + [analysis.mean_x, analysis.std_x]
     scalars += [exact[name] for name in ("log_evidence", "mean_x", "std_x", "kl_pq", "kl_qp")]
@@ -108,9 +108,10 @@ def answer(
     generator = np.random.default_rng(seed)
     needed = set(objectives) | ({OTHER[o] for o in objectives} & set(served.artifacts) if cross_check else set())
     qs = {name: served.forward[name](y_array) for name in needed}
+    truth = served.model.exact_posterior_and_evidence(y_array)  # shared by both objectives
     per_objective = {
         name: results_for(
-            served, y_array, name, qs[name], qs.get(OTHER[name]) if cross_check else None,
+            served, y_array, name, qs[name], qs.get(OTHER[name]) if cross_check else None, truth,
             num_samples, seed, resample, generator,
         )
         for name in objectives
