@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -37,16 +38,62 @@ def normal_kl(mean_p: Array, std_p: Array, mean_q: Array, std_q: Array) -> Array
     return 0.5 * (ratio**2 + ((mean_p - mean_q) / std_q) ** 2 - 1.0) - lib(ratio).log(ratio)
 
 
+class NoiseQuadratic(NamedTuple):
+    """A log density at x = mean_b + std_b * eps as a function of the standard-normal draw eps: a + b eps + c eps^2.
+
+    A normal log density of x is a quadratic in x, hence in eps. So once a
+    proposal's branch means and stds are known, every log density the
+    importance weights need (the proposal's own, another proposal's, the
+    model's joint) is three coefficients per (observation, branch), combined
+    on those small arrays and evaluated once per draw. Coefficients are
+    ``(rows, branches)``, or ``(components, rows, branches)`` for a density
+    that is a mixture within a branch (summed at evaluation).
+    """
+
+    a: np.ndarray
+    b: np.ndarray
+    c: np.ndarray
+
+    def __sub__(self, other: NoiseQuadratic) -> NoiseQuadratic:  # type: ignore[override]
+        return NoiseQuadratic(self.a - other.a, self.b - other.b, self.c - other.c)
+
+    def at(self, flat: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """The values at draws ``(rows, samples)``: ``flat`` indexes each draw's (row, branch) (:func:`flat_index`)."""
+        if self.a.shape[-1] == 1:  # one branch: the coefficients broadcast over the draws, nothing to gather
+            a, b, c = self
+        else:
+            a, b, c = (np.take(v.reshape(*v.shape[:-2], -1), flat, axis=-1) for v in self)  # C-ordered, fast to reduce
+        values = a + noise * (b + c * noise)
+        return values if values.ndim == noise.ndim else logsumexp(values, 0)
+
+
+def normal_log_prob_in_noise(mean_x: np.ndarray, std_x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> NoiseQuadratic:
+    """log N(x; mean, std^2) at x = mean_x + std_x * eps, as a quadratic in eps (broadcasting)."""
+    offset, ratio = (mean_x - mean) / std, std_x / std
+    return NoiseQuadratic(-0.5 * offset * offset - np.log(std) - LOG_SQRT_2PI, -offset * ratio, -0.5 * ratio * ratio)
+
+
+FEW_CATEGORIES = 16  # up to this many, counting the CDF edges below each draw beats a binary search
+
+
 def inverse_cdf(weights: np.ndarray, uniform: np.ndarray) -> np.ndarray:
     """Per row, the index whose cumulative normalised weight first exceeds each uniform draw.
 
-    One ``searchsorted`` for every row: row i's CDF and draws are shifted into [i, i + 1).
+    Few categories (branches): one comparison per category edge, vectorised
+    over rows and draws. Many (resampling N draws): one ``searchsorted`` for
+    every row, row i's CDF and draws shifted into [i, i + 1).
     """
     cdf = np.cumsum(weights, -1)
     cdf /= cdf[:, -1:]
+    width = weights.shape[-1]
+    if width <= FEW_CATEGORIES:
+        index = np.zeros(uniform.shape, dtype=np.int64)
+        for edge in cdf[:, :-1].T:  # a loop over categories, not samples
+            index += uniform >= edge[:, None]
+        return index
     offsets = np.arange(len(weights))[:, None]
     index = np.searchsorted((cdf + offsets).reshape(-1), (uniform + offsets).reshape(-1), "right").reshape(uniform.shape)
-    return np.minimum(index - offsets * weights.shape[-1], weights.shape[-1] - 1)
+    return np.minimum(index - offsets * width, width - 1)
 
 
 @dataclass(frozen=True)
@@ -75,9 +122,27 @@ class BranchedNormal:
 
     @staticmethod
     def cat(parts: list[BranchedNormal]) -> BranchedNormal:
-        """Join batches of observations (same branches), to run several proposals as one."""
+        """Join batches of observations (same branches)."""
+        if len(parts) == 1:
+            return parts[0]
         join = lib(parts[0].means).concatenate
         return BranchedNormal(*(join([getattr(p, f) for p in parts]) for f in ("log_probs", "means", "stds")))
+
+    @staticmethod
+    def interleave(parts: list[BranchedNormal]) -> BranchedNormal:
+        """Several proposals for the same observations as one batch, observation by observation.
+
+        Row ``i * len(parts) + j`` is ``parts[j]`` at observation ``i``: the rows
+        of one observation stay together, so its random draws are one block.
+        """
+        stack = lib(parts[0].means).stack
+        return BranchedNormal(*(
+            stack([getattr(p, f) for p in parts], 1).reshape(-1, parts[0].num_branches) for f in ("log_probs", "means", "stds")
+        ))
+
+    def flatten(self) -> BranchedNormal:
+        """Stacked batches ``(..., batch, branches)`` as one batch ``(observations, branches)``."""
+        return BranchedNormal(*(getattr(self, f).reshape(-1, self.num_branches) for f in ("log_probs", "means", "stds")))
 
     def __getitem__(self, index: slice | Array | int) -> BranchedNormal:
         """Select observations (the leading batch dimension)."""
@@ -95,24 +160,36 @@ class BranchedNormal:
         log_probs, means, stds = self.at(branch)
         return log_probs + normal_log_prob(x, means, stds)
 
-    def sample(self, num_samples: int, generator: Generator) -> tuple[Array, Array]:
-        """Draw ``(branch, x)``, each ``(batch, num_samples)``; not reparameterised.
+    def draw(self, num_samples: int, generator: Generator) -> tuple[Array, Array]:
+        """The branch and the standard-normal noise of each draw, each ``(batch, num_samples)``.
 
-        A torch generator draws tensors, a NumPy one arrays: the branch by
-        inverting q(b|y)'s CDF, then x = mean_b + std_b * standard normal.
+        A torch generator draws tensors, a NumPy one arrays (the branch by
+        inverting q(b|y)'s CDF); x is then mean_b + std_b * noise.
         """
         if isinstance(generator, torch.Generator):
             branch = torch.multinomial(self.probs, num_samples, replacement=True, generator=generator)
-            noise = torch.randn(branch.shape, generator=generator, dtype=self.means.dtype)
+            return branch, torch.randn(branch.shape, generator=generator, dtype=self.means.dtype)
+        batch = self.means.shape[0]
+        if self.num_branches == 1:
+            branch = np.zeros((batch, num_samples), dtype=np.int64)
         else:
-            batch = self.means.shape[0]
-            if self.num_branches == 1:
-                branch = np.zeros((batch, num_samples), dtype=np.int64)
-            else:
-                branch = inverse_cdf(self.probs, generator.random((batch, num_samples)))
-            noise = generator.standard_normal((batch, num_samples))
+            branch = inverse_cdf(self.probs, generator.random((batch, num_samples)))
+        return branch, generator.standard_normal((batch, num_samples))
+
+    def sample(self, num_samples: int, generator: Generator) -> tuple[Array, Array]:
+        """Draw ``(branch, x)``, each ``(batch, num_samples)``; not reparameterised."""
+        branch, noise = self.draw(num_samples, generator)
         _, means, stds = self.at(branch)
         return branch, means + stds * noise
+
+    def log_prob_in_noise(self) -> NoiseQuadratic:
+        """log q(b, x) at its own draws x = mean_b + std_b * eps: log q(b) - log std_b - log sqrt(2 pi) - eps^2 / 2."""
+        return NoiseQuadratic(self.log_probs - np.log(self.stds) - LOG_SQRT_2PI, np.zeros_like(self.means), np.full_like(self.means, -0.5))
+
+    def log_prob_at_draws_of(self, proposal: BranchedNormal) -> NoiseQuadratic:
+        """log of this distribution at (b, x) drawn from ``proposal`` (same branches), as quadratics in the draw's noise."""
+        own = normal_log_prob_in_noise(proposal.means, proposal.stds, self.means, self.stds)
+        return NoiseQuadratic(self.log_probs + own.a, own.b, own.c)
 
     def log_density_x(self, x: Array) -> Array:
         """log q(x | y) with branches summed out, for x of shape ``(batch, points)``."""

@@ -32,22 +32,27 @@ def test_observations(model: ConjugateMixtureModel, num: int = 1000, seed: int =
 
 
 def _joint_log_density(dist: BranchedNormal, x: Array, membership: Array | None) -> Array:
-    """log density of (b, x) at grid x ``(batch, points)`` -> ``(batch, branches, points)``.
+    """log density of (b, x) at grid x ``(batch, points)`` -> ``(branches, batch, points)``.
 
     With ``membership`` (components x branches, boolean), ``dist`` is over components
-    and their densities are summed within each branch.
+    and their densities are summed within each branch. The short component
+    and branch axes lead: NumPy reduces a short trailing or middle axis slowly.
     """
-    terms = dist.log_probs[..., None] + normal_log_prob(x[:, None, :], dist.means[..., None], dist.stds[..., None])
+    terms = dist.log_probs.T[..., None] + normal_log_prob(x, dist.means.T[..., None], dist.stds.T[..., None])
     if membership is None:
         return terms
-    masked = lib(x).where(membership.T[None, :, :, None], terms[:, None, :, :], -math.inf)
-    return logsumexp(masked, 2)
+    masked = lib(x).where(membership[:, :, None, None], terms[:, None], -math.inf)
+    return logsumexp(masked, 0)
 
 
-def kl_divergences(model: ConjugateMixtureModel, exact: BranchedNormal, q: BranchedNormal) -> tuple[Array, Array]:
+def kl_divergences(
+    model: ConjugateMixtureModel, exact: BranchedNormal, q: BranchedNormal, grid: np.ndarray = QUADRATURE_GRID
+) -> tuple[Array, Array]:
     """(kl_pq, kl_qp) per observation, in nats, float64; ``exact`` is over components.
 
     Torch tensors in, tensors out; NumPy arrays in, arrays out (the request path).
+    The quadrature puts ``grid`` (in standard deviations) around every
+    component of p and q and integrates on the union by trapezoids.
     """
     if isinstance(q.means, torch.Tensor):
         exact, q = exact.to(torch.float64), q.to(torch.float64)
@@ -58,12 +63,12 @@ def kl_divergences(model: ConjugateMixtureModel, exact: BranchedNormal, q: Branc
     xp = lib(q.means)
     centres = xp.concatenate([exact.means, q.means], -1)
     widths = xp.concatenate([exact.stds, q.stds], -1)
-    x = sort((centres[..., None] + widths[..., None] * like(QUADRATURE_GRID, centres)).reshape(len(centres), -1))
+    x = sort((centres[..., None] + widths[..., None] * like(grid, centres)).reshape(len(centres), -1))
     membership = model.table(centres).membership > 0
     log_p = _joint_log_density(exact, x, membership)
     log_q = _joint_log_density(q, x, None)
-    kl_pq = xp.trapezoid((xp.exp(log_p) * (log_p - log_q)).sum(1), x)
-    kl_qp = xp.trapezoid((xp.exp(log_q) * (log_q - log_p)).sum(1), x)
+    kl_pq = xp.trapezoid((xp.exp(log_p) * (log_p - log_q)).sum(0), x)
+    kl_qp = xp.trapezoid((xp.exp(log_q) * (log_q - log_p)).sum(0), x)
     return kl_pq, kl_qp
 
 

@@ -15,33 +15,30 @@ import numpy as np
 
 from amortized.diagnostics import analyse, exact_summary
 from amortized.distributions import BranchedNormal
+from service.batching import GroupedGenerator, Query, generator_for
 from service.registry import ServedModel
 
 OTHER = {"pq": "qp", "qp": "pq"}
 
 
-def latent_column(values: np.ndarray) -> np.ndarray | list[int | None]:
-    """Latent values for orjson: the int array itself, or a list with None where the latent does not exist."""
-    if (values >= 0).all():
-        return values
-    out = values.astype(object)
-    out[values < 0] = None
-    return out.tolist()
-
-
 def samples_columns(served: ServedModel, branch: np.ndarray, x: np.ndarray) -> list[dict[str, Any]]:
-    """Per observation: {"x": [...], latent: [...]} with None where a latent does not exist in a sample."""
-    columns = {"x": list(x)}
-    for name, table in served.latent_table.items():
-        columns[name] = [latent_column(row) for row in table[branch]]
+    """Per observation: {"x": [...], latent: [...]} with None where a latent does not exist in a sample.
+
+    A latent that exists in every branch is an int array (orjson writes it
+    directly); one that may be absent is looked up in an object table of
+    Python ints and None.
+    """
+    columns: dict[str, list] = {"x": list(x)}
+    for name, values in served.latent_values.items():
+        columns[name] = list(values[branch]) if values.dtype != object else values[branch].tolist()
     return [dict(zip(columns, row)) for row in zip(*columns.values())]
 
 
 def probabilities(served: ServedModel, branch_probabilities: np.ndarray) -> list[dict[str, dict[str, float]]]:
-    """Per observation: {latent: {value: P(latent = value)}}, from one matrix product."""
+    """Per observation: {latent: {value: P(latent = value)}}, all values at once."""
     out = []
-    for row in (branch_probabilities @ served.value_matrix).tolist():
-        nested: dict[str, dict[str, float]] = {name: {} for name in served.latent_table}
+    for row in (branch_probabilities[:, :, None] * served.value_matrix).sum(1).tolist():  # per row, not BLAS (see branch_probabilities)
+        nested: dict[str, dict[str, float]] = {name: {} for name in served.latent_values}
         for (name, value), p in zip(served.value_keys, row):
             nested[name][value] = p
         out.append(nested)
@@ -59,8 +56,8 @@ CHECK_FIELDS = ("log_evidence_other", "log_evidence_other_se", "log_evidence_mix
 
 
 def results_for(
-    served: ServedModel, y: np.ndarray, objective: str, q: BranchedNormal, other: BranchedNormal | None,
-    truth: tuple[BranchedNormal, np.ndarray], num_samples: int, seed: int, resample: bool, generator: np.random.Generator,
+    served: ServedModel, y: np.ndarray, seeds: list[int], objective: str, q: BranchedNormal, other: BranchedNormal | None,
+    truth: tuple[BranchedNormal, np.ndarray], num_samples: int, resample: bool, generator: np.random.Generator | GroupedGenerator,
 ) -> list[dict[str, Any]]:
     """The answer of one compiled network for every observation in ``y`` (``truth``: exact posterior and evidence)."""
     analysis = analyse(served.model, y, q, num_samples, generator, other=other, resample=resample)
@@ -76,7 +73,7 @@ def results_for(
     resampled = samples_columns(served, analysis.resampled_branch, analysis.resampled_x) if resample else None
     estimated, truth = probabilities(served, analysis.branch_probabilities), probabilities(served, exact["branch_probabilities"])
     out = []
-    for i, (y_i, q_i, row) in enumerate(zip(y.tolist(), q_branches(served, q), rows)):
+    for i, (y_i, seed, q_i, row) in enumerate(zip(y.tolist(), seeds, q_branches(served, q), rows)):
         diagnostics = dict(zip(DIAGNOSTIC_FIELDS, row[:6]))
         diagnostics.update(
             num_samples=num_samples, verdict=analysis.verdict[i], reason=analysis.reason[i],
@@ -99,26 +96,45 @@ def results_for(
     return out
 
 
-def answer(
-    served: ServedModel, y: list[float], objective: str, num_samples: int, seed: int, resample: bool, cross_check: bool
-) -> list[dict[str, Any]]:
-    """Per observation: one network's result, or {"objectives": {...}} for "both"."""
+def answer_batch(queries: list[Query]) -> list[list[dict[str, Any]]]:
+    """Per query, per observation: one network's result, or {"objectives": {...}} for "both".
+
+    The queries share a batch key (model, objective, samples, flags); their
+    observations are answered as one batch. Each query's own generator draws
+    its noise and every step computes a row independently of the others, so a
+    query's answer does not depend on what else is in the batch (a test holds
+    this to the byte).
+    """
+    first = queries[0]
+    served, objective, cross_check = first.served, first.objective, first.cross_check
     objectives = ["pq", "qp"] if objective == "both" else [objective]
-    y_array = np.asarray(y, dtype=np.float64)
-    generator = np.random.default_rng(seed)
+    counts = [len(query.y) for query in queries]
+    y = np.concatenate([np.asarray(query.y, dtype=np.float64) for query in queries])
+    seeds = [query.seed for query, count in zip(queries, counts) for _ in range(count)]
+    generator = generator_for([query.seed for query in queries], counts)
     needed = set(objectives) | ({OTHER[o] for o in objectives} & set(served.artifacts) if cross_check else set())
-    qs = {name: served.forward[name](y_array) for name in needed}
-    truth = served.model.exact_posterior_and_evidence(y_array)  # shared by both objectives
+    stacked = y.reshape(len(queries), -1)  # the queries of a batch have as many observations each
+    qs = {name: served.forward[name](stacked).flatten() for name in needed}  # each query as if alone (numpy_mlp)
+    truth = served.model.exact_posterior_and_evidence(y)  # shared by both objectives
     per_objective = {
         name: results_for(
-            served, y_array, name, qs[name], qs.get(OTHER[name]) if cross_check else None, truth,
-            num_samples, seed, resample, generator,
+            served, y, seeds, name, qs[name], qs.get(OTHER[name]) if cross_check else None, truth,
+            first.num_samples, first.resample, generator,
         )
         for name in objectives
     }
-    if objective != "both":
-        return per_objective[objective]
-    return [
-        {"model": served.model.name, "seed": seed, "y": y_i, "objectives": dict(zip(objectives, row))}
-        for y_i, *row in zip(y, *per_objective.values())
-    ]
+    if objective == "both":
+        per_observation = [
+            {"model": served.model.name, "seed": seed, "y": y_i, "objectives": dict(zip(objectives, row))}
+            for y_i, seed, *row in zip(y.tolist(), seeds, *per_objective.values())
+        ]
+    else:
+        per_observation = per_objective[objective]
+    bounds = np.cumsum([0, *counts]).tolist()
+    return [per_observation[start:end] for start, end in zip(bounds, bounds[1:])]
+
+
+def answer(query: Query) -> list[dict[str, Any]]:
+    """One query's answer, per observation."""
+    return answer_batch([query])[0]
+

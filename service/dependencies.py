@@ -1,4 +1,4 @@
-"""What routes need from the app: the registry, settings, metrics, and a served model by name."""
+"""What routes need from the app: the registry, metrics, and a served model by name."""
 
 from __future__ import annotations
 
@@ -9,15 +9,10 @@ from fastapi import Depends, Path, Request
 from service.errors import ApiError
 from service.metrics import Metrics
 from service.registry import Registry, ServedModel
-from service.settings import Settings
 
 
 async def get_registry(request: Request) -> Registry:
     return request.app.state.registry
-
-
-async def get_app_settings(request: Request) -> Settings:
-    return request.app.state.settings
 
 
 async def get_metrics(request: Request) -> Metrics:
@@ -35,6 +30,5 @@ async def get_served_model(request: Request, model: Annotated[str, Path(descript
 
 # what routes declare (FastAPI's Annotated style)
 RegistryDep = Annotated[Registry, Depends(get_registry)]
-SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 ServedModelDep = Annotated[ServedModel, Depends(get_served_model)]

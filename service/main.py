@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import torch
 from fastapi import FastAPI
 
 from service import errors
+from service.answers import answer_batch
+from service.batching import MicroBatcher
 from service.limits import BodySizeLimit
 from service.metrics import Metrics
 from service.registry import Registry
@@ -26,16 +31,28 @@ against the other compiled network: read `diagnostics.verdict` and `diagnostics.
 """
 
 
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """At start: what start-up built (torch, the networks, the app) lives as long as the process.
+
+    ``gc.freeze`` keeps those ~250k objects out of the collector's full
+    passes, which otherwise stall a request now and then for ~80 ms (the p99).
+    """
+    gc.freeze()
+    yield
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Load and verify the artifacts, then build the app; refused artifacts are logged, the rest serve."""
     settings = settings or get_settings()
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)  # small tensors: threads cost more than they save, and workers scale out instead
-    app = FastAPI(title="Amortized inference service", version="0.1.0", description=DESCRIPTION)
+    app = FastAPI(title="Amortized inference service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = Registry(settings.artifacts_dir)
     app.state.metrics = Metrics()
+    app.state.batcher = MicroBatcher(answer_batch, settings.offload_samples, app.state.metrics.batch_queries.observe)
     errors.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     for router in (models.router, posterior.router, health.router):

@@ -1,9 +1,10 @@
-"""Prometheus metrics: request counts and latency histograms per model and objective."""
+"""Prometheus metrics: request counts and latency histograms per model and objective, and micro-batch sizes."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
@@ -19,3 +20,6 @@ class Metrics:
             "amortized_posterior_seconds", "posterior request latency", ["model", "objective"], buckets=LATENCY_BUCKETS, registry=self.registry
         )
         self.observations = Counter("amortized_observations", "observations answered", ["model"], registry=self.registry)
+        self.batch_queries = Histogram(
+            "amortized_batch_queries", "queries answered together in one micro-batch", buckets=BATCH_BUCKETS, registry=self.registry
+        )

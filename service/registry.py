@@ -25,10 +25,12 @@ class ServedModel:
     artifacts: dict[str, Artifact] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        # latent value of each branch, -1 where the latent does not exist in it (z when k = 1)
-        self.latent_table = {
-            name: np.array([branch.get(name, -1) for branch in self.model.branches]) for name in self.model.latent_names
-        }
+        # latent value of each branch for the JSON samples: an int array, or Python objects with None where
+        # the latent does not exist in a branch (z when k = 1)
+        self.latent_values: dict[str, np.ndarray] = {}
+        for name in self.model.latent_names:
+            values = [branch.get(name) for branch in self.model.branches]
+            self.latent_values[name] = np.array(values, dtype=object if None in values else np.int64)
         self.branch_latents = [dict(branch) for branch in self.model.branches]
         # P(latent = value) for every (latent, value) at once: branch probabilities @ this (branches x values)
         members = self.model.latent_value_members

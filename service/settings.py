@@ -15,7 +15,10 @@ class Settings(BaseSettings):
     max_samples: int = Field(100_000, ge=1, le=100_000, description="most samples per observation (can lower the API's bound of 100000, not raise it)")
     max_total_samples: int = Field(2_000_000, ge=1, description="most observations x samples in one request")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body accepted")
-    offload_samples: int = Field(50_000, ge=1, description="requests with more observations x samples run off the event loop")
+    offload_samples: int = Field(
+        50_000, ge=1, description="requests with more observations x samples run off the event loop; also the most a micro-batch holds"
+    )
+    micro_batch: bool = Field(True, description="answer concurrent queries for the same model and settings in one vectorised call")
     bench_endpoints: bool = Field(False, description="expose /v1/_bench/bare for the benchmark script")
 
 

@@ -9,9 +9,11 @@ from arviz_stats.base.array import BaseArray
 from scipy import stats
 
 from amortized.arrays import logsumexp
-from amortized.diagnostics import WeightSummary, analyse, latent_marginals, pareto_k_hat, summarise_weights, verdict
+from amortized.diagnostics import (
+    REQUEST_KL_GRID, WeightSummary, analyse, latent_marginals, log_weights_at_draws, pareto_k_hat, summarise_weights, verdict,
+)
 from amortized.distributions import BranchedNormal
-from amortized.evaluation import best_in_family
+from amortized.evaluation import best_in_family, kl_divergences
 from amortized.models import MODELS, build_model
 
 
@@ -142,3 +144,36 @@ def test_extreme_observations_stay_finite():
     result = analyse(model, y, q, 1000, np.random.default_rng(6), other=q, resample=True)
     assert np.isfinite(result.log_weights).all() and np.isfinite(result.log_evidence).all()
     assert result.verdict == ["unreliable", "unreliable"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_weights_from_noise_quadratics_are_the_log_joint_minus_log_q(name):
+    """The request path's fused weights equal the model's own log joint minus log q at the same draws."""
+    model = build_model(name)
+    y = np.array([-30.0, -4.0, 0.0, 0.7, 9.0, 1e3])
+    rng = np.random.default_rng(8)
+    shape = (len(y), model.num_branches)
+    log_probs = rng.normal(size=shape)
+    q = BranchedNormal(log_probs - logsumexp(log_probs)[:, None], y[:, None] * 0.5 + rng.normal(size=shape), rng.uniform(0.3, 3.0, shape))
+    other = BranchedNormal(q.log_probs[:, ::-1].copy(), q.means + 1.0, q.stds * 0.7)
+    branch, x, log_weights, (other_over_q,) = log_weights_at_draws(model, y, q, 500, np.random.default_rng(9), others=(other,))
+    log_q = q.log_prob(branch, x)
+    np.testing.assert_allclose(log_weights, model.log_joint(branch, x, y[:, None]) - log_q, rtol=1e-9, atol=1e-8)
+    np.testing.assert_allclose(other_over_q, other.log_prob(branch, x) - log_q, rtol=1e-9, atol=1e-8)
+    again_branch, again_x = q.sample(500, np.random.default_rng(9))  # the same draws as sample() gives
+    np.testing.assert_array_equal(again_branch, branch)
+    np.testing.assert_array_equal(again_x, x)
+
+
+def test_the_request_kl_grid_is_within_2e4_of_the_scoring_grid():
+    """gmm's KLs need quadrature; per query it runs on half the points (REQUEST_KL_GRID)."""
+    model = build_model("gmm")
+    y = np.linspace(-40.0, 40.0, 81)
+    exact = model.exact_posterior(y)
+    for objective in ("pq", "qp"):
+        best = best_in_family(model, torch.tensor(y), objective).numpy()
+        for q in (best, BranchedNormal(best.log_probs, best.means + 0.5, best.stds * 1.5)):
+            scoring = kl_divergences(model, exact, q)
+            per_query = kl_divergences(model, exact, q, REQUEST_KL_GRID)
+            for fine, coarse in zip(scoring, per_query):
+                np.testing.assert_allclose(coarse, fine, rtol=2e-4, atol=1e-6)

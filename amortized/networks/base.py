@@ -29,7 +29,11 @@ class InferenceNetwork(nn.Module, ABC):
 
     @abstractmethod
     def numpy(self) -> Callable[[np.ndarray], BranchedNormal]:
-        """The same q(. | y) as a float64 NumPy function of y, weights copied now (the request path)."""
+        """The same q(. | y) as a float64 NumPy function of y, weights copied now (the request path).
+
+        ``y`` may be stacked ``(stack, batch)``: each stack item is then computed
+        exactly as if it came alone (see :func:`~amortized.networks.branched_mlp.numpy_mlp`).
+        """
 
     def architecture(self) -> dict[str, Any]:
         """The constructor's keyword arguments and the family name, as plain data."""

@@ -11,7 +11,9 @@ moments, since y spans tens for ``gmm``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -47,11 +49,18 @@ NUMPY_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 
 def numpy_mlp(layers: nn.Sequential) -> Layers:
-    """The same layers as a float64 NumPy function (weights copied once), for the request path."""
+    """The same layers as a float64 NumPy function (weights copied once), for the request path.
+
+    Inputs may be stacked ``(stack, rows, features)``: NumPy then multiplies
+    each stack item by the same BLAS call as when it comes alone, so an item's
+    result does not depend on the others (a 2-D batch of other sizes may be
+    rounded differently by BLAS).
+    """
     steps: list[tuple[np.ndarray, np.ndarray] | Callable[[np.ndarray], np.ndarray]] = []
     for layer in layers:
         if isinstance(layer, nn.Linear):
-            steps.append((layer.weight.detach().numpy().T.astype(np.float64), layer.bias.detach().numpy().astype(np.float64)))
+            weight = np.ascontiguousarray(layer.weight.detach().double().numpy().T)
+            steps.append((weight, layer.bias.detach().double().numpy()))
         else:
             steps.append(NUMPY_ACTIVATIONS[next(name for name, cls in ACTIVATIONS.items() if isinstance(layer, cls))])
 
@@ -63,8 +72,41 @@ def numpy_mlp(layers: nn.Sequential) -> Layers:
     return apply
 
 
-def categorical_tree(branches: list[dict[str, int]], latent_names: Sequence[str]) -> tuple[list[list[int]], Tensor]:
-    """Sibling groups of tree nodes, and which nodes lie on each branch's path (nodes x branches)."""
+
+def numpy_branched_mlp(layers: nn.Sequential, num_branches: int) -> Layers:
+    """``layers`` fed [y, one-hot(b)] for every branch b, in NumPy: ``(..., batch, 1) -> (..., batch, branches, outputs)``.
+
+    The first layer's one-hot part is a constant per branch, added once
+    (weights copied now), instead of multiplying a one-hot per row.
+    """
+    first = layers[0]
+    weight, bias = first.weight.detach().double().numpy(), first.bias.detach().double().numpy()
+    y_column, per_branch = weight[:, 0].copy(), weight[:, 1:].T + bias  # (hidden,), (branches, hidden)
+    rest = numpy_mlp(layers[1:])
+
+    def apply(u: np.ndarray) -> np.ndarray:
+        hidden = u[..., None] * y_column + per_branch  # (..., batch, branches, hidden)
+        out = rest(hidden.reshape(*u.shape[:-2], -1, hidden.shape[-1]))  # rows of one stack item together
+        return out.reshape(*u.shape[:-1], num_branches, -1)
+
+    return apply
+
+class CategoricalTree(NamedTuple):
+    """q(b|y) as a tree of categoricals over the model's latents, in index form.
+
+    ``group_slots`` lists each sibling group's nodes, padded with ``num_nodes``
+    (the index of a -inf column appended to the logits), so that one
+    logsumexp normalises every group at once; ``node_group`` says which group
+    a node is in; ``membership`` which nodes lie on each branch's path.
+    """
+
+    group_slots: Tensor  # (groups, largest group), long
+    node_group: Tensor  # (nodes,), long
+    membership: Tensor  # (nodes, branches), float
+
+
+def categorical_tree(branches: list[dict[str, int]], latent_names: Sequence[str]) -> CategoricalTree:
+    """The tree of categoricals whose leaves are ``branches`` (one path of latent values each)."""
     nodes: dict[tuple, int] = {}
     groups: dict[tuple, list[int]] = {}
     paths: list[list[int]] = []
@@ -80,10 +122,23 @@ def categorical_tree(branches: list[dict[str, int]], latent_names: Sequence[str]
             path.append(nodes[key])
             prefix = key
         paths.append(path)
+    width = max((len(g) for g in groups.values()), default=0)
+    group_slots = torch.tensor([g + [len(nodes)] * (width - len(g)) for g in groups.values()], dtype=torch.long)
+    node_group = torch.zeros(len(nodes), dtype=torch.long)
+    for index, group in enumerate(groups.values()):
+        node_group[group] = index
     membership = torch.zeros(len(nodes), len(branches))
     for b, path in enumerate(paths):
         membership[path, b] = 1.0
-    return list(groups.values()), membership
+    return CategoricalTree(group_slots.reshape(len(groups), width), node_group, membership)
+
+
+def tree_log_probs(logits: Array, tree: CategoricalTree) -> Array:
+    """log q(b|y) per branch ``(..., branches)``: a log-softmax within each sibling group, summed along each path."""
+    xp = lib(logits)
+    padded = xp.concatenate([logits, xp.full_like(logits[..., :1], -math.inf)], -1)[..., tree.group_slots]
+    node_log_probs = logits - logsumexp(padded, -1)[..., tree.node_group]
+    return (node_log_probs[..., :, None] * tree.membership).sum(-2)  # a sum per row: BLAS may round a row differently by batch size
 
 
 class BranchedMLPNetwork(InferenceNetwork):
@@ -94,39 +149,37 @@ class BranchedMLPNetwork(InferenceNetwork):
         self.hidden, self.activation = list(hidden), activation
         self.y_loc, self.y_scale = model.y_loc, model.y_scale
         self.x_loc, self.x_scale = model.x_loc, model.x_scale
-        groups, membership = categorical_tree(model.branches, model.latent_names)
-        self.groups = [torch.tensor(group) for group in groups]
-        self.register_buffer("membership", membership, persistent=False)
+        self.tree = categorical_tree(model.branches, model.latent_names)
         self.register_buffer("branch_onehot", torch.eye(self.num_branches), persistent=False)
-        self.discrete = mlp(1, hidden, len(membership), activation) if self.num_branches > 1 else None
+        self.discrete = mlp(1, hidden, len(self.tree.membership), activation) if self.num_branches > 1 else None
         self.continuous = mlp(1 + self.num_branches, hidden, 2, activation)
 
     def forward(self, y: Tensor) -> BranchedNormal:
         discrete = None if self.discrete is None else lambda u: run(self.discrete, u)
-        return self._forward(y, discrete, lambda inputs: run(self.continuous, inputs), self.groups, self.membership, self.branch_onehot)
+        nb = self.num_branches
+
+        def continuous(u: Tensor) -> Tensor:  # y's column beside a one-hot of each branch
+            inputs = torch.cat([u[:, None, :].expand(len(u), nb, 1), self.branch_onehot.expand(len(u), nb, nb)], -1)
+            return run(self.continuous, inputs)
+
+        return self._forward(y, discrete, continuous, self.tree)
 
     def numpy(self) -> Callable[[np.ndarray], BranchedNormal]:
-        as_numpy = lambda t: t.detach().numpy().astype(np.float64)  # noqa: E731
         discrete = None if self.discrete is None else numpy_mlp(self.discrete)
-        groups, membership, onehot = [g.numpy() for g in self.groups], as_numpy(self.membership), as_numpy(self.branch_onehot)
-        continuous = numpy_mlp(self.continuous)
-        return lambda y: self._forward(np.asarray(y, dtype=np.float64), discrete, continuous, groups, membership, onehot)
+        continuous = numpy_branched_mlp(self.continuous, self.num_branches)
+        tree = CategoricalTree(self.tree.group_slots.numpy(), self.tree.node_group.numpy(), self.tree.membership.double().numpy())
+        return lambda y: self._forward(np.asarray(y, dtype=np.float64), discrete, continuous, tree)
 
-    def _forward(self, y: Array, discrete: Layers | None, continuous: Layers, groups: list, membership: Array, onehot: Array) -> BranchedNormal:
-        """The forward pass, written once for torch (training) and NumPy (serving)."""
+    def _forward(self, y: Array, discrete: Layers | None, continuous: Layers, tree: CategoricalTree) -> BranchedNormal:
+        """The forward pass, written once for torch (training) and NumPy (serving).
+
+        ``continuous`` maps the scaled y ``(..., batch, 1)`` to (mean, log
+        variance) for every branch ``(..., batch, branches, 2)``.
+        """
         xp = lib(y)
-        u = ((y - self.y_loc) / self.y_scale)[:, None]
-        batch, nb = len(y), self.num_branches
-        if discrete is None:
-            log_probs = xp.zeros((batch, 1), dtype=u.dtype)
-        else:
-            logits = discrete(u)
-            node_log_probs = xp.zeros_like(logits)
-            for group in groups:  # a log-softmax per sibling group of the categorical tree
-                node_log_probs[:, group] = logits[:, group] - logsumexp(logits[:, group])[:, None]
-            log_probs = node_log_probs @ membership
-        inputs = xp.concatenate([xp.broadcast_to(u[:, None, :], (batch, nb, 1)), xp.broadcast_to(onehot, (batch, nb, nb))], -1)
-        out = continuous(inputs)
+        u = ((y - self.y_loc) / self.y_scale)[..., None]
+        log_probs = xp.zeros_like(u) if discrete is None else tree_log_probs(discrete(u), tree)
+        out = continuous(u)
         means = self.x_loc + self.x_scale * out[..., 0]
         stds = self.x_scale * xp.exp(0.5 * xp.clip(out[..., 1], -30.0, 10.0))
         return BranchedNormal(log_probs, means, stds)

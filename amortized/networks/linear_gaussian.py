@@ -31,7 +31,7 @@ class LinearGaussianNetwork(InferenceNetwork):
         a, b, c = self.linear_parameters().values()
 
         def forward(y: np.ndarray) -> BranchedNormal:
-            means = (a * np.asarray(y, dtype=np.float64) + b)[:, None]
+            means = (a * np.asarray(y, dtype=np.float64) + b)[..., None]
             return BranchedNormal(np.zeros_like(means), means, np.full_like(means, c))
 
         return forward

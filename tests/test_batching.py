@@ -1,0 +1,131 @@
+"""Micro-batching: concurrent queries answered together get exactly the answers they would get alone."""
+
+import asyncio
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from service.answers import answer, answer_batch
+from service.batching import GroupedGenerator, MicroBatcher, Query
+from service.main import create_app
+from service.registry import Registry
+from service.settings import Settings
+from tests.conftest import ARTIFACTS
+
+MODELS = ["gaussian", "gmm", "gmm_discrete", "gmm_open"]
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return Registry(ARTIFACTS)
+
+
+def as_bytes(results) -> bytes:
+    return orjson.dumps(results, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("objective, resample, cross_check", [("pq", False, True), ("qp", True, True), ("both", True, True), ("pq", False, False)])
+def test_a_query_answered_in_a_batch_gets_the_bytes_it_gets_alone(registry, name, objective, resample, cross_check):
+    served = registry.models[name]
+    for ys in ([[0.3], [-12.0], [0.3], [7.5], [1e4]], [[0.3, -2.0], [5.0, 40.0], [0.0, 0.0]]):
+        queries = [Query(served, y, objective, 300, seed, resample, cross_check) for seed, y in zip([1, 2, 1, 99, 5], ys)]
+        together = answer_batch(queries)
+        for query, in_batch in zip(queries, together):
+            assert as_bytes(in_batch) == as_bytes(answer(query))
+    assert as_bytes(together[0]) != as_bytes(together[1])  # different seeds, different draws
+
+
+def test_grouped_generator_draws_each_group_from_its_own_stream():
+    grouped = GroupedGenerator([np.random.default_rng(1), np.random.default_rng(2)], [1, 2])
+    draws = grouped.standard_normal((6, 4))  # two rows per observation
+    np.testing.assert_array_equal(draws[:2], np.random.default_rng(1).standard_normal((2, 4)))
+    np.testing.assert_array_equal(draws[2:], np.random.default_rng(2).standard_normal((4, 4)))
+    with pytest.raises(ValueError, match="do not split"):
+        grouped.random((4, 4))
+
+
+def fake_query(served, seed: int, samples: int = 10) -> Query:
+    return Query(served, [0.0], "pq", samples, seed, False, False)
+
+
+def test_the_batcher_joins_queries_of_one_turn_and_keys_them(registry):
+    calls: list[list[int]] = []
+
+    def answer_seeds(queries):
+        calls.append([q.seed for q in queries])
+        return [q.seed * 10 for q in queries]
+
+    served = registry.models["gmm"]
+
+    async def scenario():
+        batcher = MicroBatcher(answer_seeds, max_size=25)
+        same = [batcher.answer(fake_query(served, seed)) for seed in (1, 2)]
+        other_key = batcher.answer(fake_query(served, 3, samples=20))
+        over_the_limit = batcher.answer(fake_query(served, 4))  # 10 + 10 + 10 > 25: starts a new batch
+        results = await asyncio.gather(*same, other_key, over_the_limit)
+        alone = await batcher.answer(fake_query(served, 5))
+        return results, alone
+
+    results, alone = asyncio.run(scenario())
+    assert results == [10, 20, 30, 40] and alone == 50
+    assert sorted(calls) == [[1, 2], [3], [4], [5]]
+
+
+def test_a_failing_batch_fails_every_waiting_query_and_the_next_batch_still_runs(registry):
+    served = registry.models["gmm"]
+    state = {"fail": True}
+
+    def flaky(queries):
+        if state["fail"]:
+            state["fail"] = False
+            raise RuntimeError("boom")
+        return [q.seed for q in queries]
+
+    async def scenario():
+        batcher = MicroBatcher(flaky, max_size=1000)
+        first = await asyncio.gather(*(batcher.answer(fake_query(served, s)) for s in (1, 2)), return_exceptions=True)
+        second = await asyncio.wait_for(batcher.answer(fake_query(served, 3)), timeout=5)
+        return first, second
+
+    first, second = asyncio.run(scenario())
+    assert all(isinstance(e, RuntimeError) for e in first) and second == 3
+
+
+def test_concurrent_http_requests_are_batched_and_match_lone_answers():
+    """Through the app: 8 requests at once are answered as one batch, byte for byte as when sent alone."""
+    app = create_app(Settings(artifacts_dir=ARTIFACTS))
+    bodies = [{"y": [0.25 * i], "objective": "both", "num_samples": 200, "seed": 40 + i, "resample": True} for i in range(8)]
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            together = await asyncio.gather(*(client.post("/v1/models/gmm_open/posterior", json=b) for b in bodies))
+            alone = [await client.post("/v1/models/gmm_open/posterior", json=b) for b in bodies]
+            metrics = (await client.get("/metrics")).text
+        return together, alone, metrics
+
+    together, alone, metrics = asyncio.run(scenario())
+    assert all(r.status_code == 200 for r in together + alone)
+    assert [r.content for r in together] == [r.content for r in alone]
+    count = float(next(line.split()[-1] for line in metrics.splitlines() if line.startswith("amortized_batch_queries_count")))
+    total = float(next(line.split()[-1] for line in metrics.splitlines() if line.startswith("amortized_batch_queries_sum")))
+    assert (count, total) == (1 + 8, 16.0)  # one batch of 8, then 8 batches of 1
+
+
+def test_micro_batching_can_be_turned_off_with_the_same_answers():
+    body = {"y": 1.5, "objective": "pq", "num_samples": 300, "seed": 3}
+    answers = []
+    for micro_batch in (True, False):
+        app = create_app(Settings(artifacts_dir=ARTIFACTS, micro_batch=micro_batch))
+        answers.append(asyncio.run(_post(app, body)))
+    assert answers[0] == answers[1]
+
+
+async def _post(app, body) -> bytes:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        response = await client.post("/v1/models/gmm_discrete/posterior", json=body)
+        assert response.status_code == 200
+        return response.content
