@@ -11,6 +11,7 @@ Rounds alternate between the endpoints; medians are reported.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -39,17 +40,27 @@ def wrk(url: str, body: dict, seconds: int, connections: int) -> dict[str, float
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "p50": latency["50"], "p99": latency["99"]}
 
 
+def stack() -> str:
+    """What uvicorn's "auto" picks here: httptools and uvloop when installed (uvicorn[standard])."""
+    found = [name for name in ("httptools", "uvloop") if importlib.util.find_spec(name) is not None]
+    return ", ".join(found) + " installed" if found else "h11 and asyncio only"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--models", nargs="+", default=["gmm_open", "gmm"])
+    parser.add_argument("--http", default="auto", help="uvicorn's HTTP implementation: auto (httptools when installed), h11")
+    parser.add_argument("--loop", default="auto", help="uvicorn's event loop: auto (uvloop when installed), asyncio")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
     env = {"AMORTIZED_BENCH_ENDPOINTS": "1", "AMORTIZED_ARTIFACTS_DIR": str(ROOT / "artifacts")}
-    server, base = start_server(env, "--workers", "1", "--log-level", "warning", "--no-access-log")
+    server, base = start_server(
+        env, "--workers", "1", "--log-level", "warning", "--no-access-log", "--http", args.http, "--loop", args.loop
+    )
     try:
         body = {"y": 0.3, "objective": "pq", "num_samples": 1000, "seed": 1}
         rows = []
@@ -75,7 +86,8 @@ def main() -> None:
         batch_bytes = len(response.content)
     finally:
         stop_server(server)
-    print(f"one uvicorn worker, wrk -t1 -c{args.connections}, {args.rounds} alternating rounds of {args.seconds} s, medians;"
+    print(f"one uvicorn worker (--http {args.http} --loop {args.loop}: {stack()}), wrk -t1 -c{args.connections},"
+          f" {args.rounds} alternating rounds of {args.seconds} s, medians;"
           f" body {json.dumps(body)}")
     print("| model | endpoint | bytes | req/s | p50 ms | p99 ms | throughput / bare |")
     print("|---|---|---|---|---|---|---|")
