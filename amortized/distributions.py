@@ -96,6 +96,9 @@ def inverse_cdf(weights: np.ndarray, uniform: np.ndarray) -> np.ndarray:
     return np.minimum(index - offsets * width, width - 1)
 
 
+FIELDS = ("log_probs", "means", "stds")  # the arrays of a BranchedNormal, in order
+
+
 @dataclass(frozen=True)
 class BranchedNormal:
     """Categorical over branches, normal on x within each; shapes ``(batch, branches)``."""
@@ -121,28 +124,18 @@ class BranchedNormal:
         return BranchedNormal(to_numpy(self.log_probs), to_numpy(self.means), to_numpy(self.stds))
 
     @staticmethod
-    def cat(parts: list[BranchedNormal]) -> BranchedNormal:
-        """Join batches of observations (same branches)."""
-        if len(parts) == 1:
-            return parts[0]
-        join = lib(parts[0].means).concatenate
-        return BranchedNormal(*(join([getattr(p, f) for p in parts]) for f in ("log_probs", "means", "stds")))
-
-    @staticmethod
     def interleave(parts: list[BranchedNormal]) -> BranchedNormal:
         """Several proposals for the same observations as one batch, observation by observation.
 
         Row ``i * len(parts) + j`` is ``parts[j]`` at observation ``i``: the rows
         of one observation stay together, so its random draws are one block.
         """
-        stack = lib(parts[0].means).stack
-        return BranchedNormal(*(
-            stack([getattr(p, f) for p in parts], 1).reshape(-1, parts[0].num_branches) for f in ("log_probs", "means", "stds")
-        ))
+        stack, width = lib(parts[0].means).stack, parts[0].num_branches
+        return BranchedNormal(*(stack([getattr(p, f) for p in parts], 1).reshape(-1, width) for f in FIELDS))
 
     def flatten(self) -> BranchedNormal:
         """Stacked batches ``(..., batch, branches)`` as one batch ``(observations, branches)``."""
-        return BranchedNormal(*(getattr(self, f).reshape(-1, self.num_branches) for f in ("log_probs", "means", "stds")))
+        return BranchedNormal(*(getattr(self, f).reshape(-1, self.num_branches) for f in FIELDS))
 
     def __getitem__(self, index: slice | Array | int) -> BranchedNormal:
         """Select observations (the leading batch dimension)."""

@@ -99,21 +99,20 @@ def results_for(
 def answer_batch(queries: list[Query]) -> list[list[dict[str, Any]]]:
     """Per query, per observation: one network's result, or {"objectives": {...}} for "both".
 
-    The queries share a batch key (model, objective, samples, flags); their
-    observations are answered as one batch. Each query's own generator draws
-    its noise and every step computes a row independently of the others, so a
-    query's answer does not depend on what else is in the batch (a test holds
-    this to the byte).
+    The queries share a batch key (model, number of observations, objective,
+    samples, flags); their observations are answered as one batch. Each
+    query's own generator draws its noise and every step computes a row
+    independently of the others, so a query's answer does not depend on what
+    else is in the batch (a test holds this to the byte).
     """
     first = queries[0]
     served, objective, cross_check = first.served, first.objective, first.cross_check
     objectives = ["pq", "qp"] if objective == "both" else [objective]
-    counts = [len(query.y) for query in queries]
-    y = np.concatenate([np.asarray(query.y, dtype=np.float64) for query in queries])
-    seeds = [query.seed for query, count in zip(queries, counts) for _ in range(count)]
-    generator = generator_for([query.seed for query in queries], counts)
+    stacked = np.array([query.y for query in queries], dtype=np.float64)  # (queries, observations): same length by the key
+    y, count = stacked.reshape(-1), stacked.shape[1]
+    seeds = [query.seed for query in queries for _ in range(count)]
+    generator = generator_for([query.seed for query in queries], [count] * len(queries))
     needed = set(objectives) | ({OTHER[o] for o in objectives} & set(served.artifacts) if cross_check else set())
-    stacked = y.reshape(len(queries), -1)  # the queries of a batch have as many observations each
     qs = {name: served.forward[name](stacked).flatten() for name in needed}  # each query as if alone (numpy_mlp)
     truth = served.model.exact_posterior_and_evidence(y)  # shared by both objectives
     per_objective = {
@@ -130,8 +129,7 @@ def answer_batch(queries: list[Query]) -> list[list[dict[str, Any]]]:
         ]
     else:
         per_observation = per_objective[objective]
-    bounds = np.cumsum([0, *counts]).tolist()
-    return [per_observation[start:end] for start, end in zip(bounds, bounds[1:])]
+    return [per_observation[start : start + count] for start in range(0, len(per_observation), count)]
 
 
 def answer(query: Query) -> list[dict[str, Any]]:

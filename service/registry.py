@@ -32,7 +32,8 @@ class ServedModel:
             values = [branch.get(name) for branch in self.model.branches]
             self.latent_values[name] = np.array(values, dtype=object if None in values else np.int64)
         self.branch_latents = [dict(branch) for branch in self.model.branches]
-        # P(latent = value) for every (latent, value) at once: branch probabilities @ this (branches x values)
+        # P(latent = value) for every (latent, value) at once: branch probabilities times this (branches x values),
+        # summed per row
         members = self.model.latent_value_members
         self.value_keys = [(name, str(value)) for name, values in members.items() for value in values]
         self.value_matrix = np.stack(

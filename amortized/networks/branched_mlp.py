@@ -72,7 +72,6 @@ def numpy_mlp(layers: nn.Sequential) -> Layers:
     return apply
 
 
-
 def numpy_branched_mlp(layers: nn.Sequential, num_branches: int) -> Layers:
     """``layers`` fed [y, one-hot(b)] for every branch b, in NumPy: ``(..., batch, 1) -> (..., batch, branches, outputs)``.
 
@@ -90,6 +89,7 @@ def numpy_branched_mlp(layers: nn.Sequential, num_branches: int) -> Layers:
         return out.reshape(*u.shape[:-1], num_branches, -1)
 
     return apply
+
 
 class CategoricalTree(NamedTuple):
     """q(b|y) as a tree of categoricals over the model's latents, in index form.
