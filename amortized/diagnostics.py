@@ -13,18 +13,22 @@ shape the verdict:
 - When q is nearly exact the weights are nearly uniform and the Pareto fit to
   their tail is noise; a high k-hat there is not a warning.
 
-Everything is vectorised over observations (batch) and samples, in NumPy:
-this is the request path, where torch's fixed cost per call would dominate.
+Everything is vectorised over observations (batch) and samples: NumPy for
+what is per observation, compiled loops (:mod:`amortized.kernels`) for what
+is per draw. This is the request path, where torch's fixed cost per call
+would dominate.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import numpy as np
 
-from amortized.arrays import flat_index, gather, logsumexp
+from amortized import kernels
+from amortized.arrays import gather, logsumexp
 from amortized.distributions import BranchedNormal, inverse_cdf
 from amortized.evaluation import kl_divergences
 from amortized.models import ConjugateMixtureModel
@@ -67,6 +71,29 @@ class CrossCheck:
     misses_mass: np.ndarray  # this q's estimate falls below the mixture's: it misses posterior mass
 
 
+class MixtureSums(NamedTuple):
+    """Per row: sum and sum of squares of the mixture's importance weights, each weight divided by exp(shift)."""
+
+    total: np.ndarray
+    squares: np.ndarray
+    shift: np.ndarray
+
+
+@dataclass(frozen=True)
+class Weighed:
+    """Draws of a proposal and their weights, per row (an observation, or an observation and proposal)."""
+
+    branch: np.ndarray  # (rows, samples)
+    x: np.ndarray
+    log_weights: np.ndarray
+    summary: WeightSummary
+    mixture: MixtureSums | None = None  # with another proposal: the sums its mixture with this one needs
+
+    def rows(self, index: slice) -> Weighed:
+        """Some rows only (the mixture's sums, which pair rows, are dropped)."""
+        return Weighed(self.branch[index], self.x[index], self.log_weights[index], self.summary.rows(index))
+
+
 @dataclass(frozen=True)
 class PosteriorAnalysis:
     """Samples of q, their log weights, and every per-query diagnostic; leading dimension = observations."""
@@ -90,25 +117,71 @@ class PosteriorAnalysis:
     resampled_x: np.ndarray | None = None
 
 
-def summarise_weights(log_weights: np.ndarray) -> WeightSummary:
-    """Evidence estimate log(mean w), its delta-method standard error, ELBO, ESS and the normalised weights (one exp per weight)."""
-    n = log_weights.shape[-1]
-    top = log_weights.max(-1, keepdims=True)
-    top = np.where(np.isfinite(top), top, 0.0)
-    weights = np.exp(log_weights - top)
-    total, squares = weights.sum(-1), (weights * weights).sum(-1)
+def finite_or_zero(shift: np.ndarray) -> np.ndarray:
+    """A shift for exp(log w - shift): the largest log weight, or 0 where that is not finite (no weight to keep)."""
+    return np.where(np.isfinite(shift), shift, 0.0)
+
+
+def evidence_from_sums(total: np.ndarray, squares: np.ndarray, shift: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """log(mean w), its delta-method standard error and the ESS, from sums of n weights divided by exp(shift)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         ess = total * total / squares
-        se = np.sqrt(np.clip(1.0 / ess - 1.0 / n, 0.0, None))
-        log_evidence = np.log(total / n) + top[..., 0]
-        normalised = weights / total[..., None]
-    return WeightSummary(log_evidence, se, log_weights.mean(-1), ess, ess / n, normalised)
+        se = np.sqrt(np.maximum(1.0 / ess - 1.0 / n, 0.0))
+        log_evidence = np.log(total / n) + shift
+    return log_evidence, se, ess
 
 
-def softplus(d: np.ndarray) -> np.ndarray:
-    """log(1 + exp(d)), stable; -inf gives 0. As ``np.logaddexp(0, d)``, with SIMD exp and log (4x faster)."""
-    with np.errstate(invalid="ignore"):
-        return np.maximum(d, 0.0) + np.log(1.0 + np.exp(-np.abs(d)))
+def summarise_weights(log_weights: np.ndarray, largest: np.ndarray | None = None) -> WeightSummary:
+    """Evidence estimate log(mean w), its standard error, ELBO, ESS and the normalised weights, per row.
+
+    ``largest``: each row's largest log weight, when already known. One exp per weight.
+    """
+    *rows, n = log_weights.shape
+    log_weights = np.ascontiguousarray(log_weights).reshape(-1, n)
+    shift = finite_or_zero(log_weights.max(-1) if largest is None else largest.reshape(-1))
+    weights = np.subtract(log_weights, shift[:, None])
+    np.exp(weights, out=weights)  # in place: less memory to stream through on the request path
+    total, squares, elbo = kernels.weight_sums(weights, log_weights)  # normalises the weights
+    log_evidence, se, ess = evidence_from_sums(total, squares, shift, n)
+    values = (log_evidence, se, elbo, ess, ess / n)
+    return WeightSummary(*(v.reshape(rows) for v in values), weights.reshape(*rows, n))
+
+
+def weigh(
+    model: ConjugateMixtureModel, y: np.ndarray, proposal: BranchedNormal, num_samples: int,
+    generator: np.random.Generator, other: BranchedNormal | None = None,
+) -> Weighed:
+    """Draw from ``proposal`` for each y (a row each), weigh by p(b, x, y) / q(b, x | y), and summarise.
+
+    With ``other``, another proposal for the same rows, also the sums that the
+    mixture (proposal + other) / 2 needs as proposal at these draws. Every log
+    density is a quadratic in the draw's noise
+    (:class:`~amortized.distributions.NoiseQuadratic`): combined per (row,
+    branch) here, evaluated per draw by :func:`amortized.kernels.evaluate_draws`.
+    The draws are those ``proposal.sample(num_samples, generator)`` gives.
+    """
+    rows, width = proposal.means.shape
+    own = proposal.log_prob_in_noise()
+    joint = (model.log_joint_in_noise(proposal, y) - own).table()
+    ratio = (other.log_prob_at_draws_of(proposal) - own).table() if other is not None else np.empty((0, rows, width, 3))
+    cdf = np.cumsum(proposal.probs, -1)
+    edges = np.ascontiguousarray(cdf[:, :-1] / cdf[:, -1:])
+    uniform = generator.random((rows, num_samples)) if width > 1 else np.empty((rows, 0))
+    noise = generator.standard_normal((rows, num_samples))
+    means, stds = np.ascontiguousarray(proposal.means), np.ascontiguousarray(proposal.stds)
+    branch, x, terms, log_ratio = kernels.evaluate_draws(edges, uniform, noise, means, stds, joint, ratio)
+    log_weights = terms[0] if len(terms) == 1 else logsumexp(terms, 0)  # prior components of a branch: NumPy's SIMD exp and log
+    largest, bound, bound_largest = kernels.mixture_bounds(log_weights, log_ratio)
+    summary = summarise_weights(log_weights, largest)
+    mixture = None
+    if other is not None:
+        shift = finite_or_zero(bound_largest[0])
+        bound -= shift[:, None]  # both arrays are scratch now: exp in place
+        np.exp(bound, out=bound)
+        np.negative(np.abs(log_ratio, out=log_ratio), out=log_ratio)
+        total, squares = kernels.mixture_sums(bound, np.exp(log_ratio, out=log_ratio))
+        mixture = MixtureSums(2.0 * total[0], 4.0 * squares[0], shift)  # the mixture's log weight is u + log 2 - log(1 + exp(-|d|))
+    return Weighed(branch, x, log_weights, summary, mixture)
 
 
 def pareto_tail_size(num_samples: int) -> int:
@@ -136,7 +209,9 @@ def pareto_k_hat(log_weights: np.ndarray) -> np.ndarray:
         grid = 1 - np.sqrt(m_est / (np.arange(1, m_est + 1) - 0.5))
         quartile = int(n / 4 + 0.5) - 1
         b = grid / (prior_bs * tail[..., quartile : quartile + 1]) + 1 / tail[..., -1:]
-        k = np.log1p(-b[..., :, None] * tail[..., None, :]).mean(-1)
+        terms = b[..., :, None] * tail[..., None, :]  # log(1 - b x), not log1p: NumPy's log is SIMD, log1p is not (3x)
+        np.subtract(1.0, terms, out=terms)
+        k = np.log(terms, out=terms).mean(-1)
         profile = n * (np.log(-b / k) - k - 1)
         weights = np.exp(profile - logsumexp(profile)[..., None])
         weights = np.where(weights >= 10 * np.finfo(np.float64).eps, weights, 0.0)
@@ -170,59 +245,33 @@ def verdict(summary: WeightSummary, pareto_k: np.ndarray, misses_mass: np.ndarra
     return verdicts, reasons
 
 
-def log_weights_at_draws(
-    model: ConjugateMixtureModel, y: np.ndarray, q: BranchedNormal, num_samples: int, generator: np.random.Generator,
-    others: tuple[BranchedNormal, ...] = (),
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Draw from q for each y: branches, x, log weights log p(b, x, y) - log q(b, x | y).
-
-    Also, for each of ``others``, log other(b, x) - log q(b, x) at the same
-    draws. Every density is a quadratic in the draw's noise
-    (:class:`~amortized.distributions.NoiseQuadratic`): combined per
-    (observation, branch), then evaluated once per draw.
-    """
-    branch, noise = q.draw(num_samples, generator)
-    flat = flat_index(branch, q.num_branches)
-    x = q.means.reshape(-1)[flat] + q.stds.reshape(-1)[flat] * noise
-    own = q.log_prob_in_noise()
-    log_weights = (model.log_joint_in_noise(q, y) - own).at(flat, noise)
-    ratios = [(other.log_prob_at_draws_of(q) - own).at(flat, noise) for other in others]
-    return branch, x, log_weights, ratios
-
-
 def cross_check(
     model: ConjugateMixtureModel, y: np.ndarray, q: BranchedNormal, other: BranchedNormal, num_samples: int,
     generator: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, WeightSummary, CrossCheck]:
+) -> tuple[Weighed, CrossCheck]:
     """Sample q and ``other`` as one batch; evidence from each and from their mixture (q + other)/2.
 
-    Returns q's samples, log weights and their summary with the cross-check.
-    The mixture estimate pools both sample sets and weighs them against the
-    mixture density (deterministic-mixture importance sampling). Rows are
-    interleaved (q, other) per observation, so the draws of one observation
-    are contiguous whatever else is in the batch.
+    Returns q's draws and what they say, with the cross-check. The mixture
+    estimate pools both sample sets and weighs them against the mixture
+    density (deterministic-mixture importance sampling). Rows are interleaved
+    (q, other) per observation, so the draws of one observation are
+    contiguous whatever else is in the batch.
     """
     b = len(y)
-    both = BranchedNormal.interleave([q, other])
-    branch, x, log_weights, (other_over_own,) = log_weights_at_draws(
-        model, np.repeat(y, 2), both, num_samples, generator, others=(BranchedNormal.interleave([other, q]),)
-    )
-    # log p - log((own + other) / 2) = log p - log own - log(1 + other / own) + log 2
-    mixture_log_weights = log_weights - softplus(other_over_own) + math.log(2)
-    log_weights = log_weights.reshape(b, 2, num_samples)
-    summary = summarise_weights(log_weights)  # (b, 2): q, other
-    mixture = summarise_weights(mixture_log_weights.reshape(b, 2 * num_samples))
-    estimates = np.stack([summary.log_evidence[:, 0], summary.log_evidence[:, 1], mixture.log_evidence])
-    errors = np.stack([summary.log_evidence_se[:, 0], summary.log_evidence_se[:, 1], mixture.log_evidence_se])
+    both = weigh(model, np.repeat(y, 2), BranchedNormal.interleave([q, other]), num_samples, generator, BranchedNormal.interleave([other, q]))
+    summary, (total, squares, shift) = both.summary, (v.reshape(b, 2) for v in both.mixture)
+    pooled_shift = shift.max(-1)
+    scale = np.exp(shift - pooled_shift[:, None])
+    mixture_evidence, mixture_se, _ = evidence_from_sums((total * scale).sum(-1), (squares * scale * scale).sum(-1), pooled_shift, 2 * num_samples)
+    estimates = np.array([summary.log_evidence[0::2], summary.log_evidence[1::2], mixture_evidence])
+    errors = np.array([summary.log_evidence_se[0::2], summary.log_evidence_se[1::2], mixture_se])
     gaps = np.abs(estimates[:, None] - estimates[None, :])
     allowed = AGREEMENT_Z * np.sqrt(errors[:, None] ** 2 + errors[None, :] ** 2) + AGREEMENT_FLOOR
     with np.errstate(invalid="ignore"):
         consistent = (gaps <= allowed).reshape(9, b).all(0)  # NaN compares False: never "consistent"
         # A proposal that misses mass underestimates the evidence; the mixture covers what either covers.
         misses_mass = ~(estimates[0] >= estimates[2] - allowed[0, 2])
-    check = CrossCheck(estimates[1], errors[1], estimates[2], errors[2], consistent, misses_mass)
-    own = branch.reshape(b, 2, num_samples)[:, 0], x.reshape(b, 2, num_samples)[:, 0], log_weights[:, 0]
-    return *own, summary.rows((slice(None), 0)), check
+    return both.rows(slice(0, None, 2)), CrossCheck(estimates[1], errors[1], estimates[2], errors[2], consistent, misses_mass)
 
 
 def analyse(
@@ -239,29 +288,23 @@ def analyse(
     ``y`` and the proposals are NumPy arrays (``BranchedNormal.numpy()``).
     """
     if other is None:
-        check = None
-        branch, x, log_weights, _ = log_weights_at_draws(model, y, q, num_samples, generator)
-        summary = summarise_weights(log_weights)
+        weighed, check = weigh(model, y, q, num_samples, generator), None
     else:
-        branch, x, log_weights, summary, check = cross_check(model, y, q, other, num_samples, generator)
-    pareto_k = pareto_k_hat(log_weights)
-    normalised = summary.normalised
-    mean_x = (normalised * x).sum(-1)
-    std_x = np.sqrt((normalised * (x - mean_x[:, None]) ** 2).sum(-1))
-    size = len(y) * model.num_branches
-    branch_probabilities = np.bincount(flat_index(branch, model.num_branches).ravel(), normalised.ravel(), size)
-    branch_probabilities = branch_probabilities.reshape(len(y), model.num_branches)
+        weighed, check = cross_check(model, y, q, other, num_samples, generator)
+    summary = weighed.summary
+    mean_x, std_x, branch_probabilities = kernels.weighted_moments(summary.normalised, weighed.x, weighed.branch, q.num_branches)
+    pareto_k = pareto_k_hat(weighed.log_weights)
     verdicts, reasons = verdict(summary, pareto_k, None if check is None else check.misses_mass)
     resampled_branch = resampled_x = None
     if resample:
-        finite = np.where(np.isfinite(normalised), normalised, 0.0)
+        finite = np.where(np.isfinite(summary.normalised), summary.normalised, 0.0)
         finite = np.where(finite.sum(-1, keepdims=True) > 0, finite, 1.0)  # uniform if every weight failed
         picks = inverse_cdf(finite, generator.random((len(y), num_samples)))
-        resampled_branch, resampled_x = gather(branch, picks), gather(x, picks)
+        resampled_branch, resampled_x = gather(weighed.branch, picks), gather(weighed.x, picks)
     return PosteriorAnalysis(
-        branch=branch,
-        x=x,
-        log_weights=log_weights,
+        branch=weighed.branch,
+        x=weighed.x,
+        log_weights=weighed.log_weights,
         log_evidence=summary.log_evidence,
         log_evidence_se=summary.log_evidence_se,
         elbo=summary.elbo,

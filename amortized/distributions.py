@@ -47,7 +47,7 @@ class NoiseQuadratic(NamedTuple):
     model's joint) is three coefficients per (observation, branch), combined
     on those small arrays and evaluated once per draw. Coefficients are
     ``(rows, branches)``, or ``(components, rows, branches)`` for a density
-    that is a mixture within a branch (summed at evaluation).
+    that is a mixture within a branch (summed, in log space, at evaluation).
     """
 
     a: np.ndarray
@@ -57,14 +57,13 @@ class NoiseQuadratic(NamedTuple):
     def __sub__(self, other: NoiseQuadratic) -> NoiseQuadratic:  # type: ignore[override]
         return NoiseQuadratic(self.a - other.a, self.b - other.b, self.c - other.c)
 
-    def at(self, flat: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        """The values at draws ``(rows, samples)``: ``flat`` indexes each draw's (row, branch) (:func:`flat_index`)."""
-        if self.a.shape[-1] == 1:  # one branch: the coefficients broadcast over the draws, nothing to gather
-            a, b, c = self
-        else:
-            a, b, c = (np.take(v.reshape(*v.shape[:-2], -1), flat, axis=-1) for v in self)  # C-ordered, fast to reduce
-        values = a + noise * (b + c * noise)
-        return values if values.ndim == noise.ndim else logsumexp(values, 0)
+    def table(self) -> np.ndarray:
+        """The coefficients as one C-ordered array ``(components, rows, branches, 3)`` (one component if not a mixture).
+
+        What :func:`amortized.kernels.weigh_draws` evaluates at each draw.
+        """
+        table = np.stack(np.broadcast_arrays(*self), -1)
+        return table if table.ndim == 4 else table[None]
 
 
 def normal_log_prob_in_noise(mean_x: np.ndarray, std_x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> NoiseQuadratic:

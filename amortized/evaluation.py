@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from amortized.arrays import Array, lib, like, logsumexp, sort
-from amortized.distributions import BranchedNormal, normal_kl, normal_log_prob
+from amortized import kernels
+from amortized.arrays import Array
+from amortized.distributions import LOG_SQRT_2PI, BranchedNormal, normal_kl, normal_log_prob
 from amortized.models import ConjugateMixtureModel
 from amortized.networks import InferenceNetwork
 
@@ -31,18 +32,12 @@ def test_observations(model: ConjugateMixtureModel, num: int = 1000, seed: int =
     return model.sample_joint(num, torch.Generator().manual_seed(seed)).y.double()
 
 
-def _joint_log_density(dist: BranchedNormal, x: Array, membership: Array | None) -> Array:
-    """log density of (b, x) at grid x ``(batch, points)`` -> ``(branches, batch, points)``.
-
-    With ``membership`` (components x branches, boolean), ``dist`` is over components
-    and their densities are summed within each branch. The short component
-    and branch axes lead: NumPy reduces a short trailing or middle axis slowly.
-    """
-    terms = dist.log_probs.T[..., None] + normal_log_prob(x, dist.means.T[..., None], dist.stds.T[..., None])
-    if membership is None:
-        return terms
-    masked = lib(x).where(membership[:, :, None, None], terms[:, None], -math.inf)
-    return logsumexp(masked, 0)
+def expectation_weights(grid: np.ndarray) -> np.ndarray:
+    """Weights w with sum_t w_t f(grid_t) ~ E[f(t)] for t ~ N(0, 1): trapezoids on ``grid``, normalised to sum to 1."""
+    steps = np.diff(grid)
+    widths = np.concatenate([steps[:1], steps[1:] + steps[:-1], steps[-1:]]) / 2
+    weights = widths * np.exp(-0.5 * grid**2)
+    return weights / weights.sum()
 
 
 def kl_divergences(
@@ -50,25 +45,37 @@ def kl_divergences(
 ) -> tuple[Array, Array]:
     """(kl_pq, kl_qp) per observation, in nats, float64; ``exact`` is over components.
 
-    Torch tensors in, tensors out; NumPy arrays in, arrays out (the request path).
-    The quadrature puts ``grid`` (in standard deviations) around every
-    component of p and q and integrates on the union by trapezoids.
+    Torch tensors in, tensors out (scoring, no gradients); NumPy arrays in,
+    arrays out (the request path). In closed form when each branch of p is
+    one normal. Otherwise (``gmm``: p(x | b, y) is a mixture) each KL is
+    closed-form terms plus expectations of log p(b, x) under single normals,
+    p's components for KL(p || q) and q's branches for KL(q || p), each by
+    quadrature on ``grid`` standard deviations around its normal:
+
+        KL(p || q) = sum_c w_c (E_c[log p(b_c, x)] - log q_b_c - E_c[log N(x; mu_b_c, sigma_b_c^2)])
+        KL(q || p) = sum_b q_b (log q_b - H(N(mu_b, sigma_b^2)) - E_b[log p(b, x)])
     """
     if isinstance(q.means, torch.Tensor):
-        exact, q = exact.to(torch.float64), q.to(torch.float64)
+        pair = kl_divergences(model, exact.to(torch.float64).numpy(), q.to(torch.float64).numpy(), grid)
+        return tuple(torch.from_numpy(np.asarray(kl)) for kl in pair)  # type: ignore[return-value]
     if model.family_contains_posterior:
         kl_pq = (exact.probs * (exact.log_probs - q.log_probs + normal_kl(exact.means, exact.stds, q.means, q.stds))).sum(-1)
         kl_qp = (q.probs * (q.log_probs - exact.log_probs + normal_kl(q.means, q.stds, exact.means, exact.stds))).sum(-1)
         return kl_pq, kl_qp
-    xp = lib(q.means)
-    centres = xp.concatenate([exact.means, q.means], -1)
-    widths = xp.concatenate([exact.stds, q.stds], -1)
-    x = sort((centres[..., None] + widths[..., None] * like(grid, centres)).reshape(len(centres), -1))
-    membership = model.table(centres).membership > 0
-    log_p = _joint_log_density(exact, x, membership)
-    log_q = _joint_log_density(q, x, None)
-    kl_pq = xp.trapezoid((xp.exp(log_p) * (log_p - log_q)).sum(0), x)
-    kl_qp = xp.trapezoid((xp.exp(log_q) * (log_q - log_p)).sum(0), x)
+    t = model.table(exact.means)
+    weights, membership = expectation_weights(grid), t.membership > 0
+    branch_of, branches = t.component_branch, np.arange(q.num_branches)
+
+    def expected_log_p(centres: np.ndarray, widths: np.ndarray, centre_branch: np.ndarray) -> np.ndarray:
+        arrays = (centres, widths, exact.log_probs, exact.means, exact.stds)
+        centres, widths, log_weights, means, stds = (np.ascontiguousarray(a, dtype=np.float64) for a in arrays)
+        return kernels.expected_log_density(centres, widths, centre_branch, log_weights, means, stds, membership, grid, weights)
+
+    mu, sigma = q.means[:, branch_of], q.stds[:, branch_of]  # q's normal in each component's branch
+    cross = q.log_probs[:, branch_of] - np.log(sigma) - LOG_SQRT_2PI - ((exact.means - mu) ** 2 + exact.stds**2) / (2 * sigma**2)
+    kl_pq = (exact.probs * (expected_log_p(exact.means, exact.stds, branch_of) - cross)).sum(-1)
+    entropy = np.log(q.stds) + 0.5 * math.log(2 * math.pi * math.e)
+    kl_qp = (q.probs * (q.log_probs - entropy - expected_log_p(q.means, q.stds, branches))).sum(-1)
     return kl_pq, kl_qp
 
 

@@ -30,24 +30,21 @@ def samples_columns(served: ServedModel, branch: np.ndarray, x: np.ndarray) -> l
     """
     columns: dict[str, list] = {"x": list(x)}
     for name, values in served.latent_values.items():
-        columns[name] = list(values[branch]) if values.dtype != object else values[branch].tolist()
+        columns[name] = list(np.take(values, branch)) if values.dtype != object else np.take(values, branch).tolist()
     return [dict(zip(columns, row)) for row in zip(*columns.values())]
 
 
 def probabilities(served: ServedModel, branch_probabilities: np.ndarray) -> list[dict[str, dict[str, float]]]:
     """Per observation: {latent: {value: P(latent = value)}}, all values at once."""
-    out = []
-    for row in (branch_probabilities[:, :, None] * served.value_matrix).sum(1).tolist():  # per row, not BLAS (see branch_probabilities)
-        nested: dict[str, dict[str, float]] = {name: {} for name in served.latent_values}
-        for (name, value), p in zip(served.value_keys, row):
-            nested[name][value] = p
-        out.append(nested)
-    return out
+    rows = (branch_probabilities[:, :, None] * served.value_matrix).sum(1).tolist()  # per row, not BLAS (see branch_probabilities)
+    return [{name: dict(zip(values, row[columns])) for name, values, columns in served.value_groups} for row in rows]
 
 
 def q_branches(served: ServedModel, q: BranchedNormal) -> list[dict[str, Any]]:
-    rows = np.stack([q.probs, q.means, q.stds], -1).tolist()  # (batch, branches, 3)
-    return [{"branches": [{"latents": latents, "probability": p, "mean": m, "std": s} for latents, (p, m, s) in zip(served.branch_latents, row)]} for row in rows]
+    return [
+        {"branches": [{"latents": latents, "probability": p, "mean": m, "std": s} for latents, p, m, s in zip(served.branch_latents, *row)]}
+        for row in zip(q.probs.tolist(), q.means.tolist(), q.stds.tolist())
+    ]
 
 
 DIAGNOSTIC_FIELDS = ("ess", "ess_fraction", "log_evidence", "log_evidence_se", "elbo", "pareto_k")
@@ -67,8 +64,8 @@ def results_for(
     scalars += [exact[name] for name in ("log_evidence", "mean_x", "std_x", "kl_pq", "kl_qp")]
     if check is not None:
         scalars += [getattr(check, name) for name in CHECK_FIELDS]
-    rows = np.stack(scalars, -1).tolist()
-    flags = np.stack([check.consistent, check.misses_mass], -1).tolist() if check is not None else None
+    rows = np.array(scalars).T.tolist()  # (observations, fields)
+    flags = np.array([check.consistent, check.misses_mass]).T.tolist() if check is not None else None
     samples = samples_columns(served, analysis.branch, analysis.x)
     resampled = samples_columns(served, analysis.resampled_branch, analysis.resampled_x) if resample else None
     estimated, truth = probabilities(served, analysis.branch_probabilities), probabilities(served, exact["branch_probabilities"])

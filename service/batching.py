@@ -65,10 +65,12 @@ class GroupedGenerator:
         per_observation, remainder = divmod(shape[0], self.total)
         if remainder:
             raise ValueError(f"{shape[0]} rows do not split over {self.total} observations")
-        return np.concatenate([
-            getattr(generator, method)((per_observation * count, *shape[1:]))
-            for generator, count in zip(self.generators, self.counts)
-        ])
+        out, start = np.empty(shape), 0
+        for generator, count in zip(self.generators, self.counts):  # each fills its own rows, in place
+            stop = start + per_observation * count
+            getattr(generator, method)(out=out[start:stop])
+            start = stop
+        return out
 
     def random(self, shape: tuple[int, ...]) -> np.ndarray:
         return self._draw("random", shape)

@@ -11,8 +11,8 @@ import torch
 from fastapi import FastAPI
 
 from service import errors
-from service.answers import answer_batch
-from service.batching import MicroBatcher
+from service.answers import answer, answer_batch
+from service.batching import MicroBatcher, Query
 from service.limits import BodySizeLimit
 from service.metrics import Metrics
 from service.registry import Registry
@@ -31,13 +31,21 @@ against the other compiled network: read `diagnostics.verdict` and `diagnostics.
 """
 
 
+def warm_up(registry: Registry) -> None:
+    """Answer one small query per served model, so that the first real one does not compile numba's kernels (~1 s)."""
+    for served in registry.models.values():
+        objective = "both" if len(served.objectives) == 2 else served.objectives[0]
+        answer(Query(served, [0.0], objective, 8, 0, resample=True, cross_check=True))
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """At start: what start-up built (torch, the networks, the app) lives as long as the process.
+    """At start: compile the kernels; then what start-up built (torch, the networks, the app) lives as long as the process.
 
     ``gc.freeze`` keeps those ~250k objects out of the collector's full
     passes, which otherwise stall a request now and then for ~80 ms (the p99).
     """
+    warm_up(app.state.registry)
     gc.freeze()
     yield
 

@@ -36,6 +36,10 @@ class ServedModel:
         # summed per row
         members = self.model.latent_value_members
         self.value_keys = [(name, str(value)) for name, values in members.items() for value in values]
+        self.value_groups: list[tuple[str, list[str], slice]] = []  # each latent's values, and their columns
+        for name, values in members.items():
+            start = sum(len(group[1]) for group in self.value_groups)
+            self.value_groups.append((name, [str(value) for value in values], slice(start, start + len(values))))
         self.value_matrix = np.stack(
             [m.numpy().astype(np.float64) for values in members.values() for m in values.values()], -1
         ) if self.value_keys else np.zeros((self.model.num_branches, 0))

@@ -8,9 +8,10 @@ import torch
 from arviz_stats.base.array import BaseArray
 from scipy import stats
 
+from amortized import kernels
 from amortized.arrays import logsumexp
 from amortized.diagnostics import (
-    REQUEST_KL_GRID, WeightSummary, analyse, latent_marginals, log_weights_at_draws, pareto_k_hat, summarise_weights, verdict,
+    REQUEST_KL_GRID, WeightSummary, analyse, latent_marginals, pareto_k_hat, summarise_weights, verdict, weigh,
 )
 from amortized.distributions import BranchedNormal
 from amortized.evaluation import best_in_family, kl_divergences
@@ -147,8 +148,8 @@ def test_extreme_observations_stay_finite():
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_weights_from_noise_quadratics_are_the_log_joint_minus_log_q(name):
-    """The request path's fused weights equal the model's own log joint minus log q at the same draws."""
+def test_compiled_weighing_matches_the_log_joint_minus_log_q(name):
+    """The request path's compiled loops (noise quadratics, fused sums) against plain NumPy on the same draws."""
     model = build_model(name)
     y = np.array([-30.0, -4.0, 0.0, 0.7, 9.0, 1e3])
     rng = np.random.default_rng(8)
@@ -156,13 +157,43 @@ def test_weights_from_noise_quadratics_are_the_log_joint_minus_log_q(name):
     log_probs = rng.normal(size=shape)
     q = BranchedNormal(log_probs - logsumexp(log_probs)[:, None], y[:, None] * 0.5 + rng.normal(size=shape), rng.uniform(0.3, 3.0, shape))
     other = BranchedNormal(q.log_probs[:, ::-1].copy(), q.means + 1.0, q.stds * 0.7)
-    branch, x, log_weights, (other_over_q,) = log_weights_at_draws(model, y, q, 500, np.random.default_rng(9), others=(other,))
+    weighed = weigh(model, y, q, 500, np.random.default_rng(9), other=other)
+    branch, x = q.sample(500, np.random.default_rng(9))  # the same draws as sample() gives
+    np.testing.assert_array_equal(weighed.branch, branch)
+    np.testing.assert_array_equal(weighed.x, x)
     log_q = q.log_prob(branch, x)
-    np.testing.assert_allclose(log_weights, model.log_joint(branch, x, y[:, None]) - log_q, rtol=1e-9, atol=1e-8)
-    np.testing.assert_allclose(other_over_q, other.log_prob(branch, x) - log_q, rtol=1e-9, atol=1e-8)
-    again_branch, again_x = q.sample(500, np.random.default_rng(9))  # the same draws as sample() gives
-    np.testing.assert_array_equal(again_branch, branch)
-    np.testing.assert_array_equal(again_x, x)
+    log_weights = model.log_joint(branch, x, y[:, None]) - log_q
+    np.testing.assert_allclose(weighed.log_weights, log_weights, rtol=1e-9, atol=1e-8)
+    reference = summarise_plainly(log_weights)
+    for field in ("log_evidence", "log_evidence_se", "elbo", "ess"):
+        np.testing.assert_allclose(getattr(weighed.summary, field), reference[field], rtol=1e-9, err_msg=field)
+    normalised = reference["normalised"]
+    np.testing.assert_allclose(weighed.summary.normalised, normalised, rtol=1e-9, atol=1e-300)
+    mean_x, std_x, branch_probabilities = kernels.weighted_moments(weighed.summary.normalised, x, branch, model.num_branches)
+    mean = (normalised * x).sum(-1)
+    np.testing.assert_allclose(mean_x, mean, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(std_x, np.sqrt((normalised * (x - mean[:, None]) ** 2).sum(-1)), rtol=1e-8)
+    probabilities = np.stack([(normalised * (branch == b)).sum(-1) for b in range(model.num_branches)], -1)
+    np.testing.assert_allclose(branch_probabilities, probabilities, rtol=1e-9, atol=1e-12)
+    # the mixture (q + other) / 2 as proposal, at q's draws
+    mixture_log_weights = model.log_joint(branch, x, y[:, None]) - np.logaddexp(log_q, other.log_prob(branch, x)) + math.log(2)
+    mixture = weighed.mixture
+    scaled = np.exp(mixture_log_weights - mixture.shift[:, None])
+    np.testing.assert_allclose(mixture.total, scaled.sum(-1), rtol=1e-9)
+    np.testing.assert_allclose(mixture.squares, (scaled**2).sum(-1), rtol=1e-9)
+    largest = scaled.max(-1)  # the shift keeps the largest weight in [1, 2]: nothing overflows, nothing all underflows
+    assert (largest >= 1 - 1e-12).all() and (largest <= 2 + 1e-12).all()
+
+
+def summarise_plainly(log_weights: np.ndarray) -> dict[str, np.ndarray]:
+    """The weight summary of MODELS.md, written out in NumPy."""
+    n = log_weights.shape[-1]
+    weights = np.exp(log_weights - log_weights.max(-1, keepdims=True))
+    ess = weights.sum(-1) ** 2 / (weights**2).sum(-1)
+    return {
+        "log_evidence": logsumexp(log_weights) - math.log(n), "log_evidence_se": np.sqrt(1 / ess - 1 / n),
+        "elbo": log_weights.mean(-1), "ess": ess, "normalised": weights / weights.sum(-1, keepdims=True),
+    }
 
 
 def test_the_request_kl_grid_is_within_2e4_of_the_scoring_grid():
