@@ -131,20 +131,26 @@ def evidence_from_sums(total: np.ndarray, squares: np.ndarray, shift: np.ndarray
     return log_evidence, se, ess
 
 
-def summarise_weights(log_weights: np.ndarray, largest: np.ndarray | None = None) -> WeightSummary:
-    """Evidence estimate log(mean w), its standard error, ELBO, ESS and the normalised weights, per row.
-
-    ``largest``: each row's largest log weight, when already known. One exp per weight.
-    """
+def summarise_weights(log_weights: np.ndarray) -> WeightSummary:
+    """Evidence estimate log(mean w), its standard error, ELBO, ESS and the normalised weights, per row (one exp per weight)."""
     *rows, n = log_weights.shape
     log_weights = np.ascontiguousarray(log_weights).reshape(-1, n)
-    shift = finite_or_zero(log_weights.max(-1) if largest is None else largest.reshape(-1))
+    shift = finite_or_zero(log_weights.max(-1))
     weights = np.subtract(log_weights, shift[:, None])
     np.exp(weights, out=weights)  # in place: less memory to stream through on the request path
     total, squares, elbo = kernels.weight_sums(weights, log_weights)  # normalises the weights
     log_evidence, se, ess = evidence_from_sums(total, squares, shift, n)
     values = (log_evidence, se, elbo, ess, ess / n)
     return WeightSummary(*(v.reshape(rows) for v in values), weights.reshape(*rows, n))
+
+
+def log_sum_components(terms: np.ndarray) -> np.ndarray:
+    """log sum_c exp(terms[c]) over the leading (component) axis, reusing ``terms`` as scratch: NumPy's SIMD exp and log."""
+    largest = finite_or_zero(terms.max(0))
+    terms -= largest
+    total = np.exp(terms, out=terms).sum(0)
+    with np.errstate(divide="ignore"):  # every term -inf: log 0 = -inf, as it should
+        return np.log(total, out=total) + largest
 
 
 def weigh(
@@ -170,17 +176,20 @@ def weigh(
     noise = generator.standard_normal((rows, num_samples))
     means, stds = np.ascontiguousarray(proposal.means), np.ascontiguousarray(proposal.stds)
     branch, x, terms, log_ratio = kernels.evaluate_draws(edges, uniform, noise, means, stds, joint, ratio)
-    log_weights = terms[0] if len(terms) == 1 else logsumexp(terms, 0)  # prior components of a branch: NumPy's SIMD exp and log
-    largest, bound, bound_largest = kernels.mixture_bounds(log_weights, log_ratio)
-    summary = summarise_weights(log_weights, largest)
+    log_weights = terms[0] if len(terms) == 1 else log_sum_components(terms)
+    summary = summarise_weights(log_weights)
     mixture = None
     if other is not None:
-        shift = finite_or_zero(bound_largest[0])
-        bound -= shift[:, None]  # both arrays are scratch now: exp in place
+        # With d = log other - log q, the mixture's log weight is u + log 2 - log(1 + exp(-|d|)) where
+        # u = log w - max(d, 0) is within log 2 of it: the largest u is a safe shift for its exponentials.
+        d = log_ratio[0]
+        bound = np.subtract(log_weights, np.maximum(d, 0.0))
+        shift = finite_or_zero(bound.max(-1))
+        bound -= shift[:, None]  # scratch arrays from here: exponentials in place
         np.exp(bound, out=bound)
-        np.negative(np.abs(log_ratio, out=log_ratio), out=log_ratio)
-        total, squares = kernels.mixture_sums(bound, np.exp(log_ratio, out=log_ratio))
-        mixture = MixtureSums(2.0 * total[0], 4.0 * squares[0], shift)  # the mixture's log weight is u + log 2 - log(1 + exp(-|d|))
+        np.exp(np.negative(np.abs(d, out=d), out=d), out=d)
+        total, squares = kernels.mixture_sums(bound, d)
+        mixture = MixtureSums(2.0 * total, 4.0 * squares, shift)
     return Weighed(branch, x, log_weights, summary, mixture)
 
 

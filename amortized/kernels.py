@@ -50,38 +50,23 @@ def evaluate_draws(
     components, num_edges, others = joint.shape[0], edges.shape[1], ratio.shape[0]
     branch = np.empty((rows, n), np.int64)
     x, terms, log_ratio = np.empty((rows, n)), np.empty((components, rows, n)), np.empty((others, rows, n))
-    for r in range(rows):
+    for r in range(rows):  # simple inner loops over the draws, which the compiler vectorises
         for j in range(n):
-            eps = noise[r, j]
             k = 0
             for e in range(num_edges):
                 k += uniform[r, j] >= edges[r, e]
             branch[r, j] = k
-            x[r, j] = means[r, k] + stds[r, k] * eps
-            for c in range(components):
+        for j in range(n):
+            x[r, j] = means[r, branch[r, j]] + stds[r, branch[r, j]] * noise[r, j]
+        for c in range(components):
+            for j in range(n):
+                k, eps = branch[r, j], noise[r, j]
                 terms[c, r, j] = joint[c, r, k, 0] + eps * (joint[c, r, k, 1] + joint[c, r, k, 2] * eps)
-            for o in range(others):
+        for o in range(others):
+            for j in range(n):
+                k, eps = branch[r, j], noise[r, j]
                 log_ratio[o, r, j] = ratio[o, r, k, 0] + eps * (ratio[o, r, k, 1] + ratio[o, r, k, 2] * eps)
     return branch, x, terms, log_ratio
-
-
-@compiled
-def mixture_bounds(log_weights: np.ndarray, log_ratio: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The largest log weight per row; for each other proposal, u = log w - max(d, 0) (others, rows, n) and its largest.
-
-    With d the log ratio other / q, the mixture's log weight is u + log 2 - log(1 + exp(-|d|)):
-    u is within log 2 of it, a safe shift for its exponentials.
-    """
-    others, (rows, n) = log_ratio.shape[0], log_weights.shape
-    largest, bound, bound_largest = np.full(rows, -np.inf), np.empty((others, rows, n)), np.full((others, rows), -np.inf)
-    for r in range(rows):
-        for j in range(n):
-            largest[r] = max(largest[r], log_weights[r, j])
-            for o in range(others):
-                u = log_weights[r, j] - max(log_ratio[o, r, j], 0.0)
-                bound[o, r, j] = u
-                bound_largest[o, r] = max(bound_largest[o, r], u)
-    return largest, bound, bound_largest
 
 
 @compiled
@@ -124,17 +109,20 @@ def weighted_moments(normalised: np.ndarray, x: np.ndarray, branch: np.ndarray, 
 
 @compiled
 def mixture_sums(bound_weights: np.ndarray, tails: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sum and sum of squares of the mixture's weights exp(u - top) / (1 + exp(-|d|)) per row (times 2: see weigh_draws)."""
-    others, rows, n = bound_weights.shape
-    total, squares = np.empty((others, rows)), np.empty((others, rows))
-    for o in range(others):
-        for r in range(rows):
-            s, s2 = 0.0, 0.0
-            for j in range(n):
-                w = bound_weights[o, r, j] / (1.0 + tails[o, r, j])
-                s += w
-                s2 += w * w
-            total[o, r], squares[o, r] = s, s2
+    """Per row: sum and sum of squares of exp(u - shift) / (1 + exp(-|d|)), half the mixture's shifted weights.
+
+    ``bound_weights`` holds exp(u - shift) and ``tails`` exp(-|d|) (see
+    :func:`amortized.diagnostics.weigh` for u and d).
+    """
+    rows, n = bound_weights.shape
+    total, squares = np.empty(rows), np.empty(rows)
+    for r in range(rows):
+        s, s2 = 0.0, 0.0
+        for j in range(n):
+            w = bound_weights[r, j] / (1.0 + tails[r, j])
+            s += w
+            s2 += w * w
+        total[r], squares[r] = s, s2
     return total, squares
 
 

@@ -47,8 +47,7 @@ def q_branches(served: ServedModel, q: BranchedNormal) -> list[dict[str, Any]]:
     ]
 
 
-DIAGNOSTIC_FIELDS = ("ess", "ess_fraction", "log_evidence", "log_evidence_se", "elbo", "pareto_k")
-EXACT_FIELDS = ("log_evidence", "posterior_mean_x", "posterior_std_x", "kl_pq", "kl_qp")
+DIAGNOSTIC_FIELDS = ("ess", "ess_fraction", "log_evidence", "log_evidence_se", "elbo", "pareto_k")  # then mean_x, std_x
 CHECK_FIELDS = ("log_evidence_other", "log_evidence_other_se", "log_evidence_mixture", "log_evidence_mixture_se")
 
 
@@ -71,21 +70,28 @@ def results_for(
     estimated, truth = probabilities(served, analysis.branch_probabilities), probabilities(served, exact["branch_probabilities"])
     out = []
     for i, (y_i, seed, q_i, row) in enumerate(zip(y.tolist(), seeds, q_branches(served, q), rows)):
-        diagnostics = dict(zip(DIAGNOSTIC_FIELDS, row[:6]))
-        diagnostics.update(
-            num_samples=num_samples, verdict=analysis.verdict[i], reason=analysis.reason[i],
-            posterior_mean_x=row[6], posterior_std_x=row[7], discrete_probabilities=estimated[i], cross_check=None,
-        )
+        ess, ess_fraction, log_evidence, log_evidence_se, elbo, pareto_k, mean_x, std_x = row[:8]
+        diagnostics = {
+            "ess": ess, "ess_fraction": ess_fraction, "log_evidence": log_evidence, "log_evidence_se": log_evidence_se,
+            "elbo": elbo, "pareto_k": pareto_k, "num_samples": num_samples, "verdict": analysis.verdict[i],
+            "reason": analysis.reason[i], "posterior_mean_x": mean_x, "posterior_std_x": std_x,
+            "discrete_probabilities": estimated[i], "cross_check": None,
+        }
         if check is not None:
+            other_z, other_se, mixture_z, mixture_se = row[13:]
             diagnostics["cross_check"] = {
-                "other_objective": OTHER[objective], **dict(zip(CHECK_FIELDS, row[13:])),
+                "other_objective": OTHER[objective], "log_evidence_other": other_z, "log_evidence_other_se": other_se,
+                "log_evidence_mixture": mixture_z, "log_evidence_mixture_se": mixture_se,
                 "consistent": flags[i][0], "misses_mass": flags[i][1],
             }
+        exact_z, exact_mean, exact_std, kl_pq, kl_qp = row[8:13]
         result = {
             "model": served.model.name, "seed": seed, "y": y_i, "objective": objective, "q": q_i,
-            "samples": samples[i], "log_weights": analysis.log_weights[i],
-            "diagnostics": diagnostics,
-            "exact": {**dict(zip(EXACT_FIELDS, row[8:13])), "discrete_probabilities": truth[i]},
+            "samples": samples[i], "log_weights": analysis.log_weights[i], "diagnostics": diagnostics,
+            "exact": {
+                "log_evidence": exact_z, "posterior_mean_x": exact_mean, "posterior_std_x": exact_std,
+                "kl_pq": kl_pq, "kl_qp": kl_qp, "discrete_probabilities": truth[i],
+            },
         }
         if resample:
             result["resampled"] = resampled[i]

@@ -14,7 +14,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "amortized_posterior_requests", "posterior requests", ["model", "objective", "status"], registry=self.registry
+            "amortized_posterior_requests", "posterior requests; status ok, rejected (4xx) or error", ["model", "objective", "status"], registry=self.registry
         )
         self.latency = Histogram(
             "amortized_posterior_seconds", "posterior request latency", ["model", "objective"], buckets=LATENCY_BUCKETS, registry=self.registry
@@ -23,3 +23,15 @@ class Metrics:
         self.batch_queries = Histogram(
             "amortized_batch_queries", "queries answered together in one micro-batch", buckets=BATCH_BUCKETS, registry=self.registry
         )
+        self._children: dict[tuple[str, str, str], tuple] = {}
+
+    def record(self, model: str, objective: str, status: str, observations: int, seconds: float) -> None:
+        """One posterior request. The labelled children are looked up once per label set (``labels()`` costs ~1 us)."""
+        key = (model, objective, status)
+        if key not in self._children:
+            self._children[key] = (self.requests.labels(*key), self.latency.labels(model, objective), self.observations.labels(model))
+        requests, latency, answered = self._children[key]
+        requests.inc()
+        latency.observe(seconds)
+        if observations:
+            answered.inc(observations)

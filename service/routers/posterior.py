@@ -82,8 +82,7 @@ async def posterior(
     started = time.perf_counter()
     state = http.app.state  # settings, metrics and batcher: read here, not as three more dependencies (each costs ~20 us)
     settings: Settings = state.settings
-    metrics: Metrics = state.metrics
-    status = "ok"
+    status, observations = "error", 0
     try:
         y = check_request(request, served, settings)
         seed = request.seed if request.seed is not None else secrets.randbits(63)
@@ -94,7 +93,7 @@ async def posterior(
             results = await state.batcher.answer(query)
         else:
             results = answer(query)
-        metrics.observations.labels(served.model.name).inc(len(y))
+        status, observations = "ok", len(y)
         if isinstance(request.y, list):
             return json_response({"model": served.model.name, "seed": seed, "results": results})
         return json_response(results[0])
@@ -102,8 +101,8 @@ async def posterior(
         status = "rejected"
         raise
     finally:
-        metrics.requests.labels(served.model.name, request.objective, status).inc()
-        metrics.latency.labels(served.model.name, request.objective).observe(time.perf_counter() - started)
+        metrics: Metrics = state.metrics
+        metrics.record(served.model.name, request.objective, status, observations, time.perf_counter() - started)
 
 
 @router.get(
