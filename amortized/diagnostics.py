@@ -37,9 +37,10 @@ GOOD_K, USABLE_K = 0.5, 0.7  # k-hat thresholds of MODELS.md (Vehtari et al.)
 NEARLY_UNIFORM_ESS = 0.9  # at or above this ESS/N the weights are nearly uniform and k-hat is ignored
 AGREEMENT_Z = 3.0  # evidence estimates agree within this many combined standard errors ...
 AGREEMENT_FLOOR = 1e-3  # ... plus this many nats, so that exact proposals never disagree by rounding
-# Per query, the KLs that need quadrature (gmm) use half the scoring grid's points (+-8 sd, 401 per component):
-# within 2e-4 relative of the scoring grid's values, at half the cost (tests/test_diagnostics.py).
-REQUEST_KL_GRID = np.linspace(-8.0, 8.0, 401)
+# Per query, the KLs that need quadrature (gmm) integrate under q's normals on +-8 sd with 301 points, not
+# the scoring grid's +-12 sd with 801: within 3.4e-5 of a 4001-point reference over y in [-40, 40] (the
+# tests hold it within 2e-4 of the scoring grid).
+REQUEST_KL_GRID = np.linspace(-8.0, 8.0, 301)
 
 
 @dataclass(frozen=True)
@@ -218,9 +219,9 @@ def pareto_k_hat(log_weights: np.ndarray) -> np.ndarray:
         grid = 1 - np.sqrt(m_est / (np.arange(1, m_est + 1) - 0.5))
         quartile = int(n / 4 + 0.5) - 1
         b = grid / (prior_bs * tail[..., quartile : quartile + 1]) + 1 / tail[..., -1:]
-        terms = b[..., :, None] * tail[..., None, :]  # log(1 - b x), not log1p: NumPy's log is SIMD, log1p is not (3x)
-        np.subtract(1.0, terms, out=terms)
-        k = np.log(terms, out=terms).mean(-1)
+        terms = np.einsum("...i,...j->...ij", b, tail)  # b x for every pair: einsum's outer product is 2x faster here
+        np.subtract(1.0, terms, out=terms)  # log(1 - b x), not log1p: NumPy's log is SIMD, log1p is not (3x)
+        k = np.log(terms, out=terms).sum(-1) / tail.shape[-1]
         profile = n * (np.log(-b / k) - k - 1)
         weights = np.exp(profile - logsumexp(profile)[..., None])
         weights = np.where(weights >= 10 * np.finfo(np.float64).eps, weights, 0.0)

@@ -139,24 +139,32 @@ def expected_log_density(
     """
     rows, normals = centres.shape
     components, points = means.shape[1], grid.shape[0]
-    out, terms, offsets = np.empty((rows, normals)), np.empty(components), np.empty(components)
+    out, terms = np.empty((rows, normals)), np.empty(components)
+    offsets, inverse_stds = np.empty(components), np.empty(components)
+    members = np.empty(components, np.int64)
     for r in range(rows):
         for c in range(components):
             offsets[c] = log_weights[r, c] - math.log(stds[r, c]) - LOG_SQRT_2PI
+            inverse_stds[c] = 1.0 / stds[r, c]
         for g in range(normals):
-            b = centre_branch[g]
+            count = 0  # the components of this normal's branch
+            for c in range(components):
+                if membership[c, centre_branch[g]]:
+                    members[count] = c
+                    count += 1
             total = 0.0
             for t in range(points):
                 x = centres[r, g] + widths[r, g] * grid[t]
                 largest = -np.inf
-                for c in range(components):
-                    z = (x - means[r, c]) / stds[r, c]
-                    terms[c] = offsets[c] - 0.5 * z * z if membership[c, b] else -np.inf
-                    largest = max(largest, terms[c])
+                for i in range(count):
+                    c = members[i]
+                    z = (x - means[r, c]) * inverse_stds[c]
+                    terms[i] = offsets[c] - 0.5 * z * z
+                    largest = max(largest, terms[i])
                 summed = 0.0
-                for c in range(components):
-                    if terms[c] > largest - 37.0:
-                        summed += math.exp(terms[c] - largest)
+                for i in range(count):
+                    if terms[i] > largest - 37.0:
+                        summed += math.exp(terms[i] - largest)
                 total += grid_weights[t] * (largest + (math.log(summed) if summed != 1.0 else 0.0))
             out[r, g] = total
     return out

@@ -197,7 +197,7 @@ def summarise_plainly(log_weights: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def test_the_request_kl_grid_is_within_2e4_of_the_scoring_grid():
-    """gmm's KLs need quadrature; per query it runs on half the points (REQUEST_KL_GRID)."""
+    """gmm's KLs need quadrature; per query it runs on fewer points (REQUEST_KL_GRID)."""
     model = build_model("gmm")
     y = np.linspace(-40.0, 40.0, 81)
     exact = model.exact_posterior(y)
