@@ -31,6 +31,9 @@ against the other compiled network: read `diagnostics.verdict` and `diagnostics.
 """
 
 
+YOUNG_COLLECTION_THRESHOLD = 50_000  # allocations between collections of the youngest generation (Python: 700)
+
+
 def warm_up(registry: Registry) -> None:
     """Answer one small query per served model, so that the first real one does not compile numba's kernels (~1 s)."""
     for served in registry.models.values():
@@ -44,9 +47,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     ``gc.freeze`` keeps those ~250k objects out of the collector's full
     passes, which otherwise stall a request now and then for ~80 ms (the p99).
+    An answer allocates a few thousand containers that die young, freed by
+    reference counting when the response is sent: collecting every 700
+    allocations (Python's default) scanned each batch's half-built answers,
+    ~10 us per request (bench/serve_benchmark.py: +4% posterior throughput).
     """
     warm_up(app.state.registry)
     gc.freeze()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *gc.get_threshold()[1:])
     yield
 
 
