@@ -116,7 +116,7 @@ def answer_batch(queries: list[Query]) -> list[list[dict[str, Any]]]:
     seeds = [query.seed for query in queries for _ in range(count)]
     generator = generator_for([query.seed for query in queries], [count] * len(queries))
     needed = set(objectives) | ({OTHER[o] for o in objectives} & set(served.artifacts) if cross_check else set())
-    qs = {name: served.forward[name](stacked).flatten() for name in needed}  # each query as if alone (numpy_mlp)
+    qs = {name: q.flatten() for name, q in served.forward(needed, stacked).items()}  # each query as if alone (numpy_mlp)
     truth = served.model.exact_posterior_and_evidence(y)  # shared by both objectives
     per_objective = {
         name: results_for(

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from collections.abc import Callable
 
 import numpy as np
 
@@ -43,12 +42,20 @@ class ServedModel:
         self.value_matrix = np.stack(
             [m.numpy().astype(np.float64) for values in members.values() for m in values.values()], -1
         ) if self.value_keys else np.zeros((self.model.num_branches, 0))
-        # the request path runs each network as a NumPy function of y (weights copied once, here)
-        self.forward: dict[str, Callable[[np.ndarray], BranchedNormal]] = {}
+        # the request path runs the networks as NumPy functions of y (weights copied once, on first use)
+        self._forwards: dict[tuple[str, ...], Callable[[np.ndarray], list[BranchedNormal]]] = {}
 
     def add(self, objective: str, artifact: Artifact) -> None:
         self.artifacts[objective] = artifact
-        self.forward[objective] = artifact.network.numpy()
+        self._forwards.clear()
+
+    def forward(self, objectives: Sequence[str], y: np.ndarray) -> dict[str, BranchedNormal]:
+        """q(. | y) of each objective's network, run together in one NumPy pass where the family allows."""
+        key = tuple(sorted(objectives))
+        if key not in self._forwards:
+            networks = [self.artifacts[objective].network for objective in key]
+            self._forwards[key] = type(networks[0]).numpy_stacked(networks)
+        return dict(zip(key, self._forwards[key](y)))
 
     @property
     def objectives(self) -> list[str]:

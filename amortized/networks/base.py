@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -34,6 +34,15 @@ class InferenceNetwork(nn.Module, ABC):
         ``y`` may be stacked ``(stack, batch)``: each stack item is then computed
         exactly as if it came alone (see :func:`~amortized.networks.branched_mlp.numpy_mlp`).
         """
+
+    @classmethod
+    def numpy_stacked(cls, networks: Sequence[InferenceNetwork]) -> Callable[[np.ndarray], list[BranchedNormal]]:
+        """Several networks as one NumPy function of y: item i is ``networks[i].numpy()(y)``.
+
+        Here one after the other; a family whose networks can share one pass overrides it.
+        """
+        forwards = [network.numpy() for network in networks]
+        return lambda y: [forward(y) for forward in forwards]
 
     def architecture(self) -> dict[str, Any]:
         """The constructor's keyword arguments and the family name, as plain data."""

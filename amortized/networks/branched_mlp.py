@@ -48,21 +48,26 @@ NUMPY_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def numpy_mlp(layers: nn.Sequential) -> Layers:
-    """The same layers as a float64 NumPy function (weights copied once), for the request path.
+def _stacked(tensors: Sequence[Tensor]) -> np.ndarray:
+    """Parameters of several networks as one float64 array, a leading axis per network."""
+    return np.ascontiguousarray(np.stack([t.detach().double().numpy() for t in tensors]))
 
-    Inputs may be stacked ``(stack, rows, features)``: NumPy then multiplies
-    each stack item by the same BLAS call as when it comes alone, so an item's
-    result does not depend on the others (a 2-D batch of other sizes may be
-    rounded differently by BLAS).
+
+def numpy_mlp(stacks: Sequence[nn.Sequential]) -> Layers:
+    """Networks of the same layers as one float64 NumPy function (weights copied once), for the request path.
+
+    Inputs are ``(networks, stack, rows, features)``: NumPy multiplies each
+    (network, stack item) pair by its own BLAS call, the same whatever else is
+    stacked, so an item's result does not depend on the others (a 2-D batch of
+    other sizes may be rounded differently by BLAS).
     """
     steps: list[tuple[np.ndarray, np.ndarray] | Callable[[np.ndarray], np.ndarray]] = []
-    for layer in layers:
-        if isinstance(layer, nn.Linear):
-            weight = np.ascontiguousarray(layer.weight.detach().double().numpy().T)
-            steps.append((weight, layer.bias.detach().double().numpy()))
+    for layers in zip(*stacks):
+        if isinstance(layers[0], nn.Linear):  # (networks, 1, in, out) and (networks, 1, 1, out): one per network
+            weight = np.ascontiguousarray(_stacked([layer.weight for layer in layers]).transpose(0, 2, 1))
+            steps.append((weight[:, None], _stacked([layer.bias for layer in layers])[:, None, None]))
         else:
-            steps.append(NUMPY_ACTIVATIONS[next(name for name, cls in ACTIVATIONS.items() if isinstance(layer, cls))])
+            steps.append(NUMPY_ACTIVATIONS[next(name for name, cls in ACTIVATIONS.items() if isinstance(layers[0], cls))])
 
     def apply(inputs: np.ndarray) -> np.ndarray:
         for step in steps:
@@ -72,21 +77,22 @@ def numpy_mlp(layers: nn.Sequential) -> Layers:
     return apply
 
 
-def numpy_branched_mlp(layers: nn.Sequential, num_branches: int) -> Layers:
-    """``layers`` fed [y, one-hot(b)] for every branch b, in NumPy: ``(..., batch, 1) -> (..., batch, branches, outputs)``.
+def numpy_branched_mlp(stacks: Sequence[nn.Sequential], num_branches: int) -> Layers:
+    """``layers`` fed [y, one-hot(b)] for every branch b, in NumPy: ``(networks, stack, batch, 1) -> (networks, stack, batch, branches, outputs)``.
 
     The first layer's one-hot part is a constant per branch, added once
     (weights copied now), instead of multiplying a one-hot per row.
     """
-    first = layers[0]
-    weight, bias = first.weight.detach().double().numpy(), first.bias.detach().double().numpy()
-    y_column, per_branch = weight[:, 0].copy(), weight[:, 1:].T + bias  # (hidden,), (branches, hidden)
-    rest = numpy_mlp(layers[1:])
+    weight, bias = _stacked([layers[0].weight for layers in stacks]), _stacked([layers[0].bias for layers in stacks])
+    y_column = weight[:, None, None, None, :, 0]  # (networks, 1, 1, 1, hidden)
+    per_branch = (weight[:, :, 1:].transpose(0, 2, 1) + bias[:, None, :])[:, None, None]  # (networks, 1, 1, branches, hidden)
+    rest = numpy_mlp([layers[1:] for layers in stacks])
 
     def apply(u: np.ndarray) -> np.ndarray:
-        hidden = u[..., None] * y_column + per_branch  # (..., batch, branches, hidden)
-        out = rest(hidden.reshape(*u.shape[:-2], -1, hidden.shape[-1]))  # rows of one stack item together
-        return out.reshape(*u.shape[:-1], num_branches, -1)
+        hidden = u[..., None] * y_column + per_branch  # (networks, stack, batch, branches, hidden)
+        networks, stack = hidden.shape[:2]
+        out = rest(hidden.reshape(networks, stack, -1, hidden.shape[-1]))  # rows of one stack item together
+        return out.reshape(*hidden.shape[:-1], -1)
 
     return apply
 
@@ -165,10 +171,31 @@ class BranchedMLPNetwork(InferenceNetwork):
         return self._forward(y, discrete, continuous, self.tree)
 
     def numpy(self) -> Callable[[np.ndarray], BranchedNormal]:
-        discrete = None if self.discrete is None else numpy_mlp(self.discrete)
-        continuous = numpy_branched_mlp(self.continuous, self.num_branches)
-        tree = CategoricalTree(self.tree.group_slots.numpy(), self.tree.node_group.numpy(), self.tree.membership.double().numpy())
-        return lambda y: self._forward(np.asarray(y, dtype=np.float64), discrete, continuous, tree)
+        forward = self.numpy_stacked([self])
+        return lambda y: forward(y)[0]
+
+    @classmethod
+    def numpy_stacked(cls, networks: Sequence[InferenceNetwork]) -> Callable[[np.ndarray], list[BranchedNormal]]:
+        """Networks of one architecture for one model, run as one NumPy pass: item i is exactly ``networks[i].numpy()(y)``.
+
+        NumPy's fixed cost per call is most of a small forward's time; stacked, the
+        pq and qp networks of a model pay it once.
+        """
+        first = networks[0]
+        if any(not isinstance(n, cls) or n.architecture() != first.architecture() for n in networks):
+            return super().numpy_stacked(networks)
+        discrete = None if first.discrete is None else numpy_mlp([n.discrete for n in networks])
+        continuous = numpy_branched_mlp([n.continuous for n in networks], first.num_branches)
+        tree = CategoricalTree(first.tree.group_slots.numpy(), first.tree.node_group.numpy(), first.tree.membership.double().numpy())
+
+        def forward(y: np.ndarray) -> list[BranchedNormal]:
+            u = np.asarray(y, dtype=np.float64)[None]  # a leading axis for the networks
+            q = first._forward(u, discrete, continuous, tree)
+            if discrete is None:  # one branch: log q(b) = 0 for every network
+                q = BranchedNormal(np.broadcast_to(q.log_probs, q.means.shape), q.means, q.stds)
+            return [q[i] for i in range(len(networks))]
+
+        return forward
 
     def _forward(self, y: Array, discrete: Layers | None, continuous: Layers, tree: CategoricalTree) -> BranchedNormal:
         """The forward pass, written once for torch (training) and NumPy (serving).
