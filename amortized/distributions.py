@@ -62,7 +62,10 @@ class NoiseQuadratic(NamedTuple):
 
         What :func:`amortized.kernels.weigh_draws` evaluates at each draw.
         """
-        table = np.stack(np.broadcast_arrays(*self), -1)
+        shape = np.broadcast_shapes(*(v.shape for v in self))
+        table = np.empty((*shape, 3))
+        for i, coefficient in enumerate(self):  # filled in place: cheaper than broadcast_arrays + stack on small arrays
+            table[..., i] = coefficient
         return table if table.ndim == 4 else table[None]
 
 
