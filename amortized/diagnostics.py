@@ -21,6 +21,7 @@ would dominate.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, fields
 from typing import NamedTuple
@@ -199,6 +200,15 @@ def pareto_tail_size(num_samples: int) -> int:
     return int(math.floor(3 * math.sqrt(num_samples))) if num_samples > 225 else num_samples // 5
 
 
+@functools.lru_cache(maxsize=64)
+def zhang_stephens_grid(n: int) -> tuple[np.ndarray, int]:
+    """The profile grid of Zhang & Stephens' fit for a tail of n draws, and the index of its first quartile."""
+    m_est = 30 + int(n**0.5)
+    grid = 1 - np.sqrt(m_est / (np.arange(1, m_est + 1) - 0.5))
+    grid.flags.writeable = False
+    return grid, int(n / 4 + 0.5) - 1
+
+
 def pareto_k_hat(log_weights: np.ndarray) -> np.ndarray:
     """PSIS k-hat per row: generalised Pareto shape of the largest weights (Zhang & Stephens fit).
 
@@ -215,9 +225,7 @@ def pareto_k_hat(log_weights: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         tail = np.exp(shifted[..., 1:]) - np.exp(shifted[..., :1])  # exceedances, ascending
         prior_bs, prior_k = 3.0, 10.0
-        m_est = 30 + int(n**0.5)
-        grid = 1 - np.sqrt(m_est / (np.arange(1, m_est + 1) - 0.5))
-        quartile = int(n / 4 + 0.5) - 1
+        grid, quartile = zhang_stephens_grid(n)
         b = grid / (prior_bs * tail[..., quartile : quartile + 1]) + 1 / tail[..., -1:]
         terms = np.einsum("...i,...j->...ij", b, tail)  # b x for every pair: einsum's outer product is 2x faster here
         np.subtract(1.0, terms, out=terms)  # log(1 - b x), not log1p: NumPy's log is SIMD, log1p is not (3x)

@@ -9,6 +9,7 @@ output for each y, so that trained - best is the amortisation gap.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -37,10 +38,18 @@ def test_observations(model: ConjugateMixtureModel, num: int = 1000, seed: int =
 
 def expectation_weights(grid: np.ndarray) -> np.ndarray:
     """Weights w with sum_t w_t f(grid_t) ~ E[f(t)] for t ~ N(0, 1): trapezoids on ``grid``, normalised to sum to 1."""
+    return _expectation_weights(np.ascontiguousarray(grid, dtype=np.float64).tobytes())
+
+
+@functools.lru_cache(maxsize=16)
+def _expectation_weights(grid_bytes: bytes) -> np.ndarray:  # a few grids serve every request: computed once each
+    grid = np.frombuffer(grid_bytes)
     steps = np.diff(grid)
     widths = np.concatenate([steps[:1], steps[1:] + steps[:-1], steps[-1:]]) / 2
     weights = widths * np.exp(-0.5 * grid**2)
-    return weights / weights.sum()
+    weights /= weights.sum()
+    weights.flags.writeable = False
+    return weights
 
 
 def kl_divergences(
