@@ -38,6 +38,19 @@ def test_a_query_answered_in_a_batch_gets_the_bytes_it_gets_alone(registry, name
     assert as_bytes(together[0]) != as_bytes(together[1])  # different seeds, different draws
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_networks_run_together_give_the_bytes_each_gives_alone(registry, name):
+    """The request path runs a model's pq and qp networks as one stacked NumPy pass."""
+    served = registry.models[name]
+    y = np.array([[0.3, -2.0], [5.0, 40.0], [0.0, 1e4]])
+    together = served.forward(["pq", "qp"], y)
+    for objective in ("pq", "qp"):
+        alone = served.forward([objective], y)[objective]
+        for field in ("log_probs", "means", "stds"):
+            assert np.ascontiguousarray(getattr(together[objective], field)).tobytes() == np.ascontiguousarray(getattr(alone, field)).tobytes()
+    assert not np.array_equal(together["pq"].means, together["qp"].means)
+
+
 def test_grouped_generator_draws_each_group_from_its_own_stream():
     grouped = GroupedGenerator([np.random.default_rng(1), np.random.default_rng(2)], [1, 2])
     draws = grouped.standard_normal((6, 4))  # two rows per observation
