@@ -31,15 +31,23 @@ def like(values: Array, reference: Array) -> Array:
     return np.asarray(values, dtype=reference.dtype)
 
 
-def logsumexp(array: Array, axis: int = -1) -> Array:
-    """log(sum(exp(array))) along ``axis``, stable, -inf where every term is -inf."""
+def finite_or_zero(shift: np.ndarray) -> np.ndarray:
+    """A shift for exp(values - shift): the largest value, or 0 where that is not finite (nothing to keep there)."""
+    return np.where(np.isfinite(shift), shift, 0.0)
+
+
+def logsumexp(array: Array, axis: int = -1, scratch: bool = False) -> Array:
+    """log(sum(exp(array))) along ``axis``, stable, -inf where every term is -inf.
+
+    ``scratch``: a NumPy ``array`` may be overwritten (no temporary copy on the request path).
+    """
     if isinstance(array, torch.Tensor):
         return torch.logsumexp(array, axis)
-    top = array.max(axis, keepdims=True)
-    if not np.isfinite(top).all():  # rows of -inf (or inf/nan): shift those by 0 instead
-        top = np.where(np.isfinite(top), top, 0.0)
+    top = finite_or_zero(array.max(axis, keepdims=True))  # rows of -inf (or inf/nan) are shifted by 0
+    shifted = np.subtract(array, top, out=array if scratch else None)
+    total = np.exp(shifted, out=shifted).sum(axis)
     with np.errstate(divide="ignore"):
-        return np.log(np.exp(array - top).sum(axis)) + top.squeeze(axis)
+        return np.log(total, out=total) + top.squeeze(axis)
 
 
 def gather(array: Array, index: Array) -> Array:
@@ -52,11 +60,6 @@ def gather(array: Array, index: Array) -> Array:
 def flat_index(index: np.ndarray, width: int) -> np.ndarray:
     """Row-major positions of ``index`` (rows, n) into a (rows, width) array: one ``take`` then does a gather."""
     return index + np.arange(0, len(index) * width, width)[:, None]
-
-
-def sort(array: Array) -> Array:
-    """Sorted along the last axis (values only)."""
-    return torch.sort(array, -1).values if isinstance(array, torch.Tensor) else np.sort(array, -1)
 
 
 def to_numpy(array: Array) -> np.ndarray:

@@ -29,8 +29,8 @@ from typing import NamedTuple
 import numpy as np
 
 from amortized import kernels
-from amortized.arrays import gather, logsumexp
-from amortized.distributions import BranchedNormal, inverse_cdf
+from amortized.arrays import finite_or_zero, gather, logsumexp
+from amortized.distributions import BranchedNormal, cdf_edges, inverse_cdf
 from amortized.evaluation import kl_divergences
 from amortized.models import ConjugateMixtureModel
 
@@ -119,11 +119,6 @@ class PosteriorAnalysis:
     resampled_x: np.ndarray | None = None
 
 
-def finite_or_zero(shift: np.ndarray) -> np.ndarray:
-    """A shift for exp(log w - shift): the largest log weight, or 0 where that is not finite (no weight to keep)."""
-    return np.where(np.isfinite(shift), shift, 0.0)
-
-
 def evidence_from_sums(total: np.ndarray, squares: np.ndarray, shift: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """log(mean w), its delta-method standard error and the ESS, from sums of n weights divided by exp(shift)."""
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -146,15 +141,6 @@ def summarise_weights(log_weights: np.ndarray) -> WeightSummary:
     return WeightSummary(*(v.reshape(rows) for v in values), weights.reshape(*rows, n))
 
 
-def log_sum_components(terms: np.ndarray) -> np.ndarray:
-    """log sum_c exp(terms[c]) over the leading (component) axis, reusing ``terms`` as scratch: NumPy's SIMD exp and log."""
-    largest = finite_or_zero(terms.max(0))
-    terms -= largest
-    total = np.exp(terms, out=terms).sum(0)
-    with np.errstate(divide="ignore"):  # every term -inf: log 0 = -inf, as it should
-        return np.log(total, out=total) + largest
-
-
 def weigh(
     model: ConjugateMixtureModel, y: np.ndarray, proposal: BranchedNormal, num_samples: int,
     generator: np.random.Generator, other: BranchedNormal | None = None,
@@ -172,13 +158,12 @@ def weigh(
     own = proposal.log_prob_in_noise()
     joint = (model.log_joint_in_noise(proposal, y) - own).table()
     ratio = (other.log_prob_at_draws_of(proposal) - own).table() if other is not None else np.empty((0, rows, width, 3))
-    cdf = np.cumsum(proposal.probs, -1)
-    edges = np.ascontiguousarray(cdf[:, :-1] / cdf[:, -1:])
+    edges = np.ascontiguousarray(cdf_edges(proposal.probs))
     uniform = generator.random((rows, num_samples)) if width > 1 else np.empty((rows, 0))
     noise = generator.standard_normal((rows, num_samples))
     means, stds = np.ascontiguousarray(proposal.means), np.ascontiguousarray(proposal.stds)
     branch, x, terms, log_ratio = kernels.evaluate_draws(edges, uniform, noise, means, stds, joint, ratio)
-    log_weights = terms[0] if len(terms) == 1 else log_sum_components(terms)
+    log_weights = terms[0] if len(terms) == 1 else logsumexp(terms, 0, scratch=True)  # prior components of a branch
     summary = summarise_weights(log_weights)
     mixture = None
     if other is not None:

@@ -78,6 +78,13 @@ def normal_log_prob_in_noise(mean_x: np.ndarray, std_x: np.ndarray, mean: np.nda
 FEW_CATEGORIES = 16  # up to this many, counting the CDF edges below each draw beats a binary search
 
 
+def cdf_edges(weights: np.ndarray) -> np.ndarray:
+    """Per row, the normalised CDF of ``weights`` below each category but the first: a uniform at or past
+    ``edges[i]`` falls in category i + 1 or later."""
+    cdf = np.cumsum(weights, -1)
+    return cdf[:, :-1] / cdf[:, -1:]
+
+
 def inverse_cdf(weights: np.ndarray, uniform: np.ndarray) -> np.ndarray:
     """Per row, the index whose cumulative normalised weight first exceeds each uniform draw.
 
@@ -85,14 +92,14 @@ def inverse_cdf(weights: np.ndarray, uniform: np.ndarray) -> np.ndarray:
     over rows and draws. Many (resampling N draws): one ``searchsorted`` for
     every row, row i's CDF and draws shifted into [i, i + 1).
     """
-    cdf = np.cumsum(weights, -1)
-    cdf /= cdf[:, -1:]
     width = weights.shape[-1]
     if width <= FEW_CATEGORIES:
         index = np.zeros(uniform.shape, dtype=np.int64)
-        for edge in cdf[:, :-1].T:  # a loop over categories, not samples
+        for edge in cdf_edges(weights).T:  # a loop over categories, not samples
             index += uniform >= edge[:, None]
         return index
+    cdf = np.cumsum(weights, -1)
+    cdf /= cdf[:, -1:]
     offsets = np.arange(len(weights))[:, None]
     index = np.searchsorted((cdf + offsets).reshape(-1), (uniform + offsets).reshape(-1), "right").reshape(uniform.shape)
     return np.minimum(index - offsets * width, width - 1)

@@ -77,12 +77,11 @@ def kl_divergences(
         return kl_pq, kl_qp
     t = model.table(exact.means)
     membership, branch_of, branches = t.membership > 0, t.component_branch, np.arange(q.num_branches)
+    p = [np.ascontiguousarray(a, dtype=np.float64) for a in (exact.log_probs, exact.means, exact.stds)]
 
     def expected_log_p(centres: np.ndarray, widths: np.ndarray, centre_branch: np.ndarray, points: np.ndarray) -> np.ndarray:
-        arrays = (centres, widths, exact.log_probs, exact.means, exact.stds)
-        centres, widths, log_weights, means, stds = (np.ascontiguousarray(a, dtype=np.float64) for a in arrays)
-        weights = expectation_weights(points)
-        return kernels.expected_log_density(centres, widths, centre_branch, log_weights, means, stds, membership, points, weights)
+        centres, widths = (np.ascontiguousarray(a, dtype=np.float64) for a in (centres, widths))
+        return kernels.expected_log_density(centres, widths, centre_branch, *p, membership, points, expectation_weights(points))
 
     mu, sigma = q.means[:, branch_of], q.stds[:, branch_of]  # q's normal in each component's branch
     cross = q.log_probs[:, branch_of] - np.log(sigma) - LOG_SQRT_2PI - ((exact.means - mu) ** 2 + exact.stds**2) / (2 * sigma**2)

@@ -22,7 +22,7 @@ import math
 import numpy as np
 from numba import njit
 
-LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+from amortized.distributions import LOG_SQRT_2PI
 
 # error_model="numpy": a float division by zero gives inf or NaN, as in NumPy, instead of raising
 compiled = njit(error_model="numpy", nogil=True)

@@ -32,16 +32,15 @@ class ServedModel:
             self.latent_values[name] = np.array(values, dtype=object if None in values else np.int64)
         self.branch_latents = [dict(branch) for branch in self.model.branches]
         # P(latent = value) for every (latent, value) at once: branch probabilities times this (branches x values),
-        # summed per row
+        # summed per row; each latent's values and their columns
         members = self.model.latent_value_members
-        self.value_keys = [(name, str(value)) for name, values in members.items() for value in values]
-        self.value_groups: list[tuple[str, list[str], slice]] = []  # each latent's values, and their columns
+        columns = [m.numpy().astype(np.float64) for values in members.values() for m in values.values()]
+        self.value_matrix = np.stack(columns, -1) if columns else np.zeros((self.model.num_branches, 0))
+        self.value_groups: list[tuple[str, list[str], slice]] = []
+        start = 0
         for name, values in members.items():
-            start = sum(len(group[1]) for group in self.value_groups)
             self.value_groups.append((name, [str(value) for value in values], slice(start, start + len(values))))
-        self.value_matrix = np.stack(
-            [m.numpy().astype(np.float64) for values in members.values() for m in values.values()], -1
-        ) if self.value_keys else np.zeros((self.model.num_branches, 0))
+            start += len(values)
         # the request path runs the networks as NumPy functions of y (weights copied once, on first use)
         self._forwards: dict[tuple[str, ...], Callable[[np.ndarray], list[BranchedNormal]]] = {}
 
