@@ -24,8 +24,6 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, fields
-from typing import NamedTuple
-
 import numpy as np
 
 from amortized import kernels
@@ -38,6 +36,16 @@ GOOD_K, USABLE_K = 0.5, 0.7  # k-hat thresholds of MODELS.md (Vehtari et al.)
 NEARLY_UNIFORM_ESS = 0.9  # at or above this ESS/N the weights are nearly uniform and k-hat is ignored
 AGREEMENT_Z = 3.0  # evidence estimates agree within this many combined standard errors ...
 AGREEMENT_FLOOR = 1e-3  # ... plus this many nats, so that exact proposals never disagree by rounding
+# Below this many draws the weights cannot be judged: PSIS needs S > 10^(1 / (1 - k)) draws for k-hat = k
+# (Vehtari et al. 2024, sec. 3.2.2), which is 100 at the best tail this service calls good (k = 0.5).
+MIN_JUDGED_SAMPLES = 100
+# The missed-mass check: the posterior mass where q's density is below MISSED_DENSITY_RATIO times the
+# posterior's (where N draws of q almost never land), estimated with the defensive mixture's own draws;
+# q misses mass when that estimate exceeds MISSED_MASS_FLOOR by MISSED_MASS_Z standard errors.
+MISSED_DENSITY_RATIO = 0.01
+MISSED_MASS_FLOOR = 0.01
+MISSED_MASS_Z = 2.0
+DEFAULT_CHECK_SAMPLES = 1000  # the cross-check's own draws per proposal (AMORTIZED_CROSS_CHECK_SAMPLES)
 # Per query, the KLs that need quadrature (gmm) integrate under q's normals on +-8 sd with 301 points, not
 # the scoring grid's +-12 sd with 801: within 3.4e-5 of a 4001-point reference over y in [-40, 40] (the
 # tests hold it within 2e-4 of the scoring grid).
@@ -69,16 +77,11 @@ class CrossCheck:
     log_evidence_other_se: np.ndarray
     log_evidence_mixture: np.ndarray
     log_evidence_mixture_se: np.ndarray
+    missed_mass: np.ndarray  # posterior mass where q's density is below MISSED_DENSITY_RATIO x the posterior's
+    missed_mass_se: np.ndarray
     consistent: np.ndarray  # all three estimates agree within their errors
-    misses_mass: np.ndarray  # this q's estimate falls below the mixture's: it misses posterior mass
-
-
-class MixtureSums(NamedTuple):
-    """Per row: sum and sum of squares of the mixture's importance weights, each weight divided by exp(shift)."""
-
-    total: np.ndarray
-    squares: np.ndarray
-    shift: np.ndarray
+    misses_mass: np.ndarray  # this q's evidence falls below the mixture's, or its missed mass is significant
+    num_samples: int  # draws of each proposal the check used
 
 
 @dataclass(frozen=True)
@@ -89,10 +92,10 @@ class Weighed:
     x: np.ndarray
     log_weights: np.ndarray
     summary: WeightSummary
-    mixture: MixtureSums | None = None  # with another proposal: the sums its mixture with this one needs
+    log_ratio: np.ndarray | None = None  # with another proposal o: log o - log q at each draw
 
     def rows(self, index: slice) -> Weighed:
-        """Some rows only (the mixture's sums, which pair rows, are dropped)."""
+        """Some rows only (the log ratios to another proposal are dropped)."""
         return Weighed(self.branch[index], self.x[index], self.log_weights[index], self.summary.rows(index))
 
 
@@ -120,10 +123,15 @@ class PosteriorAnalysis:
 
 
 def evidence_from_sums(total: np.ndarray, squares: np.ndarray, shift: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """log(mean w), its delta-method standard error and the ESS, from sums of n weights divided by exp(shift)."""
+    """log(mean w), its delta-method standard error and the ESS, from sums of n weights divided by exp(shift).
+
+    The standard error sqrt(1/ESS - 1/n) estimates the spread of the weights from
+    the weights themselves: with one draw there is nothing to estimate it from,
+    so it is NaN (null in JSON), never 0.
+    """
     with np.errstate(divide="ignore", invalid="ignore"):
         ess = total * total / squares
-        se = np.sqrt(np.maximum(1.0 / ess - 1.0 / n, 0.0))
+        se = np.sqrt(np.maximum(1.0 / ess - 1.0 / n, 0.0)) if n >= 2 else np.full_like(ess, math.nan)
         log_evidence = np.log(total / n) + shift
     return log_evidence, se, ess
 
@@ -147,8 +155,8 @@ def weigh(
 ) -> Weighed:
     """Draw from ``proposal`` for each y (a row each), weigh by p(b, x, y) / q(b, x | y), and summarise.
 
-    With ``other``, another proposal for the same rows, also the sums that the
-    mixture (proposal + other) / 2 needs as proposal at these draws. Every log
+    With ``other``, another proposal for the same rows, also log other - log
+    proposal at each draw (what a mixture of the two needs). Every log
     density is a quadratic in the draw's noise
     (:class:`~amortized.distributions.NoiseQuadratic`): combined per (row,
     branch) here, evaluated per draw by :func:`amortized.kernels.evaluate_draws`.
@@ -164,20 +172,75 @@ def weigh(
     means, stds = np.ascontiguousarray(proposal.means), np.ascontiguousarray(proposal.stds)
     branch, x, terms, log_ratio = kernels.evaluate_draws(edges, uniform, noise, means, stds, joint, ratio)
     log_weights = terms[0] if len(terms) == 1 else logsumexp(terms, 0, scratch=True)  # prior components of a branch
-    summary = summarise_weights(log_weights)
-    mixture = None
-    if other is not None:
-        # With d = log other - log q, the mixture's log weight is u + log 2 - log(1 + exp(-|d|)) where
-        # u = log w - max(d, 0) is within log 2 of it: the largest u is a safe shift for its exponentials.
-        d = log_ratio[0]
-        bound = np.subtract(log_weights, np.maximum(d, 0.0))
-        shift = finite_or_zero(bound.max(-1))
-        bound -= shift[:, None]  # scratch arrays from here: exponentials in place
-        np.exp(bound, out=bound)
-        np.exp(np.negative(np.abs(d, out=d), out=d), out=d)
-        total, squares = kernels.mixture_sums(bound, d)
-        mixture = MixtureSums(2.0 * total, 4.0 * squares, shift)
-    return Weighed(branch, x, log_weights, summary, mixture)
+    return Weighed(branch, x, log_weights, summarise_weights(log_weights), log_ratio[0] if other is not None else None)
+
+
+def mixture_check(log_weights: np.ndarray, log_ratio: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The defensive mixture (q + o) / 2 as proposal, from draws of q and of o, and the mass that q misses.
+
+    ``log_weights`` and ``log_ratio`` are ``(2 b, n)``: rows alternate q's draws
+    and o's draws of one observation, with log p(b, x, y) - log(own proposal)
+    and log(the other) - log(own) at each draw. Pooling both sets against the
+    mixture density is deterministic-mixture importance sampling (Owen & Zhou
+    2000, "Safe and effective importance sampling"); its weights are bounded by
+    twice either proposal's, so it covers what either covers.
+
+    Returns per observation ``(b,)``: the mixture's log evidence, its standard
+    error, and the *missed mass*: the posterior probability of the region where
+    q's density is below ``MISSED_DENSITY_RATIO`` times the posterior's (where
+    q's importance weights exceed Z / ratio), self-normalised over the pooled
+    draws, with its delta-method standard error. Importance weights of q alone
+    cannot see that region: its draws almost never land there.
+    """
+    rows, n = log_weights.shape
+    b = rows // 2
+    log_q_weights = log_weights.copy()
+    log_q_weights[1::2] -= log_ratio[1::2]  # at o's draws: log p - log q = (log p - log o) - (log q - log o)
+    # With d = log o - log q, the mixture's log weight is u + log 2 - log(1 + exp(-|d|)) where
+    # u = log w - max(d, 0) is within log 2 of it: the largest u is a safe shift for its exponentials.
+    bound = np.subtract(log_weights, np.maximum(log_ratio, 0.0))
+    shift = finite_or_zero(bound.reshape(b, 2 * n).max(-1))
+    bound -= np.repeat(shift, 2)[:, None]  # scratch arrays from here: exponentials in place
+    np.exp(bound, out=bound)
+    tails = np.exp(np.negative(np.abs(log_ratio)))
+    threshold_offset = shift - math.log(n * MISSED_DENSITY_RATIO)  # log(Z / ratio) = log(total) + this
+    total, squares, missed, missed_squares = kernels.mixture_sums(bound, tails, log_q_weights, threshold_offset)
+    log_evidence, se, _ = evidence_from_sums(2.0 * total, 4.0 * squares, shift, 2 * n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mass = missed / total
+        variance = (missed_squares * (1.0 - 2.0 * mass) + mass * mass * squares) / (total * total)
+        mass_se = np.sqrt(np.maximum(variance, 0.0))
+    return log_evidence, se, mass, mass_se
+
+
+def cross_check(
+    model: ConjugateMixtureModel, y: np.ndarray, q: BranchedNormal, other: BranchedNormal, num_samples: int,
+    generator: np.random.Generator,
+) -> tuple[Weighed, CrossCheck]:
+    """Sample q and ``other`` as one batch; evidence from each and from their mixture (q + other)/2.
+
+    Returns q's draws and what they say, with the cross-check. Rows are
+    interleaved (q, other) per observation, so the draws of one observation
+    are contiguous whatever else is in the batch. ``misses_mass`` is raised
+    when q's evidence falls below the mixture's beyond the combined standard
+    errors, or when the missed mass (:func:`mixture_check`) exceeds
+    ``MISSED_MASS_FLOOR`` by ``MISSED_MASS_Z`` standard errors.
+    """
+    b = len(y)
+    both = weigh(model, np.repeat(y, 2), BranchedNormal.interleave([q, other]), num_samples, generator, BranchedNormal.interleave([other, q]))
+    summary = both.summary
+    mixture_evidence, mixture_se, missed, missed_se = mixture_check(both.log_weights, both.log_ratio)
+    estimates = np.array([summary.log_evidence[0::2], summary.log_evidence[1::2], mixture_evidence])
+    errors = np.array([summary.log_evidence_se[0::2], summary.log_evidence_se[1::2], mixture_se])
+    gaps = np.abs(estimates[:, None] - estimates[None, :])
+    allowed = AGREEMENT_Z * np.sqrt(errors[:, None] ** 2 + errors[None, :] ** 2) + AGREEMENT_FLOOR
+    with np.errstate(invalid="ignore"):
+        consistent = (gaps <= allowed).reshape(9, b).all(0)  # NaN compares False: never "consistent"
+        # A proposal that misses mass underestimates the evidence; the mixture covers what either covers.
+        below = ~(estimates[0] >= estimates[2] - allowed[0, 2])
+        significant = ~(missed - MISSED_MASS_Z * missed_se <= MISSED_MASS_FLOOR)
+    check = CrossCheck(estimates[1], errors[1], estimates[2], errors[2], missed, missed_se, consistent, below | significant, num_samples)
+    return both.rows(slice(0, None, 2)), check
 
 
 def pareto_tail_size(num_samples: int) -> int:
@@ -223,58 +286,94 @@ def pareto_k_hat(log_weights: np.ndarray) -> np.ndarray:
     return (n * k_post + prior_k * 0.5) / (n + prior_k)
 
 
-def verdict(summary: WeightSummary, pareto_k: np.ndarray, misses_mass: np.ndarray | None) -> tuple[list[str], list[str]]:
-    """A plain verdict per observation: "reliable", "usable" or "unreliable", with the reason."""
-    verdicts, reasons = [], []
-    missing = misses_mass.tolist() if misses_mass is not None else [False] * len(pareto_k)
-    for ess_fraction, k, log_z, misses in zip(summary.ess_fraction.tolist(), pareto_k.tolist(), summary.log_evidence.tolist(), missing):
+def required_samples(k: float) -> float:
+    """The fewest draws for which a Pareto-smoothed estimate with tail shape ``k`` is reliable: 10^(1 / (1 - k)).
+
+    Vehtari, Simpson, Gelman, Yao & Gabry (2024), "Pareto smoothed importance
+    sampling", JMLR 25, sec. 3.2.2; infinite for k >= 1.
+    """
+    return math.inf if k >= 1 else 10 ** (1 / (1 - k))
+
+
+def weights_verdict(num_samples: int, ess_fraction: float, ess: float, k: float) -> tuple[str, str]:
+    """What q's own importance weights say: a level and the reason (see :func:`verdict`)."""
+    if num_samples < MIN_JUDGED_SAMPLES:
+        return "usable", (
+            f"only {num_samples} draw{'s' if num_samples > 1 else ''}: below the {MIN_JUDGED_SAMPLES} from which importance "
+            "weights can be judged, so ESS and k-hat were not checked"
+        )
+    if ess_fraction >= NEARLY_UNIFORM_ESS:
+        return "reliable", f"weights are nearly uniform (ESS/N = {ess_fraction:.3f}); k-hat is not informative there"
+    if not math.isfinite(k):
+        if ess < 1.5:
+            return "unreliable", f"the weights collapsed on one draw (ESS = {ess:.2f}), so k-hat cannot be fitted"
+        return "unreliable", f"k-hat cannot be fitted: the largest weights are all equal (ESS/N = {ess_fraction:.3f})"
+    if k > USABLE_K:
+        return "unreliable", f"heavy-tailed weights (k-hat = {k:.2f} > {USABLE_K}, ESS/N = {ess_fraction:.3f})"
+    if k > GOOD_K:
+        needed = required_samples(k)
+        if num_samples < needed:
+            return "unreliable", f"k-hat = {k:.2f} needs at least {needed:.0f} draws for reliable estimates, got {num_samples}"
+        return "usable", f"k-hat = {k:.2f} is between {GOOD_K} and {USABLE_K}: estimates are noisy (ESS/N = {ess_fraction:.3f})"
+    return "reliable", f"k-hat = {k:.2f} < {GOOD_K} (ESS/N = {ess_fraction:.3f})"
+
+
+def checked_verdict(level: str, why: str, check: CrossCheck, i: int) -> tuple[str, str]:
+    """Row ``i``'s verdict after the cross-check: unreliable if q misses mass, at best usable unless it rules that out."""
+    mass, mass_se = float(check.missed_mass[i]), float(check.missed_mass_se[i])
+    draws = f"cross-check, {check.num_samples} draws of each network"
+    if check.misses_mass[i]:
+        if math.isfinite(mass) and mass - MISSED_MASS_Z * mass_se > MISSED_MASS_FLOOR:
+            return "unreliable", why + (
+                f"; but q misses posterior mass: {mass:.1%} (+- {mass_se:.1%}) of the posterior lies where q's density is"
+                f" under {MISSED_DENSITY_RATIO:.0%} of it ({draws})"
+            )
+        return "unreliable", why + f"; but the evidence estimated with the mixture of both networks is higher: q misses posterior mass ({draws})"
+    upper = mass + MISSED_MASS_Z * mass_se
+    if not upper <= MISSED_MASS_FLOOR:
+        level = "usable" if level == "reliable" else level
+        return level, why + (
+            f"; the cross-check cannot rule out that q misses posterior mass: up to {upper:.1%} of it may lie where q's"
+            f" density is under {MISSED_DENSITY_RATIO:.0%} of the posterior's ({draws})"
+        )
+    return level, why + f"; the cross-check finds no missed mass (at most {upper:.1%}; {draws})"
+
+
+def verdict(
+    summary: WeightSummary, pareto_k: np.ndarray, num_samples: int, check: CrossCheck | None, unchecked: str = ""
+) -> tuple[list[str], list[str]]:
+    """A plain verdict per observation: "reliable", "usable" or "unreliable", with the reason in a sentence.
+
+    - Non-finite weights: unreliable.
+    - q's own weights (:func:`weights_verdict`): below ``MIN_JUDGED_SAMPLES``
+      draws at best usable; nearly uniform weights are reliable whatever k-hat
+      says (its tail fit is noise there); otherwise PSIS k-hat decides with
+      Vehtari et al.'s thresholds 0.5 and 0.7 and sample-size rule.
+    - The cross-check (:func:`cross_check`, :func:`checked_verdict`) makes an
+      answer that misses posterior mass unreliable, and one whose missed mass it
+      cannot bound below ``MISSED_MASS_FLOOR`` at best usable. Importance weights
+      cannot see a mode q misses, so without the check (``check`` None;
+      ``unchecked`` says why) nothing is reliable: at best usable.
+
+    The reason says what was checked and what was not.
+    """
+    levels, reasons = [], []
+    rows = zip(summary.ess_fraction.tolist(), summary.ess.tolist(), pareto_k.tolist(), summary.log_evidence.tolist())
+    for i, (ess_fraction, ess, k, log_z) in enumerate(rows):
         if not math.isfinite(log_z) or not math.isfinite(ess_fraction):
-            verdicts.append("unreliable")
+            levels.append("unreliable")
             reasons.append("the importance weights are not finite numbers")
             continue
-        if ess_fraction >= NEARLY_UNIFORM_ESS:
-            level, why = "reliable", f"weights are nearly uniform (ESS/N = {ess_fraction:.3f}); k-hat is not informative there"
-        elif not math.isfinite(k) or k > USABLE_K:
-            level, why = "unreliable", f"heavy-tailed weights (k-hat = {k:.2f} > {USABLE_K}, ESS/N = {ess_fraction:.3f})"
-        elif k > GOOD_K:
-            level, why = "usable", f"k-hat = {k:.2f} is between {GOOD_K} and {USABLE_K}: estimates are noisy"
+        level, why = weights_verdict(num_samples, ess_fraction, ess, k)
+        if check is None:
+            if level == "reliable":
+                level = "usable"
+            why += f"; the missed-mode check did not run ({unchecked or 'no cross-check'}), and importance weights cannot see a mode q misses"
         else:
-            level, why = "reliable", f"k-hat = {k:.2f} < {GOOD_K}"
-        if misses:
-            level = "unreliable"
-            why += "; but the evidence estimated with the other compiled network and the mixture of both is higher: q misses posterior mass"
-        verdicts.append(level)
+            level, why = checked_verdict(level, why, check, i)
+        levels.append(level)
         reasons.append(why)
-    return verdicts, reasons
-
-
-def cross_check(
-    model: ConjugateMixtureModel, y: np.ndarray, q: BranchedNormal, other: BranchedNormal, num_samples: int,
-    generator: np.random.Generator,
-) -> tuple[Weighed, CrossCheck]:
-    """Sample q and ``other`` as one batch; evidence from each and from their mixture (q + other)/2.
-
-    Returns q's draws and what they say, with the cross-check. The mixture
-    estimate pools both sample sets and weighs them against the mixture
-    density (deterministic-mixture importance sampling). Rows are interleaved
-    (q, other) per observation, so the draws of one observation are
-    contiguous whatever else is in the batch.
-    """
-    b = len(y)
-    both = weigh(model, np.repeat(y, 2), BranchedNormal.interleave([q, other]), num_samples, generator, BranchedNormal.interleave([other, q]))
-    summary, (total, squares, shift) = both.summary, (v.reshape(b, 2) for v in both.mixture)
-    pooled_shift = shift.max(-1)
-    scale = np.exp(shift - pooled_shift[:, None])
-    mixture_evidence, mixture_se, _ = evidence_from_sums((total * scale).sum(-1), (squares * scale * scale).sum(-1), pooled_shift, 2 * num_samples)
-    estimates = np.array([summary.log_evidence[0::2], summary.log_evidence[1::2], mixture_evidence])
-    errors = np.array([summary.log_evidence_se[0::2], summary.log_evidence_se[1::2], mixture_se])
-    gaps = np.abs(estimates[:, None] - estimates[None, :])
-    allowed = AGREEMENT_Z * np.sqrt(errors[:, None] ** 2 + errors[None, :] ** 2) + AGREEMENT_FLOOR
-    with np.errstate(invalid="ignore"):
-        consistent = (gaps <= allowed).reshape(9, b).all(0)  # NaN compares False: never "consistent"
-        # A proposal that misses mass underestimates the evidence; the mixture covers what either covers.
-        misses_mass = ~(estimates[0] >= estimates[2] - allowed[0, 2])
-    return both.rows(slice(0, None, 2)), CrossCheck(estimates[1], errors[1], estimates[2], errors[2], consistent, misses_mass)
+    return levels, reasons
 
 
 def analyse(
@@ -285,19 +384,28 @@ def analyse(
     generator: np.random.Generator,
     other: BranchedNormal | None = None,
     resample: bool = False,
+    check_samples: int = DEFAULT_CHECK_SAMPLES,
+    unchecked: str = "",
 ) -> PosteriorAnalysis:
     """Sample q for each y, weigh, diagnose; optionally cross-check with ``other`` and resample (SIR).
 
-    ``y`` and the proposals are NumPy arrays (``BranchedNormal.numpy()``).
+    ``y`` and the proposals are NumPy arrays (``BranchedNormal.numpy()``). The
+    cross-check draws ``max(num_samples, check_samples)`` of each proposal, so
+    its power does not fall with the caller's ``num_samples``: from
+    ``check_samples`` draws on, q's own draws serve it; below, it draws its
+    own, after q's. ``unchecked``: why there is no ``other`` (for the reason).
     """
     if other is None:
         weighed, check = weigh(model, y, q, num_samples, generator), None
-    else:
+    elif num_samples >= check_samples:
         weighed, check = cross_check(model, y, q, other, num_samples, generator)
+    else:
+        weighed = weigh(model, y, q, num_samples, generator)
+        _, check = cross_check(model, y, q, other, check_samples, generator)
     summary = weighed.summary
     mean_x, std_x, branch_probabilities = kernels.weighted_moments(summary.normalised, weighed.x, weighed.branch, q.num_branches)
     pareto_k = pareto_k_hat(weighed.log_weights)
-    verdicts, reasons = verdict(summary, pareto_k, None if check is None else check.misses_mass)
+    verdicts, reasons = verdict(summary, pareto_k, num_samples, check, unchecked)
     resampled_branch = resampled_x = None
     if resample:
         finite = np.where(np.isfinite(summary.normalised), summary.normalised, 0.0)

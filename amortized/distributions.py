@@ -202,7 +202,12 @@ class BranchedNormal:
         return (self.probs * self.means).sum(-1)
 
     def std_x(self) -> Array:
-        """Standard deviation of the mixture over x (law of total variance)."""
+        """Standard deviation of the mixture over x, by the law of total variance in centred terms.
+
+        sum_b q(b) (std_b^2 + (mean_b - mean)^2), never E[x^2] - mean^2: that
+        difference cancels catastrophically when |mean| >> std (at y = 3e8 it
+        gives 0 for a posterior std of 0.7).
+        """
         mean = self.mean_x()
-        second = (self.probs * (self.stds**2 + self.means**2)).sum(-1)
-        return lib(second).sqrt(lib(second).clip(second - mean**2, 0.0, None))
+        offsets = self.means - mean[..., None]
+        return lib(mean).sqrt((self.probs * (self.stds**2 + offsets * offsets)).sum(-1))

@@ -97,8 +97,9 @@ def _moment_matched(model: ConjugateMixtureModel, exact: BranchedNormal) -> Bran
     branch_probs = exact.probs @ member.T
     within = exact.probs[:, None, :] * member / branch_probs[..., None]
     means = (within * exact.means[:, None, :]).sum(-1)
-    second = (within * (exact.stds**2 + exact.means**2)[:, None, :]).sum(-1)
-    return BranchedNormal(branch_probs.log(), means, (second - means**2).clamp_min(0).sqrt())
+    offsets = exact.means[:, None, :] - means[..., None]  # centred terms: no cancellation when |mean| >> std
+    variances = (within * (exact.stds**2)[:, None, :] + within * offsets * offsets).sum(-1)
+    return BranchedNormal(branch_probs.log(), means, variances.sqrt())
 
 
 def _mode_fit(model: ConjugateMixtureModel, exact: BranchedNormal, steps: int = 600) -> BranchedNormal:

@@ -108,22 +108,38 @@ def weighted_moments(normalised: np.ndarray, x: np.ndarray, branch: np.ndarray, 
 
 
 @compiled
-def mixture_sums(bound_weights: np.ndarray, tails: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: sum and sum of squares of exp(u - shift) / (1 + exp(-|d|)), half the mixture's shifted weights.
+def mixture_sums(
+    bound_weights: np.ndarray, tails: np.ndarray, log_q_weights: np.ndarray, threshold_offset: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per pair of rows (q's draws, o's draws of one observation): the mixture's weight sums, and those past a threshold.
 
     ``bound_weights`` holds exp(u - shift) and ``tails`` exp(-|d|) (see
-    :func:`amortized.diagnostics.weigh` for u and d).
+    :func:`amortized.diagnostics.mixture_check` for u, d and the shift), so a
+    draw's half mixture weight (over exp(shift)) is ``bound / (1 + tail)``;
+    ``log_q_weights`` is log p - log q at every draw. Returns, per pair ``(b,)``,
+    the sum and sum of squares of those half weights, and the same sums over
+    the draws whose q weight exceeds ``log(total) + threshold_offset``.
     """
     rows, n = bound_weights.shape
-    total, squares = np.empty(rows), np.empty(rows)
-    for r in range(rows):
+    pairs = rows // 2
+    total, squares, past, past_squares = np.empty(pairs), np.empty(pairs), np.empty(pairs), np.empty(pairs)
+    for p in range(pairs):
         s, s2 = 0.0, 0.0
-        for j in range(n):
-            w = bound_weights[r, j] / (1.0 + tails[r, j])
-            s += w
-            s2 += w * w
-        total[r], squares[r] = s, s2
-    return total, squares
+        for r in range(2 * p, 2 * p + 2):
+            for j in range(n):
+                w = bound_weights[r, j] / (1.0 + tails[r, j])
+                s += w
+                s2 += w * w
+        threshold = math.log(s) + threshold_offset[p] if s > 0.0 else np.inf
+        a, a2 = 0.0, 0.0
+        for r in range(2 * p, 2 * p + 2):
+            for j in range(n):
+                if log_q_weights[r, j] > threshold:
+                    w = bound_weights[r, j] / (1.0 + tails[r, j])
+                    a += w
+                    a2 += w * w
+        total[p], squares[p], past[p], past_squares[p] = s, s2, a, a2
+    return total, squares, past, past_squares
 
 
 @compiled

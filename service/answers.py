@@ -15,7 +15,7 @@ import numpy as np
 
 from amortized.diagnostics import analyse, exact_summary
 from amortized.distributions import BranchedNormal
-from service.batching import GroupedGenerator, Query, generator_for
+from service.batching import Query, generator_for
 from service.registry import ServedModel
 
 OTHER = {"pq": "qp", "qp": "pq"}
@@ -48,15 +48,21 @@ def q_branches(served: ServedModel, q: BranchedNormal) -> list[dict[str, Any]]:
 
 
 DIAGNOSTIC_FIELDS = ("ess", "ess_fraction", "log_evidence", "log_evidence_se", "elbo", "pareto_k")  # then mean_x, std_x
-CHECK_FIELDS = ("log_evidence_other", "log_evidence_other_se", "log_evidence_mixture", "log_evidence_mixture_se")
+CHECK_FIELDS = ("log_evidence_other", "log_evidence_other_se", "log_evidence_mixture", "log_evidence_mixture_se", "missed_mass", "missed_mass_se")
 
 
 def results_for(
     served: ServedModel, y: np.ndarray, seeds: list[int], objective: str, q: BranchedNormal, other: BranchedNormal | None,
-    truth: tuple[BranchedNormal, np.ndarray], num_samples: int, resample: bool, generator: np.random.Generator | GroupedGenerator,
+    truth: tuple[BranchedNormal, np.ndarray], num_samples: int, resample: bool, check_samples: int, unchecked: str,
 ) -> list[dict[str, Any]]:
-    """The answer of one compiled network for every observation in ``y`` (``truth``: exact posterior and evidence)."""
-    analysis = analyse(served.model, y, q, num_samples, generator, other=other, resample=resample)
+    """The answer of one compiled network for every observation in ``y`` (``truth``: exact posterior and evidence).
+
+    Each observation draws from a generator of its own, seeded by its entry in ``seeds``.
+    """
+    analysis = analyse(
+        served.model, y, q, num_samples, generator_for(seeds), other=other, resample=resample,
+        check_samples=check_samples, unchecked=unchecked,
+    )
     exact = exact_summary(served.model, truth, q)
     check = analysis.cross_check
     scalars = [getattr(analysis, name) for name in DIAGNOSTIC_FIELDS] + [analysis.mean_x, analysis.std_x]
@@ -78,11 +84,11 @@ def results_for(
             "discrete_probabilities": estimated[i], "cross_check": None,
         }
         if check is not None:
-            other_z, other_se, mixture_z, mixture_se = row[13:]
+            other_z, other_se, mixture_z, mixture_se, missed, missed_se = row[13:]
             diagnostics["cross_check"] = {
-                "other_objective": OTHER[objective], "log_evidence_other": other_z, "log_evidence_other_se": other_se,
-                "log_evidence_mixture": mixture_z, "log_evidence_mixture_se": mixture_se,
-                "consistent": flags[i][0], "misses_mass": flags[i][1],
+                "other_objective": OTHER[objective], "num_samples": check.num_samples, "log_evidence_other": other_z,
+                "log_evidence_other_se": other_se, "log_evidence_mixture": mixture_z, "log_evidence_mixture_se": mixture_se,
+                "missed_mass": missed, "missed_mass_se": missed_se, "consistent": flags[i][0], "misses_mass": flags[i][1],
             }
         exact_z, exact_mean, exact_std, kl_pq, kl_qp = row[8:13]
         result = {
@@ -104,24 +110,27 @@ def answer_batch(queries: list[Query]) -> list[list[dict[str, Any]]]:
 
     The queries share a batch key (model, number of observations, objective,
     samples, flags); their observations are answered as one batch. Each
-    query's own generator draws its noise and every step computes a row
-    independently of the others, so a query's answer does not depend on what
-    else is in the batch (a test holds this to the byte).
+    observation's own generator (seeded by its row seed) draws its noise, and
+    every step computes a row independently of the others, so a row's answer
+    depends on its seed alone, not on what else is in the batch (a test holds
+    this to the byte). With "both", each network's half draws from a fresh
+    generator of the same row seed, so each half is the answer its objective
+    gives alone with that seed.
     """
     first = queries[0]
     served, objective, cross_check = first.served, first.objective, first.cross_check
     objectives = ["pq", "qp"] if objective == "both" else [objective]
     stacked = np.array([query.y for query in queries], dtype=np.float64)  # (queries, observations): same length by the key
     y, count = stacked.reshape(-1), stacked.shape[1]
-    seeds = [query.seed for query in queries for _ in range(count)]
-    generator = generator_for([query.seed for query in queries], [count] * len(queries))
+    seeds = [seed for query in queries for seed in query.row_seeds]
     needed = set(objectives) | ({OTHER[o] for o in objectives} & set(served.artifacts) if cross_check else set())
     qs = {name: q.flatten() for name, q in served.forward(needed, stacked).items()}  # each query as if alone (numpy_mlp)
     truth = served.model.exact_posterior_and_evidence(y)  # shared by both objectives
     per_objective = {
         name: results_for(
             served, y, seeds, name, qs[name], qs.get(OTHER[name]) if cross_check else None, truth,
-            first.num_samples, first.resample, generator,
+            first.num_samples, first.resample, first.check_samples,
+            "cross_check was false" if not cross_check else f"{OTHER[name]} is not compiled for {served.model.name}",
         )
         for name in objectives
     }

@@ -4,27 +4,49 @@ The science is vectorised over observations, and for one observation most of
 an answer's time is NumPy's fixed cost per call, not arithmetic. So queries
 that reach the event loop in the same turn and ask the same thing of the same
 model (objective, samples, flags) are joined: their observations are answered
-as one batch and each query gets its own rows back. Nothing waits for company:
-a batch runs on the loop's next turn, so a lone query is answered at once.
+as one batch and each query gets its own rows back. Nothing waits for company
+beyond the event loop itself: a batch runs once ``QUIET_TURNS`` turns of the
+loop have passed without a new query joining it (a lone query waits a few
+microseconds).
 
-Each query keeps its own random generator (see :class:`GroupedGenerator`),
-and every step of an answer computes an observation's row independently of
-the other rows, so a seed gives the same bytes whether the query is answered
-alone or beside others.
+Each observation draws from its own random generator, seeded by its row seed
+(see :func:`row_seeds` and :class:`GroupedGenerator`), and every step of an
+answer computes an observation's row independently of the other rows, so a
+seed gives the same bytes whether the query is answered alone or beside others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from amortized.diagnostics import DEFAULT_CHECK_SAMPLES
 from service.registry import ServedModel
 
 QUIET_TURNS = 2  # turns of the event loop without a new query before a batch is answered
+SEED_BITS = 53  # drawn and derived seeds stay below 2**53: JavaScript numbers and jq hold them exactly
+
+
+def draw_seed() -> int:
+    """A fresh random seed below 2**53, for a request that brings none (echoed so that it can be replayed)."""
+    return secrets.randbits(SEED_BITS)
+
+
+def row_seeds(seed: int, count: int) -> list[int]:
+    """A seed per observation of a batch request, derived from the request's by NumPy's ``SeedSequence``.
+
+    Row i's seed is the first 53 bits of ``SeedSequence(seed, spawn_key=(i,))``'s
+    state: independent streams per row (spawn keys are NumPy's documented way
+    to derive them), and a row is replayed alone as a scalar request with its
+    own seed, which every row echoes.
+    """
+    mask = (1 << SEED_BITS) - 1
+    return [int(np.random.SeedSequence(seed, spawn_key=(i,)).generate_state(1, np.uint64)[0]) & mask for i in range(count)]
 
 
 @dataclass(frozen=True)
@@ -38,16 +60,33 @@ class Query:
     seed: int
     resample: bool
     cross_check: bool
+    check_samples: int = DEFAULT_CHECK_SAMPLES
+    batch: bool = True  # y came as a list: each row gets a seed of its own, derived from ``seed``
 
     @property
     def batch_key(self) -> Hashable:
         """Queries with the same key can share one vectorised call (networks run on them stacked)."""
-        return id(self.served), len(self.y), self.objective, self.num_samples, self.resample, self.cross_check
+        return id(self.served), len(self.y), self.objective, self.num_samples, self.resample, self.cross_check, self.check_samples
+
+    @property
+    def row_seeds(self) -> list[int]:
+        """The seed of each observation: the request's for a scalar y, else :func:`row_seeds` of it."""
+        return row_seeds(self.seed, len(self.y)) if self.batch else [self.seed]
 
     @property
     def size(self) -> int:
-        """Observations x samples: what the query costs."""
-        return len(self.y) * self.num_samples
+        """Draws the query makes (observations x draws per observation): what it costs.
+
+        Per objective: q's num_samples, and with the cross-check max(num_samples,
+        check_samples) of each network, q's own draws serving it from
+        check_samples on; resampling draws num_samples more uniforms.
+        """
+        n, m = self.num_samples, self.check_samples
+        per_objective = n * (2 if self.resample else 1)
+        if self.cross_check:
+            per_objective += n if n >= m else 2 * m
+        objectives = 2 if self.objective == "both" else 1
+        return len(self.y) * objectives * per_objective
 
 
 class GroupedGenerator:
@@ -79,10 +118,15 @@ class GroupedGenerator:
         return self._draw("standard_normal", shape)
 
 
-def generator_for(seeds: list[int], counts: list[int]) -> np.random.Generator | GroupedGenerator:
-    """One PCG64 generator per seed; grouped when there are several."""
+def generator_for(seeds: list[int]) -> np.random.Generator | GroupedGenerator:
+    """One PCG64 generator per observation's seed; grouped when there are several.
+
+    Every draw of an answer is made per observation from that observation's own
+    stream, so a row's bytes depend on its seed and nothing else: the same alone,
+    in any batch request, or in any micro-batch.
+    """
     generators = [np.random.default_rng(seed) for seed in seeds]
-    return generators[0] if len(generators) == 1 else GroupedGenerator(generators, counts)
+    return generators[0] if len(generators) == 1 else GroupedGenerator(generators, [1] * len(generators))
 
 
 class MicroBatcher:

@@ -24,6 +24,9 @@ async def get_served_model(request: Request, model: Annotated[str, Path(descript
     registry = request.app.state.registry
     if model not in registry.models:
         known = ", ".join(sorted(registry.models)) or "none"
+        refused = "; ".join(f"{objective}: {reason}" for objective, reason in registry.refusals(model).items())
+        if refused:
+            raise ApiError(404, ["path", "model"], f"model {model!r} is not served: its artifacts were refused ({refused}); served models: {known}", "refused")
         raise ApiError(404, ["path", "model"], f"unknown model {model!r}; served models: {known}", "not_found")
     return registry.models[model]
 

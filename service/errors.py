@@ -7,13 +7,17 @@ where, why and what kind.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
 from service.responses import json_response
+from service.schemas import MAX_ABS_Y
 
 
 class ApiError(Exception):
@@ -28,13 +32,65 @@ def error_body(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {"detail": [{"loc": list(i.get("loc", [])), "msg": str(i.get("msg", "")), "type": str(i.get("type", "error"))} for i in items]}
 
 
+async def send_error(send: Send, status: int, loc: list[str | int], msg: str, kind: str) -> None:
+    """Send an error response straight from ASGI middleware (before any route or handler runs)."""
+    body = orjson.dumps(error_body([{"loc": loc, "msg": msg, "type": kind}]))
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 async def validation_error(request: Request, exc: RequestValidationError) -> Response:
     content_type = request.headers.get("content-type", "")
     if "json" not in content_type.lower() and any(tuple(e.get("loc", ()))[:1] == ("body",) for e in exc.errors()):
         # FastAPI reads a body as JSON only when it says so (a CSRF guard); say that, not "not a dictionary"
         msg = f"send the body as JSON with Content-Type: application/json (got {content_type or 'no Content-Type'})"
         return json_response(error_body([{"loc": ["header", "content-type"], "msg": msg, "type": "unsupported_media_type"}]), 415)
-    return json_response(error_body(exc.errors()), 422)
+    return json_response(error_body(plain_errors(exc.errors())), 422)
+
+
+def plain_errors(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """pydantic's errors as a client wants them: one item per bad value, at its plain location.
+
+    - A field typed ``float | list[float]`` (y) reports every bad input once per
+      union member, with the member's tag in ``loc`` (``constrained-float``,
+      ``list[constrained-float]``). Only the member the input's own shape
+      selects is kept (a list selects the list), without its tag, so a bad
+      third observation is at ``["body", "y", 2]``.
+    - An integer too large for a float (10**400) is "not a valid number" to
+      pydantic; it is out of range, as 1e400 is, and says so.
+    """
+    whole = {  # the input at each union location: the scalar member's error carries it whole
+        tuple(error["loc"][: error["loc"].index(tag)]): error.get("input")
+        for error in errors for tag in ("constrained-float",) if tag in error.get("loc", ())
+    }
+    out = []
+    for error in errors:
+        loc = list(error.get("loc", ()))
+        tagged = [i for i, part in enumerate(loc) if isinstance(part, str) and part in UNION_TAGS]
+        if tagged:
+            at = tagged[0]
+            selected = "list" if isinstance(whole.get(tuple(loc[:at])), list) else "scalar"
+            if UNION_TAGS[loc[at]] != selected:
+                continue  # another member's view of the same input
+            del loc[at]
+        item = {**error, "loc": loc}
+        value = error.get("input")
+        if error.get("type") == "float_type" and isinstance(value, int) and not isinstance(value, bool):
+            item["msg"], item["type"] = f"out of range: {_magnitude(value)} is beyond any float; {RANGE}", "out_of_range"
+        elif error.get("type") == "finite_number":
+            item["msg"], item["type"] = f"out of range: not a finite number (infinity, or beyond about 1.8e308); {RANGE}", "out_of_range"
+        out.append(item)
+    return out
+
+
+RANGE = f"observations must be finite numbers within +-{MAX_ABS_Y:.0e}"
+UNION_TAGS = {"constrained-float": "scalar", "list[constrained-float]": "list"}  # pydantic's tags for FiniteFloat | list[FiniteFloat]
+
+
+def _magnitude(value: int) -> str:
+    digits = len(str(abs(value)))
+    return f"{'-' if value < 0 else ''}an integer of {digits} digits"
 
 
 async def api_error(request: Request, exc: ApiError) -> Response:

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from service import errors
 from service.answers import answer, answer_batch
 from service.batching import MicroBatcher, Query
-from service.limits import BodySizeLimit
+from service.middleware import BodySizeLimit, ContentEncoding, HeadAsGet
 from service.metrics import Metrics
 from service.registry import Registry
 from service.routers import bench, health, models, posterior
@@ -70,7 +70,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     app.state.batcher = MicroBatcher(answer_batch, settings.offload_samples, app.state.metrics.batch_queries.observe)
     errors.install(app)
+    # the last added runs first: HEAD as GET, then the raw size limit, then decoding (itself size-limited)
+    app.add_middleware(ContentEncoding, max_bytes=settings.max_body_bytes)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HeadAsGet)
     for router in (models.router, posterior.router, health.router):
         app.include_router(router)
     if settings.bench_endpoints:

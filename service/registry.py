@@ -83,3 +83,7 @@ class Registry:
     @property
     def ready(self) -> bool:
         return bool(self.models)
+
+    def refusals(self, model: str) -> dict[str, str]:
+        """Why each refused artifact in the folder of ``model`` was refused, by its file's stem (the objective)."""
+        return {Path(path).stem: reason for path, reason in self.refused.items() if Path(path).parent.name == model}

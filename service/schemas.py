@@ -30,7 +30,8 @@ class PosteriorRequest(BaseModel):
     )
     num_samples: int = Field(1000, ge=1, le=100_000, strict=True, description="samples of q per observation")
     seed: int | None = Field(
-        None, ge=0, lt=2**63, strict=True, description="random seed; the same request with the same seed returns identical samples"
+        None, ge=0, lt=2**63, strict=True,
+        description="random seed; the same request with the same seed returns identical samples (drawn below 2**53 when absent)"
     )
     resample: bool = Field(False, strict=True, description="also return sampling-importance-resampling draws (closer to the posterior)")
     cross_check: bool = Field(
@@ -61,12 +62,22 @@ Probabilities = Annotated[
 
 class CrossCheck(BaseModel):
     other_objective: Objective = Field(..., description="the other compiled network used as a second proposal")
+    num_samples: int = Field(
+        ..., description="draws of each network the check used: max(num_samples, AMORTIZED_CROSS_CHECK_SAMPLES), so its power does not fall with num_samples"
+    )
     log_evidence_other: float | None = Field(..., description="log p(y) estimated with the other network's samples")
     log_evidence_other_se: float | None = Field(..., description="its standard error (delta method)")
     log_evidence_mixture: float | None = Field(..., description="log p(y) estimated with the defensive mixture of both networks")
     log_evidence_mixture_se: float | None = Field(..., description="its standard error")
+    missed_mass: float | None = Field(
+        ..., description="estimated posterior mass where this q's density is below 1% of the posterior's (draws of q almost never land there)"
+    )
+    missed_mass_se: float | None = Field(..., description="its standard error")
     consistent: bool = Field(..., description="false when the three estimates disagree beyond 3 standard errors: some q misses posterior mass")
-    misses_mass: bool = Field(..., description="true when this q's estimate is below the mixture's: this q misses posterior mass")
+    misses_mass: bool = Field(
+        ...,
+        description="true when this q misses posterior mass: its evidence is below the mixture's, or missed_mass exceeds 1% by 2 standard errors",
+    )
 
 
 class Diagnostics(BaseModel):
@@ -74,11 +85,14 @@ class Diagnostics(BaseModel):
     ess: float | None = Field(..., description="effective sample size (sum w)^2 / sum w^2")
     ess_fraction: float | None = Field(..., description="ESS / N")
     log_evidence: float | None = Field(..., description="logsumexp(log w) - log N, an estimate of log p(y)")
-    log_evidence_se: float | None = Field(..., description="standard error of log_evidence (delta method)")
+    log_evidence_se: float | None = Field(..., description="standard error of log_evidence (delta method); null with one sample")
     elbo: float | None = Field(..., description="mean log weight, a lower bound on log p(y)")
     pareto_k: float | None = Field(..., description="PSIS k-hat of the weights: < 0.5 good, 0.5-0.7 usable, > 0.7 unreliable; null if not fittable")
-    verdict: Literal["reliable", "usable", "unreliable"] = Field(..., description="can the importance estimates be trusted")
-    reason: str = Field(..., description="why, in a sentence")
+    verdict: Literal["reliable", "usable", "unreliable"] = Field(
+        ...,
+        description="can the importance estimates be trusted: never reliable below 100 samples or without the cross-check",
+    )
+    reason: str = Field(..., description="why, in a sentence: what was checked and what was not")
     posterior_mean_x: float | None = Field(..., description="self-normalised estimate of E[x | y]")
     posterior_std_x: float | None = Field(..., description="self-normalised estimate of the posterior std of x")
     discrete_probabilities: Probabilities
@@ -96,7 +110,11 @@ class Exact(BaseModel):
 
 class PosteriorResult(BaseModel):
     model: str = Field(..., description="the model answered for")
-    seed: int = Field(..., description="the seed used (echoed, or drawn when the request had none)")
+    seed: int = Field(
+        ...,
+        description="this observation's seed: the request's for a scalar y (or one drawn below 2**53), else derived per row;"
+        " {\"y\": y, \"seed\": seed} with the same settings replays this answer alone",
+    )
     y: float = Field(..., description="the observation")
     objective: Objective = Field(..., description="the loss the answering network was compiled with")
     q: QParameters = Field(..., description="the compiled network's q(. | y)")
@@ -109,14 +127,14 @@ class PosteriorResult(BaseModel):
 
 class Comparison(BaseModel):
     model: str = Field(..., description="the model answered for")
-    seed: int = Field(..., description="the seed used")
+    seed: int = Field(..., description="this observation's seed (each objective's answer draws from it afresh)")
     y: float = Field(..., description="the observation")
     objectives: dict[str, PosteriorResult] = Field(..., description="the answer of each compiled network, keyed by objective")
 
 
 class BatchResponse(BaseModel):
     model: str = Field(..., description="the model answered for")
-    seed: int = Field(..., description="the seed used for the whole batch")
+    seed: int = Field(..., description="the request's seed (echoed, or drawn below 2**53); each result carries its row's own seed")
     results: list[PosteriorResult | Comparison] = Field(..., description="one answer per observation, in the request's order")
 
 

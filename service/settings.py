@@ -6,6 +6,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from amortized.diagnostics import DEFAULT_CHECK_SAMPLES
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AMORTIZED_", frozen=True)
@@ -16,7 +18,13 @@ class Settings(BaseSettings):
     max_total_samples: int = Field(2_000_000, ge=1, description="most observations x samples in one request")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body accepted")
     offload_samples: int = Field(
-        50_000, ge=1, description="requests with more observations x samples run off the event loop; also the most a micro-batch holds"
+        50_000, ge=1,
+        description="requests that draw more (observations x samples x objectives, cross-check draws included) run off the event loop;"
+        " also the most a micro-batch holds",
+    )
+    cross_check_samples: int = Field(
+        DEFAULT_CHECK_SAMPLES, ge=100, le=100_000,
+        description="draws of each compiled network the cross-check makes per observation when a query asks for fewer",
     )
     micro_batch: bool = Field(True, description="answer concurrent queries for the same model and settings in one vectorised call")
     bench_endpoints: bool = Field(False, description="expose /v1/_bench/bare for the benchmark script")

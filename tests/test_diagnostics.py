@@ -11,7 +11,8 @@ from scipy import stats
 from amortized import kernels
 from amortized.arrays import logsumexp
 from amortized.diagnostics import (
-    REQUEST_KL_GRID, WeightSummary, analyse, latent_marginals, pareto_k_hat, summarise_weights, verdict, weigh,
+    MISSED_DENSITY_RATIO, REQUEST_KL_GRID, CrossCheck, WeightSummary, analyse, latent_marginals, mixture_check, pareto_k_hat,
+    summarise_weights, verdict, weigh,
 )
 from amortized.distributions import BranchedNormal
 from amortized.evaluation import best_in_family, kl_divergences
@@ -88,12 +89,20 @@ def test_nearly_exact_q_does_not_cry_wolf():
     assert set(result.verdict) == {"reliable"}
 
 
+def a_check(missed_mass, missed_mass_se, misses_mass) -> CrossCheck:
+    """A cross-check result with given missed-mass figures (evidence fields irrelevant to the verdict)."""
+    values = [np.asarray(v, dtype=float) for v in (missed_mass, missed_mass_se)]
+    nan = np.full_like(values[0], math.nan)
+    return CrossCheck(nan, nan, nan, nan, *values, np.ones_like(nan, dtype=bool), np.asarray(misses_mass), 1000)
+
+
 def test_a_noisy_k_hat_over_uniform_weights_is_not_a_warning():
     """k-hat above 1 has been seen with ESS/N 0.999: the tail fit of near-constant weights is noise."""
     summary = WeightSummary(*(np.array([v, v]) for v in (-1.0, 0.001, -1.0, 999.0, 0.999)))
-    levels, reasons = verdict(summary, np.array([1.3, 1.3]), np.array([False, True]))
+    levels, reasons = verdict(summary, np.array([1.3, 1.3]), 1000, a_check([0.0, 0.3], [0.0, 0.01], [False, True]))
     assert levels == ["reliable", "unreliable"]  # the second only because the cross-check finds missing mass
-    assert "not informative" in reasons[0]
+    assert "not informative" in reasons[0] and "finds no missed mass" in reasons[0]
+    assert "q misses posterior mass: 30.0%" in reasons[1]
 
 
 def test_heavy_tailed_weights_are_unreliable():
@@ -175,14 +184,27 @@ def test_compiled_weighing_matches_the_log_joint_minus_log_q(name):
     np.testing.assert_allclose(std_x, np.sqrt((normalised * (x - mean[:, None]) ** 2).sum(-1)), rtol=1e-8)
     probabilities = np.stack([(normalised * (branch == b)).sum(-1) for b in range(model.num_branches)], -1)
     np.testing.assert_allclose(branch_probabilities, probabilities, rtol=1e-9, atol=1e-12)
-    # the mixture (q + other) / 2 as proposal, at q's draws
-    mixture_log_weights = model.log_joint(branch, x, y[:, None]) - np.logaddexp(log_q, other.log_prob(branch, x)) + math.log(2)
-    mixture = weighed.mixture
-    scaled = np.exp(mixture_log_weights - mixture.shift[:, None])
-    np.testing.assert_allclose(mixture.total, scaled.sum(-1), rtol=1e-9)
-    np.testing.assert_allclose(mixture.squares, (scaled**2).sum(-1), rtol=1e-9)
-    largest = scaled.max(-1)  # the shift keeps the largest weight in [1, 2]: nothing overflows, nothing all underflows
-    assert (largest >= 1 - 1e-12).all() and (largest <= 2 + 1e-12).all()
+    # the mixture (q + other) / 2 as proposal, pooling q's draws and other's
+    check = weigh(model, np.repeat(y, 2), BranchedNormal.interleave([q, other]), 500, np.random.default_rng(9),
+                  BranchedNormal.interleave([other, q]))
+    log_z, log_z_se, missed, missed_se = mixture_check(check.log_weights, check.log_ratio)
+    q_branch, q_x = check.branch[0::2], check.x[0::2]
+    o_branch, o_x = check.branch[1::2], check.x[1::2]
+    pooled_branch, pooled_x = np.concatenate([q_branch, o_branch], 1), np.concatenate([q_x, o_x], 1)
+    log_p = model.log_joint(pooled_branch, pooled_x, y[:, None])
+    log_q_pooled, log_o_pooled = q.log_prob(pooled_branch, pooled_x), other.log_prob(pooled_branch, pooled_x)
+    mixture_log_weights = log_p - np.logaddexp(log_q_pooled, log_o_pooled) + math.log(2)
+    plain = summarise_plainly(mixture_log_weights)
+    np.testing.assert_allclose(log_z, plain["log_evidence"], rtol=1e-9)
+    np.testing.assert_allclose(log_z_se, plain["log_evidence_se"], rtol=1e-8)
+    # missed mass: the posterior probability where q's density is below 1% of the posterior's
+    in_region = log_p - log_q_pooled > plain["log_evidence"][:, None] - math.log(MISSED_DENSITY_RATIO)
+    w = plain["normalised"]
+    mass = (w * in_region).sum(-1)
+    np.testing.assert_allclose(missed, mass, rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(missed_se, np.sqrt((w**2 * (in_region - mass[:, None]) ** 2).sum(-1)), rtol=1e-8, atol=1e-15)
+    if name != "gaussian":  # there q and other are single normals that leave no region out
+        assert in_region.any() and not in_region.all()  # draws on both sides of the threshold: the comparison is exercised
 
 
 def summarise_plainly(log_weights: np.ndarray) -> dict[str, np.ndarray]:

@@ -115,7 +115,7 @@ class ConjugateMixtureModel(ABC):
         self._tables = {lib_is_torch: ComponentTable.build(self, lib_is_torch) for lib_is_torch in (True, False)}
         weights = self.log_weights.exp()
         self.x_loc = float((weights * self.means).sum())
-        self.x_scale = math.sqrt(float((weights * (self.stds**2 + self.means**2)).sum()) - self.x_loc**2)
+        self.x_scale = math.sqrt(float((weights * (self.stds**2 + (self.means - self.x_loc) ** 2)).sum()))  # centred
         self.y_loc, self.y_scale = self.x_loc, math.hypot(self.x_scale, self.sigma)
 
     @abstractmethod

@@ -8,7 +8,6 @@ documents the shape, and the tests validate real responses against it.
 
 from __future__ import annotations
 
-import secrets
 import time
 from typing import Annotated, Any
 
@@ -19,10 +18,11 @@ from fastapi.concurrency import run_in_threadpool
 from amortized.figures import posterior_png as draw
 from service.answers import answer
 from service.batching import Query as PosteriorQuery
+from service.batching import draw_seed
 from service.dependencies import ServedModelDep
 from service.errors import ApiError
 from service.metrics import Metrics
-from service.registry import ServedModel
+from service.registry import Registry, ServedModel
 from service.responses import json_response
 from service.schemas import MAX_ABS_Y, ErrorResponse, PosteriorRequest, PosteriorResponse
 from service.settings import Settings
@@ -42,7 +42,7 @@ ERRORS = {400: {"model": ErrorResponse, "description": "the body is not decodabl
           422: {"model": ErrorResponse, "description": "invalid field: the body names it and why"}}
 
 
-def check_request(request: PosteriorRequest, served: ServedModel, settings: Settings) -> list[float]:
+def check_request(request: PosteriorRequest, served: ServedModel, settings: Settings, registry: Registry) -> list[float]:
     """Limits from the environment, and objectives that exist for this model; returns y as a list."""
     y = request.y if isinstance(request.y, list) else [request.y]
     if not y:
@@ -55,6 +55,10 @@ def check_request(request: PosteriorRequest, served: ServedModel, settings: Sett
     missing = [o for o in needed if o not in served.artifacts]
     if missing:
         available = ", ".join(served.objectives)
+        refusals = registry.refusals(served.model.name)
+        refused = [f"{o} was refused ({refusals[o]})" for o in missing if o in refusals]
+        if refused:
+            raise ApiError(404, ["body", "objective"], f"{'; '.join(refused)} for {served.model.name}; available: {available}", "refused")
         raise ApiError(404, ["body", "objective"], f"{' and '.join(missing)} is not compiled for {served.model.name}; available: {available}", "not_found")
     total = len(y) * request.num_samples * len(needed)
     if total > settings.max_total_samples:
@@ -84,10 +88,13 @@ async def posterior(
     settings: Settings = state.settings
     status, observations = "error", 0
     try:
-        y = check_request(request, served, settings)
-        seed = request.seed if request.seed is not None else secrets.randbits(63)
-        query = PosteriorQuery(served, y, request.objective, request.num_samples, seed, request.resample, request.cross_check)
-        if query.size > settings.offload_samples:  # heavy: off the event loop, alone
+        y = check_request(request, served, settings, state.registry)
+        seed = request.seed if request.seed is not None else draw_seed()
+        query = PosteriorQuery(
+            served, y, request.objective, request.num_samples, seed, request.resample, request.cross_check,
+            settings.cross_check_samples, batch=isinstance(request.y, list),
+        )
+        if query.size > settings.offload_samples:  # heavy (draws of every objective and of the cross-check): off the loop
             results = await run_in_threadpool(answer, query)
         elif settings.micro_batch:
             results = await state.batcher.answer(query)

@@ -1,0 +1,123 @@
+"""ASGI middlewares that shape requests before routing: body-size limit, Content-Encoding, HEAD.
+
+- :class:`BodySizeLimit`: 413 while the body streams in, so an oversized request never fills memory.
+- :class:`ContentEncoding`: gzip bodies are decoded (within the size limit), other encodings refused.
+  Without it, a gzip body reached the JSON parser as bytes (a generic 400) and
+  a plain body labelled gzip was accepted as if unlabelled. Decoding uses the
+  standard library's zlib; the decoded size is bounded as it inflates, so a
+  small compressed body cannot expand into memory (a "zip bomb").
+- :class:`HeadAsGet`: HEAD answers wherever GET does.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import send_error
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 when Content-Length, or the bytes actually received, exceed ``max_bytes``."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        message = f"request body larger than {self.max_bytes} bytes (AMORTIZED_MAX_BODY_BYTES)"
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                return await send_error(send, 413, ["body"], message, "http_413")
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            incoming = await receive()
+            received += len(incoming.get("body", b""))
+            if received > self.max_bytes:
+                raise HTTPException(status_code=413, detail=message)
+            return incoming
+
+        await self.app(scope, limited_receive, send)
+
+
+class ContentEncoding:
+    """ASGI middleware: decode ``Content-Encoding: gzip`` bodies; 415 naming the header for other encodings, 400 for bad gzip."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = [(name, value) for name, value in scope.get("headers", [])]
+        encodings = [value.decode("latin-1").strip().lower() for name, value in headers if name == b"content-encoding"]
+        codings = [c.strip() for value in encodings for c in value.split(",") if c.strip() and c.strip() != "identity"]
+        if not codings:
+            return await self.app(scope, receive, send)
+        if codings != ["gzip"]:
+            msg = f"Content-Encoding {', '.join(codings)!r} is not supported: send the body as is, or gzip-compressed"
+            return await send_error(send, 415, ["header", "content-encoding"], msg, "unsupported_media_type")
+        body = b""
+        while True:  # the raw body is bounded by the BodySizeLimit middleware outside this one, which raises past it
+            try:
+                message = await receive()
+            except HTTPException as error:
+                return await send_error(send, error.status_code, ["body"], str(error.detail), f"http_{error.status_code}")
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip framing only
+        try:
+            decoded = inflater.decompress(body, self.max_bytes + 1)
+            complete = inflater.eof and not inflater.unconsumed_tail
+        except zlib.error as error:
+            msg = f"Content-Encoding is gzip, but the body is not valid gzip data ({error})"
+            return await send_error(send, 400, ["header", "content-encoding"], msg, "invalid_encoding")
+        if len(decoded) > self.max_bytes:
+            msg = f"request body larger than {self.max_bytes} bytes once decoded (AMORTIZED_MAX_BODY_BYTES)"
+            return await send_error(send, 413, ["body"], msg, "http_413")
+        if not complete:
+            return await send_error(send, 400, ["header", "content-encoding"], "Content-Encoding is gzip, but the gzip data is truncated", "invalid_encoding")
+        kept = [(n, v) for n, v in headers if n not in (b"content-encoding", b"content-length")]
+        scope = {**scope, "headers": [*kept, (b"content-length", str(len(decoded)).encode())]}
+        sent = False
+
+        async def decoded_receive() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": decoded, "more_body": False}
+
+        await self.app(scope, decoded_receive, send)
+
+
+class HeadAsGet:
+    """ASGI middleware: HEAD on a GET route answers as GET would, without the body (probes use HEAD).
+
+    FastAPI routes declared with GET do not answer HEAD (405); HTTP requires a
+    server that answers GET to answer HEAD with the same headers (RFC 9110, 9.3.2).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if not message.get("more_body", False):
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
