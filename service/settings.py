@@ -15,7 +15,10 @@ class Settings(BaseSettings):
     artifacts_dir: Path = Field(Path("artifacts"), description="folder of compiled artifacts (one subfolder per model)")
     max_batch: int = Field(10_000, ge=1, description="most observations in one request")
     max_samples: int = Field(100_000, ge=1, le=100_000, description="most samples per observation (can lower the API's bound of 100000, not raise it)")
-    max_total_samples: int = Field(2_000_000, ge=1, description="most observations x samples in one request")
+    max_total_samples: int = Field(
+        5_000_000, ge=1,
+        description="most draws in one request: observations x objectives x (num_samples + cross-check draws + resampled draws)",
+    )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body accepted")
     offload_samples: int = Field(
         50_000, ge=1,

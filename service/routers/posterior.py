@@ -60,10 +60,19 @@ def check_request(request: PosteriorRequest, served: ServedModel, settings: Sett
         if refused:
             raise ApiError(404, ["body", "objective"], f"{'; '.join(refused)} for {served.model.name}; available: {available}", "refused")
         raise ApiError(404, ["body", "objective"], f"{' and '.join(missing)} is not compiled for {served.model.name}; available: {available}", "not_found")
-    total = len(y) * request.num_samples * len(needed)
-    if total > settings.max_total_samples:
-        raise ApiError(422, ["body"], f"len(y) x num_samples x objectives = {total} exceeds {settings.max_total_samples} (AMORTIZED_MAX_TOTAL_SAMPLES)")
     return y
+
+
+def check_cost(query: PosteriorQuery, settings: Settings) -> None:
+    """The draws a query makes (every objective, the cross-check's and resampling's) within AMORTIZED_MAX_TOTAL_SAMPLES."""
+    if query.size > settings.max_total_samples:
+        raise ApiError(
+            422, ["body"],
+            f"this request would draw {query.size} samples (len(y) x objectives x (num_samples, plus max(num_samples,"
+            f" {query.check_samples}) of the other network for the cross-check, plus num_samples to resample)), over"
+            f" {settings.max_total_samples} (AMORTIZED_MAX_TOTAL_SAMPLES): ask fewer observations or samples, or set"
+            ' "cross_check": false',
+        )
 
 
 @router.post(
@@ -94,6 +103,7 @@ async def posterior(
             served, y, request.objective, request.num_samples, seed, request.resample, request.cross_check,
             settings.cross_check_samples, batch=isinstance(request.y, list),
         )
+        check_cost(query, settings)
         if query.size > settings.offload_samples:  # heavy (draws of every objective and of the cross-check): off the loop
             results = await run_in_threadpool(answer, query)
         elif settings.micro_batch:
