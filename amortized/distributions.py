@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -30,49 +29,6 @@ def normal_log_prob(x: Array, mean: Array, std: Array) -> Array:
     """log N(x; mean, std^2), broadcasting."""
     z = (x - mean) / std
     return -0.5 * z * z - lib(std).log(std) - LOG_SQRT_2PI
-
-
-def normal_kl(mean_p: Array, std_p: Array, mean_q: Array, std_q: Array) -> Array:
-    """KL(N(mean_p, std_p^2) || N(mean_q, std_q^2)) in closed form."""
-    ratio = std_p / std_q
-    return 0.5 * (ratio**2 + ((mean_p - mean_q) / std_q) ** 2 - 1.0) - lib(ratio).log(ratio)
-
-
-class NoiseQuadratic(NamedTuple):
-    """A log density at x = mean_b + std_b * eps as a function of the standard-normal draw eps: a + b eps + c eps^2.
-
-    A normal log density of x is a quadratic in x, hence in eps. So once a
-    proposal's branch means and stds are known, every log density the
-    importance weights need (the proposal's own, another proposal's, the
-    model's joint) is three coefficients per (observation, branch), combined
-    on those small arrays and evaluated once per draw. Coefficients are
-    ``(rows, branches)``, or ``(components, rows, branches)`` for a density
-    that is a mixture within a branch (summed, in log space, at evaluation).
-    """
-
-    a: np.ndarray
-    b: np.ndarray
-    c: np.ndarray
-
-    def __sub__(self, other: NoiseQuadratic) -> NoiseQuadratic:  # type: ignore[override]
-        return NoiseQuadratic(self.a - other.a, self.b - other.b, self.c - other.c)
-
-    def table(self) -> np.ndarray:
-        """The coefficients as one C-ordered array ``(components, rows, branches, 3)`` (one component if not a mixture).
-
-        What :func:`amortized.kernels.weigh_draws` evaluates at each draw.
-        """
-        shape = np.broadcast_shapes(*(v.shape for v in self))
-        table = np.empty((*shape, 3))
-        for i, coefficient in enumerate(self):  # filled in place: cheaper than broadcast_arrays + stack on small arrays
-            table[..., i] = coefficient
-        return table if table.ndim == 4 else table[None]
-
-
-def normal_log_prob_in_noise(mean_x: np.ndarray, std_x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> NoiseQuadratic:
-    """log N(x; mean, std^2) at x = mean_x + std_x * eps, as a quadratic in eps (broadcasting)."""
-    offset, ratio = (mean_x - mean) / std, std_x / std
-    return NoiseQuadratic(-0.5 * offset * offset - np.log(std) - LOG_SQRT_2PI, -offset * ratio, -0.5 * ratio * ratio)
 
 
 FEW_CATEGORIES = 16  # up to this many, counting the CDF edges below each draw beats a binary search
@@ -183,15 +139,6 @@ class BranchedNormal:
         branch, noise = self.draw(num_samples, generator)
         _, means, stds = self.at(branch)
         return branch, means + stds * noise
-
-    def log_prob_in_noise(self) -> NoiseQuadratic:
-        """log q(b, x) at its own draws x = mean_b + std_b * eps: log q(b) - log std_b - log sqrt(2 pi) - eps^2 / 2."""
-        return NoiseQuadratic(self.log_probs - np.log(self.stds) - LOG_SQRT_2PI, np.zeros_like(self.means), np.full_like(self.means, -0.5))
-
-    def log_prob_at_draws_of(self, proposal: BranchedNormal) -> NoiseQuadratic:
-        """log of this distribution at (b, x) drawn from ``proposal`` (same branches), as quadratics in the draw's noise."""
-        own = normal_log_prob_in_noise(proposal.means, proposal.stds, self.means, self.stds)
-        return NoiseQuadratic(self.log_probs + own.a, own.b, own.c)
 
     def log_density_x(self, x: Array) -> Array:
         """log q(x | y) with branches summed out, for x of shape ``(batch, points)``."""

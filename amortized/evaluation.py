@@ -1,8 +1,7 @@
-"""Scoring a network against the exact posterior, as MODELS.md prescribes.
+"""Scoring a network against the exact posterior (docs/science.md, "Scores of a compiled network").
 
-``kl_divergences`` gives kl_pq = KL(p || q) and kl_qp = KL(q || p) over all
-latents for every observation: in closed form when each branch of p is one
-normal, by quadrature over x otherwise (``gmm``, where p(x|y) is a mixture).
+The divergences themselves (kl_pq = KL(p || q), kl_qp = KL(q || p)) live in
+:mod:`amortized.divergences`, which the request path also uses.
 ``best_in_family`` gives the member of q's family that a perfect network would
 output for each y, so that trained - best is the amortisation gap.
 """
@@ -16,79 +15,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from amortized import kernels
-from amortized.arrays import Array
-from amortized.distributions import LOG_SQRT_2PI, BranchedNormal, normal_kl, normal_log_prob
+from amortized.distributions import BranchedNormal, normal_log_prob
+from amortized.divergences import QUADRATURE_GRID, kl_divergences  # noqa: F401 (scoring's divergences, one home)
 from amortized.models import ConjugateMixtureModel
 from amortized.networks import InferenceNetwork
 
 TEST_SEED = 20171219  # the seed note's date
-QUADRATURE_POINTS = 801  # per component, over +-12 standard deviations
-QUADRATURE_GRID = np.linspace(-12.0, 12.0, QUADRATURE_POINTS)
-# Under one of p's own components, log p(b, x) is smooth on the component's scale: 101 points give 1e-10
-# (measured against 4001); q's normal may straddle the sharp switch between p's modes and needs the fine grid.
-COMPONENT_GRID = np.linspace(-10.0, 10.0, 101)
 HERMITE_NODES, HERMITE_WEIGHTS = (torch.tensor(a) for a in np.polynomial.hermite.hermgauss(48))
 
 
 def test_observations(model: ConjugateMixtureModel, num: int = 1000, seed: int = TEST_SEED) -> Tensor:
     """The fixed test set: ``num`` observations drawn from p(y) with a fixed seed (float64)."""
     return model.sample_joint(num, torch.Generator().manual_seed(seed)).y.double()
-
-
-def expectation_weights(grid: np.ndarray) -> np.ndarray:
-    """Weights w with sum_t w_t f(grid_t) ~ E[f(t)] for t ~ N(0, 1): trapezoids on ``grid``, normalised to sum to 1."""
-    return _expectation_weights(np.ascontiguousarray(grid, dtype=np.float64).tobytes())
-
-
-@functools.lru_cache(maxsize=16)
-def _expectation_weights(grid_bytes: bytes) -> np.ndarray:  # a few grids serve every request: computed once each
-    grid = np.frombuffer(grid_bytes)
-    steps = np.diff(grid)
-    widths = np.concatenate([steps[:1], steps[1:] + steps[:-1], steps[-1:]]) / 2
-    weights = widths * np.exp(-0.5 * grid**2)
-    weights /= weights.sum()
-    weights.flags.writeable = False
-    return weights
-
-
-def kl_divergences(
-    model: ConjugateMixtureModel, exact: BranchedNormal, q: BranchedNormal, grid: np.ndarray = QUADRATURE_GRID
-) -> tuple[Array, Array]:
-    """(kl_pq, kl_qp) per observation, in nats, float64; ``exact`` is over components.
-
-    Torch tensors in, tensors out (scoring, no gradients); NumPy arrays in,
-    arrays out (the request path). In closed form when each branch of p is
-    one normal. Otherwise (``gmm``: p(x | b, y) is a mixture) each KL is
-    closed-form terms plus expectations of log p(b, x) under single normals,
-    p's components for KL(p || q) and q's branches for KL(q || p), each by
-    quadrature on standard deviations around its normal (``grid`` for q's,
-    ``COMPONENT_GRID`` for p's own components):
-
-        KL(p || q) = sum_c w_c (E_c[log p(b_c, x)] - log q_b_c - E_c[log N(x; mu_b_c, sigma_b_c^2)])
-        KL(q || p) = sum_b q_b (log q_b - H(N(mu_b, sigma_b^2)) - E_b[log p(b, x)])
-    """
-    if isinstance(q.means, torch.Tensor):
-        pair = kl_divergences(model, exact.to(torch.float64).numpy(), q.to(torch.float64).numpy(), grid)
-        return tuple(torch.from_numpy(np.asarray(kl)) for kl in pair)  # type: ignore[return-value]
-    if model.family_contains_posterior:
-        kl_pq = (exact.probs * (exact.log_probs - q.log_probs + normal_kl(exact.means, exact.stds, q.means, q.stds))).sum(-1)
-        kl_qp = (q.probs * (q.log_probs - exact.log_probs + normal_kl(q.means, q.stds, exact.means, exact.stds))).sum(-1)
-        return kl_pq, kl_qp
-    t = model.table(exact.means)
-    membership, branch_of, branches = t.membership > 0, t.component_branch, np.arange(q.num_branches)
-    p = [np.ascontiguousarray(a, dtype=np.float64) for a in (exact.log_probs, exact.means, exact.stds)]
-
-    def expected_log_p(centres: np.ndarray, widths: np.ndarray, centre_branch: np.ndarray, points: np.ndarray) -> np.ndarray:
-        centres, widths = (np.ascontiguousarray(a, dtype=np.float64) for a in (centres, widths))
-        return kernels.expected_log_density(centres, widths, centre_branch, *p, membership, points, expectation_weights(points))
-
-    mu, sigma = q.means[:, branch_of], q.stds[:, branch_of]  # q's normal in each component's branch
-    cross = q.log_probs[:, branch_of] - np.log(sigma) - LOG_SQRT_2PI - ((exact.means - mu) ** 2 + exact.stds**2) / (2 * sigma**2)
-    kl_pq = (exact.probs * (expected_log_p(exact.means, exact.stds, branch_of, COMPONENT_GRID) - cross)).sum(-1)
-    entropy = np.log(q.stds) + 0.5 * math.log(2 * math.pi * math.e)
-    kl_qp = (q.probs * (q.log_probs - entropy - expected_log_p(q.means, q.stds, branches, grid))).sum(-1)
-    return kl_pq, kl_qp
 
 
 def _moment_matched(model: ConjugateMixtureModel, exact: BranchedNormal) -> BranchedNormal:

@@ -15,7 +15,8 @@ import numpy as np
 
 from amortized.diagnostics import analyse, exact_summary
 from amortized.distributions import BranchedNormal
-from service.batching import Query, generator_for
+from amortized.importance.streams import generator_for
+from service.batching import Query
 from service.registry import ServedModel
 
 OTHER = {"pq": "qp", "qp": "pq"}

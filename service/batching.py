@@ -10,7 +10,7 @@ loop have passed without a new query joining it (a lone query waits a few
 microseconds).
 
 Each observation draws from its own random generator, seeded by its row seed
-(see :func:`row_seeds` and :class:`GroupedGenerator`), and every step of an
+(see :mod:`amortized.importance.streams`), and every step of an
 answer computes an observation's row independently of the other rows, so a
 seed gives the same bytes whether the query is answered alone or beside others.
 """
@@ -18,37 +18,15 @@ seed gives the same bytes whether the query is answered alone or beside others.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from amortized.diagnostics import DEFAULT_CHECK_SAMPLES
+from amortized.importance.streams import row_seeds
 from service.registry import ServedModel
 
 QUIET_TURNS = 2  # turns of the event loop without a new query before a batch is answered
-SEED_BITS = 53  # drawn and derived seeds stay below 2**53: JavaScript numbers and jq hold them exactly
-
-
-def draw_seed() -> int:
-    """A fresh random seed below 2**53, for a request that brings none (echoed so that it can be replayed)."""
-    return secrets.randbits(SEED_BITS)
-
-
-def row_seeds(seed: int, count: int) -> list[int]:
-    """A seed per observation of a batch request, derived from the request's by NumPy's ``SeedSequence``.
-
-    Row i's seed is the first 53 bits of ``SeedSequence(seed, spawn_key=(i,))``'s
-    state: independent streams per row (spawn keys are NumPy's documented way
-    to derive them), and a row is replayed alone as a scalar request with its
-    own seed, which every row echoes.
-    """
-    mask = (1 << SEED_BITS) - 1
-    return [int(np.random.SeedSequence(seed, spawn_key=(i,)).generate_state(1, np.uint64)[0]) & mask for i in range(count)]
-
-
 @dataclass(frozen=True)
 class Query:
     """One validated posterior request."""
@@ -87,46 +65,6 @@ class Query:
             per_objective += n if n >= m else 2 * m
         objectives = 2 if self.objective == "both" else 1
         return len(self.y) * objectives * per_objective
-
-
-class GroupedGenerator:
-    """Stands in for one ``np.random.Generator`` over a batch whose observations come in groups.
-
-    Every draw of shape ``(rows, ...)`` is split by group: each group's own
-    generator draws its share of rows (rows per observation x its observations),
-    in the same order of calls as when that group is alone.
-    """
-
-    def __init__(self, generators: list[np.random.Generator], counts: list[int]) -> None:
-        self.generators, self.counts, self.total = generators, counts, sum(counts)
-
-    def _draw(self, method: str, shape: tuple[int, ...]) -> np.ndarray:
-        per_observation, remainder = divmod(shape[0], self.total)
-        if remainder:
-            raise ValueError(f"{shape[0]} rows do not split over {self.total} observations")
-        out, start = np.empty(shape), 0
-        for generator, count in zip(self.generators, self.counts):  # each fills its own rows, in place
-            stop = start + per_observation * count
-            getattr(generator, method)(out=out[start:stop])
-            start = stop
-        return out
-
-    def random(self, shape: tuple[int, ...]) -> np.ndarray:
-        return self._draw("random", shape)
-
-    def standard_normal(self, shape: tuple[int, ...]) -> np.ndarray:
-        return self._draw("standard_normal", shape)
-
-
-def generator_for(seeds: list[int]) -> np.random.Generator | GroupedGenerator:
-    """One PCG64 generator per observation's seed; grouped when there are several.
-
-    Every draw of an answer is made per observation from that observation's own
-    stream, so a row's bytes depend on its seed and nothing else: the same alone,
-    in any batch request, or in any micro-batch.
-    """
-    generators = [np.random.default_rng(seed) for seed in seeds]
-    return generators[0] if len(generators) == 1 else GroupedGenerator(generators, [1] * len(generators))
 
 
 class MicroBatcher:

@@ -8,7 +8,8 @@ import orjson
 import pytest
 
 from service.answers import answer, answer_batch
-from service.batching import GroupedGenerator, MicroBatcher, Query
+from amortized.importance.streams import GroupedGenerator
+from service.batching import MicroBatcher, Query
 from service.main import create_app
 from service.registry import Registry
 from service.settings import Settings

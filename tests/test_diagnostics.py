@@ -8,14 +8,14 @@ import torch
 from arviz_stats.base.array import BaseArray
 from scipy import stats
 
-from amortized import kernels
+from amortized.importance import kernels
 from amortized.arrays import logsumexp
-from amortized.diagnostics import (
-    MISSED_DENSITY_RATIO, REQUEST_KL_GRID, CrossCheck, WeightSummary, analyse, latent_marginals, mixture_check, pareto_k_hat,
-    summarise_weights, verdict, weigh,
-)
+from amortized.diagnostics import REQUEST_KL_GRID, CrossCheck, analyse, latent_marginals, verdict
+from amortized.divergences import kl_divergences
+from amortized.importance.psis import pareto_k_hat
+from amortized.importance.weighing import MISSED_DENSITY_RATIO, WeightSummary, mixture_check, summarise_weights, weigh
 from amortized.distributions import BranchedNormal
-from amortized.evaluation import best_in_family, kl_divergences
+from amortized.evaluation import best_in_family
 from amortized.models import MODELS, build_model
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from amortized.distributions import BranchedNormal
-from amortized.evaluation import _mode_fit, best_in_family, kl_divergences
+from amortized.divergences import kl_divergences
+from amortized.evaluation import _mode_fit, best_in_family
 from amortized.models import MODELS, build_model
 
 Y = torch.tensor([-20.0, -3.0, 0.0, 0.4, 8.0, 31.0], dtype=torch.float64)

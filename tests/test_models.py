@@ -119,7 +119,7 @@ def test_unknown_model_names_the_known_ones():
 @pytest.mark.parametrize("name", MODELS)
 def test_numpy_and_torch_give_the_same_numbers(name):
     """The science is written once for both libraries: the request path (NumPy) must agree with training's (torch)."""
-    from amortized.evaluation import kl_divergences
+    from amortized.divergences import kl_divergences
 
     model = build_model(name)
     rng = np.random.default_rng(11)

@@ -9,7 +9,7 @@ from service.settings import Settings
 from tests.conftest import ARTIFACTS
 
 # small bodies keep the fuzzing inside a minute; the limits themselves are tested in test_service.py
-app = create_app(Settings(artifacts_dir=ARTIFACTS, max_total_samples=20_000, max_batch=50))
+app = create_app(Settings(artifacts_dir=ARTIFACTS, max_total_samples=20_000, max_batch=50, cross_check_samples=100))
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 
 

@@ -19,7 +19,7 @@ from amortized.diagnostics import MIN_JUDGED_SAMPLES, analyse
 from amortized.distributions import BranchedNormal
 from amortized.evaluation import best_in_family
 from amortized.models import build_model
-from service.batching import SEED_BITS
+from amortized.importance.streams import SEED_BITS
 from service.main import create_app
 from service.routers import posterior as posterior_router
 from service.settings import Settings

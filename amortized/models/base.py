@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from amortized.arrays import Array, lib, like, logsumexp
-from amortized.distributions import BranchedNormal, NoiseQuadratic, normal_log_prob, normal_log_prob_in_noise
+from amortized.distributions import BranchedNormal, normal_log_prob
 
 
 class Component(NamedTuple):
@@ -168,25 +168,6 @@ class ConjugateMixtureModel(ABC):
             in_branch = t.component_branch.reshape(leading) == branch
             log_prior = logsumexp(xp.where(in_branch, per_component, -math.inf), 0)
         return log_prior + normal_log_prob(y, x, like(self.sigma, x))
-
-    def log_joint_in_noise(self, proposal: BranchedNormal, y: np.ndarray) -> NoiseQuadratic:
-        """log p(b, x, y) at x = mean_b + std_b * eps drawn from ``proposal``, as quadratics in eps (NumPy).
-
-        The same density as :meth:`log_joint`: prior component and likelihood
-        are each a normal in x. With one component per branch the result is
-        ``(rows, branches)``; otherwise each component is kept on a leading
-        axis (-inf outside its branch) and summed when evaluated.
-        """
-        t, means, stds = self.table(proposal.means), proposal.means, proposal.stds
-        likelihood = normal_log_prob_in_noise(means, stds, y[:, None], self.sigma)  # N(y; x, sigma^2) as a normal in x
-        if self.family_contains_posterior:
-            component = t.branch_component
-            prior = normal_log_prob_in_noise(means, stds, t.means[component], t.stds[component])
-            return NoiseQuadratic(t.log_weights[component] + prior.a + likelihood.a, prior.b + likelihood.b, prior.c + likelihood.c)
-        leading = (-1, 1, 1)
-        prior = normal_log_prob_in_noise(means, stds, t.means.reshape(leading), t.stds.reshape(leading))
-        a = np.where((t.membership > 0)[:, None, :], t.log_weights.reshape(leading) + prior.a + likelihood.a, -math.inf)
-        return NoiseQuadratic(a, prior.b + likelihood.b, prior.c + likelihood.c)
 
     def log_evidence(self, y: Array) -> Array:
         """Exact log p(y), float64."""

@@ -17,8 +17,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from amortized.figures import posterior_png as draw
 from service.answers import answer
+from amortized.importance.streams import draw_seed
 from service.batching import Query as PosteriorQuery
-from service.batching import draw_seed
 from service.dependencies import ServedModelDep
 from service.errors import ApiError
 from service.metrics import Metrics

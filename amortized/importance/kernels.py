@@ -71,10 +71,7 @@ def evaluate_draws(
 
 @compiled
 def weight_sums(weights: np.ndarray, log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row: sum and sum of squares of ``weights`` (exp of the log weights, shifted), and the mean log weight.
-
-    Normalises ``weights`` in place, so that each row sums to 1.
-    """
+    """Per row: sum and sum of squares of ``weights`` (exp of the log weights, shifted), and the mean log weight."""
     rows, n = weights.shape
     total, squares, mean_log = np.empty(rows), np.empty(rows), np.empty(rows)
     for r in range(rows):
@@ -85,8 +82,6 @@ def weight_sums(weights: np.ndarray, log_weights: np.ndarray) -> tuple[np.ndarra
             s2 += w * w
             s_log += log_weights[r, j]
         total[r], squares[r], mean_log[r] = s, s2, s_log / n
-        for j in range(n):
-            weights[r, j] /= s
     return total, squares, mean_log
 
 
@@ -114,7 +109,7 @@ def mixture_sums(
     """Per pair of rows (q's draws, o's draws of one observation): the mixture's weight sums, and those past a threshold.
 
     ``bound_weights`` holds exp(u - shift) and ``tails`` exp(-|d|) (see
-    :func:`amortized.diagnostics.mixture_check` for u, d and the shift), so a
+    :func:`amortized.importance.weighing.mixture_check` for u, d and the shift), so a
     draw's half mixture weight (over exp(shift)) is ``bound / (1 + tail)``;
     ``log_q_weights`` is log p - log q at every draw. Returns, per pair ``(b,)``,
     the sum and sum of squares of those half weights, and the same sums over
@@ -140,47 +135,3 @@ def mixture_sums(
                     a2 += w * w
         total[p], squares[p], past[p], past_squares[p] = s, s2, a, a2
     return total, squares, past, past_squares
-
-
-@compiled
-def expected_log_density(
-    centres: np.ndarray, widths: np.ndarray, centre_branch: np.ndarray, log_weights: np.ndarray, means: np.ndarray,
-    stds: np.ndarray, membership: np.ndarray, grid: np.ndarray, grid_weights: np.ndarray,
-) -> np.ndarray:
-    """E[log p(b, x)] for x ~ N(centre, width^2), per row and normal: sum_t grid_weights[t] log p(b, centre + width grid[t]).
-
-    p(b, x) is a mixture over components (per row: ``log_weights``, ``means``, ``stds``, ``(rows, components)``)
-    summed within branch b (``membership`` (components, branches)); normal g sits in branch ``centre_branch[g]``.
-    A component more than 37 nats below the largest would not change the sum's last bit: its exp is skipped.
-    """
-    rows, normals = centres.shape
-    components, points = means.shape[1], grid.shape[0]
-    out, terms = np.empty((rows, normals)), np.empty(components)
-    offsets, inverse_stds = np.empty(components), np.empty(components)
-    members = np.empty(components, np.int64)
-    for r in range(rows):
-        for c in range(components):
-            offsets[c] = log_weights[r, c] - math.log(stds[r, c]) - LOG_SQRT_2PI
-            inverse_stds[c] = 1.0 / stds[r, c]
-        for g in range(normals):
-            count = 0  # the components of this normal's branch
-            for c in range(components):
-                if membership[c, centre_branch[g]]:
-                    members[count] = c
-                    count += 1
-            total = 0.0
-            for t in range(points):
-                x = centres[r, g] + widths[r, g] * grid[t]
-                largest = -np.inf
-                for i in range(count):
-                    c = members[i]
-                    z = (x - means[r, c]) * inverse_stds[c]
-                    terms[i] = offsets[c] - 0.5 * z * z
-                    largest = max(largest, terms[i])
-                summed = 0.0
-                for i in range(count):
-                    if terms[i] > largest - 37.0:
-                        summed += math.exp(terms[i] - largest)
-                total += grid_weights[t] * (largest + (math.log(summed) if summed != 1.0 else 0.0))
-            out[r, g] = total
-    return out
