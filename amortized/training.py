@@ -5,7 +5,7 @@ plain schedule is one phase of the artifact's own loss. For ``qp`` the default
 is *continuation from the mass-covering solution*: a short ``pq`` phase first,
 whose q covers every mode and leans towards the heavier one, then ``qp`` from
 there, which lets each y collapse onto the mode it already leans to. Started
-from scratch, ``qp`` tends to trap every y on the same mode (MODELS.md, ``gmm``).
+from scratch, ``qp`` tends to trap every y on the same mode (docs/science.md, ``gmm``).
 Both phases use only what the losses may: samples of the joint, and its density.
 """
 

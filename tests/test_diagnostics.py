@@ -208,7 +208,7 @@ def test_compiled_weighing_matches_the_log_joint_minus_log_q(name):
 
 
 def summarise_plainly(log_weights: np.ndarray) -> dict[str, np.ndarray]:
-    """The weight summary of MODELS.md, written out in NumPy."""
+    """The weight summary of docs/science.md, written out in NumPy."""
     n = log_weights.shape[-1]
     weights = np.exp(log_weights - log_weights.max(-1, keepdims=True))
     ess = weights.sum(-1) ** 2 / (weights**2).sum(-1)

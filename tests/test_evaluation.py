@@ -1,4 +1,4 @@
-"""Scores against the truth: KL paths agree, best-in-family optima are optima, MODELS.md's numbers hold."""
+"""Scores against the truth: KL paths agree, best-in-family optima are optima, docs/science.md's numbers hold."""
 
 import math
 

@@ -15,7 +15,7 @@ OBSERVATIONS = [-12.0, -1.3, 0.0, 0.7, 4.0, 25.0]
 
 
 def definition_log_joint(name: str, branch: dict, x: float, y: float) -> float:
-    """log p(latents, x, y) written straight from MODELS.md with scipy, independent of the package."""
+    """log p(latents, x, y) written straight from docs/science.md with scipy, independent of the package."""
     like = stats.norm.logpdf(y, x, {"gaussian": 1.0, "gmm": 10.0, "gmm_discrete": 10.0, "gmm_open": 1.0}[name])
     if name == "gaussian":
         return stats.norm.logpdf(x, 0, 1) + like

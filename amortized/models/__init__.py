@@ -12,7 +12,7 @@ MODELS: dict[str, type[ConjugateMixtureModel]] = {
 
 
 def build_model(name: str, params: dict | None = None) -> ConjugateMixtureModel:
-    """The model called ``name`` with ``params`` (defaults from MODELS.md where omitted)."""
+    """The model called ``name`` with ``params`` (defaults from docs/science.md where omitted)."""
     try:
         cls = MODELS[name]
     except KeyError:

@@ -1,6 +1,6 @@
 """What the four models share: a conjugate mixture observed through Gaussian noise.
 
-Every model of MODELS.md is p(c) N(x; mu_c, s_c^2) N(y; x, sigma^2) over a
+Every model (docs/science.md) is p(c) N(x; mu_c, s_c^2) N(y; x, sigma^2) over a
 finite set of prior components c. They differ only in the components and in
 which discrete choices are *latents* (kept in the posterior, like z in
 ``gmm_discrete``) or marginalised (the mixture component of ``gmm``). So one

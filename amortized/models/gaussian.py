@@ -23,7 +23,7 @@ class GaussianModel(ConjugateMixtureModel):
         return [Component(1.0, self.params.mu0, self.params.sigma0, {})]
 
     def exact_linear_parameters(self) -> dict[str, float]:
-        """a*, b*, c* of q(x|y) = N(a y + b, c^2); c* is a standard deviation (MODELS.md)."""
+        """a*, b*, c* of q(x|y) = N(a y + b, c^2); c* is a standard deviation (docs/science.md)."""
         p = self.params
         lam = 1 / p.sigma0**2 + 1 / p.sigma**2
         return {"a": (1 / p.sigma**2) / lam, "b": (p.mu0 / p.sigma0**2) / lam, "c": lam**-0.5}
