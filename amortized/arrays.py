@@ -11,12 +11,14 @@ same in both, through the module :func:`lib` returns.
 from __future__ import annotations
 
 from types import ModuleType
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
 
-Array: TypeAlias = torch.Tensor | np.ndarray
+# A torch tensor or a NumPy array. The science calls methods both share (``.exp()`` on one, ``np.exp`` through
+# :func:`lib` on the other), which a type checker cannot follow through a union: to it an Array is Any.
+Array: TypeAlias = Any
 
 
 def lib(array: Array) -> ModuleType:
