@@ -48,8 +48,10 @@ def q_branches(served: ServedModel, q: BranchedNormal) -> list[dict[str, Any]]:
     ]
 
 
-DIAGNOSTIC_FIELDS = ("ess", "ess_fraction", "log_evidence", "log_evidence_se", "elbo", "pareto_k")  # then mean_x, std_x
-CHECK_FIELDS = ("log_evidence_other", "log_evidence_other_se", "log_evidence_mixture", "log_evidence_mixture_se", "missed_mass", "missed_mass_se")
+def per_row(columns: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Named columns ``(observations,)`` as one dict per observation, in the columns' order (Python scalars)."""
+    names, values = list(columns), [np.asarray(column).tolist() for column in columns.values()]
+    return [dict(zip(names, row)) for row in zip(*values)]
 
 
 def results_for(
@@ -66,41 +68,41 @@ def results_for(
     )
     exact = exact_summary(served.model, truth, q)
     check = analysis.cross_check
-    scalars = [getattr(analysis, name) for name in DIAGNOSTIC_FIELDS] + [analysis.mean_x, analysis.std_x]
-    scalars += [exact[name] for name in ("log_evidence", "mean_x", "std_x", "kl_pq", "kl_qp")]
-    if check is not None:
-        scalars += [getattr(check, name) for name in CHECK_FIELDS]
-    rows = np.array(scalars).T.tolist()  # (observations, fields)
-    flags = np.array([check.consistent, check.misses_mass]).T.tolist() if check is not None else None
+    estimates = per_row({
+        "ess": analysis.ess, "ess_fraction": analysis.ess_fraction, "log_evidence": analysis.log_evidence,
+        "log_evidence_se": analysis.log_evidence_se, "elbo": analysis.elbo, "pareto_k": analysis.pareto_k,
+    })
+    moments = per_row({"posterior_mean_x": analysis.mean_x, "posterior_std_x": analysis.std_x})
+    exact_rows = per_row({
+        "log_evidence": exact["log_evidence"], "posterior_mean_x": exact["mean_x"], "posterior_std_x": exact["std_x"],
+        "kl_pq": exact["kl_pq"], "kl_qp": exact["kl_qp"],
+    })
+    checks = None if check is None else per_row({
+        "log_evidence_other": check.log_evidence_other, "log_evidence_other_se": check.log_evidence_other_se,
+        "log_evidence_mixture": check.log_evidence_mixture, "log_evidence_mixture_se": check.log_evidence_mixture_se,
+        "missed_mass": check.missed_mass, "missed_mass_se": check.missed_mass_se,
+        "consistent": check.consistent, "misses_mass": check.misses_mass,
+    })
     samples = samples_columns(served, analysis.branch, analysis.x)
-    resampled = samples_columns(served, analysis.resampled_branch, analysis.resampled_x) if resample else None
-    estimated, truth = probabilities(served, analysis.branch_probabilities), probabilities(served, exact["branch_probabilities"])
+    resampled = None
+    if analysis.resampled_branch is not None and analysis.resampled_x is not None:
+        resampled = samples_columns(served, analysis.resampled_branch, analysis.resampled_x)
+    estimated = probabilities(served, analysis.branch_probabilities)
+    exact_probabilities = probabilities(served, exact["branch_probabilities"])
     out = []
-    for i, (y_i, seed, q_i, row) in enumerate(zip(y.tolist(), seeds, q_branches(served, q), rows)):
-        ess, ess_fraction, log_evidence, log_evidence_se, elbo, pareto_k, mean_x, std_x = row[:8]
+    for i, (y_i, seed, q_i) in enumerate(zip(y.tolist(), seeds, q_branches(served, q))):
         diagnostics = {
-            "ess": ess, "ess_fraction": ess_fraction, "log_evidence": log_evidence, "log_evidence_se": log_evidence_se,
-            "elbo": elbo, "pareto_k": pareto_k, "num_samples": num_samples, "verdict": analysis.verdict[i],
-            "reason": analysis.reason[i], "posterior_mean_x": mean_x, "posterior_std_x": std_x,
-            "discrete_probabilities": estimated[i], "cross_check": None,
+            **estimates[i], "num_samples": num_samples, "verdict": analysis.verdict[i], "reason": analysis.reason[i],
+            **moments[i], "discrete_probabilities": estimated[i], "cross_check": None,
         }
-        if check is not None:
-            other_z, other_se, mixture_z, mixture_se, missed, missed_se = row[13:]
-            diagnostics["cross_check"] = {
-                "other_objective": OTHER[objective], "num_samples": check.num_samples, "log_evidence_other": other_z,
-                "log_evidence_other_se": other_se, "log_evidence_mixture": mixture_z, "log_evidence_mixture_se": mixture_se,
-                "missed_mass": missed, "missed_mass_se": missed_se, "consistent": flags[i][0], "misses_mass": flags[i][1],
-            }
-        exact_z, exact_mean, exact_std, kl_pq, kl_qp = row[8:13]
+        if check is not None and checks is not None:
+            diagnostics["cross_check"] = {"other_objective": OTHER[objective], "num_samples": check.num_samples, **checks[i]}
         result = {
             "model": served.model.name, "seed": seed, "y": y_i, "objective": objective, "q": q_i,
             "samples": samples[i], "log_weights": analysis.log_weights[i], "diagnostics": diagnostics,
-            "exact": {
-                "log_evidence": exact_z, "posterior_mean_x": exact_mean, "posterior_std_x": exact_std,
-                "kl_pq": kl_pq, "kl_qp": kl_qp, "discrete_probabilities": truth[i],
-            },
+            "exact": {**exact_rows[i], "discrete_probabilities": exact_probabilities[i]},
         }
-        if resample:
+        if resampled is not None:
             result["resampled"] = resampled[i]
         out.append(result)
     return out
