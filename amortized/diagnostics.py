@@ -55,7 +55,7 @@ REQUEST_KL_GRID = np.linspace(-8.0, 8.0, 301)
 
 
 @dataclass(frozen=True)
-class CrossCheck:
+class CrossCheckResult:
     """The evidence again, from the other compiled network and from the mixture of both."""
 
     log_evidence_other: np.ndarray
@@ -87,7 +87,7 @@ class PosteriorAnalysis:
     branch_probabilities: np.ndarray
     verdict: list[str]
     reason: list[str]
-    cross_check: CrossCheck | None = None
+    cross_check: CrossCheckResult | None = None
     resampled_branch: np.ndarray | None = None
     resampled_x: np.ndarray | None = None
 
@@ -95,7 +95,7 @@ class PosteriorAnalysis:
 def cross_check(
     model: ConjugateMixtureModel, y: np.ndarray, q: BranchedNormal, other: BranchedNormal, num_samples: int,
     generator: np.random.Generator,
-) -> tuple[Weighed, CrossCheck]:
+) -> tuple[Weighed, CrossCheckResult]:
     """Sample q and ``other`` as one batch; evidence from each and from their mixture (q + other)/2.
 
     Returns q's draws and what they say, with the cross-check. Rows are
@@ -118,7 +118,7 @@ def cross_check(
         # A proposal that misses mass underestimates the evidence; the mixture covers what either covers.
         below = ~(estimates[0] >= estimates[2] - allowed[0, 2])
         significant = ~(missed - MISSED_MASS_Z * missed_se <= MISSED_MASS_FLOOR)
-    check = CrossCheck(estimates[1], errors[1], estimates[2], errors[2], missed, missed_se, consistent, below | significant, num_samples)
+    check = CrossCheckResult(estimates[1], errors[1], estimates[2], errors[2], missed, missed_se, consistent, below | significant, num_samples)
     return both.rows(slice(0, None, 2)), check
 
 
@@ -145,7 +145,7 @@ def weights_verdict(num_samples: int, ess_fraction: float, ess: float, k: float)
     return "reliable", f"k-hat = {k:.2f} < {GOOD_K} (ESS/N = {ess_fraction:.3f})"
 
 
-def checked_verdict(level: str, why: str, check: CrossCheck, i: int) -> tuple[str, str]:
+def checked_verdict(level: str, why: str, check: CrossCheckResult, i: int) -> tuple[str, str]:
     """Row ``i``'s verdict after the cross-check: unreliable if q misses mass, at best usable unless it rules that out."""
     mass, mass_se = float(check.missed_mass[i]), float(check.missed_mass_se[i])
     draws = f"cross-check, {check.num_samples} draws of each network"
@@ -167,7 +167,7 @@ def checked_verdict(level: str, why: str, check: CrossCheck, i: int) -> tuple[st
 
 
 def verdict(
-    summary: WeightSummary, pareto_k: np.ndarray, num_samples: int, check: CrossCheck | None, unchecked: str = ""
+    summary: WeightSummary, pareto_k: np.ndarray, num_samples: int, check: CrossCheckResult | None, unchecked: str = ""
 ) -> tuple[list[str], list[str]]:
     """A plain verdict per observation: "reliable", "usable" or "unreliable", with the reason in a sentence.
 

@@ -11,11 +11,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from amortized.losses import Objective
+
 # Beyond +-1e9 an observation is astronomically far outside every model's p(y) (noise stds of 1 to 10),
 # float32 networks and squared residuals stop meaning anything: refused with a 422 rather than answered.
 MAX_ABS_Y = 1e9
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_ABS_Y, le=MAX_ABS_Y)]
-Objective = Literal["pq", "qp"]
 
 
 class PosteriorRequest(BaseModel):

@@ -10,7 +10,7 @@ from scipy import stats
 
 from amortized.importance import kernels
 from amortized.arrays import logsumexp
-from amortized.diagnostics import REQUEST_KL_GRID, CrossCheck, analyse, latent_marginals, verdict
+from amortized.diagnostics import REQUEST_KL_GRID, CrossCheckResult, analyse, latent_marginals, verdict
 from amortized.divergences import kl_divergences
 from amortized.importance.psis import pareto_k_hat
 from amortized.importance.weighing import MISSED_DENSITY_RATIO, WeightSummary, mixture_check, summarise_weights, weigh
@@ -89,11 +89,11 @@ def test_nearly_exact_q_does_not_cry_wolf():
     assert set(result.verdict) == {"reliable"}
 
 
-def a_check(missed_mass, missed_mass_se, misses_mass) -> CrossCheck:
+def a_check(missed_mass, missed_mass_se, misses_mass) -> CrossCheckResult:
     """A cross-check result with given missed-mass figures (evidence fields irrelevant to the verdict)."""
     values = [np.asarray(v, dtype=float) for v in (missed_mass, missed_mass_se)]
     nan = np.full_like(values[0], math.nan)
-    return CrossCheck(nan, nan, nan, nan, *values, np.ones_like(nan, dtype=bool), np.asarray(misses_mass), 1000)
+    return CrossCheckResult(nan, nan, nan, nan, *values, np.ones_like(nan, dtype=bool), np.asarray(misses_mass), 1000)
 
 
 def test_a_noisy_k_hat_over_uniform_weights_is_not_a_warning():
