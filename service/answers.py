@@ -59,6 +59,8 @@ def results_for(
     analysis = analyse(served.model, y, q, num_samples, generator, other=other, resample=resample)
     exact = exact_summary(served.model, truth, q)
     check = analysis.cross_check
+    # variants: the version of every network that produced this answer (this one, and the cross-check's)
+    versions = {name: served.artifacts[name].version for name in ([objective] + ([OTHER[objective]] if other is not None else []))}
     scalars = [getattr(analysis, name) for name in DIAGNOSTIC_FIELDS] + [analysis.mean_x, analysis.std_x]
     scalars += [exact[name] for name in ("log_evidence", "mean_x", "std_x", "kl_pq", "kl_qp")]
     if check is not None:
@@ -86,7 +88,7 @@ def results_for(
             }
         exact_z, exact_mean, exact_std, kl_pq, kl_qp = row[8:13]
         result = {
-            "model": served.model.name, "seed": seed, "y": y_i, "objective": objective, "q": q_i,
+            "model": served.name, "versions": versions, "seed": seed, "y": y_i, "objective": objective, "q": q_i,
             "samples": samples[i], "log_weights": analysis.log_weights[i], "diagnostics": diagnostics,
             "exact": {
                 "log_evidence": exact_z, "posterior_mean_x": exact_mean, "posterior_std_x": exact_std,
@@ -127,7 +129,7 @@ def answer_batch(queries: list[Query]) -> list[list[dict[str, Any]]]:
     }
     if objective == "both":
         per_observation = [
-            {"model": served.model.name, "seed": seed, "y": y_i, "objectives": dict(zip(objectives, row))}
+            {"model": served.name, "seed": seed, "y": y_i, "objectives": dict(zip(objectives, row))}
             for y_i, seed, *row in zip(y.tolist(), seeds, *per_objective.values())
         ]
     else:

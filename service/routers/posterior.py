@@ -16,10 +16,10 @@ import torch
 from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from amortized.figures import posterior_png as draw
+from amortized.figures import posterior_png as draw, variant_title
 from service.answers import answer
 from service.batching import Query as PosteriorQuery
-from service.dependencies import ServedModelDep
+from service.dependencies import ServedModelDep, check_version
 from service.errors import ApiError
 from service.metrics import Metrics
 from service.registry import ServedModel
@@ -37,6 +37,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
 }
 ERRORS = {400: {"model": ErrorResponse, "description": "the body is not decodable text (e.g. not UTF-8)"},
           404: {"model": ErrorResponse, "description": "unknown model, or objective not compiled for it"},
+          409: {"model": ErrorResponse, "description": "the pinned version is not served (the message names the served ones)"},
           413: {"model": ErrorResponse, "description": "body too large"},
           415: {"model": ErrorResponse, "description": "the body is not sent as JSON (Content-Type: application/json)"},
           422: {"model": ErrorResponse, "description": "invalid field: the body names it and why"}}
@@ -55,7 +56,7 @@ def check_request(request: PosteriorRequest, served: ServedModel, settings: Sett
     missing = [o for o in needed if o not in served.artifacts]
     if missing:
         available = ", ".join(served.objectives)
-        raise ApiError(404, ["body", "objective"], f"{' and '.join(missing)} is not compiled for {served.model.name}; available: {available}", "not_found")
+        raise ApiError(404, ["body", "objective"], f"{' and '.join(missing)} is not compiled for {served.name}; available: {available}", "not_found")
     total = len(y) * request.num_samples * len(needed)
     if total > settings.max_total_samples:
         raise ApiError(422, ["body"], f"len(y) x num_samples x objectives = {total} exceeds {settings.max_total_samples} (AMORTIZED_MAX_TOTAL_SAMPLES)")
@@ -85,6 +86,7 @@ async def posterior(
     status, observations = "error", 0
     try:
         y = check_request(request, served, settings)
+        check_version(request.version, request.objective, served)  # variants: a pinned version not served is a 409
         seed = request.seed if request.seed is not None else secrets.randbits(63)
         query = PosteriorQuery(served, y, request.objective, request.num_samples, seed, request.resample, request.cross_check)
         if query.size > settings.offload_samples:  # heavy: off the event loop, alone
@@ -95,14 +97,14 @@ async def posterior(
             results = answer(query)
         status, observations = "ok", len(y)
         if isinstance(request.y, list):
-            return json_response({"model": served.model.name, "seed": seed, "results": results})
+            return json_response({"model": served.name, "seed": seed, "results": results})
         return json_response(results[0])
     except ApiError:
         status = "rejected"
         raise
     finally:
         metrics: Metrics = state.metrics
-        metrics.record(served.model.name, request.objective, status, observations, time.perf_counter() - started)
+        metrics.record(served.name, request.objective, status, observations, time.perf_counter() - started)
 
 
 @router.get(
@@ -117,5 +119,5 @@ def posterior_png(
 ) -> Response:
     with torch.inference_mode():
         qs = {name: artifact.network(torch.tensor([y], dtype=torch.float32)) for name, artifact in served.artifacts.items()}
-        png = draw(served.model, y, qs)
+        png = draw(served.model, y, qs, variant_title(served.name, served.model))
     return Response(png, media_type="image/png")
