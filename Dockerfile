@@ -11,6 +11,7 @@ COPY amortized ./amortized
 COPY trainer ./trainer
 COPY service ./service
 COPY client ./client
+COPY examples ./examples
 RUN pip install --extra-index-url "$TORCH_INDEX_URL" -c constraints.txt ".[service]"
 
 RUN useradd --create-home --uid 10001 app && mkdir /artifacts && chown app /artifacts

@@ -19,8 +19,8 @@ serve: $(STAMP)  ## serve the committed artifacts on $(HOST):$(PORT)
 test: $(STAMP)  ## run the test suite
 	$(BIN)/python -m pytest -q
 
-compile: $(STAMP)  ## recompile all eight artifacts into artifacts/
-	$(BIN)/python -m trainer compile --all
+compile: $(STAMP)  ## recompile the four default variants and the example ones (examples/variants/) into artifacts/
+	$(BIN)/python -m trainer compile --all --spec examples/variants
 
 report: $(STAMP)  ## print the evaluation table of the committed artifacts
 	$(BIN)/python -m trainer report

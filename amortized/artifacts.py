@@ -1,11 +1,21 @@
 """Artifacts: a compiled network on disk, self-describing, checksummed, written atomically.
 
-Layout, per model folder ``<root>/<model>/``:
+Layout, one folder per variant ``<root>/<variant>/`` (see :mod:`amortized.variants`):
 
-- ``<objective>.json``: the manifest (model and parameters, architecture,
-  training settings, versions, metrics, and the weights' file name and sha256);
+- ``<objective>.json``: the manifest (variant, family and parameters,
+  architecture, training settings, library versions, metrics, and the
+  weights' file name and sha256);
 - ``<objective>-<sha256[:16]>.safetensors``: the weights (safetensors never
-  executes code on load, unlike pickle).
+  executes code on load, unlike pickle). The first 16 hex digits of the
+  sha256 are the network's *version*, which every answer carries.
+
+A manifest must sit where it says it belongs: in the folder named after its
+variant, in the file named after its objective; anything else is refused, so a
+copied artifact never stands in for another variant. The artifacts of one
+variant must agree on family and parameters: where they do not, the most
+recently compiled one (``created_at``) is kept and the others are refused
+(:func:`agreeing`), so recompiling a variant with new parameters moves it over
+objective by objective, never mixing two models in one answer.
 
 The manifest is the commit point. New weights go to a new, content-addressed
 file; only then is the manifest replaced with ``os.replace`` (atomic), and only
@@ -31,15 +41,17 @@ import numpy
 import safetensors
 import safetensors.torch
 import torch
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, field_validator, model_validator
 
 import amortized
 from amortized.losses import Objective
 from amortized.models import ConjugateMixtureModel, build_model
 from amortized.networks import InferenceNetwork, build_network
 from amortized.training import TrainingConfig
+from amortized.variants import check_name
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: variant and family (1 had "model", the family, whose default variant it was)
+VERSION_LENGTH = 16  # hex digits of the weights' sha256 that name a version (as in the weights' file name)
 
 
 class ArtifactError(Exception):
@@ -55,8 +67,9 @@ class WeightsRecord(BaseModel):
 class Manifest(BaseModel):
     """Everything needed to rebuild, audit and judge one compiled network."""
 
-    format_version: Literal[1] = FORMAT_VERSION
-    model: str
+    format_version: Literal[1, 2] = FORMAT_VERSION
+    variant: str
+    family: str
     model_params: dict[str, Any]
     objective: Objective
     architecture: dict[str, Any]
@@ -67,6 +80,27 @@ class Manifest(BaseModel):
     metrics: dict[str, Any]
     created_at: str
 
+    @model_validator(mode="before")
+    @classmethod
+    def _from_format_1(cls, data: Any) -> Any:
+        """Format 1 named the family as ``model``; its variant was the family's default, named after it."""
+        if isinstance(data, dict) and data.get("format_version") == 1 and "model" in data:
+            data = dict(data)
+            model = data.pop("model")
+            data.setdefault("variant", model)
+            data.setdefault("family", model)
+        return data
+
+    @field_validator("variant")
+    @classmethod
+    def _valid_name(cls, variant: str) -> str:
+        return check_name(variant)
+
+    @property
+    def version(self) -> str:
+        """The network's version: the first hex digits of its weights' sha256."""
+        return self.weights.sha256[:VERSION_LENGTH]
+
 
 @dataclass(frozen=True)
 class Artifact:
@@ -74,6 +108,18 @@ class Artifact:
     model: ConjugateMixtureModel
     network: InferenceNetwork
     path: Path
+
+    @property
+    def variant(self) -> str:
+        return self.manifest.variant
+
+    @property
+    def objective(self) -> str:
+        return self.manifest.objective
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
 
 
 def library_versions() -> dict[str, str]:
@@ -101,8 +147,14 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def manifest_path(root: Path, model: str, objective: str) -> Path:
-    return Path(root) / model / f"{objective}.json"
+def manifest_path(root: Path, variant: str, objective: str) -> Path:
+    return Path(root) / variant / f"{objective}.json"
+
+
+def manifest_bytes(manifest: Manifest | dict[str, Any]) -> bytes:
+    """A manifest as written: indented JSON, fields in the model's order, one newline at the end."""
+    data = manifest.model_dump(mode="json") if isinstance(manifest, Manifest) else manifest
+    return (json.dumps(data, indent=2) + "\n").encode()
 
 
 def save_artifact(
@@ -113,17 +165,23 @@ def save_artifact(
     training: TrainingConfig,
     training_result: dict[str, Any],
     metrics: dict[str, Any],
+    variant: str | None = None,
 ) -> Path:
-    """Write weights then manifest (the commit point), then drop superseded weights; returns the manifest path."""
-    folder = Path(root) / model.name
+    """Write weights then manifest (the commit point), then drop superseded weights; returns the manifest path.
+
+    ``variant`` names the folder and the manifest's variant (default: the family's name, its default variant).
+    """
+    variant = check_name(variant or model.name)
+    folder = Path(root) / variant
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {name: value.detach().contiguous() for name, value in network.state_dict().items()}
     data = safetensors.torch.save(tensors)  # no metadata: its key order varies per process, and so would the sha256
     digest = hashlib.sha256(data).hexdigest()
-    weights_file = f"{objective}-{digest[:16]}.safetensors"
+    weights_file = f"{objective}-{digest[:VERSION_LENGTH]}.safetensors"
     atomic_write(folder / weights_file, data)
     manifest = Manifest(
-        model=model.name,
+        variant=variant,
+        family=model.name,
         model_params=model.params.model_dump(),
         objective=objective,
         architecture=network.architecture(),
@@ -132,10 +190,10 @@ def save_artifact(
         weights=WeightsRecord(file=weights_file, sha256=digest, bytes=len(data)),
         versions=library_versions(),
         metrics=metrics,
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
     )
-    target = manifest_path(root, model.name, objective)
-    atomic_write(target, (json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n").encode())
+    target = manifest_path(root, variant, objective)
+    atomic_write(target, manifest_bytes(manifest))
     for stale in folder.glob(f"{objective}-*.safetensors"):
         if stale.name != weights_file:
             stale.unlink(missing_ok=True)
@@ -148,13 +206,29 @@ def read_manifest(path: Path) -> Manifest:
     except FileNotFoundError:
         raise ArtifactError(f"{path}: no such manifest") from None
     except ValidationError as error:
-        raise ArtifactError(f"{path}: malformed manifest: {error.error_count()} error(s), first: {error.errors()[0]['msg']}") from None
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ArtifactError(
+            f"{path}: malformed manifest: {error.error_count()} error(s), first: {where + ': ' if where else ''}{first['msg']}"
+        ) from None
+
+
+def check_layout(path: Path, manifest: Manifest) -> None:
+    """A manifest must be ``<variant>/<objective>.json``: a copy elsewhere never stands in for another variant."""
+    if path.name != f"{manifest.objective}.json":
+        raise ArtifactError(f"{path}: the file holds the {manifest.objective} network; a manifest is named <objective>.json")
+    if path.parent.name != manifest.variant:
+        raise ArtifactError(
+            f"{path}: folder {path.parent.name!r} holds an artifact of variant {manifest.variant!r}; a variant's artifacts live in "
+            f"the folder named after it (move it to {manifest.variant}/, or recompile it with --name {path.parent.name})"
+        )
 
 
 def load_artifact(path: Path) -> Artifact:
-    """Load the artifact whose manifest is ``path``, verifying the weights' sha256 first."""
+    """Load the artifact whose manifest is ``path``, verifying its place and the weights' sha256 first."""
     path = Path(path)
     manifest = read_manifest(path)
+    check_layout(path, manifest)
     name = manifest.weights.file
     if Path(name).name != name or not name.endswith(".safetensors"):
         raise ArtifactError(f"{path}: weights file name {name!r} must be a plain .safetensors name in the same folder")
@@ -166,7 +240,7 @@ def load_artifact(path: Path) -> Artifact:
     if digest != manifest.weights.sha256:
         raise ArtifactError(f"{path}: checksum mismatch for {name}: manifest says {manifest.weights.sha256[:16]}…, file is {digest[:16]}…")
     try:
-        model = build_model(manifest.model, manifest.model_params)
+        model = build_model(manifest.family, manifest.model_params)
         network = build_network(model, manifest.architecture)
         network.load_state_dict(safetensors.torch.load(data), strict=True)
     except (KeyError, ValueError, TypeError, RuntimeError, ValidationError, safetensors.SafetensorError) as error:
@@ -175,15 +249,81 @@ def load_artifact(path: Path) -> Artifact:
     return Artifact(manifest, model, network, path)
 
 
-def discover_artifacts(root: Path) -> tuple[dict[tuple[str, str], Artifact], dict[Path, str]]:
-    """Every loadable artifact under ``root`` keyed by (model, objective), and the refused ones with why."""
-    loaded: dict[tuple[str, str], Artifact] = {}
+def manifest_paths(root: Path) -> list[Path]:
+    """Every candidate manifest under ``root``: ``*/*.json``, hidden names (staging files) excepted."""
+    return sorted(p for p in Path(root).glob("*/*.json") if not p.name.startswith(".") and not p.parent.name.startswith("."))
+
+
+def _compiled_at(artifact: Artifact) -> tuple[datetime, str]:
+    try:
+        when = datetime.fromisoformat(artifact.manifest.created_at)
+    except ValueError:
+        when = datetime.min
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when, artifact.manifest.objective
+
+
+def agreeing(artifacts: list[Artifact]) -> tuple[dict[tuple[str, str], Artifact], dict[Path, str]]:
+    """Keyed by (variant, objective), the artifacts whose variant agrees on family and parameters; the others with why.
+
+    Within a variant the most recently compiled artifact sets the family and
+    parameters (ties: the later objective name), and any other artifact of it
+    that differs is refused.
+    """
+    by_variant: dict[str, list[Artifact]] = {}
+    for artifact in artifacts:
+        by_variant.setdefault(artifact.variant, []).append(artifact)
+    kept: dict[tuple[str, str], Artifact] = {}
     refused: dict[Path, str] = {}
-    for path in sorted(Path(root).glob("*/*.json")):
+    for variant, group in sorted(by_variant.items()):
+        newest = max(group, key=_compiled_at)
+        for artifact in sorted(group, key=lambda a: a.objective):
+            if (artifact.manifest.family, artifact.model.params) == (newest.manifest.family, newest.model.params):
+                kept[(variant, artifact.objective)] = artifact
+            else:
+                refused[artifact.path] = (
+                    f"{artifact.path}: family or parameters differ from {newest.path.name} of the same variant, compiled later "
+                    f"({newest.manifest.created_at}): recompile {artifact.objective} with the same ones, or remove it"
+                )
+    return kept, refused
+
+
+def discover_artifacts(root: Path) -> tuple[dict[tuple[str, str], Artifact], dict[Path, str]]:
+    """Every loadable artifact under ``root`` keyed by (variant, objective), and the refused ones with why."""
+    loaded: list[Artifact] = []
+    refused: dict[Path, str] = {}
+    for path in manifest_paths(root):
         try:
-            artifact = load_artifact(path)
+            loaded.append(load_artifact(path))
         except ArtifactError as error:
             refused[path] = str(error)
-            continue
-        loaded[(artifact.manifest.model, artifact.manifest.objective)] = artifact
-    return loaded, refused
+    kept, disagreeing = agreeing(loaded)
+    return kept, {**refused, **disagreeing}
+
+
+def upgrade_manifest(path: Path) -> bool:
+    """Rewrite a format-1 manifest as format 2 (variant and family), atomically; the weights are untouched.
+
+    Returns True when the file changed. The upgraded manifest must load
+    (sha256 verified) or the file is left as it was.
+    """
+    path = Path(path)
+    original = path.read_bytes()
+    data = json.loads(original)
+    if data.get("format_version") != 1:
+        return False
+    model = data.pop("model")
+    upgraded = {"format_version": FORMAT_VERSION, "variant": model, "family": model}
+    upgraded.update((key, value) for key, value in data.items() if key != "format_version")
+    try:
+        check_layout(path, Manifest.model_validate(upgraded))
+    except ValidationError as error:
+        raise ArtifactError(f"{path}: cannot upgrade: {error}") from None
+    atomic_write(path, manifest_bytes(upgraded))
+    try:
+        load_artifact(path)
+    except ArtifactError:
+        atomic_write(path, original)
+        raise
+    return True

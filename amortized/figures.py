@@ -64,7 +64,12 @@ def _branch_panel(axes, model, exact: BranchedNormal, qs: dict[str, BranchedNorm
     axes.set_ylabel("probability")
 
 
-def _posteriors(model: ConjugateMixtureModel, ys: list[float], qs: dict[str, BranchedNormal]) -> Figure:
+def variant_title(name: str, model: ConjugateMixtureModel) -> str:
+    """A figure's title: the family's title, led by the variant's name when it is not the family's default one."""
+    return model.title if name == model.name else f"{name} ({model.title})"
+
+
+def _posteriors(model: ConjugateMixtureModel, ys: list[float], qs: dict[str, BranchedNormal], title: str | None = None) -> Figure:
     y = torch.tensor(ys, dtype=torch.float64)
     exact = model.exact_posterior(y)
     rows = 2 if model.num_branches > 1 else 1
@@ -78,21 +83,25 @@ def _posteriors(model: ConjugateMixtureModel, ys: list[float], qs: dict[str, Bra
     grid[0, 0].legend(fontsize="small")
     if rows == 2:
         grid[1, 0].legend(fontsize="small")
-    figure.suptitle(f"{model.title}: q(x|y) against the exact posterior")
+    figure.suptitle(f"{title or model.title}: q(x|y) against the exact posterior")
     return figure
 
 
-def posterior_png(model: ConjugateMixtureModel, y: float, posteriors: dict[str, BranchedNormal]) -> bytes:
+def posterior_png(model: ConjugateMixtureModel, y: float, posteriors: dict[str, BranchedNormal], title: str | None = None) -> bytes:
     """One observation: exact p(x|y) and each q (batch of 1), with branch probabilities if any."""
-    return _png(_posteriors(model, [y], posteriors))
+    return _png(_posteriors(model, [y], posteriors, title))
 
 
-def posterior_grid_png(model: ConjugateMixtureModel, ys: list[float], posteriors: dict[str, BranchedNormal]) -> bytes:
+def posterior_grid_png(
+    model: ConjugateMixtureModel, ys: list[float], posteriors: dict[str, BranchedNormal], title: str | None = None
+) -> bytes:
     """The seed's first plot: several test observations side by side (posteriors batched over ``ys``)."""
-    return _png(_posteriors(model, ys, posteriors))
+    return _png(_posteriors(model, ys, posteriors, title))
 
 
-def network_outputs_png(model: ConjugateMixtureModel, posteriors: dict[str, BranchedNormal], y_grid: torch.Tensor) -> bytes:
+def network_outputs_png(
+    model: ConjugateMixtureModel, posteriors: dict[str, BranchedNormal], y_grid: torch.Tensor, title: str | None = None
+) -> bytes:
     """The seed's second plot: q's means, stds (and branch probabilities) as functions of y, against the truth."""
     exact = model.exact_posterior(y_grid)
     panels = 3 if model.num_branches > 1 else 2
@@ -125,12 +134,12 @@ def network_outputs_png(model: ConjugateMixtureModel, posteriors: dict[str, Bran
     for axes in (mean_axes, std_axes):
         axes.set_xlabel("y")
     mean_axes.legend(fontsize="x-small")
-    figure.suptitle(f"{model.title}: network outputs against y")
+    figure.suptitle(f"{title or model.title}: network outputs against y")
     return _png(figure)
 
 
-def model_figures(model: ConjugateMixtureModel, networks: dict[str, InferenceNetwork]) -> dict[str, bytes]:
-    """Both figures of one model, for every compiled objective: {file name: PNG}."""
+def model_figures(model: ConjugateMixtureModel, networks: dict[str, InferenceNetwork], title: str | None = None) -> dict[str, bytes]:
+    """Both figures of one model (a variant: ``title`` names it), for every compiled objective: {file name: PNG}."""
     quantiles = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=torch.float64)
     ys = torch.quantile(test_observations(model), quantiles).tolist()
     y_grid = torch.linspace(model.y_loc - 3 * model.y_scale, model.y_loc + 3 * model.y_scale, 401, dtype=torch.float64)
@@ -138,6 +147,6 @@ def model_figures(model: ConjugateMixtureModel, networks: dict[str, InferenceNet
         at_ys = {o: net(torch.tensor(ys, dtype=torch.float32)) for o, net in networks.items()}
         on_grid = {o: net(y_grid.float()) for o, net in networks.items()}
     return {
-        "posteriors.png": posterior_grid_png(model, ys, at_ys),
-        "network_outputs.png": network_outputs_png(model, on_grid, y_grid),
+        "posteriors.png": posterior_grid_png(model, ys, at_ys, title),
+        "network_outputs.png": network_outputs_png(model, on_grid, y_grid, title),
     }

@@ -68,6 +68,8 @@ def results_for(
     )
     exact = exact_summary(served.model, truth, q)
     check = analysis.cross_check
+    # variants: the version of every network that produced this answer (this one, and the cross-check's)
+    versions = {name: served.artifacts[name].version for name in ([objective] + ([OTHER[objective]] if other is not None else []))}
     estimates = per_row({
         "ess": analysis.ess, "ess_fraction": analysis.ess_fraction, "log_evidence": analysis.log_evidence,
         "log_evidence_se": analysis.log_evidence_se, "elbo": analysis.elbo, "pareto_k": analysis.pareto_k,
@@ -98,7 +100,7 @@ def results_for(
         if check is not None and checks is not None:
             diagnostics["cross_check"] = {"other_objective": OTHER[objective], "num_samples": check.num_samples, **checks[i]}
         result = {
-            "model": served.model.name, "seed": seed, "y": y_i, "objective": objective, "q": q_i,
+            "model": served.name, "versions": versions, "seed": seed, "y": y_i, "objective": objective, "q": q_i,
             "samples": samples[i], "log_weights": analysis.log_weights[i], "diagnostics": diagnostics,
             "exact": {**exact_rows[i], "discrete_probabilities": exact_probabilities[i]},
         }
@@ -140,7 +142,7 @@ def answer_batch(queries: list[Query]) -> list[list[dict[str, Any]]]:
     }
     if objective == "both":
         per_observation = [
-            {"model": served.model.name, "seed": seed, "y": y_i, "objectives": dict(zip(objectives, row))}
+            {"model": served.name, "seed": seed, "y": y_i, "objectives": dict(zip(objectives, row))}
             for y_i, seed, *row in zip(y.tolist(), seeds, *per_objective.values())
         ]
     else:

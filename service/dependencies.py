@@ -1,4 +1,4 @@
-"""What routes need from the app: the registry, metrics, and a served model by name."""
+"""What routes need from the app: the registry, metrics, a served variant by name, and the check of a pinned version."""
 
 from __future__ import annotations
 
@@ -19,16 +19,46 @@ async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-async def get_served_model(request: Request, model: Annotated[str, Path(description="model name, e.g. gmm_open")]) -> ServedModel:
-    """The served model named in the path, or a 404 that lists the ones that exist."""
-    registry = request.app.state.registry
-    if model not in registry.models:
-        known = ", ".join(sorted(registry.models)) or "none"
-        refused = "; ".join(f"{objective}: {reason}" for objective, reason in registry.refusals(model).items())
+async def get_served_model(
+    request: Request, model: Annotated[str, Path(description="variant name, e.g. gmm_open or gmm_sigma5 (GET /v1/models lists them)")]
+) -> ServedModel:
+    """The served variant named in the path, or a 404 that lists the ones that exist.
+
+    The request keeps this object to the end: a reload that swaps in new
+    weights meanwhile does not change the version that answers it.
+    """
+    models = request.app.state.registry.models  # one snapshot
+    served = models.get(model)
+    if served is None:
+        known = ", ".join(sorted(models)) or "none"
+        refused = "; ".join(f"{objective}: {reason}" for objective, reason in request.app.state.registry.refusals(model).items())
         if refused:
             raise ApiError(404, ["path", "model"], f"model {model!r} is not served: its artifacts were refused ({refused}); served models: {known}", "refused")
         raise ApiError(404, ["path", "model"], f"unknown model {model!r}; served models: {known}", "not_found")
-    return registry.models[model]
+    return served
+
+
+def check_version(pin: str | dict[str, str] | None, objective: str, served: ServedModel) -> None:
+    """A pinned ``version`` must be what is served, else 409 naming the served versions.
+
+    A string pins the network of the requested objective; a mapping pins each
+    objective it names (with "both", or to pin the cross-check's network too).
+    A version is the 16 hex digits of /v1/models (the weights' sha256 may be
+    given in full).
+    """
+    if pin is None:
+        return
+    if isinstance(pin, str):
+        if objective == "both":
+            raise ApiError(422, ["body", "version"], 'with objective "both", pin each network by objective: {"pq": ..., "qp": ...}')
+        pin = {objective: pin}
+    for name, wanted in pin.items():
+        artifact = served.artifacts.get(name)
+        if artifact is None or wanted not in (artifact.version, artifact.manifest.weights.sha256):
+            available = ", ".join(f"{o} {v}" for o, v in served.versions.items()) or "none"
+            raise ApiError(
+                409, ["body", "version"], f"version {wanted} of {served.name}/{name} is not served; served versions: {available}", "conflict"
+            )
 
 
 # what routes declare (FastAPI's Annotated style)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -15,14 +17,17 @@ from service.answers import answer, answer_batch
 from service.batching import MicroBatcher, Query
 from service.middleware import BodySizeLimit, ContentEncoding, HeadAsGet
 from service.metrics import Metrics
-from service.registry import Registry
+from service.registry import Registry, ServedModel
+from service.reload import describe, resolve_mode, watch_artifacts
 from service.routers import bench, health, models, posterior
 from service.settings import Settings, get_settings
 
 DESCRIPTION = """
-Amortized inference as a service. Compiled inference networks q(x|y) for four models
-(`gaussian`, `gmm`, `gmm_discrete`, `gmm_open`), each trained with two losses:
-**pq** (forward KL, mass-covering) and **qp** (reverse KL, mode-seeking).
+Amortized inference as a service. Compiled inference networks q(x|y) for variants of four model
+families (`gaussian`, `gmm`, `gmm_discrete`, `gmm_open`; the defaults are named after their families,
+`GET /v1/models` lists every variant served), each trained with two losses:
+**pq** (forward KL, mass-covering) and **qp** (reverse KL, mode-seeking). Every answer names the
+version of each network that produced it; a request may pin one with `"version"`.
 
 `POST /v1/models/{model}/posterior` with `{"y": 0.0, "objective": "both"}` returns q's
 parameters, samples, importance weights and diagnostics, and the exact posterior.
@@ -34,11 +39,17 @@ against the other compiled network: read `diagnostics.verdict` and `diagnostics.
 YOUNG_COLLECTION_THRESHOLD = 50_000  # allocations between collections of the youngest generation (Python: 700)
 
 
+def warm_up_model(served: ServedModel) -> None:
+    """Answer one small query, so that the first real one does not compile numba's kernels (~1 s) nor copy weights."""
+    objective = "both" if len(served.objectives) == 2 else served.objectives[0]
+    answer(Query(served, [0.0], objective, 8, 0, resample=True, cross_check=True))
+
+
 def warm_up(registry: Registry) -> None:
-    """Answer one small query per served model, so that the first real one does not compile numba's kernels (~1 s)."""
+    """Warm up every served variant; later reloads warm up what they swap in (``registry.prepare``)."""
     for served in registry.models.values():
-        objective = "both" if len(served.objectives) == 2 else served.objectives[0]
-        answer(Query(served, [0.0], objective, 8, 0, resample=True, cross_check=True))
+        warm_up_model(served)
+    registry.prepare = warm_up_model
 
 
 @asynccontextmanager
@@ -52,10 +63,27 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     allocations (Python's default) scanned each batch's half-built answers,
     ~10 us per request (bench/serve_benchmark.py: +4% posterior throughput).
     """
-    warm_up(app.state.registry)
+    settings: Settings = app.state.settings
+    registry: Registry = app.state.registry
+    warm_up(registry)
     gc.freeze()
     gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *gc.get_threshold()[1:])
-    yield
+    # live reload: this worker watches the artifacts folder until shutdown (service/reload.py)
+    mode = resolve_mode(settings.reload)
+    app.state.reload = describe(mode, settings.reload_interval)
+    logging.getLogger("service.reload").info("artifacts in %s: reload %s", registry.folder, app.state.reload)
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(watch_artifacts(registry, mode, settings.reload_interval, stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        try:
+            await asyncio.wait_for(watcher, 5)
+        except (TimeoutError, asyncio.CancelledError):
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -67,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Amortized inference service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = Registry(settings.artifacts_dir)
+    app.state.reload = "not started"
     app.state.metrics = Metrics()
     app.state.batcher = MicroBatcher(answer_batch, settings.offload_samples, app.state.metrics.batch_queries.observe)
     errors.install(app)

@@ -1,15 +1,28 @@
-"""The artifacts the server answers with: loaded and verified once, at start."""
+"""The artifacts the server answers with: verified when loaded, grouped by variant, swapped in whole when they change.
+
+:meth:`Registry.reload` scans the artifacts folder (``<variant>/<objective>.json``),
+loads what is new or changed (sha256 verified), drops what was removed, and
+then replaces the served set in one assignment. A request holds the
+:class:`ServedModel` it started with, so it finishes on that version; the
+next one gets the new object. Nothing is silent: every artifact that cannot be
+served is listed with its reason in :attr:`Registry.refused` (and
+``/health/ready``) and logged once, and a replacement that fails to load
+leaves the previous version serving. Who calls ``reload`` when files change:
+:mod:`service.reload`.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from amortized.artifacts import Artifact, discover_artifacts
+from amortized.artifacts import Artifact, ArtifactError, agreeing, load_artifact, manifest_paths
 from amortized.distributions import BranchedNormal
 from amortized.models import ConjugateMixtureModel
 
@@ -18,12 +31,18 @@ log = logging.getLogger("service.registry")
 
 @dataclass
 class ServedModel:
-    """One model with its compiled networks, and the per-model tables the request path needs."""
+    """One variant with its compiled networks, and the per-model tables the request path needs.
+
+    Treated as immutable once serving: a change of artifacts builds a new
+    ServedModel (the registry swaps it in), so requests in flight keep theirs.
+    """
 
     model: ConjugateMixtureModel
     artifacts: dict[str, Artifact] = field(default_factory=dict)
+    name: str = ""  # the variant's name (default: the family's, its default variant)
 
     def __post_init__(self) -> None:
+        self.name = self.name or self.model.name
         # latent value of each branch for the JSON samples: an int array, or Python objects with None where
         # the latent does not exist in a branch (z when k = 1)
         self.latent_values: dict[str, np.ndarray] = {}
@@ -57,33 +76,203 @@ class ServedModel:
         return dict(zip(key, self._forwards[key](y)))
 
     @property
+    def family(self) -> str:
+        return self.model.name
+
+    @property
     def objectives(self) -> list[str]:
         return sorted(self.artifacts)
 
+    @property
+    def versions(self) -> dict[str, str]:
+        """{objective: version} of the networks served (version: the first 16 hex digits of the weights' sha256)."""
+        return {objective: self.artifacts[objective].version for objective in self.objectives}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One manifest as last seen: its files' fingerprint, and what loading it gave."""
+
+    fingerprint: tuple
+    artifact: Artifact | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class State:
+    """What is served, swapped in whole: readers take one reference and see a consistent picture."""
+
+    models: dict[str, ServedModel]
+    refused: dict[str, str]
+    problem: str | None  # why nothing can be served from the folder, when that is the case
+
+
+def fingerprint(path: Path) -> tuple | None:
+    """(manifest stat, weights stat) or None if the manifest is gone: a change of either means load again."""
+    try:
+        stat = path.stat()
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    key: tuple = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    try:
+        weights = path.parent / json.loads(data)["weights"]["file"]
+        w = weights.stat()
+        return key + ((weights.name, w.st_mtime_ns, w.st_size, w.st_ino),)
+    except (ValueError, KeyError, TypeError, OSError):  # malformed, or weights missing: loading says which
+        return key + (None,)
+
 
 class Registry:
-    """Every loadable artifact under a folder, grouped by model; refused ones are logged and listed."""
+    """Every servable artifact under a folder, grouped by variant; refused ones are logged and listed with why.
 
-    def __init__(self, root: Path) -> None:
+    ``prepare(served)`` runs on each newly built ServedModel before it is
+    swapped in (the app warms it up there, so the first request after a
+    reload does not pay for it).
+    """
+
+    def __init__(self, root: Path, prepare: Callable[[ServedModel], None] | None = None) -> None:
         self.root = Path(root)
-        loaded, refused = discover_artifacts(self.root)
-        self.refused = {str(path): reason for path, reason in refused.items()}
-        for path, reason in self.refused.items():
-            log.error("refusing artifact %s: %s", path, reason)
-        self.models: dict[str, ServedModel] = {}
-        for (name, objective), artifact in sorted(loaded.items()):
-            served = self.models.setdefault(name, ServedModel(artifact.model))
-            if artifact.model.params != served.model.params:
-                self.refused[str(artifact.path)] = "model parameters differ from the other artifact of this model"
-                log.error("refusing artifact %s: %s", artifact.path, self.refused[str(artifact.path)])
-                continue
-            served.add(objective, artifact)
-            log.info("serving %s/%s (sha256 %s…)", name, objective, artifact.manifest.weights.sha256[:12])
+        self.prepare = prepare
+        self.reloads = 0  # scans that changed what is served
+        self._lock = threading.Lock()
+        self._entries: dict[Path, Entry] = {}
+        self._last_good: dict[Path, Artifact] = {}
+        self._state = State({}, {}, None)
+        self.reload()
+
+    @property
+    def models(self) -> dict[str, ServedModel]:
+        return self._state.models
+
+    @property
+    def refused(self) -> dict[str, str]:
+        return self._state.refused
+
+    @property
+    def problem(self) -> str | None:
+        return self._state.problem
+
+    @property
+    def state(self) -> State:
+        return self._state
 
     @property
     def ready(self) -> bool:
-        return bool(self.models)
+        return bool(self._state.models)
+
+    @property
+    def folder(self) -> str:
+        return str(self.root.resolve())
 
     def refusals(self, model: str) -> dict[str, str]:
         """Why each refused artifact in the folder of ``model`` was refused, by its file's stem (the objective)."""
         return {Path(path).stem: reason for path, reason in self.refused.items() if Path(path).parent.name == model}
+
+    def reload(self) -> bool:
+        """Scan the folder; load what changed; swap in the new served set. Returns True when what is served changed.
+
+        Safe to call from any thread (one scan at a time); cheap when nothing
+        changed (a stat and a small JSON read per manifest).
+        """
+        with self._lock:
+            return self._reload()
+
+    def _reload(self) -> bool:
+        paths = manifest_paths(self.root) if self.root.is_dir() else []
+        entries: dict[Path, Entry] = {}
+        for path in paths:
+            key = fingerprint(path)
+            if key is None:  # removed between the listing and now
+                continue
+            previous = self._entries.get(path)
+            if previous is not None and previous.fingerprint == key:
+                entries[path] = previous
+                continue
+            try:
+                artifact = load_artifact(path)
+                entries[path] = Entry(key, artifact, None)
+                self._last_good[path] = artifact
+            except ArtifactError as error:
+                entries[path] = Entry(key, None, str(error))
+        for gone in set(self._last_good) - set(entries):
+            del self._last_good[gone]
+        self._entries = entries
+
+        candidates: list[Artifact] = []
+        refused: dict[str, str] = {}
+        for path, entry in entries.items():
+            if entry.artifact is not None:
+                candidates.append(entry.artifact)
+                continue
+            previous = self._last_good.get(path)
+            if previous is not None:  # a broken replacement: the version that loaded keeps serving
+                candidates.append(previous)
+                refused[str(path)] = f"{entry.error} (still serving the previous version, {previous.version})"
+            else:
+                refused[str(path)] = str(entry.error)
+        kept, disagreeing = agreeing(candidates)
+        for path, why in disagreeing.items():
+            refused[str(path)] = f"{refused[str(path)]}; {why}" if str(path) in refused else why
+
+        old = self._state.models
+        models: dict[str, ServedModel] = {}
+        by_variant: dict[str, dict[str, Artifact]] = {}
+        for (variant, objective), artifact in sorted(kept.items()):
+            by_variant.setdefault(variant, {})[objective] = artifact
+        for variant, artifacts in by_variant.items():
+            current = old.get(variant)
+            if current is not None and current.artifacts.keys() == artifacts.keys() and all(
+                current.artifacts[o] is a for o, a in artifacts.items()
+            ):
+                models[variant] = current
+                continue
+            served = ServedModel(next(iter(artifacts.values())).model, dict(artifacts), variant)
+            try:
+                if self.prepare is not None:
+                    self.prepare(served)
+            except Exception as error:  # a network that loads but cannot answer: refused, the previous one stays
+                log.exception("warm-up of %s failed", variant)
+                for artifact in artifacts.values():
+                    refused[str(artifact.path)] = f"{artifact.path}: fails to answer a warm-up query: {error!r}"
+                if current is not None:
+                    models[variant] = current
+                continue
+            models[variant] = served
+
+        problem = None
+        if not self.root.is_dir():
+            problem = f"the artifacts folder {self.folder} does not exist (AMORTIZED_ARTIFACTS_DIR)"
+        elif not paths:
+            problem = f"the artifacts folder {self.folder} holds no artifacts (<variant>/<objective>.json)"
+        elif not models:
+            problem = f"no artifact in {self.folder} can be served (see refused)"
+        changed = self._log_changes(old, models, refused, problem)
+        self._state = State(models, refused, problem)  # the swap: one assignment
+        if changed:
+            self.reloads += 1
+        return changed
+
+    def _log_changes(self, old: dict[str, ServedModel], new: dict[str, ServedModel], refused: dict[str, str], problem: str | None) -> bool:
+        """Log what is newly served, replaced, dropped or refused (each once); True when the served set changed."""
+        before = {(v, o): s.artifacts[o].version for v, s in old.items() for o in s.artifacts}
+        after = {(v, o): s.artifacts[o].version for v, s in new.items() for o in s.artifacts}
+        for key in sorted(before.keys() | after.keys()):
+            name = "/".join(key)
+            if key not in before:
+                log.info("serving %s version %s", name, after[key])
+            elif key not in after:
+                log.warning("no longer serving %s (version %s): its manifest was removed or refused", name, before[key])
+            elif before[key] != after[key]:
+                log.info("now serving %s version %s (was %s)", name, after[key], before[key])
+        for path, why in refused.items():
+            if self._state.refused.get(path) != why:
+                log.error("refusing artifact %s: %s", path, why)
+        for path in self._state.refused.keys() - refused.keys():
+            log.info("no longer refusing %s", path)
+        if problem != self._state.problem:
+            if problem is not None:
+                log.warning("%s; readiness says not ready until something can be served", problem)
+            elif self._state.problem is not None:
+                log.info("serving from %s", self.folder)
+        return before != after or any(old.get(v) is not s for v, s in new.items())

@@ -17,6 +17,8 @@ from amortized.losses import Objective
 # float32 networks and squared residuals stop meaning anything: refused with a 422 rather than answered.
 MAX_ABS_Y = 1e9
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_ABS_Y, le=MAX_ABS_Y)]
+# a network's version: the first 16 hex digits of its weights' sha256 (or all 64)
+Version = Annotated[str, Field(pattern=r"^[0-9a-f]{16}([0-9a-f]{48})?$", examples=["4209aa33ea42836d"])]
 
 
 class PosteriorRequest(BaseModel):
@@ -37,6 +39,12 @@ class PosteriorRequest(BaseModel):
     resample: bool = Field(False, strict=True, description="also return sampling-importance-resampling draws (closer to the posterior)")
     cross_check: bool = Field(
         True, strict=True, description="also estimate the evidence with the other compiled network and the mixture of both"
+    )
+    # variants: pin the weights that answer
+    version: Version | dict[Objective, Version] | None = Field(
+        None,
+        description="answer only with this version of the network (GET /v1/models lists them); with \"both\", or to pin the "
+        "cross-check's network too, a mapping {\"pq\": ..., \"qp\": ...}; a version not served answers 409 naming the served ones",
     )
 
 
@@ -111,6 +119,9 @@ class Exact(BaseModel):
 
 class PosteriorResult(BaseModel):
     model: str = Field(..., description="the model answered for")
+    versions: dict[str, str] = Field(
+        ..., description="the version (weights' sha256, first 16 hex digits) of every network that produced this answer, by objective"
+    )
     seed: int = Field(
         ...,
         description="this observation's seed: the request's for a scalar y (or one drawn below 2**53), else derived per row;"
@@ -150,6 +161,8 @@ class ModelSummary(BaseModel):
     branches: list[dict[str, int]] = Field(..., description="the discrete branches of the posterior")
     params: dict = Field(..., description="the model's parameters")
     objectives: list[str] = Field(..., description="losses with a compiled network being served")
+    family: str = Field(..., description="the model family this variant is of (the defaults are named after theirs)")
+    versions: dict[str, str] = Field(..., description="the served version of each objective's network (weights' sha256, 16 hex digits)")
 
 
 class ModelDetail(ModelSummary):

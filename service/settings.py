@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -12,7 +13,11 @@ from amortized.diagnostics import DEFAULT_CHECK_SAMPLES
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AMORTIZED_", frozen=True)
 
-    artifacts_dir: Path = Field(Path("artifacts"), description="folder of compiled artifacts (one subfolder per model)")
+    artifacts_dir: Path = Field(Path("artifacts"), description="folder of compiled artifacts (one subfolder per variant)")
+    reload: Literal["auto", "watch", "poll", "off"] = Field(
+        "auto", description="live reload of artifacts: watch file events (watchfiles), poll, off; auto = watch if watchfiles imports, else poll"
+    )
+    reload_interval: float = Field(1.0, gt=0, le=3600, description="seconds between rescans of the artifacts folder (poll; and watch's safety net)")
     max_batch: int = Field(10_000, ge=1, description="most observations in one request")
     max_samples: int = Field(100_000, ge=1, le=100_000, description="most samples per observation (can lower the API's bound of 100000, not raise it)")
     max_total_samples: int = Field(

@@ -8,7 +8,9 @@ from fastapi.testclient import TestClient
 from service.main import create_app
 from service.settings import Settings
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "artifacts"
+EXAMPLES = ROOT / "examples" / "variants"
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ def test_round_trip_gives_identical_outputs(tmp_path):
     for field in ("log_probs", "means", "stds"):
         assert torch.equal(getattr(before, field), getattr(after, field))
     manifest = json.loads(path.read_text())
-    assert manifest["model"] == "gmm_open" and manifest["objective"] == "qp"
+    assert manifest["variant"] == manifest["family"] == "gmm_open" and manifest["objective"] == "qp"
     assert manifest["training"]["seed"] == 0 and manifest["versions"]["torch"] == torch.__version__
     assert (path.parent / manifest["weights"]["file"]).stat().st_size == manifest["weights"]["bytes"]
 

@@ -27,6 +27,8 @@ def test_trainer_compiles_into_the_volume_the_api_serves():
     trainer, api = COMPOSE["services"]["trainer"], COMPOSE["services"]["api"]
     assert trainer["command"][:5] == ["python", "-m", "trainer", "compile", "--all"]
     assert "python -m trainer compile --all" in MAKEFILE  # make compile runs the same command
+    spec = trainer["command"][trainer["command"].index("--spec") + 1]  # and the example variants, shipped in the image
+    assert spec == "examples/variants" and f"--spec {spec}" in MAKEFILE and "COPY examples ./examples" in DOCKERFILE
     out = trainer["command"][trainer["command"].index("--out") + 1]
     assert f"artifacts:{out}" in trainer["volumes"] and f"artifacts:{out}:ro" in api["volumes"]
     assert api["environment"]["AMORTIZED_ARTIFACTS_DIR"] == out

@@ -79,5 +79,5 @@ def test_report_lists_every_artifact(capsys):
     out = capsys.readouterr().out
     for model in MODELS:
         for objective in ("pq", "qp"):
-            assert f"| {model} | {objective} |" in out
+            assert f"| {model} | {model} | {objective} |" in out
     assert "REFUSED" not in out

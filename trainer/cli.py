@@ -1,32 +1,53 @@
-"""``python -m trainer compile|report``: compile inference networks into artifacts, or tabulate them."""
+"""``python -m trainer compile|report|upgrade``: compile variants into artifacts, tabulate them, or upgrade old manifests.
+
+A variant is a family of model with parameters, under a name (amortized/variants.py):
+
+    python -m trainer compile --all                                  # the four defaults, named after their families
+    python -m trainer compile --spec examples/variants/gmm_sigma5.json
+    python -m trainer compile --spec examples/variants               # every spec file in a folder
+    python -m trainer compile --model gmm --name gmm_sigma5 --params '{"sigma": 5}'
+
+Every spec is checked before anything is compiled: an invalid one is reported
+(file, field and reason), nothing is written, and the exit code is 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
+from amortized.artifacts import ArtifactError, manifest_paths, upgrade_manifest
 from amortized.losses import OBJECTIVES
 from amortized.models import MODELS
+from amortized.variants import NAME_RULE, SpecError, VariantSpec, default_spec, parse_spec, read_spec
 from trainer.compile import Job, compile_all, timed, write_figures
 from trainer.report import report
 
+SPEC_SUFFIXES = (".json", ".yaml", ".yml")
+
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
+    root = argparse.ArgumentParser(prog="python -m trainer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = root.add_subparsers(dest="command", required=True)
 
     compile_ = commands.add_parser("compile", help="train, evaluate and save artifacts")
-    which = compile_.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model", nargs="+", choices=list(MODELS), help="models to compile")
-    which.add_argument("--all", action="store_true", help="every model")
-    compile_.add_argument("--objective", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES), help="losses (default: both)")
-    compile_.add_argument("--steps", type=positive_int, help="total optimiser steps (default: the model's recipe)")
-    compile_.add_argument("--batch-size", type=positive_int, help="observations per step (default: the recipe's)")
+    compile_.add_argument("--model", nargs="+", choices=list(MODELS), metavar="FAMILY",
+                          help=f"families whose default variants to compile ({', '.join(MODELS)}); with --name and --params, one variant of one family")
+    compile_.add_argument("--all", action="store_true", help="the four default variants")
+    compile_.add_argument("--spec", nargs="+", type=Path, metavar="FILE",
+                          help="variant spec files (JSON, or YAML ending .yaml/.yml), or folders of them")
+    compile_.add_argument("--name", help=f"with one --model: the variant's name ({NAME_RULE}); its artifacts go to OUT/NAME/")
+    compile_.add_argument("--params", help='with --model and --name: the family\'s parameters as JSON, e.g. \'{"sigma": 5}\'')
+    compile_.add_argument("--objective", nargs="+", choices=OBJECTIVES, help="losses (default: the spec's, else both)")
+    compile_.add_argument("--steps", type=positive_int, help="total optimiser steps (default: the spec's, else the family's recipe)")
+    compile_.add_argument("--batch-size", type=positive_int, help="observations per step (default: the spec's, else the recipe's)")
     compile_.add_argument("--learning-rate", type=positive_float, help="Adam's initial rate, decayed by a cosine (default: the recipe's)")
-    compile_.add_argument("--seed", type=int, default=0, help="seed of initialisation and training (default 0)")
-    compile_.add_argument("--warm-start", type=fraction, default=0.2, help="qp only: fraction of steps on pq first (default 0.2)")
-    compile_.add_argument("--blend", type=fraction, default=0.4, help="qp only: fraction of steps blending pq into qp (default 0.4)")
+    compile_.add_argument("--seed", type=int, help="seed of initialisation and training (default: the spec's, else 0)")
+    compile_.add_argument("--warm-start", type=fraction, help="qp only: fraction of steps on pq first (default 0.2)")
+    compile_.add_argument("--blend", type=fraction, help="qp only: fraction of steps blending pq into qp (default 0.4)")
     compile_.add_argument("--out", type=Path, default=Path("artifacts"), help="artifact folder (default artifacts/)")
     compile_.add_argument("--jobs", type=positive_int, default=2, help="parallel worker processes (default 2)")
     compile_.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
@@ -34,6 +55,9 @@ def parser() -> argparse.ArgumentParser:
     report_ = commands.add_parser("report", help="print the evaluation table of all artifacts")
     report_.add_argument("--dir", type=Path, default=Path("artifacts"), help="artifact folder (default artifacts/)")
     report_.add_argument("--format", choices=["text", "markdown"], default="text")
+
+    upgrade = commands.add_parser("upgrade", help="rewrite format-1 manifests as format 2 (variant and family); weights untouched")
+    upgrade.add_argument("--dir", type=Path, default=Path("artifacts"), help="artifact folder (default artifacts/)")
     return root
 
 
@@ -58,27 +82,125 @@ def fraction(text: str) -> float:
     return value
 
 
+def spec_files(paths: list[Path]) -> list[Path]:
+    """Files as given; a folder stands for its spec files (sorted)."""
+    out: list[Path] = []
+    for path in paths:
+        out += sorted(p for p in path.iterdir() if p.suffix.lower() in SPEC_SUFFIXES) if path.is_dir() else [path]
+    return out
+
+
+def command_line_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The spec that --model FAMILY --name NAME --params JSON describe, as plain data (validated by parse_spec)."""
+    if len(args.model) != 1:
+        raise SpecError("--model", [("", "--name and --params make one variant: give exactly one family")])
+    if args.name is None:
+        raise SpecError("--params", [("", f"a variant with parameters of its own needs a name: add --name (e.g. --name {args.model[0]}_custom); "
+                                          f"--name {args.model[0]} replaces the default variant")])
+    params: Any = {}
+    if args.params is not None:
+        try:
+            params = json.loads(args.params)
+        except ValueError as error:
+            raise SpecError("--params", [("", f"not valid JSON: {error}")]) from None
+    return {"name": args.name, "family": args.model[0], "params": params}
+
+
+def with_overrides(spec: VariantSpec, args: argparse.Namespace, source: str) -> VariantSpec:
+    """The spec with the command line's training settings and objectives on top (validated again, as a whole)."""
+    training = spec.training.model_dump(exclude_unset=True)
+    flags = {"steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.learning_rate, "seed": args.seed,
+             "warm_start": args.warm_start, "blend": args.blend}
+    training.update({key: value for key, value in flags.items() if value is not None})
+    data = {**spec.model_dump(), "training": training}
+    if args.objective:
+        data["objectives"] = list(dict.fromkeys(args.objective))
+    return parse_spec(data, source)
+
+
+def variants(args: argparse.Namespace) -> list[VariantSpec]:
+    """Every variant the command line asks for, checked in full before anything is compiled; SpecError lists every problem."""
+    found: list[tuple[str, Any]] = []  # (source, spec or raw data)
+    problems: list[SpecError] = []
+    if args.all:
+        found += [(family, default_spec(family)) for family in MODELS]
+    if args.model and (args.name is not None or args.params is not None):
+        try:
+            found.append(("command line", command_line_spec(args)))
+        except SpecError as error:
+            problems.append(error)
+    elif args.model:
+        found += [(family, default_spec(family)) for family in args.model]
+    for path in spec_files(args.spec or []):
+        try:
+            found.append((str(path), read_spec(path)))
+        except SpecError as error:
+            problems.append(error)
+    out: list[VariantSpec] = []
+    for source, spec in found:
+        try:
+            data = spec.model_dump(exclude_unset=True) if isinstance(spec, VariantSpec) else spec
+            out.append(with_overrides(parse_spec(data, source), args, source))
+        except SpecError as error:
+            problems.append(error)
+    names = [spec.name for spec in out]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(SpecError(name, [("name", f"variant {name!r} is asked for more than once; each name is one folder")]))
+    if problems:
+        raise SpecError("", [(p.source + (": " + where if where else ""), why) for p in problems for where, why in p.problems])
+    return out
+
+
+def compile_command(args: argparse.Namespace) -> int:
+    if (args.name is not None or args.params is not None) and not args.model:
+        print("error: --name and --params go with --model FAMILY", file=sys.stderr)
+        return 2
+    if not (args.all or args.model or args.spec):
+        print("error: say what to compile: --all, --model FAMILY [--name NAME --params JSON], or --spec FILE", file=sys.stderr)
+        return 2
+    try:
+        specs = variants(args)
+    except SpecError as error:
+        for where, why in error.problems:
+            print(f"error: {where}: {why}", file=sys.stderr)
+        print("nothing compiled (invalid spec)", file=sys.stderr)
+        return 2
+    for spec in specs:
+        if spec.name in MODELS and spec.params != default_spec(spec.name).params:
+            print(f"note: {spec.name} is a default variant's name: its artifacts in {args.out / spec.name} will have other parameters",
+                  file=sys.stderr)
+    jobs = [Job(spec=spec, objective=objective, out=args.out) for spec in specs for objective in spec.objectives]
+    try:
+        results, seconds = timed(compile_all, jobs, args.jobs)
+        if not args.no_figures:
+            write_figures(args.out, {spec.name for spec in specs})
+    except KeyboardInterrupt:
+        print("\ninterrupted: artifacts already written are complete; the others are unchanged", file=sys.stderr)
+        return 130
+    print()
+    for row in sorted(results, key=lambda r: (r["variant"], r["objective"])):
+        print(f"{row['variant']:>13}/{row['objective']}: gap {row['metrics']['amortisation_gap']:.4f} nats, "
+              f"trained in {row['seconds']:.1f} s -> {row['path']}")
+    print(f"compiled {len(results)} artifact(s) in {seconds:.1f} s wall-clock")
+    return 0
+
+
+def upgrade_command(root: Path) -> int:
+    status = 0
+    for path in manifest_paths(root):
+        try:
+            print(f"{'upgraded' if upgrade_manifest(path) else 'current '} {path}")
+        except (ArtifactError, ValueError, KeyError) as error:
+            print(f"error: {path}: {error}", file=sys.stderr)
+            status = 1
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "report":
         print(report(args.dir, markdown=args.format == "markdown"))
         return 0
-    if args.warm_start + args.blend > 1:
-        print("error: --warm-start plus --blend must not exceed 1", file=sys.stderr)
-        return 2
-    models = list(MODELS) if args.all else args.model
-    overrides = {"seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
-                 "warm_start": args.warm_start, "blend": args.blend}
-    jobs = [Job(model=m, objective=o, out=args.out, **overrides) for m in models for o in args.objective]
-    try:
-        results, seconds = timed(compile_all, jobs, args.jobs)
-        if not args.no_figures:
-            write_figures(args.out, set(models))
-    except KeyboardInterrupt:
-        print("\ninterrupted: artifacts already written are complete; the others are unchanged", file=sys.stderr)
-        return 130
-    print()
-    for row in sorted(results, key=lambda r: (r["model"], r["objective"])):
-        print(f"{row['model']:>13}/{row['objective']}: gap {row['metrics']['amortisation_gap']:.4f} nats, trained in {row['seconds']:.1f} s -> {row['path']}")
-    print(f"compiled {len(results)} artifact(s) in {seconds:.1f} s wall-clock")
-    return 0
+    if args.command == "upgrade":
+        return upgrade_command(args.dir)
+    return compile_command(args)

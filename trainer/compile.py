@@ -1,4 +1,4 @@
-"""Compile (model, objective) pairs into artifacts, in parallel worker processes, with progress bars."""
+"""Compile (variant, objective) pairs into artifacts, in parallel worker processes, with progress bars."""
 
 from __future__ import annotations
 
@@ -13,35 +13,31 @@ from tqdm import tqdm
 from amortized.artifacts import atomic_write, discover_artifacts, save_artifact
 from amortized.evaluation import evaluate
 from amortized.losses import Objective
-from amortized.models import build_model
-from amortized.training import compile_network, recipe
+from amortized.training import compile_network
+from amortized.variants import VariantSpec
 
 
 @dataclass(frozen=True)
 class Job:
-    """One compile: which pair, where to, and the overrides of its recipe (None keeps the recipe's)."""
+    """One compile: which variant and objective, and where to (the spec carries the training settings)."""
 
-    model: str
+    spec: VariantSpec
     objective: Objective
     out: Path
-    seed: int = 0
-    steps: int | None = None
-    batch_size: int | None = None
-    learning_rate: float | None = None
-    warm_start: float = 0.2
-    blend: float = 0.4
     position: int = 0
+
+    @property
+    def total_steps(self) -> int:
+        return self.spec.training_config(self.objective).total_steps
 
 
 def run_job(job: Job) -> dict:
     """Train, evaluate and save one artifact; returns its summary row. Runs in a worker process."""
     torch.set_num_threads(1)
-    model = build_model(job.model)
-    config = recipe(
-        job.model, job.objective, steps=job.steps, warm_start=job.warm_start, blend=job.blend,
-        batch_size=job.batch_size, learning_rate=job.learning_rate, seed=job.seed,
-    )
-    with tqdm(total=config.total_steps, desc=f"{job.model}/{job.objective}", position=job.position, leave=True, mininterval=0.5) as bar:
+    model = job.spec.build_model()
+    config = job.spec.training_config(job.objective)
+    name = job.spec.name
+    with tqdm(total=config.total_steps, desc=f"{name}/{job.objective}", position=job.position, leave=True, mininterval=0.5) as bar:
 
         def progress(step: int, running_loss: float, phase: str) -> None:
             if step % 50 == 0 or step == config.total_steps:
@@ -50,32 +46,33 @@ def run_job(job: Job) -> dict:
 
         network, result = compile_network(model, config, progress=progress)
     metrics = evaluate(model, network, job.objective)
-    path = save_artifact(job.out, model, network, job.objective, config, result, metrics)
-    return {"model": job.model, "objective": job.objective, "seconds": result["seconds"], "path": str(path), "metrics": metrics}
+    path = save_artifact(job.out, model, network, job.objective, config, result, metrics, variant=name)
+    return {"variant": name, "family": job.spec.family, "objective": job.objective, "seconds": result["seconds"], "path": str(path),
+            "metrics": metrics}
 
 
 def compile_all(jobs: list[Job], workers: int) -> list[dict]:
     """Run ``jobs`` over ``workers`` processes (in-process when 1); longest first, so the pool finishes together."""
-    jobs = sorted(jobs, key=lambda j: -recipe(j.model, j.objective, steps=j.steps).total_steps)
-    jobs = [Job(**{**job.__dict__, "position": i}) for i, job in enumerate(jobs)]
+    jobs = sorted(jobs, key=lambda j: -j.total_steps)
+    jobs = [Job(job.spec, job.objective, job.out, position=i) for i, job in enumerate(jobs)]
     if workers <= 1:
         return [run_job(job) for job in jobs]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(run_job, jobs))
 
 
-def write_figures(out: Path, models: set[str]) -> list[Path]:
-    """Redraw each model's figures from the artifacts now on disk, pq and qp side by side."""
+def write_figures(out: Path, variants: set[str]) -> list[Path]:
+    """Redraw each variant's figures from the artifacts now on disk, pq and qp side by side."""
     from amortized import figures  # matplotlib is imported only when figures are drawn
 
     loaded, _ = discover_artifacts(out)
     written = []
-    for name in sorted(models):
-        networks = {objective: artifact.network for (model, objective), artifact in sorted(loaded.items()) if model == name}
+    for name in sorted(variants):
+        networks = {objective: artifact.network for (variant, objective), artifact in sorted(loaded.items()) if variant == name}
         if not networks:
             continue
-        model = next(a.model for (m, _), a in loaded.items() if m == name)
-        for filename, png in figures.model_figures(model, networks).items():
+        model = next(a.model for (v, _), a in loaded.items() if v == name)
+        for filename, png in figures.model_figures(model, networks, title=figures.variant_title(name, model)).items():
             atomic_write(out / name / filename, png)
             written.append(out / name / filename)
     return written

@@ -6,19 +6,20 @@ from pathlib import Path
 
 from amortized.artifacts import discover_artifacts
 
-COLUMNS = ["model", "loss", "kl_pq", "kl_qp", "limit", "gap", "q std at y=0", "err a", "err b", "err c", "train s"]
+COLUMNS = ["variant", "family", "loss", "kl_pq", "kl_qp", "limit", "gap", "q std at y=0", "err a", "err b", "err c", "train s"]
 
 
 def rows(root: Path) -> tuple[list[list[str]], dict[Path, str]]:
     """One row per loadable artifact (checksums verified), and the refused ones with their reasons."""
     loaded, refused = discover_artifacts(root)
     table = []
-    for (model, objective), artifact in sorted(loaded.items()):
+    for (variant, objective), artifact in sorted(loaded.items()):
         metrics = artifact.manifest.metrics
         linear = metrics.get("linear", {})
         stds = metrics.get("at_y0", {}).get("q", {}).get("stds", [])
         table.append([
-            model,
+            variant,
+            artifact.manifest.family,
             objective,
             f"{metrics['kl_pq']:.5f}",
             f"{metrics['kl_qp']:.5f}",

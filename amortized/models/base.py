@@ -13,11 +13,11 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from functools import cached_property
-from typing import ClassVar, NamedTuple
+from typing import Annotated, ClassVar, NamedTuple
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import Tensor
 
 from amortized.arrays import Array, lib, like, logsumexp
@@ -65,6 +65,26 @@ class JointSample(NamedTuple):
     y: Tensor
 
 
+# Limits of every model's layout and numbers (README, "Variants"). The request path weighs every draw against
+# every prior component, so its cost grows with them; the compile recipes were tuned on 1 to 6 components.
+MAX_COMPONENTS = 16  # prior components in all (gmm_open: summed over its universes)
+MAX_UNIVERSES = 8  # values of k in gmm_open
+MAX_ABS_LOCATION = 1e6  # |mean| of a component or prior
+MAX_SCALE = 1e6  # standard deviations and the observation noise sigma
+WEIGHT_SUM_TOLERANCE = 1e-6  # relative: weights and probabilities must sum to 1 within it
+
+Location = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_ABS_LOCATION, le=MAX_ABS_LOCATION)]
+Scale = Annotated[float, Field(allow_inf_nan=False, gt=0, le=MAX_SCALE)]
+Probability = Annotated[float, Field(allow_inf_nan=False, gt=0, le=1)]
+
+
+def check_sums_to_one(values: list[float], what: str) -> list[float]:
+    total = math.fsum(values)
+    if not math.isclose(total, 1.0, rel_tol=WEIGHT_SUM_TOLERANCE):
+        raise ValueError(f"{what} must sum to 1 (they sum to {total:.10g})")
+    return values
+
+
 class ModelParams(BaseModel):
     """Base of every model's parameters: unknown fields are errors, not silently ignored."""
 
@@ -74,18 +94,24 @@ class ModelParams(BaseModel):
 class MixtureParams(ModelParams):
     """A finite mixture of normals on x, validated once for every model that has one."""
 
-    weights: list[float] = Field(default=[0.5, 0.5], min_length=1, description="mixture weights pi_k, summing to 1")
-    means: list[float] = Field(default=[-5.0, 5.0], min_length=1, description="component means mu_k")
-    stds: list[float] = Field(default=[1.0, 1.0], min_length=1, description="component standard deviations sigma_k")
+    weights: list[Probability] = Field(
+        default=[0.5, 0.5], min_length=1, max_length=MAX_COMPONENTS, description="mixture weights pi_k, positive, summing to 1"
+    )
+    means: list[Location] = Field(default=[-5.0, 5.0], min_length=1, max_length=MAX_COMPONENTS, description="component means mu_k")
+    stds: list[Scale] = Field(
+        default=[1.0, 1.0], min_length=1, max_length=MAX_COMPONENTS, description="component standard deviations sigma_k, positive"
+    )
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_sum_to_one(cls, weights: list[float]) -> list[float]:
+        return check_sums_to_one(weights, "weights")
 
     @model_validator(mode="after")
-    def _check_mixture(self) -> MixtureParams:
+    def _same_lengths(self) -> MixtureParams:
         if not len(self.weights) == len(self.means) == len(self.stds):
-            raise ValueError("weights, means and stds must have the same length")
-        if any(not w > 0 for w in self.weights) or not math.isclose(sum(self.weights), 1.0, rel_tol=1e-6):
-            raise ValueError("weights must be positive and sum to 1")
-        if any(not s > 0 for s in self.stds):
-            raise ValueError("stds must be positive")
+            lengths = f"{len(self.weights)}, {len(self.means)} and {len(self.stds)}"
+            raise ValueError(f"weights, means and stds must have the same length (got {lengths})")
         return self
 
 

@@ -2,13 +2,13 @@
 
 from pydantic import Field
 
-from amortized.models.base import Component, ConjugateMixtureModel, ModelParams
+from amortized.models.base import Component, ConjugateMixtureModel, Location, ModelParams, Scale
 
 
 class GaussianParams(ModelParams):
-    mu0: float = Field(0.0, description="prior mean of x")
-    sigma0: float = Field(1.0, gt=0, description="prior standard deviation of x")
-    sigma: float = Field(1.0, gt=0, description="observation noise standard deviation")
+    mu0: Location = Field(0.0, description="prior mean of x")
+    sigma0: Scale = Field(1.0, description="prior standard deviation of x, positive")
+    sigma: Scale = Field(1.0, description="observation noise standard deviation, positive")
 
 
 class GaussianModel(ConjugateMixtureModel):

@@ -2,11 +2,11 @@
 
 from pydantic import Field
 
-from amortized.models.base import Component, ConjugateMixtureModel, MixtureParams
+from amortized.models.base import Component, ConjugateMixtureModel, MixtureParams, Scale
 
 
 class GmmParams(MixtureParams):
-    sigma: float = Field(10.0, gt=0, description="observation noise standard deviation")
+    sigma: Scale = Field(10.0, description="observation noise standard deviation, positive")
 
 
 class GmmModel(ConjugateMixtureModel):

@@ -5,17 +5,17 @@ universes with more than one component. The layout per k is a list, so a
 larger universe is one setting away.
 """
 
-import math
-
 from pydantic import Field, field_validator
 
-from amortized.models.base import Component, ConjugateMixtureModel, MixtureParams, ModelParams
+from amortized.models.base import (
+    MAX_COMPONENTS, MAX_UNIVERSES, Component, ConjugateMixtureModel, MixtureParams, ModelParams, Probability, Scale, check_sums_to_one,
+)
 
 
 class Universe(MixtureParams):
     """One value of k: its prior probability p(k) and its mixture of components."""
 
-    probability: float = Field(..., gt=0, description="p(k)")
+    probability: Probability = Field(..., description="p(k), positive; the universes' probabilities sum to 1")
 
 
 DEFAULT_UNIVERSES = [
@@ -26,15 +26,17 @@ DEFAULT_UNIVERSES = [
 
 class GmmOpenParams(ModelParams):
     universes: list[Universe] = Field(
-        default=DEFAULT_UNIVERSES, min_length=1, description="for k = 1, 2, ...: p(k) and the mixture given k"
+        default=DEFAULT_UNIVERSES, min_length=1, max_length=MAX_UNIVERSES, description="for k = 1, 2, ...: p(k) and the mixture given k"
     )
-    sigma: float = Field(1.0, gt=0, description="observation noise standard deviation")
+    sigma: Scale = Field(1.0, description="observation noise standard deviation, positive")
 
     @field_validator("universes")
     @classmethod
     def _probabilities_sum_to_one(cls, universes: list[Universe]) -> list[Universe]:
-        if not math.isclose(sum(u.probability for u in universes), 1.0, rel_tol=1e-6):
-            raise ValueError("universe probabilities must sum to 1")
+        check_sums_to_one([u.probability for u in universes], "the universes' probabilities")
+        components = sum(len(u.weights) for u in universes)
+        if components > MAX_COMPONENTS:
+            raise ValueError(f"{components} components in all: at most {MAX_COMPONENTS} (summed over the universes)")
         return universes
 
 

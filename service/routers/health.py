@@ -1,6 +1,8 @@
 """Liveness, readiness and Prometheus metrics."""
 
-from fastapi import APIRouter, Response
+import os
+
+from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.dependencies import MetricsDep, RegistryDep
@@ -14,14 +16,25 @@ def live() -> dict[str, str]:
     return {"status": "alive"}
 
 
-@router.get("/health/ready", summary="Readiness: at least one verified artifact is served", responses={503: {"description": "no artifact could be loaded"}})
-def ready(registry: RegistryDep) -> Response:
+@router.get(
+    "/health/ready",
+    summary="Readiness: at least one verified artifact is served; names the artifacts folder, what is served and what is refused",
+    responses={503: {"description": "nothing can be served: `reason` says why (no such folder, no artifacts in it, all refused)"}},
+)
+def ready(registry: RegistryDep, request: Request) -> Response:
+    """This worker's view: each uvicorn worker loads and reloads the folder by itself."""
+    state = registry.state  # one consistent snapshot, even while a reload swaps it
     body = {
-        "status": "ready" if registry.ready else "not ready",
-        "served": {name: served.objectives for name, served in registry.models.items()},
-        "refused": registry.refused,
+        "status": "ready" if state.models else "not ready",
+        "artifacts_dir": registry.folder,
+        "served": {name: served.versions for name, served in state.models.items()},
+        "refused": state.refused,
+        "reload": request.app.state.reload,
+        "worker": os.getpid(),  # with several uvicorn workers, each answers for itself
     }
-    return json_response(body, 200 if registry.ready else 503)
+    if state.problem is not None:
+        body["reason"] = state.problem
+    return json_response(body, 200 if state.models else 503)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -1,4 +1,4 @@
-"""What is served: the models, their parameters, and each compiled artifact's manifest."""
+"""What is served: every variant, its family, parameters and versions, and each compiled artifact's manifest."""
 
 from fastapi import APIRouter
 
@@ -10,10 +10,11 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 def summary(served: ServedModel) -> dict:
-    return {**served.model.describe(), "objectives": served.objectives}
+    return {**served.model.describe(), "name": served.name, "family": served.family, "objectives": served.objectives,
+            "versions": served.versions}
 
 
-@router.get("", response_model=list[ModelSummary], summary="Every served model")
+@router.get("", response_model=list[ModelSummary], summary="Every served variant: family, parameters, compiled losses and their versions")
 def list_models(registry: RegistryDep) -> list[dict]:
     return [summary(served) for served in registry.models.values()]
 
@@ -21,7 +22,7 @@ def list_models(registry: RegistryDep) -> list[dict]:
 @router.get(
     "/{model}",
     response_model=ModelDetail,
-    summary="One model in full, with its artifacts' manifests",
+    summary="One variant in full, with its artifacts' manifests",
     description="Manifests carry the training settings, the weights' sha256 and the evaluation metrics "
     "(for gaussian, metrics.linear gives the learned a, b, c beside a*, b*, c*).",
     responses={404: {"model": ErrorResponse}},

@@ -16,10 +16,11 @@ from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from amortized.figures import posterior_png as draw
-from service.answers import answer
+from amortized.figures import variant_title
 from amortized.importance.streams import draw_seed
+from service.answers import answer
 from service.batching import Query as PosteriorQuery
-from service.dependencies import ServedModelDep
+from service.dependencies import ServedModelDep, check_version
 from service.errors import ApiError
 from service.metrics import Metrics
 from service.registry import Registry, ServedModel
@@ -37,6 +38,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
 }
 ERRORS = {400: {"model": ErrorResponse, "description": "the body is not decodable text (e.g. not UTF-8)"},
           404: {"model": ErrorResponse, "description": "unknown model, or objective not compiled for it"},
+          409: {"model": ErrorResponse, "description": "the pinned version is not served (the message names the served ones)"},
           413: {"model": ErrorResponse, "description": "body too large"},
           415: {"model": ErrorResponse, "description": "the body is not sent as JSON (Content-Type: application/json)"},
           422: {"model": ErrorResponse, "description": "invalid field: the body names it and why"}}
@@ -55,11 +57,11 @@ def check_request(request: PosteriorRequest, served: ServedModel, settings: Sett
     missing = [o for o in needed if o not in served.artifacts]
     if missing:
         available = ", ".join(served.objectives)
-        refusals = registry.refusals(served.model.name)
+        refusals = registry.refusals(served.name)
         refused = [f"{o} was refused ({refusals[o]})" for o in missing if o in refusals]
         if refused:
-            raise ApiError(404, ["body", "objective"], f"{'; '.join(refused)} for {served.model.name}; available: {available}", "refused")
-        raise ApiError(404, ["body", "objective"], f"{' and '.join(missing)} is not compiled for {served.model.name}; available: {available}", "not_found")
+            raise ApiError(404, ["body", "objective"], f"{'; '.join(refused)} for {served.name}; available: {available}", "refused")
+        raise ApiError(404, ["body", "objective"], f"{' and '.join(missing)} is not compiled for {served.name}; available: {available}", "not_found")
     return y
 
 
@@ -98,6 +100,7 @@ async def posterior(
     status, observations = "error", 0
     try:
         y = check_request(request, served, settings, state.registry)
+        check_version(request.version, request.objective, served)  # a pinned version not served is a 409
         seed = request.seed if request.seed is not None else draw_seed()
         query = PosteriorQuery(
             served, y, request.objective, request.num_samples, seed, request.resample, request.cross_check,
@@ -112,14 +115,14 @@ async def posterior(
             results = answer(query)
         status, observations = "ok", len(y)
         if isinstance(request.y, list):
-            return json_response({"model": served.model.name, "seed": seed, "results": results})
+            return json_response({"model": served.name, "seed": seed, "results": results})
         return json_response(results[0])
     except ApiError:
         status = "rejected"
         raise
     finally:
         metrics: Metrics = state.metrics
-        metrics.record(served.model.name, request.objective, status, observations, time.perf_counter() - started)
+        metrics.record(served.name, request.objective, status, observations, time.perf_counter() - started)
 
 
 @router.get(
@@ -134,5 +137,5 @@ def posterior_png(
 ) -> Response:
     with torch.inference_mode():
         qs = {name: artifact.network(torch.tensor([y], dtype=torch.float32)) for name, artifact in served.artifacts.items()}
-        png = draw(served.model, y, qs)
+        png = draw(served.model, y, qs, variant_title(served.name, served.model))
     return Response(png, media_type="image/png")

@@ -1,0 +1,236 @@
+"""Variants: a name, a family of model and that family's parameters, and optionally how to compile it.
+
+A family is one of the model classes (``gaussian``, ``gmm``, ``gmm_discrete``,
+``gmm_open``); a variant is a family with parameters, under a name of its own.
+The four defaults are the variants named after their families, with the
+family's default parameters. A spec, as JSON or YAML::
+
+    {"name": "gmm_sigma5", "family": "gmm", "params": {"sigma": 5.0}}
+
+    {"name": "gmm_sigma5", "family": "gmm", "params": {"sigma": 5.0},
+     "objectives": ["pq", "qp"], "training": {"steps": {"pq": 3000, "qp": 10000}, "seed": 0}}
+
+Parameters left out take the family's defaults. Names are 1 to 48 characters:
+lowercase letters, digits and underscores, starting with a letter
+(:data:`NAME_PATTERN`); a name is also the variant's folder and its URL.
+
+Validation lives here, independent of the command line and of HTTP, so that
+the trainer and the service check a spec by the same rules: :func:`parse_spec`
+raises :class:`SpecError`, whose ``problems`` name each field and the reason
+(``params.stds.1: Input should be greater than 0``). The limits on a model's
+layout are the model's own (``amortized.models.base``: MAX_COMPONENTS,
+MAX_UNIVERSES, ...), so a manifest that breaks them is refused too; the limits
+on training are here (MAX_STEPS, MAX_BATCH_SIZE).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from amortized.losses import OBJECTIVES, Objective
+from amortized.models import MODELS, ConjugateMixtureModel, build_model
+from amortized.training import TrainingConfig, recipe
+
+NAME_PATTERN = r"^[a-z][a-z0-9_]{0,47}$"
+MAX_NAME_LENGTH = 48
+MAX_STEPS = 100_000  # optimiser steps per objective (the slowest default recipe, gmm's qp, uses 10000: about 15 s)
+MAX_BATCH_SIZE = 8192  # observations per step
+NAME_RULE = "1 to 48 lowercase letters, digits or underscores, starting with a letter"
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a valid variant name, else ValueError saying the rule."""
+    if not isinstance(name, str) or re.fullmatch(NAME_PATTERN, name) is None:
+        raise ValueError(f"a variant name is {NAME_RULE} (got {name!r})")
+    return name
+
+
+class TrainingSettings(BaseModel):
+    """How to compile a variant; anything left out takes the family's recipe (``amortized.training.RECIPES``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: int | dict[Objective, int] | None = Field(
+        None, description=f"optimiser steps, for every objective or per objective ({{\"pq\": 3000, \"qp\": 10000}}); 1 to {MAX_STEPS}"
+    )
+    batch_size: int | None = Field(None, ge=1, le=MAX_BATCH_SIZE, strict=True, description=f"observations per step, 1 to {MAX_BATCH_SIZE}")
+    learning_rate: float | None = Field(None, gt=0, le=1, allow_inf_nan=False, description="Adam's initial rate, decayed by a cosine")
+    seed: int = Field(0, ge=0, lt=2**63, strict=True, description="seed of initialisation and training")
+    warm_start: float = Field(0.2, ge=0, le=1, description="qp only: fraction of the steps on pq first")
+    blend: float = Field(0.4, ge=0, le=1, description="qp only: fraction of the steps blending pq into qp")
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_in_range(cls, steps: int | dict[str, int] | None) -> int | dict[str, int] | None:
+        for value in [steps] if isinstance(steps, int) else (steps or {}).values():
+            if isinstance(value, bool) or not 1 <= value <= MAX_STEPS:
+                raise ValueError(f"steps must be whole numbers from 1 to {MAX_STEPS} (got {value!r})")
+        return steps
+
+    @model_validator(mode="after")
+    def _schedule_fits(self) -> TrainingSettings:
+        if self.warm_start + self.blend > 1:
+            raise ValueError(f"warm_start + blend must not exceed 1 (got {self.warm_start} + {self.blend})")
+        return self
+
+    def steps_for(self, objective: Objective) -> int | None:
+        return self.steps if isinstance(self.steps, int) or self.steps is None else self.steps.get(objective)
+
+
+class VariantSpec(BaseModel):
+    """A variant to compile and serve: name, family, the family's parameters, and optionally how to compile it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(..., description=f"the variant's name, folder and URL: {NAME_RULE}", examples=["gmm_sigma5"])
+    family: str = Field(..., description=f"the model family: {', '.join(MODELS)}", examples=["gmm"])
+    params: dict[str, Any] = Field(
+        default_factory=dict, validate_default=True, description="the family's parameters; those left out take the family's defaults", examples=[{"sigma": 5.0}]
+    )
+    objectives: list[Objective] = Field(
+        default_factory=lambda: list(OBJECTIVES), min_length=1, description="the losses to compile (default: pq and qp)"
+    )
+    training: TrainingSettings = Field(default_factory=TrainingSettings, description="training settings (default: the family's recipe)")
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, name: str) -> str:
+        return check_name(name)
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, family: str) -> str:
+        if family not in MODELS:
+            raise ValueError(f"unknown family {family!r}; the families are {', '.join(MODELS)}")
+        return family
+
+    @field_validator("params")
+    @classmethod
+    def _family_params(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """Checked against the family's own parameters (errors keep their place: ``params.universes.0.weights``)."""
+        family = info.data.get("family")
+        if family is None:  # the family itself is invalid: reported there
+            return params
+        return MODELS[family].Params.model_validate(params).model_dump()
+
+    @field_validator("objectives")
+    @classmethod
+    def _each_once(cls, objectives: list[str]) -> list[str]:
+        if len(set(objectives)) != len(objectives):
+            raise ValueError(f"each objective at most once (got {objectives})")
+        return objectives
+
+    def build_model(self) -> ConjugateMixtureModel:
+        return build_model(self.family, self.params)
+
+    def training_config(self, objective: Objective, **overrides: Any) -> TrainingConfig:
+        """The family's recipe for ``objective`` with this spec's settings, then ``overrides`` (None keeps the spec's)."""
+        t = self.training
+        settings = {
+            "steps": t.steps_for(objective), "batch_size": t.batch_size, "learning_rate": t.learning_rate,
+            "seed": t.seed, "warm_start": t.warm_start, "blend": t.blend,
+        }
+        settings.update({k: v for k, v in overrides.items() if v is not None})
+        return recipe(self.family, objective, **settings)
+
+
+class SpecError(ValueError):
+    """An invalid spec: ``problems`` is a list of (where, why), e.g. ("params.stds.1", "Input should be greater than 0")."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.source, self.problems = source, problems
+        super().__init__("\n".join(f"{source}: {where or '(the spec)'}: {why}" for where, why in problems))
+
+
+def _known_fields(loc: tuple, family: Any) -> list[str]:
+    """The fields allowed where an unknown one was found (the spec, training, a family's parameters, a universe)."""
+    if len(loc) == 1:
+        return list(VariantSpec.model_fields)
+    if loc[0] == "training":
+        return list(TrainingSettings.model_fields)
+    if loc[0] == "params" and family in MODELS:
+        params = MODELS[family].Params
+        if len(loc) == 2:
+            return list(params.model_fields)
+        universe = params.model_fields.get(str(loc[1]))
+        item = getattr(universe, "annotation", None)
+        inner = getattr(item, "__args__", ())
+        if inner and isinstance(inner[0], type) and issubclass(inner[0], BaseModel):
+            return list(inner[0].model_fields)
+    return []
+
+
+def problems_of(error: ValidationError, data: Any = None) -> list[tuple[str, str]]:
+    """(dotted location, message) for each error, without pydantic's "Value error, " prefix; unknown fields say what is known."""
+    family = data.get("family") if isinstance(data, dict) else None
+    out = []
+    for item in error.errors():
+        where, why = ".".join(str(part) for part in item["loc"]), item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            parameter = item["loc"][0] == "params" and len(item["loc"]) == 2
+            known = _known_fields(item["loc"], family)
+            why = f"unknown {'parameter' if parameter else 'field'} {item['loc'][-1]!r}" + (f" for family {family}" if parameter else "")
+            why += f"; known: {', '.join(known)}" if known else ""
+        out.append((where, why))
+    return out
+
+
+def parse_spec(data: Any, source: str = "spec") -> VariantSpec:
+    """Validate plain data (parsed JSON or YAML) as a variant spec; SpecError names every bad field."""
+    if not isinstance(data, dict):
+        raise SpecError(source, [("", f"a spec is an object with name, family and params (got {type(data).__name__})")])
+    try:
+        return VariantSpec.model_validate(data)
+    except ValidationError as error:
+        raise SpecError(source, problems_of(error, data)) from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:
+        raise ValueError(f"key {twice[0]!r} appears twice in one object")
+    return dict(pairs)
+
+
+def read_spec(path: Path | str) -> VariantSpec:
+    """A spec file: JSON, or YAML when its name ends in .yaml or .yml. SpecError names the file, field and reason."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise SpecError(str(path), [("", f"cannot read it: {error}")]) from None
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml  # PyYAML: safe_load builds plain data only
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text, object_pairs_hook=_unique_keys)
+    except ImportError:
+        raise SpecError(str(path), [("", "reading YAML needs PyYAML (pip install pyyaml); or write the spec as JSON")]) from None
+    except ValueError as error:  # json.JSONDecodeError is one, and so is a repeated key
+        raise SpecError(str(path), [("", f"not valid JSON: {error}")]) from None
+    except Exception as error:  # yaml.YAMLError
+        raise SpecError(str(path), [("", f"not valid YAML: {error}")]) from None
+    return parse_spec(data, str(path))
+
+
+def default_spec(family: str) -> VariantSpec:
+    """The default variant of ``family``: named after it, with its default parameters."""
+    return VariantSpec(name=family, family=family)
+
+
+def default_variants() -> list[VariantSpec]:
+    return [default_spec(family) for family in MODELS]
+
+
+__all__ = [
+    "MAX_BATCH_SIZE", "MAX_NAME_LENGTH", "MAX_STEPS", "NAME_PATTERN", "SpecError", "TrainingSettings", "VariantSpec",
+    "check_name", "default_spec", "default_variants", "parse_spec", "read_spec",
+]
