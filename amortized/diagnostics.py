@@ -260,14 +260,6 @@ def analyse(
     )
 
 
-def latent_marginals(model: ConjugateMixtureModel, branch_probabilities: np.ndarray) -> dict[str, dict[int, np.ndarray]]:
-    """P(latent = value | y) for each discrete latent, from branch probabilities ``(batch, branches)``."""
-    return {
-        name: {value: branch_probabilities @ member.numpy().astype(np.float64) for value, member in values.items()}
-        for name, values in model.latent_value_members.items()
-    }
-
-
 def exact_summary(
     model: ConjugateMixtureModel, truth: tuple[BranchedNormal, np.ndarray], q: BranchedNormal
 ) -> dict[str, np.ndarray]:

@@ -75,6 +75,8 @@ def record(root: Path, artifacts: Path, out: Path) -> None:
             else:
                 response = client.post(path, json=body)
             content = response.content
+            if path == "/health/ready":  # names the answering process (its pid): the same code differs by run
+                content = json.dumps({k: v for k, v in response.json().items() if k != "worker"}).encode()
             results[name] = {
                 "status": response.status_code, "content_type": response.headers.get("content-type"),
                 "sha256": hashlib.sha256(content).hexdigest(),

@@ -30,14 +30,14 @@ def samples_columns(served: ServedModel, branch: np.ndarray, x: np.ndarray) -> l
     Python ints and None.
     """
     columns: dict[str, list] = {"x": list(x)}
-    for name, values in served.latent_values.items():
+    for name, values in served.branch_values.items():
         columns[name] = list(np.take(values, branch)) if values.dtype != object else np.take(values, branch).tolist()
     return [dict(zip(columns, row)) for row in zip(*columns.values())]
 
 
 def probabilities(served: ServedModel, branch_probabilities: np.ndarray) -> list[dict[str, dict[str, float]]]:
     """Per observation: {latent: {value: P(latent = value)}}, all values at once."""
-    rows = (branch_probabilities[:, :, None] * served.value_matrix).sum(1).tolist()  # per row, not BLAS (see branch_probabilities)
+    rows = served.model.latent_marginals(branch_probabilities).tolist()
     return [{name: dict(zip(values, row[columns])) for name, values, columns in served.value_groups} for row in rows]
 
 

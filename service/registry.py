@@ -45,21 +45,13 @@ class ServedModel:
         self.name = self.name or self.model.name
         # latent value of each branch for the JSON samples: an int array, or Python objects with None where
         # the latent does not exist in a branch (z when k = 1)
-        self.latent_values: dict[str, np.ndarray] = {}
+        self.branch_values: dict[str, np.ndarray] = {}
         for name in self.model.latent_names:
             values = [branch.get(name) for branch in self.model.branches]
-            self.latent_values[name] = np.array(values, dtype=object if None in values else np.int64)
+            self.branch_values[name] = np.array(values, dtype=object if None in values else np.int64)
         self.branch_latents = [dict(branch) for branch in self.model.branches]
-        # P(latent = value) for every (latent, value) at once: branch probabilities times this (branches x values),
-        # summed per row; each latent's values and their columns
-        members = self.model.latent_value_members
-        columns = [m.numpy().astype(np.float64) for values in members.values() for m in values.values()]
-        self.value_matrix = np.stack(columns, -1) if columns else np.zeros((self.model.num_branches, 0))
-        self.value_groups: list[tuple[str, list[str], slice]] = []
-        start = 0
-        for name, values in members.items():
-            self.value_groups.append((name, [str(value) for value in values], slice(start, start + len(values))))
-            start += len(values)
+        # P(latent = value) columns and their labels for the JSON answer (the model computes the marginals)
+        self.value_groups = [(name, [str(v) for v in values], columns) for name, values, columns in self.model.latent_values.groups]
         # the request path runs the networks as NumPy functions of y (weights copied once, on first use)
         self._forwards: dict[tuple[str, ...], Callable[[np.ndarray], list[BranchedNormal]]] = {}
 

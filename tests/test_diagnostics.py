@@ -10,7 +10,7 @@ from scipy import stats
 
 from amortized.importance import kernels
 from amortized.arrays import logsumexp
-from amortized.diagnostics import REQUEST_KL_GRID, CrossCheckResult, analyse, latent_marginals, verdict
+from amortized.diagnostics import REQUEST_KL_GRID, CrossCheckResult, analyse, verdict
 from amortized.divergences import kl_divergences
 from amortized.importance.psis import pareto_k_hat
 from amortized.importance.weighing import MISSED_DENSITY_RATIO, WeightSummary, mixture_check, summarise_weights, weigh
@@ -130,6 +130,12 @@ def test_resampling_follows_the_posterior():
     assert stats.kstest(result.x[0], cdf).pvalue < 1e-6  # raw q samples do not follow it
 
 
+def latent_marginals(model, branch_probabilities):
+    """{latent: {value: P(latent = value)}} from the model's columns."""
+    columns = model.latent_marginals(branch_probabilities)
+    return {name: {v: columns[:, part][:, i] for i, v in enumerate(values)} for name, values, part in model.latent_values.groups}
+
+
 def test_discrete_marginals_and_self_normalised_estimates():
     model = build_model("gmm_open")
     y = np.array([-4.0, 0.5, 6.0])
@@ -139,6 +145,7 @@ def test_discrete_marginals_and_self_normalised_estimates():
     result = analyse(model, y, q, 50_000, np.random.default_rng(5))
     marginals = latent_marginals(model, result.branch_probabilities)
     truth = latent_marginals(model, model.branch_probabilities(exact))
+    assert set(marginals) == {"k", "z"} and set(marginals["k"]) == {1, 2} and set(marginals["z"]) == {0, 1}
     np.testing.assert_allclose(marginals["k"][1] + marginals["k"][2], np.ones(3))
     for name in marginals:
         for value in marginals[name]:

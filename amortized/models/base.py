@@ -57,6 +57,14 @@ class ComponentTable(NamedTuple):
         return ComponentTable(*(columns if torch_arrays else (c.numpy() for c in columns)))
 
 
+class LatentValues(NamedTuple):
+    """The discrete latents' values as columns: ``membership`` (branches, columns) is 1.0 where a branch carries
+    the column's value; ``groups`` lists each latent's name, its values and its columns' slice."""
+
+    membership: np.ndarray
+    groups: list[tuple[str, list[int], slice]]
+
+
 class JointSample(NamedTuple):
     """Draws of (branch, x, y) from the joint; ``branch`` indexes ``model.branches``."""
 
@@ -158,15 +166,23 @@ class ConjugateMixtureModel(ABC):
         return len(self.component_branch) == self.num_branches
 
     @cached_property
-    def latent_value_members(self) -> dict[str, dict[int, Tensor]]:
-        """For each discrete latent and value, which branches carry it (boolean over branches)."""
-        return {
-            name: {
-                value: torch.tensor([branch.get(name) == value for branch in self.branches])
-                for value in sorted({b[name] for b in self.branches if name in b})
-            }
-            for name in self.latent_names
-        }
+    def latent_values(self) -> LatentValues:
+        """Every (discrete latent, value) as a column, and which branches carry it (built once per model)."""
+        groups, columns, start = [], [], 0
+        for name in self.latent_names:
+            values = sorted({b[name] for b in self.branches if name in b})
+            columns += [[float(branch.get(name) == value) for branch in self.branches] for value in values]
+            groups.append((name, values, slice(start, start + len(values))))
+            start += len(values)
+        membership = np.array(columns, dtype=np.float64).T if columns else np.zeros((self.num_branches, 0))
+        return LatentValues(membership, groups)
+
+    def latent_marginals(self, branch_probabilities: np.ndarray) -> np.ndarray:
+        """P(latent = value | y) for every column of :attr:`latent_values`, ``(batch, columns)``, from ``(batch, branches)``.
+
+        A sum per row, not a matrix product: BLAS may round a row differently by batch size.
+        """
+        return (branch_probabilities[:, :, None] * self.latent_values.membership).sum(1)
 
     def sample_joint(self, num: int, generator: torch.Generator | None = None) -> JointSample:
         """Ancestral samples of (c, x, y), vectorised; float32, as the networks train in it."""
