@@ -20,6 +20,7 @@ from amortized.networks import InferenceNetwork
 
 Objective = Literal["pq", "qp"]
 OBJECTIVES: tuple[Objective, ...] = ("pq", "qp")
+OTHER_OBJECTIVE: dict[str, Objective] = {"pq": "qp", "qp": "pq"}  # the cross-check's second network
 
 
 def pq_loss(model: ConjugateMixtureModel, net: InferenceNetwork, batch_size: int, generator: torch.Generator) -> Tensor:

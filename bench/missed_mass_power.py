@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from service.answers import answer  # noqa: E402
-from service.batching import Query  # noqa: E402
+from service.answers import PosteriorQuery  # noqa: E402
 from service.registry import Registry  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
@@ -48,7 +48,7 @@ def main() -> None:
     for n in args.num_samples:
         counts: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         for seed in range(args.seeds):
-            query = Query(served, y.tolist(), "qp", n, seed, False, True, settings.cross_check_samples)
+            query = PosteriorQuery(served, y.tolist(), "qp", n, seed, False, True, settings.cross_check_samples)
             for mass, result in zip(missed, answer(query)):
                 band = int(np.searchsorted(BANDS, mass, side="right")) - 1
                 d = result["diagnostics"]

@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from service.answers import answer  # noqa: E402
-from service.batching import Query  # noqa: E402
+from service.answers import PosteriorQuery  # noqa: E402
 from service.registry import Registry  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
@@ -82,7 +82,7 @@ def main() -> None:
         for objective in served.objectives:
             for n in args.sizes:
                 for seed in range(args.seeds):
-                    query = Query(served, ys, objective, n, seed, resample=False, cross_check=True,
+                    query = PosteriorQuery(served, ys, objective, n, seed, resample=False, cross_check=True,
                                   check_samples=settings.cross_check_samples)
                     as_json = orjson.loads(orjson.dumps(answer(query), option=orjson.OPT_SERIALIZE_NUMPY))  # NaN -> null
                     for i, result in enumerate(as_json):

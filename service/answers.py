@@ -1,4 +1,4 @@
-"""Turn the science's arrays into the JSON-ready answer of the posterior endpoint.
+"""Answering: a validated posterior query (:class:`PosteriorQuery`) becomes the JSON-ready answer.
 
 The numbers come from :func:`amortized.diagnostics.analyse` and
 :func:`amortized.diagnostics.exact_summary`, vectorised over all observations
@@ -9,18 +9,17 @@ infinity as null, so a 200 response never carries NaN.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from amortized.diagnostics import analyse, exact_summary
+from amortized.diagnostics import DEFAULT_CHECK_SAMPLES, analyse, exact_summary
 from amortized.distributions import BranchedNormal
-from amortized.importance.streams import generator_for
-from service.batching import Query
+from amortized.importance.streams import generator_for, row_seeds
+from amortized.losses import OTHER_OBJECTIVE
 from service.registry import ServedModel
-
-OTHER = {"pq": "qp", "qp": "pq"}
-
+from service.schemas import requested_objectives
 
 def samples_columns(served: ServedModel, branch: np.ndarray, x: np.ndarray) -> list[dict[str, Any]]:
     """Per observation: {"x": [...], latent: [...]} with None where a latent does not exist in a sample.
@@ -48,6 +47,45 @@ def q_branches(served: ServedModel, q: BranchedNormal) -> list[dict[str, Any]]:
     ]
 
 
+@dataclass(frozen=True)
+class PosteriorQuery:
+    """One validated posterior request."""
+
+    served: ServedModel
+    y: list[float]
+    objective: str
+    num_samples: int
+    seed: int
+    resample: bool
+    cross_check: bool
+    check_samples: int = DEFAULT_CHECK_SAMPLES
+    batch: bool = True  # y came as a list: each row gets a seed of its own, derived from ``seed``
+
+    @property
+    def batch_key(self) -> Hashable:
+        """Queries with the same key can share one vectorised call (networks run on them stacked)."""
+        return id(self.served), len(self.y), self.objective, self.num_samples, self.resample, self.cross_check, self.check_samples
+
+    @property
+    def row_seeds(self) -> list[int]:
+        """The seed of each observation: the request's for a scalar y, else :func:`row_seeds` of it."""
+        return row_seeds(self.seed, len(self.y)) if self.batch else [self.seed]
+
+    @property
+    def size(self) -> int:
+        """Draws the query makes (observations x draws per observation): what it costs.
+
+        Per objective: q's num_samples, and with the cross-check max(num_samples,
+        check_samples) of each network, q's own draws serving it from
+        check_samples on; resampling draws num_samples more uniforms.
+        """
+        n, m = self.num_samples, self.check_samples
+        per_objective = n * (2 if self.resample else 1)
+        if self.cross_check:
+            per_objective += n if n >= m else 2 * m
+        return len(self.y) * len(requested_objectives(self.objective)) * per_objective
+
+
 def per_row(columns: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     """Named columns ``(observations,)`` as one dict per observation, in the columns' order (Python scalars)."""
     names, values = list(columns), [np.asarray(column).tolist() for column in columns.values()]
@@ -69,7 +107,7 @@ def results_for(
     exact = exact_summary(served.model, truth, q)
     check = analysis.cross_check
     # variants: the version of every network that produced this answer (this one, and the cross-check's)
-    versions = {name: served.artifacts[name].version for name in ([objective] + ([OTHER[objective]] if other is not None else []))}
+    versions = {name: served.artifacts[name].version for name in ([objective] + ([OTHER_OBJECTIVE[objective]] if other is not None else []))}
     estimates = per_row({
         "ess": analysis.ess, "ess_fraction": analysis.ess_fraction, "log_evidence": analysis.log_evidence,
         "log_evidence_se": analysis.log_evidence_se, "elbo": analysis.elbo, "pareto_k": analysis.pareto_k,
@@ -98,7 +136,7 @@ def results_for(
             **moments[i], "discrete_probabilities": estimated[i], "cross_check": None,
         }
         if check is not None and checks is not None:
-            diagnostics["cross_check"] = {"other_objective": OTHER[objective], "num_samples": check.num_samples, **checks[i]}
+            diagnostics["cross_check"] = {"other_objective": OTHER_OBJECTIVE[objective], "num_samples": check.num_samples, **checks[i]}
         result = {
             "model": served.name, "versions": versions, "seed": seed, "y": y_i, "objective": objective, "q": q_i,
             "samples": samples[i], "log_weights": analysis.log_weights[i], "diagnostics": diagnostics,
@@ -110,7 +148,7 @@ def results_for(
     return out
 
 
-def answer_batch(queries: list[Query]) -> list[list[dict[str, Any]]]:
+def answer_batch(queries: list[PosteriorQuery]) -> list[list[dict[str, Any]]]:
     """Per query, per observation: one network's result, or {"objectives": {...}} for "both".
 
     The queries share a batch key (model, number of observations, objective,
@@ -124,19 +162,19 @@ def answer_batch(queries: list[Query]) -> list[list[dict[str, Any]]]:
     """
     first = queries[0]
     served, objective, cross_check = first.served, first.objective, first.cross_check
-    objectives = ["pq", "qp"] if objective == "both" else [objective]
+    objectives = requested_objectives(objective)
     stacked = np.array([query.y for query in queries], dtype=np.float64)  # (queries, observations): same length by the key
     y, count = stacked.reshape(-1), stacked.shape[1]
     seeds = [seed for query in queries for seed in query.row_seeds]
-    needed = set(objectives) | ({OTHER[o] for o in objectives} & set(served.artifacts) if cross_check else set())
+    needed = set(objectives) | ({OTHER_OBJECTIVE[o] for o in objectives} & set(served.artifacts) if cross_check else set())
     # each observation a stack item of its own: its network output is one BLAS call whatever else is asked (numpy_mlp)
     qs = {name: q.flatten() for name, q in served.forward(needed, y[:, None]).items()}
     truth = served.model.exact_posterior_and_evidence(y)  # shared by both objectives
     per_objective = {
         name: results_for(
-            served, y, seeds, name, qs[name], qs.get(OTHER[name]) if cross_check else None, truth,
+            served, y, seeds, name, qs[name], qs.get(OTHER_OBJECTIVE[name]) if cross_check else None, truth,
             first.num_samples, first.resample, first.check_samples,
-            "cross_check was false" if not cross_check else f"{OTHER[name]} is not compiled for {served.model.name}",
+            "cross_check was false" if not cross_check else f"{OTHER_OBJECTIVE[name]} is not compiled for {served.model.name}",
         )
         for name in objectives
     }
@@ -150,7 +188,7 @@ def answer_batch(queries: list[Query]) -> list[list[dict[str, Any]]]:
     return [per_observation[start : start + count] for start in range(0, len(per_observation), count)]
 
 
-def answer(query: Query) -> list[dict[str, Any]]:
+def answer(query: PosteriorQuery) -> list[dict[str, Any]]:
     """One query's answer, per observation."""
     return answer_batch([query])[0]
 

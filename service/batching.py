@@ -19,70 +19,30 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from amortized.diagnostics import DEFAULT_CHECK_SAMPLES
-from amortized.importance.streams import row_seeds
-from service.registry import ServedModel
+if TYPE_CHECKING:
+    from service.answers import PosteriorQuery
 
 QUIET_TURNS = 2  # turns of the event loop without a new query before a batch is answered
-@dataclass(frozen=True)
-class Query:
-    """One validated posterior request."""
-
-    served: ServedModel
-    y: list[float]
-    objective: str
-    num_samples: int
-    seed: int
-    resample: bool
-    cross_check: bool
-    check_samples: int = DEFAULT_CHECK_SAMPLES
-    batch: bool = True  # y came as a list: each row gets a seed of its own, derived from ``seed``
-
-    @property
-    def batch_key(self) -> Hashable:
-        """Queries with the same key can share one vectorised call (networks run on them stacked)."""
-        return id(self.served), len(self.y), self.objective, self.num_samples, self.resample, self.cross_check, self.check_samples
-
-    @property
-    def row_seeds(self) -> list[int]:
-        """The seed of each observation: the request's for a scalar y, else :func:`row_seeds` of it."""
-        return row_seeds(self.seed, len(self.y)) if self.batch else [self.seed]
-
-    @property
-    def size(self) -> int:
-        """Draws the query makes (observations x draws per observation): what it costs.
-
-        Per objective: q's num_samples, and with the cross-check max(num_samples,
-        check_samples) of each network, q's own draws serving it from
-        check_samples on; resampling draws num_samples more uniforms.
-        """
-        n, m = self.num_samples, self.check_samples
-        per_objective = n * (2 if self.resample else 1)
-        if self.cross_check:
-            per_objective += n if n >= m else 2 * m
-        objectives = 2 if self.objective == "both" else 1
-        return len(self.y) * objectives * per_objective
 
 
 class MicroBatcher:
     """Joins queries with the same batch key that arrive in the same turn of the event loop.
 
     ``answer_batch(queries)`` returns one answer per query; a batch holds at
-    most ``max_size`` observations x samples (a larger query runs alone);
+    most ``max_size`` draws (``query.size``; a larger query runs alone);
     ``observe(number of queries)`` is called for every batch (metrics).
     """
 
     def __init__(
-        self, answer_batch: Callable[[list[Query]], list[Any]], max_size: int, observe: Callable[[int], None] = lambda size: None
+        self, answer_batch: Callable[[list[PosteriorQuery]], list[Any]], max_size: int, observe: Callable[[int], None] = lambda size: None
     ) -> None:
         self.answer_batch, self.max_size, self.observe = answer_batch, max_size, observe
-        self.open: dict[Hashable, list[tuple[Query, asyncio.Future]]] = {}
+        self.open: dict[Hashable, list[tuple[PosteriorQuery, asyncio.Future]]] = {}
         self.sizes: dict[Hashable, int] = {}
 
-    async def answer(self, query: Query) -> Any:
+    async def answer(self, query: PosteriorQuery) -> Any:
         loop = asyncio.get_running_loop()
         key = query.batch_key
         if key in self.open and self.sizes[key] + query.size > self.max_size:
@@ -98,7 +58,7 @@ class MicroBatcher:
     def _close(self, key: Hashable) -> None:
         del self.open[key], self.sizes[key]
 
-    def _run(self, key: Hashable, batch: list[tuple[Query, asyncio.Future]], quiet_turns: int, seen: int) -> None:
+    def _run(self, key: Hashable, batch: list[tuple[PosteriorQuery, asyncio.Future]], quiet_turns: int, seen: int) -> None:
         """Answer ``batch`` once it has stopped growing, then hand each query its answer.
 
         A request read from its socket in one turn of the loop joins the batch

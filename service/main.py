@@ -14,7 +14,8 @@ from fastapi import FastAPI
 
 from service import errors
 from service.answers import answer, answer_batch
-from service.batching import MicroBatcher, Query
+from service.answers import PosteriorQuery
+from service.batching import MicroBatcher
 from service.middleware import BodySizeLimit, ContentEncoding, HeadAsGet
 from service.metrics import Metrics
 from service.registry import Registry, ServedModel
@@ -42,7 +43,7 @@ YOUNG_COLLECTION_THRESHOLD = 50_000  # allocations between collections of the yo
 def warm_up_model(served: ServedModel) -> None:
     """Answer one small query, so that the first real one does not compile numba's kernels (~1 s) nor copy weights."""
     objective = "both" if len(served.objectives) == 2 else served.objectives[0]
-    answer(Query(served, [0.0], objective, 8, 0, resample=True, cross_check=True))
+    answer(PosteriorQuery(served, [0.0], objective, 8, 0, resample=True, cross_check=True))
 
 
 def warm_up(registry: Registry) -> None:

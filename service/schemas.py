@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from amortized.losses import Objective
+from amortized.losses import OBJECTIVES, Objective
 
 # Beyond +-1e9 an observation is astronomically far outside every model's p(y) (noise stds of 1 to 10),
 # float32 networks and squared residuals stop meaning anything: refused with a 422 rather than answered.
@@ -19,6 +19,11 @@ MAX_ABS_Y = 1e9
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_ABS_Y, le=MAX_ABS_Y)]
 # a network's version: the first 16 hex digits of its weights' sha256 (or all 64)
 Version = Annotated[str, Field(pattern=r"^[0-9a-f]{16}([0-9a-f]{48})?$", examples=["4209aa33ea42836d"])]
+
+
+def requested_objectives(objective: str) -> list[Objective]:
+    """The networks a request's ``objective`` asks for: "both" means pq and qp, side by side."""
+    return list(OBJECTIVES) if objective == "both" else [objective]  # type: ignore[list-item]
 
 
 class PosteriorRequest(BaseModel):

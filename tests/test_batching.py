@@ -9,7 +9,8 @@ import pytest
 
 from service.answers import answer, answer_batch
 from amortized.importance.streams import GroupedGenerator
-from service.batching import MicroBatcher, Query
+from service.answers import PosteriorQuery
+from service.batching import MicroBatcher
 from service.main import create_app
 from service.registry import Registry
 from service.settings import Settings
@@ -32,7 +33,7 @@ def as_bytes(results) -> bytes:
 def test_a_query_answered_in_a_batch_gets_the_bytes_it_gets_alone(registry, name, objective, resample, cross_check):
     served = registry.models[name]
     for ys in ([[0.3], [-12.0], [0.3], [7.5], [1e4]], [[0.3, -2.0], [5.0, 40.0], [0.0, 0.0]]):
-        queries = [Query(served, y, objective, 300, seed, resample, cross_check) for seed, y in zip([1, 2, 1, 99, 5], ys)]
+        queries = [PosteriorQuery(served, y, objective, 300, seed, resample, cross_check) for seed, y in zip([1, 2, 1, 99, 5], ys)]
         together = answer_batch(queries)
         for query, in_batch in zip(queries, together):
             assert as_bytes(in_batch) == as_bytes(answer(query))
@@ -61,8 +62,8 @@ def test_grouped_generator_draws_each_group_from_its_own_stream():
         grouped.random((4, 4))
 
 
-def fake_query(served, seed: int, samples: int = 10) -> Query:
-    return Query(served, [0.0], "pq", samples, seed, False, False)
+def fake_query(served, seed: int, samples: int = 10) -> PosteriorQuery:
+    return PosteriorQuery(served, [0.0], "pq", samples, seed, False, False)
 
 
 def test_the_batcher_joins_queries_of_one_turn_and_keys_them(registry):

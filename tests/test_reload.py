@@ -16,7 +16,7 @@ from amortized.artifacts import atomic_write, save_artifact
 from amortized.models import build_model
 from amortized.training import compile_network, recipe
 from service.answers import answer
-from service.batching import Query
+from service.answers import PosteriorQuery
 from service.launch import start_server, stop_server
 from service.main import create_app
 from service.registry import Registry
@@ -196,8 +196,8 @@ def test_reload_new_changed_removed_and_requests_in_flight_keep_their_version(tm
     v1 = version_of(compile_into(tmp_path, "gaussian", "pq", name="alpha", seed=1))  # changed
     assert registry.reload() is True and v1 != v0
     assert registry.models["alpha"].versions == {"pq": v1} and registry.models["alpha"] is not in_flight
-    old = answer(Query(in_flight, [0.5], "pq", 20, 7, False, True))[0]
-    new = answer(Query(registry.models["alpha"], [0.5], "pq", 20, 7, False, True))[0]
+    old = answer(PosteriorQuery(in_flight, [0.5], "pq", 20, 7, False, True))[0]
+    new = answer(PosteriorQuery(registry.models["alpha"], [0.5], "pq", 20, 7, False, True))[0]
     assert old["versions"] == {"pq": v0} and new["versions"] == {"pq": v1} and old["q"] != new["q"]
     assert sorted(tmp_path.joinpath("alpha").glob("pq-*.safetensors")) == [tmp_path / "alpha" / f"pq-{v1}.safetensors"]
 

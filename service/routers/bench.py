@@ -9,7 +9,7 @@ from functools import lru_cache
 from fastapi import APIRouter, Response
 
 from service.answers import answer
-from service.batching import Query
+from service.answers import PosteriorQuery
 from service.dependencies import RegistryDep
 from service.registry import Registry
 from service.responses import json_response
@@ -21,7 +21,7 @@ router = APIRouter(prefix="/v1/_bench", tags=["benchmark"], include_in_schema=Fa
 @lru_cache(maxsize=8)
 def precomputed(registry: Registry, model: str, num_samples: int) -> dict:
     served = registry.models[model]
-    return answer(Query(served, [0.0], served.objectives[0], num_samples, 0, False, True))[0]
+    return answer(PosteriorQuery(served, [0.0], served.objectives[0], num_samples, 0, False, True))[0]
 
 
 @router.post("/bare/{model}")

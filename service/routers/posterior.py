@@ -18,14 +18,13 @@ from fastapi.concurrency import run_in_threadpool
 from amortized.figures import posterior_png as draw
 from amortized.figures import variant_title
 from amortized.importance.streams import draw_seed
-from service.answers import answer
-from service.batching import Query as PosteriorQuery
+from service.answers import PosteriorQuery, answer
 from service.dependencies import ServedModelDep, check_version
 from service.errors import ApiError
 from service.metrics import Metrics
 from service.registry import Registry, ServedModel
 from service.responses import json_response
-from service.schemas import MAX_ABS_Y, ErrorResponse, PosteriorRequest, PosteriorResponse
+from service.schemas import MAX_ABS_Y, ErrorResponse, PosteriorRequest, PosteriorResponse, requested_objectives
 from service.settings import Settings
 
 router = APIRouter(prefix="/v1/models", tags=["posterior"])
@@ -53,7 +52,7 @@ def check_request(request: PosteriorRequest, served: ServedModel, settings: Sett
         raise ApiError(422, ["body", "y"], f"{len(y)} observations: at most {settings.max_batch} per request (AMORTIZED_MAX_BATCH)")
     if request.num_samples > settings.max_samples:
         raise ApiError(422, ["body", "num_samples"], f"at most {settings.max_samples} samples per observation (AMORTIZED_MAX_SAMPLES)")
-    needed = ["pq", "qp"] if request.objective == "both" else [request.objective]
+    needed = requested_objectives(request.objective)
     missing = [o for o in needed if o not in served.artifacts]
     if missing:
         available = ", ".join(served.objectives)
