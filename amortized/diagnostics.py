@@ -32,6 +32,7 @@ from amortized.distributions import BranchedNormal, inverse_cdf
 from amortized.divergences import kl_divergences
 from amortized.importance import kernels
 from amortized.importance.psis import pareto_k_hat, required_samples
+from amortized.importance.streams import RandomStream
 from amortized.importance.weighing import MISSED_DENSITY_RATIO, Weighed, WeightSummary, mixture_check, weigh
 from amortized.models import ConjugateMixtureModel
 
@@ -94,7 +95,7 @@ class PosteriorAnalysis:
 
 def cross_check(
     model: ConjugateMixtureModel, y: np.ndarray, q: BranchedNormal, other: BranchedNormal, num_samples: int,
-    generator: np.random.Generator,
+    generator: RandomStream,
 ) -> tuple[Weighed, CrossCheckResult]:
     """Sample q and ``other`` as one batch; evidence from each and from their mixture (q + other)/2.
 
@@ -108,6 +109,7 @@ def cross_check(
     b = len(y)
     both = weigh(model, np.repeat(y, 2), BranchedNormal.interleave([q, other]), num_samples, generator, BranchedNormal.interleave([other, q]))
     summary = both.summary
+    assert both.log_ratio is not None  # weighed against the other proposal
     mixture_evidence, mixture_se, missed, missed_se = mixture_check(both.log_weights, both.log_ratio)
     estimates = np.array([summary.log_evidence[0::2], summary.log_evidence[1::2], mixture_evidence])
     errors = np.array([summary.log_evidence_se[0::2], summary.log_evidence_se[1::2], mixture_se])
@@ -208,7 +210,7 @@ def analyse(
     y: np.ndarray,
     q: BranchedNormal,
     num_samples: int,
-    generator: np.random.Generator,
+    generator: RandomStream,
     other: BranchedNormal | None = None,
     resample: bool = False,
     check_samples: int = DEFAULT_CHECK_SAMPLES,

@@ -124,6 +124,7 @@ class BranchedNormal:
         A torch generator draws tensors, a NumPy one arrays (the branch by
         inverting q(b|y)'s CDF); x is then mean_b + std_b * noise.
         """
+        branch: Array
         if isinstance(generator, torch.Generator):
             branch = torch.multinomial(self.probs, num_samples, replacement=True, generator=generator)
             return branch, torch.randn(branch.shape, generator=generator, dtype=self.means.dtype)

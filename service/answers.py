@@ -9,6 +9,7 @@ infinity as null, so a 200 response never carries NaN.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,7 +169,7 @@ def answer_batch(queries: list[PosteriorQuery]) -> list[list[dict[str, Any]]]:
     seeds = [seed for query in queries for seed in query.row_seeds]
     needed = set(objectives) | ({OTHER_OBJECTIVE[o] for o in objectives} & set(served.artifacts) if cross_check else set())
     # each observation a stack item of its own: its network output is one BLAS call whatever else is asked (numpy_mlp)
-    qs = {name: q.flatten() for name, q in served.forward(needed, y[:, None]).items()}
+    qs = {name: q.flatten() for name, q in served.forward(sorted(needed), y[:, None]).items()}
     truth = served.model.exact_posterior_and_evidence(y)  # shared by both objectives
     per_objective = {
         name: results_for(
@@ -184,7 +185,7 @@ def answer_batch(queries: list[PosteriorQuery]) -> list[list[dict[str, Any]]]:
             for y_i, seed, *row in zip(y.tolist(), seeds, *per_objective.values())
         ]
     else:
-        per_observation = per_objective[objective]
+        per_observation = per_objective[objectives[0]]
     return [per_observation[start : start + count] for start in range(0, len(per_observation), count)]
 
 

@@ -100,10 +100,12 @@ async def api_error(request: Request, exc: ApiError) -> Response:
 async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     loc = ["body"] if exc.status_code in (400, 413) else ["request"]
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-    return json_response(error_body([{"loc": loc, "msg": detail, "type": f"http_{exc.status_code}"}]), exc.status_code, exc.headers)
+    headers = dict(exc.headers) if exc.headers else None
+    return json_response(error_body([{"loc": loc, "msg": detail, "type": f"http_{exc.status_code}"}]), exc.status_code, headers)
 
 
 def install(app: FastAPI) -> None:
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(ApiError, api_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
+    # Starlette types every handler as taking Exception; each of these takes the one class it is registered for
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(ApiError, api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]

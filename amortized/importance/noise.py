@@ -33,7 +33,7 @@ class NoiseQuadratic(NamedTuple):
     b: np.ndarray
     c: np.ndarray
 
-    def __sub__(self, other: NoiseQuadratic) -> NoiseQuadratic:  # type: ignore[override]
+    def __sub__(self, other: NoiseQuadratic) -> NoiseQuadratic:
         return NoiseQuadratic(self.a - other.a, self.b - other.b, self.c - other.c)
 
     def table(self) -> np.ndarray:
@@ -48,7 +48,9 @@ class NoiseQuadratic(NamedTuple):
         return table if table.ndim == 4 else table[None]
 
 
-def normal_log_prob_in_noise(mean_x: np.ndarray, std_x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> NoiseQuadratic:
+def normal_log_prob_in_noise(
+    mean_x: np.ndarray, std_x: np.ndarray, mean: np.ndarray | float, std: np.ndarray | float
+) -> NoiseQuadratic:
     """log N(x; mean, std^2) at x = mean_x + std_x * eps, as a quadratic in eps (broadcasting)."""
     offset, ratio = (mean_x - mean) / std, std_x / std
     return NoiseQuadratic(-0.5 * offset * offset - np.log(std) - LOG_SQRT_2PI, -offset * ratio, -0.5 * ratio * ratio)

@@ -64,7 +64,10 @@ class GroupedGenerator:
         return self._draw("standard_normal", shape)
 
 
-def generator_for(seeds: list[int]) -> np.random.Generator | GroupedGenerator:
+RandomStream = np.random.Generator | GroupedGenerator  # what the request path draws from
+
+
+def generator_for(seeds: list[int]) -> RandomStream:
     """One PCG64 generator per observation's seed; grouped when there are several.
 
     Every draw of an answer is made per observation from that observation's own

@@ -21,6 +21,7 @@ from amortized.arrays import finite_or_zero, logsumexp
 from amortized.distributions import BranchedNormal, cdf_edges
 from amortized.importance import kernels
 from amortized.importance.noise import joint_log_prob, log_prob_at_draws, proposal_log_prob
+from amortized.importance.streams import RandomStream
 from amortized.models import ConjugateMixtureModel
 
 MISSED_DENSITY_RATIO = 0.01  # the missed region: where q's density is below this times the posterior's
@@ -35,12 +36,11 @@ class WeightSummary:
     elbo: np.ndarray
     ess: np.ndarray
     ess_fraction: np.ndarray
-    normalised: np.ndarray | None = None  # the self-normalised weights, (batch, samples)
+    normalised: np.ndarray  # the self-normalised weights, (batch, samples)
 
     def rows(self, index: slice | tuple) -> WeightSummary:
         """The summary of some rows only (an index into the leading axes)."""
-        values = (getattr(self, f.name) for f in fields(self))
-        return WeightSummary(*(None if v is None else v[index] for v in values))
+        return WeightSummary(*(getattr(self, f.name)[index] for f in fields(self)))
 
 
 @dataclass(frozen=True)
@@ -82,13 +82,15 @@ def summarise_weights(log_weights: np.ndarray) -> WeightSummary:
     total, squares, elbo = kernels.weight_sums(weights, log_weights)
     np.divide(weights, total[:, None], out=weights)  # normalised in place: each row sums to 1
     log_evidence, se, ess = evidence_from_sums(total, squares, shift, n)
-    values = (log_evidence, se, elbo, ess, ess / n)
-    return WeightSummary(*(v.reshape(rows) for v in values), weights.reshape(*rows, n))
+    return WeightSummary(
+        log_evidence.reshape(rows), se.reshape(rows), elbo.reshape(rows), ess.reshape(rows), (ess / n).reshape(rows),
+        weights.reshape(*rows, n),
+    )
 
 
 def weigh(
     model: ConjugateMixtureModel, y: np.ndarray, proposal: BranchedNormal, num_samples: int,
-    generator: np.random.Generator, other: BranchedNormal | None = None,
+    generator: RandomStream, other: BranchedNormal | None = None,
 ) -> Weighed:
     """Draw from ``proposal`` for each y (a row each), weigh by p(b, x, y) / q(b, x | y), and summarise.
 
