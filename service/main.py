@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,10 +12,10 @@ import torch
 from fastapi import FastAPI
 
 from service import errors
-from service.answers import answer, answer_batch
+from service.answers import answer_batch
 from service.batching import MicroBatcher, Query
 from service.limits import BodySizeLimit
-from service.metrics import Metrics
+from service.metrics import Metrics, ResponseMetrics
 from service.registry import Registry
 from service.routers import bench, health, models, posterior
 from service.settings import Settings, get_settings
@@ -35,10 +36,22 @@ YOUNG_COLLECTION_THRESHOLD = 50_000  # allocations between collections of the yo
 
 
 def warm_up(registry: Registry) -> None:
-    """Answer one small query per served model, so that the first real one does not compile numba's kernels (~1 s)."""
+    """Answer small queries down every path of the request code, so that no real request compiles a kernel.
+
+    numba compiles a kernel once per type signature of its arguments, and an
+    array's layout is part of it: a micro-batch of several queries hands some
+    kernels non-contiguous views where a lone query hands contiguous arrays.
+    Warming up with one lone query left those variants to the first real batch,
+    which then held the event loop for 0.4 s (gmm_open) to 0.9 s (gmm): the
+    cold-start p99 at 32 connections. So every served model is asked, with
+    each objective and flag, once alone and once as a batch of two queries of
+    two observations (tests/test_warm_up.py checks that nothing compiles after).
+    """
     for served in registry.models.values():
-        objective = "both" if len(served.objectives) == 2 else served.objectives[0]
-        answer(Query(served, [0.0], objective, 8, 0, resample=True, cross_check=True))
+        objectives = served.objectives + (["both"] if len(served.objectives) == 2 else [])
+        for objective, resample, cross_check in itertools.product(objectives, (False, True), (True, False)):
+            answer_batch([Query(served, [0.0], objective, 8, 0, resample, cross_check)])
+            answer_batch([Query(served, [0.0, 1.0], objective, 8, seed, resample, cross_check) for seed in (0, 1)])
 
 
 @asynccontextmanager
@@ -71,6 +84,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.batcher = MicroBatcher(answer_batch, settings.offload_samples, app.state.metrics.batch_queries.observe)
     errors.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # outermost: counts every response, the 413s of the body-size limit included
+    app.add_middleware(ResponseMetrics, metrics=app.state.metrics, served=lambda: app.state.registry.models, templates=lambda: list(app.openapi()["paths"]))
     for router in (models.router, posterior.router, health.router):
         app.include_router(router)
     if settings.bench_endpoints:

@@ -1,7 +1,6 @@
 """Liveness, readiness and Prometheus metrics."""
 
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.dependencies import MetricsDep, RegistryDep
 from service.responses import json_response
@@ -26,4 +25,6 @@ def ready(registry: RegistryDep) -> Response:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 def metrics(metrics: MetricsDep) -> Response:
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    """Counters and histograms summed over every worker of this server; process metrics per worker (label pid)."""
+    body, media_type = metrics.exposition()
+    return Response(body, media_type=media_type)

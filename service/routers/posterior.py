@@ -9,7 +9,6 @@ documents the shape, and the tests validate real responses against it.
 from __future__ import annotations
 
 import secrets
-import time
 from typing import Annotated, Any
 
 import torch
@@ -21,7 +20,7 @@ from service.answers import answer
 from service.batching import Query as PosteriorQuery
 from service.dependencies import ServedModelDep
 from service.errors import ApiError
-from service.metrics import Metrics
+from service.metrics import OBJECTIVE_KEY, Metrics
 from service.registry import ServedModel
 from service.responses import json_response
 from service.schemas import MAX_ABS_Y, ErrorResponse, PosteriorRequest, PosteriorResponse
@@ -79,30 +78,23 @@ async def posterior(
     samples with their log weights, importance diagnostics with a plain verdict
     (cross-checked against the other compiled network), and the exact posterior.
     """
-    started = time.perf_counter()
     state = http.app.state  # settings, metrics and batcher: read here, not as three more dependencies (each costs ~20 us)
     settings: Settings = state.settings
-    status, observations = "error", 0
-    try:
-        y = check_request(request, served, settings)
-        seed = request.seed if request.seed is not None else secrets.randbits(63)
-        query = PosteriorQuery(served, y, request.objective, request.num_samples, seed, request.resample, request.cross_check)
-        if query.size > settings.offload_samples:  # heavy: off the event loop, alone
-            results = await run_in_threadpool(answer, query)
-        elif settings.micro_batch:
-            results = await state.batcher.answer(query)
-        else:
-            results = answer(query)
-        status, observations = "ok", len(y)
-        if isinstance(request.y, list):
-            return json_response({"model": served.model.name, "seed": seed, "results": results})
-        return json_response(results[0])
-    except ApiError:
-        status = "rejected"
-        raise
-    finally:
-        metrics: Metrics = state.metrics
-        metrics.record(served.model.name, request.objective, status, observations, time.perf_counter() - started)
+    http.scope[OBJECTIVE_KEY] = request.objective  # for the response metrics (service/metrics.py), which count every response
+    y = check_request(request, served, settings)
+    seed = request.seed if request.seed is not None else secrets.randbits(63)
+    query = PosteriorQuery(served, y, request.objective, request.num_samples, seed, request.resample, request.cross_check)
+    if query.size > settings.offload_samples:  # heavy: off the event loop, alone
+        results = await run_in_threadpool(answer, query)
+    elif settings.micro_batch:
+        results = await state.batcher.answer(query)
+    else:
+        results = answer(query)
+    metrics: Metrics = state.metrics
+    metrics.answered(served.model.name, len(y))
+    if isinstance(request.y, list):
+        return json_response({"model": served.model.name, "seed": seed, "results": results})
+    return json_response(results[0])
 
 
 @router.get(
