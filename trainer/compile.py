@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from amortized.artifacts import atomic_write, discover_artifacts, save_artifact
+from amortized.artifacts import STAGING, atomic_write, discover_artifacts, save_artifact
 from amortized.evaluation import evaluate
 from amortized.losses import Objective
 from amortized.models import build_model
@@ -76,7 +76,7 @@ def write_figures(out: Path, models: set[str]) -> list[Path]:
             continue
         model = next(a.model for (m, _), a in loaded.items() if m == name)
         for filename, png in figures.model_figures(model, networks).items():
-            atomic_write(out / name / filename, png)
+            atomic_write(out / name / filename, png, out / STAGING)
             written.append(out / name / filename)
     return written
 
