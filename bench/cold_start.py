@@ -7,6 +7,11 @@ wrk at 32 connections: gmm_open then gmm, one y and 1000 samples per request,
 by side: p50, p99 and max of each round, and the server's start-up time (until
 /health/ready says 200, warm-up included).
 
+The cause, measured in-process (a machine shared with other work moves the HTTP
+figures a lot; these move little): after each version's warm-up, the time of
+the first and the second micro-batch of 8 queries x 1000 samples per model, and
+how many numba kernels compiled a new signature for the first.
+
     .venv/bin/python bench/cold_start.py [--before a6e3c7b] [--seconds 5] [--connections 32]
 """
 
@@ -65,6 +70,41 @@ def measure(source: Path, seconds: int, connections: int) -> tuple[float, dict[s
     return ready, rounds
 
 
+PROBE = """
+import sys, time
+from pathlib import Path
+from numba.core.registry import CPUDispatcher
+import amortized.kernels as kernels
+from service.answers import answer_batch
+from service.batching import Query
+from service.main import warm_up
+from service.registry import Registry
+
+def signatures():
+    return sum(len(f.signatures) for f in vars(kernels).values() if isinstance(f, CPUDispatcher))
+
+registry = Registry(Path(sys.argv[1]))
+started = time.perf_counter()
+warm_up(registry)
+print(f"warm-up {time.perf_counter() - started:.2f}")
+for model in ("gmm_open", "gmm"):
+    for objective, cross_check in (("pq", True), ("pq", False), ("both", True)):
+        queries = [Query(registry.models[model], [0.3], objective, 1000, seed, False, cross_check) for seed in range(8)]
+        times, before = [], signatures()
+        for _ in range(2):
+            started = time.perf_counter()
+            answer_batch(queries)
+            times.append(time.perf_counter() - started)
+        print(f"{model} {objective} {cross_check} {times[0] * 1e3:.1f} {times[1] * 1e3:.1f} {signatures() - before}")
+"""
+
+
+def probe(source: Path) -> list[str]:
+    env = {**os.environ, "PYTHONPATH": str(source)}
+    out = subprocess.run([sys.executable, "-c", PROBE, str(ROOT / "artifacts")], cwd=source, env=env, capture_output=True, text=True, check=True)
+    return out.stdout.splitlines()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", default="a6e3c7b", help="git revision of the 'before' code (default: before the fix)")
@@ -76,8 +116,10 @@ def main() -> None:
         raise SystemExit("wrk is needed: apt-get install wrk")
     before = Path(tempfile.mkdtemp(prefix="amortized-before-")) / "tree"
     subprocess.run(["git", "worktree", "add", "--detach", str(before), args.before], cwd=ROOT, check=True, capture_output=True)
-    results = []
+    results, probes = [], {}
     try:
+        for name, source in ((f"before ({args.before})", before), ("after (this tree)", ROOT)):
+            probes[name] = probe(source)
         for attempt in range(args.repeat):
             for name, source in ((f"before ({args.before})", before), ("after (this tree)", ROOT)):
                 ready, rounds = measure(source, args.seconds, args.connections)
@@ -85,6 +127,16 @@ def main() -> None:
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, capture_output=True)
         shutil.rmtree(before.parent, ignore_errors=True)
+    print("in-process, after the warm-up: the first and the second micro-batch of 8 queries x 1000 samples (ms),"
+          " and kernel signatures compiled by the first")
+    print("| code | warm-up s | model | objective | cross-check | first ms | second ms | compiled |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, lines in probes.items():
+        warm = lines[0].split()[1]
+        for line in lines[1:]:
+            model, objective, check, first, second, compiled = line.split()
+            print(f"| {name} | {warm} | {model} | {objective} | {check} | {first} | {second} | {compiled} |")
+    print()
     print(f"fresh server (one uvicorn worker), wrk -t1 -c{args.connections}, {args.seconds} s per round, POST one y x 1000 samples;"
           f" load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print("| code | start | ready after s | round | req/s | p50 ms | p99 ms | max ms | non-2xx |")

@@ -60,7 +60,11 @@ def committed(root: Path) -> dict[str, str]:
 
 def kill_while_writing(process: subprocess.Popen, staging: Path, nth: int, rng: random.Random) -> tuple[float, str]:
     """SIGKILL ``process`` 0-2 ms after the ``nth`` staged file appears; returns (when, what was being written)."""
-    seen: set[str] = set()
+    try:
+        seen: set[str] = set(os.listdir(staging))  # files a killed writer left before: not this run's
+    except FileNotFoundError:
+        seen = set()
+    count = 0
     started = time.monotonic()
     while process.poll() is None:
         try:
@@ -70,7 +74,8 @@ def kill_while_writing(process: subprocess.Popen, staging: Path, nth: int, rng: 
         for name in names:
             if name not in seen:
                 seen.add(name)
-                if len(seen) == nth:
+                count += 1
+                if count == nth:
                     time.sleep(rng.uniform(0, 0.002))
                     process.send_signal(signal.SIGKILL)
                     return time.monotonic() - started, name.split("-", 2)[2].rsplit(".", 1)[0]
@@ -114,7 +119,7 @@ def main() -> None:
             states = ["previous" if now[o] == previous[o] else "new" for o in OBJECTIVES]
             outcomes.update(states)
             left = len(list((out / STAGING).glob(".staging-*"))) if (out / STAGING).exists() else 0
-            in_folders = [p for p in out.glob("*/.staging*")]
+            in_folders = [p for p in out.glob("*/.staging*") if not p.parent.name.startswith(".")]
             if in_folders:
                 raise AssertionError(f"staging files in a model folder: {in_folders}")
             print(f"| {i + 1} | {trigger} | {when:.3f} | {writing} | {states[0]} | {states[1]} | {left} | 0 |")

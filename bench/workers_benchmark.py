@@ -5,6 +5,8 @@ driven by wrk (one thread) at --connections, rounds alternating between the
 counts; medians are reported. The load generator runs on the same 2 cores, so
 its own CPU time (wrk's, from the kernel's accounting of the child) and the
 server's (all its processes, from /proc) are printed as shares of one core.
+Requests per server CPU-second is the figure that other work on a shared
+machine moves least: it says what a worker does with the CPU it gets.
 
     .venv/bin/python bench/workers_benchmark.py [--seconds 10] [--rounds 3] [--connections 32]
 """
@@ -56,8 +58,10 @@ def wrk(url: str, body: dict, seconds: int, connections: int, server_pid: int) -
     unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
     latency = {p: float(v) * unit[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)", out, re.MULTILINE)}
     wrk_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "p50": latency["50"], "p99": latency["99"],
-            "wrk_cpu": 100 * wrk_cpu / seconds, "server_cpu": 100 * (server_after - server_before) / seconds}
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    server_cpu = server_after - server_before
+    return {"rps": rps, "p50": latency["50"], "p99": latency["99"], "wrk_cpu": 100 * wrk_cpu / seconds,
+            "server_cpu": 100 * server_cpu / seconds, "per_cpu": rps * seconds / server_cpu}
 
 
 def main() -> None:
@@ -86,12 +90,12 @@ def main() -> None:
             stop_server(process)
     print(f"{args.model}, one y x 1000 samples with cross-check; wrk -t1 -c{args.connections}, {args.rounds} alternating rounds"
           f" of {args.seconds} s, medians; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")
-    print("| workers | req/s (rounds) | p50 ms | p99 ms | server CPU, % of one core | wrk CPU, % of one core |")
-    print("|---|---|---|---|---|---|")
+    print("| workers | req/s (rounds) | p50 ms | p99 ms | server CPU, % of one core | requests per server CPU-second | wrk CPU, % of one core |")
+    print("|---|---|---|---|---|---|---|")
     for workers, rs in runs.items():
         m = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
         print(f"| {workers} | {m['rps']:.0f} ({' / '.join(str(round(r['rps'])) for r in rs)}) | {m['p50']:.2f} | {m['p99']:.2f} |"
-              f" {m['server_cpu']:.0f} | {m['wrk_cpu']:.0f} |")
+              f" {m['server_cpu']:.0f} | {m['per_cpu']:.0f} | {m['wrk_cpu']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -108,9 +108,12 @@ class Metrics:
     def answered(self, model: str, observations: int) -> None:
         self.observations.labels(model).inc(observations)
 
-    def refresh_process(self) -> None:
-        """Multiprocess mode: this worker's process gauges, read as prometheus_client's process collector reads them."""
-        if not self.process:
+    def refresh_process(self, every: float = 0.0) -> None:
+        """Multiprocess mode: this worker's process gauges, read as prometheus_client's process collector reads them.
+
+        With ``every``, only when the last reading is older than that (seconds).
+        """
+        if not self.process or time.monotonic() - self._process_refreshed < every:
             return
         self._process_refreshed = time.monotonic()
         for family in ProcessCollector(registry=None).collect():
@@ -188,8 +191,7 @@ class ResponseMetrics:
             model = name if name in self.served() else "unknown"
             objective = scope.get(OBJECTIVE_KEY) or "none"
         self.metrics.record_response(template, method, code, model, objective or "", seconds)
-        if self.metrics.process and time.monotonic() - self.metrics._process_refreshed > PROCESS_REFRESH_SECONDS:
-            self.metrics.refresh_process()
+        self.metrics.refresh_process(every=PROCESS_REFRESH_SECONDS)
 
     def _match(self, scope: Scope) -> tuple[str | None, dict]:
         """The documented route template whose pattern the path matches (any method), and its parameters."""
