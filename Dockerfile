@@ -16,6 +16,7 @@ RUN pip install --extra-index-url "$TORCH_INDEX_URL" -c constraints.txt ".[servi
 
 RUN useradd --create-home --uid 10001 app && mkdir /artifacts && chown app /artifacts
 USER app
-ENV HOST=0.0.0.0 PORT=8000 AMORTIZED_ARTIFACTS_DIR=/artifacts
+# One worker per container: replicas scale out (compose, Kubernetes); WEB_CONCURRENCY=N runs N workers in one.
+ENV HOST=0.0.0.0 PORT=8000 WEB_CONCURRENCY=1 AMORTIZED_ARTIFACTS_DIR=/artifacts
 EXPOSE 8000
-CMD ["sh", "-c", "exec uvicorn service.main:app --host \"$HOST\" --port \"$PORT\""]
+CMD ["sh", "-c", "exec python -m service.launch --host \"$HOST\" --port \"$PORT\""]

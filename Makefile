@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# worker processes of `make serve` (uvicorn's --workers); 1 by default: see the README, Scaling out
+WEB_CONCURRENCY ?= 1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -13,8 +15,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[service,client,test]'
 	touch $@
 
-serve: $(STAMP)  ## serve the committed artifacts on $(HOST):$(PORT)
-	$(BIN)/uvicorn service.main:app --host $(HOST) --port $(PORT)
+serve: $(STAMP)  ## serve the committed artifacts on $(HOST):$(PORT) with $(WEB_CONCURRENCY) worker processes
+	WEB_CONCURRENCY=$(WEB_CONCURRENCY) $(BIN)/python -m service.launch --host $(HOST) --port $(PORT)
 
 test: $(STAMP)  ## run the test suite
 	$(BIN)/python -m pytest -q

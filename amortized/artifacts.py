@@ -19,10 +19,13 @@ objective by objective, never mixing two models in one answer.
 
 The manifest is the commit point. New weights go to a new, content-addressed
 file; only then is the manifest replaced with ``os.replace`` (atomic), and only
-after that is the old weights file removed. A crash or Ctrl-C at any moment
-leaves either the old artifact or the new one, complete. Loading reads the
-weights once, checks their sha256 against the manifest, then parses those same
-bytes.
+after that is the old weights file removed. A crash, Ctrl-C or SIGKILL at any
+moment leaves either the old artifact or the new one, complete. Every file is
+first written and fsynced under ``<root>/.staging/`` (never a model folder, so
+a writer killed mid-write leaves nothing where the server looks; the next save
+removes what dead writers left there), then renamed into place. Loading reads
+the weights once, checks their sha256 against the manifest, then parses those
+same bytes.
 """
 
 from __future__ import annotations
@@ -132,9 +135,19 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
-    fd, staging = tempfile.mkstemp(dir=path.parent, prefix=f".staging-{path.name}.")
+STAGING = ".staging"  # under an artifacts root: files being written (a dot folder: discover_artifacts skips it)
+
+
+def atomic_write(path: Path, data: bytes, staging_folder: Path | None = None) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part.
+
+    The data is written and fsynced in ``staging_folder`` (default: ``path``'s
+    own folder; same file system) under a name that starts with this process's
+    id, then renamed onto ``path``.
+    """
+    folder = Path(staging_folder) if staging_folder is not None else path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, staging = tempfile.mkstemp(dir=folder, prefix=f".staging-{os.getpid()}-{path.name}.")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -145,6 +158,21 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(staging).unlink(missing_ok=True)
         raise
+
+
+def remove_dead_staging(root: Path) -> list[Path]:
+    """Remove what writers that were killed left in ``<root>/.staging``: files whose process no longer runs."""
+    removed = []
+    for staged in (Path(root) / STAGING).glob(".staging-*"):
+        try:
+            pid = int(staged.name.split("-")[1])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            staged.unlink(missing_ok=True)
+            removed.append(staged)
+        except (ValueError, IndexError, PermissionError):  # not one of ours, or another user's live process
+            pass
+    return removed
 
 
 def manifest_path(root: Path, variant: str, objective: str) -> Path:
@@ -173,12 +201,14 @@ def save_artifact(
     """
     variant = check_name(variant or model.name)
     folder = Path(root) / variant
+    staging = Path(root) / STAGING
     folder.mkdir(parents=True, exist_ok=True)
+    remove_dead_staging(root)
     tensors = {name: value.detach().contiguous() for name, value in network.state_dict().items()}
     data = safetensors.torch.save(tensors)  # no metadata: its key order varies per process, and so would the sha256
     digest = hashlib.sha256(data).hexdigest()
     weights_file = f"{objective}-{digest[:VERSION_LENGTH]}.safetensors"
-    atomic_write(folder / weights_file, data)
+    atomic_write(folder / weights_file, data, staging)
     manifest = Manifest(
         variant=variant,
         family=model.name,
@@ -193,7 +223,7 @@ def save_artifact(
         created_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
     )
     target = manifest_path(root, variant, objective)
-    atomic_write(target, manifest_bytes(manifest))
+    atomic_write(target, manifest_bytes(manifest), staging)
     for stale in folder.glob(f"{objective}-*.safetensors"):
         if stale.name != weights_file:
             stale.unlink(missing_ok=True)

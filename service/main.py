@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
+import itertools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,11 +15,11 @@ import torch
 from fastapi import FastAPI
 
 from service import errors
-from service.answers import answer, answer_batch
-from service.answers import PosteriorQuery
+from amortized.diagnostics import DEFAULT_CHECK_SAMPLES
+from service.answers import PosteriorQuery, answer_batch
 from service.batching import MicroBatcher
+from service.metrics import Metrics, ResponseMetrics
 from service.middleware import BodySizeLimit, ContentEncoding, HeadAsGet
-from service.metrics import Metrics
 from service.registry import Registry, ServedModel
 from service.reload import describe, resolve_mode, watch_artifacts
 from service.routers import bench, health, models, posterior
@@ -40,17 +42,32 @@ against the other compiled network: read `diagnostics.verdict` and `diagnostics.
 YOUNG_COLLECTION_THRESHOLD = 50_000  # allocations between collections of the youngest generation (Python: 700)
 
 
-def warm_up_model(served: ServedModel) -> None:
-    """Answer one small query, so that the first real one does not compile numba's kernels (~1 s) nor copy weights."""
-    objective = "both" if len(served.objectives) == 2 else served.objectives[0]
-    answer(PosteriorQuery(served, [0.0], objective, 8, 0, resample=True, cross_check=True))
+def warm_up_model(served: ServedModel, check_samples: int = DEFAULT_CHECK_SAMPLES) -> None:
+    """Answer small queries down every path of the request code, so that no real request compiles a kernel.
+
+    numba compiles a kernel once per type signature of its arguments, and an
+    array's layout is part of it: a micro-batch of several queries hands some
+    kernels non-contiguous views where a lone query hands contiguous arrays.
+    Warming up with one lone query left those variants to the first real batch,
+    which then held the event loop for 0.4 s (gmm_open) to 0.9 s (gmm): the
+    cold-start p99 at 32 connections. So the model is asked, with each
+    objective and flag, once alone and once as a batch of two queries of two
+    observations, below and at the cross-check's budget (below it the check
+    draws its own; from it on q's draws serve it, as strided views)
+    (tests/test_warm_up.py checks that nothing compiles after).
+    The networks' NumPy weights are copied then too.
+    """
+    objectives = served.objectives + (["both"] if len(served.objectives) == 2 else [])
+    for objective, resample, cross_check, n in itertools.product(objectives, (False, True), (True, False), (8, check_samples)):
+        answer_batch([PosteriorQuery(served, [0.0], objective, n, 0, resample, cross_check, check_samples)])
+        answer_batch([PosteriorQuery(served, [0.0, 1.0], objective, n, seed, resample, cross_check, check_samples) for seed in (0, 1)])
 
 
-def warm_up(registry: Registry) -> None:
+def warm_up(registry: Registry, check_samples: int = DEFAULT_CHECK_SAMPLES) -> None:
     """Warm up every served variant; later reloads warm up what they swap in (``registry.prepare``)."""
     for served in registry.models.values():
-        warm_up_model(served)
-    registry.prepare = warm_up_model
+        warm_up_model(served, check_samples)
+    registry.prepare = functools.partial(warm_up_model, check_samples=check_samples)
 
 
 @asynccontextmanager
@@ -66,7 +83,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """
     settings: Settings = app.state.settings
     registry: Registry = app.state.registry
-    warm_up(registry)
+    warm_up(registry, settings.cross_check_samples)
     gc.freeze()
     gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *gc.get_threshold()[1:])
     # live reload: this worker watches the artifacts folder until shutdown (service/reload.py)
@@ -104,6 +121,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ContentEncoding, max_bytes=settings.max_body_bytes)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HeadAsGet)
+    # outermost: counts every response, the 413s of the body-size limit included
+    app.add_middleware(ResponseMetrics, metrics=app.state.metrics, served=lambda: app.state.registry.models, templates=lambda: list(app.openapi()["paths"]))
     for router in (models.router, posterior.router, health.router):
         app.include_router(router)
     if settings.bench_endpoints:

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 MAKEFILE = (ROOT / "Makefile").read_text()
-APP = "uvicorn service.main:app"
+LAUNCH = "python -m service.launch"
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian's docker-compose is not installed (.ci/run installs it)")
@@ -38,12 +38,43 @@ def test_trainer_compiles_into_the_volume_the_api_serves():
 def test_api_serves_like_make_serve_and_checks_readiness():
     api = COMPOSE["services"]["api"]
     command = " ".join(api["command"])
-    assert APP in command and APP in MAKEFILE and APP in DOCKERFILE
+    assert LAUNCH in command and f"$(BIN)/{LAUNCH}" in MAKEFILE and LAUNCH in DOCKERFILE
     for variable in ("HOST", "PORT"):
         assert f"$({variable})" in MAKEFILE and variable in api["environment"] and f"$${variable}" in command
     assert "/health/ready" in " ".join(api["healthcheck"]["test"])
-    port = api["environment"]["PORT"]
-    assert f"{port}:{port}" in api["ports"] and f"127.0.0.1:{port}" in " ".join(api["healthcheck"]["test"])
+    assert f"127.0.0.1:{api['environment']['PORT']}" in " ".join(api["healthcheck"]["test"])
+
+
+def test_workers_are_set_by_web_concurrency_everywhere():
+    assert re.search(r"^WEB_CONCURRENCY \?= 1$", MAKEFILE, re.MULTILINE) and "WEB_CONCURRENCY=$(WEB_CONCURRENCY)" in MAKEFILE
+    assert "WEB_CONCURRENCY=1" in DOCKERFILE
+    assert COMPOSE["services"]["api"]["environment"]["WEB_CONCURRENCY"] == "${WEB_CONCURRENCY:-1}"
+
+
+def test_replicas_sit_behind_haproxy_with_health_checks_and_retries():
+    api, lb = COMPOSE["services"]["api"], COMPOSE["services"]["lb"]
+    assert api["deploy"]["replicas"] == "${API_REPLICAS:-2}" and "ports" not in api and api["restart"] == "unless-stopped"
+    assert lb["image"].startswith("haproxy:2.6") and lb["ports"] == [f"{api['environment']['PORT']}:8000"]
+    assert lb["depends_on"]["api"]["condition"] == "service_healthy"
+    config = (ROOT / "deploy" / "haproxy" / "haproxy.cfg").read_text()
+    assert "./deploy/haproxy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro" in lb["volumes"]
+    assert "option httpchk GET /health/ready" in config and re.search(r"default-server check inter 1s", config)
+    assert "retry-on conn-failure empty-response" in config and "option redispatch" in config
+    assert re.search(r"server-template api 1-8 api:8000 ", config)  # the compose service's name and port
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="Debian's haproxy is not installed (.ci/run installs it)")
+def test_haproxy_accepts_the_file_and_the_loopback_cluster_rendering(tmp_path):
+    from bench.cluster import haproxy_config
+
+    committed = subprocess.run(["haproxy", "-c", "-f", str(ROOT / "deploy" / "haproxy" / "haproxy.cfg")], capture_output=True, text=True)
+    assert committed.returncode == 0, committed.stdout + committed.stderr
+    rendered = haproxy_config([("api1", 18001), ("api2", 18002)], 18000, 18404)
+    assert "server api1 127.0.0.1:18001" in rendered and "server-template" not in rendered and "resolvers" not in rendered
+    assert "bind 127.0.0.1:18000" in rendered
+    (tmp_path / "h.cfg").write_text(rendered)
+    loopback = subprocess.run(["haproxy", "-c", "-f", str(tmp_path / "h.cfg")], capture_output=True, text=True)
+    assert loopback.returncode == 0, loopback.stdout + loopback.stderr
 
 
 def test_environment_names_are_real_settings():

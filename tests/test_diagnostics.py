@@ -98,7 +98,7 @@ def a_check(missed_mass, missed_mass_se, misses_mass) -> CrossCheckResult:
 
 def test_a_noisy_k_hat_over_uniform_weights_is_not_a_warning():
     """k-hat above 1 has been seen with ESS/N 0.999: the tail fit of near-constant weights is noise."""
-    summary = WeightSummary(*(np.array([v, v]) for v in (-1.0, 0.001, -1.0, 999.0, 0.999)))
+    summary = WeightSummary(*(np.array([v, v]) for v in (-1.0, 0.001, -1.0, 999.0, 0.999)), np.full((2, 1000), 1e-3))
     levels, reasons = verdict(summary, np.array([1.3, 1.3]), 1000, a_check([0.0, 0.3], [0.0, 0.01], [False, True]))
     assert levels == ["reliable", "unreliable"]  # the second only because the cross-check finds missing mass
     assert "not informative" in reasons[0] and "finds no missed mass" in reasons[0]

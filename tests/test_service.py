@@ -265,7 +265,7 @@ def test_png_of_both_objectives(client):
 def test_metrics_count_requests_per_model_and_objective(client):
     post(client, "gaussian", y=0.1, objective="qp", num_samples=10)
     text = client.get("/metrics").text
-    assert 'amortized_posterior_requests_total{model="gaussian",objective="qp",status="ok"}' in text
+    assert 'amortized_posterior_requests_total{code="200",model="gaussian",objective="qp"}' in text
     assert 'amortized_posterior_seconds_bucket{le="0.005",model="gaussian",objective="qp"}' in text
 
 

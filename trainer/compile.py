@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from amortized.artifacts import atomic_write, discover_artifacts, save_artifact
+from amortized.artifacts import STAGING, atomic_write, discover_artifacts, save_artifact
 from amortized.evaluation import evaluate
 from amortized.losses import Objective
 from amortized.training import compile_network
@@ -73,7 +73,7 @@ def write_figures(out: Path, variants: set[str]) -> list[Path]:
             continue
         model = next(a.model for (v, _), a in loaded.items() if v == name)
         for filename, png in figures.model_figures(model, networks, title=figures.variant_title(name, model)).items():
-            atomic_write(out / name / filename, png)
+            atomic_write(out / name / filename, png, out / STAGING)
             written.append(out / name / filename)
     return written
 

@@ -39,4 +39,6 @@ def ready(registry: RegistryDep, request: Request) -> Response:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 def metrics(metrics: MetricsDep) -> Response:
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    """Counters and histograms summed over every worker of this server; process metrics per worker (label pid)."""
+    body, media_type = metrics.exposition()
+    return Response(body, media_type=media_type)

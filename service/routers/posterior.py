@@ -8,7 +8,6 @@ documents the shape, and the tests validate real responses against it.
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 import torch
@@ -21,7 +20,7 @@ from amortized.importance.streams import draw_seed
 from service.answers import PosteriorQuery, answer
 from service.dependencies import ServedModelDep, check_version
 from service.errors import ApiError
-from service.metrics import Metrics
+from service.metrics import OBJECTIVE_KEY, Metrics
 from service.registry import Registry, ServedModel
 from service.responses import json_response
 from service.schemas import MAX_ABS_Y, ErrorResponse, PosteriorRequest, PosteriorResponse, requested_objectives
@@ -93,35 +92,28 @@ async def posterior(
     samples with their log weights, importance diagnostics with a plain verdict
     (cross-checked against the other compiled network), and the exact posterior.
     """
-    started = time.perf_counter()
     state = http.app.state  # settings, metrics and batcher: read here, not as three more dependencies (each costs ~20 us)
     settings: Settings = state.settings
-    status, observations = "error", 0
-    try:
-        y = check_request(request, served, settings, state.registry)
-        check_version(request.version, request.objective, served)  # a pinned version not served is a 409
-        seed = request.seed if request.seed is not None else draw_seed()
-        query = PosteriorQuery(
-            served, y, request.objective, request.num_samples, seed, request.resample, request.cross_check,
-            settings.cross_check_samples, batch=isinstance(request.y, list),
-        )
-        check_cost(query, settings)
-        if query.size > settings.offload_samples:  # heavy (draws of every objective and of the cross-check): off the loop
-            results = await run_in_threadpool(answer, query)
-        elif settings.micro_batch:
-            results = await state.batcher.answer(query)
-        else:
-            results = answer(query)
-        status, observations = "ok", len(y)
-        if isinstance(request.y, list):
-            return json_response({"model": served.name, "seed": seed, "results": results})
-        return json_response(results[0])
-    except ApiError:
-        status = "rejected"
-        raise
-    finally:
-        metrics: Metrics = state.metrics
-        metrics.record(served.name, request.objective, status, observations, time.perf_counter() - started)
+    http.scope[OBJECTIVE_KEY] = request.objective  # for the response metrics (service/metrics.py), which count every response
+    y = check_request(request, served, settings, state.registry)
+    check_version(request.version, request.objective, served)  # a pinned version not served is a 409
+    seed = request.seed if request.seed is not None else draw_seed()
+    query = PosteriorQuery(
+        served, y, request.objective, request.num_samples, seed, request.resample, request.cross_check,
+        settings.cross_check_samples, batch=isinstance(request.y, list),
+    )
+    check_cost(query, settings)
+    if query.size > settings.offload_samples:  # heavy (draws of every objective and of the cross-check): off the loop
+        results = await run_in_threadpool(answer, query)
+    elif settings.micro_batch:
+        results = await state.batcher.answer(query)
+    else:
+        results = answer(query)
+    metrics: Metrics = state.metrics
+    metrics.answered(served.name, len(y))
+    if isinstance(request.y, list):
+        return json_response({"model": served.name, "seed": seed, "results": results})
+    return json_response(results[0])
 
 
 @router.get(

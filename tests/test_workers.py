@@ -1,0 +1,90 @@
+"""Two uvicorn workers behind one port (python -m service.launch, WEB_CONCURRENCY=2): /metrics sums them."""
+
+import json
+import os
+import re
+import signal
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from service.launch import start_server, stop_server
+from tests.conftest import ARTIFACTS
+
+N = 24
+
+
+def get(url: str, body: bytes | None = None) -> str:
+    """One request on a new connection each time, so the kernel may hand it to either worker."""
+    request = urllib.request.Request(url, body, {"content-type": "application/json", "connection": "close"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.read().decode()
+
+
+def value(text: str, pattern: str) -> float:
+    return sum(float(v) for v in re.findall(rf"^{pattern} (\S+)$", text, re.MULTILINE))
+
+
+def worker_pids(text: str) -> set[str]:
+    return set(re.findall(r'^process_resident_memory_bytes\{pid="(\d+)"\}', text, re.MULTILINE))
+
+
+def wait_for_workers(url: str, count: int, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = get(f"{url}/metrics")
+        if value(text, "amortized_workers") == count and len(worker_pids(text)) == count:
+            return text
+        time.sleep(0.3)
+    raise AssertionError(f"not {count} workers after {timeout} s:\n{text}")
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("multiproc")
+    (folder / "counter_1.db").write_bytes(b"stale")  # a previous start's file: the launcher must clear it
+    process, url = start_server({"AMORTIZED_ARTIFACTS_DIR": str(ARTIFACTS), "WEB_CONCURRENCY": "2", "PROMETHEUS_MULTIPROC_DIR": str(folder)},
+                                "--log-level", "warning", timeout=90)
+    wait_for_workers(url, 2)
+    yield url, folder
+    stop_server(process)
+
+
+def per_worker_counts(folder) -> list[float]:
+    """Each worker's own count of posterior requests, read from its file."""
+    counts = []
+    for path in folder.glob("counter_*.db"):
+        families = MultiProcessCollector.merge([str(path)])
+        counts.append(sum(s.value for f in families for s in f.samples if s.name == "amortized_posterior_requests_total"))
+    return counts
+
+
+def test_counters_are_the_sum_over_workers_and_survive_a_dead_worker(two_workers):
+    url, folder = two_workers
+    # 30 y x 1000 draws: answered on the event loop (~20 ms), so while one worker is busy the other accepts
+    body = json.dumps({"y": [0.1 * i for i in range(30)], "objective": "qp", "num_samples": 1000}).encode()
+    sent = 0
+    with ThreadPoolExecutor(4) as pool:
+        while sent < N or (sum(c > 0 for c in per_worker_counts(folder)) < 2 and sent < 20 * N):
+            list(pool.map(lambda _: get(f"{url}/v1/models/gmm/posterior", body), range(8)))
+            sent += 8
+    ok = r'amortized_posterior_requests_total\{code="200",model="gmm",objective="qp"\}'
+    for _ in range(8):  # whichever worker answers the scrape
+        assert value(get(f"{url}/metrics"), ok) == sent
+    counts = per_worker_counts(folder)
+    assert sum(c > 0 for c in counts) == 2 and sum(counts) == sent, counts  # both answered some: the total is a sum
+
+    before = worker_pids(get(f"{url}/metrics"))
+    os.kill(int(min(before)), signal.SIGKILL)  # uvicorn starts another worker; the dead one's counts stay in the sum
+    text = wait_for_workers(url, 2)
+    deadline = time.monotonic() + 30
+    while worker_pids(text) & before == before and time.monotonic() < deadline:
+        time.sleep(0.3)
+        text = wait_for_workers(url, 2)
+    assert len(worker_pids(text) - before) == 1 and value(text, "amortized_workers") == 2
+    assert value(text, ok) == sent
+    get(f"{url}/v1/models/gmm/posterior", body)
+    assert value(get(f"{url}/metrics"), ok) == sent + 1
