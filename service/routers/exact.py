@@ -73,4 +73,4 @@ def exact(served: ServedModelDep, y: Observations) -> Response:
         }
         for i, value in enumerate(y)
     ]
-    return json_response({"model": model.name, "results": results})
+    return json_response({"model": served.name, "results": results})

@@ -89,15 +89,18 @@ def loss_rows(served: ServedModel) -> str:
 
 def model_section(served: ServedModel) -> str:
     model = served.model
-    name = escape(model.name)
+    name = escape(served.name)
     latents = ", ".join(model.latent_names) or "none"
     both = "both" if len(served.objectives) == 2 else served.objectives[0]
+    family = "" if served.name == model.name else f" · a variant of <code>{escape(model.name)}</code>"
+    params = escape(json.dumps(model.params.model_dump(), separators=(", ", ": ")))
     return f"""
 <section class="model" id="model-{name}">
   <h3>{escape(model.title)} <code>{name}</code></h3>
   <p>{escape(model.description)}</p>
   <p class="facts">Discrete latents: {escape(latents)} · posterior branches: {model.num_branches}
-     · compiled losses: {escape(', '.join(served.objectives))}</p>
+     · compiled losses: {escape(', '.join(served.objectives))}{family}</p>
+  <p class="facts">Parameters: <code>{params}</code></p>
   <table class="metrics">
     <caption>Quality on the fixed test set (1000 y from p(y)), from the artifacts' manifests</caption>
     <thead><tr><th scope="col">loss</th><th scope="col">what it is</th><th scope="col">KL(p‖q)</th><th scope="col">KL(q‖p)</th>

@@ -94,7 +94,7 @@
     const a = Math.abs(v);
     return a >= 1e5 || a < 1e-3 ? v.toExponential(digits - 1) : Number(v.toPrecision(digits)).toString();
   };
-  const branchLabel = (latents) => Object.entries(latents).map(([k, v]) => `${k}=${v}`).join(",") || "x";
+  const branchLabel = (latents, sep = ",") => Object.entries(latents).map(([k, v]) => `${k}=${v}`).join(sep) || "x";
 
   // ---------- URL state ----------
 
@@ -139,6 +139,9 @@
   function posteriorRequest(y, extra) {
     return { y, objective: objectiveParam(), num_samples: state.n, seed: state.seed, resample: true, ...extra };
   }
+
+  // the slider's range, from the page's config (a variant served since the page loaded gets a default one)
+  const yRange = (model) => CONFIG.y_ranges[model] || [-10, 10];
 
   const byObjective = (answer) => (answer.objectives ? answer.objectives : { [answer.objective]: answer });
 
@@ -210,11 +213,11 @@
 
     if (several) {
       const bars = uPlot.paths.bars({ size: [0.92, Infinity], align: 0 });
-      const labels = branches.map(branchLabel);
+      const labels = branches.map((b) => branchLabel(b, branches.length > 3 ? "\n" : ","));  // a latent per line when many
       charts.branches = chart("branches-chart",
         [{ label: "branch" }, { label: "exact p(branch | y)", stroke: COLOURS.exact, fill: "#888888", paths: bars, points: { show: false } },
           ...objectives.map((o) => ({ label: `q(branch | y), ${o}`, stroke: COLOURS[o], fill: COLOURS[o] + "cc", paths: bars, points: { show: false } }))],
-        [{ label: "branch", splits: () => branches.map((_, i) => i), values: (u, splits) => splits.map((i) => labels[i] ?? "") },
+        [{ label: "branch", size: branches.length > 3 ? 64 : 50, splits: () => branches.map((_, i) => i), values: (u, splits) => splits.map((i) => labels[i] ?? "") },
           { label: "probability" }],
         { x: { range: () => [-0.5, branches.length - 0.5] }, y: { range: () => [0, 1.02] } }, 260);
     }
@@ -330,6 +333,7 @@
       ["KL(q ‖ p) at y", (a) => a.exact.kl_qp, null],
       ["cross-check consistent", (a) => (a.diagnostics.cross_check ? String(a.diagnostics.cross_check.consistent) : "–"), null],
       ["misses mass", (a) => (a.diagnostics.cross_check ? String(a.diagnostics.cross_check.misses_mass) : "–"), null],
+      ["missed mass, estimate", (a) => (a.diagnostics.cross_check ? a.diagnostics.cross_check.missed_mass ?? null : null), null],
       ["log p(y), defensive mixture", (a) => (a.diagnostics.cross_check ? a.diagnostics.cross_check.log_evidence_mixture : null), null],
     ];
     const table = els.table;
@@ -424,7 +428,7 @@
 
   async function querySweep() {
     const mine = epoch, model = state.model;
-    const [low, high] = CONFIG.y_ranges[model];
+    const [low, high] = yRange(model);
     const ys = Array.from({ length: SWEEP_POINTS }, (_, i) => Number((low + ((high - low) * i) / (SWEEP_POINTS - 1)).toPrecision(12)));
     const name = encodeURIComponent(model);
     try {
@@ -449,7 +453,7 @@
       label: all.filter((d) => d.branch === c.branch).length > 1
         ? `${Object.keys(c.latents).length ? branchLabel(c.latents) + ", " : ""}component ${i + 1}` : branchLabel(c.latents),
     }));
-    const [low, high] = CONFIG.y_ranges[state.model];
+    const [low, high] = yRange(state.model);
     els.slider.min = String(low);
     els.slider.max = String(high);
     els.slider.step = String(10 ** Math.floor(Math.log10((high - low) / 500)));
