@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import Literal
 
 import matplotlib
 
@@ -20,6 +21,7 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.artist import Artist  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
@@ -40,6 +42,7 @@ BRANCH_COLOURS = ["tab:blue", "tab:red", "tab:green", "tab:purple", "tab:brown",
 VISIBLE = 1e-3  # branches and components below this probability do not widen the x range
 HALF_WIDTH = 4.5  # standard deviations shown either side of each peak
 MAX_PANELS = 4  # groups of peaks farther apart than they are wide get their own x panel, at most this many
+LegendPlace = Literal["outside lower center", "outside right upper"]
 
 
 def _png(figure: Figure) -> bytes:
@@ -63,7 +66,7 @@ def _fit_title(figure: Figure, text: str, largest: float) -> None:
         title.set_fontsize(size)
 
 
-def _fit_legend(figure: Figure, handles: list, labels: list[str], font: float, loc: str = "outside lower center") -> None:
+def _fit_legend(figure: Figure, handles: list[Artist], labels: list[str], font: float, loc: LegendPlace = "outside lower center") -> None:
     """A figure legend outside the panels, in as many columns as fit the image's width (at least one)."""
     renderer = FigureCanvasAgg(figure).get_renderer()
     room = 0.98 * figure.get_figwidth() * figure.dpi
@@ -180,8 +183,8 @@ def _branch_panel(axes, model: ConjugateMixtureModel, exact: BranchedNormal, qs:
     axes.set_ylabel("p(branch | y)", fontsize=font)
 
 
-def _legend_handles(qs: dict[str, BranchedNormal]) -> tuple[list, list[str]]:
-    handles = [Patch(facecolor=EXACT_FILL, edgecolor=COLOURS["exact"], lw=0.8)]
+def _legend_handles(qs: dict[str, BranchedNormal]) -> tuple[list[Artist], list[str]]:
+    handles: list[Artist] = [Patch(facecolor=EXACT_FILL, edgecolor=COLOURS["exact"], lw=0.8)]
     labels = ["exact posterior p(. | y)"]
     for objective in qs:
         handles.append(Line2D([], [], color=COLOURS.get(objective, "k"), lw=2.5))
