@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 import torch
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from service import errors
 from amortized.diagnostics import DEFAULT_CHECK_SAMPLES
@@ -22,7 +23,7 @@ from service.metrics import Metrics, ResponseMetrics
 from service.middleware import BodySizeLimit, ContentEncoding, HeadAsGet
 from service.registry import Registry, ServedModel
 from service.reload import describe, resolve_mode, watch_artifacts
-from service.routers import bench, health, models, posterior
+from service.routers import bench, exact, health, models, pages, posterior
 from service.settings import Settings, get_settings
 
 DESCRIPTION = """
@@ -110,7 +111,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)  # small tensors: threads cost more than they save, and workers scale out instead
-    app = FastAPI(title="Amortized inference service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # /docs: Swagger UI served from the fastapi-offline package, no CDN (/redoc: routers/pages.py)
+    app = FastAPIOffline(title="Amortized inference service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                         static_url="/static/docs", redoc_url=None)
     app.state.settings = settings
     app.state.registry = Registry(settings.artifacts_dir)
     app.state.reload = "not started"
@@ -123,8 +126,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(HeadAsGet)
     # outermost: counts every response, the 413s of the body-size limit included
     app.add_middleware(ResponseMetrics, metrics=app.state.metrics, served=lambda: app.state.registry.models, templates=lambda: list(app.openapi()["paths"]))
-    for router in (models.router, posterior.router, health.router):
+    for router in (models.router, posterior.router, exact.router, health.router):
         app.include_router(router)
+    pages.install(app)  # / and /explore, and their static files
     if settings.bench_endpoints:
         app.include_router(bench.router)
     return app

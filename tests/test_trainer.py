@@ -81,3 +81,23 @@ def test_report_lists_every_artifact(capsys):
         for objective in ("pq", "qp"):
             assert f"| {model} | {model} | {objective} |" in out
     assert "REFUSED" not in out
+
+
+def test_figures_redraws_only_the_pngs(tmp_path, capsys):
+    import shutil
+
+    from tests.conftest import ARTIFACTS
+
+    shutil.copytree(ARTIFACTS / "gaussian", tmp_path / "gaussian")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "gaussian").iterdir()}
+    for png in (tmp_path / "gaussian").glob("*.png"):
+        png.write_bytes(b"stale")
+    assert main(["figures", "--dir", str(tmp_path), "--variant", "gaussian"]) == 0
+    after = {p.name: p.read_bytes() for p in (tmp_path / "gaussian").iterdir()}
+    assert set(after) == set(before)
+    for name, data in after.items():
+        if name.endswith(".png"):
+            assert data.startswith(PNG)
+        else:
+            assert data == before[name], f"{name} changed"
+    assert "posteriors.png" in capsys.readouterr().out

@@ -170,8 +170,9 @@ def test_each_half_of_both_is_its_objective_alone(client):
 
 def test_head_answers_on_every_get_route(client, app):
     """RFC 9110 9.3.2: HEAD gets GET's status and headers, and no body."""
-    paths = {"/v1/models/{model}": "/v1/models/gmm", "/v1/models/{model}/posterior.png": "/v1/models/gmm/posterior.png?y=0"}
-    routes = [path for path, operations in app.openapi()["paths"].items() if "get" in operations] + ["/openapi.json", "/docs"]
+    paths = {"/v1/models/{model}": "/v1/models/gmm", "/v1/models/{model}/posterior.png": "/v1/models/gmm/posterior.png?y=0",
+             "/v1/models/{model}/exact": "/v1/models/gmm/exact?y=0"}
+    routes = [path for path, operations in app.openapi()["paths"].items() if "get" in operations] + ["/openapi.json", "/docs", "/redoc", "/", "/explore"]
     assert len(routes) >= 7
     for route in routes:
         path = paths.get(route, route)

@@ -1,4 +1,4 @@
-"""``python -m trainer compile|report|upgrade``: compile variants into artifacts, tabulate them, or upgrade old manifests.
+"""``python -m trainer compile|figures|report|upgrade``: compile variants into artifacts, redraw their figures, tabulate them, or upgrade old manifests.
 
 A variant is a family of model with parameters, under a name (amortized/variants.py):
 
@@ -6,6 +6,7 @@ A variant is a family of model with parameters, under a name (amortized/variants
     python -m trainer compile --spec examples/variants/gmm_sigma5.json
     python -m trainer compile --spec examples/variants               # every spec file in a folder
     python -m trainer compile --model gmm --name gmm_sigma5 --params '{"sigma": 5}'
+    python -m trainer figures [--variant gmm_open_k3]                # redraw the PNGs only
 
 Every spec is checked before anything is compiled: an invalid one is reported
 (file, field and reason), nothing is written, and the exit code is 2.
@@ -55,6 +56,10 @@ def parser() -> argparse.ArgumentParser:
     report_ = commands.add_parser("report", help="print the evaluation table of all artifacts")
     report_.add_argument("--dir", type=Path, default=Path("artifacts"), help="artifact folder (default artifacts/)")
     report_.add_argument("--format", choices=["text", "markdown"], default="text")
+
+    figures_ = commands.add_parser("figures", help="redraw the PNG figures of the artifacts on disk (weights and manifests untouched)")
+    figures_.add_argument("--dir", type=Path, default=Path("artifacts"), help="artifact folder (default artifacts/)")
+    figures_.add_argument("--variant", nargs="+", metavar="NAME", help="variants to redraw (default: every one under --dir)")
 
     upgrade = commands.add_parser("upgrade", help="rewrite format-1 manifests as format 2 (variant and family); weights untouched")
     upgrade.add_argument("--dir", type=Path, default=Path("artifacts"), help="artifact folder (default artifacts/)")
@@ -203,4 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "upgrade":
         return upgrade_command(args.dir)
+    if args.command == "figures":
+        names = args.variant or [path.name for path in sorted(args.dir.iterdir()) if path.is_dir()]
+        for path in write_figures(args.dir, set(names)):
+            print(path)
+        return 0
     return compile_command(args)

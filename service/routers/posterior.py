@@ -8,12 +8,13 @@ documents the shape, and the tests validate real responses against it.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
+from amortized.figures import PNG_HEIGHT, PNG_HEIGHT_BRANCHES, PNG_WIDTH
 from amortized.figures import posterior_png as draw
 from amortized.figures import variant_title
 from amortized.importance.streams import draw_seed
@@ -125,8 +126,19 @@ async def posterior(
 def posterior_png(
     y: Annotated[float, Query(allow_inf_nan=False, ge=-MAX_ABS_Y, le=MAX_ABS_Y, description="the observation", examples=[0.0])],
     served: ServedModelDep,
+    objective: Annotated[Literal["pq", "qp", "both"], Query(description="which compiled network(s) to draw: pq, qp, or both (every compiled one)")] = "both",
+    width: Annotated[int | None, Query(ge=320, le=2400, description="image width in pixels (default: 640)")] = None,
+    height: Annotated[int | None, Query(ge=240, le=2400, description="image height in pixels (default: 430, or 750 with discrete latents)")] = None,
 ) -> Response:
+    artifacts = served.artifacts
+    if objective != "both" and objective not in artifacts:
+        available = ", ".join(sorted(artifacts))
+        raise ApiError(404, ["query", "objective"], f"{objective} is not compiled for {served.name}; available: {available}", "not_found")
+    wanted = sorted(artifacts) if objective == "both" else [objective]
+    size = None
+    if width is not None or height is not None:
+        size = (width or PNG_WIDTH, height or (PNG_HEIGHT_BRANCHES if served.model.num_branches > 1 else PNG_HEIGHT))
     with torch.inference_mode():
-        qs = {name: artifact.network(torch.tensor([y], dtype=torch.float32)) for name, artifact in served.artifacts.items()}
-        png = draw(served.model, y, qs, variant_title(served.name, served.model))
+        qs = {name: artifacts[name].network(torch.tensor([y], dtype=torch.float32)) for name in wanted}
+        png = draw(served.model, y, qs, variant_title(served.name, served.model), size)
     return Response(png, media_type="image/png")
