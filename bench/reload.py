@@ -6,10 +6,12 @@ schedule runs for at least --seconds, until the replacements below are done,
 over a mix of variants (the four defaults and the two examples; pq, qp, both).
 Meanwhile the target artifact (gmm_sigma5/pq) is replaced:
 
-1. by the trainer, recompiling it with another seed straight into the served folder;
-2. then, every --every seconds, by one of two versions compiled beforehand,
-   installed the way the trainer commits (new weights, then the manifest by an
-   atomic rename);
+1. with --trainer-in-place, first by the trainer recompiling it (seed 1)
+   straight into the served folder (on 2 cores the compile competes with the
+   server and the load for CPU, so this is optional);
+2. every --every seconds (--swaps times), by one of two versions recompiled
+   beforehand with the trainer (seeds 2 and 3), installed the way the trainer
+   commits: new weights, then the manifest by an atomic rename;
 3. and last by a corrupt one (a flipped byte in new weights, the manifest
    claiming their true sha256), which every worker must refuse while the
    version before it keeps answering.
@@ -45,6 +47,7 @@ from service.launch import ROOT, start_server, stop_server
 
 SPEC = ROOT / "examples" / "variants" / "gmm_sigma5.json"
 TARGET, OBJECTIVE = "gmm_sigma5", "pq"
+SAMPLES = 100  # per observation: a light answer, so that the client keeps the rate on a shared 2-core machine
 MIX = [  # (variant, body) cycled; every third request asks the target
     (TARGET, {"y": 3.0, "objective": OBJECTIVE}),
     ("gmm_open_k3", {"y": 2.7, "objective": "qp"}),
@@ -95,7 +98,7 @@ async def one_request(client: httpx.AsyncClient, base: str, i: int, run: Run) ->
     variant, body = MIX[i % len(MIX)]
     sent = time.monotonic()
     try:
-        response = await client.post(f"{base}/v1/models/{variant}/posterior", json={**body, "num_samples": 200, "seed": i})
+        response = await client.post(f"{base}/v1/models/{variant}/posterior", json={**body, "num_samples": SAMPLES, "seed": i})
         record = Record(sent, time.monotonic(), variant, response.status_code)
         if response.status_code == 200 and variant == TARGET:
             record.version = target_version(orjson.loads(response.content))
@@ -183,23 +186,25 @@ async def readiness_of_every_worker(base: str, workers: int) -> dict[int, dict]:
 
 
 async def replace(base: str, folder: Path, versions: list[Path], args: argparse.Namespace, run: Run, started: float, stop: asyncio.Event):
-    """The replacements, on a schedule: the trainer in place, then precompiled swaps, then the corrupt one; then stop the load."""
+    """The replacements, on a schedule: (the trainer in place,) precompiled swaps, then the corrupt one; then stop the load."""
     live = folder / TARGET / f"{OBJECTIVE}.json"
     await asyncio.sleep(2.0)
-    old = version_of(live)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "trainer", "compile", "--spec", str(SPEC), "--objective", OBJECTIVE, "--seed", "1", "--jobs", "1",
-        "--no-figures", "--out", str(folder), cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-    await process.wait()
-    offset = time.time() - time.monotonic()  # the manifest's mtime is wall-clock time: its rename, give or take its fsync
-    run.replacements.append(Replacement("recompiled by the trainer, in place", live.stat().st_mtime_ns / 1e9 - offset, old, version_of(live)))
-    for i in range(args.swaps):
+    if args.trainer_in_place:
+        old = version_of(live)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "trainer", "compile", "--spec", str(SPEC), "--objective", OBJECTIVE, "--seed", "1", "--jobs", "1",
+            "--no-figures", "--out", str(folder), cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        await process.wait()
+        offset = time.time() - time.monotonic()  # the manifest's mtime is wall-clock time: its rename, give or take its fsync
+        replaced = live.stat().st_mtime_ns / 1e9 - offset
+        run.replacements.append(Replacement("recompiled by the trainer, in place", replaced, old, version_of(live)))
         await asyncio.sleep(args.every)
+    for i in range(args.swaps):
         source = versions[i % len(versions)]
         old = version_of(live)
         at = await asyncio.to_thread(install, source, folder / TARGET)
-        run.replacements.append(Replacement("recompiled beforehand, installed", at, old, version_of(source)))
-    await asyncio.sleep(args.every)
+        run.replacements.append(Replacement("recompiled (seed %d), installed" % (2 + i % len(versions)), at, old, version_of(source)))
+        await asyncio.sleep(args.every)
     kept = version_of(live)
     corrupt_at, corrupt_path = await asyncio.to_thread(install_corrupt, versions[args.swaps % len(versions)], folder / TARGET)
     await asyncio.sleep(4.0)
@@ -251,9 +256,17 @@ async def main_async(args: argparse.Namespace) -> None:
     failed = [r for r in run.records if r.status != 200]
     latencies = [1000 * (r.received - r.sent) for r in run.records]
     print(f"\n{args.workers} uvicorn worker(s), load of {args.rate:g} requests/s for {elapsed:.1f} s (at least {args.seconds:g}) over "
-          f"{len({v for v, _ in MIX})} variants (200 samples each, pq / qp / both), {args.connections} connections")
+          f"{len({v for v, _ in MIX})} variants ({SAMPLES} samples each, pq / qp / both), {args.connections} connections")
     print(f"requests: {len(run.records)} sent, {len(run.records) / elapsed:.0f} per second reached; "
           f"latency p50 {percentile(latencies, 0.5):.1f} ms, p99 {percentile(latencies, 0.99):.1f} ms")
+    first = min(r.sent for r in run.records)
+    per_second = [0] * int(elapsed)
+    for record in run.records:
+        if int(record.received - first) < len(per_second):
+            per_second[int(record.received - first)] += 1
+    print(f"answers per second over the {len(per_second)} whole seconds: min {min(per_second)}, median "
+          f"{statistics.median(per_second):.0f}, max {max(per_second)}: {' '.join(map(str, per_second))}")
+    print(f"replacements at t = {', '.join(f'{r.at - first:.1f}' for r in run.replacements)} s")
     print(f"FAILED REQUESTS: {len(failed)}")
     for record in failed[:10]:
         print(f"  {record.variant}: status {record.status} {record.error}")
@@ -288,7 +301,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--connections", type=int, default=16, help="client connections (lanes), spread over the workers")
     parser.add_argument("--every", type=float, default=2.5, help="seconds between the precompiled replacements")
-    parser.add_argument("--swaps", type=int, default=6, help="precompiled replacements after the trainer's")
+    parser.add_argument("--swaps", type=int, default=8, help="replacements by the versions compiled beforehand")
+    parser.add_argument("--trainer-in-place", action="store_true",
+                        help="first, let the trainer recompile the target straight into the served folder during the load "
+                             "(on 2 cores it competes with the server for CPU)")
     args = parser.parse_args()
     asyncio.run(main_async(args))
 
