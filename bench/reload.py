@@ -1,14 +1,17 @@
 """Live reload under load: replace an artifact by recompiled ones, then by a corrupt one, while requests keep coming.
 
 A copy of the committed artifacts is served by uvicorn (--workers 2 by default;
-each worker watches the folder). An open-loop load of --rate requests/s runs
-for --seconds over a mix of variants (the four defaults and the two examples;
-pq, qp, both). Meanwhile the target artifact (gmm_sigma5/pq) is replaced:
+each worker watches the folder). A load of --rate requests/s on a fixed
+schedule runs for at least --seconds, until the replacements below are done,
+over a mix of variants (the four defaults and the two examples; pq, qp, both).
+Meanwhile the target artifact (gmm_sigma5/pq) is replaced:
 
-1. by the trainer, recompiling it with another seed straight into the served folder;
-2. then, every --every seconds, by one of two versions compiled beforehand,
-   installed the way the trainer commits (new weights, then the manifest by an
-   atomic rename);
+1. with --trainer-in-place, first by the trainer recompiling it (seed 1)
+   straight into the served folder (on 2 cores the compile competes with the
+   server and the load for CPU, so this is optional);
+2. every --every seconds (--swaps times), by one of two versions recompiled
+   beforehand with the trainer (seeds 2 and 3), installed the way the trainer
+   commits: new weights, then the manifest by an atomic rename;
 3. and last by a corrupt one (a flipped byte in new weights, the manifest
    claiming their true sha256), which every worker must refuse while the
    version before it keeps answering.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import shutil
 import statistics
@@ -43,6 +47,7 @@ from service.launch import ROOT, start_server, stop_server
 
 SPEC = ROOT / "examples" / "variants" / "gmm_sigma5.json"
 TARGET, OBJECTIVE = "gmm_sigma5", "pq"
+SAMPLES = 100  # per observation: a light answer, so that the client keeps the rate on a shared 2-core machine
 MIX = [  # (variant, body) cycled; every third request asks the target
     (TARGET, {"y": 3.0, "objective": OBJECTIVE}),
     ("gmm_open_k3", {"y": 2.7, "objective": "qp"}),
@@ -93,7 +98,7 @@ async def one_request(client: httpx.AsyncClient, base: str, i: int, run: Run) ->
     variant, body = MIX[i % len(MIX)]
     sent = time.monotonic()
     try:
-        response = await client.post(f"{base}/v1/models/{variant}/posterior", json={**body, "num_samples": 200, "seed": i})
+        response = await client.post(f"{base}/v1/models/{variant}/posterior", json={**body, "num_samples": SAMPLES, "seed": i})
         record = Record(sent, time.monotonic(), variant, response.status_code)
         if response.status_code == 200 and variant == TARGET:
             record.version = target_version(orjson.loads(response.content))
@@ -104,17 +109,28 @@ async def one_request(client: httpx.AsyncClient, base: str, i: int, run: Run) ->
     run.records.append(record)
 
 
-async def load(base: str, rate: float, seconds: float, run: Run, connections: int) -> float:
-    """Open loop: request i is sent at start + i / rate, whatever the answers before it are doing."""
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-        start, tasks = time.monotonic(), []
-        for i in range(int(rate * seconds)):
-            delay = start + i / rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one_request(client, base, i, run)))
-        await asyncio.gather(*tasks)
+async def load(base: str, rate: float, stop: asyncio.Event, run: Run, connections: int) -> float:
+    """Request i is due at start + i / rate until ``stop``; ``connections`` lanes, one keep-alive connection each, send what is due.
+
+    A lane sends the next request at its time, or at once when behind (then
+    the rate reached falls below the one asked for, and the report says so).
+    One connection per lane: httpx's shared pool slows down quadratically with
+    the requests queued in it.
+    """
+    start = time.monotonic()
+    counter = itertools.count()
+
+    async def lane() -> None:
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=1), timeout=30) as client:
+            for i in counter:  # shared: each request is taken by one lane
+                if stop.is_set():
+                    return
+                delay = start + i / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await one_request(client, base, i, run)
+
+    await asyncio.gather(*(lane() for _ in range(connections)))
     return time.monotonic() - start
 
 
@@ -144,10 +160,17 @@ def install_corrupt(source: Path, folder: Path) -> tuple[float, Path]:
     return time.monotonic(), folder / source.name
 
 
-def compile_version(seed: int, out: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "trainer", "compile", "--spec", str(SPEC), "--objective", OBJECTIVE, "--seed", str(seed),
-                    "--jobs", "1", "--no-figures", "--out", str(out)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return out / TARGET / f"{OBJECTIVE}.json"
+def compile_versions(seeds: list[int], root: Path) -> list[Path]:
+    """The target recompiled with each seed, side by side (one trainer process each), each in its own folder."""
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "trainer", "compile", "--spec", str(SPEC), "--objective", OBJECTIVE, "--seed", str(seed),
+                          "--jobs", "1", "--no-figures", "--out", str(root / f"version-{seed}")],
+                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for seed in seeds
+    ]
+    if any(process.wait() != 0 for process in processes):
+        raise SystemExit("compiling the replacement versions failed")
+    return [root / f"version-{seed}" / TARGET / f"{OBJECTIVE}.json" for seed in seeds]
 
 
 async def readiness_of_every_worker(base: str, workers: int) -> dict[int, dict]:
@@ -162,30 +185,32 @@ async def readiness_of_every_worker(base: str, workers: int) -> dict[int, dict]:
     return seen
 
 
-async def replace(base: str, folder: Path, versions: list[Path], seconds: float, every: float, workers: int, run: Run, started: float):
-    """The replacements, on a schedule: the trainer live, then precompiled swaps, then the corrupt one."""
+async def replace(base: str, folder: Path, versions: list[Path], args: argparse.Namespace, run: Run, started: float, stop: asyncio.Event):
+    """The replacements, on a schedule: (the trainer in place,) precompiled swaps, then the corrupt one; then stop the load."""
     live = folder / TARGET / f"{OBJECTIVE}.json"
     await asyncio.sleep(2.0)
-    old = version_of(live)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "trainer", "compile", "--spec", str(SPEC), "--objective", OBJECTIVE, "--seed", "1", "--jobs", "1",
-        "--no-figures", "--out", str(folder), cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-    await process.wait()
-    offset = time.time() - time.monotonic()
-    run.replacements.append(Replacement("recompiled by the trainer, in place", live.stat().st_mtime_ns / 1e9 - offset, old, version_of(live)))
-    i = 0
-    while time.monotonic() - started < seconds - 8 - every:
-        await asyncio.sleep(every)
+    if args.trainer_in_place:
+        old = version_of(live)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "trainer", "compile", "--spec", str(SPEC), "--objective", OBJECTIVE, "--seed", "1", "--jobs", "1",
+            "--no-figures", "--out", str(folder), cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        await process.wait()
+        offset = time.time() - time.monotonic()  # the manifest's mtime is wall-clock time: its rename, give or take its fsync
+        replaced = live.stat().st_mtime_ns / 1e9 - offset
+        run.replacements.append(Replacement("recompiled by the trainer, in place", replaced, old, version_of(live)))
+        await asyncio.sleep(args.every)
+    for i in range(args.swaps):
         source = versions[i % len(versions)]
         old = version_of(live)
         at = await asyncio.to_thread(install, source, folder / TARGET)
-        run.replacements.append(Replacement("recompiled beforehand, installed", at, old, version_of(source)))
-        i += 1
-    await asyncio.sleep(max(0.0, seconds - 7 - (time.monotonic() - started)))
-    corrupt_at, corrupt_path = await asyncio.to_thread(install_corrupt, versions[i % len(versions)], folder / TARGET)
-    kept = version_of(versions[(i - 1) % len(versions)]) if i else run.replacements[-1].new
-    await asyncio.sleep(2.0)
-    verdicts = await readiness_of_every_worker(base, workers)
+        run.replacements.append(Replacement("recompiled (seed %d), installed" % (2 + i % len(versions)), at, old, version_of(source)))
+        await asyncio.sleep(args.every)
+    kept = version_of(live)
+    corrupt_at, corrupt_path = await asyncio.to_thread(install_corrupt, versions[args.swaps % len(versions)], folder / TARGET)
+    await asyncio.sleep(4.0)
+    verdicts = await readiness_of_every_worker(base, args.workers)
+    await asyncio.sleep(max(0.0, args.seconds - (time.monotonic() - started)))
+    stop.set()
     return corrupt_at, corrupt_path, kept, verdicts
 
 
@@ -213,28 +238,35 @@ async def main_async(args: argparse.Namespace) -> None:
         folder = Path(tmp) / "artifacts"
         shutil.copytree(ROOT / "artifacts", folder, ignore=shutil.ignore_patterns("*.png"))
         print(f"compiling two replacement versions of {TARGET}/{OBJECTIVE} beforehand (seeds 2 and 3) ...", flush=True)
-        versions = [compile_version(seed, Path(tmp) / f"version-{seed}") for seed in (2, 3)]
+        versions = compile_versions([2, 3], Path(tmp))
         env = {"AMORTIZED_ARTIFACTS_DIR": str(folder)}
         server, base = start_server(env, "--workers", str(args.workers), "--log-level", "warning", "--no-access-log", timeout=180)
         try:
             async with httpx.AsyncClient() as client:  # every worker warmed up before the clock starts
                 for _ in range(50):
                     await client.post(f"{base}/v1/models/{TARGET}/posterior", json={"y": 0.0}, headers={"connection": "close"})
-            run = Run()
+            run, stop = Run(), asyncio.Event()
             started = time.monotonic()
-            loader = asyncio.create_task(load(base, args.rate, args.seconds, run, args.connections))
-            corrupt_at, corrupt_path, kept, verdicts = await replace(
-                base, folder, versions, args.seconds, args.every, args.workers, run, started)
+            loader = asyncio.create_task(load(base, args.rate, stop, run, args.connections))
+            corrupt_at, corrupt_path, kept, verdicts = await replace(base, folder, versions, args, run, started, stop)
             elapsed = await loader
         finally:
             stop_server(server)
     measure(run)
     failed = [r for r in run.records if r.status != 200]
     latencies = [1000 * (r.received - r.sent) for r in run.records]
-    print(f"\n{args.workers} uvicorn worker(s), open-loop load of {args.rate:g} requests/s for {args.seconds:g} s over "
-          f"{len({v for v, _ in MIX})} variants (200 samples each, pq / qp / both), {args.connections} connections")
+    print(f"\n{args.workers} uvicorn worker(s), load of {args.rate:g} requests/s for {elapsed:.1f} s (at least {args.seconds:g}) over "
+          f"{len({v for v, _ in MIX})} variants ({SAMPLES} samples each, pq / qp / both), {args.connections} connections")
     print(f"requests: {len(run.records)} sent, {len(run.records) / elapsed:.0f} per second reached; "
           f"latency p50 {percentile(latencies, 0.5):.1f} ms, p99 {percentile(latencies, 0.99):.1f} ms")
+    first = min(r.sent for r in run.records)
+    per_second = [0] * int(elapsed)
+    for record in run.records:
+        if int(record.received - first) < len(per_second):
+            per_second[int(record.received - first)] += 1
+    print(f"answers per second over the {len(per_second)} whole seconds: min {min(per_second)}, median "
+          f"{statistics.median(per_second):.0f}, max {max(per_second)}: {' '.join(map(str, per_second))}")
+    print(f"replacements at t = {', '.join(f'{r.at - first:.1f}' for r in run.replacements)} s")
     print(f"FAILED REQUESTS: {len(failed)}")
     for record in failed[:10]:
         print(f"  {record.variant}: status {record.status} {record.error}")
@@ -264,11 +296,15 @@ async def main_async(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--seconds", type=float, default=30, help="least duration of the load (it lasts until the replacements are done)")
     parser.add_argument("--rate", type=float, default=250, help="requests per second (open loop)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--connections", type=int, default=16, help="client connections (lanes), spread over the workers")
     parser.add_argument("--every", type=float, default=2.5, help="seconds between the precompiled replacements")
+    parser.add_argument("--swaps", type=int, default=8, help="replacements by the versions compiled beforehand")
+    parser.add_argument("--trainer-in-place", action="store_true",
+                        help="first, let the trainer recompile the target straight into the served folder during the load "
+                             "(on 2 cores it competes with the server for CPU)")
     args = parser.parse_args()
     asyncio.run(main_async(args))
 

@@ -44,6 +44,7 @@ class Posterior:
     diagnostics: dict[str, Any]
     exact: dict[str, Any]
     resampled: dict[str, np.ndarray] | None = None
+    versions: dict[str, str] = field(default_factory=dict)  # {objective: version} of the networks that answered
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     @classmethod
@@ -64,6 +65,7 @@ class Posterior:
             diagnostics=body["diagnostics"],
             exact=body["exact"],
             resampled=None if resampled is None else {name: column(v) for name, v in resampled.items()},
+            versions=body.get("versions", {}),
             raw=body,
         )
 
@@ -117,10 +119,16 @@ class AmortizedClient:
         seed: int | None = None,
         resample: bool = False,
         cross_check: bool = True,
+        version: str | dict[str, str] | None = None,
     ) -> Posterior | dict[str, Posterior] | list[Posterior | dict[str, Posterior]]:
-        """One answer for a scalar y, a list for a list; ``objective="both"`` gives {"pq": ..., "qp": ...}."""
+        """One answer for a scalar y, a list for a list; ``objective="both"`` gives {"pq": ..., "qp": ...}.
+
+        ``version`` pins the network (see ``models()``); a version not served raises ApiError with status 409.
+        """
         body = {"y": y, "objective": objective, "num_samples": num_samples, "resample": resample, "cross_check": cross_check}
         if seed is not None:
             body["seed"] = seed
+        if version is not None:
+            body["version"] = version
         answer = self._call("POST", f"/v1/models/{model}/posterior", json=body)
         return [parse(r) for r in answer["results"]] if "results" in answer else parse(answer)

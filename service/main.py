@@ -81,6 +81,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     reference counting when the response is sent: collecting every 700
     allocations (Python's default) scanned each batch's half-built answers,
     ~10 us per request (bench/serve_benchmark.py: +4% posterior throughput).
+
+    Then, until shutdown, this worker watches the artifacts folder and swaps
+    in what changes (service/reload.py); each uvicorn worker runs its own.
     """
     settings: Settings = app.state.settings
     registry: Registry = app.state.registry

@@ -55,10 +55,6 @@ class ServedModel:
         # the request path runs the networks as NumPy functions of y (weights copied once, on first use)
         self._forwards: dict[tuple[str, ...], Callable[[np.ndarray], list[BranchedNormal]]] = {}
 
-    def add(self, objective: str, artifact: Artifact) -> None:
-        self.artifacts[objective] = artifact
-        self._forwards.clear()
-
     def forward(self, objectives: Sequence[str], y: np.ndarray) -> dict[str, BranchedNormal]:
         """q(. | y) of each objective's network, run together in one NumPy pass where the family allows."""
         key = tuple(sorted(objectives))
@@ -126,7 +122,6 @@ class Registry:
     def __init__(self, root: Path, prepare: Callable[[ServedModel], None] | None = None) -> None:
         self.root = Path(root)
         self.prepare = prepare
-        self.reloads = 0  # scans that changed what is served
         self._lock = threading.Lock()
         self._entries: dict[Path, Entry] = {}
         self._last_good: dict[Path, Artifact] = {}
@@ -241,8 +236,6 @@ class Registry:
             problem = f"no artifact in {self.folder} can be served (see refused)"
         changed = self._log_changes(old, models, refused, problem)
         self._state = State(models, refused, problem)  # the swap: one assignment
-        if changed:
-            self.reloads += 1
         return changed
 
     def _log_changes(self, old: dict[str, ServedModel], new: dict[str, ServedModel], refused: dict[str, str], problem: str | None) -> bool:

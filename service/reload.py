@@ -77,6 +77,7 @@ async def watch_artifacts(registry: Registry, mode: str, interval: float, stop: 
     """Rescan ``registry``'s folder on file events (``watch``) or every ``interval`` seconds (``poll``) until ``stop`` is set."""
     if mode == "off":
         return
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # not a line per batch of file events: the registry logs what changed
     while not stop.is_set():
         if mode == "watch" and registry.root.is_dir():
             from watchfiles import awatch

@@ -28,6 +28,9 @@ def test_client_gets_numpy_answers_from_a_real_server(server):
         assert len(both) == 2 and set(both[0]) == {"pq", "qp"}
         assert both[0]["qp"].branch_stds[0] < 1.1 and both[0]["pq"].branch_stds[0] > 4.5  # mode-seeking against mass-covering
         assert api.model("gaussian")["artifacts"]["pq"]["metrics"]["linear"]["a"]["abs_error"] < 0.01
+        versions = {m["name"]: m["versions"] for m in api.models()}
+        pinned = api.posterior("gmm_sigma5", 3.0, objective="qp", num_samples=50, seed=1, version=versions["gmm_sigma5"]["qp"])
+        assert pinned.versions == versions["gmm_sigma5"]
 
 
 def test_client_raises_the_servers_reason(server):
@@ -38,3 +41,6 @@ def test_client_raises_the_servers_reason(server):
         with pytest.raises(ApiError) as error:
             api.posterior("nope", 1.0)
         assert error.value.status == 404
+        with pytest.raises(ApiError) as error:
+            api.posterior("gmm", 1.0, version="0123456789abcdef")
+        assert error.value.status == 409 and "served versions" in error.value.detail[0]["msg"]

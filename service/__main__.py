@@ -1,0 +1,58 @@
+"""The server's entry point: ``python -m service [uvicorn options]`` (what ``make serve``, the image, compose and Kubernetes run).
+
+It runs ``uvicorn --factory service.main:create_app`` with what must happen
+once per start, before any worker exists:
+
+- workers: uvicorn's ``--workers`` defaults to ``$WEB_CONCURRENCY`` (1 when
+  unset); uvicorn restarts a worker that dies;
+- metrics: a fresh Prometheus multiprocess folder (``PROMETHEUS_MULTIPROC_DIR``),
+  so that ``/metrics`` sums the counters and histograms of every worker,
+  whichever worker answers the scrape. When the variable is already set (a
+  mounted volume), the folder's metric files are removed first; otherwise a
+  temporary folder is made and removed at exit.
+
+What each worker process sets for itself (threads, garbage collection,
+logging) is set when its app starts (``service.main.lifespan``), not here:
+uvicorn's workers are fresh interpreters.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import uvicorn
+
+FACTORY = "service.main:create_app"
+
+
+def fresh_metrics_folder() -> tuple[str, bool]:
+    """The multiprocess folder for this start, emptied; and whether it is ours to remove at exit."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        for stale in Path(folder).glob("*.db"):  # values of an earlier start would be summed with this one's
+            stale.unlink()
+        return folder, False
+    return tempfile.mkdtemp(prefix="amortized-metrics-"), True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve until stopped; returns uvicorn's exit status."""
+    folder, ours = fresh_metrics_folder()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder  # before any worker imports prometheus_client
+    try:
+        uvicorn.main.main(args=["--factory", FACTORY, *(sys.argv[1:] if argv is None else argv)], standalone_mode=False)
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else 1
+    finally:
+        if ours:
+            shutil.rmtree(folder, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
