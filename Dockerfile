@@ -19,4 +19,4 @@ USER app
 # One worker per container: replicas scale out (compose, Kubernetes); WEB_CONCURRENCY=N runs N workers in one.
 ENV HOST=0.0.0.0 PORT=8000 WEB_CONCURRENCY=1 AMORTIZED_ARTIFACTS_DIR=/artifacts
 EXPOSE 8000
-CMD ["sh", "-c", "exec python -m service.launch --host \"$HOST\" --port \"$PORT\""]
+CMD ["sh", "-c", "exec python -m service --host \"$HOST\" --port \"$PORT\""]

@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 serve: $(STAMP)  ## serve the committed artifacts on $(HOST):$(PORT) with $(WEB_CONCURRENCY) worker processes
-	WEB_CONCURRENCY=$(WEB_CONCURRENCY) $(BIN)/python -m service.launch --host $(HOST) --port $(PORT)
+	WEB_CONCURRENCY=$(WEB_CONCURRENCY) $(BIN)/python -m service --host $(HOST) --port $(PORT)
 
 test: $(STAMP)  ## run the test suite
 	$(BIN)/python -m pytest -q

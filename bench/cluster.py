@@ -1,6 +1,6 @@
 """The compose topology without Docker: N api replicas and HAProxy, all on loopback.
 
-Each replica is ``python -m service.launch`` (WEB_CONCURRENCY workers, default
+Each replica is ``python -m service`` (WEB_CONCURRENCY workers, default
 1) on its own port; HAProxy (Debian's haproxy, the same 2.6 as the compose
 image) runs deploy/haproxy/haproxy.cfg with its servers replaced by the
 replicas. Like compose's ``restart: unless-stopped``, a replica that dies is
@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.launch import ROOT, free_port, start_server, stop_server, wait_ready  # noqa: E402
+from tests.launch import ROOT, free_port, start_server, stop_server, wait_ready  # noqa: E402
 
 CONFIG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
 
@@ -59,7 +59,7 @@ class Replica:
         self.starts.append(time.monotonic())
 
     def _spawn(self, out) -> subprocess.Popen:
-        command = [sys.executable, "-m", "service.launch", "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning", "--no-access-log"]
+        command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning", "--no-access-log"]
         return subprocess.Popen(command, env={**os.environ, **self.env}, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.launch import ROOT, free_port, stop_server, wait_ready  # noqa: E402
+from tests.launch import ROOT, free_port, stop_server, wait_ready  # noqa: E402
 
 BODY = {"y": 0.3, "objective": "pq", "num_samples": 1000, "seed": 1}
 
@@ -53,7 +53,7 @@ def measure(source: Path, seconds: int, connections: int) -> tuple[float, dict[s
     """Start the server of the code in ``source``; returns (seconds to ready, {round: figures})."""
     port = free_port()
     env = {**os.environ, "AMORTIZED_ARTIFACTS_DIR": str(ROOT / "artifacts"), "PYTHONPATH": str(source)}
-    command = [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(port),
+    command = [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app", "--host", "127.0.0.1", "--port", str(port),
                "--log-level", "warning", "--no-access-log"]
     started = time.monotonic()
     server = subprocess.Popen(command, cwd=source, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

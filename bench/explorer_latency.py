@@ -19,7 +19,7 @@ import os
 import statistics
 import sys
 
-from service.launch import ROOT, start_server, stop_server
+from tests.launch import ROOT, start_server, stop_server
 
 sys.path.insert(0, str(ROOT))
 from tests.browser import Watch, chromium, why_no_browser  # noqa: E402

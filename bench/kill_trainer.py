@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from amortized.artifacts import STAGING, discover_artifacts  # noqa: E402
-from service.launch import ROOT  # noqa: E402
+from tests.launch import ROOT  # noqa: E402
 from service.registry import Registry  # noqa: E402
 
 OBJECTIVES = ("pq", "qp")

@@ -43,7 +43,8 @@ import httpx
 import orjson
 
 from amortized.artifacts import atomic_write
-from service.launch import ROOT, start_server, stop_server
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.launch import ROOT, start_server, stop_server
 
 SPEC = ROOT / "examples" / "variants" / "gmm_sigma5.json"
 TARGET, OBJECTIVE = "gmm_sigma5", "pq"

@@ -11,6 +11,8 @@ Rounds alternate between the endpoints; medians are reported.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 import importlib.util
 import json
 import os
@@ -23,7 +25,8 @@ import time
 
 import httpx
 
-from service.launch import ROOT, start_server, stop_server
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.launch import ROOT, start_server, stop_server
 
 
 def wrk(url: str, body: dict, seconds: int, connections: int) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Soak: --minutes (default 10) at 32 connections with a mix of scalar, batch, "both", resample and bad requests.
 
-Starts the server as ``make serve`` does (python -m service.launch, WEB_CONCURRENCY
+Starts the server as ``make serve`` does (python -m service, WEB_CONCURRENCY
 from --workers, default 1) and drives it with bench/load.py: 40% scalar (1000
 samples, pq or qp), 15% batches of 8 y (200 samples), 15% "both" (500
 samples), 15% resample, 15% bad requests (num_samples 0, y "NaN", malformed
@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.load import drive, percentile, posterior_mix  # noqa: E402
-from service.launch import ROOT, start_server, stop_server  # noqa: E402
+from tests.launch import ROOT, start_server, stop_server  # noqa: E402
 
 
 def resident_bytes(pid: int) -> int:
@@ -67,7 +67,7 @@ def main() -> None:
         return min(memory, key=lambda m: abs(m[0] - t))[1]
 
     minutes = int(round(args.minutes))
-    print(f"soak: python -m service.launch, {args.workers} worker(s), {args.connections} connections, {run.wall / 60:.1f} min,"
+    print(f"soak: python -m service, {args.workers} worker(s), {args.connections} connections, {run.wall / 60:.1f} min,"
           f" {len(run.records)} requests ({len(run.records) / run.wall:.0f}/s)")
     print(f"machine load average (1 min) before / after: {load_before[0]:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"load generator (bench/load.py, asyncio + uvloop): {run.cpu:.0f} s CPU = {100 * run.cpu / run.wall:.0f}% of one core")

@@ -1,6 +1,6 @@
 """Throughput with 1 and 2 uvicorn workers (WEB_CONCURRENCY) on this machine, side by side.
 
-For each worker count a server is started with ``python -m service.launch`` and
+For each worker count a server is started with ``python -m service`` and
 driven by wrk (one thread) at --connections, rounds alternating between the
 counts; medians are reported. The load generator runs on the same 2 cores, so
 its own CPU time (wrk's, from the kernel's accounting of the child) and the
@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.launch import ROOT, start_server, stop_server  # noqa: E402
+from tests.launch import ROOT, start_server, stop_server  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -11,13 +11,18 @@ once per start, before any worker exists:
   mounted volume), the folder's metric files are removed first; otherwise a
   temporary folder is made and removed at exit.
 
-What each worker process sets for itself (threads, garbage collection,
-logging) is set when its app starts (``service.main.lifespan``), not here:
-uvicorn's workers are fresh interpreters.
+- logging: uvicorn configures it in every worker from ``--log-config``; unless
+  one is given, :data:`LOG_CONFIG` (uvicorn's own loggers, and the service's
+  at INFO on stderr).
+
+What each worker sets for itself (torch's threads, the garbage collector) it
+sets when its app starts (``service.main.lifespan``): uvicorn's workers are
+fresh interpreters.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -27,6 +32,18 @@ from pathlib import Path
 import uvicorn
 
 FACTORY = "service.main:create_app"
+LOG_CONFIG = {  # uvicorn's default configuration, plus the root logger for the service's own messages
+    **uvicorn.config.LOGGING_CONFIG,
+    "root": {"handlers": ["service"], "level": "INFO"},
+    "handlers": {
+        **uvicorn.config.LOGGING_CONFIG["handlers"],
+        "service": {"class": "logging.StreamHandler", "formatter": "service", "stream": "ext://sys.stderr"},
+    },
+    "formatters": {
+        **uvicorn.config.LOGGING_CONFIG["formatters"],
+        "service": {"format": "%(levelname)s %(name)s: %(message)s"},
+    },
+}
 
 
 def fresh_metrics_folder() -> tuple[str, bool]:
@@ -42,15 +59,21 @@ def fresh_metrics_folder() -> tuple[str, bool]:
 
 def main(argv: list[str] | None = None) -> int:
     """Serve until stopped; returns uvicorn's exit status."""
+    options = sys.argv[1:] if argv is None else argv
     folder, ours = fresh_metrics_folder()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder  # before any worker imports prometheus_client
-    try:
-        uvicorn.main.main(args=["--factory", FACTORY, *(sys.argv[1:] if argv is None else argv)], standalone_mode=False)
-    except SystemExit as stop:
-        return stop.code if isinstance(stop.code, int) else 1
-    finally:
-        if ours:
-            shutil.rmtree(folder, ignore_errors=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="amortized-logging-") as log_config:
+        json.dump(LOG_CONFIG, log_config)
+        log_config.flush()
+        if "--log-config" not in options:
+            options = ["--log-config", log_config.name, *options]
+        try:
+            uvicorn.main.main(args=["--factory", FACTORY, *options], standalone_mode=False)
+        except SystemExit as stop:
+            return stop.code if isinstance(stop.code, int) else 1
+        finally:
+            if ours:
+                shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 

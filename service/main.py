@@ -1,4 +1,9 @@
-"""The app: ``uvicorn service.main:app`` (what ``make serve`` runs), and ``create_app(settings)`` for tests."""
+"""The app factory: ``create_app(settings)``, which ``python -m service`` serves as ``uvicorn --factory service.main:create_app``.
+
+Building an app changes nothing process-wide; what a serving process sets for
+itself (torch's threads, the garbage collector) it sets when the app starts
+(:func:`lifespan`), and logging is configured by the entry point (``service/__main__.py``).
+"""
 
 from __future__ import annotations
 
@@ -73,7 +78,7 @@ def warm_up(registry: Registry, check_samples: int = DEFAULT_CHECK_SAMPLES) -> N
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """At start: compile the kernels; then what start-up built (torch, the networks, the app) lives as long as the process.
+    """At start, in each serving process: one torch thread, compile the kernels; then what start-up built (torch, the networks, the app) lives as long as the process.
 
     ``gc.freeze`` keeps those ~250k objects out of the collector's full
     passes, which otherwise stall a request now and then for ~80 ms (the p99).
@@ -87,6 +92,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """
     settings: Settings = app.state.settings
     registry: Registry = app.state.registry
+    torch.set_num_threads(1)  # small tensors (the PNG route): threads cost more than they save; workers scale out instead
     warm_up(registry, settings.cross_check_samples)
     gc.freeze()
     gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *gc.get_threshold()[1:])
@@ -111,9 +117,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Load and verify the artifacts, then build the app; refused artifacts are logged, the rest serve."""
     settings = settings or get_settings()
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(1)  # small tensors: threads cost more than they save, and workers scale out instead
     # /docs: Swagger UI served from the fastapi-offline package, no CDN (/redoc: routers/pages.py)
     app = FastAPIOffline(title="Amortized inference service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
                          static_url="/static/docs", redoc_url=None)
@@ -135,11 +138,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.bench_endpoints:
         app.include_router(bench.router)
     return app
-
-
-def __getattr__(name: str) -> FastAPI:
-    """``service.main:app``, built from the environment on first access, so importing ``create_app`` loads nothing."""
-    if name != "app":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()["app"] = application = create_app()
-    return application

@@ -2,7 +2,7 @@
 latency, micro-batch sizes, and the process's memory, CPU and open files.
 
 One process, or many: when ``PROMETHEUS_MULTIPROC_DIR`` is set (``python -m
-service.launch`` sets it to a fresh folder at every start, for any number of
+service`` sets it to a fresh folder at every start, for any number of
 workers), every worker writes its values to files there and ``/metrics``
 merges them, so a counter or histogram reads the sum over all workers,
 whichever one answers the scrape. Process metrics cannot be summed that way

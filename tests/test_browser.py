@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.launch import start_server, stop_server
+from tests.launch import start_server, stop_server
 from tests.browser import Watch, chromium, why_no_browser
 from tests.conftest import ARTIFACTS
 

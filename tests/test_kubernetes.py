@@ -38,7 +38,7 @@ def test_api_pods_probe_real_routes_and_request_resources():
     app = create_app(Settings(artifacts_dir=ARTIFACTS))
     paths = set(app.openapi()["paths"])
     (api,) = pod_spec("Deployment")["containers"]
-    assert api["command"][:3] == ["python", "-m", "service.launch"]
+    assert api["command"][:3] == ["python", "-m", "service"]
     port = {p["name"]: p["containerPort"] for p in api["ports"]}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert api[probe]["httpGet"]["path"] in paths and api[probe]["httpGet"]["port"] in port

@@ -17,7 +17,7 @@ from amortized.models import build_model
 from amortized.training import compile_network, recipe
 from service.answers import answer
 from service.answers import PosteriorQuery
-from service.launch import start_server, stop_server
+from tests.launch import start_server, stop_server
 from service.main import create_app
 from service.registry import Registry
 from service.settings import Settings

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from client import AmortizedClient, ApiError
-from service.launch import start_server, stop_server
+from tests.launch import start_server, stop_server
 from tests.conftest import ARTIFACTS
 
 

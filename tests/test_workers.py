@@ -1,4 +1,4 @@
-"""Two uvicorn workers behind one port (python -m service.launch, WEB_CONCURRENCY=2): /metrics sums them."""
+"""Two uvicorn workers behind one port (python -m service, WEB_CONCURRENCY=2): /metrics sums them."""
 
 import json
 import os
@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from service.launch import start_server, stop_server
+from tests.launch import start_server, stop_server
 from tests.conftest import ARTIFACTS
 
 N = 24
