@@ -41,7 +41,7 @@ def test_everything_the_layout_names_exists():
         if not match or match.group(2).startswith("#"):
             continue
         name = match.group(2)
-        if not re.fullmatch(r"[\w.-]+/?", name):
+        if not re.fullmatch(r"[\w-]+(\.\w+|/)", name):  # a file or a folder, not a continued description
             continue
         assert list(ROOT.rglob(name.rstrip("/"))), f"the README's layout names {name}, which does not exist"
 
