@@ -21,11 +21,11 @@ The manifest is the commit point. New weights go to a new, content-addressed
 file; only then is the manifest replaced with ``os.replace`` (atomic), and only
 after that is the old weights file removed. A crash, Ctrl-C or SIGKILL at any
 moment leaves either the old artifact or the new one, complete. Every file is
-first written and fsynced under ``<root>/.staging/`` (never a model folder, so
-a writer killed mid-write leaves nothing where the server looks; the next save
-removes what dead writers left there), then renamed into place. Loading reads
-the weights once, checks their sha256 against the manifest, then parses those
-same bytes.
+first written and fsynced under ``<root>/.staging/`` (never a variant folder,
+so a writer killed mid-write leaves nothing where the server looks; the next
+save removes what dead writers left there), then renamed into place. Loading
+reads the weights once, checks their sha256 against the manifest, then parses
+those same bytes.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def library_versions() -> dict[str, str]:
     }
 
 
-STAGING = ".staging"  # under an artifacts root: files being written (a dot folder: discover_artifacts skips it)
+STAGING = ".staging"  # under an artifacts root: files being written (a dot folder: manifest_paths skips it)
 
 
 def atomic_write(path: Path, data: bytes, staging_folder: Path | None = None) -> None:
@@ -200,8 +200,7 @@ def save_artifact(
     ``variant`` names the folder and the manifest's variant (default: the family's name, its default variant).
     """
     variant = check_name(variant or model.name)
-    folder = Path(root) / variant
-    staging = Path(root) / STAGING
+    folder, staging = Path(root) / variant, Path(root) / STAGING
     folder.mkdir(parents=True, exist_ok=True)
     remove_dead_staging(root)
     tensors = {name: value.detach().contiguous() for name, value in network.state_dict().items()}
@@ -350,10 +349,11 @@ def upgrade_manifest(path: Path) -> bool:
         check_layout(path, Manifest.model_validate(upgraded))
     except ValidationError as error:
         raise ArtifactError(f"{path}: cannot upgrade: {error}") from None
-    atomic_write(path, manifest_bytes(upgraded))
+    staging = path.parent.parent / STAGING  # <root>/.staging
+    atomic_write(path, manifest_bytes(upgraded), staging)
     try:
         load_artifact(path)
     except ArtifactError:
-        atomic_write(path, original)
+        atomic_write(path, original, staging)
         raise
     return True

@@ -63,7 +63,7 @@ class Metrics:
             ["model", "objective", "code"], registry=self.registry,
         )
         self.latency = Histogram(
-            "amortized_posterior_seconds", "posterior request latency, from the request's arrival to its response's end",
+            "amortized_posterior_seconds", "posterior request latency, from the request's arrival to the start of its response",
             ["model", "objective"], buckets=LATENCY_BUCKETS, registry=self.registry,
         )
         self.observations = Counter("amortized_observations", "observations answered", ["model"], registry=self.registry)
@@ -161,21 +161,25 @@ class ResponseMetrics:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
-        code = 0
+        recorded = False
 
         async def send_status(message: Message) -> None:
-            nonlocal code
-            if message["type"] == "http.response.start":
-                code = message["status"]
+            nonlocal recorded
+            if message["type"] == "http.response.start" and not recorded:
+                # counted before the response leaves: a client that reads /metrics right after its answer sees it
+                recorded = True
+                self._record(scope, message["status"], time.perf_counter() - started)
             await send(message)
 
         try:
             await self.app(scope, receive, send_status)
         except BaseException:
-            code = code or 500  # Starlette's outermost handler answers 500 when nothing was sent yet
+            if not recorded:  # Starlette's outermost handler answers 500 when nothing was sent yet
+                recorded = True
+                self._record(scope, 500, time.perf_counter() - started)
             raise
-        finally:
-            self._record(scope, code or 500, time.perf_counter() - started)
+        if not recorded:  # returned without a response: the server answers 500
+            self._record(scope, 500, time.perf_counter() - started)
 
     def _record(self, scope: Scope, code: int, seconds: float) -> None:
         route = scope.get("route")

@@ -3,7 +3,6 @@
 import os
 
 from fastapi import APIRouter, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.dependencies import MetricsDep, RegistryDep
 from service.responses import json_response
