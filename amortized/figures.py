@@ -35,6 +35,12 @@ def _branch_label(branch: dict[str, int]) -> str:
     return ",".join(f"{k}={v}" for k, v in branch.items()) or "x"
 
 
+def _model_branch_probs(model: ConjugateMixtureModel, q: BranchedNormal) -> torch.Tensor:
+    """q(b | y) per model branch ``(batch, branches)``: a mixture network's K components of a branch summed."""
+    probs = q.probs.double()
+    return probs.reshape(len(probs), model.num_branches, -1).sum(-1)
+
+
 def _x_grid(dists: list[BranchedNormal], index: int, points: int = 600) -> torch.Tensor:
     """A grid covering every branch of every distribution for observation ``index``."""
     means = torch.cat([d.means[index].double() for d in dists])
@@ -54,7 +60,7 @@ def _density_panel(axes, model, exact: BranchedNormal, qs: dict[str, BranchedNor
 
 
 def _branch_panel(axes, model, exact: BranchedNormal, qs: dict[str, BranchedNormal], index: int) -> None:
-    probs = {"exact": model.branch_probabilities(exact)[index]} | {o: q.probs[index].double() for o, q in qs.items()}
+    probs = {"exact": model.branch_probabilities(exact)[index]} | {o: _model_branch_probs(model, q)[index] for o, q in qs.items()}
     width = 0.8 / len(probs)
     for i, (name, p) in enumerate(probs.items()):
         positions = [b + (i - (len(probs) - 1) / 2) * width for b in range(model.num_branches)]
@@ -109,12 +115,17 @@ def network_outputs_png(model: ConjugateMixtureModel, posteriors: dict[str, Bran
             mean_axes.plot(y, best.means[:, 0], style, color="0.4", label=f"best {objective} in family")
             std_axes.plot(y, best.stds[:, 0], style, color="0.4", label=f"best {objective} in family")
     for objective, q in posteriors.items():
-        for b, branch in enumerate(model.branches):
+        k = q.num_branches // model.num_branches  # a mixture network: K normals per branch, each drawn
+        for g in range(q.num_branches):
+            branch = model.branches[g // k]
             label = f"{objective} {_branch_label(branch)}" if model.num_branches > 1 else objective
-            mean_axes.plot(y, q.means[:, b].double(), color=COLOURS.get(objective), alpha=0.9, label=label)
-            std_axes.plot(y, q.stds[:, b].double(), color=COLOURS.get(objective), alpha=0.9, label=label)
-            if rest:
-                rest[0].plot(y, q.probs[:, b].double(), color=COLOURS.get(objective), label=label)
+            label += f" component {g % k}" if k > 1 else ""
+            mean_axes.plot(y, q.means[:, g].double(), color=COLOURS.get(objective), alpha=0.9, label=label)
+            std_axes.plot(y, q.stds[:, g].double(), color=COLOURS.get(objective), alpha=0.9, label=label)
+        if rest:
+            for b, branch in enumerate(model.branches):
+                label = f"{objective} {_branch_label(branch)}"
+                rest[0].plot(y, _model_branch_probs(model, q)[:, b], color=COLOURS.get(objective), label=label)
     if rest:
         for b, p in enumerate(model.branch_probabilities(exact).T):
             rest[0].plot(y, p, "k--", lw=0.8, label="exact" if b == 0 else None)

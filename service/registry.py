@@ -11,6 +11,7 @@ import numpy as np
 
 from amortized.artifacts import Artifact, discover_artifacts
 from amortized.distributions import BranchedNormal
+from amortized.mixture import expand_components, view_for
 from amortized.models import ConjugateMixtureModel
 
 log = logging.getLogger("service.registry")
@@ -18,10 +19,16 @@ log = logging.getLogger("service.registry")
 
 @dataclass
 class ServedModel:
-    """One model with its compiled networks, and the per-model tables the request path needs."""
+    """One model with its compiled networks, and the per-model tables the request path needs.
+
+    With a mixture network (K normals per branch, :mod:`amortized.mixture`),
+    ``model`` is the model's view through q's (branch, component) pairs, and
+    every network's answer is laid out with K normals per branch.
+    """
 
     model: ConjugateMixtureModel
     artifacts: dict[str, Artifact] = field(default_factory=dict)
+    components: int = 1
 
     def __post_init__(self) -> None:
         # latent value of each branch for the JSON samples: an int array, or Python objects with None where
@@ -54,7 +61,12 @@ class ServedModel:
         if key not in self._forwards:
             networks = [self.artifacts[objective].network for objective in key]
             self._forwards[key] = type(networks[0]).numpy_stacked(networks)
-        return dict(zip(key, self._forwards[key](y)))
+        qs = dict(zip(key, self._forwards[key](y)))
+        for name, q in qs.items():  # a single-normal network beside a mixture one: the same q, K normals per branch
+            own = self.artifacts[name].network.components
+            if own != self.components:
+                qs[name] = expand_components(q, self.components // own)
+        return qs
 
     @property
     def objectives(self) -> list[str]:
@@ -71,8 +83,16 @@ class Registry:
         for path, reason in self.refused.items():
             log.error("refusing artifact %s: %s", path, reason)
         self.models: dict[str, ServedModel] = {}
+        components: dict[str, int] = {}  # normals per branch of each model's richest network
+        for (name, _), artifact in loaded.items():
+            components[name] = max(components.get(name, 1), artifact.network.components)
         for (name, objective), artifact in sorted(loaded.items()):
-            served = self.models.setdefault(name, ServedModel(artifact.model))
+            k = components[name]
+            if k % artifact.network.components:
+                self.refused[str(artifact.path)] = f"{artifact.network.components} normals per branch do not divide the other network's {k}"
+                log.error("refusing artifact %s: %s", artifact.path, self.refused[str(artifact.path)])
+                continue
+            served = self.models.setdefault(name, ServedModel(view_for(artifact.model, k), components=k))
             if artifact.model.params != served.model.params:
                 self.refused[str(artifact.path)] = "model parameters differ from the other artifact of this model"
                 log.error("refusing artifact %s: %s", artifact.path, self.refused[str(artifact.path)])

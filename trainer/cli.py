@@ -8,7 +8,7 @@ from pathlib import Path
 
 from amortized.losses import OBJECTIVES
 from amortized.models import MODELS
-from trainer.compile import Job, compile_all, timed, write_figures
+from trainer.compile import Job, compile_all, timed
 from trainer.report import report
 
 
@@ -27,6 +27,10 @@ def parser() -> argparse.ArgumentParser:
     compile_.add_argument("--seed", type=int, default=0, help="seed of initialisation and training (default 0)")
     compile_.add_argument("--warm-start", type=fraction, default=0.2, help="qp only: fraction of steps on pq first (default 0.2)")
     compile_.add_argument("--blend", type=fraction, default=0.4, help="qp only: fraction of steps blending pq into qp (default 0.4)")
+    compile_.add_argument(
+        "--mixture-components", type=positive_int, default=1,
+        help="K normals on x per discrete branch (the mixture family; default 1: the single-normal networks)",
+    )
     compile_.add_argument("--out", type=Path, default=Path("artifacts"), help="artifact folder (default artifacts/)")
     compile_.add_argument("--jobs", type=positive_int, default=2, help="parallel worker processes (default 2)")
     compile_.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
@@ -68,12 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     models = list(MODELS) if args.all else args.model
     overrides = {"seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
-                 "warm_start": args.warm_start, "blend": args.blend}
+                 "warm_start": args.warm_start, "blend": args.blend, "mixture_components": args.mixture_components}
     jobs = [Job(model=m, objective=o, out=args.out, **overrides) for m in models for o in args.objective]
     try:
-        results, seconds = timed(compile_all, jobs, args.jobs)
-        if not args.no_figures:
-            write_figures(args.out, set(models))
+        results, seconds = timed(compile_all, jobs, args.jobs, not args.no_figures)
     except KeyboardInterrupt:
         print("\ninterrupted: artifacts already written are complete; the others are unchanged", file=sys.stderr)
         return 130

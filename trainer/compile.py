@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
-from concurrent.futures import ProcessPoolExecutor
+import multiprocessing
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from amortized.artifacts import atomic_write, discover_artifacts, save_artifact
+from amortized.artifacts import ArtifactError, atomic_write, load_artifact, save_artifact
+from amortized.calibration import calibration
 from amortized.evaluation import evaluate
 from amortized.losses import Objective
 from amortized.models import build_model
@@ -30,6 +32,7 @@ class Job:
     learning_rate: float | None = None
     warm_start: float = 0.2
     blend: float = 0.4
+    mixture_components: int = 1
     position: int = 0
 
 
@@ -40,6 +43,7 @@ def run_job(job: Job) -> dict:
     config = recipe(
         job.model, job.objective, steps=job.steps, warm_start=job.warm_start, blend=job.blend,
         batch_size=job.batch_size, learning_rate=job.learning_rate, seed=job.seed,
+        family_options={"mixture_components": job.mixture_components} if job.mixture_components > 1 else None,
     )
     with tqdm(total=config.total_steps, desc=f"{job.model}/{job.objective}", position=job.position, leave=True, mininterval=0.5) as bar:
 
@@ -50,35 +54,64 @@ def run_job(job: Job) -> dict:
 
         network, result = compile_network(model, config, progress=progress)
     metrics = evaluate(model, network, job.objective)
+    metrics["calibration"] = calibration(model, network)
     path = save_artifact(job.out, model, network, job.objective, config, result, metrics)
     return {"model": job.model, "objective": job.objective, "seconds": result["seconds"], "path": str(path), "metrics": metrics}
 
 
-def compile_all(jobs: list[Job], workers: int) -> list[dict]:
-    """Run ``jobs`` over ``workers`` processes (in-process when 1); longest first, so the pool finishes together."""
+def compile_all(jobs: list[Job], workers: int, figures: bool = False) -> list[dict]:
+    """Run ``jobs`` over ``workers`` processes (in-process when 1); longest first, so the pool finishes together.
+
+    With ``figures``, each model's figures are drawn in the pool as soon as its
+    last artifact is written, while the other workers still train.
+    """
     jobs = sorted(jobs, key=lambda j: -recipe(j.model, j.objective, steps=j.steps).total_steps)
     jobs = [Job(**{**job.__dict__, "position": i}) for i, job in enumerate(jobs)]
+    models = {job.model: job.out for job in jobs}
     if workers <= 1:
-        return [run_job(job) for job in jobs]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(run_job, jobs))
+        results = [run_job(job) for job in jobs]
+        if figures:
+            for model, out in models.items():
+                write_figures(out, {model})
+        return results
+    waiting = {model: sum(job.model == model for job in jobs) for model in models}
+    results = []
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        pending = {pool.submit(run_job, job) for job in jobs}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                row = future.result()
+                if row is None:  # a figure job
+                    continue
+                results.append(row)
+                waiting[row["model"]] -= 1
+                if figures and not waiting[row["model"]]:
+                    pending.add(pool.submit(write_figures, models[row["model"]], {row["model"]}, False))
+    return results
 
 
-def write_figures(out: Path, models: set[str]) -> list[Path]:
+def write_figures(out: Path, models: set[str], report: bool = True) -> list[Path] | None:
     """Redraw each model's figures from the artifacts now on disk, pq and qp side by side."""
     from amortized import figures  # matplotlib is imported only when figures are drawn
 
-    loaded, _ = discover_artifacts(out)
+    torch.set_num_threads(1)
     written = []
     for name in sorted(models):
-        networks = {objective: artifact.network for (model, objective), artifact in sorted(loaded.items()) if model == name}
-        if not networks:
+        loaded = {}
+        for path in sorted((Path(out) / name).glob("*.json")):
+            try:
+                artifact = load_artifact(path)
+            except ArtifactError:
+                continue
+            loaded[artifact.manifest.objective] = artifact
+        if not loaded:
             continue
-        model = next(a.model for (m, _), a in loaded.items() if m == name)
-        for filename, png in figures.model_figures(model, networks).items():
+        model = next(iter(loaded.values())).model
+        for filename, png in figures.model_figures(model, {o: a.network for o, a in sorted(loaded.items())}).items():
             atomic_write(out / name / filename, png)
             written.append(out / name / filename)
-    return written
+    return written if report else None
 
 
 def timed(function, *args):

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from amortized.figures import posterior_png as draw
+from amortized.mixture import base_model
 from service.answers import answer
 from service.batching import Query as PosteriorQuery
 from service.dependencies import ServedModelDep
@@ -117,5 +118,5 @@ def posterior_png(
 ) -> Response:
     with torch.inference_mode():
         qs = {name: artifact.network(torch.tensor([y], dtype=torch.float32)) for name, artifact in served.artifacts.items()}
-        png = draw(served.model, y, qs)
+        png = draw(base_model(served.model), y, qs)  # the model itself, not a mixture network's view of it
     return Response(png, media_type="image/png")
