@@ -60,15 +60,20 @@ class TrainingConfig(BaseModel):
         return sum(p.steps for p in self.schedule)
 
 
-def default_schedule(objective: Objective, steps: int, warm_start: float = 0.2, blend: float = 0.4) -> list[Phase]:
-    """One phase of ``objective``; for qp: pq, then a blend from pq to qp, then qp (fractions of ``steps``)."""
+def default_schedule(
+    objective: Objective, steps: int, warm_start: float = 0.2, blend: float = 0.4, final_rate: float | None = None
+) -> list[Phase]:
+    """One phase of ``objective``; for qp: pq, then a blend from pq to qp, then qp (fractions of ``steps``).
+
+    ``final_rate``: the initial learning rate of the last qp phase (default: the config's).
+    """
     if objective == "pq" or warm_start + blend <= 0:
         return [Phase(objective=objective, steps=steps)]
     warm, blended = int(round(steps * warm_start)), int(round(steps * blend))
     return [
         Phase(objective="pq", steps=warm),
         Phase(objective=objective, steps=blended, blend_from="pq"),
-        Phase(objective=objective, steps=steps - warm - blended),
+        Phase(objective=objective, steps=steps - warm - blended, learning_rate=final_rate),
     ]
 
 
@@ -168,10 +173,14 @@ def compile_network(
 
 
 # Settings that meet the project's targets (README results table) in seconds on a CPU.
-# gmm's qp needs the longest: the switch between modes at y ~ 0 must become sharp.
+# gmm's qp needs the longest: the switch between modes at y ~ 0 must become sharp. Optional per recipe:
+# "family_options" and "final_rate" per objective (see the README, "qp on gmm").
 RECIPES: dict[str, dict] = {
     "gaussian": {"steps": {"pq": 1500, "qp": 1500}, "batch_size": 1024, "learning_rate": 0.05},
-    "gmm": {"steps": {"pq": 3000, "qp": 10000}, "batch_size": 256, "learning_rate": 0.01},
+    "gmm": {
+        "steps": {"pq": 3000, "qp": 10000}, "batch_size": 256, "learning_rate": 0.01,
+        "family_options": {"qp": {"input_gain": 10.0}},
+    },
     "gmm_discrete": {"steps": {"pq": 3000, "qp": 3000}, "batch_size": 256, "learning_rate": 0.01},
     "gmm_open": {"steps": {"pq": 3000, "qp": 3000}, "batch_size": 256, "learning_rate": 0.01},
 }
@@ -184,11 +193,17 @@ def recipe(
     steps: int | None = None,
     warm_start: float = 0.2,
     blend: float = 0.4,
+    family_options: dict[str, Any] | None = None,
     **overrides,
 ) -> TrainingConfig:
-    """The recommended TrainingConfig for (model, objective); keyword arguments override it."""
+    """The recommended TrainingConfig for (model, objective); keyword arguments override it.
+
+    ``family_options`` are merged over the recipe's own (``{"mixture_components": 2}`` keeps gmm qp's input gain).
+    """
     base = RECIPES.get(model_name, DEFAULT_RECIPE)
     settings = {"batch_size": base["batch_size"], "learning_rate": base["learning_rate"]}
     settings.update({k: v for k, v in overrides.items() if v is not None})
-    schedule = default_schedule(objective, steps or base["steps"][objective], warm_start, blend)
-    return TrainingConfig(schedule=schedule, **settings)
+    final_rate = base.get("final_rate", {}).get(objective)
+    schedule = default_schedule(objective, steps or base["steps"][objective], warm_start, blend, final_rate)
+    options = {**base.get("family_options", {}).get(objective, {}), **(family_options or {})}
+    return TrainingConfig(schedule=schedule, family_options=options, **settings)

@@ -81,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print()
     for row in sorted(results, key=lambda r: (r["model"], r["objective"])):
-        print(f"{row['model']:>13}/{row['objective']}: gap {row['metrics']['amortisation_gap']:.4f} nats, trained in {row['seconds']:.1f} s -> {row['path']}")
+        gap, t = row["metrics"]["amortisation_gap"], row["times"]
+        print(
+            f"{row['model']:>13}/{row['objective']}: gap {'n/a' if gap is None else f'{gap:.4f}'} nats; "
+            f"{t['total']:.1f} s (train {t['train']:.1f}, evaluate {t['evaluate']:.1f}, calibrate {t['calibrate']:.1f}; "
+            f"{t['cpu']:.1f} s CPU) -> {row['path']}"
+        )
     print(f"compiled {len(results)} artifact(s) in {seconds:.1f} s wall-clock")
     return 0

@@ -39,6 +39,7 @@ class Job:
 def run_job(job: Job) -> dict:
     """Train, evaluate and save one artifact; returns its summary row. Runs in a worker process."""
     torch.set_num_threads(1)
+    started, cpu_started = time.perf_counter(), time.process_time()
     model = build_model(job.model)
     config = recipe(
         job.model, job.objective, steps=job.steps, warm_start=job.warm_start, blend=job.blend,
@@ -53,10 +54,17 @@ def run_job(job: Job) -> dict:
                 bar.update(step - bar.n)
 
         network, result = compile_network(model, config, progress=progress)
+    trained = time.perf_counter()
     metrics = evaluate(model, network, job.objective)
+    evaluated = time.perf_counter()
     metrics["calibration"] = calibration(model, network)
+    calibrated = time.perf_counter()
     path = save_artifact(job.out, model, network, job.objective, config, result, metrics)
-    return {"model": job.model, "objective": job.objective, "seconds": result["seconds"], "path": str(path), "metrics": metrics}
+    times = {
+        "train": trained - started, "evaluate": evaluated - trained, "calibrate": calibrated - evaluated,
+        "total": time.perf_counter() - started, "cpu": time.process_time() - cpu_started,
+    }
+    return {"model": job.model, "objective": job.objective, "seconds": result["seconds"], "path": str(path), "metrics": metrics, "times": times}
 
 
 def compile_all(jobs: list[Job], workers: int, figures: bool = False) -> list[dict]:

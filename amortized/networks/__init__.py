@@ -18,7 +18,7 @@ DEFAULT_ARCHITECTURE: dict[str, dict[str, Any]] = {"gaussian": {"family": "linea
 
 
 # Options a family may take beyond its architecture's defaults (training.family_options in a manifest).
-FAMILY_OPTIONS: dict[str, tuple[str, ...]] = {"branched_mlp": ("mixture_components",), "linear_gaussian": ()}
+FAMILY_OPTIONS: dict[str, tuple[str, ...]] = {"branched_mlp": ("mixture_components", "input_gain"), "linear_gaussian": ()}
 
 
 def build_network(

@@ -166,12 +166,14 @@ class BranchedMLPNetwork(InferenceNetwork):
     family = "branched_mlp"
 
     def __init__(
-        self, model: ConjugateMixtureModel, hidden: Sequence[int] = (64, 64), activation: str = "tanh", mixture_components: int = 1
+        self, model: ConjugateMixtureModel, hidden: Sequence[int] = (64, 64), activation: str = "tanh", mixture_components: int = 1,
+        input_gain: float = 1.0,
     ) -> None:
         super().__init__(model)
         if mixture_components < 1:
             raise ValueError(f"mixture_components must be at least 1, got {mixture_components}")
         self.hidden, self.activation, self.components = list(hidden), activation, int(mixture_components)
+        self.input_gain = float(input_gain)
         self.model_branches = model.num_branches
         self.num_branches = model.num_branches * self.components  # q's branches: (model branch, component) pairs
         self.y_loc, self.y_scale = model.y_loc, model.y_scale
@@ -181,6 +183,11 @@ class BranchedMLPNetwork(InferenceNetwork):
         logits = (len(self.tree.membership) if model.num_branches > 1 else 0) + (self.num_branches if self.components > 1 else 0)
         self.discrete = mlp(1, hidden, logits, activation) if logits else None
         self.continuous = mlp(1 + self.num_branches, hidden, 2, activation)
+        if self.input_gain != 1.0:  # the scaled y enters with its first-layer weights divided: the same function at start
+            with torch.no_grad():
+                for head in (self.discrete, self.continuous):
+                    if head is not None:
+                        head[0].weight[:, 0] /= self.input_gain
 
     def forward(self, y: Tensor) -> BranchedNormal:
         discrete = None if self.discrete is None else lambda u: run(self.discrete, u)
@@ -229,6 +236,8 @@ class BranchedMLPNetwork(InferenceNetwork):
         """
         xp = lib(y)
         u = ((y - self.y_loc) / self.y_scale)[..., None]
+        if self.input_gain != 1.0:
+            u = u * self.input_gain
         if discrete is None:
             log_probs = xp.zeros_like(u)
         elif self.components == 1:
@@ -249,4 +258,6 @@ class BranchedMLPNetwork(InferenceNetwork):
         spec = {"family": self.family, "hidden": self.hidden, "activation": self.activation}
         if self.components > 1:  # the single-normal networks' manifests stay as they were
             spec["mixture_components"] = self.components
+        if self.input_gain != 1.0:
+            spec["input_gain"] = self.input_gain
         return spec
