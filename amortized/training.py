@@ -33,12 +33,13 @@ class Phase(BaseModel):
     batch_size: int | None = Field(None, ge=1, description="this phase's batch size (default: the config's)")
     learning_rate: float | None = Field(None, gt=0, description="this phase's initial rate (default: the config's)")
     average: float | None = Field(None, gt=0, lt=1, description="keep an exponential moving average of the weights with this decay; the phase ends on the average")
+    keep_moments: bool | None = Field(None, description="continue Adam's moments from the previous phase instead of starting afresh")
 
     @model_serializer(mode="wrap")
     def _omit_unset_options(self, handler):
         """The per-phase options appear in a manifest only where set (a plain phase keeps its three keys)."""
         data = handler(self)
-        return {k: v for k, v in data.items() if v is not None or k not in ("batch_size", "learning_rate", "average")}
+        return {k: v for k, v in data.items() if v is not None or k not in ("batch_size", "learning_rate", "average", "keep_moments")}
 
 
 class TrainingConfig(BaseModel):
@@ -61,19 +62,22 @@ class TrainingConfig(BaseModel):
 
 
 def default_schedule(
-    objective: Objective, steps: int, warm_start: float = 0.2, blend: float = 0.4, final_rate: float | None = None
+    objective: Objective, steps: int, warm_start: float = 0.2, blend: float = 0.4, restarts: int = 1
 ) -> list[Phase]:
     """One phase of ``objective``; for qp: pq, then a blend from pq to qp, then qp (fractions of ``steps``).
 
-    ``final_rate``: the initial learning rate of the last qp phase (default: the config's).
+    ``restarts``: the final qp steps as that many equal phases, each starting
+    Adam afresh at the full learning rate (warm restarts; see the README, "qp on gmm").
     """
     if objective == "pq" or warm_start + blend <= 0:
         return [Phase(objective=objective, steps=steps)]
     warm, blended = int(round(steps * warm_start)), int(round(steps * blend))
+    final = steps - warm - blended
+    sizes = [final // restarts + (i < final % restarts) for i in range(restarts)]
     return [
         Phase(objective="pq", steps=warm),
         Phase(objective=objective, steps=blended, blend_from="pq"),
-        Phase(objective=objective, steps=steps - warm - blended, learning_rate=final_rate),
+        *(Phase(objective=objective, steps=size) for size in sizes),
     ]
 
 
@@ -135,7 +139,8 @@ def train(
     optimiser = FlatAdam(parameters)
     step, started, history = 0, time.perf_counter(), []
     for phase in config.schedule:
-        optimiser.reset()
+        if not phase.keep_moments:
+            optimiser.reset()
         running = math.nan
         batch_size = phase.batch_size or config.batch_size
         rate = phase.learning_rate or config.learning_rate
@@ -173,13 +178,13 @@ def compile_network(
 
 
 # Settings that meet the project's targets (README results table) in seconds on a CPU.
-# gmm's qp needs the longest: the switch between modes at y ~ 0 must become sharp. Optional per recipe:
-# "family_options" and "final_rate" per objective (see the README, "qp on gmm").
+# gmm's qp needs the longest: the switch between modes at y ~ 0 must become sharp. Optional per recipe and
+# objective: "family_options" and "restarts" (see the README, "qp on gmm").
 RECIPES: dict[str, dict] = {
     "gaussian": {"steps": {"pq": 1500, "qp": 1500}, "batch_size": 1024, "learning_rate": 0.05},
     "gmm": {
         "steps": {"pq": 3000, "qp": 10000}, "batch_size": 256, "learning_rate": 0.01,
-        "family_options": {"qp": {"input_gain": 10.0}},
+        "family_options": {"qp": {"input_gain": 10.0}}, "restarts": {"qp": 2},
     },
     "gmm_discrete": {"steps": {"pq": 3000, "qp": 3000}, "batch_size": 256, "learning_rate": 0.01},
     "gmm_open": {"steps": {"pq": 3000, "qp": 3000}, "batch_size": 256, "learning_rate": 0.01},
@@ -203,7 +208,7 @@ def recipe(
     base = RECIPES.get(model_name, DEFAULT_RECIPE)
     settings = {"batch_size": base["batch_size"], "learning_rate": base["learning_rate"]}
     settings.update({k: v for k, v in overrides.items() if v is not None})
-    final_rate = base.get("final_rate", {}).get(objective)
-    schedule = default_schedule(objective, steps or base["steps"][objective], warm_start, blend, final_rate)
+    restarts = base.get("restarts", {}).get(objective, 1)
+    schedule = default_schedule(objective, steps or base["steps"][objective], warm_start, blend, restarts)
     options = {**base.get("family_options", {}).get(objective, {}), **(family_options or {})}
     return TrainingConfig(schedule=schedule, family_options=options, **settings)
