@@ -68,6 +68,9 @@ def kl_divergences(
     if isinstance(q.means, torch.Tensor):
         pair = kl_divergences(model, exact.to(torch.float64).numpy(), q.to(torch.float64).numpy(), grid)
         return tuple(torch.from_numpy(np.asarray(kl)) for kl in pair)  # type: ignore[return-value]
+    model = getattr(model, "base", model)  # a mixture network's view of the model: the model's own tables
+    if q.num_branches > model.table(exact.means).membership.shape[1]:
+        return _mixture_kl_divergences(model, exact, q, grid)
     if model.family_contains_posterior:
         kl_pq = (exact.probs * (exact.log_probs - q.log_probs + normal_kl(exact.means, exact.stds, q.means, q.stds))).sum(-1)
         kl_qp = (q.probs * (q.log_probs - exact.log_probs + normal_kl(q.means, q.stds, exact.means, exact.stds))).sum(-1)
@@ -85,6 +88,37 @@ def kl_divergences(
     kl_pq = (exact.probs * (expected_log_p(exact.means, exact.stds, branch_of, COMPONENT_GRID) - cross)).sum(-1)
     entropy = np.log(q.stds) + 0.5 * math.log(2 * math.pi * math.e)
     kl_qp = (q.probs * (q.log_probs - entropy - expected_log_p(q.means, q.stds, branches, grid))).sum(-1)
+    return kl_pq, kl_qp
+
+
+def _mixture_kl_divergences(model: ConjugateMixtureModel, exact: BranchedNormal, q: BranchedNormal, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both KLs for a q of K normals per model branch (q-branch b * K + j), NumPy.
+
+    log q(b, x) is then itself a mixture, so every term is an expectation of a
+    log mixture density under one normal, by quadrature (``grid`` for q's
+    normals and for log q under p's components, ``COMPONENT_GRID`` for log p
+    under its own components):
+
+        KL(p || q) = sum_c w_c (E_c[log p(b_c, x)] - E_c[log q(b_c, x)])
+        KL(q || p) = sum_g q_g (E_g[log q(b_g, x)] - E_g[log p(b_g, x)])   over q's normals g
+    """
+    t = model.table(exact.means)
+    membership, branch_of = t.membership > 0, t.component_branch
+    branches = membership.shape[1]
+    k = q.num_branches // branches
+    q_branch = np.arange(q.num_branches) // k
+    q_membership = q_branch[:, None] == np.arange(branches)[None, :]
+    p = [np.ascontiguousarray(a, dtype=np.float64) for a in (exact.log_probs, exact.means, exact.stds)]
+    qs = [np.ascontiguousarray(a, dtype=np.float64) for a in (q.log_probs, q.means, q.stds)]
+
+    def expected(centres, widths, centre_branch, density, member, points):
+        centres, widths = (np.ascontiguousarray(a, dtype=np.float64) for a in (centres, widths))
+        return expected_log_density(centres, widths, centre_branch, *density, member, points, expectation_weights(points))
+
+    kl_pq = (exact.probs * (expected(p[1], p[2], branch_of, p, membership, COMPONENT_GRID) - expected(p[1], p[2], branch_of, qs, q_membership, grid))).sum(-1)
+    per_normal = expected(qs[1], qs[2], q_branch, qs, q_membership, grid) - expected(qs[1], qs[2], q_branch, p, membership, grid)
+    probs = q.probs
+    kl_qp = np.where(probs > 0, probs * per_normal, 0.0).sum(-1)
     return kl_pq, kl_qp
 
 

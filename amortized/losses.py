@@ -5,6 +5,13 @@ negative ELBO) needs the joint density and reparameterised samples of x, with
 the discrete branches summed out exactly: sum_b q(b|y) [log q(b|y) +
 E_{q(x|y,b)} (log q(x|y,b) - log p(b,x,y))]. Zero-variance in the discrete
 part, and no Python loop over samples or observations.
+
+A network of the mixture family (``components`` K > 1) has K normals per
+model branch b, laid out as q-branches ``b * K + j``; both losses then use
+the mixture's density q(b, x | y) = sum_j q(b, j | y) N(x; m_bj, s_bj^2),
+with the component j enumerated like a branch in ``qp`` (its draws are
+reparameterised within each component, the component weights get exact
+gradients).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from amortized.distributions import normal_log_prob
+from amortized.distributions import BranchedNormal, normal_log_prob
 from amortized.models import ConjugateMixtureModel
 from amortized.networks import InferenceNetwork
 
@@ -23,11 +30,43 @@ OBJECTIVES: tuple[Objective, ...] = ("pq", "qp")
 OTHER_OBJECTIVE: dict[str, Objective] = {"pq": "qp", "qp": "pq"}  # the cross-check's second network
 
 
+def components_of(net: InferenceNetwork) -> int:
+    """K, the normals per model branch of ``net``'s q (1 for the single-normal networks)."""
+    return getattr(net, "components", 1)
+
+
+def pq_terms(q: BranchedNormal, branch: Tensor, x: Tensor, components: int = 1) -> Tensor:
+    """-log q(b, x | y) per observation, at the joint samples' model branch b and x."""
+    if components == 1:
+        return -q.log_prob(branch[:, None], x[:, None])[:, 0]
+    columns = branch[:, None] * components + torch.arange(components)  # the q-branches of model branch b
+    return -torch.logsumexp(q.log_prob(columns, x[:, None].expand_as(columns)), -1)
+
+
+def qp_terms(model: ConjugateMixtureModel, q: BranchedNormal, y: Tensor, noise: Tensor, components: int = 1) -> Tensor:
+    """E_q[log q(b, x | y) - log p(b, x, y)] per observation, q-branches enumerated, x = mean + std * noise."""
+    x = q.means[..., None] + q.stds[..., None] * noise  # (batch, q-branches, particles)
+    if components == 1:
+        log_q_x = normal_log_prob(x, q.means[..., None], q.stds[..., None])
+        model_branch = torch.arange(q.num_branches)
+        own = q.log_probs
+    else:  # the mixture's density over the K normals of the draw's model branch
+        batch, width, particles = x.shape
+        grouped = (batch, width // components, 1, 1, components)
+        per = q.log_probs.reshape(grouped) + normal_log_prob(
+            x.reshape(batch, width // components, components, particles, 1), q.means.reshape(grouped), q.stds.reshape(grouped)
+        )
+        log_q_x = torch.logsumexp(per, -1).reshape(batch, width, particles)  # log q(b, x), the branch weight included
+        model_branch = torch.arange(q.num_branches) // components
+        own = torch.zeros_like(q.log_probs)
+    log_p = model.log_joint(model_branch.expand(len(y), -1)[..., None], x, y[:, None, None])
+    per_branch = (log_q_x - log_p).mean(-1)
+    return (q.probs * (own + per_branch)).sum(-1)
+
+
 def pq_loss(model: ConjugateMixtureModel, net: InferenceNetwork, batch_size: int, generator: torch.Generator) -> Tensor:
     """E_{p(b,x,y)}[-log q(b, x | y)], estimated on fresh joint samples."""
-    sample = model.sample_joint(batch_size, generator)
-    q = net(sample.y)
-    return -q.log_prob(sample.branch[:, None], sample.x[:, None]).mean()
+    return blended_loss({"pq": 1.0}, model, net, batch_size, generator)
 
 
 def qp_loss(
@@ -38,21 +77,43 @@ def qp_loss(
     num_particles: int = 8,
 ) -> Tensor:
     """E_{p(y)} KL-up-to-log p(y): E_q[log q(b,x|y) - log p(b,x,y)], branches enumerated."""
-    y = model.sample_joint(batch_size, generator).y
-    q = net(y)
-    noise = torch.randn(batch_size, q.num_branches, num_particles, generator=generator)
-    x = q.means[..., None] + q.stds[..., None] * noise
-    log_q_x = normal_log_prob(x, q.means[..., None], q.stds[..., None])
-    branch = torch.arange(q.num_branches).expand(batch_size, -1)[..., None]
-    log_p = model.log_joint(branch, x, y[:, None, None])
-    per_branch = (log_q_x - log_p).mean(-1)
-    return (q.probs * (q.log_probs + per_branch)).sum(-1).mean()
+    return blended_loss({"qp": 1.0}, model, net, batch_size, generator, num_particles)
+
+
+def blended_loss(
+    weights: dict[Objective, float],
+    model: ConjugateMixtureModel,
+    net: InferenceNetwork,
+    batch_size: int,
+    generator: torch.Generator,
+    num_particles: int = 8,
+) -> Tensor:
+    """sum_o weights[o] * loss_o, each on its own fresh batch, the network run once on all observations.
+
+    A blend of pq and qp (the continuation schedule) thus costs one forward
+    and one backward pass, not two.
+    """
+    unknown = set(weights) - set(OBJECTIVES)
+    if unknown:
+        raise ValueError(f"unknown objective {sorted(unknown)[0]!r}; choose one of {', '.join(OBJECTIVES)}")
+    k = components_of(net)
+    sample = model.sample_joint(batch_size, generator) if "pq" in weights else None
+    y_qp = model.sample_joint(batch_size, generator).y if "qp" in weights else None
+    ys = [v for v in (None if sample is None else sample.y, y_qp) if v is not None]
+    q = net(ys[0] if len(ys) == 1 else torch.cat(ys))
+    total, start = 0.0, 0
+    if sample is not None:
+        total = total + weights["pq"] * pq_terms(q[:batch_size], sample.branch, sample.x, k).mean()
+        start = batch_size
+    if y_qp is not None:
+        part = q[start:] if start else q
+        noise = torch.randn(batch_size, part.num_branches, num_particles, generator=generator)
+        total = total + weights["qp"] * qp_terms(model, part, y_qp, noise, k).mean()
+    return total
 
 
 def loss(objective: Objective, model, net, batch_size: int, generator: torch.Generator, num_particles: int = 8) -> Tensor:
     """The training loss named by ``objective``."""
-    if objective == "pq":
-        return pq_loss(model, net, batch_size, generator)
-    if objective == "qp":
-        return qp_loss(model, net, batch_size, generator, num_particles)
-    raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    return blended_loss({objective: 1.0}, model, net, batch_size, generator, num_particles)

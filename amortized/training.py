@@ -14,12 +14,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_serializer
 
-from amortized.losses import Objective, loss
+from amortized.losses import Objective, blended_loss
 from amortized.models import ConjugateMixtureModel
 from amortized.networks import InferenceNetwork, build_network
 
@@ -30,6 +30,16 @@ class Phase(BaseModel):
     objective: Objective
     steps: int = Field(..., ge=0)
     blend_from: Objective | None = None
+    batch_size: int | None = Field(None, ge=1, description="this phase's batch size (default: the config's)")
+    learning_rate: float | None = Field(None, gt=0, description="this phase's initial rate (default: the config's)")
+    average: float | None = Field(None, gt=0, lt=1, description="keep an exponential moving average of the weights with this decay; the phase ends on the average")
+    keep_moments: bool | None = Field(None, description="continue Adam's moments from the previous phase instead of starting afresh")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_options(self, handler):
+        """The per-phase options appear in a manifest only where set (a plain phase keeps its three keys)."""
+        data = handler(self)
+        return {k: v for k, v in data.items() if v is not None or k not in ("batch_size", "learning_rate", "average", "keep_moments")}
 
 
 class TrainingConfig(BaseModel):
@@ -41,25 +51,79 @@ class TrainingConfig(BaseModel):
     final_learning_rate: float = Field(1e-4, gt=0, description="cosine decay target, per phase")
     num_particles: int = Field(8, ge=1, description="reparameterised x draws per branch in the qp loss")
     seed: int = 0
+    family_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description='options of the network family beyond its defaults, e.g. {"mixture_components": 2}: K normals per branch',
+    )
 
     @property
     def total_steps(self) -> int:
         return sum(p.steps for p in self.schedule)
 
 
-def default_schedule(objective: Objective, steps: int, warm_start: float = 0.2, blend: float = 0.4) -> list[Phase]:
-    """One phase of ``objective``; for qp: pq, then a blend from pq to qp, then qp (fractions of ``steps``)."""
+def default_schedule(
+    objective: Objective, steps: int, warm_start: float = 0.2, blend: float = 0.4, restarts: int = 1
+) -> list[Phase]:
+    """One phase of ``objective``; for qp: pq, then a blend from pq to qp, then qp (fractions of ``steps``).
+
+    ``restarts``: the final qp steps as that many equal phases, each starting
+    Adam afresh at the full learning rate (warm restarts; see the README, "qp on gmm").
+    """
     if objective == "pq" or warm_start + blend <= 0:
         return [Phase(objective=objective, steps=steps)]
     warm, blended = int(round(steps * warm_start)), int(round(steps * blend))
+    final = steps - warm - blended
+    sizes = [final // restarts + (i < final % restarts) for i in range(restarts)]
     return [
         Phase(objective="pq", steps=warm),
         Phase(objective=objective, steps=blended, blend_from="pq"),
-        Phase(objective=objective, steps=steps - warm - blended),
+        *(Phase(objective=objective, steps=size) for size in sizes),
     ]
 
 
 ProgressCallback = Callable[[int, float, str], None]
+
+
+class FlatAdam:
+    """Adam (Kingma & Ba 2015) on one flat buffer that every parameter is a view of.
+
+    The same update as ``torch.optim.Adam`` with default betas and eps (bias
+    corrections included), as a handful of tensor operations on the whole
+    buffer instead of a few per parameter: for networks of a few thousand
+    weights the optimiser's fixed cost per call was a fifth of a step. It also
+    keeps ``torch.optim`` out of the compile, whose first use imports
+    ``torch._dynamo`` (a second per worker process).
+    """
+
+    def __init__(self, parameters: list[torch.Tensor], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.parameters = parameters
+        with torch.no_grad():
+            self.flat = torch.cat([p.detach().reshape(-1) for p in parameters])
+            offset = 0
+            for p in parameters:  # every parameter becomes a view of the flat buffer
+                p.data = self.flat[offset : offset + p.numel()].view_as(p)
+                offset += p.numel()
+        self.betas, self.eps = betas, eps
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the moments (a new phase starts a new optimiser)."""
+        self.exp_avg, self.exp_avg_sq, self.steps = torch.zeros_like(self.flat), torch.zeros_like(self.flat), 0
+
+    @torch.no_grad()
+    def step(self, gradients: tuple[torch.Tensor, ...], lr: float) -> None:
+        grad = torch.cat([g.reshape(-1) for g in gradients])
+        beta1, beta2 = self.betas
+        self.steps += 1
+        self.exp_avg.lerp_(grad, 1 - beta1)
+        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        denom = (self.exp_avg_sq.sqrt() / math.sqrt(1 - beta2**self.steps)).add_(self.eps)
+        self.flat.addcdiv_(self.exp_avg, denom, value=-lr / (1 - beta1**self.steps))
+
+
+def cosine(rate: float, final: float, i: int, steps: int) -> float:
+    """The learning rate at step ``i`` of a phase of ``steps``: cosine decay from ``rate`` to ``final``."""
+    return final + (rate - final) * 0.5 * (1 + math.cos(math.pi * i / max(steps, 1)))
 
 
 def train(
@@ -71,28 +135,32 @@ def train(
     """Train ``net`` in place; deterministic for a given config. Returns a short history."""
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
+    parameters = [p for p in net.parameters() if p.requires_grad]
+    optimiser = FlatAdam(parameters)
     step, started, history = 0, time.perf_counter(), []
     for phase in config.schedule:
-        optimiser = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
-        decay = config.final_learning_rate / config.learning_rate
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimiser, lambda i: decay + (1 - decay) * 0.5 * (1 + math.cos(math.pi * i / max(phase.steps, 1)))
-        )
+        if not phase.keep_moments:
+            optimiser.reset()
         running = math.nan
+        batch_size = phase.batch_size or config.batch_size
+        rate = phase.learning_rate or config.learning_rate
+        average = optimiser.flat.clone() if phase.average else None
         for i in range(phase.steps):
-            optimiser.zero_grad(set_to_none=True)
-            value = loss(phase.objective, model, net, config.batch_size, generator, config.num_particles)
+            weights: dict = {phase.objective: 1.0}
             if phase.blend_from is not None:
                 weight = (i + 1) / phase.steps
-                previous = loss(phase.blend_from, model, net, config.batch_size, generator, config.num_particles)
-                value = weight * value + (1 - weight) * previous
-            value.backward()
-            optimiser.step()
-            schedule.step()
+                weights = {phase.objective: weight, phase.blend_from: 1 - weight}
+            value = blended_loss(weights, model, net, batch_size, generator, config.num_particles)
+            gradients = torch.autograd.grad(value, parameters)
+            optimiser.step(gradients, cosine(rate, config.final_learning_rate, i, phase.steps))
+            if average is not None:
+                average.lerp_(optimiser.flat, 1 - phase.average)
             step += 1
             running = value.item() if math.isnan(running) else 0.98 * running + 0.02 * value.item()
             if progress is not None:
                 progress(step, running, phase.objective)
+        if average is not None:
+            optimiser.flat.copy_(average)
         history.append({"objective": phase.objective, "steps": phase.steps, "final_loss": running})
     return {"phases": history, "seconds": time.perf_counter() - started}
 
@@ -105,15 +173,19 @@ def compile_network(
 ) -> tuple[InferenceNetwork, dict]:
     """Initialise a network from ``config.seed`` and train it: the whole compile, reproducible."""
     torch.manual_seed(config.seed)
-    network = build_network(model, architecture)
+    network = build_network(model, architecture, config.family_options)
     return network, train(model, network, config, progress)
 
 
 # Settings that meet the project's targets (README results table) in seconds on a CPU.
-# gmm's qp needs the longest: the switch between modes at y ~ 0 must become sharp.
+# gmm's qp needs the longest: the switch between modes at y ~ 0 must become sharp. Optional per recipe and
+# objective: "family_options" and "restarts" (see the README, "qp on gmm").
 RECIPES: dict[str, dict] = {
     "gaussian": {"steps": {"pq": 1500, "qp": 1500}, "batch_size": 1024, "learning_rate": 0.05},
-    "gmm": {"steps": {"pq": 3000, "qp": 10000}, "batch_size": 256, "learning_rate": 0.01},
+    "gmm": {
+        "steps": {"pq": 3000, "qp": 10000}, "batch_size": 256, "learning_rate": 0.01,
+        "family_options": {"qp": {"input_gain": 10.0}}, "restarts": {"qp": 2},
+    },
     "gmm_discrete": {"steps": {"pq": 3000, "qp": 3000}, "batch_size": 256, "learning_rate": 0.01},
     "gmm_open": {"steps": {"pq": 3000, "qp": 3000}, "batch_size": 256, "learning_rate": 0.01},
 }
@@ -126,11 +198,17 @@ def recipe(
     steps: int | None = None,
     warm_start: float = 0.2,
     blend: float = 0.4,
+    family_options: dict[str, Any] | None = None,
     **overrides,
 ) -> TrainingConfig:
-    """The recommended TrainingConfig for (model, objective); keyword arguments override it."""
+    """The recommended TrainingConfig for (model, objective); keyword arguments override it.
+
+    ``family_options`` are merged over the recipe's own (``{"mixture_components": 2}`` keeps gmm qp's input gain).
+    """
     base = RECIPES.get(model_name, DEFAULT_RECIPE)
     settings = {"batch_size": base["batch_size"], "learning_rate": base["learning_rate"]}
     settings.update({k: v for k, v in overrides.items() if v is not None})
-    schedule = default_schedule(objective, steps or base["steps"][objective], warm_start, blend)
-    return TrainingConfig(schedule=schedule, **settings)
+    restarts = base.get("restarts", {}).get(objective, 1)
+    schedule = default_schedule(objective, steps or base["steps"][objective], warm_start, blend, restarts)
+    options = {**base.get("family_options", {}).get(objective, {}), **(family_options or {})}
+    return TrainingConfig(schedule=schedule, family_options=options, **settings)

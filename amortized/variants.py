@@ -40,6 +40,7 @@ NAME_PATTERN = r"^[a-z][a-z0-9_]{0,47}$"
 MAX_NAME_LENGTH = 48
 MAX_STEPS = 100_000  # optimiser steps per objective (the slowest default recipe, gmm's qp, uses 10000: about 15 s)
 MAX_BATCH_SIZE = 8192  # observations per step
+MAX_MIXTURE_COMPONENTS = 4  # normals on x per branch in the mixture family (each one more branch to answer with)
 NAME_RULE = "1 to 48 lowercase letters, digits or underscores, starting with a letter"
 
 
@@ -82,6 +83,17 @@ class TrainingSettings(BaseModel):
         return self.steps if isinstance(self.steps, int) or self.steps is None else self.steps.get(objective)
 
 
+class FamilyOptions(BaseModel):
+    """Options of q's family beyond the defaults (docs/science.md, "Families")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mixture_components: int = Field(
+        1, ge=1, le=MAX_MIXTURE_COMPONENTS, strict=True,
+        description=f"K normals on x per discrete branch (the mixture family, amortized/mixture.py); 1 to {MAX_MIXTURE_COMPONENTS}",
+    )
+
+
 class VariantSpec(BaseModel):
     """A variant to compile and serve: name, family, the family's parameters, and optionally how to compile it."""
 
@@ -96,6 +108,9 @@ class VariantSpec(BaseModel):
         default_factory=lambda: list(OBJECTIVES), min_length=1, description="the losses to compile (default: pq and qp)"
     )
     training: TrainingSettings = Field(default_factory=TrainingSettings, description="training settings (default: the family's recipe)")
+    family_options: FamilyOptions = Field(
+        default_factory=FamilyOptions, description='q\'s family beyond its default, e.g. {"mixture_components": 2}'
+    )
 
     @field_validator("name")
     @classmethod
@@ -136,7 +151,8 @@ class VariantSpec(BaseModel):
             "seed": t.seed, "warm_start": t.warm_start, "blend": t.blend,
         }
         settings.update({k: v for k, v in overrides.items() if v is not None})
-        return recipe(self.family, objective, **settings)
+        options = self.family_options.model_dump(exclude_defaults=True)
+        return recipe(self.family, objective, **settings, family_options=options or None)
 
 
 class SpecError(ValueError):
@@ -153,6 +169,8 @@ def _known_fields(loc: tuple, family: Any) -> list[str]:
         return list(VariantSpec.model_fields)
     if loc[0] == "training":
         return list(TrainingSettings.model_fields)
+    if loc[0] == "family_options":
+        return list(FamilyOptions.model_fields)
     if loc[0] == "params" and family in MODELS:
         params = MODELS[family].Params
         if len(loc) == 2:

@@ -24,6 +24,7 @@ import numpy as np
 
 from amortized.artifacts import Artifact, ArtifactError, agreeing, load_artifact, manifest_paths
 from amortized.distributions import BranchedNormal
+from amortized.mixture import expand_components, view_for
 from amortized.models import ConjugateMixtureModel
 
 log = logging.getLogger("service.registry")
@@ -35,11 +36,16 @@ class ServedModel:
 
     Treated as immutable once serving: a change of artifacts builds a new
     ServedModel (the registry swaps it in), so requests in flight keep theirs.
+
+    With a mixture network (K normals per branch, :mod:`amortized.mixture`),
+    ``model`` is the model's view through q's (branch, component) pairs, and
+    every network's answer is laid out with K normals per branch.
     """
 
     model: ConjugateMixtureModel
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     name: str = ""  # the variant's name (default: the family's, its default variant)
+    components: int = 1  # normals per branch of the variant's richest network (the mixture family)
 
     def __post_init__(self) -> None:
         self.name = self.name or self.model.name
@@ -61,7 +67,12 @@ class ServedModel:
         if key not in self._forwards:
             networks = [self.artifacts[objective].network for objective in key]
             self._forwards[key] = type(networks[0]).numpy_stacked(networks)
-        return dict(zip(key, self._forwards[key](y)))
+        qs = dict(zip(key, self._forwards[key](y)))
+        for name, q in qs.items():  # a single-normal network beside a mixture one: the same q, K normals per branch
+            own = self.artifacts[name].network.components
+            if own != self.components:
+                qs[name] = expand_components(q, self.components // own)
+        return qs
 
     @property
     def family(self) -> str:
@@ -214,7 +225,12 @@ class Registry:
             ):
                 models[variant] = current
                 continue
-            served = ServedModel(next(iter(artifacts.values())).model, dict(artifacts), variant)
+            k = max(artifact.network.components for artifact in artifacts.values())  # the mixture family: K normals per branch
+            uneven = {o: a for o, a in artifacts.items() if k % a.network.components}
+            for artifact in uneven.values():
+                refused[str(artifact.path)] = f"{artifact.network.components} normals per branch do not divide the other network's {k}"
+            artifacts = {o: a for o, a in artifacts.items() if o not in uneven}
+            served = ServedModel(view_for(next(iter(artifacts.values())).model, k), dict(artifacts), variant, components=k)
             try:
                 if self.prepare is not None:
                     self.prepare(served)

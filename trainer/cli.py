@@ -49,6 +49,10 @@ def parser() -> argparse.ArgumentParser:
     compile_.add_argument("--seed", type=int, help="seed of initialisation and training (default: the spec's, else 0)")
     compile_.add_argument("--warm-start", type=fraction, help="qp only: fraction of steps on pq first (default 0.2)")
     compile_.add_argument("--blend", type=fraction, help="qp only: fraction of steps blending pq into qp (default 0.4)")
+    compile_.add_argument(
+        "--mixture-components", type=positive_int,
+        help="K normals on x per discrete branch (the mixture family; default: the spec's, else 1: single normals)",
+    )
     compile_.add_argument("--out", type=Path, default=Path("artifacts"), help="artifact folder (default artifacts/)")
     compile_.add_argument("--jobs", type=positive_int, default=2, help="parallel worker processes (default 2)")
     compile_.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
@@ -118,6 +122,8 @@ def with_overrides(spec: VariantSpec, args: argparse.Namespace, source: str) -> 
              "warm_start": args.warm_start, "blend": args.blend}
     training.update({key: value for key, value in flags.items() if value is not None})
     data = {**spec.model_dump(), "training": training}
+    if args.mixture_components is not None:
+        data["family_options"] = {**data.get("family_options", {}), "mixture_components": args.mixture_components}
     if args.objective:
         data["objectives"] = list(dict.fromkeys(args.objective))
     return parse_spec(data, source)
@@ -176,16 +182,18 @@ def compile_command(args: argparse.Namespace) -> int:
                   file=sys.stderr)
     jobs = [Job(spec=spec, objective=objective, out=args.out) for spec in specs for objective in spec.objectives]
     try:
-        results, seconds = timed(compile_all, jobs, args.jobs)
-        if not args.no_figures:
-            write_figures(args.out, {spec.name for spec in specs})
+        results, seconds = timed(compile_all, jobs, args.jobs, not args.no_figures)
     except KeyboardInterrupt:
         print("\ninterrupted: artifacts already written are complete; the others are unchanged", file=sys.stderr)
         return 130
     print()
     for row in sorted(results, key=lambda r: (r["variant"], r["objective"])):
-        print(f"{row['variant']:>13}/{row['objective']}: gap {row['metrics']['amortisation_gap']:.4f} nats, "
-              f"trained in {row['seconds']:.1f} s -> {row['path']}")
+        gap, t = row["metrics"]["amortisation_gap"], row["times"]
+        print(
+            f"{row['variant']:>13}/{row['objective']}: gap {'n/a' if gap is None else f'{gap:.4f}'} nats; "
+            f"{t['total']:.1f} s (train {t['train']:.1f}, evaluate {t['evaluate']:.1f}, calibrate {t['calibrate']:.1f}; "
+            f"{t['cpu']:.1f} s CPU) -> {row['path']}"
+        )
     print(f"compiled {len(results)} artifact(s) in {seconds:.1f} s wall-clock")
     return 0
 

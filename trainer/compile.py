@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from amortized.artifacts import STAGING, atomic_write, discover_artifacts, save_artifact
+from amortized.calibration import calibration
 from amortized.evaluation import evaluate
 from amortized.losses import Objective
 from amortized.training import compile_network
@@ -32,8 +34,9 @@ class Job:
 
 
 def run_job(job: Job) -> dict:
-    """Train, evaluate and save one artifact; returns its summary row. Runs in a worker process."""
+    """Train, evaluate, calibrate and save one artifact; returns its summary row with times. Runs in a worker process."""
     torch.set_num_threads(1)
+    started, cpu_started = time.perf_counter(), time.process_time()
     model = job.spec.build_model()
     config = job.spec.training_config(job.objective)
     name = job.spec.name
@@ -45,26 +48,57 @@ def run_job(job: Job) -> dict:
                 bar.update(step - bar.n)
 
         network, result = compile_network(model, config, progress=progress)
+    trained = time.perf_counter()
     metrics = evaluate(model, network, job.objective)
+    evaluated = time.perf_counter()
+    metrics["calibration"] = calibration(model, network)
+    calibrated = time.perf_counter()
     path = save_artifact(job.out, model, network, job.objective, config, result, metrics, variant=name)
+    times = {
+        "train": trained - started, "evaluate": evaluated - trained, "calibrate": calibrated - evaluated,
+        "total": time.perf_counter() - started, "cpu": time.process_time() - cpu_started,
+    }
     return {"variant": name, "family": job.spec.family, "objective": job.objective, "seconds": result["seconds"], "path": str(path),
-            "metrics": metrics}
+            "metrics": metrics, "times": times}
 
 
-def compile_all(jobs: list[Job], workers: int) -> list[dict]:
-    """Run ``jobs`` over ``workers`` processes (in-process when 1); longest first, so the pool finishes together."""
+def compile_all(jobs: list[Job], workers: int, figures: bool = False) -> list[dict]:
+    """Run ``jobs`` over ``workers`` processes (in-process when 1); longest first, so the pool finishes together.
+
+    With ``figures``, each variant's figures are drawn in the pool as soon as
+    its last artifact is written, while the other workers still train.
+    """
     jobs = sorted(jobs, key=lambda j: -j.total_steps)
     jobs = [Job(job.spec, job.objective, job.out, position=i) for i, job in enumerate(jobs)]
+    outs = {job.spec.name: job.out for job in jobs}
     if workers <= 1:
-        return [run_job(job) for job in jobs]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(run_job, jobs))
+        results = [run_job(job) for job in jobs]
+        if figures:
+            for name, out in outs.items():
+                write_figures(out, {name})
+        return results
+    waiting = {name: sum(job.spec.name == name for job in jobs) for name in outs}
+    results = []
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        pending = {pool.submit(run_job, job) for job in jobs}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                row = future.result()
+                if row is None:  # a figure job
+                    continue
+                results.append(row)
+                waiting[row["variant"]] -= 1
+                if figures and not waiting[row["variant"]]:
+                    pending.add(pool.submit(write_figures, outs[row["variant"]], {row["variant"]}, False))
+    return results
 
 
-def write_figures(out: Path, variants: set[str]) -> list[Path]:
+def write_figures(out: Path, variants: set[str], report: bool = True) -> list[Path] | None:
     """Redraw each variant's figures from the artifacts now on disk, pq and qp side by side."""
     from amortized import figures  # matplotlib is imported only when figures are drawn
 
+    torch.set_num_threads(1)
     loaded, _ = discover_artifacts(out)
     written = []
     for name in sorted(variants):
@@ -75,7 +109,7 @@ def write_figures(out: Path, variants: set[str]) -> list[Path]:
         for filename, png in figures.model_figures(model, networks, title=figures.variant_title(name, model)).items():
             atomic_write(out / name / filename, png, out / STAGING)
             written.append(out / name / filename)
-    return written
+    return written if report else None
 
 
 def timed(function, *args):

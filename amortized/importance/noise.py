@@ -85,5 +85,6 @@ def joint_log_prob(model: ConjugateMixtureModel, proposal: BranchedNormal, y: np
         return NoiseQuadratic(t.log_weights[component] + prior.a + likelihood.a, prior.b + likelihood.b, prior.c + likelihood.c)
     leading = (-1, 1, 1)
     prior = normal_log_prob_in_noise(means, stds, t.means.reshape(leading), t.stds.reshape(leading))
-    a = np.where((t.membership > 0)[:, None, :], t.log_weights.reshape(leading) + prior.a + likelihood.a, -math.inf)
+    # -inf outside a component's branch; a mixture network's view puts log rho(j | c) there (amortized.mixture)
+    a = model.log_branch_membership[:, None, :] + t.log_weights.reshape(leading) + prior.a + likelihood.a
     return NoiseQuadratic(a, prior.b + likelihood.b, prior.c + likelihood.c)

@@ -177,6 +177,12 @@ class ConjugateMixtureModel(ABC):
         membership = np.array(columns, dtype=np.float64).T if columns else np.zeros((self.num_branches, 0))
         return LatentValues(membership, groups)
 
+    @cached_property
+    def log_branch_membership(self) -> np.ndarray:
+        """log of which branch each prior component belongs to: 0 where it does, -inf elsewhere, ``(components, branches)``."""
+        with np.errstate(divide="ignore"):
+            return np.log(self.table(np.zeros(0)).membership)
+
     def latent_marginals(self, branch_probabilities: np.ndarray) -> np.ndarray:
         """P(latent = value | y) for every column of :attr:`latent_values`, ``(batch, columns)``, from ``(batch, branches)``.
 

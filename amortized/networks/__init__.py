@@ -17,13 +17,27 @@ MLP_ARCHITECTURE: dict[str, Any] = {"family": "branched_mlp", "hidden": [64, 64]
 DEFAULT_ARCHITECTURE: dict[str, dict[str, Any]] = {"gaussian": {"family": "linear_gaussian"}}
 
 
-def build_network(model: ConjugateMixtureModel, architecture: dict[str, Any] | None = None) -> InferenceNetwork:
-    """A freshly initialised network of ``architecture`` (the model's default if None) for ``model``."""
+# Options a family may take beyond its architecture's defaults (training.family_options in a manifest).
+FAMILY_OPTIONS: dict[str, tuple[str, ...]] = {"branched_mlp": ("mixture_components", "input_gain"), "linear_gaussian": ()}
+
+
+def build_network(
+    model: ConjugateMixtureModel, architecture: dict[str, Any] | None = None, family_options: dict[str, Any] | None = None
+) -> InferenceNetwork:
+    """A freshly initialised network of ``architecture`` (the model's default if None) for ``model``.
+
+    ``family_options`` (for example ``{"mixture_components": 2}``) override the
+    architecture's keyword arguments; an option the family does not take is an error.
+    """
     spec = dict(architecture or DEFAULT_ARCHITECTURE.get(model.name, MLP_ARCHITECTURE))
     family = spec.pop("family")
     if family not in FAMILIES:
         raise ValueError(f"unknown network family {family!r}; known: {', '.join(FAMILIES)}")
+    for name, value in (family_options or {}).items():
+        if name not in FAMILY_OPTIONS.get(family, ()):
+            raise ValueError(f"the {family} family takes no option {name!r}; it takes: {', '.join(FAMILY_OPTIONS.get(family, ())) or 'none'}")
+        spec[name] = value
     return FAMILIES[family](model, **spec)
 
 
-__all__ = ["DEFAULT_ARCHITECTURE", "FAMILIES", "MLP_ARCHITECTURE", "InferenceNetwork", "build_network"]
+__all__ = ["DEFAULT_ARCHITECTURE", "FAMILIES", "FAMILY_OPTIONS", "MLP_ARCHITECTURE", "InferenceNetwork", "build_network"]

@@ -18,6 +18,7 @@ class InferenceNetwork(nn.Module, ABC):
     """q_phi(b, x | y) for a model; ``architecture()`` plus the weights rebuild it exactly."""
 
     family: ClassVar[str]
+    components: int = 1  # normals per model branch (the mixture family has more)
 
     def __init__(self, model: ConjugateMixtureModel) -> None:
         super().__init__()

@@ -7,6 +7,14 @@ the seed's eta_mu(y, b), eta_var(y, b): one MLP fed y and a one-hot of the
 branch, evaluated for all branches at once. With one branch (``gmm``) this is
 just N(eta1(y), eta2(y)). Inputs and outputs are scaled by the model's prior
 moments, since y spans tens for ``gmm``.
+
+The mixture family (``mixture_components`` K > 1) puts K normals in each
+model branch: q(b, j | y) = q(b | y) q(j | y, b), q(x | y, b, j) normal. The
+discrete head gives K more logits per branch (a softmax within the branch),
+the continuous head sees a one-hot of the pair (b, j), and the pair is one
+more branch of the BranchedNormal, at index ``b * K + j``. The request path
+orders each branch's components by mean (the same distribution; a canonical
+labelling for :mod:`amortized.mixture`).
 """
 
 from __future__ import annotations
@@ -97,6 +105,13 @@ def numpy_branched_mlp(stacks: Sequence[nn.Sequential], num_branches: int) -> La
     return apply
 
 
+def sort_components(q: BranchedNormal, components: int) -> BranchedNormal:
+    """The same mixture with each model branch's ``components`` normals ordered by mean (NumPy, any leading axes)."""
+    shape = (*q.means.shape[:-1], q.means.shape[-1] // components, components)
+    order = np.argsort(q.means.reshape(shape), -1, kind="stable")
+    return BranchedNormal(*(np.take_along_axis(np.reshape(a, shape), order, -1).reshape(q.means.shape) for a in (q.log_probs, q.means, q.stds)))
+
+
 class CategoricalTree(NamedTuple):
     """q(b|y) as a tree of categoricals over the model's latents, in index form.
 
@@ -150,15 +165,29 @@ def tree_log_probs(logits: Array, tree: CategoricalTree) -> Array:
 class BranchedMLPNetwork(InferenceNetwork):
     family = "branched_mlp"
 
-    def __init__(self, model: ConjugateMixtureModel, hidden: Sequence[int] = (64, 64), activation: str = "tanh") -> None:
+    def __init__(
+        self, model: ConjugateMixtureModel, hidden: Sequence[int] = (64, 64), activation: str = "tanh", mixture_components: int = 1,
+        input_gain: float = 1.0,
+    ) -> None:
         super().__init__(model)
-        self.hidden, self.activation = list(hidden), activation
+        if mixture_components < 1:
+            raise ValueError(f"mixture_components must be at least 1, got {mixture_components}")
+        self.hidden, self.activation, self.components = list(hidden), activation, int(mixture_components)
+        self.input_gain = float(input_gain)
+        self.model_branches = model.num_branches
+        self.num_branches = model.num_branches * self.components  # q's branches: (model branch, component) pairs
         self.y_loc, self.y_scale = model.y_loc, model.y_scale
         self.x_loc, self.x_scale = model.x_loc, model.x_scale
         self.tree = categorical_tree(model.branches, model.latent_names)
         self.register_buffer("branch_onehot", torch.eye(self.num_branches), persistent=False)
-        self.discrete = mlp(1, hidden, len(self.tree.membership), activation) if self.num_branches > 1 else None
+        logits = (len(self.tree.membership) if model.num_branches > 1 else 0) + (self.num_branches if self.components > 1 else 0)
+        self.discrete = mlp(1, hidden, logits, activation) if logits else None
         self.continuous = mlp(1 + self.num_branches, hidden, 2, activation)
+        if self.input_gain != 1.0:  # the scaled y enters with its first-layer weights divided: the same function at start
+            with torch.no_grad():
+                for head in (self.discrete, self.continuous):
+                    if head is not None:
+                        head[0].weight[:, 0] /= self.input_gain
 
     def forward(self, y: Tensor) -> BranchedNormal:
         discrete = None if self.discrete is None else lambda u: run(self.discrete, u)
@@ -193,6 +222,8 @@ class BranchedMLPNetwork(InferenceNetwork):
             q = first._forward(u, discrete, continuous, tree)
             if discrete is None:  # one branch: log q(b) = 0 for every network
                 q = BranchedNormal(np.broadcast_to(q.log_probs, q.means.shape), q.means, q.stds)
+            if first.components > 1:
+                q = sort_components(q, first.components)
             return [q[i] for i in range(len(networks))]
 
         return forward
@@ -205,11 +236,28 @@ class BranchedMLPNetwork(InferenceNetwork):
         """
         xp = lib(y)
         u = ((y - self.y_loc) / self.y_scale)[..., None]
-        log_probs = xp.zeros_like(u) if discrete is None else tree_log_probs(discrete(u), tree)
+        if self.input_gain != 1.0:
+            u = u * self.input_gain
+        if discrete is None:
+            log_probs = xp.zeros_like(u)
+        elif self.components == 1:
+            log_probs = tree_log_probs(discrete(u), tree)
+        else:  # log q(b | y) + log q(j | y, b), laid out b * K + j
+            logits = discrete(u)
+            nodes = logits.shape[-1] - self.num_branches
+            branch = tree_log_probs(logits[..., :nodes], tree) if nodes else xp.zeros_like(u)
+            within = logits[..., nodes:].reshape(*logits.shape[:-1], self.model_branches, self.components)
+            within = within - logsumexp(within, -1)[..., None]
+            log_probs = (branch[..., None] + within).reshape(*logits.shape[:-1], self.num_branches)
         out = continuous(u)
         means = self.x_loc + self.x_scale * out[..., 0]
         stds = self.x_scale * xp.exp(0.5 * xp.clip(out[..., 1], -30.0, 10.0))
         return BranchedNormal(log_probs, means, stds)
 
     def architecture(self) -> dict:
-        return {"family": self.family, "hidden": self.hidden, "activation": self.activation}
+        spec = {"family": self.family, "hidden": self.hidden, "activation": self.activation}
+        if self.components > 1:  # the single-normal networks' manifests stay as they were
+            spec["mixture_components"] = self.components
+        if self.input_gain != 1.0:
+            spec["input_gain"] = self.input_gain
+        return spec

@@ -20,6 +20,7 @@ from amortized.figures import variant_title
 from amortized.importance.streams import draw_seed
 from service.answers import PosteriorQuery, answer
 from service.dependencies import ServedModelDep, check_version
+from amortized.mixture import base_model
 from service.errors import ApiError
 from service.metrics import OBJECTIVE_KEY, Metrics
 from service.registry import Registry, ServedModel
@@ -140,5 +141,6 @@ def posterior_png(
         size = (width or PNG_WIDTH, height or (PNG_HEIGHT_BRANCHES if served.model.num_branches > 1 else PNG_HEIGHT))
     with torch.inference_mode():
         qs = {name: artifacts[name].network(torch.tensor([y], dtype=torch.float32)) for name in wanted}
-        png = draw(served.model, y, qs, variant_title(served.name, served.model), size)
+        model = base_model(served.model)  # the model itself, not a mixture network's view of it
+        png = draw(model, y, qs, variant_title(served.name, model), size)
     return Response(png, media_type="image/png")

@@ -1,0 +1,184 @@
+"""Calibration of a compiled network over the population of observations: coverage and SBC.
+
+A network is *calibrated* when its credible statements hold as often as they
+claim, over observations y drawn from the model, p(y). Two checks, in the
+manner of sbi's and BayesFlow's diagnostics, computed here exactly where the
+model allows (every model of this project has its posterior in closed form):
+
+- **Expected coverage of central credible intervals.** For each test
+  observation y, the central interval of level a of q's marginal q(x | y)
+  (the (1 - a)/2 and (1 + a)/2 quantiles, branches summed out) holds the true
+  x with probability P_p(x in I_a(y) | y), the exact posterior's mass on it.
+  Averaged over y from p(y) this is the probability that the interval holds
+  the x of a fresh joint draw (x, y), i.e. the expected coverage of sbi's
+  ``expected_coverage`` test, here without the Monte Carlo noise of drawing
+  x. A calibrated q gives a for every level a; below a is overconfident.
+  The same is computed for the service's importance-resampled answer (SIR
+  with the default 1000 draws, through :func:`amortized.diagnostics.analyse`):
+  its interval is the empirical central interval of the resampled draws.
+- **Simulation-based calibration** (Talts, Betancourt, Simpson, Vehtari &
+  Gelman 2018, "Validating Bayesian inference algorithms with simulation-based
+  calibration", arXiv:1804.06788): for joint draws (x*, y), the rank of x*
+  among L draws of q(x | y) is uniform on {0, ..., L} for every y exactly when
+  q(x | y) = p(x | y) (averaged over p(y)). Ranks are binned into B equal bins
+  (Talts et al., sec. 4.1) and tested for uniformity by Pearson's chi-square
+  (statistic and p-value, B - 1 degrees of freedom). A U-shaped histogram is
+  an overconfident q, a hump an underconfident one.
+
+Everything is vectorised over observations, levels and draws (torch float64
+for the closed forms; NumPy where the request path's own code is called).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from amortized.distributions import BranchedNormal
+from amortized.models import ConjugateMixtureModel, JointSample
+from amortized.networks import InferenceNetwork
+
+LEVELS = (0.5, 0.8, 0.95)
+RESAMPLED_NUM_SAMPLES = 1000  # the service's default num_samples
+SBC_DRAWS = 99  # L draws of q per simulation: ranks 0..99, 100 values
+SBC_BINS = 20  # 5 ranks per bin: 50 expected counts per bin with 1000 simulations
+SBC_SEED = 18040678  # arXiv 1804.06788, Talts et al.
+RESAMPLE_SEED = 20180411
+
+
+def _tensor(array) -> Tensor:
+    return array.detach().to(torch.float64) if isinstance(array, Tensor) else torch.as_tensor(np.asarray(array), dtype=torch.float64)
+
+
+def mixture_cdf(dist: BranchedNormal, x: Tensor) -> Tensor:
+    """P(X <= x) under the x-marginal of ``dist`` (branches summed), for x of shape ``(batch, points)``."""
+    probs, means, stds = (_tensor(a) for a in (dist.probs, dist.means, dist.stds))
+    z = (_tensor(x)[..., None] - means[:, None, :]) / stds[:, None, :]
+    return (probs[:, None, :] * torch.special.ndtr(z)).sum(-1)
+
+
+def mixture_quantiles(dist: BranchedNormal, levels: Sequence[float] | Tensor, iterations: int = 64) -> Tensor:
+    """The ``levels``-quantiles of the x-marginal of ``dist``, ``(batch, len(levels))``, by bisection.
+
+    The CDF is increasing, so bisection on a bracket holding every branch's
+    +-40 standard deviations converges to the float64 grid in 64 halvings.
+    """
+    means, stds = _tensor(dist.means), _tensor(dist.stds)
+    p = torch.as_tensor(levels, dtype=torch.float64).expand(len(means), -1)
+    low = (means - 40 * stds).min(-1).values[:, None].expand_as(p).clone()
+    high = (means + 40 * stds).max(-1).values[:, None].expand_as(p).clone()
+    for _ in range(iterations):
+        middle = 0.5 * (low + high)
+        below = mixture_cdf(dist, middle) < p
+        low, high = torch.where(below, middle, low), torch.where(below, high, middle)
+    return 0.5 * (low + high)
+
+
+def central_bounds(levels: Sequence[float]) -> list[float]:
+    """The quantile levels of the central intervals: (1 - a)/2 for each a, then (1 + a)/2 for each a."""
+    return [(1 - a) / 2 for a in levels] + [(1 + a) / 2 for a in levels]
+
+
+def interval_coverage(exact: BranchedNormal, low: Tensor, high: Tensor) -> Tensor:
+    """The exact posterior's mass on [low, high], per observation and interval ``(batch, intervals)``."""
+    return mixture_cdf(exact, high) - mixture_cdf(exact, low)
+
+
+def expected_coverage(exact: BranchedNormal, q: BranchedNormal, levels: Sequence[float] = LEVELS) -> list[float]:
+    """For each level a: the mean over observations of the posterior mass on q's central a-interval."""
+    bounds = mixture_quantiles(q, central_bounds(levels))
+    n = len(levels)
+    return interval_coverage(exact, bounds[:, :n], bounds[:, n:]).mean(0).tolist()
+
+
+def resampled_coverage(
+    model: ConjugateMixtureModel, exact: BranchedNormal, y: np.ndarray, q: BranchedNormal,
+    levels: Sequence[float] = LEVELS, num_samples: int = RESAMPLED_NUM_SAMPLES, seed: int = RESAMPLE_SEED,
+) -> list[float]:
+    """Expected coverage of the service's importance-resampled answer (``"resample": true``).
+
+    Runs the request path's own :func:`amortized.diagnostics.analyse` on every
+    observation with ``num_samples`` draws of q (NumPy ``q``), and takes the
+    empirical central intervals of its resampled draws.
+    """
+    from amortized.diagnostics import analyse  # the request path's module (numba kernels): imported when used
+
+    analysis = analyse(model, np.asarray(y, dtype=np.float64), q, num_samples, np.random.default_rng(seed), resample=True)
+    draws = np.sort(analysis.resampled_x, -1)
+    bounds = torch.from_numpy(np.quantile(draws, central_bounds(levels), axis=-1, method="linear").T.copy())
+    n = len(levels)
+    return interval_coverage(exact, bounds[:, :n], bounds[:, n:]).mean(0).tolist()
+
+
+def sbc_ranks(q: BranchedNormal, x_true: Tensor, draws: int = SBC_DRAWS, seed: int = SBC_SEED) -> Tensor:
+    """The rank of each true x among ``draws`` draws of q(x | y) of its observation: integers 0..draws."""
+    generator = torch.Generator().manual_seed(seed)
+    q = BranchedNormal(*(_tensor(a) for a in (q.log_probs, q.means, q.stds)))
+    _, x = q.sample(draws, generator)
+    return (x < _tensor(x_true)[:, None]).sum(-1)
+
+
+def chi_square_uniformity(ranks: Tensor, values: int, bins: int) -> dict:
+    """Pearson's chi-square test that ``ranks`` (integers 0..values-1) are uniform, on ``bins`` equal bins."""
+    if values % bins:
+        raise ValueError(f"{values} rank values do not split into {bins} equal bins")
+    counts = torch.bincount(ranks * bins // values, minlength=bins).to(torch.float64)
+    expected = len(ranks) / bins
+    statistic = ((counts - expected) ** 2 / expected).sum()
+    dof = bins - 1
+    p_value = torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64), statistic / 2)  # chi2 survival function
+    return {"statistic": statistic.item(), "dof": dof, "p_value": p_value.item(), "counts": counts.long().tolist()}
+
+
+def sbc(q: BranchedNormal, x_true: Tensor, draws: int = SBC_DRAWS, bins: int = SBC_BINS, seed: int = SBC_SEED) -> dict:
+    """SBC rank-uniformity test of q over the simulations (x_true, y) that ``q`` was computed for."""
+    ranks = sbc_ranks(q, x_true, draws, seed)
+    return {"simulations": len(ranks), "draws": draws, "bins": bins, **chi_square_uniformity(ranks, draws + 1, bins)}
+
+
+METHOD = (
+    "coverage: mean over the test set (y from p(y)) of the exact posterior mass on the central credible interval "
+    "of q(x|y) (and of the importance-resampled answer's draws); sbc: ranks of the true x among draws of q(x|y) "
+    "for joint draws (x, y), chi-square test of uniformity on equal bins"
+)
+SOURCE = (
+    "Talts, Betancourt, Simpson, Vehtari & Gelman (2018), Validating Bayesian inference algorithms with "
+    "simulation-based calibration, arXiv:1804.06788; expected coverage as in sbi's and BayesFlow's diagnostics"
+)
+
+
+def calibration(
+    model: ConjugateMixtureModel, net: InferenceNetwork, simulations: JointSample | None = None,
+    levels: Sequence[float] = LEVELS, num_samples: int = RESAMPLED_NUM_SAMPLES,
+) -> dict:
+    """Every calibration figure of one network: the manifest's ``metrics.calibration``.
+
+    ``simulations``: joint draws (x, y); by default the evaluation's fixed test
+    set (its y are :func:`amortized.evaluation.test_observations`), with their x.
+    q is the network's torch answer; the importance-resampled answer uses the
+    request path's NumPy forward and, for a mixture network, its view of the
+    model (:mod:`amortized.mixture`).
+    """
+    from amortized.evaluation import TEST_SEED, TEST_SIZE
+    from amortized.mixture import view_for
+
+    if simulations is None:
+        simulations = model.sample_joint(TEST_SIZE, torch.Generator().manual_seed(TEST_SEED))
+    y = simulations.y.double()
+    with torch.no_grad():
+        q = net(y.float()).to(torch.float64)
+    exact = model.exact_posterior(y)
+    served = net.numpy()(y.numpy()[None]).flatten()  # the request path stacks queries: one stack of the whole set
+    return {
+        "method": METHOD,
+        "source": SOURCE,
+        "levels": list(levels),
+        "coverage_q": expected_coverage(exact, q, levels),
+        "coverage_resampled": resampled_coverage(view_for(model, getattr(net, "components", 1)), exact, y.numpy(), served, levels, num_samples),
+        "resampled_num_samples": num_samples,
+        "sbc": sbc(q, simulations.x.double()),
+    }

@@ -1,0 +1,87 @@
+"""How far a compile moves when its arithmetic rounds differently: the tolerance behind the README's determinism claim.
+
+Another CPU (another instruction set for torch's kernels: AVX2 against
+AVX-512, another summation order in a matrix product) changes results at the
+last bit of float32. This measures what that does downstream, on one machine:
+each compile is repeated from the same seed with the initial weights moved by
+one unit in the last place of float32 (each weight times 1 +- 2^-24, the sign
+drawn at random), and the weights, q's outputs on the test set and the
+amortisation gap are compared with the unperturbed compile. The unperturbed
+compile is also repeated, to show that it gives the same bytes.
+
+    .venv/bin/python bench/determinism.py [--pairs gmm/qp gmm_open/qp ...] [--perturbations 4] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from amortized.evaluation import evaluate, test_observations  # noqa: E402
+from amortized.models import build_model  # noqa: E402
+from amortized.networks import build_network  # noqa: E402
+from amortized.training import recipe, train  # noqa: E402
+
+PAIRS = ["gaussian/pq", "gaussian/qp", "gmm/pq", "gmm/qp", "gmm_discrete/pq", "gmm_discrete/qp", "gmm_open/pq", "gmm_open/qp"]
+
+
+def compile_once(pair: str, seed: int, perturbation: int | None) -> dict:
+    """One compile of ``pair``; ``perturbation`` k > 0 moves every initial weight by one float32 ulp (signs from seed k)."""
+    torch.set_num_threads(1)
+    name, objective = pair.split("/")
+    model = build_model(name)
+    config = recipe(name, objective, seed=seed)
+    torch.manual_seed(config.seed)
+    net = build_network(model, None, config.family_options)
+    if perturbation:
+        signs = torch.Generator().manual_seed(perturbation)
+        with torch.no_grad():
+            for parameter in net.parameters():
+                flip = torch.randint(0, 2, parameter.shape, generator=signs) * 2 - 1
+                parameter.mul_(1 + flip * 2.0**-24)
+    started = time.perf_counter()
+    train(model, net, config)
+    flat = torch.cat([p.detach().reshape(-1) for p in net.state_dict().values()])
+    with torch.no_grad():
+        q = net(test_observations(model).float())
+    metrics = evaluate(model, net, objective)
+    return {
+        "pair": pair, "perturbation": perturbation, "sha256": hashlib.sha256(flat.numpy().tobytes()).hexdigest(),
+        "weights": flat, "means": q.means.double(), "stds": q.stds.double(), "gap": metrics["amortisation_gap"],
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", nargs="+", default=PAIRS)
+    parser.add_argument("--perturbations", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=2)
+    args = parser.parse_args()
+    runs = [(pair, args.seed, k) for pair in args.pairs for k in [None, None, *range(1, args.perturbations + 1)]]
+    with ProcessPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(compile_once, *zip(*runs)))
+    print("| pair | repeat: same bytes | gap (unperturbed) | gaps (one-ulp starts) | max abs weight change | max abs change of q's mean / std on the test set |")
+    print("|---|---|---|---|---|---|")
+    for pair in args.pairs:
+        rows = [r for r in results if r["pair"] == pair]
+        base, again, perturbed = rows[0], rows[1], rows[2:]
+        weights = max((r["weights"] - base["weights"]).abs().max().item() for r in perturbed)
+        means = max((r["means"] - base["means"]).abs().max().item() for r in perturbed)
+        stds = max((r["stds"] - base["stds"]).abs().max().item() for r in perturbed)
+        gaps = ", ".join(f"{r['gap']:.5f}" for r in perturbed)
+        same = "yes" if base["sha256"] == again["sha256"] else "NO"
+        print(f"| {pair} | {same} | {base['gap']:.5f} | {gaps} | {weights:.2g} | {means:.2g} / {stds:.2g} |")
+
+
+if __name__ == "__main__":
+    main()
