@@ -14,8 +14,9 @@ model allows (every model of this project has its posterior in closed form):
   ``expected_coverage`` test, here without the Monte Carlo noise of drawing
   x. A calibrated q gives a for every level a; below a is overconfident.
   The same is computed for the service's importance-resampled answer (SIR
-  with the default 1000 draws, through :func:`amortized.diagnostics.analyse`):
-  its interval is the empirical central interval of the resampled draws.
+  with the default 1000 draws and the request path's own weights; a test
+  holds it to :func:`amortized.diagnostics.analyse`'s resampled draws): its
+  interval is the empirical central interval of the resampled draws.
 - **Simulation-based calibration** (Talts, Betancourt, Simpson, Vehtari &
   Gelman 2018, "Validating Bayesian inference algorithms with simulation-based
   calibration", arXiv:1804.06788): for joint draws (x*, y), the rank of x*
@@ -38,7 +39,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from amortized.distributions import BranchedNormal
+from amortized.arrays import logsumexp
+from amortized.distributions import BranchedNormal, inverse_cdf
+from amortized.importance.noise import joint_log_prob, proposal_log_prob
 from amortized.models import ConjugateMixtureModel, JointSample
 from amortized.networks import InferenceNetwork
 
@@ -95,20 +98,41 @@ def expected_coverage(exact: BranchedNormal, q: BranchedNormal, levels: Sequence
     return interval_coverage(exact, bounds[:, :n], bounds[:, n:]).mean(0).tolist()
 
 
+def importance_resample(
+    model: ConjugateMixtureModel, y: np.ndarray, q: BranchedNormal, num_samples: int, generator: np.random.Generator
+) -> np.ndarray:
+    """SIR draws of x, ``(observations, num_samples)``: the service's ``"resample": true`` answer without its kernels.
+
+    The same weights as :func:`amortized.importance.weighing.weigh` (the joint's
+    noise quadratics of :mod:`amortized.importance.noise` less the proposal's own density, as quadratics in
+    each draw's noise, summed over prior components in log space), evaluated
+    with whole-array NumPy: nothing to compile in each compiler worker. Draws
+    of q's branch by its CDF, x = mean + std * noise, then ``num_samples``
+    draws resampled in proportion to the weights.
+    """
+    rows, width = q.means.shape
+    table = (joint_log_prob(model, q, y) - proposal_log_prob(q)).table()  # (components, rows, branches, 3)
+    branch = inverse_cdf(q.probs, generator.random((rows, num_samples))) if width > 1 else np.zeros((rows, num_samples), dtype=np.int64)
+    noise = generator.standard_normal((rows, num_samples))
+    at = table[:, np.arange(rows)[:, None], branch]  # (components, rows, draws, 3)
+    log_weights = logsumexp(at[..., 0] + noise * (at[..., 1] + at[..., 2] * noise), 0)
+    weights = np.exp(log_weights - log_weights.max(-1, keepdims=True))
+    x = np.take_along_axis(q.means, branch, -1) + np.take_along_axis(q.stds, branch, -1) * noise
+    picks = inverse_cdf(weights, generator.random((rows, num_samples)))
+    return np.take_along_axis(x, picks, -1)
+
+
 def resampled_coverage(
     model: ConjugateMixtureModel, exact: BranchedNormal, y: np.ndarray, q: BranchedNormal,
     levels: Sequence[float] = LEVELS, num_samples: int = RESAMPLED_NUM_SAMPLES, seed: int = RESAMPLE_SEED,
 ) -> list[float]:
     """Expected coverage of the service's importance-resampled answer (``"resample": true``).
 
-    Runs the request path's own :func:`amortized.diagnostics.analyse` on every
-    observation with ``num_samples`` draws of q (NumPy ``q``), and takes the
-    empirical central intervals of its resampled draws.
+    ``num_samples`` draws of q (NumPy ``q``, as the request path computes it)
+    for every observation, weighed and resampled (:func:`importance_resample`);
+    the interval is the empirical central interval of the resampled draws.
     """
-    from amortized.diagnostics import analyse  # the request path's module (numba kernels): imported when used
-
-    analysis = analyse(model, np.asarray(y, dtype=np.float64), q, num_samples, np.random.default_rng(seed), resample=True)
-    draws = np.sort(analysis.resampled_x, -1)
+    draws = importance_resample(model, np.asarray(y, dtype=np.float64), q, num_samples, np.random.default_rng(seed))
     bounds = torch.from_numpy(np.quantile(draws, central_bounds(levels), axis=-1, method="linear").T.copy())
     n = len(levels)
     return interval_coverage(exact, bounds[:, :n], bounds[:, n:]).mean(0).tolist()

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from numba import njit
 
-from amortized.arrays import Array
+from amortized.arrays import Array, logsumexp
 from amortized.distributions import LOG_SQRT_2PI, BranchedNormal, lib
 from amortized.models import ConjugateMixtureModel
 
@@ -49,8 +49,21 @@ def _expectation_weights(grid_bytes: bytes) -> np.ndarray:  # a few grids serve 
     return weights
 
 
+def dense_expected_log_density(
+    centres: np.ndarray, widths: np.ndarray, centre_branch: np.ndarray, log_weights: np.ndarray, means: np.ndarray,
+    stds: np.ndarray, membership: np.ndarray, grid: np.ndarray, grid_weights: np.ndarray,
+) -> np.ndarray:
+    """What :func:`expected_log_density` computes, as whole-array NumPy (scoring: no compile step)."""
+    x = centres[..., None] + widths[..., None] * grid  # (rows, normals, points)
+    z = (x[..., None] - means[:, None, None, :]) / stds[:, None, None, :]
+    terms = (log_weights - np.log(stds) - LOG_SQRT_2PI)[:, None, None, :] - 0.5 * z * z  # (rows, normals, points, components)
+    inside = np.asarray(membership)[:, np.asarray(centre_branch)].T[None, :, None, :]  # the components of each normal's branch
+    with np.errstate(divide="ignore"):
+        return logsumexp(np.where(inside, terms, -math.inf), -1) @ grid_weights
+
+
 def kl_divergences(
-    model: ConjugateMixtureModel, exact: BranchedNormal, q: BranchedNormal, grid: np.ndarray = QUADRATURE_GRID
+    model: ConjugateMixtureModel, exact: BranchedNormal, q: BranchedNormal, grid: np.ndarray = QUADRATURE_GRID, dense: bool = False
 ) -> tuple[Array, Array]:
     """(kl_pq, kl_qp) per observation, in nats, float64; ``exact`` is over components.
 
@@ -65,12 +78,13 @@ def kl_divergences(
         KL(p || q) = sum_c w_c (E_c[log p(b_c, x)] - log q_b_c - E_c[log N(x; mu_b_c, sigma_b_c^2)])
         KL(q || p) = sum_b q_b (log q_b - H(N(mu_b, sigma_b^2)) - E_b[log p(b, x)])
     """
-    if isinstance(q.means, torch.Tensor):
-        pair = kl_divergences(model, exact.to(torch.float64).numpy(), q.to(torch.float64).numpy(), grid)
+    if isinstance(q.means, torch.Tensor):  # scoring: the same sums by dense NumPy (no kernel to compile in each worker)
+        pair = kl_divergences(model, exact.to(torch.float64).numpy(), q.to(torch.float64).numpy(), grid, dense=True)
         return tuple(torch.from_numpy(np.asarray(kl)) for kl in pair)  # type: ignore[return-value]
+    density_expectation = dense_expected_log_density if dense else expected_log_density
     model = getattr(model, "base", model)  # a mixture network's view of the model: the model's own tables
     if q.num_branches > model.table(exact.means).membership.shape[1]:
-        return _mixture_kl_divergences(model, exact, q, grid)
+        return _mixture_kl_divergences(model, exact, q, grid, density_expectation)
     if model.family_contains_posterior:
         kl_pq = (exact.probs * (exact.log_probs - q.log_probs + normal_kl(exact.means, exact.stds, q.means, q.stds))).sum(-1)
         kl_qp = (q.probs * (q.log_probs - exact.log_probs + normal_kl(q.means, q.stds, exact.means, exact.stds))).sum(-1)
@@ -81,7 +95,7 @@ def kl_divergences(
 
     def expected_log_p(centres: np.ndarray, widths: np.ndarray, centre_branch: np.ndarray, points: np.ndarray) -> np.ndarray:
         centres, widths = (np.ascontiguousarray(a, dtype=np.float64) for a in (centres, widths))
-        return expected_log_density(centres, widths, centre_branch, *p, membership, points, expectation_weights(points))
+        return density_expectation(centres, widths, centre_branch, *p, membership, points, expectation_weights(points))
 
     mu, sigma = q.means[:, branch_of], q.stds[:, branch_of]  # q's normal in each component's branch
     cross = q.log_probs[:, branch_of] - np.log(sigma) - LOG_SQRT_2PI - ((exact.means - mu) ** 2 + exact.stds**2) / (2 * sigma**2)
@@ -91,7 +105,9 @@ def kl_divergences(
     return kl_pq, kl_qp
 
 
-def _mixture_kl_divergences(model: ConjugateMixtureModel, exact: BranchedNormal, q: BranchedNormal, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _mixture_kl_divergences(
+    model: ConjugateMixtureModel, exact: BranchedNormal, q: BranchedNormal, grid: np.ndarray, density_expectation=None
+) -> tuple[np.ndarray, np.ndarray]:
     """Both KLs for a q of K normals per model branch (q-branch b * K + j), NumPy.
 
     log q(b, x) is then itself a mixture, so every term is an expectation of a
@@ -113,7 +129,9 @@ def _mixture_kl_divergences(model: ConjugateMixtureModel, exact: BranchedNormal,
 
     def expected(centres, widths, centre_branch, density, member, points):
         centres, widths = (np.ascontiguousarray(a, dtype=np.float64) for a in (centres, widths))
-        return expected_log_density(centres, widths, centre_branch, *density, member, points, expectation_weights(points))
+        return (density_expectation or expected_log_density)(
+            centres, widths, centre_branch, *density, member, points, expectation_weights(points)
+        )
 
     kl_pq = (exact.probs * (expected(p[1], p[2], branch_of, p, membership, COMPONENT_GRID) - expected(p[1], p[2], branch_of, qs, q_membership, grid))).sum(-1)
     per_normal = expected(qs[1], qs[2], q_branch, qs, q_membership, grid) - expected(qs[1], qs[2], q_branch, p, membership, grid)

@@ -67,3 +67,28 @@ def test_resampled_answer_of_a_mass_covering_q_is_calibrated():
     covering = best_in_family(model, y, "pq").numpy()
     coverage = calibration.resampled_coverage(model, exact, y.numpy(), covering)
     np.testing.assert_allclose(coverage, calibration.LEVELS, atol=0.03)
+
+
+@pytest.mark.parametrize("name, objective", [("gmm", "pq"), ("gmm_open", "qp"), ("gmm", "mixture")])
+def test_resampling_matches_the_request_paths(name, objective):
+    """importance_resample gives what analyse(..., resample=True) gives: the same weights, so the same coverage up to noise."""
+    from amortized import mixture
+    from amortized.diagnostics import analyse
+
+    model = build_model(name)
+    sample = model.sample_joint(300, torch.Generator().manual_seed(TEST_SEED))
+    y = sample.y.double()
+    exact = model.exact_posterior(y)
+    if objective == "mixture":  # two normals per branch, slightly off the posterior's: the view's extended weights
+        best = mixture.exact_in_layout(model, exact, 2).numpy()
+        q, view = BranchedNormal(best.log_probs, best.means + 0.4, best.stds * 1.3), mixture.view_for(model, 2)
+    else:
+        q, view = best_in_family(model, y, objective).numpy(), model
+        q = BranchedNormal(q.log_probs, q.means + 0.3, q.stds * 1.2)
+    ours = calibration.importance_resample(view, y.numpy(), q, 4000, np.random.default_rng(1))
+    theirs = analyse(view, y.numpy(), q, 4000, np.random.default_rng(2), resample=True).resampled_x
+    # the same distribution of draws: per observation, the share below each exact posterior quartile
+    quartiles = calibration.mixture_quantiles(exact, [0.25, 0.5, 0.75]).numpy()
+    share = lambda draws: (draws[:, None, :] < quartiles[..., None]).mean(-1)  # noqa: E731
+    np.testing.assert_allclose(share(ours), share(theirs), atol=0.08)
+    np.testing.assert_allclose(share(ours).mean(0), share(theirs).mean(0), atol=0.01)
