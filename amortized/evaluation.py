@@ -35,7 +35,7 @@ def test_observations(model: ConjugateMixtureModel, num: int = TEST_SIZE, seed: 
 
 def _moment_matched(model: ConjugateMixtureModel, exact: BranchedNormal) -> BranchedNormal:
     """The forward-KL optimum: branch probabilities kept, each branch's mixture moment-matched."""
-    member = (model.component_branch[None, :] == torch.arange(model.num_branches)[:, None]).to(exact.probs)
+    member = model.table(exact.probs).membership.T.to(exact.probs)  # (branches, components)
     branch_probs = exact.probs @ member.T
     within = exact.probs[:, None, :] * member / branch_probs[..., None]
     means = (within * exact.means[:, None, :]).sum(-1)
@@ -58,7 +58,7 @@ def _mode_fit(model: ConjugateMixtureModel, exact: BranchedNormal, iterations: i
     descent where the Hessian is not positive). Branch probabilities are then
     proportional to p(b|y) exp(-KL_b), the exact optimum given the fits.
     """
-    member = model.component_branch[None, :] == torch.arange(model.num_branches)[:, None]  # (branches, comps)
+    member = model.table(exact.probs).membership.T > 0  # (branches, components)
     start_branch = model.component_branch  # one start per component
     exact = exact.to(torch.float64)
     mean, log_std = exact.means.clone(), exact.stds.log().clone()  # (batch, starts)

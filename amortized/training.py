@@ -24,6 +24,9 @@ from amortized.models import ConjugateMixtureModel
 from amortized.networks import InferenceNetwork, build_network
 
 
+# The continuation schedule of qp (README, "qp on gmm"): fractions of the steps on pq first, then blending pq into qp.
+WARM_START, BLEND = 0.2, 0.4
+
 class Phase(BaseModel):
     """``steps`` of ``objective``; with ``blend_from``, the loss slides linearly from that one to it."""
 
@@ -62,7 +65,7 @@ class TrainingConfig(BaseModel):
 
 
 def default_schedule(
-    objective: Objective, steps: int, warm_start: float = 0.2, blend: float = 0.4, restarts: int = 1
+    objective: Objective, steps: int, warm_start: float = WARM_START, blend: float = BLEND, restarts: int = 1
 ) -> list[Phase]:
     """One phase of ``objective``; for qp: pq, then a blend from pq to qp, then qp (fractions of ``steps``).
 
@@ -196,8 +199,8 @@ def recipe(
     model_name: str,
     objective: Objective,
     steps: int | None = None,
-    warm_start: float = 0.2,
-    blend: float = 0.4,
+    warm_start: float = WARM_START,
+    blend: float = BLEND,
     family_options: dict[str, Any] | None = None,
     **overrides,
 ) -> TrainingConfig:

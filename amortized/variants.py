@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from amortized.losses import OBJECTIVES, Objective
 from amortized.models import MODELS, ConjugateMixtureModel, build_model
-from amortized.training import TrainingConfig, recipe
+from amortized.training import BLEND, WARM_START, TrainingConfig, recipe
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,47}$"
 MAX_NAME_LENGTH = 48
@@ -62,8 +62,8 @@ class TrainingSettings(BaseModel):
     batch_size: int | None = Field(None, ge=1, le=MAX_BATCH_SIZE, strict=True, description=f"observations per step, 1 to {MAX_BATCH_SIZE}")
     learning_rate: float | None = Field(None, gt=0, le=1, allow_inf_nan=False, description="Adam's initial rate, decayed by a cosine")
     seed: int = Field(0, ge=0, lt=2**63, strict=True, description="seed of initialisation and training")
-    warm_start: float = Field(0.2, ge=0, le=1, description="qp only: fraction of the steps on pq first")
-    blend: float = Field(0.4, ge=0, le=1, description="qp only: fraction of the steps blending pq into qp")
+    warm_start: float = Field(WARM_START, ge=0, le=1, description="qp only: fraction of the steps on pq first")
+    blend: float = Field(BLEND, ge=0, le=1, description="qp only: fraction of the steps blending pq into qp")
 
     @field_validator("steps")
     @classmethod

@@ -23,6 +23,7 @@ from typing import Any
 from amortized.artifacts import ArtifactError, manifest_paths, upgrade_manifest
 from amortized.losses import OBJECTIVES
 from amortized.models import MODELS
+from amortized.training import BLEND, WARM_START
 from amortized.variants import NAME_RULE, SpecError, VariantSpec, default_spec, parse_spec, read_spec
 from trainer.compile import Job, compile_all, timed, write_figures
 from trainer.report import report
@@ -47,8 +48,8 @@ def parser() -> argparse.ArgumentParser:
     compile_.add_argument("--batch-size", type=positive_int, help="observations per step (default: the spec's, else the recipe's)")
     compile_.add_argument("--learning-rate", type=positive_float, help="Adam's initial rate, decayed by a cosine (default: the recipe's)")
     compile_.add_argument("--seed", type=int, help="seed of initialisation and training (default: the spec's, else 0)")
-    compile_.add_argument("--warm-start", type=fraction, help="qp only: fraction of steps on pq first (default 0.2)")
-    compile_.add_argument("--blend", type=fraction, help="qp only: fraction of steps blending pq into qp (default 0.4)")
+    compile_.add_argument("--warm-start", type=fraction, help=f"qp only: fraction of steps on pq first (default {WARM_START})")
+    compile_.add_argument("--blend", type=fraction, help=f"qp only: fraction of steps blending pq into qp (default {BLEND})")
     compile_.add_argument(
         "--mixture-components", type=positive_int,
         help="K normals on x per discrete branch (the mixture family; default: the spec's, else 1: single normals)",
