@@ -186,7 +186,7 @@ class ConjugateMixtureModel(ABC):
     def latent_marginals(self, branch_probabilities: np.ndarray) -> np.ndarray:
         """P(latent = value | y) for every column of :attr:`latent_values`, ``(batch, columns)``, from ``(batch, branches)``.
 
-        A sum per row, not a matrix product: BLAS may round a row differently by batch size.
+        A sum per row, not a matrix product (the per-row rule of amortized/importance/streams.py).
         """
         return (branch_probabilities[:, :, None] * self.latent_values.membership).sum(1)
 
@@ -240,7 +240,7 @@ class ConjugateMixtureModel(ABC):
 
     def branch_probabilities(self, posterior: BranchedNormal) -> Array:
         """Sum component probabilities into branch probabilities, ``(batch, branches)``."""
-        probs = posterior.probs  # a sum per row, not a matrix product: BLAS may round a row differently by batch size
+        probs = posterior.probs  # a sum per row (the per-row rule of amortized/importance/streams.py)
         return (probs[..., None] * like(self.table(probs).membership, probs)).sum(-2)
 
     def describe(self) -> dict:

@@ -159,7 +159,7 @@ def tree_log_probs(logits: Array, tree: CategoricalTree) -> Array:
     xp = lib(logits)
     padded = xp.concatenate([logits, xp.full_like(logits[..., :1], -math.inf)], -1)[..., tree.group_slots]
     node_log_probs = logits - logsumexp(padded, -1)[..., tree.node_group]
-    return (node_log_probs[..., :, None] * tree.membership).sum(-2)  # a sum per row: BLAS may round a row differently by batch size
+    return (node_log_probs[..., :, None] * tree.membership).sum(-2)  # a sum per row (amortized/importance/streams.py: rows never depend on each other)
 
 
 class BranchedMLPNetwork(InferenceNetwork):
