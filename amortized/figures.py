@@ -109,7 +109,8 @@ def network_outputs_png(model: ConjugateMixtureModel, posteriors: dict[str, Bran
         label = "exact, per component" if c == 0 else None
         mean_axes.plot(y, exact.means[:, c], "k--", lw=0.8, label=label)
         std_axes.plot(y, exact.stds[:, c], "k--", lw=0.8, label=label)
-    if not model.family_contains_posterior:
+    single = all(q.num_branches == model.num_branches for q in posteriors.values())  # the single-normal family's optima
+    if not model.family_contains_posterior and single:
         for objective, style in (("pq", ":"), ("qp", "-.")):
             best = best_in_family(model, y_grid, objective)
             mean_axes.plot(y, best.means[:, 0], style, color="0.4", label=f"best {objective} in family")
