@@ -247,7 +247,8 @@ def _outputs_one_branch(model: ConjugateMixtureModel, posteriors: dict[str, Bran
         label = ("exact, each component of p(x | y)" if several else "exact p(x | y)") if c == 0 else None
         mean_axes.plot(y, exact.means[:, c], "k--", lw=0.9, label=label, zorder=3)  # on top: q often hides it otherwise
         std_axes.plot(y, exact.stds[:, c], "k--", lw=0.9, zorder=3)
-    if not model.family_contains_posterior:
+    single = all(q.num_branches == model.num_branches for q in posteriors.values())  # the single-normal family's optima
+    if not model.family_contains_posterior and single:
         for objective, style, what in (("pq", ":", "moment-matched"), ("qp", "-.", "mode fit")):
             best = best_in_family(model, y_grid, objective)
             mean_axes.plot(y, best.means[:, 0], style, color="0.45", lw=1.4, label=f"best {objective} in q's family ({what})")

@@ -165,7 +165,7 @@ def mixture_artifacts(tmp_path_factory):
 
 def test_the_trainer_records_the_family_option(mixture_artifacts):
     manifest = json.loads((mixture_artifacts / "gmm" / "qp.json").read_text())
-    assert manifest["training"]["family_options"] == {"input_gain": 10.0, "mixture_components": 2}  # the recipe's gain kept
+    assert manifest["training"]["family_options"] == {"mixture_components": 2, "input_gain": 10.0}  # gmm qp's recipe keeps its gain
     assert manifest["architecture"]["mixture_components"] == 2
     assert set(manifest["metrics"]["calibration"]) >= {"coverage_q", "coverage_resampled", "sbc", "method", "source"}
     assert manifest["metrics"]["limit_qp"] == pytest.approx(0.0, abs=1e-9)
@@ -179,7 +179,7 @@ def test_a_mixture_artifact_is_served_over_http(mixture_artifacts):
         assert {name: sorted(versions) for name, versions in ready["served"].items()} == {"gmm": ["pq", "qp"], "gmm_open": ["pq", "qp"]}
         assert not ready["refused"]
         detail = client.get("/v1/models/gmm").json()
-        assert detail["artifacts"]["qp"]["training"]["family_options"]["mixture_components"] == 2
+        assert detail["artifacts"]["pq"]["training"]["family_options"] == {"mixture_components": 2}
         assert "calibration" in detail["artifacts"]["pq"]["metrics"]
         response = client.post("/v1/models/gmm/posterior", json={"y": [0.0, 9.0], "objective": "both", "num_samples": 2000, "seed": 4, "resample": True})
         assert response.status_code == 200, response.text

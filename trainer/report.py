@@ -11,7 +11,10 @@ CALIBRATION_COLUMNS = ["variant", "loss", "q 50%", "q 80%", "q 95%", "SIR 50%", 
 
 
 def number(value, digits: int = 5) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+    if value is None:
+        return "n/a"
+    text = f"{value:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.00000" for a limit of zero
 
 
 def loss_label(artifact) -> str:
