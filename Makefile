@@ -8,7 +8,7 @@ WEB_CONCURRENCY ?= 1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test compile report bench-compile bench-serve clean-venv
+.PHONY: serve test lint compile report bench-compile bench-serve clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ serve: $(STAMP)  ## serve the committed artifacts on $(HOST):$(PORT) with $(WEB_
 
 test: $(STAMP)  ## run the test suite
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)  ## ruff (lint and format check) and mypy, as configured in pyproject.toml
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
 
 compile: $(STAMP)  ## recompile the four default variants and the example ones (examples/variants/) into artifacts/
 	$(BIN)/python -m trainer compile --all --spec examples/variants

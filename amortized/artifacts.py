@@ -36,9 +36,9 @@ import os
 import platform
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import numpy
 import safetensors
@@ -53,7 +53,7 @@ from amortized.networks import InferenceNetwork, build_network
 from amortized.training import TrainingConfig
 from amortized.variants import check_name
 
-FORMAT_VERSION = 2  # 2: variant and family (1 had "model", the family, whose default variant it was)
+FORMAT_VERSION: Final = 2  # 2: variant and family (1 had "model", the family, whose default variant it was)
 VERSION_LENGTH = 16  # hex digits of the weights' sha256 that name a version (as in the weights' file name)
 
 
@@ -219,7 +219,7 @@ def save_artifact(
         weights=WeightsRecord(file=weights_file, sha256=digest, bytes=len(data)),
         versions=library_versions(),
         metrics=metrics,
-        created_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        created_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
     )
     target = manifest_path(root, variant, objective)
     atomic_write(target, manifest_bytes(manifest), staging)
@@ -238,18 +238,23 @@ def read_manifest(path: Path) -> Manifest:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise ArtifactError(
-            f"{path}: malformed manifest: {error.error_count()} error(s), first: {where + ': ' if where else ''}{first['msg']}"
+            f"{path}: malformed manifest: {error.error_count()} error(s), first: "
+            f"{where + ': ' if where else ''}{first['msg']}"
         ) from None
 
 
 def check_layout(path: Path, manifest: Manifest) -> None:
     """A manifest must be ``<variant>/<objective>.json``: a copy elsewhere never stands in for another variant."""
     if path.name != f"{manifest.objective}.json":
-        raise ArtifactError(f"{path}: the file holds the {manifest.objective} network; a manifest is named <objective>.json")
+        raise ArtifactError(
+            f"{path}: the file holds the {manifest.objective} network; a manifest is named <objective>.json"
+        )
     if path.parent.name != manifest.variant:
         raise ArtifactError(
-            f"{path}: folder {path.parent.name!r} holds an artifact of variant {manifest.variant!r}; a variant's artifacts live in "
-            f"the folder named after it (move it to {manifest.variant}/, or recompile it with --name {path.parent.name})"
+            f"{path}: folder {path.parent.name!r} holds an artifact of variant {manifest.variant!r}; a variant's "
+            "artifacts live in "
+            f"the folder named after it (move it to {manifest.variant}/, or recompile it with --name "
+            f"{path.parent.name})"
         )
 
 
@@ -267,7 +272,10 @@ def load_artifact(path: Path) -> Artifact:
         raise ArtifactError(f"{path}: weights file {name} is missing") from None
     digest = hashlib.sha256(data).hexdigest()
     if digest != manifest.weights.sha256:
-        raise ArtifactError(f"{path}: checksum mismatch for {name}: manifest says {manifest.weights.sha256[:16]}…, file is {digest[:16]}…")
+        raise ArtifactError(
+            f"{path}: checksum mismatch for {name}: manifest says {manifest.weights.sha256[:16]}…, file is "
+            f"{digest[:16]}…"
+        )
     try:
         model = build_model(manifest.family, manifest.model_params)
         network = build_network(model, manifest.architecture)
@@ -280,7 +288,9 @@ def load_artifact(path: Path) -> Artifact:
 
 def manifest_paths(root: Path) -> list[Path]:
     """Every candidate manifest under ``root``: ``*/*.json``, hidden names (staging files) excepted."""
-    return sorted(p for p in Path(root).glob("*/*.json") if not p.name.startswith(".") and not p.parent.name.startswith("."))
+    return sorted(
+        p for p in Path(root).glob("*/*.json") if not p.name.startswith(".") and not p.parent.name.startswith(".")
+    )
 
 
 def _compiled_at(artifact: Artifact) -> tuple[datetime, str]:
@@ -289,7 +299,7 @@ def _compiled_at(artifact: Artifact) -> tuple[datetime, str]:
     except ValueError:
         when = datetime.min
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return when, artifact.manifest.objective
 
 
@@ -312,7 +322,8 @@ def agreeing(artifacts: list[Artifact]) -> tuple[dict[tuple[str, str], Artifact]
                 kept[(variant, artifact.objective)] = artifact
             else:
                 refused[artifact.path] = (
-                    f"{artifact.path}: family or parameters differ from {newest.path.name} of the same variant, compiled later "
+                    f"{artifact.path}: family or parameters differ from {newest.path.name} of the same variant, "
+                    "compiled later "
                     f"({newest.manifest.created_at}): recompile {artifact.objective} with the same ones, or remove it"
                 )
     return kept, refused

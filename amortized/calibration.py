@@ -32,7 +32,6 @@ for the closed forms; NumPy where the request path's own code is called).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -54,7 +53,11 @@ RESAMPLE_SEED = 20180411
 
 
 def _tensor(array) -> Tensor:
-    return array.detach().to(torch.float64) if isinstance(array, Tensor) else torch.as_tensor(np.asarray(array), dtype=torch.float64)
+    return (
+        array.detach().to(torch.float64)
+        if isinstance(array, Tensor)
+        else torch.as_tensor(np.asarray(array), dtype=torch.float64)
+    )
 
 
 def mixture_cdf(dist: BranchedNormal, x: Tensor) -> Tensor:
@@ -112,7 +115,11 @@ def importance_resample(
     """
     rows, width = q.means.shape
     table = (joint_log_prob(model, q, y) - proposal_log_prob(q)).table()  # (components, rows, branches, 3)
-    branch = inverse_cdf(q.probs, generator.random((rows, num_samples))) if width > 1 else np.zeros((rows, num_samples), dtype=np.int64)
+    branch = (
+        inverse_cdf(q.probs, generator.random((rows, num_samples)))
+        if width > 1
+        else np.zeros((rows, num_samples), dtype=np.int64)
+    )
     noise = generator.standard_normal((rows, num_samples))
     at = table[:, np.arange(rows)[:, None], branch]  # (components, rows, draws, 3)
     log_weights = logsumexp(at[..., 0] + noise * (at[..., 1] + at[..., 2] * noise), 0)
@@ -123,8 +130,13 @@ def importance_resample(
 
 
 def resampled_coverage(
-    model: ConjugateMixtureModel, exact: BranchedNormal, y: np.ndarray, q: BranchedNormal,
-    levels: Sequence[float] = LEVELS, num_samples: int = RESAMPLED_NUM_SAMPLES, seed: int = RESAMPLE_SEED,
+    model: ConjugateMixtureModel,
+    exact: BranchedNormal,
+    y: np.ndarray,
+    q: BranchedNormal,
+    levels: Sequence[float] = LEVELS,
+    num_samples: int = RESAMPLED_NUM_SAMPLES,
+    seed: int = RESAMPLE_SEED,
 ) -> list[float]:
     """Expected coverage of the service's importance-resampled answer (``"resample": true``).
 
@@ -154,7 +166,8 @@ def chi_square_uniformity(ranks: Tensor, values: int, bins: int) -> dict:
     expected = len(ranks) / bins
     statistic = ((counts - expected) ** 2 / expected).sum()
     dof = bins - 1
-    p_value = torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64), statistic / 2)  # chi2 survival function
+    # chi2 survival function
+    p_value = torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64), statistic / 2)
     return {"statistic": statistic.item(), "dof": dof, "p_value": p_value.item(), "counts": counts.long().tolist()}
 
 
@@ -176,8 +189,11 @@ SOURCE = (
 
 
 def calibration(
-    model: ConjugateMixtureModel, net: InferenceNetwork, simulations: JointSample | None = None,
-    levels: Sequence[float] = LEVELS, num_samples: int = RESAMPLED_NUM_SAMPLES,
+    model: ConjugateMixtureModel,
+    net: InferenceNetwork,
+    simulations: JointSample | None = None,
+    levels: Sequence[float] = LEVELS,
+    num_samples: int = RESAMPLED_NUM_SAMPLES,
 ) -> dict:
     """Every calibration figure of one network: the manifest's ``metrics.calibration``.
 
@@ -202,7 +218,9 @@ def calibration(
         "source": SOURCE,
         "levels": list(levels),
         "coverage_q": expected_coverage(exact, q, levels),
-        "coverage_resampled": resampled_coverage(view_for(model, getattr(net, "components", 1)), exact, y.numpy(), served, levels, num_samples),
+        "coverage_resampled": resampled_coverage(
+            view_for(model, getattr(net, "components", 1)), exact, y.numpy(), served, levels, num_samples
+        ),
         "resampled_num_samples": num_samples,
         "sbc": sbc(q, simulations.x.double()),
     }

@@ -94,7 +94,11 @@ class PosteriorAnalysis:
 
 
 def cross_check(
-    model: ConjugateMixtureModel, y: np.ndarray, q: BranchedNormal, other: BranchedNormal, num_samples: int,
+    model: ConjugateMixtureModel,
+    y: np.ndarray,
+    q: BranchedNormal,
+    other: BranchedNormal,
+    num_samples: int,
     generator: RandomStream,
 ) -> tuple[Weighed, CrossCheckResult]:
     """Sample q and ``other`` as one batch; evidence from each and from their mixture (q + other)/2.
@@ -107,7 +111,14 @@ def cross_check(
     ``MISSED_MASS_FLOOR`` by ``MISSED_MASS_Z`` standard errors.
     """
     b = len(y)
-    both = weigh(model, np.repeat(y, 2), BranchedNormal.interleave([q, other]), num_samples, generator, BranchedNormal.interleave([other, q]))
+    both = weigh(
+        model,
+        np.repeat(y, 2),
+        BranchedNormal.interleave([q, other]),
+        num_samples,
+        generator,
+        BranchedNormal.interleave([other, q]),
+    )
     summary = both.summary
     assert both.log_ratio is not None  # weighed against the other proposal
     mixture_evidence, mixture_se, missed, missed_se = mixture_check(both.log_weights, both.log_ratio)
@@ -120,7 +131,17 @@ def cross_check(
         # A proposal that misses mass underestimates the evidence; the mixture covers what either covers.
         below = ~(estimates[0] >= estimates[2] - allowed[0, 2])
         significant = ~(missed - MISSED_MASS_Z * missed_se <= MISSED_MASS_FLOOR)
-    check = CrossCheckResult(estimates[1], errors[1], estimates[2], errors[2], missed, missed_se, consistent, below | significant, num_samples)
+    check = CrossCheckResult(
+        estimates[1],
+        errors[1],
+        estimates[2],
+        errors[2],
+        missed,
+        missed_se,
+        consistent,
+        below | significant,
+        num_samples,
+    )
     return both.rows(slice(0, None, 2)), check
 
 
@@ -128,8 +149,8 @@ def weights_verdict(num_samples: int, ess_fraction: float, ess: float, k: float)
     """What q's own importance weights say: a level and the reason (see :func:`verdict`)."""
     if num_samples < MIN_JUDGED_SAMPLES:
         return "usable", (
-            f"only {num_samples} draw{'s' if num_samples > 1 else ''}: below the {MIN_JUDGED_SAMPLES} from which importance "
-            "weights can be judged, so ESS and k-hat were not checked"
+            f"only {num_samples} draw{'s' if num_samples > 1 else ''}: below the {MIN_JUDGED_SAMPLES} from which "
+            "importance weights can be judged, so ESS and k-hat were not checked"
         )
     if ess_fraction >= NEARLY_UNIFORM_ESS:
         return "reliable", f"weights are nearly uniform (ESS/N = {ess_fraction:.3f}); k-hat is not informative there"
@@ -142,22 +163,35 @@ def weights_verdict(num_samples: int, ess_fraction: float, ess: float, k: float)
     if k > GOOD_K:
         needed = required_samples(k)
         if num_samples < needed:
-            return "unreliable", f"k-hat = {k:.2f} needs at least {needed:.0f} draws for reliable estimates, got {num_samples}"
-        return "usable", f"k-hat = {k:.2f} is between {GOOD_K} and {USABLE_K}: estimates are noisy (ESS/N = {ess_fraction:.3f})"
+            return (
+                "unreliable",
+                f"k-hat = {k:.2f} needs at least {needed:.0f} draws for reliable estimates, got {num_samples}",
+            )
+        return (
+            "usable",
+            f"k-hat = {k:.2f} is between {GOOD_K} and {USABLE_K}: estimates are noisy (ESS/N = {ess_fraction:.3f})",
+        )
     return "reliable", f"k-hat = {k:.2f} < {GOOD_K} (ESS/N = {ess_fraction:.3f})"
 
 
 def checked_verdict(level: str, why: str, check: CrossCheckResult, i: int) -> tuple[str, str]:
-    """Row ``i``'s verdict after the cross-check: unreliable if q misses mass, at best usable unless it rules that out."""
+    """Row ``i``'s verdict after the cross-check.
+
+    Unreliable if q misses mass, at best usable unless it rules that out.
+    """
     mass, mass_se = float(check.missed_mass[i]), float(check.missed_mass_se[i])
     draws = f"cross-check, {check.num_samples} draws of each network"
     if check.misses_mass[i]:
         if math.isfinite(mass) and mass - MISSED_MASS_Z * mass_se > MISSED_MASS_FLOOR:
             return "unreliable", why + (
-                f"; but q misses posterior mass: {mass:.1%} (+- {mass_se:.1%}) of the posterior lies where q's density is"
-                f" under {MISSED_DENSITY_RATIO:.0%} of it ({draws})"
+                f"; but q misses posterior mass: {mass:.1%} (+- {mass_se:.1%}) of the posterior lies where q's density "
+                f"is under {MISSED_DENSITY_RATIO:.0%} of it ({draws})"
             )
-        return "unreliable", why + f"; but the evidence estimated with the mixture of both networks is higher: q misses posterior mass ({draws})"
+        return (
+            "unreliable",
+            why + "; but the evidence estimated with the mixture of both networks is higher: q misses posterior mass "
+            f"({draws})",
+        )
     upper = mass + MISSED_MASS_Z * mass_se
     if not upper <= MISSED_MASS_FLOOR:
         level = "usable" if level == "reliable" else level
@@ -197,7 +231,10 @@ def verdict(
         if check is None:
             if level == "reliable":
                 level = "usable"
-            why += f"; the missed-mode check did not run ({unchecked or 'no cross-check'}), and importance weights cannot see a mode q misses"
+            why += (
+                f"; the missed-mode check did not run ({unchecked or 'no cross-check'}), "
+                "and importance weights cannot see a mode q misses"
+            )
         else:
             level, why = checked_verdict(level, why, check, i)
         levels.append(level)
@@ -232,7 +269,9 @@ def analyse(
         weighed = weigh(model, y, q, num_samples, generator)
         _, check = cross_check(model, y, q, other, check_samples, generator)
     summary = weighed.summary
-    mean_x, std_x, branch_probabilities = kernels.weighted_moments(summary.normalised, weighed.x, weighed.branch, q.num_branches)
+    mean_x, std_x, branch_probabilities = kernels.weighted_moments(
+        summary.normalised, weighed.x, weighed.branch, q.num_branches
+    )
     pareto_k = pareto_k_hat(weighed.log_weights)
     verdicts, reasons = verdict(summary, pareto_k, num_samples, check, unchecked)
     resampled_branch = resampled_x = None

@@ -35,8 +35,10 @@ FEW_CATEGORIES = 16  # up to this many, counting the CDF edges below each draw b
 
 
 def cdf_edges(weights: np.ndarray) -> np.ndarray:
-    """Per row, the normalised CDF of ``weights`` below each category but the first: a uniform at or past
-    ``edges[i]`` falls in category i + 1 or later."""
+    """Per row, the normalised CDF of ``weights`` below each category but the first.
+
+    A uniform at or past ``edges[i]`` falls in category i + 1 or later.
+    """
     cdf = np.cumsum(weights, -1)
     return cdf[:, :-1] / cdf[:, -1:]
 
@@ -57,7 +59,9 @@ def inverse_cdf(weights: np.ndarray, uniform: np.ndarray) -> np.ndarray:
     cdf = np.cumsum(weights, -1)
     cdf /= cdf[:, -1:]
     offsets = np.arange(len(weights))[:, None]
-    index = np.searchsorted((cdf + offsets).reshape(-1), (uniform + offsets).reshape(-1), "right").reshape(uniform.shape)
+    index = np.searchsorted((cdf + offsets).reshape(-1), (uniform + offsets).reshape(-1), "right").reshape(
+        uniform.shape
+    )
     return np.minimum(index - offsets * width, width - 1)
 
 
@@ -143,7 +147,9 @@ class BranchedNormal:
 
     def log_density_x(self, x: Array) -> Array:
         """log q(x | y) with branches summed out, for x of shape ``(batch, points)``."""
-        per_branch = self.log_probs[:, None, :] + normal_log_prob(x[..., None], self.means[:, None, :], self.stds[:, None, :])
+        per_branch = self.log_probs[:, None, :] + normal_log_prob(
+            x[..., None], self.means[:, None, :], self.stds[:, None, :]
+        )
         return logsumexp(per_branch, -1)
 
     def mean_x(self) -> Array:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from numba import njit
 from amortized.arrays import Array, logsumexp
 from amortized.distributions import LOG_SQRT_2PI, BranchedNormal, lib
 from amortized.models import ConjugateMixtureModel
+
 
 def normal_kl(mean_p: Array, std_p: Array, mean_q: Array, std_q: Array) -> Array:
     """KL(N(mean_p, std_p^2) || N(mean_q, std_q^2)) in closed form."""
@@ -50,20 +52,34 @@ def _expectation_weights(grid_bytes: bytes) -> np.ndarray:  # a few grids serve 
 
 
 def dense_expected_log_density(
-    centres: np.ndarray, widths: np.ndarray, centre_branch: np.ndarray, log_weights: np.ndarray, means: np.ndarray,
-    stds: np.ndarray, membership: np.ndarray, grid: np.ndarray, grid_weights: np.ndarray,
+    centres: np.ndarray,
+    widths: np.ndarray,
+    centre_branch: np.ndarray,
+    log_weights: np.ndarray,
+    means: np.ndarray,
+    stds: np.ndarray,
+    membership: np.ndarray,
+    grid: np.ndarray,
+    grid_weights: np.ndarray,
 ) -> np.ndarray:
     """What :func:`expected_log_density` computes, as whole-array NumPy (scoring: no compile step)."""
     x = centres[..., None] + widths[..., None] * grid  # (rows, normals, points)
     z = (x[..., None] - means[:, None, None, :]) / stds[:, None, None, :]
-    terms = (log_weights - np.log(stds) - LOG_SQRT_2PI)[:, None, None, :] - 0.5 * z * z  # (rows, normals, points, components)
-    inside = np.asarray(membership)[:, np.asarray(centre_branch)].T[None, :, None, :]  # the components of each normal's branch
+    terms = (log_weights - np.log(stds) - LOG_SQRT_2PI)[
+        :, None, None, :
+    ] - 0.5 * z * z  # (rows, normals, points, components)
+    # the components of each normal's branch
+    inside = np.asarray(membership)[:, np.asarray(centre_branch)].T[None, :, None, :]
     with np.errstate(divide="ignore"):
         return logsumexp(np.where(inside, terms, -math.inf), -1) @ grid_weights
 
 
 def kl_divergences(
-    model: ConjugateMixtureModel, exact: BranchedNormal, q: BranchedNormal, grid: np.ndarray = QUADRATURE_GRID, dense: bool = False
+    model: ConjugateMixtureModel,
+    exact: BranchedNormal,
+    q: BranchedNormal,
+    grid: np.ndarray = QUADRATURE_GRID,
+    dense: bool = False,
 ) -> tuple[Array, Array]:
     """(kl_pq, kl_qp) per observation, in nats, float64; ``exact`` is over components.
 
@@ -81,24 +97,35 @@ def kl_divergences(
     if isinstance(q.means, torch.Tensor):  # scoring: the same sums by dense NumPy (no kernel to compile in each worker)
         pair = kl_divergences(model, exact.to(torch.float64).numpy(), q.to(torch.float64).numpy(), grid, dense=True)
         return tuple(torch.from_numpy(np.asarray(kl)) for kl in pair)  # type: ignore[return-value]
-    density_expectation = dense_expected_log_density if dense else expected_log_density
+    density_expectation: Callable[..., np.ndarray] = dense_expected_log_density if dense else expected_log_density
     model = getattr(model, "base", model)  # a mixture network's view of the model: the model's own tables
     if q.num_branches > model.table(exact.means).membership.shape[1]:
         return _mixture_kl_divergences(model, exact, q, grid, density_expectation)
     if model.family_contains_posterior:
-        kl_pq = (exact.probs * (exact.log_probs - q.log_probs + normal_kl(exact.means, exact.stds, q.means, q.stds))).sum(-1)
-        kl_qp = (q.probs * (q.log_probs - exact.log_probs + normal_kl(q.means, q.stds, exact.means, exact.stds))).sum(-1)
+        kl_pq = (
+            exact.probs * (exact.log_probs - q.log_probs + normal_kl(exact.means, exact.stds, q.means, q.stds))
+        ).sum(-1)
+        kl_qp = (q.probs * (q.log_probs - exact.log_probs + normal_kl(q.means, q.stds, exact.means, exact.stds))).sum(
+            -1
+        )
         return kl_pq, kl_qp
     t = model.table(exact.means)
     membership, branch_of, branches = t.membership > 0, t.component_branch, np.arange(q.num_branches)
     p = [np.ascontiguousarray(a, dtype=np.float64) for a in (exact.log_probs, exact.means, exact.stds)]
 
-    def expected_log_p(centres: np.ndarray, widths: np.ndarray, centre_branch: np.ndarray, points: np.ndarray) -> np.ndarray:
+    def expected_log_p(
+        centres: np.ndarray, widths: np.ndarray, centre_branch: np.ndarray, points: np.ndarray
+    ) -> np.ndarray:
         centres, widths = (np.ascontiguousarray(a, dtype=np.float64) for a in (centres, widths))
         return density_expectation(centres, widths, centre_branch, *p, membership, points, expectation_weights(points))
 
     mu, sigma = q.means[:, branch_of], q.stds[:, branch_of]  # q's normal in each component's branch
-    cross = q.log_probs[:, branch_of] - np.log(sigma) - LOG_SQRT_2PI - ((exact.means - mu) ** 2 + exact.stds**2) / (2 * sigma**2)
+    cross = (
+        q.log_probs[:, branch_of]
+        - np.log(sigma)
+        - LOG_SQRT_2PI
+        - ((exact.means - mu) ** 2 + exact.stds**2) / (2 * sigma**2)
+    )
     kl_pq = (exact.probs * (expected_log_p(exact.means, exact.stds, branch_of, COMPONENT_GRID) - cross)).sum(-1)
     entropy = np.log(q.stds) + 0.5 * math.log(2 * math.pi * math.e)
     kl_qp = (q.probs * (q.log_probs - entropy - expected_log_p(q.means, q.stds, branches, grid))).sum(-1)
@@ -133,8 +160,16 @@ def _mixture_kl_divergences(
             centres, widths, centre_branch, *density, member, points, expectation_weights(points)
         )
 
-    kl_pq = (exact.probs * (expected(p[1], p[2], branch_of, p, membership, COMPONENT_GRID) - expected(p[1], p[2], branch_of, qs, q_membership, grid))).sum(-1)
-    per_normal = expected(qs[1], qs[2], q_branch, qs, q_membership, grid) - expected(qs[1], qs[2], q_branch, p, membership, grid)
+    kl_pq = (
+        exact.probs
+        * (
+            expected(p[1], p[2], branch_of, p, membership, COMPONENT_GRID)
+            - expected(p[1], p[2], branch_of, qs, q_membership, grid)
+        )
+    ).sum(-1)
+    per_normal = expected(qs[1], qs[2], q_branch, qs, q_membership, grid) - expected(
+        qs[1], qs[2], q_branch, p, membership, grid
+    )
     probs = q.probs
     kl_qp = np.where(probs > 0, probs * per_normal, 0.0).sum(-1)
     return kl_pq, kl_qp
@@ -142,10 +177,19 @@ def _mixture_kl_divergences(
 
 @njit(error_model="numpy", nogil=True)
 def expected_log_density(
-    centres: np.ndarray, widths: np.ndarray, centre_branch: np.ndarray, log_weights: np.ndarray, means: np.ndarray,
-    stds: np.ndarray, membership: np.ndarray, grid: np.ndarray, grid_weights: np.ndarray,
+    centres: np.ndarray,
+    widths: np.ndarray,
+    centre_branch: np.ndarray,
+    log_weights: np.ndarray,
+    means: np.ndarray,
+    stds: np.ndarray,
+    membership: np.ndarray,
+    grid: np.ndarray,
+    grid_weights: np.ndarray,
 ) -> np.ndarray:
-    """E[log p(b, x)] for x ~ N(centre, width^2), per row and normal: sum_t grid_weights[t] log p(b, centre + width grid[t]).
+    """E[log p(b, x)] for x ~ N(centre, width^2), per row and normal.
+
+    sum_t grid_weights[t] log p(b, centre + width grid[t]).
 
     p(b, x) is a mixture over components (per row: ``log_weights``, ``means``, ``stds``, ``(rows, components)``)
     summed within branch b (``membership`` (components, branches)); normal g sits in branch ``centre_branch[g]``.

@@ -8,8 +8,8 @@ output for each y, so that trained - best is the amortisation gap.
 
 from __future__ import annotations
 
-import functools
 import math
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -77,7 +77,8 @@ def _mode_fit(model: ConjugateMixtureModel, exact: BranchedNormal, iterations: i
     for _ in range(iterations):
         s = log_std.exp()
         x = mean[..., None] + s[..., None] * nodes
-        terms = log_w[..., None, :] + normal_log_prob(x[..., None], c_mean, c_var.sqrt())  # (batch, starts, nodes, comps)
+        # (batch, starts, nodes, comps)
+        terms = log_w[..., None, :] + normal_log_prob(x[..., None], c_mean, c_var.sqrt())
         r = torch.softmax(terms, -1)  # each component's responsibility at x
         slope = -(x[..., None] - c_mean) / c_var
         g = (r * slope).sum(-1)
@@ -109,7 +110,9 @@ def _mode_fit(model: ConjugateMixtureModel, exact: BranchedNormal, iterations: i
     return BranchedNormal(log_probs, mean.gather(-1, best_start), log_std.exp().gather(-1, best_start))
 
 
-def best_in_family(model: ConjugateMixtureModel, y: Tensor, objective: str, components: int = 1) -> BranchedNormal | None:
+def best_in_family(
+    model: ConjugateMixtureModel, y: Tensor, objective: str, components: int = 1
+) -> BranchedNormal | None:
     """The per-y optimum of ``objective`` within q's family (exact where the family holds p).
 
     ``components``: normals per branch (the mixture family). With K > 1 the
@@ -158,9 +161,14 @@ def evaluate(model: ConjugateMixtureModel, net: InferenceNetwork, objective: str
     summary = lambda d: {"probs": d.probs[0].tolist(), "means": d.means[0].tolist(), "stds": d.stds[0].tolist()}  # noqa: E731
     metrics["at_y0"] = {"q": summary(at_zero), "best": None if best_zero is None else summary(best_zero)}
     if hasattr(net, "linear_parameters"):
-        learned, exact_params = net.linear_parameters(), model.exact_linear_parameters()
+        # only the linear family and the gaussian model have these (hasattr above)
+        learned, exact_params = cast(Any, net).linear_parameters(), cast(Any, model).exact_linear_parameters()
         metrics["linear"] = {
-            name: {"learned": learned[name], "exact": exact_params[name], "abs_error": abs(learned[name] - exact_params[name])}
+            name: {
+                "learned": learned[name],
+                "exact": exact_params[name],
+                "abs_error": abs(learned[name] - exact_params[name]),
+            }
             for name in learned
         }
     return metrics

@@ -34,11 +34,22 @@ from amortized.models import ConjugateMixtureModel  # noqa: E402
 from amortized.networks import InferenceNetwork  # noqa: E402
 
 DPI = 100
-PNG_WIDTH, PNG_HEIGHT, PNG_HEIGHT_BRANCHES = 640, 430, 750  # one observation's figure, pixels (without / with branch bars)
+PNG_WIDTH, PNG_HEIGHT, PNG_HEIGHT_BRANCHES = 640, 430, 750  # one observation's figure, pixels (without / with bars)
 COLOURS = {"pq": "tab:blue", "qp": "tab:orange", "exact": "0.55"}
 EXACT_FILL = "0.82"
 LABELS = {"pq": "q, pq loss (mass-covering)", "qp": "q, qp loss (mode-seeking)"}
-BRANCH_COLOURS = ["tab:blue", "tab:red", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:cyan", "tab:olive", "tab:gray", "tab:orange"]
+BRANCH_COLOURS = [
+    "tab:blue",
+    "tab:red",
+    "tab:green",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:cyan",
+    "tab:olive",
+    "tab:gray",
+    "tab:orange",
+]
 VISIBLE = 1e-3  # branches and components below this probability do not widen the x range
 HALF_WIDTH = 4.5  # standard deviations shown either side of each peak
 MAX_PANELS = 4  # groups of peaks farther apart than they are wide get their own x panel, at most this many
@@ -66,7 +77,9 @@ def _fit_title(figure: Figure, text: str, largest: float) -> None:
         title.set_fontsize(size)
 
 
-def _fit_legend(figure: Figure, handles: list[Artist], labels: list[str], font: float, loc: LegendPlace = "outside lower center") -> None:
+def _fit_legend(
+    figure: Figure, handles: list[Artist], labels: list[str], font: float, loc: LegendPlace = "outside lower center"
+) -> None:
     """A figure legend outside the panels, in as many columns as fit the image's width (at least one)."""
     renderer = FigureCanvasAgg(figure).get_renderer()
     room = 0.98 * figure.get_figwidth() * figure.dpi
@@ -111,8 +124,10 @@ def x_panels(dists: Sequence[BranchedNormal], index: int) -> list[tuple[float, f
         else:
             merged.append([low, high])
     while len(merged) > 1:
-        ratios = [(merged[i + 1][0] - merged[i][1]) / max(merged[i][1] - merged[i][0], merged[i + 1][1] - merged[i + 1][0])
-                  for i in range(len(merged) - 1)]
+        ratios = [
+            (merged[i + 1][0] - merged[i][1]) / max(merged[i][1] - merged[i][0], merged[i + 1][1] - merged[i + 1][0])
+            for i in range(len(merged) - 1)
+        ]
         i = int(np.argmin(ratios))
         if ratios[i] > 1.5 and len(merged) <= MAX_PANELS:
             break
@@ -124,13 +139,17 @@ def _grid(low: float, high: float, dists: Sequence[BranchedNormal], index: int, 
     """Points over [low, high], plus 81 around each peak inside it, so that no narrow peak loses its height."""
     xs = [np.linspace(low, high, points)]
     for dist in dists:
-        for m, s in zip(np.asarray(dist.means[index], dtype=np.float64), np.asarray(dist.stds[index], dtype=np.float64)):
+        for m, s in zip(
+            np.asarray(dist.means[index], dtype=np.float64), np.asarray(dist.stds[index], dtype=np.float64)
+        ):
             if low <= m <= high:
                 xs.append(np.linspace(max(low, m - HALF_WIDTH * s), min(high, m + HALF_WIDTH * s), 81))
     return np.unique(np.concatenate(xs))
 
 
-def _density_panels(figure: Figure, cell, exact: BranchedNormal, qs: dict[str, BranchedNormal], index: int, y: float, font: float) -> list:
+def _density_panels(
+    figure: Figure, cell, exact: BranchedNormal, qs: dict[str, BranchedNormal], index: int, y: float, font: float
+) -> list:
     """One column's density: exact p(x|y) filled, each q a line, on one x panel per group of peaks."""
     dists = [exact, *qs.values()]
     intervals = x_panels(dists, index)
@@ -144,7 +163,11 @@ def _density_panels(figure: Figure, cell, exact: BranchedNormal, qs: dict[str, B
         ax.plot(x, p, color=COLOURS["exact"], lw=0.8)
         top = max(top, p.max())
         for objective, q in qs.items():
-            density = np.exp(np.asarray(q[index : index + 1].to(torch.float64).log_density_x(torch.as_tensor(x)[None]), dtype=np.float64)[0])
+            density = np.exp(
+                np.asarray(
+                    q[index : index + 1].to(torch.float64).log_density_x(torch.as_tensor(x)[None]), dtype=np.float64
+                )[0]
+            )
             ax.plot(x, density, color=COLOURS.get(objective, "k"), lw=1.6)
             top = max(top, density.max())
         ax.set_xlim(low, high)
@@ -158,8 +181,18 @@ def _density_panels(figure: Figure, cell, exact: BranchedNormal, qs: dict[str, B
         if i < len(axes) - 1:
             ax.spines["right"].set_visible(False)
         for edge in ([0] if i > 0 else []) + ([1] if i < len(axes) - 1 else []):
-            ax.plot([edge, edge], [0, 1], transform=ax.transAxes, marker=[(-1, -1), (1, 1)], markersize=7,
-                    linestyle="none", color="k", mec="k", mew=1, clip_on=False)
+            ax.plot(
+                [edge, edge],
+                [0, 1],
+                transform=ax.transAxes,
+                marker=[(-1, -1), (1, 1)],
+                markersize=7,
+                linestyle="none",
+                color="k",
+                mec="k",
+                mew=1,
+                clip_on=False,
+            )
         ax.set_xlabel("x", fontsize=font)
     axes[0].set_ylabel("density", fontsize=font)
     broken = " · x axis broken" if len(axes) > 1 else ""
@@ -167,16 +200,26 @@ def _density_panels(figure: Figure, cell, exact: BranchedNormal, qs: dict[str, B
     return axes
 
 
-def _branch_panel(axes, model: ConjugateMixtureModel, exact: BranchedNormal, qs: dict[str, BranchedNormal], index: int, font: float) -> None:
+def _branch_panel(
+    axes, model: ConjugateMixtureModel, exact: BranchedNormal, qs: dict[str, BranchedNormal], index: int, font: float
+) -> None:
     """p(branch | y) and each q(branch | y) as grouped bars, one group per branch, labelled a latent per line."""
     probs = {"exact": model.branch_probabilities(exact)[index]} | {o: q.probs[index] for o, q in qs.items()}
     width = 0.84 / len(probs)
     for i, (name, p) in enumerate(probs.items()):
         positions = [b + (i - (len(probs) - 1) / 2) * width for b in range(model.num_branches)]
-        axes.bar(positions, np.asarray(p, dtype=np.float64), width, color=EXACT_FILL if name == "exact" else COLOURS.get(name, "0.4"),
-                 edgecolor=COLOURS["exact"] if name == "exact" else "none", lw=0.6)
+        axes.bar(
+            positions,
+            np.asarray(p, dtype=np.float64),
+            width,
+            color=EXACT_FILL if name == "exact" else COLOURS.get(name, "0.4"),
+            edgecolor=COLOURS["exact"] if name == "exact" else "none",
+            lw=0.6,
+        )
     many = model.num_branches > 3
-    axes.set_xticks(range(model.num_branches), [_branch_label(b, "\n" if many else ",") for b in model.branches], fontsize=font - 1)
+    axes.set_xticks(
+        range(model.num_branches), [_branch_label(b, "\n" if many else ",") for b in model.branches], fontsize=font - 1
+    )
     axes.set_xlim(-0.6, model.num_branches - 0.4)
     axes.set_ylim(0, 1.02)
     axes.tick_params(axis="y", labelsize=font - 1)
@@ -198,7 +241,11 @@ def variant_title(name: str, model: ConjugateMixtureModel) -> str:
 
 
 def posterior_figure(
-    model: ConjugateMixtureModel, ys: list[float], qs: dict[str, BranchedNormal], title: str | None = None, size: tuple[int, int] | None = None
+    model: ConjugateMixtureModel,
+    ys: list[float],
+    qs: dict[str, BranchedNormal],
+    title: str | None = None,
+    size: tuple[int, int] | None = None,
 ) -> Figure:
     y = torch.tensor(ys, dtype=torch.float64)
     exact = model.exact_posterior(y)
@@ -223,7 +270,11 @@ def posterior_figure(
 
 
 def posterior_png(
-    model: ConjugateMixtureModel, y: float, posteriors: dict[str, BranchedNormal], title: str | None = None, size: tuple[int, int] | None = None
+    model: ConjugateMixtureModel,
+    y: float,
+    posteriors: dict[str, BranchedNormal],
+    title: str | None = None,
+    size: tuple[int, int] | None = None,
 ) -> bytes:
     """One observation: exact p(x|y) and each q (batch of 1), with branch probabilities if any; ``size`` in pixels."""
     return _png(posterior_figure(model, [y], posteriors, title, size))
@@ -236,7 +287,9 @@ def posterior_grid_png(
     return _png(posterior_figure(model, ys, posteriors, title))
 
 
-def _outputs_one_branch(model: ConjugateMixtureModel, posteriors: dict[str, BranchedNormal], y_grid: torch.Tensor, title: str) -> Figure:
+def _outputs_one_branch(
+    model: ConjugateMixtureModel, posteriors: dict[str, BranchedNormal], y_grid: torch.Tensor, title: str
+) -> Figure:
     """Mean and std of q(x|y) against y, one colour per loss, with the exact components and the best in q's family."""
     exact = model.exact_posterior(y_grid)
     figure = Figure(figsize=(10.5, 3.8), dpi=DPI, layout="constrained")
@@ -251,22 +304,36 @@ def _outputs_one_branch(model: ConjugateMixtureModel, posteriors: dict[str, Bran
     if not model.family_contains_posterior and single:
         for objective, style, what in (("pq", ":", "moment-matched"), ("qp", "-.", "mode fit")):
             best = best_in_family(model, y_grid, objective)
-            mean_axes.plot(y, best.means[:, 0], style, color="0.45", lw=1.4, label=f"best {objective} in q's family ({what})")
+            assert best is not None  # None only for a family that contains the posterior, excluded above
+            mean_axes.plot(
+                y, best.means[:, 0], style, color="0.45", lw=1.4, label=f"best {objective} in q's family ({what})"
+            )
             std_axes.plot(y, best.stds[:, 0], style, color="0.45", lw=1.4)
     for objective, q in posteriors.items():
-        mean_axes.plot(y, q.means[:, 0].double(), color=COLOURS.get(objective), lw=1.8, alpha=0.9, label=LABELS.get(objective, objective))
+        mean_axes.plot(
+            y,
+            q.means[:, 0].double(),
+            color=COLOURS.get(objective),
+            lw=1.8,
+            alpha=0.9,
+            label=LABELS.get(objective, objective),
+        )
         std_axes.plot(y, q.stds[:, 0].double(), color=COLOURS.get(objective), lw=1.8, alpha=0.9)
     mean_axes.set_title("mean of q(x | y)")
     std_axes.set_title("std of q(x | y)")
     _from_zero(std_axes)
     for axes in (mean_axes, std_axes):
         axes.set_xlabel("y")
-    figure.legend(*mean_axes.get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize="small", frameon=False)
+    figure.legend(
+        *mean_axes.get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize="small", frameon=False
+    )
     _fit_title(figure, f"{title}: network outputs against y", 12)
     return figure
 
 
-def _outputs_branched(model: ConjugateMixtureModel, posteriors: dict[str, BranchedNormal], y_grid: torch.Tensor, title: str) -> Figure:
+def _outputs_branched(
+    model: ConjugateMixtureModel, posteriors: dict[str, BranchedNormal], y_grid: torch.Tensor, title: str
+) -> Figure:
     """One row per loss: mean, std and q(branch | y) of each branch against y, a colour per branch, exact dashed."""
     exact = model.exact_posterior(y_grid)
     exact_probs = model.branch_probabilities(exact)
@@ -297,7 +364,9 @@ def _outputs_branched(model: ConjugateMixtureModel, posteriors: dict[str, Branch
     labels = [f"branch {_branch_label(branch)}" for branch in model.branches]
     handles += [Line2D([], [], color="0.3", lw=1.8), Line2D([], [], color="0.3", lw=1.1, ls="--")]
     labels += ["q (the network)", "exact p(x | y, branch)"]
-    figure.legend(handles, labels, loc="outside right upper", fontsize="small", title="colour: branch", title_fontsize="small")
+    figure.legend(
+        handles, labels, loc="outside right upper", fontsize="small", title="colour: branch", title_fontsize="small"
+    )
     _fit_title(figure, f"{title}: network outputs against y", 12)
     return figure
 
@@ -317,7 +386,9 @@ def network_outputs_png(
     return _png(network_outputs_figure(model, posteriors, y_grid, title))
 
 
-def model_figures(model: ConjugateMixtureModel, networks: dict[str, InferenceNetwork], title: str | None = None) -> dict[str, bytes]:
+def model_figures(
+    model: ConjugateMixtureModel, networks: dict[str, InferenceNetwork], title: str | None = None
+) -> dict[str, bytes]:
     """Both figures of one model (a variant: ``title`` names it), for every compiled objective: {file name: PNG}."""
     quantiles = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=torch.float64)
     ys = torch.quantile(test_observations(model), quantiles).tolist()

@@ -16,7 +16,7 @@ gradients).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor
@@ -54,7 +54,9 @@ def qp_terms(model: ConjugateMixtureModel, q: BranchedNormal, y: Tensor, noise: 
         batch, width, particles = x.shape
         grouped = (batch, width // components, 1, 1, components)
         per = q.log_probs.reshape(grouped) + normal_log_prob(
-            x.reshape(batch, width // components, components, particles, 1), q.means.reshape(grouped), q.stds.reshape(grouped)
+            x.reshape(batch, width // components, components, particles, 1),
+            q.means.reshape(grouped),
+            q.stds.reshape(grouped),
         )
         log_q_x = torch.logsumexp(per, -1).reshape(batch, width, particles)  # log q(b, x), the branch weight included
         model_branch = torch.arange(q.num_branches) // components
@@ -101,7 +103,8 @@ def blended_loss(
     y_qp = model.sample_joint(batch_size, generator).y if "qp" in weights else None
     ys = [v for v in (None if sample is None else sample.y, y_qp) if v is not None]
     q = net(ys[0] if len(ys) == 1 else torch.cat(ys))
-    total, start = 0.0, 0
+    total: Tensor | float = 0.0
+    start = 0
     if sample is not None:
         total = total + weights["pq"] * pq_terms(q[:batch_size], sample.branch, sample.x, k).mean()
         start = batch_size
@@ -109,10 +112,12 @@ def blended_loss(
         part = q[start:] if start else q
         noise = torch.randn(batch_size, part.num_branches, num_particles, generator=generator)
         total = total + weights["qp"] * qp_terms(model, part, y_qp, noise, k).mean()
-    return total
+    return cast(Tensor, total)  # a tensor whenever ``weights`` names an objective, as every caller's does
 
 
-def loss(objective: Objective, model, net, batch_size: int, generator: torch.Generator, num_particles: int = 8) -> Tensor:
+def loss(
+    objective: Objective, model, net, batch_size: int, generator: torch.Generator, num_particles: int = 8
+) -> Tensor:
     """The training loss named by ``objective``."""
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")

@@ -104,7 +104,9 @@ def expand_components(q: BranchedNormal, components: int) -> BranchedNormal:
     and cross-checked against each other.
     """
     return BranchedNormal(
-        np.repeat(q.log_probs, components, -1) - math.log(components), np.repeat(q.means, components, -1), np.repeat(q.stds, components, -1)
+        np.repeat(q.log_probs, components, -1) - math.log(components),
+        np.repeat(q.means, components, -1),
+        np.repeat(q.stds, components, -1),
     )
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from pydantic import BaseModel, Field, model_serializer
@@ -23,9 +23,9 @@ from amortized.losses import Objective, blended_loss
 from amortized.models import ConjugateMixtureModel
 from amortized.networks import InferenceNetwork, build_network
 
-
 # The continuation schedule of qp (README, "qp on gmm"): fractions of the steps on pq first, then blending pq into qp.
 WARM_START, BLEND = 0.2, 0.4
+
 
 class Phase(BaseModel):
     """``steps`` of ``objective``; with ``blend_from``, the loss slides linearly from that one to it."""
@@ -35,14 +35,25 @@ class Phase(BaseModel):
     blend_from: Objective | None = None
     batch_size: int | None = Field(None, ge=1, description="this phase's batch size (default: the config's)")
     learning_rate: float | None = Field(None, gt=0, description="this phase's initial rate (default: the config's)")
-    average: float | None = Field(None, gt=0, lt=1, description="keep an exponential moving average of the weights with this decay; the phase ends on the average")
-    keep_moments: bool | None = Field(None, description="continue Adam's moments from the previous phase instead of starting afresh")
+    average: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="keep an exponential moving average of the weights with this decay; the phase ends on the average",
+    )
+    keep_moments: bool | None = Field(
+        None, description="continue Adam's moments from the previous phase instead of starting afresh"
+    )
 
     @model_serializer(mode="wrap")
     def _omit_unset_options(self, handler):
         """The per-phase options appear in a manifest only where set (a plain phase keeps its three keys)."""
         data = handler(self)
-        return {k: v for k, v in data.items() if v is not None or k not in ("batch_size", "learning_rate", "average", "keep_moments")}
+        return {
+            k: v
+            for k, v in data.items()
+            if v is not None or k not in ("batch_size", "learning_rate", "average", "keep_moments")
+        }
 
 
 class TrainingConfig(BaseModel):
@@ -56,7 +67,8 @@ class TrainingConfig(BaseModel):
     seed: int = 0
     family_options: dict[str, Any] = Field(
         default_factory=dict,
-        description='options of the network family beyond its defaults, e.g. {"mixture_components": 2}: K normals per branch',
+        description='options of the network family beyond its defaults, e.g. {"mixture_components": 2}: K normals per '
+        "branch",
     )
 
     @property
@@ -98,7 +110,9 @@ class FlatAdam:
     ``torch._dynamo`` (a second per worker process).
     """
 
-    def __init__(self, parameters: list[torch.Tensor], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+    def __init__(
+        self, parameters: list[torch.Tensor], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+    ) -> None:
         self.parameters = parameters
         with torch.no_grad():
             self.flat = torch.cat([p.detach().reshape(-1) for p in parameters])
@@ -138,7 +152,7 @@ def train(
     """Train ``net`` in place; deterministic for a given config. Returns a short history."""
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    parameters = [p for p in net.parameters() if p.requires_grad]
+    parameters: list[torch.Tensor] = [p for p in net.parameters() if p.requires_grad]
     optimiser = FlatAdam(parameters)
     step, started, history = 0, time.perf_counter(), []
     for phase in config.schedule:
@@ -157,6 +171,7 @@ def train(
             gradients = torch.autograd.grad(value, parameters)
             optimiser.step(gradients, cosine(rate, config.final_learning_rate, i, phase.steps))
             if average is not None:
+                assert phase.average is not None  # average is kept only when phase.average is set
                 average.lerp_(optimiser.flat, 1 - phase.average)
             step += 1
             running = value.item() if math.isnan(running) else 0.98 * running + 0.02 * value.item()
@@ -186,8 +201,11 @@ def compile_network(
 RECIPES: dict[str, dict] = {
     "gaussian": {"steps": {"pq": 1500, "qp": 1500}, "batch_size": 1024, "learning_rate": 0.05},
     "gmm": {
-        "steps": {"pq": 3000, "qp": 10000}, "batch_size": 256, "learning_rate": 0.01,
-        "family_options": {"qp": {"input_gain": 10.0}}, "restarts": {"qp": 2},
+        "steps": {"pq": 3000, "qp": 10000},
+        "batch_size": 256,
+        "learning_rate": 0.01,
+        "family_options": {"qp": {"input_gain": 10.0}},
+        "restarts": {"qp": 2},
     },
     "gmm_discrete": {"steps": {"pq": 3000, "qp": 3000}, "batch_size": 256, "learning_rate": 0.01},
     "gmm_open": {"steps": {"pq": 3000, "qp": 3000}, "batch_size": 256, "learning_rate": 0.01},

@@ -57,10 +57,16 @@ class TrainingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     steps: int | dict[Objective, int] | None = Field(
-        None, description=f"optimiser steps, for every objective or per objective ({{\"pq\": 3000, \"qp\": 10000}}); 1 to {MAX_STEPS}"
+        None,
+        description=f'optimiser steps, for every objective or per objective ({{"pq": 3000, "qp": 10000}}); 1 to '
+        f"{MAX_STEPS}",
     )
-    batch_size: int | None = Field(None, ge=1, le=MAX_BATCH_SIZE, strict=True, description=f"observations per step, 1 to {MAX_BATCH_SIZE}")
-    learning_rate: float | None = Field(None, gt=0, le=1, allow_inf_nan=False, description="Adam's initial rate, decayed by a cosine")
+    batch_size: int | None = Field(
+        None, ge=1, le=MAX_BATCH_SIZE, strict=True, description=f"observations per step, 1 to {MAX_BATCH_SIZE}"
+    )
+    learning_rate: float | None = Field(
+        None, gt=0, le=1, allow_inf_nan=False, description="Adam's initial rate, decayed by a cosine"
+    )
     seed: int = Field(0, ge=0, lt=2**63, strict=True, description="seed of initialisation and training")
     warm_start: float = Field(WARM_START, ge=0, le=1, description="qp only: fraction of the steps on pq first")
     blend: float = Field(BLEND, ge=0, le=1, description="qp only: fraction of the steps blending pq into qp")
@@ -89,8 +95,12 @@ class FamilyOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     mixture_components: int = Field(
-        1, ge=1, le=MAX_MIXTURE_COMPONENTS, strict=True,
-        description=f"K normals on x per discrete branch (the mixture family, amortized/mixture.py); 1 to {MAX_MIXTURE_COMPONENTS}",
+        1,
+        ge=1,
+        le=MAX_MIXTURE_COMPONENTS,
+        strict=True,
+        description="K normals on x per discrete branch (the mixture family, amortized/mixture.py); 1 to "
+        f"{MAX_MIXTURE_COMPONENTS}",
     )
 
 
@@ -102,12 +112,17 @@ class VariantSpec(BaseModel):
     name: str = Field(..., description=f"the variant's name, folder and URL: {NAME_RULE}", examples=["gmm_sigma5"])
     family: str = Field(..., description=f"the model family: {', '.join(MODELS)}", examples=["gmm"])
     params: dict[str, Any] = Field(
-        default_factory=dict, validate_default=True, description="the family's parameters; those left out take the family's defaults", examples=[{"sigma": 5.0}]
+        default_factory=dict,
+        validate_default=True,
+        description="the family's parameters; those left out take the family's defaults",
+        examples=[{"sigma": 5.0}],
     )
     objectives: list[Objective] = Field(
         default_factory=lambda: list(OBJECTIVES), min_length=1, description="the losses to compile (default: pq and qp)"
     )
-    training: TrainingSettings = Field(default_factory=TrainingSettings, description="training settings (default: the family's recipe)")
+    training: TrainingSettings = Field(
+        default_factory=TrainingSettings, description="training settings (default: the family's recipe)"
+    )
     family_options: FamilyOptions = Field(
         default_factory=FamilyOptions, description='q\'s family beyond its default, e.g. {"mixture_components": 2}'
     )
@@ -144,11 +159,18 @@ class VariantSpec(BaseModel):
         return build_model(self.family, self.params)
 
     def training_config(self, objective: Objective, **overrides: Any) -> TrainingConfig:
-        """The family's recipe for ``objective`` with this spec's settings, then ``overrides`` (None keeps the spec's)."""
+        """The family's recipe for ``objective`` with this spec's settings.
+
+        Then ``overrides`` (None keeps the spec's).
+        """
         t = self.training
-        settings = {
-            "steps": t.steps_for(objective), "batch_size": t.batch_size, "learning_rate": t.learning_rate,
-            "seed": t.seed, "warm_start": t.warm_start, "blend": t.blend,
+        settings: dict[str, Any] = {
+            "steps": t.steps_for(objective),
+            "batch_size": t.batch_size,
+            "learning_rate": t.learning_rate,
+            "seed": t.seed,
+            "warm_start": t.warm_start,
+            "blend": t.blend,
         }
         settings.update({k: v for k, v in overrides.items() if v is not None})
         options = self.family_options.model_dump(exclude_defaults=True)
@@ -156,7 +178,10 @@ class VariantSpec(BaseModel):
 
 
 class SpecError(ValueError):
-    """An invalid spec: ``problems`` is a list of (where, why), e.g. ("params.stds.1", "Input should be greater than 0")."""
+    """An invalid spec.
+
+    ``problems`` is a list of (where, why), e.g. ("params.stds.1", "Input should be greater than 0").
+    """
 
     def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
         self.source, self.problems = source, problems
@@ -184,7 +209,10 @@ def _known_fields(loc: tuple, family: Any) -> list[str]:
 
 
 def problems_of(error: ValidationError, data: Any = None) -> list[tuple[str, str]]:
-    """(dotted location, message) for each error, without pydantic's "Value error, " prefix; unknown fields say what is known."""
+    """(dotted location, message) for each error, without pydantic's "Value error, " prefix.
+
+    Unknown fields say what is known.
+    """
     family = data.get("family") if isinstance(data, dict) else None
     out = []
     for item in error.errors():
@@ -192,7 +220,9 @@ def problems_of(error: ValidationError, data: Any = None) -> list[tuple[str, str
         if item["type"] == "extra_forbidden":
             parameter = item["loc"][0] == "params" and len(item["loc"]) == 2
             known = _known_fields(item["loc"], family)
-            why = f"unknown {'parameter' if parameter else 'field'} {item['loc'][-1]!r}" + (f" for family {family}" if parameter else "")
+            why = f"unknown {'parameter' if parameter else 'field'} {item['loc'][-1]!r}" + (
+                f" for family {family}" if parameter else ""
+            )
             why += f"; known: {', '.join(known)}" if known else ""
         out.append((where, why))
     return out
@@ -231,7 +261,9 @@ def read_spec(path: Path | str) -> VariantSpec:
         else:
             data = json.loads(text, object_pairs_hook=_unique_keys)
     except ImportError:
-        raise SpecError(str(path), [("", "reading YAML needs PyYAML (pip install pyyaml); or write the spec as JSON")]) from None
+        raise SpecError(
+            str(path), [("", "reading YAML needs PyYAML (pip install pyyaml); or write the spec as JSON")]
+        ) from None
     except ValueError as error:  # json.JSONDecodeError is one, and so is a repeated key
         raise SpecError(str(path), [("", f"not valid JSON: {error}")]) from None
     except Exception as error:  # yaml.YAMLError
@@ -249,6 +281,16 @@ def default_variants() -> list[VariantSpec]:
 
 
 __all__ = [
-    "MAX_BATCH_SIZE", "MAX_NAME_LENGTH", "MAX_STEPS", "NAME_PATTERN", "SpecError", "TrainingSettings", "VariantSpec",
-    "check_name", "default_spec", "default_variants", "parse_spec", "read_spec",
+    "MAX_BATCH_SIZE",
+    "MAX_NAME_LENGTH",
+    "MAX_STEPS",
+    "NAME_PATTERN",
+    "SpecError",
+    "TrainingSettings",
+    "VariantSpec",
+    "check_name",
+    "default_spec",
+    "default_variants",
+    "parse_spec",
+    "read_spec",
 ]

@@ -14,6 +14,7 @@ started again on its port, and HAProxy puts it back once /health/ready says 200.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import os
@@ -41,7 +42,9 @@ def haproxy_config(servers: list[tuple[str, int]], port: int, stats_port: int) -
     lines = "".join(f"    server {name} 127.0.0.1:{server_port}\n" for name, server_port in servers)
     text = re.sub(r"    # CLUSTER servers: begin\n.*?    # CLUSTER servers: end\n", lines, text, flags=re.DOTALL)
     text = re.sub(r"# CLUSTER resolvers: begin\n.*?# CLUSTER resolvers: end\n", "", text, flags=re.DOTALL)
-    text = text.replace("    bind :8000\n", f"    bind 127.0.0.1:{port}\n").replace("    bind :8404\n", f"    bind 127.0.0.1:{stats_port}\n")
+    text = text.replace("    bind :8000\n", f"    bind 127.0.0.1:{port}\n").replace(
+        "    bind :8404\n", f"    bind 127.0.0.1:{stats_port}\n"
+    )
     return text
 
 
@@ -54,23 +57,50 @@ class Replica:
 
     def start(self, wait: bool = True) -> None:
         with open(self.log, "ab") as out:
-            self.process, _ = start_server(self.env, "--log-level", "warning", "--no-access-log", port=self.port, timeout=120,
-                                           stdout=out, stderr=subprocess.STDOUT) if wait else (self._spawn(out), None)
+            self.process, _ = (
+                start_server(
+                    self.env,
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                    port=self.port,
+                    timeout=120,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+                if wait
+                else (self._spawn(out), None)
+            )
         self.starts.append(time.monotonic())
 
     def _spawn(self, out) -> subprocess.Popen:
-        command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning", "--no-access-log"]
+        command = [
+            sys.executable,
+            "-m",
+            "service",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ]
         return subprocess.Popen(command, env={**os.environ, **self.env}, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
 
 
 class Cluster:
     """``with Cluster(2) as cluster:`` replicas ready and HAProxy up at ``cluster.url``; everything stopped at exit."""
 
-    def __init__(self, replicas: int = 2, port: int | None = None, workers: int = 1, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, replicas: int = 2, port: int | None = None, workers: int = 1, env: dict[str, str] | None = None
+    ) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="amortized-cluster-"))
         base = {"AMORTIZED_ARTIFACTS_DIR": str(ROOT / "artifacts"), "WEB_CONCURRENCY": str(workers), **(env or {})}
         base.pop("PROMETHEUS_MULTIPROC_DIR", None)  # each replica makes its own
-        self.replicas = [Replica(f"api{i + 1}", free_port(), base, self.folder / f"api{i + 1}.log") for i in range(replicas)]
+        self.replicas = [
+            Replica(f"api{i + 1}", free_port(), base, self.folder / f"api{i + 1}.log") for i in range(replicas)
+        ]
         self.port, self.stats_port = port or free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.haproxy: subprocess.Popen | None = None
@@ -89,7 +119,9 @@ class Cluster:
             if check.returncode:
                 raise RuntimeError(f"haproxy refused {config}:\n{check.stdout}{check.stderr}")
             with open(self.folder / "haproxy.log", "ab") as out:
-                self.haproxy = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=out, stderr=subprocess.STDOUT)
+                self.haproxy = subprocess.Popen(
+                    ["haproxy", "-db", "-f", str(config)], stdout=out, stderr=subprocess.STDOUT
+                )
             wait_ready(self.url, self.haproxy, timeout=30)
             self.wait_until(lambda states: all(s == "UP" for s in states.values()), 30)
         except BaseException:
@@ -118,10 +150,17 @@ class Cluster:
                     replica.start(wait=False)
 
     def stats(self) -> dict[str, dict[str, str]]:
-        """HAProxy's statistics per server of the api backend (status UP/DOWN, scur: requests on it now, stot: total)."""
+        """HAProxy's statistics per server of the api backend.
+
+        Status UP/DOWN, scur: requests on it now, stot: total.
+        """
         with urllib.request.urlopen(f"http://127.0.0.1:{self.stats_port}/stats;csv", timeout=2) as response:
             rows = csv.DictReader(io.StringIO(response.read().decode().lstrip("# ")))
-            return {row["svname"]: row for row in rows if row["pxname"] == "api" and row["svname"] not in ("FRONTEND", "BACKEND")}
+            return {
+                row["svname"]: row
+                for row in rows
+                if row["pxname"] == "api" and row["svname"] not in ("FRONTEND", "BACKEND")
+            }
 
     def states(self) -> dict[str, str]:
         return {name: row["status"].split()[0] for name, row in self.stats().items()}
@@ -141,10 +180,8 @@ class Cluster:
         children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
         os.kill(process.pid, signal.SIGKILL)
         for child in children:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(int(child), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         return process.pid
 
 
@@ -155,8 +192,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args()
     with Cluster(args.replicas, args.port, args.workers) as cluster:
-        print(f"HAProxy on {cluster.url} -> " + ", ".join(f"{r.name} :{r.port}" for r in cluster.replicas)
-              + f"; statistics on http://127.0.0.1:{cluster.stats_port}/stats; Ctrl-C stops", flush=True)
+        print(
+            f"HAProxy on {cluster.url} -> "
+            + ", ".join(f"{r.name} :{r.port}" for r in cluster.replicas)
+            + f"; statistics on http://127.0.0.1:{cluster.stats_port}/stats; Ctrl-C stops",
+            flush=True,
+        )
         try:
             while True:
                 time.sleep(1)

@@ -37,24 +37,48 @@ BODY = {"y": 0.3, "objective": "pq", "num_samples": 1000, "seed": 1}
 
 def wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(BODY))}\nwrk.headers["Content-Type"] = "application/json"\n')
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, url],
-                         capture_output=True, text=True, check=True).stdout
+        script.write(
+            f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(BODY))}\nwrk.headers["Content-Type"] = '
+            '"application/json"\n'
+        )
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     os.unlink(script.name)
     unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
     latency = {p: float(v) * unit[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)", out, re.MULTILINE)}
     peak = re.search(r"Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "p50": latency["50"], "p99": latency["99"],
-            "max": float(peak.group(1)) * unit[peak.group(2)], "errors": int(errors.group(1)) if errors else 0}
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50": latency["50"],
+        "p99": latency["99"],
+        "max": float(peak.group(1)) * unit[peak.group(2)],
+        "errors": int(errors.group(1)) if errors else 0,
+    }
 
 
 def measure(source: Path, seconds: int, connections: int) -> tuple[float, dict[str, dict[str, float]]]:
     """Start the server of the code in ``source``; returns (seconds to ready, {round: figures})."""
     port = free_port()
     env = {**os.environ, "AMORTIZED_ARTIFACTS_DIR": str(ROOT / "artifacts"), "PYTHONPATH": str(source)}
-    command = [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app", "--host", "127.0.0.1", "--port", str(port),
-               "--log-level", "warning", "--no-access-log"]
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "service.main:create_app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
     started = time.monotonic()
     server = subprocess.Popen(command, cwd=source, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -101,13 +125,22 @@ for model in ("gmm_open", "gmm"):
 
 def probe(source: Path) -> list[str]:
     env = {**os.environ, "PYTHONPATH": str(source)}
-    out = subprocess.run([sys.executable, "-c", PROBE, str(ROOT / "artifacts")], cwd=source, env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, str(ROOT / "artifacts")],
+        cwd=source,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return out.stdout.splitlines()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--before", default="a6e3c7b", help="git revision of the 'before' code (default: before the fix)")
+    parser.add_argument(
+        "--before", default="a6e3c7b", help="git revision of the 'before' code (default: before the fix)"
+    )
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=1, help="fresh starts per version")
@@ -115,7 +148,9 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
     before = Path(tempfile.mkdtemp(prefix="amortized-before-")) / "tree"
-    subprocess.run(["git", "worktree", "add", "--detach", str(before), args.before], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(before), args.before], cwd=ROOT, check=True, capture_output=True
+    )
     results, probes = [], {}
     try:
         for name, source in ((f"before ({args.before})", before), ("after (this tree)", ROOT)):
@@ -127,8 +162,10 @@ def main() -> None:
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, capture_output=True)
         shutil.rmtree(before.parent, ignore_errors=True)
-    print("in-process, after the warm-up: the first and the second micro-batch of 8 queries x 1000 samples (ms),"
-          " and kernel signatures compiled by the first")
+    print(
+        "in-process, after the warm-up: the first and the second micro-batch of 8 queries x 1000 samples (ms),"
+        " and kernel signatures compiled by the first"
+    )
     print("| code | warm-up s | model | objective | cross-check | first ms | second ms | compiled |")
     print("|---|---|---|---|---|---|---|---|")
     for name, lines in probes.items():
@@ -137,13 +174,19 @@ def main() -> None:
             model, objective, check, first, second, compiled = line.split()
             print(f"| {name} | {warm} | {model} | {objective} | {check} | {first} | {second} | {compiled} |")
     print()
-    print(f"fresh server (one uvicorn worker), wrk -t1 -c{args.connections}, {args.seconds} s per round, POST one y x 1000 samples;"
-          f" load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(
+        f"fresh server (one uvicorn worker), wrk -t1 -c{args.connections}, {args.seconds} s per round, POST one y x "
+        "1000 samples;"
+        f" load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
     print("| code | start | ready after s | round | req/s | p50 ms | p99 ms | max ms | non-2xx |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, attempt, ready, rounds in results:
         for label, r in rounds.items():
-            print(f"| {name} | {attempt} | {ready:.1f} | {label} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['max']:.1f} | {r['errors']} |")
+            print(
+                f"| {name} | {attempt} | {ready:.1f} | {label} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
+                f"{r['max']:.1f} | {r['errors']} |"
+            )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,14 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as out:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "trainer", "compile", "--all", "--jobs", str(args.jobs), "--out", out],
-                              cwd=ROOT, check=True, stderr=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "trainer", "compile", "--all", "--jobs", str(args.jobs), "--out", out],
+            cwd=ROOT,
+            check=True,
+            stderr=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -37,5 +43,7 @@ if __name__ == "__main__":
         subprocess.run([sys.executable, "-m", "trainer", "report", "--dir", out], cwd=ROOT, check=True)
         if args.keep:
             shutil.copytree(out, args.keep, dirs_exist_ok=True)
-    print(f"\ncompiling all eight artifacts from scratch (with evaluation, calibration and figures, {args.jobs} jobs): "
-          f"{wall:.1f} s wall-clock, {cpu:.1f} s CPU")
+    print(
+        f"\ncompiling all eight artifacts from scratch (with evaluation, calibration and figures, {args.jobs} jobs): "
+        f"{wall:.1f} s wall-clock, {cpu:.1f} s CPU"
+    )

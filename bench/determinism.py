@@ -30,11 +30,23 @@ from amortized.models import build_model  # noqa: E402
 from amortized.networks import build_network  # noqa: E402
 from amortized.training import recipe, train  # noqa: E402
 
-PAIRS = ["gaussian/pq", "gaussian/qp", "gmm/pq", "gmm/qp", "gmm_discrete/pq", "gmm_discrete/qp", "gmm_open/pq", "gmm_open/qp"]
+PAIRS = [
+    "gaussian/pq",
+    "gaussian/qp",
+    "gmm/pq",
+    "gmm/qp",
+    "gmm_discrete/pq",
+    "gmm_discrete/qp",
+    "gmm_open/pq",
+    "gmm_open/qp",
+]
 
 
 def compile_once(pair: str, seed: int, perturbation: int | None) -> dict:
-    """One compile of ``pair``; ``perturbation`` k > 0 moves every initial weight by one float32 ulp (signs from seed k)."""
+    """One compile of ``pair``.
+
+    ``perturbation`` k > 0 moves every initial weight by one float32 ulp (signs from seed k).
+    """
     torch.set_num_threads(1)
     name, objective = pair.split("/")
     model = build_model(name)
@@ -54,8 +66,13 @@ def compile_once(pair: str, seed: int, perturbation: int | None) -> dict:
         q = net(test_observations(model).float())
     metrics = evaluate(model, net, objective)
     return {
-        "pair": pair, "perturbation": perturbation, "sha256": hashlib.sha256(flat.numpy().tobytes()).hexdigest(),
-        "weights": flat, "means": q.means.double(), "stds": q.stds.double(), "gap": metrics["amortisation_gap"],
+        "pair": pair,
+        "perturbation": perturbation,
+        "sha256": hashlib.sha256(flat.numpy().tobytes()).hexdigest(),
+        "weights": flat,
+        "means": q.means.double(),
+        "stds": q.stds.double(),
+        "gap": metrics["amortisation_gap"],
         "seconds": time.perf_counter() - started,
     }
 
@@ -70,7 +87,10 @@ def main() -> None:
     runs = [(pair, args.seed, k) for pair in args.pairs for k in [None, None, *range(1, args.perturbations + 1)]]
     with ProcessPoolExecutor(args.jobs) as pool:
         results = list(pool.map(compile_once, *zip(*runs)))
-    print("| pair | repeat: same bytes | gap (unperturbed) | gaps (one-ulp starts) | max abs weight change | max abs change of q's mean / std on the test set |")
+    print(
+        "| pair | repeat: same bytes | gap (unperturbed) | gaps (one-ulp starts) | max abs weight change | max abs "
+        "change of q's mean / std on the test set |"
+    )
     print("|---|---|---|---|---|---|")
     for pair in args.pairs:
         rows = [r for r in results if r["pair"] == pair]

@@ -51,7 +51,9 @@ def main() -> int:
     if reason:
         print(f"cannot measure: {reason}", file=sys.stderr)
         return 1
-    process, url = start_server({"AMORTIZED_ARTIFACTS_DIR": str(ROOT / "artifacts")}, "--log-level", "warning", "--no-access-log", timeout=120)
+    process, url = start_server(
+        {"AMORTIZED_ARTIFACTS_DIR": str(ROOT / "artifacts")}, "--log-level", "warning", "--no-access-log", timeout=120
+    )
     try:
         with chromium() as context:
             page = context.new_page()
@@ -61,10 +63,16 @@ def main() -> int:
             low, high = (float(page.get_attribute("#y-slider", a)) for a in ("min", "max"))
             step = float(page.get_attribute("#y-slider", "step"))
             # warm-up: the first few answers after start-up are slower (allocations, caches)
-            measure(page, [round(low + (high - low) * i / 7, 6) for i in range(1, 6)], lambda y: (page.fill("#y-input", str(y)), page.press("#y-input", "Enter")))
+            measure(
+                page,
+                [round(low + (high - low) * i / 7, 6) for i in range(1, 6)],
+                lambda y: (page.fill("#y-input", str(y)), page.press("#y-input", "Enter")),
+            )
 
             typed_values = [round(low + (high - low) * (i + 0.5) / args.changes, 6) for i in range(args.changes)]
-            typed = measure(page, typed_values, lambda y: (page.fill("#y-input", str(y)), page.press("#y-input", "Enter")))
+            typed = measure(
+                page, typed_values, lambda y: (page.fill("#y-input", str(y)), page.press("#y-input", "Enter"))
+            )
 
             page.fill("#y-input", "0")
             page.press("#y-input", "Enter")
@@ -76,12 +84,24 @@ def main() -> int:
     finally:
         stop_server(process)
 
-    print(f"explorer at /explore?model={args.model}&objective=both: redraw after a change of y, "
-          f"{args.changes} changes each (change event to the next frame painted after the redraw; both API queries included)")
-    print(f"  typed y + Enter   : {summary([t['total'] for t in typed])}   (drawing alone: median {statistics.median(t['draw'] for t in typed):.1f} ms)")
-    print(f"  slider, arrow key : {summary([t['total'] for t in slider])}   (drawing alone: median {statistics.median(t['draw'] for t in slider):.1f} ms)")
+    print(
+        f"explorer at /explore?model={args.model}&objective=both: redraw after a change of y, "
+        f"{args.changes} changes each (change event to the next frame painted after the redraw; both API "
+        "queries included)"
+    )
+    print(
+        f"  typed y + Enter   : {summary([t['total'] for t in typed])}   (drawing alone: median "
+        f"{statistics.median(t['draw'] for t in typed):.1f} ms)"
+    )
+    print(
+        f"  slider, arrow key : {summary([t['total'] for t in slider])}   (drawing alone: median "
+        f"{statistics.median(t['draw'] for t in slider):.1f} ms)"
+    )
     load = os.getloadavg()
-    print(f"  machine: {os.cpu_count()} cores, load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min)")
+    print(
+        f"  machine: {os.cpu_count()} cores, load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 "
+        "/ 15 min)"
+    )
     return 0
 
 

@@ -47,7 +47,9 @@ def main() -> None:
             events["down"] = events["kill"] + cluster.wait_until(lambda s: s[victim.name] != "UP", 10, poll=0.005)
             served_before = int(cluster.stats()[victim.name]["stot"])
             events["up"] = events["kill"] + cluster.wait_until(lambda s: s[victim.name] == "UP", 120)
-            while int(cluster.stats()[victim.name]["stot"]) == served_before and time.monotonic() < start + args.seconds:
+            while (
+                int(cluster.stats()[victim.name]["stot"]) == served_before and time.monotonic() < start + args.seconds
+            ):
                 time.sleep(0.01)
             events["served"] = time.monotonic()
 
@@ -61,23 +63,47 @@ def main() -> None:
         stats = cluster.stats()
     failed = [r for r in run.records if r.status != 200]
     kill_at = events["kill"] - load_started
-    print(f"2 replicas x 1 worker behind HAProxy 2.6 (loopback), {args.connections} connections for {args.seconds:.0f} s,"
-          f" SIGKILL of replica 1 (pid {events['pid']}) at {kill_at:.2f} s")
+    print(
+        f"2 replicas x 1 worker behind HAProxy 2.6 (loopback), {args.connections} connections for {args.seconds:.0f} s,"
+        f" SIGKILL of replica 1 (pid {events['pid']}) at {kill_at:.2f} s"
+    )
     print(f"machine load average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"requests: {len(run.records)} ({len(run.records) / run.wall:.0f}/s), load generator CPU {run.cpu:.1f} s"
-          f" = {100 * run.cpu / run.wall:.0f}% of one core")
-    print(f"in flight on replica 1 when killed (HAProxy scur, last reading before the kill): {in_flight[0] if in_flight else 'n/a'}")
-    print(f"failed requests (not 200, or connection errors): {len(failed)}"
-          + "".join(f"\n  at {r.started - 0:.2f} s: {r.status or r.error} ({r.kind})" for r in failed[:20]))
-    print(f"HAProxy marked replica 1 DOWN {1e3 * (events['down'] - events['kill']):.0f} ms after the kill (health checks every 1 s)")
-    print(f"replica 1 started again {restarted - events['kill']:.2f} s after the kill; UP in HAProxy after"
-          f" {events['up'] - events['kill']:.1f} s; first request served again after {events.get('served', float('nan')) - events['kill']:.1f} s")
-    print(f"HAProxy counts: retries {sum(int(r['wretr'] or 0) for r in stats.values())},"
-          f" redispatches {sum(int(r['wredis'] or 0) for r in stats.values())};"
-          f" per replica served: {', '.join(n + ' ' + r['stot'] for n, r in stats.items())}")
-    for label, lo, hi in (("before the kill", 0, kill_at), ("kill + 5 s", kill_at, kill_at + 5), ("after", kill_at + 5, run.wall)):
+    print(
+        f"requests: {len(run.records)} ({len(run.records) / run.wall:.0f}/s), load generator CPU {run.cpu:.1f} s"
+        f" = {100 * run.cpu / run.wall:.0f}% of one core"
+    )
+    print(
+        "in flight on replica 1 when killed (HAProxy scur, last reading before the kill): "
+        f"{in_flight[0] if in_flight else 'n/a'}"
+    )
+    print(
+        f"failed requests (not 200, or connection errors): {len(failed)}"
+        + "".join(f"\n  at {r.started - 0:.2f} s: {r.status or r.error} ({r.kind})" for r in failed[:20])
+    )
+    print(
+        f"HAProxy marked replica 1 DOWN {1e3 * (events['down'] - events['kill']):.0f} ms after the kill (health "
+        "checks every 1 s)"
+    )
+    print(
+        f"replica 1 started again {restarted - events['kill']:.2f} s after the kill; UP in HAProxy after"
+        f" {events['up'] - events['kill']:.1f} s; first request served again after "
+        f"{events.get('served', float('nan')) - events['kill']:.1f} s"
+    )
+    print(
+        f"HAProxy counts: retries {sum(int(r['wretr'] or 0) for r in stats.values())},"
+        f" redispatches {sum(int(r['wredis'] or 0) for r in stats.values())};"
+        f" per replica served: {', '.join(n + ' ' + r['stot'] for n, r in stats.items())}"
+    )
+    for label, lo, hi in (
+        ("before the kill", 0, kill_at),
+        ("kill + 5 s", kill_at, kill_at + 5),
+        ("after", kill_at + 5, run.wall),
+    ):
         window = run.window(lo, hi)
-        print(f"  {label:>16}: {len(window)} requests, p50 {percentile(window, 50):.1f} ms, p99 {percentile(window, 99):.1f} ms")
+        print(
+            f"  {label:>16}: {len(window)} requests, p50 {percentile(window, 50):.1f} ms, p99 "
+            f"{percentile(window, 99):.1f} ms"
+        )
 
 
 if __name__ == "__main__":

@@ -36,15 +36,31 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from amortized.artifacts import STAGING, discover_artifacts  # noqa: E402
-from tests.launch import ROOT  # noqa: E402
 from service.registry import Registry  # noqa: E402
+from tests.launch import ROOT  # noqa: E402
 
 OBJECTIVES = ("pq", "qp")
 
 
 def command(out: Path, seed: int) -> list[str]:
-    return [sys.executable, "-m", "trainer", "compile", "--model", "gaussian", "--objective", *OBJECTIVES, "--steps", "300",
-            "--seed", str(seed), "--jobs", "1", "--out", str(out)]
+    return [
+        sys.executable,
+        "-m",
+        "trainer",
+        "compile",
+        "--model",
+        "gaussian",
+        "--objective",
+        *OBJECTIVES,
+        "--steps",
+        "300",
+        "--seed",
+        str(seed),
+        "--jobs",
+        "1",
+        "--out",
+        str(out),
+    ]
 
 
 EXPECTED = {"artifacts": 0, "served": 0}  # what the copy holds at the start; every check must find all of it again
@@ -103,13 +119,20 @@ def main() -> None:
         subprocess.run(command(out, 1000), env=env, cwd=ROOT, check=True, capture_output=True)  # one whole run, timed
         duration = time.monotonic() - started
         previous = committed(out)
-        print(f"a whole run (start-up, 2 x 300 steps, evaluation, 2 artifacts, figures) takes {duration:.1f} s;"
-              f" {args.rounds} rounds, SIGKILL each")
-        print("| round | trigger | killed after s | writing | pq | qp | staging files left in .staging | in model folders |")
+        print(
+            f"a whole run (start-up, 2 x 300 steps, evaluation, 2 artifacts, figures) takes {duration:.1f} s;"
+            f" {args.rounds} rounds, SIGKILL each"
+        )
+        print(
+            "| round | trigger | killed after s | writing | pq | qp | staging files left in .staging | in "
+            "model folders |"
+        )
         print("|---|---|---|---|---|---|---|---|")
         outcomes: Counter = Counter()
         for i in range(args.rounds):
-            process = subprocess.Popen(command(out, i), env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            process = subprocess.Popen(
+                command(out, i), env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
             if i % 2:
                 delay = rng.uniform(0, duration)
                 time.sleep(delay)
@@ -129,12 +152,17 @@ def main() -> None:
                 raise AssertionError(f"staging files in a model folder: {in_folders}")
             print(f"| {i + 1} | {trigger} | {when:.3f} | {writing} | {states[0]} | {states[1]} | {left} | 0 |")
             previous = now
-        orphans = [p.name for p in (out / "gaussian").glob("*.safetensors") if p.name.split("-")[1].split(".")[0] not in
-                   {sha[:16] for sha in previous.values()}]
-        print(f"after {args.rounds} SIGKILLs: every artifact verified after every kill"
-              f" ({EXPECTED['artifacts']} of {EXPECTED['artifacts']}, none refused);"
-              f" killed artifacts: {outcomes['previous']} previous, {outcomes['new']} new (complete);"
-              f" no staging file in a model folder; unreferenced complete weights files left: {len(orphans)}")
+        orphans = [
+            p.name
+            for p in (out / "gaussian").glob("*.safetensors")
+            if p.name.split("-")[1].split(".")[0] not in {sha[:16] for sha in previous.values()}
+        ]
+        print(
+            f"after {args.rounds} SIGKILLs: every artifact verified after every kill"
+            f" ({EXPECTED['artifacts']} of {EXPECTED['artifacts']}, none refused);"
+            f" killed artifacts: {outcomes['previous']} previous, {outcomes['new']} new (complete);"
+            f" no staging file in a model folder; unreferenced complete weights files left: {len(orphans)}"
+        )
         subprocess.run(command(out, 2000), env=env, cwd=ROOT, check=True, capture_output=True)
         left = list((out / STAGING).glob(".staging-*"))
         committed(out)

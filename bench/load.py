@@ -55,7 +55,9 @@ class Connection:
 
     async def request(self, raw: bytes) -> int:
         if self.writer is None:
-            self.reader, self.writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self.timeout)
+            self.reader, self.writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port), self.timeout
+            )
         self.writer.write(raw)
         head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), self.timeout)
         lines = head.decode("latin-1").split("\r\n")
@@ -90,8 +92,16 @@ def raw_request(host: str, port: int, method: str, path: str, body: bytes | None
     return head.encode() + b"\r\n" + (body or b"")
 
 
-async def _drive(host: str, port: int, mix: list[tuple[str, bytes, float]], connections: int, seconds: float,
-                 timeout: float, seed: int, on_tick=None) -> Run:
+async def _drive(
+    host: str,
+    port: int,
+    mix: list[tuple[str, bytes, float]],
+    connections: int,
+    seconds: float,
+    timeout: float,
+    seed: int,
+    on_tick=None,
+) -> Run:
     run = Run()
     rng = random.Random(seed)
     names, raws, weights = zip(*mix)
@@ -105,7 +115,7 @@ async def _drive(host: str, port: int, mix: list[tuple[str, bytes, float]], conn
             i = local.choices(range(len(raws)), weights)[0]
             try:
                 status, error = await connection.request(raws[i]), ""
-            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError, IndexError) as exc:
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
                 status, error = 0, type(exc).__name__
                 connection.close()
             run.records.append(Record(now - start, time.perf_counter() - now, names[i], status, error))
@@ -126,11 +136,20 @@ async def _drive(host: str, port: int, mix: list[tuple[str, bytes, float]], conn
     return run
 
 
-def drive(url: str, mix: list[tuple[str, str, str, bytes | None, float]], connections: int, seconds: float,
-          timeout: float = 30.0, seed: int = 0, on_tick=None) -> Run:
+def drive(
+    url: str,
+    mix: list[tuple[str, str, str, bytes | None, float]],
+    connections: int,
+    seconds: float,
+    timeout: float = 30.0,
+    seed: int = 0,
+    on_tick=None,
+) -> Run:
     """Load ``url`` (http://host:port) with ``mix`` = [(name, method, path, body, weight)] for ``seconds``."""
     host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
-    prepared = [(name, raw_request(host, int(port), method, path, body), weight) for name, method, path, body, weight in mix]
+    prepared = [
+        (name, raw_request(host, int(port), method, path, body), weight) for name, method, path, body, weight in mix
+    ]
     try:
         import uvloop  # the server's loop too (uvicorn[standard]): less CPU per request here
 
@@ -139,8 +158,13 @@ def drive(url: str, mix: list[tuple[str, str, str, bytes | None, float]], connec
         return asyncio.run(_drive(host, int(port), prepared, connections, seconds, timeout, seed, on_tick))
 
 
-def posterior_mix(models: list[str], seed: int = 0, variants: int = 200) -> list[tuple[str, str, str, bytes | None, float]]:
-    """The soak's mix: scalar, batch, "both", resample, and bad requests (422, 404, malformed JSON), with varied y and seeds."""
+def posterior_mix(
+    models: list[str], seed: int = 0, variants: int = 200
+) -> list[tuple[str, str, str, bytes | None, float]]:
+    """The soak's mix: scalar, batch, "both", resample, and bad requests (422, 404, malformed JSON).
+
+    With varied y and seeds.
+    """
     import json
 
     rng = random.Random(seed)
@@ -154,15 +178,34 @@ def posterior_mix(models: list[str], seed: int = 0, variants: int = 200) -> list
         path = f"/v1/models/{model}/posterior"
         y = round(rng.uniform(-15, 15), 3)
         seed_ = rng.randrange(2**31)
-        add("scalar", path, json.dumps({"y": y, "objective": rng.choice(["pq", "qp"]), "num_samples": 1000, "seed": seed_}).encode(), 40)
-        add("batch", path, json.dumps({"y": [round(rng.uniform(-15, 15), 3) for _ in range(8)], "num_samples": 200, "seed": seed_}).encode(), 15)
+        add(
+            "scalar",
+            path,
+            json.dumps({"y": y, "objective": rng.choice(["pq", "qp"]), "num_samples": 1000, "seed": seed_}).encode(),
+            40,
+        )
+        add(
+            "batch",
+            path,
+            json.dumps(
+                {"y": [round(rng.uniform(-15, 15), 3) for _ in range(8)], "num_samples": 200, "seed": seed_}
+            ).encode(),
+            15,
+        )
         add("both", path, json.dumps({"y": y, "objective": "both", "num_samples": 500, "seed": seed_}).encode(), 15)
-        add("resample", path, json.dumps({"y": y, "objective": "pq", "num_samples": 1000, "resample": True}).encode(), 15)
-        bad = rng.choice([
-            (path, json.dumps({"y": y, "num_samples": 0}).encode()),  # 422
-            (path, json.dumps({"y": "NaN"}).encode()),  # 422
-            (path, b'{"y": [1.0, '),  # malformed JSON: 422
-            (f"/v1/models/no-such-model-{rng.randrange(10**6)}/posterior", json.dumps({"y": y}).encode()),  # 404
-        ])
+        add(
+            "resample",
+            path,
+            json.dumps({"y": y, "objective": "pq", "num_samples": 1000, "resample": True}).encode(),
+            15,
+        )
+        bad = rng.choice(
+            [
+                (path, json.dumps({"y": y, "num_samples": 0}).encode()),  # 422
+                (path, json.dumps({"y": "NaN"}).encode()),  # 422
+                (path, b'{"y": [1.0, '),  # malformed JSON: 422
+                (f"/v1/models/no-such-model-{rng.randrange(10**6)}/posterior", json.dumps({"y": y}).encode()),  # 404
+            ]
+        )
         add("bad", bad[0], bad[1], 15)
     return mix

@@ -23,8 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.answers import answer  # noqa: E402
-from service.answers import PosteriorQuery  # noqa: E402
+from service.answers import PosteriorQuery, answer
 from service.registry import Registry  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
@@ -55,15 +54,20 @@ def main() -> None:
                 counts[band]["answers"] += 1
                 counts[band]["flagged"] += bool(d["cross_check"]["misses_mass"])
                 counts[band]["not_reliable"] += d["verdict"] != "reliable"
-        print(f"\nqp network on gmm, caller's num_samples {n}, cross-check budget {settings.cross_check_samples} draws of each network, "
-              f"{args.seeds} seeds")
+        print(
+            f"\nqp network on gmm, caller's num_samples {n}, cross-check budget {settings.cross_check_samples} draws "
+            "of each network, "
+            f"{args.seeds} seeds"
+        )
         print("| missed mass | answers | flagged misses_mass | not called reliable |")
         print("|---|---|---|---|")
         for band in sorted(counts):
             row = counts[band]
             upper = f"{BANDS[band + 1]:.1%}" if band + 1 < len(BANDS) else "100%"
-            print(f"| {BANDS[band]:.1%} - {upper} | {row['answers']} | {row['flagged'] / row['answers']:.2f} "
-                  f"| {row['not_reliable'] / row['answers']:.2f} |")
+            print(
+                f"| {BANDS[band]:.1%} - {upper} | {row['answers']} | {row['flagged'] / row['answers']:.2f} "
+                f"| {row['not_reliable'] / row['answers']:.2f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ import httpx
 import orjson
 
 from amortized.artifacts import atomic_write
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.launch import ROOT, start_server, stop_server
 
@@ -99,7 +100,9 @@ async def one_request(client: httpx.AsyncClient, base: str, i: int, run: Run) ->
     variant, body = MIX[i % len(MIX)]
     sent = time.monotonic()
     try:
-        response = await client.post(f"{base}/v1/models/{variant}/posterior", json={**body, "num_samples": SAMPLES, "seed": i})
+        response = await client.post(
+            f"{base}/v1/models/{variant}/posterior", json={**body, "num_samples": SAMPLES, "seed": i}
+        )
         record = Record(sent, time.monotonic(), variant, response.status_code)
         if response.status_code == 200 and variant == TARGET:
             record.version = target_version(orjson.loads(response.content))
@@ -111,7 +114,9 @@ async def one_request(client: httpx.AsyncClient, base: str, i: int, run: Run) ->
 
 
 async def load(base: str, rate: float, stop: asyncio.Event, run: Run, connections: int) -> float:
-    """Request i is due at start + i / rate until ``stop``; ``connections`` lanes, one keep-alive connection each, send what is due.
+    """Request i is due at start + i / rate until ``stop``.
+
+    ``connections`` lanes, one keep-alive connection each, send what is due.
 
     A lane sends the next request at its time, or at once when behind (then
     the rate reached falls below the one asked for, and the report says so).
@@ -140,7 +145,10 @@ def version_of(manifest: Path) -> str:
 
 
 def install(source: Path, folder: Path) -> float:
-    """Put the artifact of manifest ``source`` into ``folder`` as the trainer commits: weights, then the manifest (atomic)."""
+    """Put the artifact of manifest ``source`` into ``folder`` as the trainer commits.
+
+    Weights, then the manifest (atomic).
+    """
     manifest = json.loads(source.read_bytes())
     weights = manifest["weights"]["file"]
     atomic_write(folder / weights, (source.parent / weights).read_bytes())
@@ -164,9 +172,28 @@ def install_corrupt(source: Path, folder: Path) -> tuple[float, Path]:
 def compile_versions(seeds: list[int], root: Path) -> list[Path]:
     """The target recompiled with each seed, side by side (one trainer process each), each in its own folder."""
     processes = [
-        subprocess.Popen([sys.executable, "-m", "trainer", "compile", "--spec", str(SPEC), "--objective", OBJECTIVE, "--seed", str(seed),
-                          "--jobs", "1", "--no-figures", "--out", str(root / f"version-{seed}")],
-                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "trainer",
+                "compile",
+                "--spec",
+                str(SPEC),
+                "--objective",
+                OBJECTIVE,
+                "--seed",
+                str(seed),
+                "--jobs",
+                "1",
+                "--no-figures",
+                "--out",
+                str(root / f"version-{seed}"),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for seed in seeds
     ]
     if any(process.wait() != 0 for process in processes):
@@ -186,17 +213,46 @@ async def readiness_of_every_worker(base: str, workers: int) -> dict[int, dict]:
     return seen
 
 
-async def replace(base: str, folder: Path, versions: list[Path], args: argparse.Namespace, run: Run, started: float, stop: asyncio.Event):
-    """The replacements, on a schedule: (the trainer in place,) precompiled swaps, then the corrupt one; then stop the load."""
+async def replace(
+    base: str,
+    folder: Path,
+    versions: list[Path],
+    args: argparse.Namespace,
+    run: Run,
+    started: float,
+    stop: asyncio.Event,
+):
+    """The replacements, on a schedule: (the trainer in place,) precompiled swaps, then the corrupt one.
+
+    Then stop the load.
+    """
     live = folder / TARGET / f"{OBJECTIVE}.json"
     await asyncio.sleep(2.0)
     if args.trainer_in_place:
         old = version_of(live)
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "trainer", "compile", "--spec", str(SPEC), "--objective", OBJECTIVE, "--seed", "1", "--jobs", "1",
-            "--no-figures", "--out", str(folder), cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            sys.executable,
+            "-m",
+            "trainer",
+            "compile",
+            "--spec",
+            str(SPEC),
+            "--objective",
+            OBJECTIVE,
+            "--seed",
+            "1",
+            "--jobs",
+            "1",
+            "--no-figures",
+            "--out",
+            str(folder),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
         await process.wait()
-        offset = time.time() - time.monotonic()  # the manifest's mtime is wall-clock time: its rename, give or take its fsync
+        # the manifest's mtime is wall-clock time: its rename, give or take its fsync
+        offset = time.time() - time.monotonic()
         replaced = live.stat().st_mtime_ns / 1e9 - offset
         run.replacements.append(Replacement("recompiled by the trainer, in place", replaced, old, version_of(live)))
         await asyncio.sleep(args.every)
@@ -204,10 +260,14 @@ async def replace(base: str, folder: Path, versions: list[Path], args: argparse.
         source = versions[i % len(versions)]
         old = version_of(live)
         at = await asyncio.to_thread(install, source, folder / TARGET)
-        run.replacements.append(Replacement("recompiled (seed %d), installed" % (2 + i % len(versions)), at, old, version_of(source)))
+        run.replacements.append(
+            Replacement(f"recompiled (seed {2 + i % len(versions)}), installed", at, old, version_of(source))
+        )
         await asyncio.sleep(args.every)
     kept = version_of(live)
-    corrupt_at, corrupt_path = await asyncio.to_thread(install_corrupt, versions[args.swaps % len(versions)], folder / TARGET)
+    corrupt_at, corrupt_path = await asyncio.to_thread(
+        install_corrupt, versions[args.swaps % len(versions)], folder / TARGET
+    )
     await asyncio.sleep(4.0)
     verdicts = await readiness_of_every_worker(base, args.workers)
     await asyncio.sleep(max(0.0, args.seconds - (time.monotonic() - started)))
@@ -241,11 +301,15 @@ async def main_async(args: argparse.Namespace) -> None:
         print(f"compiling two replacement versions of {TARGET}/{OBJECTIVE} beforehand (seeds 2 and 3) ...", flush=True)
         versions = compile_versions([2, 3], Path(tmp))
         env = {"AMORTIZED_ARTIFACTS_DIR": str(folder)}
-        server, base = start_server(env, "--workers", str(args.workers), "--log-level", "warning", "--no-access-log", timeout=180)
+        server, base = start_server(
+            env, "--workers", str(args.workers), "--log-level", "warning", "--no-access-log", timeout=180
+        )
         try:
             async with httpx.AsyncClient() as client:  # every worker warmed up before the clock starts
                 for _ in range(50):
-                    await client.post(f"{base}/v1/models/{TARGET}/posterior", json={"y": 0.0}, headers={"connection": "close"})
+                    await client.post(
+                        f"{base}/v1/models/{TARGET}/posterior", json={"y": 0.0}, headers={"connection": "close"}
+                    )
             run, stop = Run(), asyncio.Event()
             started = time.monotonic()
             loader = asyncio.create_task(load(base, args.rate, stop, run, args.connections))
@@ -256,17 +320,24 @@ async def main_async(args: argparse.Namespace) -> None:
     measure(run)
     failed = [r for r in run.records if r.status != 200]
     latencies = [1000 * (r.received - r.sent) for r in run.records]
-    print(f"\n{args.workers} uvicorn worker(s), load of {args.rate:g} requests/s for {elapsed:.1f} s (at least {args.seconds:g}) over "
-          f"{len({v for v, _ in MIX})} variants ({SAMPLES} samples each, pq / qp / both), {args.connections} connections")
-    print(f"requests: {len(run.records)} sent, {len(run.records) / elapsed:.0f} per second reached; "
-          f"latency p50 {percentile(latencies, 0.5):.1f} ms, p99 {percentile(latencies, 0.99):.1f} ms")
+    print(
+        f"\n{args.workers} uvicorn worker(s), load of {args.rate:g} requests/s for {elapsed:.1f} s (at least "
+        f"{args.seconds:g}) over "
+        f"{len({v for v, _ in MIX})} variants ({SAMPLES} samples each, pq / qp / both), {args.connections} connections"
+    )
+    print(
+        f"requests: {len(run.records)} sent, {len(run.records) / elapsed:.0f} per second reached; "
+        f"latency p50 {percentile(latencies, 0.5):.1f} ms, p99 {percentile(latencies, 0.99):.1f} ms"
+    )
     first = min(r.sent for r in run.records)
     per_second = [0] * int(elapsed)
     for record in run.records:
         if int(record.received - first) < len(per_second):
             per_second[int(record.received - first)] += 1
-    print(f"answers per second over the {len(per_second)} whole seconds: min {min(per_second)}, median "
-          f"{statistics.median(per_second):.0f}, max {max(per_second)}: {' '.join(map(str, per_second))}")
+    print(
+        f"answers per second over the {len(per_second)} whole seconds: min {min(per_second)}, median "
+        f"{statistics.median(per_second):.0f}, max {max(per_second)}: {' '.join(map(str, per_second))}"
+    )
     print(f"replacements at t = {', '.join(f'{r.at - first:.1f}' for r in run.replacements)} s")
     print(f"FAILED REQUESTS: {len(failed)}")
     for record in failed[:10]:
@@ -281,31 +352,48 @@ async def main_async(args: argparse.Namespace) -> None:
     measured = [r for r in run.replacements if r.first_new is not None]
     if measured:
         firsts, alls = [r.first_new for r in measured], [r.all_new for r in measured]
-        print(f"first new answer: median {1000 * statistics.median(firsts):.0f} ms, max {1000 * max(firsts):.0f} ms; "
-              f"every worker: median {1000 * statistics.median(alls):.0f} ms, max {1000 * max(alls):.0f} ms "
-              f"({len(measured)} of {len(run.replacements)} replacements answered; target under 2000 ms)")
+        print(
+            f"first new answer: median {1000 * statistics.median(firsts):.0f} ms, max {1000 * max(firsts):.0f} ms; "
+            f"every worker: median {1000 * statistics.median(alls):.0f} ms, max {1000 * max(alls):.0f} ms "
+            f"({len(measured)} of {len(run.replacements)} replacements answered; target under 2000 ms)"
+        )
     after = [r for r in run.records if r.version is not None and r.sent >= corrupt_at]
     answered_by = sorted({r.version for r in after})
     refusing = {pid: body["refused"].get(str(corrupt_path), "") for pid, body in verdicts.items()}
-    print(f"\ncorrupt replacement at t = {corrupt_at - started:.1f} s: refused by {sum('checksum mismatch' in why for why in refusing.values())}"
-          f" of {len(verdicts)} worker(s)")
+    print(
+        f"\ncorrupt replacement at t = {corrupt_at - started:.1f} s: refused by "
+        f"{sum('checksum mismatch' in why for why in refusing.values())}"
+        f" of {len(verdicts)} worker(s)"
+    )
     for pid, why in refusing.items():
         print(f"  worker {pid}: {why or 'NOT REFUSED'}")
-    print(f"  {len(after)} answers of {TARGET} after it, by version(s) {answered_by}; the version before it: {kept}"
-          f" -> {'the old version kept answering' if answered_by == [kept] else 'UNEXPECTED'}")
+    print(
+        f"  {len(after)} answers of {TARGET} after it, by version(s) {answered_by}; the version before it: {kept}"
+        f" -> {'the old version kept answering' if answered_by == [kept] else 'UNEXPECTED'}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=30, help="least duration of the load (it lasts until the replacements are done)")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=30,
+        help="least duration of the load (it lasts until the replacements are done)",
+    )
     parser.add_argument("--rate", type=float, default=250, help="requests per second (open loop)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--connections", type=int, default=16, help="client connections (lanes), spread over the workers")
+    parser.add_argument(
+        "--connections", type=int, default=16, help="client connections (lanes), spread over the workers"
+    )
     parser.add_argument("--every", type=float, default=2.5, help="seconds between the precompiled replacements")
     parser.add_argument("--swaps", type=int, default=8, help="replacements by the versions compiled beforehand")
-    parser.add_argument("--trainer-in-place", action="store_true",
-                        help="first, let the trainer recompile the target straight into the served folder during the load "
-                             "(on 2 cores it competes with the server for CPU)")
+    parser.add_argument(
+        "--trainer-in-place",
+        action="store_true",
+        help="first, let the trainer recompile the target straight into the served folder during the load "
+        "(on 2 cores it competes with the server for CPU)",
+    )
     args = parser.parse_args()
     asyncio.run(main_async(args))
 

@@ -26,32 +26,71 @@ MODELS = ("gaussian", "gmm", "gmm_discrete", "gmm_open")
 
 
 def requests() -> list[tuple[str, str, dict | None, bytes | None, dict]]:
-    """(name, method and path, JSON body, raw body, headers): every model, objective, batch, both, resample, cross-check, bad input."""
+    """(name, method and path, JSON body, raw body, headers).
+
+    Every model, objective, batch, both, resample, cross-check, bad input.
+    """
     out: list[tuple[str, str, dict | None, bytes | None, dict]] = []
     for model in MODELS:
         url = f"POST /v1/models/{model}/posterior"
         for objective in ("pq", "qp", "both"):
             for y in (0.0, 2.7, -20.7, 1e6):
                 for num_samples in (1, 2, 50, 1000):
-                    out.append((f"{model} {objective} y={y} n={num_samples}", url,
-                                {"y": y, "objective": objective, "num_samples": num_samples, "seed": 11}, None, {}))
-            out.append((f"{model} {objective} batch resample", url,
-                        {"y": [-3.0, 0.5, 0.5, 9.0], "objective": objective, "num_samples": 300, "seed": 2**60 + 3, "resample": True}, None, {}))
-            out.append((f"{model} {objective} no cross-check", url,
-                        {"y": [1.0, -1.0], "objective": objective, "num_samples": 200, "seed": 5, "cross_check": False}, None, {}))
+                    out.append(
+                        (
+                            f"{model} {objective} y={y} n={num_samples}",
+                            url,
+                            {"y": y, "objective": objective, "num_samples": num_samples, "seed": 11},
+                            None,
+                            {},
+                        )
+                    )
+            out.append(
+                (
+                    f"{model} {objective} batch resample",
+                    url,
+                    {
+                        "y": [-3.0, 0.5, 0.5, 9.0],
+                        "objective": objective,
+                        "num_samples": 300,
+                        "seed": 2**60 + 3,
+                        "resample": True,
+                    },
+                    None,
+                    {},
+                )
+            )
+            out.append(
+                (
+                    f"{model} {objective} no cross-check",
+                    url,
+                    {"y": [1.0, -1.0], "objective": objective, "num_samples": 200, "seed": 5, "cross_check": False},
+                    None,
+                    {},
+                )
+            )
         out.append((f"{model} model", f"GET /v1/models/{model}", None, None, {}))
         out.append((f"{model} png", f"GET /v1/models/{model}/posterior.png?y=0.5", None, None, {}))
     url = "POST /v1/models/gmm/posterior"
     for name, raw in {
-        "y string": b'{"y": "abc"}', "y list with bad values": b'{"y": [1, "a", 3, null]}', "y 1e400": b'{"y": 1e400}',
-        "y 10**400": b'{"y": ' + b"1" + b"0" * 400 + b"}", "y 2e9": b'{"y": 2e9}', "n 0": b'{"y": 1, "num_samples": 0}',
-        "unknown field": b'{"y": 1, "foo": 2}', "bad objective": b'{"y": 1, "objective": "kl"}', "not json": b"{y: 1",
-        "not utf8": b'{"y": "\xff"}', "too many draws": b'{"y": [' + b",".join([b"1.0"] * 5000) + b'], "num_samples": 1000}',
+        "y string": b'{"y": "abc"}',
+        "y list with bad values": b'{"y": [1, "a", 3, null]}',
+        "y 1e400": b'{"y": 1e400}',
+        "y 10**400": b'{"y": ' + b"1" + b"0" * 400 + b"}",
+        "y 2e9": b'{"y": 2e9}',
+        "n 0": b'{"y": 1, "num_samples": 0}',
+        "unknown field": b'{"y": 1, "foo": 2}',
+        "bad objective": b'{"y": 1, "objective": "kl"}',
+        "not json": b"{y: 1",
+        "not utf8": b'{"y": "\xff"}',
+        "too many draws": b'{"y": [' + b",".join([b"1.0"] * 5000) + b'], "num_samples": 1000}',
     }.items():
         out.append((f"bad: {name}", url, None, raw, {"content-type": "application/json"}))
     out.append(("bad: no content type", url, None, b'{"y": 1}', {}))
     out.append(("bad: unknown model", "POST /v1/models/nosuch/posterior", {"y": 1.0}, None, {}))
-    out.append(("bad: br encoding", url, None, b'{"y": 1}', {"content-type": "application/json", "content-encoding": "br"}))
+    out.append(
+        ("bad: br encoding", url, None, b'{"y": 1}', {"content-type": "application/json", "content-encoding": "br"})
+    )
     for path in ("/v1/models", "/health/live", "/health/ready", "/openapi.json"):
         out.append((f"get {path}", f"GET {path}", None, None, {}))
     return out
@@ -78,9 +117,11 @@ def record(root: Path, artifacts: Path, out: Path) -> None:
             if path == "/health/ready":  # names the answering process (its pid): the same code differs by run
                 content = json.dumps({k: v for k, v in response.json().items() if k != "worker"}).encode()
             results[name] = {
-                "status": response.status_code, "content_type": response.headers.get("content-type"),
+                "status": response.status_code,
+                "content_type": response.headers.get("content-type"),
                 "sha256": hashlib.sha256(content).hexdigest(),
-                "body": content.decode() if len(content) < 4000 and response.headers.get("content-type", "").startswith("application/json")
+                "body": content.decode()
+                if len(content) < 4000 and response.headers.get("content-type", "").startswith("application/json")
                 else base64.b64encode(content[:200]).decode(),
             }
     out.write_text(json.dumps(results, indent=1))
@@ -89,12 +130,20 @@ def record(root: Path, artifacts: Path, out: Path) -> None:
 
 def compare(old: Path, new: Path) -> int:
     a, b = json.loads(old.read_text()), json.loads(new.read_text())
-    differ = [name for name in a if name not in b or {k: a[name][k] for k in ("status", "content_type", "sha256")}
-              != {k: b[name][k] for k in ("status", "content_type", "sha256")}]
+    differ = [
+        name
+        for name in a
+        if name not in b
+        or {k: a[name][k] for k in ("status", "content_type", "sha256")}
+        != {k: b[name][k] for k in ("status", "content_type", "sha256")}
+    ]
     missing = [name for name in b if name not in a]
     for name in differ[:20]:
         print(f"DIFFERS: {name}\n  old: {a[name]}\n  new: {b.get(name)}")
-    print(f"{len(a)} responses compared: {len(a) - len(differ)} identical to the byte, {len(differ)} differ, {len(missing)} only in the new")
+    print(
+        f"{len(a)} responses compared: {len(a) - len(differ)} identical to the byte, {len(differ)} differ, "
+        f"{len(missing)} only in the new"
+    )
     return 1 if differ or missing else 0
 
 

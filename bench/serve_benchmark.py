@@ -11,8 +11,6 @@ Rounds alternate between the endpoints; medians are reported.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 import importlib.util
 import json
 import os
@@ -20,8 +18,10 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import httpx
 
@@ -32,15 +32,26 @@ from tests.launch import ROOT, start_server, stop_server
 def wrk(url: str, body: dict, seconds: int, connections: int) -> dict[str, float]:
     """requests/s and p50/p99 latency (ms) of POSTing ``body`` to ``url``."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\nwrk.headers["Content-Type"] = "application/json"\n')
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, url],
-                         capture_output=True, text=True, check=True).stdout
+        script.write(
+            f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\nwrk.headers["Content-Type"] = '
+            '"application/json"\n'
+        )
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     os.unlink(script.name)
     if re.search(r"Non-2xx or 3xx responses: (\d+)", out):
         raise SystemExit(f"errors from {url}:\n{out}")
     unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
     latency = {p: float(v) * unit[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)", out, re.MULTILINE)}
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "p50": latency["50"], "p99": latency["99"]}
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50": latency["50"],
+        "p99": latency["99"],
+    }
 
 
 def stack() -> str:
@@ -55,7 +66,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--models", nargs="+", default=["gmm_open", "gmm"])
-    parser.add_argument("--http", default="auto", help="uvicorn's HTTP implementation: auto (httptools when installed), h11")
+    parser.add_argument(
+        "--http", default="auto", help="uvicorn's HTTP implementation: auto (httptools when installed), h11"
+    )
     parser.add_argument("--loop", default="auto", help="uvicorn's event loop: auto (uvloop when installed), asyncio")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -73,11 +86,21 @@ def main() -> None:
             runs: dict[str, list[dict[str, float]]] = {"bare": [], "posterior": [], "no cross-check": []}
             for _ in range(args.rounds):
                 runs["bare"].append(wrk(f"{base}/v1/_bench/bare/{model}", body, args.seconds, args.connections))
-                runs["posterior"].append(wrk(f"{base}/v1/models/{model}/posterior", body, args.seconds, args.connections))
-                runs["no cross-check"].append(
-                    wrk(f"{base}/v1/models/{model}/posterior", {**body, "cross_check": False}, args.seconds, args.connections)
+                runs["posterior"].append(
+                    wrk(f"{base}/v1/models/{model}/posterior", body, args.seconds, args.connections)
                 )
-            medians = {name: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99")} for name, rs in runs.items()}
+                runs["no cross-check"].append(
+                    wrk(
+                        f"{base}/v1/models/{model}/posterior",
+                        {**body, "cross_check": False},
+                        args.seconds,
+                        args.connections,
+                    )
+                )
+            medians = {
+                name: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99")}
+                for name, rs in runs.items()
+            }
             rows.append((model, size, bare_size, medians))
         ys = [round(-20 + 40 * i / 999, 4) for i in range(1000)]
         batch_times = []
@@ -89,9 +112,11 @@ def main() -> None:
         batch_bytes = len(response.content)
     finally:
         stop_server(server)
-    print(f"one uvicorn worker (--http {args.http} --loop {args.loop}: {stack()}), wrk -t1 -c{args.connections},"
-          f" {args.rounds} alternating rounds of {args.seconds} s, medians;"
-          f" body {json.dumps(body)}")
+    print(
+        f"one uvicorn worker (--http {args.http} --loop {args.loop}: {stack()}), wrk -t1 -c{args.connections},"
+        f" {args.rounds} alternating rounds of {args.seconds} s, medians;"
+        f" body {json.dumps(body)}"
+    )
     print("| model | endpoint | bytes | req/s | p50 ms | p99 ms | throughput / bare |")
     print("|---|---|---|---|---|---|---|")
     for model, size, bare_size, medians in rows:
@@ -99,8 +124,10 @@ def main() -> None:
             m = medians[name]
             ratio = m["rps"] / medians["bare"]["rps"]
             print(f"| {model} | {name} | {nbytes} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {ratio:.2f} |")
-    print(f"one request with 1000 observations x 1000 samples (gmm_open): median {statistics.median(batch_times):.2f} s"
-          f" over 3, {batch_bytes / 1e6:.1f} MB")
+    print(
+        f"one request with 1000 observations x 1000 samples (gmm_open): median {statistics.median(batch_times):.2f} s"
+        f" over 3, {batch_bytes / 1e6:.1f} MB"
+    )
 
 
 if __name__ == "__main__":

@@ -57,8 +57,14 @@ def main() -> None:
     memory: list[tuple[float, int]] = []
     try:
         memory.append((0.0, resident_bytes(server.pid)))
-        run = drive(url, posterior_mix(args.models), args.connections, args.minutes * 60, seed=2,
-                    on_tick=lambda t, _: memory.append((t, resident_bytes(server.pid))))
+        run = drive(
+            url,
+            posterior_mix(args.models),
+            args.connections,
+            args.minutes * 60,
+            seed=2,
+            on_tick=lambda t, _: memory.append((t, resident_bytes(server.pid))),
+        )
         memory.append((run.wall, resident_bytes(server.pid)))
     finally:
         stop_server(server)
@@ -67,33 +73,55 @@ def main() -> None:
         return min(memory, key=lambda m: abs(m[0] - t))[1]
 
     minutes = int(round(args.minutes))
-    print(f"soak: python -m service, {args.workers} worker(s), {args.connections} connections, {run.wall / 60:.1f} min,"
-          f" {len(run.records)} requests ({len(run.records) / run.wall:.0f}/s)")
-    print(f"machine load average (1 min) before / after: {load_before[0]:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"load generator (bench/load.py, asyncio + uvloop): {run.cpu:.0f} s CPU = {100 * run.cpu / run.wall:.0f}% of one core")
+    print(
+        f"soak: python -m service, {args.workers} worker(s), {args.connections} connections, {run.wall / 60:.1f} min,"
+        f" {len(run.records)} requests ({len(run.records) / run.wall:.0f}/s)"
+    )
+    print(
+        f"machine load average (1 min) before / after: {load_before[0]:.1f} / {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} cores"
+    )
+    print(
+        f"load generator (bench/load.py, asyncio + uvloop): {run.cpu:.0f} s CPU = {100 * run.cpu / run.wall:.0f}% "
+        "of one core"
+    )
     print("| minute | requests | p50 ms | p99 ms | 2xx | 4xx | 5xx | connection errors | RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|")
     for m in range(minutes):
         window = run.window(60 * m, 60 * (m + 1))
         answered = [r for r in window if r.status == 200]
         classes = Counter(f"{r.status // 100}xx" if r.status else "conn" for r in window)
-        print(f"| {m + 1} | {len(window)} | {percentile(answered, 50):.1f} | {percentile(answered, 99):.1f} | {classes['2xx']} |"
-              f" {classes['4xx']} | {classes['5xx']} | {classes['conn']} | {rss_at(60 * (m + 1)) / 2**20:.0f} |")
+        print(
+            f"| {m + 1} | {len(window)} | {percentile(answered, 50):.1f} | {percentile(answered, 99):.1f} | "
+            f"{classes['2xx']} |"
+            f" {classes['4xx']} | {classes['5xx']} | {classes['conn']} | {rss_at(60 * (m + 1)) / 2**20:.0f} |"
+        )
     kinds = Counter((r.kind, r.status) for r in run.records)
-    print("by kind and status: " + ", ".join(f"{kind} {status or 'conn'}: {n}" for (kind, status), n in sorted(kinds.items())))
+    print(
+        "by kind and status: "
+        + ", ".join(f"{kind} {status or 'conn'}: {n}" for (kind, status), n in sorted(kinds.items()))
+    )
     errors = sum(1 for r in run.records if r.status >= 500)
     broken = [r for r in run.records if r.status == 0]
     bad_ok = sum(1 for r in run.records if r.kind == "bad" and r.status < 400)
     base, end = rss_at(60), memory[-1][1]
     growth = (end - base) / base
     first, last = run.window(0, 60), run.window(run.wall - 60, run.wall)
-    print(f"5xx responses: {errors}; connection errors: {len(broken)}" + (f" ({Counter(r.error for r in broken)})" if broken else "")
-          + f"; bad requests answered 2xx: {bad_ok}")
-    print(f"resident memory: {memory[0][1] / 2**20:.0f} MB at start, {base / 2**20:.0f} MB after the first minute,"
-          f" {end / 2**20:.0f} MB at the end: growth after warm-up {100 * growth:+.2f}%")
-    print(f"p99 first minute {percentile([r for r in first if r.status == 200], 99):.1f} ms,"
-          f" last minute {percentile([r for r in last if r.status == 200], 99):.1f} ms"
-          f" (p50 {percentile([r for r in first if r.status == 200], 50):.1f} / {percentile([r for r in last if r.status == 200], 50):.1f} ms)")
+    print(
+        f"5xx responses: {errors}; connection errors: {len(broken)}"
+        + (f" ({Counter(r.error for r in broken)})" if broken else "")
+        + f"; bad requests answered 2xx: {bad_ok}"
+    )
+    print(
+        f"resident memory: {memory[0][1] / 2**20:.0f} MB at start, {base / 2**20:.0f} MB after the first minute,"
+        f" {end / 2**20:.0f} MB at the end: growth after warm-up {100 * growth:+.2f}%"
+    )
+    print(
+        f"p99 first minute {percentile([r for r in first if r.status == 200], 99):.1f} ms,"
+        f" last minute {percentile([r for r in last if r.status == 200], 99):.1f} ms"
+        f" (p50 {percentile([r for r in first if r.status == 200], 50):.1f} / "
+        f"{percentile([r for r in last if r.status == 200], 50):.1f} ms)"
+    )
     passed = errors == 0 and not broken and bad_ok == 0 and growth < 0.05
     print("PASS" if passed else "FAIL")
     sys.exit(0 if passed else 1)

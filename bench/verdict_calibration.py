@@ -35,8 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.answers import answer  # noqa: E402
-from service.answers import PosteriorQuery  # noqa: E402
+from service.answers import PosteriorQuery, answer
 from service.registry import Registry  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
@@ -68,8 +67,12 @@ def main() -> None:
     parser.add_argument("--artifacts", type=Path, default=Settings().artifacts_dir)
     parser.add_argument("--sizes", type=int, nargs="*", default=list(SAMPLE_SIZES), help="num_samples values")
     parser.add_argument("--examples", type=int, default=5, help="print this many false-reliable answers")
-    parser.add_argument("--models", nargs="*", default=list(DEFAULTS),
-                        help="variants to answer (default: the four default models); 'all' for every served variant")
+    parser.add_argument(
+        "--models",
+        nargs="*",
+        default=list(DEFAULTS),
+        help="variants to answer (default: the four default models); 'all' for every served variant",
+    )
     args = parser.parse_args()
 
     registry = Registry(args.artifacts)
@@ -86,9 +89,18 @@ def main() -> None:
         for objective in served.objectives:
             for n in args.sizes:
                 for seed in range(args.seeds):
-                    query = PosteriorQuery(served, ys, objective, n, seed, resample=False, cross_check=True,
-                                  check_samples=settings.cross_check_samples)
-                    as_json = orjson.loads(orjson.dumps(answer(query), option=orjson.OPT_SERIALIZE_NUMPY))  # NaN -> null
+                    query = PosteriorQuery(
+                        served,
+                        ys,
+                        objective,
+                        n,
+                        seed,
+                        resample=False,
+                        cross_check=True,
+                        check_samples=settings.cross_check_samples,
+                    )
+                    # NaN -> null
+                    as_json = orjson.loads(orjson.dumps(answer(query), option=orjson.OPT_SERIALIZE_NUMPY))
                     for i, result in enumerate(as_json):
                         wrong = is_wrong(result, float(log_z[i]), float(means[i]), float(stds[i]))
                         verdict = result["diagnostics"]["verdict"]
@@ -103,8 +115,10 @@ def main() -> None:
                                 if len(examples) < args.examples:
                                     d = result["diagnostics"]
                                     examples.append(
-                                        f"{name}/{objective} y={ys[i]:.3f} N={n} seed={result['seed']}: log Z {d['log_evidence']:.4f}"
-                                        f" (exact {float(log_z[i]):.4f}, se {d['log_evidence_se']}), mean {d['posterior_mean_x']:.3f}"
+                                        f"{name}/{objective} y={ys[i]:.3f} N={n} seed={result['seed']}: log Z "
+                                        f"{d['log_evidence']:.4f}"
+                                        f" (exact {float(log_z[i]):.4f}, se {d['log_evidence_se']}), mean "
+                                        f"{d['posterior_mean_x']:.3f}"
                                         f" (exact {float(means[i]):.3f}); {d['reason']}"
                                     )
                         elif n >= 100 and served.model.name in CONTAINING and served.model.family_contains_posterior:
@@ -112,10 +126,14 @@ def main() -> None:
                             row["false_alarm"] += verdict == "unreliable"
     elapsed = time.perf_counter() - started
 
-    print(f"verdict calibration: {', '.join(sorted(chosen))}, {args.seeds} seeds, {args.observations} + 1 observations "
-          f"per model, cross-check budget {settings.cross_check_samples} draws ({elapsed:.0f} s)")
-    print("| N | answers | called reliable | wrong | wrong called reliable | false_reliable | right (N>=100, exact family) "
-          "| called unreliable | false_alarm |")
+    print(
+        f"verdict calibration: {', '.join(sorted(chosen))}, {args.seeds} seeds, {args.observations} + 1 observations "
+        f"per model, cross-check budget {settings.cross_check_samples} draws ({elapsed:.0f} s)"
+    )
+    print(
+        "| N | answers | called reliable | wrong | wrong called reliable | false_reliable | right (N>=100, exact "
+        "family) | called unreliable | false_alarm |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     total: dict[str, int] = defaultdict(int)
 
@@ -126,10 +144,16 @@ def main() -> None:
         row = per_n[n]
         for key, value in row.items():
             total[key] += value
-        print(f"| {n} | {row['answers']} | {row['reliable']} | {row['wrong']} | {row['false_reliable']} | {share(row['false_reliable'], row['wrong'])} "
-              f"| {row['right_checked']} | {row['false_alarm']} | {share(row['false_alarm'], row['right_checked'])} |")
-    print(f"| total | {total['answers']} | {total['reliable']} | {total['wrong']} | {total['false_reliable']} | {share(total['false_reliable'], total['wrong'])} "
-          f"| {total['right_checked']} | {total['false_alarm']} | {share(total['false_alarm'], total['right_checked'])} |")
+        print(
+            f"| {n} | {row['answers']} | {row['reliable']} | {row['wrong']} | {row['false_reliable']} | "
+            f"{share(row['false_reliable'], row['wrong'])} "
+            f"| {row['right_checked']} | {row['false_alarm']} | {share(row['false_alarm'], row['right_checked'])} |"
+        )
+    print(
+        f"| total | {total['answers']} | {total['reliable']} | {total['wrong']} | {total['false_reliable']} | "
+        f"{share(total['false_reliable'], total['wrong'])} "
+        f"| {total['right_checked']} | {total['false_alarm']} | {share(total['false_alarm'], total['right_checked'])} |"
+    )
     for example in examples:
         print("false reliable:", example)
 

@@ -47,10 +47,17 @@ def cpu_seconds(pid: int) -> float:
 
 def wrk(url: str, body: dict, seconds: int, connections: int, server_pid: int) -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\nwrk.headers["Content-Type"] = "application/json"\n')
+        script.write(
+            f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\nwrk.headers["Content-Type"] = '
+            '"application/json"\n'
+        )
     before, server_before = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_seconds(server_pid)
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, url],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     after, server_after = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_seconds(server_pid)
     os.unlink(script.name)
     if re.search(r"Non-2xx or 3xx responses: (\d+)", out):
@@ -60,8 +67,14 @@ def wrk(url: str, body: dict, seconds: int, connections: int, server_pid: int) -
     wrk_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     server_cpu = server_after - server_before
-    return {"rps": rps, "p50": latency["50"], "p99": latency["99"], "wrk_cpu": 100 * wrk_cpu / seconds,
-            "server_cpu": 100 * server_cpu / seconds, "per_cpu": rps * seconds / server_cpu}
+    return {
+        "rps": rps,
+        "p50": latency["50"],
+        "p99": latency["99"],
+        "wrk_cpu": 100 * wrk_cpu / seconds,
+        "server_cpu": 100 * server_cpu / seconds,
+        "per_cpu": rps * seconds / server_cpu,
+    }
 
 
 def main() -> None:
@@ -84,18 +97,28 @@ def main() -> None:
             wrk(f"{url}/v1/models/{args.model}/posterior", body, 3, args.connections, servers[workers][0].pid)
         for _ in range(args.rounds):
             for workers, (process, url) in servers.items():
-                runs[workers].append(wrk(f"{url}/v1/models/{args.model}/posterior", body, args.seconds, args.connections, process.pid))
+                runs[workers].append(
+                    wrk(f"{url}/v1/models/{args.model}/posterior", body, args.seconds, args.connections, process.pid)
+                )
     finally:
         for process, _ in servers.values():
             stop_server(process)
-    print(f"{args.model}, one y x 1000 samples with cross-check; wrk -t1 -c{args.connections}, {args.rounds} alternating rounds"
-          f" of {args.seconds} s, medians; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")
-    print("| workers | req/s (rounds) | p50 ms | p99 ms | server CPU, % of one core | requests per server CPU-second | wrk CPU, % of one core |")
+    print(
+        f"{args.model}, one y x 1000 samples with cross-check; wrk -t1 -c{args.connections}, {args.rounds} alternating "
+        f"rounds of {args.seconds} s, medians; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end"
+    )
+    print(
+        "| workers | req/s (rounds) | p50 ms | p99 ms | server CPU, % of one core | requests per server CPU-second | "
+        "wrk CPU, % of one core |"
+    )
     print("|---|---|---|---|---|---|---|")
     for workers, rs in runs.items():
         m = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
-        print(f"| {workers} | {m['rps']:.0f} ({' / '.join(str(round(r['rps'])) for r in rs)}) | {m['p50']:.2f} | {m['p99']:.2f} |"
-              f" {m['server_cpu']:.0f} | {m['per_cpu']:.0f} | {m['wrk_cpu']:.0f} |")
+        print(
+            f"| {workers} | {m['rps']:.0f} ({' / '.join(str(round(r['rps'])) for r in rs)}) | {m['p50']:.2f} | "
+            f"{m['p99']:.2f} |"
+            f" {m['server_cpu']:.0f} | {m['per_cpu']:.0f} | {m['wrk_cpu']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """A small Python client for the service, returning numpy arrays.
 
-    from client import AmortizedClient
-    with AmortizedClient("http://127.0.0.1:8000") as api:
-        answer = api.posterior("gmm", 0.0, objective="qp", num_samples=1000, seed=7)
-        answer.x, answer.latents["z"], answer.log_weights, answer.diagnostics["verdict"]
+from client import AmortizedClient
+with AmortizedClient("http://127.0.0.1:8000") as api:
+    answer = api.posterior("gmm", 0.0, objective="qp", num_samples=1000, seed=7)
+    answer.x, answer.latents["z"], answer.log_weights, answer.diagnostics["verdict"]
 """
 
 from __future__ import annotations
@@ -25,7 +25,11 @@ class ApiError(Exception):
 
 def column(values: list) -> np.ndarray:
     """A sample column as numpy: float64, with NaN where the latent does not exist (null)."""
-    return np.array([np.nan if v is None else v for v in values], dtype=float) if None in values else np.asarray(values, dtype=float)
+    return (
+        np.array([np.nan if v is None else v for v in values], dtype=float)
+        if None in values
+        else np.asarray(values, dtype=float)
+    )
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,13 @@ class AmortizedClient:
 
         ``version`` pins the network (see ``models()``); a version not served raises ApiError with status 409.
         """
-        body = {"y": y, "objective": objective, "num_samples": num_samples, "resample": resample, "cross_check": cross_check}
+        body: dict[str, Any] = {
+            "y": y,
+            "objective": objective,
+            "num_samples": num_samples,
+            "resample": resample,
+            "cross_check": cross_check,
+        }
         if seed is not None:
             body["seed"] = seed
         if version is not None:

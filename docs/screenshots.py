@@ -1,6 +1,6 @@
 """Screenshots of the pages for the README, taken in headless Chromium against a live server.
 
-    .venv/bin/python docs/screenshots.py    # writes docs/landing.png, docs/swagger.png, docs/explorer.png
+.venv/bin/python docs/screenshots.py    # writes docs/landing.png, docs/swagger.png, docs/explorer.png
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ def main() -> int:
     if reason:
         print(f"cannot take screenshots: {reason}", file=sys.stderr)
         return 1
-    process, url = start_server({"AMORTIZED_ARTIFACTS_DIR": str(ROOT / "artifacts")}, "--log-level", "warning", "--no-access-log", timeout=120)
+    process, url = start_server(
+        {"AMORTIZED_ARTIFACTS_DIR": str(ROOT / "artifacts")}, "--log-level", "warning", "--no-access-log", timeout=120
+    )
     try:
         with chromium(viewport=(1360, 900)) as context:
             page = context.new_page()
@@ -34,7 +36,9 @@ def main() -> int:
             page.goto(f"{url}/docs")
             operation = page.locator("#operations-posterior-posterior_v1_models__model__posterior_post")
             operation.locator(".opblock-summary").click()
-            operation.locator(".examples-select select").select_option(label="gmm: both losses at y = 0 (the seed's contrast)")
+            operation.locator(".examples-select select").select_option(
+                label="gmm: both losses at y = 0 (the seed's contrast)"
+            )
             page.wait_for_load_state("networkidle")
             operation.scroll_into_view_if_needed()
             page.evaluate("() => window.scrollBy(0, -80)")

@@ -1,4 +1,6 @@
-"""The server's entry point: ``python -m service [uvicorn options]`` (what ``make serve``, the image, compose and Kubernetes run).
+"""The server's entry point.
+
+``python -m service [uvicorn options]`` (what ``make serve``, the image, compose and Kubernetes run).
 
 It runs ``uvicorn --factory service.main:create_app`` with what must happen
 once per start, before any worker exists:

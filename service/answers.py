@@ -22,6 +22,7 @@ from amortized.losses import OTHER_OBJECTIVE
 from service.registry import ServedModel
 from service.schemas import requested_objectives
 
+
 def samples_columns(served: ServedModel, branch: np.ndarray, x: np.ndarray) -> list[dict[str, Any]]:
     """Per observation: {"x": [...], latent: [...]} with None where a latent does not exist in a sample.
 
@@ -43,7 +44,12 @@ def probabilities(served: ServedModel, branch_probabilities: np.ndarray) -> list
 
 def q_branches(served: ServedModel, q: BranchedNormal) -> list[dict[str, Any]]:
     return [
-        {"branches": [{"latents": latents, "probability": p, "mean": m, "std": s} for latents, p, m, s in zip(served.branch_latents, *row)]}
+        {
+            "branches": [
+                {"latents": latents, "probability": p, "mean": m, "std": s}
+                for latents, p, m, s in zip(served.branch_latents, *row)
+            ]
+        }
         for row in zip(q.probs.tolist(), q.means.tolist(), q.stds.tolist())
     ]
 
@@ -65,7 +71,15 @@ class PosteriorQuery:
     @property
     def batch_key(self) -> Hashable:
         """Queries with the same key can share one vectorised call (networks run on them stacked)."""
-        return id(self.served), len(self.y), self.objective, self.num_samples, self.resample, self.cross_check, self.check_samples
+        return (
+            id(self.served),
+            len(self.y),
+            self.objective,
+            self.num_samples,
+            self.resample,
+            self.cross_check,
+            self.check_samples,
+        )
 
     @property
     def row_seeds(self) -> list[int]:
@@ -94,36 +108,76 @@ def per_row(columns: dict[str, np.ndarray]) -> list[dict[str, Any]]:
 
 
 def results_for(
-    served: ServedModel, y: np.ndarray, seeds: list[int], objective: str, q: BranchedNormal, other: BranchedNormal | None,
-    truth: tuple[BranchedNormal, np.ndarray], num_samples: int, resample: bool, check_samples: int, unchecked: str,
+    served: ServedModel,
+    y: np.ndarray,
+    seeds: list[int],
+    objective: str,
+    q: BranchedNormal,
+    other: BranchedNormal | None,
+    truth: tuple[BranchedNormal, np.ndarray],
+    num_samples: int,
+    resample: bool,
+    check_samples: int,
+    unchecked: str,
 ) -> list[dict[str, Any]]:
     """The answer of one compiled network for every observation in ``y`` (``truth``: exact posterior and evidence).
 
     Each observation draws from a generator of its own, seeded by its entry in ``seeds``.
     """
     analysis = analyse(
-        served.model, y, q, num_samples, generator_for(seeds), other=other, resample=resample,
-        check_samples=check_samples, unchecked=unchecked,
+        served.model,
+        y,
+        q,
+        num_samples,
+        generator_for(seeds),
+        other=other,
+        resample=resample,
+        check_samples=check_samples,
+        unchecked=unchecked,
     )
     exact = exact_summary(served.model, truth, q)
     check = analysis.cross_check
     # variants: the version of every network that produced this answer (this one, and the cross-check's)
-    versions = {name: served.artifacts[name].version for name in ([objective] + ([OTHER_OBJECTIVE[objective]] if other is not None else []))}
-    estimates = per_row({
-        "ess": analysis.ess, "ess_fraction": analysis.ess_fraction, "log_evidence": analysis.log_evidence,
-        "log_evidence_se": analysis.log_evidence_se, "elbo": analysis.elbo, "pareto_k": analysis.pareto_k,
-    })
+    versions = {
+        name: served.artifacts[name].version
+        for name in ([objective] + ([OTHER_OBJECTIVE[objective]] if other is not None else []))
+    }
+    estimates = per_row(
+        {
+            "ess": analysis.ess,
+            "ess_fraction": analysis.ess_fraction,
+            "log_evidence": analysis.log_evidence,
+            "log_evidence_se": analysis.log_evidence_se,
+            "elbo": analysis.elbo,
+            "pareto_k": analysis.pareto_k,
+        }
+    )
     moments = per_row({"posterior_mean_x": analysis.mean_x, "posterior_std_x": analysis.std_x})
-    exact_rows = per_row({
-        "log_evidence": exact["log_evidence"], "posterior_mean_x": exact["mean_x"], "posterior_std_x": exact["std_x"],
-        "kl_pq": exact["kl_pq"], "kl_qp": exact["kl_qp"],
-    })
-    checks = None if check is None else per_row({
-        "log_evidence_other": check.log_evidence_other, "log_evidence_other_se": check.log_evidence_other_se,
-        "log_evidence_mixture": check.log_evidence_mixture, "log_evidence_mixture_se": check.log_evidence_mixture_se,
-        "missed_mass": check.missed_mass, "missed_mass_se": check.missed_mass_se,
-        "consistent": check.consistent, "misses_mass": check.misses_mass,
-    })
+    exact_rows = per_row(
+        {
+            "log_evidence": exact["log_evidence"],
+            "posterior_mean_x": exact["mean_x"],
+            "posterior_std_x": exact["std_x"],
+            "kl_pq": exact["kl_pq"],
+            "kl_qp": exact["kl_qp"],
+        }
+    )
+    checks = (
+        None
+        if check is None
+        else per_row(
+            {
+                "log_evidence_other": check.log_evidence_other,
+                "log_evidence_other_se": check.log_evidence_other_se,
+                "log_evidence_mixture": check.log_evidence_mixture,
+                "log_evidence_mixture_se": check.log_evidence_mixture_se,
+                "missed_mass": check.missed_mass,
+                "missed_mass_se": check.missed_mass_se,
+                "consistent": check.consistent,
+                "misses_mass": check.misses_mass,
+            }
+        )
+    )
     samples = samples_columns(served, analysis.branch, analysis.x)
     resampled = None
     if analysis.resampled_branch is not None and analysis.resampled_x is not None:
@@ -133,14 +187,30 @@ def results_for(
     out = []
     for i, (y_i, seed, q_i) in enumerate(zip(y.tolist(), seeds, q_branches(served, q))):
         diagnostics = {
-            **estimates[i], "num_samples": num_samples, "verdict": analysis.verdict[i], "reason": analysis.reason[i],
-            **moments[i], "discrete_probabilities": estimated[i], "cross_check": None,
+            **estimates[i],
+            "num_samples": num_samples,
+            "verdict": analysis.verdict[i],
+            "reason": analysis.reason[i],
+            **moments[i],
+            "discrete_probabilities": estimated[i],
+            "cross_check": None,
         }
         if check is not None and checks is not None:
-            diagnostics["cross_check"] = {"other_objective": OTHER_OBJECTIVE[objective], "num_samples": check.num_samples, **checks[i]}
+            diagnostics["cross_check"] = {
+                "other_objective": OTHER_OBJECTIVE[objective],
+                "num_samples": check.num_samples,
+                **checks[i],
+            }
         result = {
-            "model": served.name, "versions": versions, "seed": seed, "y": y_i, "objective": objective, "q": q_i,
-            "samples": samples[i], "log_weights": analysis.log_weights[i], "diagnostics": diagnostics,
+            "model": served.name,
+            "versions": versions,
+            "seed": seed,
+            "y": y_i,
+            "objective": objective,
+            "q": q_i,
+            "samples": samples[i],
+            "log_weights": analysis.log_weights[i],
+            "diagnostics": diagnostics,
             "exact": {**exact_rows[i], "discrete_probabilities": exact_probabilities[i]},
         }
         if resampled is not None:
@@ -164,18 +234,31 @@ def answer_batch(queries: list[PosteriorQuery]) -> list[list[dict[str, Any]]]:
     first = queries[0]
     served, objective, cross_check = first.served, first.objective, first.cross_check
     objectives = requested_objectives(objective)
-    stacked = np.array([query.y for query in queries], dtype=np.float64)  # (queries, observations): same length by the key
+    # (queries, observations): same length by the key
+    stacked = np.array([query.y for query in queries], dtype=np.float64)
     y, count = stacked.reshape(-1), stacked.shape[1]
     seeds = [seed for query in queries for seed in query.row_seeds]
-    needed = set(objectives) | ({OTHER_OBJECTIVE[o] for o in objectives} & set(served.artifacts) if cross_check else set())
+    needed = set(objectives) | (
+        {OTHER_OBJECTIVE[o] for o in objectives} & set(served.artifacts) if cross_check else set()
+    )
     # each observation a stack item of its own: its network output is one BLAS call whatever else is asked (numpy_mlp)
     qs = {name: q.flatten() for name, q in served.forward(sorted(needed), y[:, None]).items()}
     truth = served.model.exact_posterior_and_evidence(y)  # shared by both objectives
     per_objective = {
         name: results_for(
-            served, y, seeds, name, qs[name], qs.get(OTHER_OBJECTIVE[name]) if cross_check else None, truth,
-            first.num_samples, first.resample, first.check_samples,
-            "cross_check was false" if not cross_check else f"{OTHER_OBJECTIVE[name]} is not compiled for {served.model.name}",
+            served,
+            y,
+            seeds,
+            name,
+            qs[name],
+            qs.get(OTHER_OBJECTIVE[name]) if cross_check else None,
+            truth,
+            first.num_samples,
+            first.resample,
+            first.check_samples,
+            "cross_check was false"
+            if not cross_check
+            else f"{OTHER_OBJECTIVE[name]} is not compiled for {served.model.name}",
         )
         for name in objectives
     }
@@ -192,4 +275,3 @@ def answer_batch(queries: list[PosteriorQuery]) -> list[list[dict[str, Any]]]:
 def answer(query: PosteriorQuery) -> list[dict[str, Any]]:
     """One query's answer, per observation."""
     return answer_batch([query])[0]
-

@@ -36,7 +36,10 @@ class MicroBatcher:
     """
 
     def __init__(
-        self, answer_batch: Callable[[list[PosteriorQuery]], list[Any]], max_size: int, observe: Callable[[int], None] = lambda size: None
+        self,
+        answer_batch: Callable[[list[PosteriorQuery]], list[Any]],
+        max_size: int,
+        observe: Callable[[int], None] = lambda size: None,
     ) -> None:
         self.answer_batch, self.max_size, self.observe = answer_batch, max_size, observe
         self.open: dict[Hashable, list[tuple[PosteriorQuery, asyncio.Future]]] = {}
@@ -58,7 +61,9 @@ class MicroBatcher:
     def _close(self, key: Hashable) -> None:
         del self.open[key], self.sizes[key]
 
-    def _run(self, key: Hashable, batch: list[tuple[PosteriorQuery, asyncio.Future]], quiet_turns: int, seen: int) -> None:
+    def _run(
+        self, key: Hashable, batch: list[tuple[PosteriorQuery, asyncio.Future]], quiet_turns: int, seen: int
+    ) -> None:
         """Answer ``batch`` once it has stopped growing, then hand each query its answer.
 
         A request read from its socket in one turn of the loop joins the batch

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Path, Request
 
 from service.errors import ApiError
 from service.metrics import Metrics
 from service.registry import Registry, ServedModel
+
+if TYPE_CHECKING:
+    from amortized.losses import Objective
 
 
 async def get_registry(request: Request) -> Registry:
@@ -20,7 +23,8 @@ async def get_metrics(request: Request) -> Metrics:
 
 
 async def get_served_model(
-    request: Request, model: Annotated[str, Path(description="variant name, e.g. gmm_open or gmm_sigma5 (GET /v1/models lists them)")]
+    request: Request,
+    model: Annotated[str, Path(description="variant name, e.g. gmm_open or gmm_sigma5 (GET /v1/models lists them)")],
 ) -> ServedModel:
     """The served variant named in the path, or a 404 that lists the ones that exist.
 
@@ -31,14 +35,21 @@ async def get_served_model(
     served = models.get(model)
     if served is None:
         known = ", ".join(sorted(models)) or "none"
-        refused = "; ".join(f"{objective}: {reason}" for objective, reason in request.app.state.registry.refusals(model).items())
+        refused = "; ".join(
+            f"{objective}: {reason}" for objective, reason in request.app.state.registry.refusals(model).items()
+        )
         if refused:
-            raise ApiError(404, ["path", "model"], f"model {model!r} is not served: its artifacts were refused ({refused}); served models: {known}", "refused")
+            raise ApiError(
+                404,
+                ["path", "model"],
+                f"model {model!r} is not served: its artifacts were refused ({refused}); served models: {known}",
+                "refused",
+            )
         raise ApiError(404, ["path", "model"], f"unknown model {model!r}; served models: {known}", "not_found")
     return served
 
 
-def check_version(pin: str | dict[str, str] | None, objective: str, served: ServedModel) -> None:
+def check_version(pin: str | dict[Objective, str] | dict[str, str] | None, objective: str, served: ServedModel) -> None:
     """A pinned ``version`` must be what is served, else 409 naming the served versions.
 
     A string pins the network of the requested objective; a mapping pins each
@@ -50,14 +61,19 @@ def check_version(pin: str | dict[str, str] | None, objective: str, served: Serv
         return
     if isinstance(pin, str):
         if objective == "both":
-            raise ApiError(422, ["body", "version"], 'with objective "both", pin each network by objective: {"pq": ..., "qp": ...}')
+            raise ApiError(
+                422, ["body", "version"], 'with objective "both", pin each network by objective: {"pq": ..., "qp": ...}'
+            )
         pin = {objective: pin}
     for name, wanted in pin.items():
         artifact = served.artifacts.get(name)
         if artifact is None or wanted not in (artifact.version, artifact.manifest.weights.sha256):
             available = ", ".join(f"{o} {v}" for o, v in served.versions.items()) or "none"
             raise ApiError(
-                409, ["body", "version"], f"version {wanted} of {served.name}/{name} is not served; served versions: {available}", "conflict"
+                409,
+                ["body", "version"],
+                f"version {wanted} of {served.name}/{name} is not served; served versions: {available}",
+                "conflict",
             )
 
 

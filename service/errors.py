@@ -29,7 +29,12 @@ class ApiError(Exception):
 
 
 def error_body(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"detail": [{"loc": list(i.get("loc", [])), "msg": str(i.get("msg", "")), "type": str(i.get("type", "error"))} for i in items]}
+    return {
+        "detail": [
+            {"loc": list(i.get("loc", [])), "msg": str(i.get("msg", "")), "type": str(i.get("type", "error"))}
+            for i in items
+        ]
+    }
 
 
 async def send_error(send: Send, status: int, loc: list[str | int], msg: str, kind: str) -> None:
@@ -45,7 +50,9 @@ async def validation_error(request: Request, exc: RequestValidationError) -> Res
     if "json" not in content_type.lower() and any(tuple(e.get("loc", ()))[:1] == ("body",) for e in exc.errors()):
         # FastAPI reads a body as JSON only when it says so (a CSRF guard); say that, not "not a dictionary"
         msg = f"send the body as JSON with Content-Type: application/json (got {content_type or 'no Content-Type'})"
-        return json_response(error_body([{"loc": ["header", "content-type"], "msg": msg, "type": "unsupported_media_type"}]), 415)
+        return json_response(
+            error_body([{"loc": ["header", "content-type"], "msg": msg, "type": "unsupported_media_type"}]), 415
+        )
     return json_response(error_body(plain_errors(exc.errors())), 422)
 
 
@@ -62,7 +69,9 @@ def plain_errors(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """
     whole = {  # the input at each union location: the scalar member's error carries it whole
         tuple(error["loc"][: error["loc"].index(tag)]): error.get("input")
-        for error in errors for tag in ("constrained-float",) if tag in error.get("loc", ())
+        for error in errors
+        for tag in ("constrained-float",)
+        if tag in error.get("loc", ())
     }
     out = []
     for error in errors:
@@ -77,15 +86,25 @@ def plain_errors(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         item = {**error, "loc": loc}
         value = error.get("input")
         if error.get("type") == "float_type" and isinstance(value, int) and not isinstance(value, bool):
-            item["msg"], item["type"] = f"out of range: {_magnitude(value)} is beyond any float; {RANGE}", "out_of_range"
+            item["msg"], item["type"] = (
+                f"out of range: {_magnitude(value)} is beyond any float; {RANGE}",
+                "out_of_range",
+            )
         elif error.get("type") == "finite_number":
-            item["msg"], item["type"] = f"out of range: not a finite number (infinity, or beyond about 1.8e308); {RANGE}", "out_of_range"
+            item["msg"], item["type"] = (
+                f"out of range: not a finite number (infinity, or beyond about 1.8e308); {RANGE}",
+                "out_of_range",
+            )
         out.append(item)
     return out
 
 
 RANGE = f"observations must be finite numbers within +-{MAX_ABS_Y:.0e}"
-UNION_TAGS = {"constrained-float": "scalar", "list[constrained-float]": "list"}  # pydantic's tags for FiniteFloat | list[FiniteFloat]
+# pydantic's tags for FiniteFloat | list[FiniteFloat]
+UNION_TAGS = {
+    "constrained-float": "scalar",
+    "list[constrained-float]": "list",
+}
 
 
 def _magnitude(value: int) -> str:
@@ -101,7 +120,9 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     loc = ["body"] if exc.status_code in (400, 413) else ["request"]
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     headers = dict(exc.headers) if exc.headers else None
-    return json_response(error_body([{"loc": loc, "msg": detail, "type": f"http_{exc.status_code}"}]), exc.status_code, headers)
+    return json_response(
+        error_body([{"loc": loc, "msg": detail, "type": f"http_{exc.status_code}"}]), exc.status_code, headers
+    )
 
 
 def install(app: FastAPI) -> None:

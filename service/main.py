@@ -1,4 +1,6 @@
-"""The app factory: ``create_app(settings)``, which ``python -m service`` serves as ``uvicorn --factory service.main:create_app``.
+"""The app factory: ``create_app(settings)``.
+
+``python -m service`` serves it as ``uvicorn --factory service.main:create_app``.
 
 Building an app changes nothing process-wide; what a serving process sets for
 itself (torch's threads, the garbage collector) it sets when the app starts
@@ -20,8 +22,8 @@ import torch
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from service import errors
 from amortized.diagnostics import DEFAULT_CHECK_SAMPLES
+from service import errors
 from service.answers import PosteriorQuery, answer_batch
 from service.batching import MicroBatcher
 from service.metrics import Metrics, ResponseMetrics
@@ -64,9 +66,16 @@ def warm_up_model(served: ServedModel, check_samples: int = DEFAULT_CHECK_SAMPLE
     The networks' NumPy weights are copied then too.
     """
     objectives = served.objectives + (["both"] if len(served.objectives) == 2 else [])
-    for objective, resample, cross_check, n in itertools.product(objectives, (False, True), (True, False), (8, check_samples)):
+    for objective, resample, cross_check, n in itertools.product(
+        objectives, (False, True), (True, False), (8, check_samples)
+    ):
         answer_batch([PosteriorQuery(served, [0.0], objective, n, 0, resample, cross_check, check_samples)])
-        answer_batch([PosteriorQuery(served, [0.0, 1.0], objective, n, seed, resample, cross_check, check_samples) for seed in (0, 1)])
+        answer_batch(
+            [
+                PosteriorQuery(served, [0.0, 1.0], objective, n, seed, resample, cross_check, check_samples)
+                for seed in (0, 1)
+            ]
+        )
 
 
 def warm_up(registry: Registry, check_samples: int = DEFAULT_CHECK_SAMPLES) -> None:
@@ -78,7 +87,9 @@ def warm_up(registry: Registry, check_samples: int = DEFAULT_CHECK_SAMPLES) -> N
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """At start, in each serving process: one torch thread, compile the kernels; then what start-up built (torch, the networks, the app) lives as long as the process.
+    """At start, in each serving process: one torch thread, compile the kernels.
+
+    Then what start-up built (torch, the networks, the app) lives as long as the process.
 
     ``gc.freeze`` keeps those ~250k objects out of the collector's full
     passes, which otherwise stall a request now and then for ~80 ms (the p99).
@@ -92,7 +103,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """
     settings: Settings = app.state.settings
     registry: Registry = app.state.registry
-    torch.set_num_threads(1)  # small tensors (the PNG route): threads cost more than they save; workers scale out instead
+    # small tensors (the PNG route): threads cost more than they save; workers scale out instead
+    torch.set_num_threads(1)
     warm_up(registry, settings.cross_check_samples)
     gc.freeze()
     gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *gc.get_threshold()[1:])
@@ -118,8 +130,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Load and verify the artifacts, then build the app; refused artifacts are logged, the rest serve."""
     settings = settings or get_settings()
     # /docs: Swagger UI served from the fastapi-offline package, no CDN (/redoc: routers/pages.py)
-    app = FastAPIOffline(title="Amortized inference service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
-                         static_url="/static/docs", redoc_url=None)
+    app = FastAPIOffline(
+        title="Amortized inference service",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        static_url="/static/docs",
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.state.registry = Registry(settings.artifacts_dir)
     app.state.reload = "not started"
@@ -131,7 +149,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HeadAsGet)
     # outermost: counts every response, the 413s of the body-size limit included
-    app.add_middleware(ResponseMetrics, metrics=app.state.metrics, served=lambda: app.state.registry.models, templates=lambda: list(app.openapi()["paths"]))
+    app.add_middleware(
+        ResponseMetrics,
+        metrics=app.state.metrics,
+        served=lambda: app.state.registry.models,
+        templates=lambda: list(app.openapi()["paths"]),
+    )
     for router in (models.router, posterior.router, exact.router, health.router):
         app.include_router(router)
     pages.install(app)  # / and /explore, and their static files

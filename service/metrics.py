@@ -1,5 +1,7 @@
-"""Prometheus metrics: every HTTP response by route and status, posterior requests per model and objective,
-latency, micro-batch sizes, and the process's memory, CPU and open files.
+"""Prometheus metrics of the service.
+
+Every HTTP response by route and status, posterior requests per model and objective, latency, micro-batch sizes, and the
+process's memory, CPU and open files.
 
 One process, or many: when ``PROMETHEUS_MULTIPROC_DIR`` is set (``python -m
 service`` sets it to a fresh folder at every start, for any number of
@@ -25,9 +27,17 @@ import os
 import re
 import time
 from collections.abc import Callable, Collection
+from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.process_collector import ProcessCollector
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -52,23 +62,34 @@ class Metrics:
         self.folder = multiprocess_dir()
         self.registry = CollectorRegistry()
         self.responses = Counter(
-            "amortized_http_responses", "every HTTP response, by route template (unmatched: no route), method and status code",
-            ["route", "method", "code"], registry=self.registry,
+            "amortized_http_responses",
+            "every HTTP response, by route template (unmatched: no route), method and status code",
+            ["route", "method", "code"],
+            registry=self.registry,
         )
         self.requests = Counter(
             "amortized_posterior_requests",
-            "posterior responses by status code, every one counted: answers, validation errors (422), unknown models and"
-            " objectives (404), bodies too large (413), server errors (5xx). model: a served model or 'unknown';"
+            "posterior responses by status code, every one counted: answers, validation errors (422), unknown models "
+            "and objectives (404), bodies too large (413), server errors (5xx). model: a served model or 'unknown';"
             " objective: pq, qp, both, or 'none' when the body did not validate",
-            ["model", "objective", "code"], registry=self.registry,
+            ["model", "objective", "code"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "amortized_posterior_seconds", "posterior request latency, from the request's arrival to the start of its response",
-            ["model", "objective"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            "amortized_posterior_seconds",
+            "posterior request latency, from the request's arrival to the start of its response",
+            ["model", "objective"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
-        self.observations = Counter("amortized_observations", "observations answered", ["model"], registry=self.registry)
+        self.observations = Counter(
+            "amortized_observations", "observations answered", ["model"], registry=self.registry
+        )
         self.batch_queries = Histogram(
-            "amortized_batch_queries", "queries answered together in one micro-batch", buckets=BATCH_BUCKETS, registry=self.registry
+            "amortized_batch_queries",
+            "queries answered together in one micro-batch",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
         )
         self._children: dict[tuple, tuple] = {}
         self._process_refreshed = 0.0
@@ -76,20 +97,32 @@ class Metrics:
             ProcessCollector(registry=self.registry)
             self.process: dict[str, Gauge] = {}
         else:  # one series per live worker (label pid), refreshed by each worker for itself
-            live = {"multiprocess_mode": "liveall", "registry": self.registry}
+            live: dict[str, Any] = {"multiprocess_mode": "liveall", "registry": self.registry}
             self.process = {
-                "process_resident_memory_bytes": Gauge("process_resident_memory_bytes", "resident memory of each worker", **live),
-                "process_virtual_memory_bytes": Gauge("process_virtual_memory_bytes", "virtual memory of each worker", **live),
-                "process_cpu_seconds_total": Gauge("process_cpu_seconds_total", "user and system CPU time of each worker", **live),
+                "process_resident_memory_bytes": Gauge(
+                    "process_resident_memory_bytes", "resident memory of each worker", **live
+                ),
+                "process_virtual_memory_bytes": Gauge(
+                    "process_virtual_memory_bytes", "virtual memory of each worker", **live
+                ),
+                "process_cpu_seconds_total": Gauge(
+                    "process_cpu_seconds_total", "user and system CPU time of each worker", **live
+                ),
                 "process_open_fds": Gauge("process_open_fds", "open file descriptors of each worker", **live),
                 "process_max_fds": Gauge("process_max_fds", "most file descriptors each worker may open", **live),
-                "process_start_time_seconds": Gauge("process_start_time_seconds", "start of each worker, seconds since the epoch", **live),
+                "process_start_time_seconds": Gauge(
+                    "process_start_time_seconds", "start of each worker, seconds since the epoch", **live
+                ),
             }
-            self.workers = Gauge("amortized_workers", "live worker processes", multiprocess_mode="livesum", registry=self.registry)
+            self.workers = Gauge(
+                "amortized_workers", "live worker processes", multiprocess_mode="livesum", registry=self.registry
+            )
             self.workers.set(1)
             self.refresh_process()
 
-    def record_response(self, route: str, method: str, code: int, model: str | None, objective: str, seconds: float) -> None:
+    def record_response(
+        self, route: str, method: str, code: int, model: str | None, objective: str, seconds: float
+    ) -> None:
         """One HTTP response; ``model`` is set for the posterior route (a served name or "unknown")."""
         key = (route, method, code, model, objective)
         children = self._children.get(key)
@@ -97,7 +130,9 @@ class Metrics:
             status = str(code)
             children = self._children[key] = (
                 self.responses.labels(route, method, status),
-                (self.requests.labels(model, objective, status), self.latency.labels(model, objective)) if model else None,
+                (self.requests.labels(model, objective, status), self.latency.labels(model, objective))
+                if model
+                else None,
             )
         responses, posterior = children
         responses.inc()
@@ -135,7 +170,11 @@ class Metrics:
 
 def forget_dead_workers(folder: str) -> None:
     """Drop the live gauges of workers that no longer run (uvicorn restarts a dead worker under a new pid)."""
-    pids = {int(match.group(1)) for path in glob.glob(os.path.join(folder, "gauge_live*.db")) if (match := LIVE_GAUGE_FILE.search(path))}
+    pids = {
+        int(match.group(1))
+        for path in glob.glob(os.path.join(folder, "gauge_live*.db"))
+        if (match := LIVE_GAUGE_FILE.search(path))
+    }
     for pid in pids:
         try:
             os.kill(pid, 0)
@@ -153,7 +192,9 @@ class ResponseMetrics:
     500s of unhandled errors (counted, then passed on to Starlette's handler).
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, served: Callable[[], Collection[str]], templates: Callable[[], list[str]]) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, served: Callable[[], Collection[str]], templates: Callable[[], list[str]]
+    ) -> None:
         self.app, self.metrics, self.served, self.templates = app, metrics, served, templates
         self._patterns: list[tuple[str, re.Pattern]] | None = None
 

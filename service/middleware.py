@@ -46,7 +46,10 @@ class BodySizeLimit:
 
 
 class ContentEncoding:
-    """ASGI middleware: decode ``Content-Encoding: gzip`` bodies; 415 naming the header for other encodings, 400 for bad gzip."""
+    """ASGI middleware: decode ``Content-Encoding: gzip`` bodies.
+
+    415 naming the header for other encodings, 400 for bad gzip.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -67,7 +70,9 @@ class ContentEncoding:
             try:
                 message = await receive()
             except HTTPException as error:
-                return await send_error(send, error.status_code, ["body"], str(error.detail), f"http_{error.status_code}")
+                return await send_error(
+                    send, error.status_code, ["body"], str(error.detail), f"http_{error.status_code}"
+                )
             if message["type"] == "http.disconnect":
                 return
             body += message.get("body", b"")
@@ -84,7 +89,13 @@ class ContentEncoding:
             msg = f"request body larger than {self.max_bytes} bytes once decoded (AMORTIZED_MAX_BODY_BYTES)"
             return await send_error(send, 413, ["body"], msg, "http_413")
         if not complete:
-            return await send_error(send, 400, ["header", "content-encoding"], "Content-Encoding is gzip, but the gzip data is truncated", "invalid_encoding")
+            return await send_error(
+                send,
+                400,
+                ["header", "content-encoding"],
+                "Content-Encoding is gzip, but the gzip data is truncated",
+                "invalid_encoding",
+            )
         kept = [(n, v) for n, v in headers if n not in (b"content-encoding", b"content-length")]
         scope = {**scope, "headers": [*kept, (b"content-length", str(len(decoded)).encode())]}
         sent = False

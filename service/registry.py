@@ -57,7 +57,9 @@ class ServedModel:
             self.branch_values[name] = np.array(values, dtype=object if None in values else np.int64)
         self.branch_latents = [dict(branch) for branch in self.model.branches]
         # P(latent = value) columns and their labels for the JSON answer (the model computes the marginals)
-        self.value_groups = [(name, [str(v) for v in values], columns) for name, values, columns in self.model.latent_values.groups]
+        self.value_groups = [
+            (name, [str(v) for v in values], columns) for name, values, columns in self.model.latent_values.groups
+        ]
         # the request path runs the networks as NumPy functions of y (weights copied once, on first use)
         self._forwards: dict[tuple[str, ...], Callable[[np.ndarray], list[BranchedNormal]]] = {}
 
@@ -203,10 +205,10 @@ class Registry:
             if entry.artifact is not None:
                 candidates.append(entry.artifact)
                 continue
-            previous = self._last_good.get(path)
-            if previous is not None:  # a broken replacement: the version that loaded keeps serving
-                candidates.append(previous)
-                refused[str(path)] = f"{entry.error} (still serving the previous version, {previous.version})"
+            last_good = self._last_good.get(path)
+            if last_good is not None:  # a broken replacement: the version that loaded keeps serving
+                candidates.append(last_good)
+                refused[str(path)] = f"{entry.error} (still serving the previous version, {last_good.version})"
             else:
                 refused[str(path)] = str(entry.error)
         kept, disagreeing = agreeing(candidates)
@@ -220,17 +222,24 @@ class Registry:
             by_variant.setdefault(variant, {})[objective] = artifact
         for variant, artifacts in by_variant.items():
             current = old.get(variant)
-            if current is not None and current.artifacts.keys() == artifacts.keys() and all(
-                current.artifacts[o] is a for o, a in artifacts.items()
+            if (
+                current is not None
+                and current.artifacts.keys() == artifacts.keys()
+                and all(current.artifacts[o] is a for o, a in artifacts.items())
             ):
                 models[variant] = current
                 continue
-            k = max(artifact.network.components for artifact in artifacts.values())  # the mixture family: K normals per branch
+            # the mixture family: K normals per branch
+            k = max(artifact.network.components for artifact in artifacts.values())
             uneven = {o: a for o, a in artifacts.items() if k % a.network.components}
             for artifact in uneven.values():
-                refused[str(artifact.path)] = f"{artifact.network.components} normals per branch do not divide the other network's {k}"
+                refused[str(artifact.path)] = (
+                    f"{artifact.network.components} normals per branch do not divide the other network's {k}"
+                )
             artifacts = {o: a for o, a in artifacts.items() if o not in uneven}
-            served = ServedModel(view_for(next(iter(artifacts.values())).model, k), dict(artifacts), variant, components=k)
+            served = ServedModel(
+                view_for(next(iter(artifacts.values())).model, k), dict(artifacts), variant, components=k
+            )
             try:
                 if self.prepare is not None:
                     self.prepare(served)
@@ -254,7 +263,9 @@ class Registry:
         self._state = State(models, refused, problem)  # the swap: one assignment
         return changed
 
-    def _log_changes(self, old: dict[str, ServedModel], new: dict[str, ServedModel], refused: dict[str, str], problem: str | None) -> bool:
+    def _log_changes(
+        self, old: dict[str, ServedModel], new: dict[str, ServedModel], refused: dict[str, str], problem: str | None
+    ) -> bool:
         """Log what is newly served, replaced, dropped or refused (each once); True when the served set changed."""
         before = {(v, o): s.artifacts[o].version for v, s in old.items() for o in s.artifacts}
         after = {(v, o): s.artifacts[o].version for v, s in new.items() for o in s.artifacts}

@@ -43,7 +43,10 @@ def watchfiles_available() -> bool:
 
 
 def resolve_mode(mode: str) -> str:
-    """``auto`` becomes ``watch`` where watchfiles imports, else ``poll``; ``watch`` without watchfiles falls back to ``poll``."""
+    """``auto`` becomes ``watch`` where watchfiles imports, else ``poll``.
+
+    ``watch`` without watchfiles falls back to ``poll``.
+    """
     if mode in ("auto", "watch") and not watchfiles_available():
         if mode == "watch":
             log.warning("AMORTIZED_RELOAD=watch but watchfiles is not installed: polling instead")
@@ -74,18 +77,27 @@ async def rescan(registry: Registry) -> None:
 
 
 async def watch_artifacts(registry: Registry, mode: str, interval: float, stop: asyncio.Event) -> None:
-    """Rescan ``registry``'s folder on file events (``watch``) or every ``interval`` seconds (``poll``) until ``stop`` is set."""
+    """Rescan ``registry``'s folder until ``stop`` is set.
+
+    On file events (``watch``), or every ``interval`` seconds (``poll``).
+    """
     if mode == "off":
         return
-    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # not a line per batch of file events: the registry logs what changed
+    # not a line per batch of file events: the registry logs what changed
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
     while not stop.is_set():
         if mode == "watch" and registry.root.is_dir():
             from watchfiles import awatch
 
             try:
                 async for _ in awatch(
-                    registry.root, watch_filter=lambda _change, path: is_artifact_file(path), debounce=400, step=30,
-                    stop_event=stop, rust_timeout=max(1, int(interval * 1000)), yield_on_timeout=True,
+                    registry.root,
+                    watch_filter=lambda _change, path: is_artifact_file(path),
+                    debounce=400,
+                    step=30,
+                    stop_event=stop,
+                    rust_timeout=max(1, int(interval * 1000)),
+                    yield_on_timeout=True,
                 ):
                     await rescan(registry)
                     if not registry.root.is_dir():

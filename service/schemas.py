@@ -31,30 +31,42 @@ class PosteriorRequest(BaseModel):
 
     y: FiniteFloat | list[FiniteFloat] = Field(
         ...,
-        description="one observation, or a list of them (at most AMORTIZED_MAX_BATCH, default 10000); finite numbers within +-1e9",
+        description="one observation, or a list of them (at most AMORTIZED_MAX_BATCH, default 10000); finite numbers "
+        "within +-1e9",
     )
     objective: Literal["pq", "qp", "both"] = Field(
         "pq", description="which compiled network answers: pq (mass-covering), qp (mode-seeking), or both side by side"
     )
     num_samples: int = Field(1000, ge=1, le=100_000, strict=True, description="samples of q per observation")
     seed: int | None = Field(
-        None, ge=0, lt=2**63, strict=True,
-        description="random seed; the same request with the same seed returns identical samples (drawn below 2**53 when absent)"
+        None,
+        ge=0,
+        lt=2**63,
+        strict=True,
+        description="random seed; the same request with the same seed returns identical samples (drawn below 2**53 "
+        "when absent)",
     )
-    resample: bool = Field(False, strict=True, description="also return sampling-importance-resampling draws (closer to the posterior)")
+    resample: bool = Field(
+        False, strict=True, description="also return sampling-importance-resampling draws (closer to the posterior)"
+    )
     cross_check: bool = Field(
-        True, strict=True, description="also estimate the evidence with the other compiled network and the mixture of both"
+        True,
+        strict=True,
+        description="also estimate the evidence with the other compiled network and the mixture of both",
     )
     # variants: pin the weights that answer
     version: Version | dict[Objective, Version] | None = Field(
         None,
-        description="answer only with this version of the network (GET /v1/models lists them); with \"both\", or to pin the "
-        "cross-check's network too, a mapping {\"pq\": ..., \"qp\": ...}; a version not served answers 409 naming the served ones",
+        description='answer only with this version of the network (GET /v1/models lists them); with "both", or to pin '
+        'the cross-check\'s network too, a mapping {"pq": ..., "qp": ...}; a version not served answers 409 naming the '
+        "served ones",
     )
 
 
 class Branch(BaseModel):
-    latents: dict[str, int] = Field(..., description="the discrete latents of this branch, e.g. {\"k\": 2, \"z\": 0}; empty if none")
+    latents: dict[str, int] = Field(
+        ..., description='the discrete latents of this branch, e.g. {"k": 2, "z": 0}; empty if none'
+    )
     probability: float = Field(..., description="q(branch | y)")
     mean: float = Field(..., description="mean of the normal q(x | y, branch)")
     std: float = Field(..., description="standard deviation of q(x | y, branch)")
@@ -66,31 +78,43 @@ class QParameters(BaseModel):
 
 Samples = Annotated[
     dict[str, list[float | int | None]],
-    Field(description="columnar samples keyed by latent name: x, and each discrete latent (null where it does not exist)"),
+    Field(
+        description="columnar samples keyed by latent name: x, and each discrete latent (null where it does not exist)"
+    ),
 ]
 Probabilities = Annotated[
     dict[str, dict[str, float]],
-    Field(description="P(latent = value | y) per discrete latent, e.g. {\"k\": {\"1\": 0.3, \"2\": 0.7}}"),
+    Field(description='P(latent = value | y) per discrete latent, e.g. {"k": {"1": 0.3, "2": 0.7}}'),
 ]
 
 
 class CrossCheck(BaseModel):
     other_objective: Objective = Field(..., description="the other compiled network used as a second proposal")
     num_samples: int = Field(
-        ..., description="draws of each network the check used: max(num_samples, AMORTIZED_CROSS_CHECK_SAMPLES), so its power does not fall with num_samples"
+        ...,
+        description="draws of each network the check used: max(num_samples, AMORTIZED_CROSS_CHECK_SAMPLES), so its "
+        "power does not fall with num_samples",
     )
     log_evidence_other: float | None = Field(..., description="log p(y) estimated with the other network's samples")
     log_evidence_other_se: float | None = Field(..., description="its standard error (delta method)")
-    log_evidence_mixture: float | None = Field(..., description="log p(y) estimated with the defensive mixture of both networks")
+    log_evidence_mixture: float | None = Field(
+        ..., description="log p(y) estimated with the defensive mixture of both networks"
+    )
     log_evidence_mixture_se: float | None = Field(..., description="its standard error")
     missed_mass: float | None = Field(
-        ..., description="estimated posterior mass where this q's density is below 1% of the posterior's (draws of q almost never land there)"
+        ...,
+        description="estimated posterior mass where this q's density is below 1% of the posterior's (draws of q almost "
+        "never land there)",
     )
     missed_mass_se: float | None = Field(..., description="its standard error")
-    consistent: bool = Field(..., description="false when the three estimates disagree beyond 3 standard errors: some q misses posterior mass")
+    consistent: bool = Field(
+        ...,
+        description="false when the three estimates disagree beyond 3 standard errors: some q misses posterior mass",
+    )
     misses_mass: bool = Field(
         ...,
-        description="true when this q misses posterior mass: its evidence is below the mixture's, or missed_mass exceeds 1% by 2 standard errors",
+        description="true when this q misses posterior mass: its evidence is below the mixture's, or missed_mass "
+        "exceeds 1% by 2 standard errors",
     )
 
 
@@ -99,18 +123,25 @@ class Diagnostics(BaseModel):
     ess: float | None = Field(..., description="effective sample size (sum w)^2 / sum w^2")
     ess_fraction: float | None = Field(..., description="ESS / N")
     log_evidence: float | None = Field(..., description="logsumexp(log w) - log N, an estimate of log p(y)")
-    log_evidence_se: float | None = Field(..., description="standard error of log_evidence (delta method); null with one sample")
+    log_evidence_se: float | None = Field(
+        ..., description="standard error of log_evidence (delta method); null with one sample"
+    )
     elbo: float | None = Field(..., description="mean log weight, a lower bound on log p(y)")
-    pareto_k: float | None = Field(..., description="PSIS k-hat of the weights: < 0.5 good, 0.5-0.7 usable, > 0.7 unreliable; null if not fittable")
+    pareto_k: float | None = Field(
+        ..., description="PSIS k-hat of the weights: < 0.5 good, 0.5-0.7 usable, > 0.7 unreliable; null if not fittable"
+    )
     verdict: Literal["reliable", "usable", "unreliable"] = Field(
         ...,
-        description="can the importance estimates be trusted: never reliable below 100 samples or without the cross-check",
+        description="can the importance estimates be trusted: never reliable below 100 samples or without the "
+        "cross-check",
     )
     reason: str = Field(..., description="why, in a sentence: what was checked and what was not")
     posterior_mean_x: float | None = Field(..., description="self-normalised estimate of E[x | y]")
     posterior_std_x: float | None = Field(..., description="self-normalised estimate of the posterior std of x")
     discrete_probabilities: Probabilities
-    cross_check: CrossCheck | None = Field(None, description="present when the other objective is compiled and cross_check is true")
+    cross_check: CrossCheck | None = Field(
+        None, description="present when the other objective is compiled and cross_check is true"
+    )
 
 
 class Exact(BaseModel):
@@ -125,12 +156,15 @@ class Exact(BaseModel):
 class PosteriorResult(BaseModel):
     model: str = Field(..., description="the model answered for")
     versions: dict[str, str] = Field(
-        ..., description="the version (weights' sha256, first 16 hex digits) of every network that produced this answer, by objective"
+        ...,
+        description="the version (weights' sha256, first 16 hex digits) of every network that produced this answer, by "
+        "objective",
     )
     seed: int = Field(
         ...,
-        description="this observation's seed: the request's for a scalar y (or one drawn below 2**53), else derived per row;"
-        " {\"y\": y, \"seed\": seed} with the same settings replays this answer alone",
+        description="this observation's seed: the request's for a scalar y (or one drawn below 2**53), else derived "
+        "per row;"
+        ' {"y": y, "seed": seed} with the same settings replays this answer alone',
     )
     y: float = Field(..., description="the observation")
     objective: Objective = Field(..., description="the loss the answering network was compiled with")
@@ -146,13 +180,19 @@ class Comparison(BaseModel):
     model: str = Field(..., description="the model answered for")
     seed: int = Field(..., description="this observation's seed (each objective's answer draws from it afresh)")
     y: float = Field(..., description="the observation")
-    objectives: dict[str, PosteriorResult] = Field(..., description="the answer of each compiled network, keyed by objective")
+    objectives: dict[str, PosteriorResult] = Field(
+        ..., description="the answer of each compiled network, keyed by objective"
+    )
 
 
 class BatchResponse(BaseModel):
     model: str = Field(..., description="the model answered for")
-    seed: int = Field(..., description="the request's seed (echoed, or drawn below 2**53); each result carries its row's own seed")
-    results: list[PosteriorResult | Comparison] = Field(..., description="one answer per observation, in the request's order")
+    seed: int = Field(
+        ..., description="the request's seed (echoed, or drawn below 2**53); each result carries its row's own seed"
+    )
+    results: list[PosteriorResult | Comparison] = Field(
+        ..., description="one answer per observation, in the request's order"
+    )
 
 
 PosteriorResponse = PosteriorResult | Comparison | BatchResponse
@@ -167,15 +207,19 @@ class ModelSummary(BaseModel):
     params: dict = Field(..., description="the model's parameters")
     objectives: list[str] = Field(..., description="losses with a compiled network being served")
     family: str = Field(..., description="the model family this variant is of (the defaults are named after theirs)")
-    versions: dict[str, str] = Field(..., description="the served version of each objective's network (weights' sha256, 16 hex digits)")
+    versions: dict[str, str] = Field(
+        ..., description="the served version of each objective's network (weights' sha256, 16 hex digits)"
+    )
 
 
 class ModelDetail(ModelSummary):
-    artifacts: dict[str, dict] = Field(..., description="each served artifact's manifest: training settings, sha256, metrics")
+    artifacts: dict[str, dict] = Field(
+        ..., description="each served artifact's manifest: training settings, sha256, metrics"
+    )
 
 
 class ErrorItem(BaseModel):
-    loc: list[str | int] = Field(..., description="where: e.g. [\"body\", \"y\", 3]")
+    loc: list[str | int] = Field(..., description='where: e.g. ["body", "y", 3]')
     msg: str = Field(..., description="why")
     type: str = Field(..., description="a machine-readable kind, e.g. float_type, not_found, http_413")
 

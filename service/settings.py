@@ -13,28 +13,47 @@ from amortized.diagnostics import DEFAULT_CHECK_SAMPLES
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AMORTIZED_", frozen=True)
 
-    artifacts_dir: Path = Field(Path("artifacts"), description="folder of compiled artifacts (one subfolder per variant)")
-    reload: Literal["auto", "watch", "poll", "off"] = Field(
-        "auto", description="live reload of artifacts: watch file events (watchfiles), poll, off; auto = watch if watchfiles imports, else poll"
+    artifacts_dir: Path = Field(
+        Path("artifacts"), description="folder of compiled artifacts (one subfolder per variant)"
     )
-    reload_interval: float = Field(1.0, gt=0, le=3600, description="seconds between rescans of the artifacts folder (poll; and watch's safety net)")
+    reload: Literal["auto", "watch", "poll", "off"] = Field(
+        "auto",
+        description="live reload of artifacts: watch file events (watchfiles), poll, off; auto = watch if watchfiles "
+        "imports, else poll",
+    )
+    reload_interval: float = Field(
+        1.0, gt=0, le=3600, description="seconds between rescans of the artifacts folder (poll; and watch's safety net)"
+    )
     max_batch: int = Field(10_000, ge=1, description="most observations in one request")
-    max_samples: int = Field(100_000, ge=1, le=100_000, description="most samples per observation (can lower the API's bound of 100000, not raise it)")
+    max_samples: int = Field(
+        100_000,
+        ge=1,
+        le=100_000,
+        description="most samples per observation (can lower the API's bound of 100000, not raise it)",
+    )
     max_total_samples: int = Field(
-        5_000_000, ge=1,
-        description="most draws in one request: observations x objectives x (num_samples + cross-check draws + resampled draws)",
+        5_000_000,
+        ge=1,
+        description="most draws in one request: observations x objectives x (num_samples + cross-check draws + "
+        "resampled draws)",
     )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body accepted")
     offload_samples: int = Field(
-        50_000, ge=1,
-        description="requests that draw more (observations x samples x objectives, cross-check draws included) run off the event loop;"
+        50_000,
+        ge=1,
+        description="requests that draw more (observations x samples x objectives, cross-check draws included) run off "
+        "the event loop;"
         " also the most a micro-batch holds",
     )
     cross_check_samples: int = Field(
-        DEFAULT_CHECK_SAMPLES, ge=100, le=100_000,
+        DEFAULT_CHECK_SAMPLES,
+        ge=100,
+        le=100_000,
         description="draws of each compiled network the cross-check makes per observation when a query asks for fewer",
     )
-    micro_batch: bool = Field(True, description="answer concurrent queries for the same model and settings in one vectorised call")
+    micro_batch: bool = Field(
+        True, description="answer concurrent queries for the same model and settings in one vectorised call"
+    )
     bench_endpoints: bool = Field(False, description="expose /v1/_bench/bare for the benchmark script")
 
 

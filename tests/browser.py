@@ -17,8 +17,14 @@ from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
@@ -48,7 +54,10 @@ def chromium(viewport: tuple[int, int] = (1400, 1000)) -> Iterator:
 
     with sync_playwright() as playwright, tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
         context = playwright.chromium.launch_persistent_context(
-            profile, executable_path=chromium_path(), args=CHROMIUM_FLAGS, headless=True,
+            profile,
+            executable_path=chromium_path(),
+            args=CHROMIUM_FLAGS,
+            headless=True,
             viewport={"width": viewport[0], "height": viewport[1]},
         )
         try:
@@ -63,7 +72,7 @@ def leaves_host(url: str, base: str) -> bool:
     if scheme in ("data", "about"):
         return False
     if scheme == "blob":
-        url = url[len("blob:"):]
+        url = url[len("blob:") :]
     return urlsplit(url).netloc != urlsplit(base).netloc
 
 
@@ -73,7 +82,10 @@ class Watch:
     def __init__(self, page, base: str) -> None:
         self.errors: list[str] = []
         self.foreign: list[str] = []
-        page.on("console", lambda message: self.errors.append(f"console: {message.text}") if message.type == "error" else None)
+        page.on(
+            "console",
+            lambda message: self.errors.append(f"console: {message.text}") if message.type == "error" else None,
+        )
         page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
         page.on("requestfailed", lambda request: self.errors.append(f"failed: {request.url} {request.failure}"))
         page.on("request", lambda request: self.foreign.append(request.url) if leaves_host(request.url, base) else None)

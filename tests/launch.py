@@ -43,7 +43,9 @@ def wait_ready(url: str, process: subprocess.Popen | None = None, timeout: float
 def start_server(
     env: dict[str, str], *uvicorn_options: str, timeout: float = 30.0, port: int | None = None, **popen
 ) -> tuple[subprocess.Popen, str]:
-    """``python -m service`` (the server's entry point) with ``env`` added; returns (process, base URL) once /health/ready says 200.
+    """``python -m service`` (the server's entry point) with ``env`` added.
+
+    Returns (process, base URL) once /health/ready says 200.
 
     Workers: ``WEB_CONCURRENCY`` in ``env``, or ``--workers`` among the options.
     """

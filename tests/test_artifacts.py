@@ -116,7 +116,9 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
 
 def test_files_a_killed_writer_left_are_staged_outside_the_model_folders_and_removed(tmp_path):
-    """SIGKILL skips every cleanup: what it leaves is under <root>/.staging, which loading skips; the next save removes it.
+    """SIGKILL skips every cleanup: what it leaves is under <root>/.staging, which loading skips.
+
+    The next save removes it.
 
     bench/kill_trainer.py kills the trainer 20 times at random moments; this is the state one such kill leaves.
     """

@@ -7,9 +7,8 @@ import numpy as np
 import orjson
 import pytest
 
-from service.answers import answer, answer_batch
 from amortized.importance.streams import GroupedGenerator
-from service.answers import PosteriorQuery
+from service.answers import PosteriorQuery, answer, answer_batch
 from service.batching import MicroBatcher
 from service.main import create_app
 from service.registry import Registry
@@ -29,11 +28,17 @@ def as_bytes(results) -> bytes:
 
 
 @pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("objective, resample, cross_check", [("pq", False, True), ("qp", True, True), ("both", True, True), ("pq", False, False)])
+@pytest.mark.parametrize(
+    "objective, resample, cross_check",
+    [("pq", False, True), ("qp", True, True), ("both", True, True), ("pq", False, False)],
+)
 def test_a_query_answered_in_a_batch_gets_the_bytes_it_gets_alone(registry, name, objective, resample, cross_check):
     served = registry.models[name]
     for ys in ([[0.3], [-12.0], [0.3], [7.5], [1e4]], [[0.3, -2.0], [5.0, 40.0], [0.0, 0.0]]):
-        queries = [PosteriorQuery(served, y, objective, 300, seed, resample, cross_check) for seed, y in zip([1, 2, 1, 99, 5], ys)]
+        queries = [
+            PosteriorQuery(served, y, objective, 300, seed, resample, cross_check)
+            for seed, y in zip([1, 2, 1, 99, 5], ys)
+        ]
         together = answer_batch(queries)
         for query, in_batch in zip(queries, together):
             assert as_bytes(in_batch) == as_bytes(answer(query))
@@ -49,7 +54,10 @@ def test_networks_run_together_give_the_bytes_each_gives_alone(registry, name):
     for objective in ("pq", "qp"):
         alone = served.forward([objective], y)[objective]
         for field in ("log_probs", "means", "stds"):
-            assert np.ascontiguousarray(getattr(together[objective], field)).tobytes() == np.ascontiguousarray(getattr(alone, field)).tobytes()
+            assert (
+                np.ascontiguousarray(getattr(together[objective], field)).tobytes()
+                == np.ascontiguousarray(getattr(alone, field)).tobytes()
+            )
     assert not np.array_equal(together["pq"].means, together["qp"].means)
 
 
@@ -112,7 +120,9 @@ def test_a_failing_batch_fails_every_waiting_query_and_the_next_batch_still_runs
 def test_concurrent_http_requests_are_batched_and_match_lone_answers():
     """Through the app: 8 requests at once are answered as one batch, byte for byte as when sent alone."""
     app = create_app(Settings(artifacts_dir=ARTIFACTS))
-    bodies = [{"y": [0.25 * i], "objective": "both", "num_samples": 200, "seed": 40 + i, "resample": True} for i in range(8)]
+    bodies = [
+        {"y": [0.25 * i], "objective": "both", "num_samples": 200, "seed": 40 + i, "resample": True} for i in range(8)
+    ]
 
     async def scenario():
         transport = httpx.ASGITransport(app=app)
@@ -125,8 +135,12 @@ def test_concurrent_http_requests_are_batched_and_match_lone_answers():
     together, alone, metrics = asyncio.run(scenario())
     assert all(r.status_code == 200 for r in together + alone)
     assert [r.content for r in together] == [r.content for r in alone]
-    count = float(next(line.split()[-1] for line in metrics.splitlines() if line.startswith("amortized_batch_queries_count")))
-    total = float(next(line.split()[-1] for line in metrics.splitlines() if line.startswith("amortized_batch_queries_sum")))
+    count = float(
+        next(line.split()[-1] for line in metrics.splitlines() if line.startswith("amortized_batch_queries_count"))
+    )
+    total = float(
+        next(line.split()[-1] for line in metrics.splitlines() if line.startswith("amortized_batch_queries_sum"))
+    )
     assert (count, total) == (1 + 8, 16.0)  # one batch of 8, then 8 batches of 1
 
 

@@ -14,9 +14,9 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.launch import start_server, stop_server
 from tests.browser import Watch, chromium, why_no_browser
 from tests.conftest import ARTIFACTS
+from tests.launch import start_server, stop_server
 
 pytestmark = pytest.mark.skipif(why_no_browser() is not None, reason=f"no browser: {why_no_browser()}")
 
@@ -69,7 +69,9 @@ def test_landing_page_says_what_is_served_and_links_everything(page, server):
         assert model["title"] in section.inner_text()
         for objective, manifest in detail["artifacts"].items():
             row = section.locator("tbody tr", has_text=objective).first.inner_text()
-            assert f"{manifest['metrics']['kl_pq']:.5f}" in row and f"{manifest['metrics']['amortisation_gap']:.5f}" in row
+            assert (
+                f"{manifest['metrics']['kl_pq']:.5f}" in row and f"{manifest['metrics']['amortisation_gap']:.5f}" in row
+            )
     assert "mass-covering" in text and "mode-seeking" in text
     for href in ("/docs", "/redoc", "/explore", "/metrics"):
         link = page.locator(f"header a[href='{href}']")
@@ -167,14 +169,20 @@ def check_plotted_values_equal_the_apis(page, server, model: str, body: dict) ->
     # diagnostics table: the verdict, its reason and the numbers
     for objective in ("pq", "qp"):
         diagnostics = answer["objectives"][objective]["diagnostics"]
-        cell = lambda field: page.locator(f"#diagnostics td[data-objective='{objective}'][data-field='{field}']")  # noqa: E731
+
+        def cell(field, objective=objective):
+            return page.locator(f"#diagnostics td[data-objective='{objective}'][data-field='{field}']")
+
         assert cell("verdict").inner_text() == diagnostics["verdict"]
         assert cell("reason").inner_text() == diagnostics["reason"]
         for field, key in (("ESS", "ess"), ("Pareto k-hat", "pareto_k"), ("log p(y), estimate", "log_evidence")):
             value = cell(field).get_attribute("data-value")
             assert (None if value is None else float(value)) == diagnostics[key]
     # the sweep's q means are the API's for the sweep's y values
-    sweep = httpx.post(server + POSTERIOR.format(model), json={"y": last["sweepYs"], "objective": "both", "num_samples": 1, "seed": 7, "cross_check": False}).json()
+    sweep = httpx.post(
+        server + POSTERIOR.format(model),
+        json={"y": last["sweepYs"], "objective": "both", "num_samples": 1, "seed": 7, "cross_check": False},
+    ).json()
     pq_branch_0 = [r["objectives"]["pq"]["q"]["branches"][0]["mean"] for r in sweep["results"]]
     assert last["sweep"][1] == pq_branch_0
 
@@ -187,14 +195,24 @@ def test_the_url_reproduces_the_state(page, server):
     assert not page.locator("#objective-pq").is_checked() and page.locator("#objective-qp").is_checked()
     assert page.locator("#y-input").input_value() == "-2.5" and page.locator("#num-samples").input_value() == "400"
     last = page.evaluate("() => window.explorer.last")
-    assert list(last["answers"]) == ["qp"] and last["answers"]["qp"]["seed"] == 11 and len(last["answers"]["qp"]["samples"]["x"]) == 400
+    assert (
+        list(last["answers"]) == ["qp"]
+        and last["answers"]["qp"]["seed"] == 11
+        and len(last["answers"]["qp"]["samples"]["x"]) == 400
+    )
     # changes go into the URL; opening that URL elsewhere shows the same answer
     page.locator("#objective-pq").check()
     page.fill("#y-input", "3.25")
     page.press("#y-input", "Enter")
     wait_drawn(page, 3.25)
     url = page.url
-    assert "model=gmm_discrete" in url and "objective=both" in url and "y=3.25" in url and "n=400" in url and "seed=11" in url
+    assert (
+        "model=gmm_discrete" in url
+        and "objective=both" in url
+        and "y=3.25" in url
+        and "n=400" in url
+        and "seed=11" in url
+    )
     drawn = page.evaluate("() => window.explorer.last.answers")
     other = page.context.new_page()
     other.goto(url)

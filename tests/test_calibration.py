@@ -1,4 +1,7 @@
-"""Calibration: quantiles, coverage and the SBC test against scipy and against the exact posterior (calibrated by construction)."""
+"""Calibration: quantiles, coverage and the SBC test.
+
+Against scipy and against the exact posterior (calibrated by construction).
+"""
 
 import numpy as np
 import pytest
@@ -12,8 +15,11 @@ from amortized.models import MODELS, build_model
 
 
 def test_mixture_quantiles_invert_the_cdf():
-    q = BranchedNormal(torch.log(torch.tensor([[0.3, 0.7], [0.5, 0.5]], dtype=torch.float64)),
-                       torch.tensor([[-5.0, 4.0], [0.0, 1e3]], dtype=torch.float64), torch.tensor([[1.0, 2.0], [0.1, 3.0]], dtype=torch.float64))
+    q = BranchedNormal(
+        torch.log(torch.tensor([[0.3, 0.7], [0.5, 0.5]], dtype=torch.float64)),
+        torch.tensor([[-5.0, 4.0], [0.0, 1e3]], dtype=torch.float64),
+        torch.tensor([[1.0, 2.0], [0.1, 3.0]], dtype=torch.float64),
+    )
     levels = [0.025, 0.25, 0.5, 0.9, 0.975]
     x = calibration.mixture_quantiles(q, levels)
     probs, means, stds = (t.numpy() for t in (q.probs, q.means, q.stds))
@@ -27,7 +33,9 @@ def test_chi_square_p_value_is_scipys():
     counts = np.bincount(ranks.numpy() // 5, minlength=20)
     theirs = stats.chisquare(counts)
     assert ours["counts"] == counts.tolist() and ours["dof"] == 19
-    assert ours["statistic"] == pytest.approx(theirs.statistic) and ours["p_value"] == pytest.approx(theirs.pvalue, rel=1e-9)
+    assert ours["statistic"] == pytest.approx(theirs.statistic) and ours["p_value"] == pytest.approx(
+        theirs.pvalue, rel=1e-9
+    )
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -41,7 +49,10 @@ def test_the_exact_posterior_is_calibrated(name):
 
 
 def test_coverage_of_the_gmm_answers_is_what_their_divergences_predict():
-    """Moment matching (pq's optimum) covers too little at 50% and too much at 95%; the mode fit (qp's) misses the lighter mode."""
+    """Moment matching (pq's optimum) covers too little at 50% and too much at 95%.
+
+    The mode fit (qp's) misses the lighter mode.
+    """
     model = build_model("gmm")
     sample = model.sample_joint(1000, torch.Generator().manual_seed(TEST_SEED))
     y = sample.y.double()
@@ -71,7 +82,10 @@ def test_resampled_answer_of_a_mass_covering_q_is_calibrated():
 
 @pytest.mark.parametrize("name, objective", [("gmm", "pq"), ("gmm_open", "qp"), ("gmm", "mixture")])
 def test_resampling_matches_the_request_paths(name, objective):
-    """importance_resample gives what analyse(..., resample=True) gives: the same weights, so the same coverage up to noise."""
+    """importance_resample gives what analyse(..., resample=True) gives.
+
+    The same weights, so the same coverage up to noise.
+    """
     from amortized import mixture
     from amortized.diagnostics import analyse
 

@@ -7,7 +7,9 @@ import pytest
 
 from bench.cluster import Cluster
 
-pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="Debian's haproxy is not installed (.ci/run installs it)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("haproxy") is None, reason="Debian's haproxy is not installed (.ci/run installs it)"
+)
 
 BODY = b'{"y": 0.5, "objective": "pq", "num_samples": 50, "seed": 3}'
 

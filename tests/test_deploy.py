@@ -17,9 +17,17 @@ MAKEFILE = (ROOT / "Makefile").read_text()
 LAUNCH = "python -m service"
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian's docker-compose is not installed (.ci/run installs it)")
+@pytest.mark.skipif(
+    shutil.which("docker-compose") is None, reason="Debian's docker-compose is not installed (.ci/run installs it)"
+)
 def test_compose_file_is_valid_for_docker_compose():
-    result = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True, cwd=ROOT, check=False)
+    result = subprocess.run(
+        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -46,14 +54,19 @@ def test_api_serves_like_make_serve_and_checks_readiness():
 
 
 def test_workers_are_set_by_web_concurrency_everywhere():
-    assert re.search(r"^WEB_CONCURRENCY \?= 1$", MAKEFILE, re.MULTILINE) and "WEB_CONCURRENCY=$(WEB_CONCURRENCY)" in MAKEFILE
+    assert (
+        re.search(r"^WEB_CONCURRENCY \?= 1$", MAKEFILE, re.MULTILINE)
+        and "WEB_CONCURRENCY=$(WEB_CONCURRENCY)" in MAKEFILE
+    )
     assert "WEB_CONCURRENCY=1" in DOCKERFILE
     assert COMPOSE["services"]["api"]["environment"]["WEB_CONCURRENCY"] == "${WEB_CONCURRENCY:-1}"
 
 
 def test_replicas_sit_behind_haproxy_with_health_checks_and_retries():
     api, lb = COMPOSE["services"]["api"], COMPOSE["services"]["lb"]
-    assert api["deploy"]["replicas"] == "${API_REPLICAS:-2}" and "ports" not in api and api["restart"] == "unless-stopped"
+    assert (
+        api["deploy"]["replicas"] == "${API_REPLICAS:-2}" and "ports" not in api and api["restart"] == "unless-stopped"
+    )
     assert lb["image"].startswith("haproxy:2.6") and lb["ports"] == [f"{api['environment']['PORT']}:8000"]
     assert lb["depends_on"]["api"]["condition"] == "service_healthy"
     config = (ROOT / "deploy" / "haproxy" / "haproxy.cfg").read_text()
@@ -67,10 +80,14 @@ def test_replicas_sit_behind_haproxy_with_health_checks_and_retries():
 def test_haproxy_accepts_the_file_and_the_loopback_cluster_rendering(tmp_path):
     from bench.cluster import haproxy_config
 
-    committed = subprocess.run(["haproxy", "-c", "-f", str(ROOT / "deploy" / "haproxy" / "haproxy.cfg")], capture_output=True, text=True)
+    committed = subprocess.run(
+        ["haproxy", "-c", "-f", str(ROOT / "deploy" / "haproxy" / "haproxy.cfg")], capture_output=True, text=True
+    )
     assert committed.returncode == 0, committed.stdout + committed.stderr
     rendered = haproxy_config([("api1", 18001), ("api2", 18002)], 18000, 18404)
-    assert "server api1 127.0.0.1:18001" in rendered and "server-template" not in rendered and "resolvers" not in rendered
+    assert (
+        "server api1 127.0.0.1:18001" in rendered and "server-template" not in rendered and "resolvers" not in rendered
+    )
     assert "bind 127.0.0.1:18000" in rendered
     (tmp_path / "h.cfg").write_text(rendered)
     loopback = subprocess.run(["haproxy", "-c", "-f", str(tmp_path / "h.cfg")], capture_output=True, text=True)
@@ -88,7 +105,7 @@ def test_dockerfile_installs_the_pinned_cpu_torch_and_every_package():
     assert "-c constraints.txt" in DOCKERFILE and "whl/cpu" in DOCKERFILE
     assert "torch==2.13.0" in (ROOT / "constraints.txt").read_text()
     pyproject = (ROOT / "pyproject.toml").read_text()
-    packages = re.search(r'include = \[(.*?)\]', pyproject).group(1)
+    packages = re.search(r"include = \[(.*?)\]", pyproject).group(1)
     for package in re.findall(r'"(\w+)\*"', packages):
         assert f"COPY {package} ./{package}" in DOCKERFILE
     assert re.search(r"^USER (?!root)", DOCKERFILE, re.MULTILINE), "the image should not run as root"

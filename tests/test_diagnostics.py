@@ -8,14 +8,14 @@ import torch
 from arviz_stats.base.array import BaseArray
 from scipy import stats
 
-from amortized.importance import kernels
 from amortized.arrays import logsumexp
 from amortized.diagnostics import REQUEST_KL_GRID, CrossCheckResult, analyse, verdict
+from amortized.distributions import BranchedNormal
 from amortized.divergences import kl_divergences
+from amortized.evaluation import best_in_family
+from amortized.importance import kernels
 from amortized.importance.psis import pareto_k_hat
 from amortized.importance.weighing import MISSED_DENSITY_RATIO, WeightSummary, mixture_check, summarise_weights, weigh
-from amortized.distributions import BranchedNormal
-from amortized.evaluation import best_in_family
 from amortized.models import MODELS, build_model
 
 
@@ -69,7 +69,10 @@ def test_cross_check_catches_a_missed_mode_that_ess_cannot_see():
     assert not result.cross_check.consistent.item() and result.cross_check.misses_mass.item()
     assert result.verdict == ["unreliable"] and "misses posterior mass" in result.reason[0]
     truth = model.log_evidence(y).item()
-    assert abs(result.cross_check.log_evidence_mixture.item() - truth) < 3 * result.cross_check.log_evidence_mixture_se.item()
+    assert (
+        abs(result.cross_check.log_evidence_mixture.item() - truth)
+        < 3 * result.cross_check.log_evidence_mixture_se.item()
+    )
     again = analyse(model, y, covering, 1000, np.random.default_rng(0), other=covering)
     assert again.cross_check.consistent.item() and again.verdict == ["reliable"]
     # the covering q is not blamed for the other's missing mode: the flag is raised, the verdict stays
@@ -133,7 +136,10 @@ def test_resampling_follows_the_posterior():
 def latent_marginals(model, branch_probabilities):
     """{latent: {value: P(latent = value)}} from the model's columns."""
     columns = model.latent_marginals(branch_probabilities)
-    return {name: {v: columns[:, part][:, i] for i, v in enumerate(values)} for name, values, part in model.latent_values.groups}
+    return {
+        name: {v: columns[:, part][:, i] for i, v in enumerate(values)}
+        for name, values, part in model.latent_values.groups
+    }
 
 
 def test_discrete_marginals_and_self_normalised_estimates():
@@ -171,7 +177,11 @@ def test_compiled_weighing_matches_the_log_joint_minus_log_q(name):
     rng = np.random.default_rng(8)
     shape = (len(y), model.num_branches)
     log_probs = rng.normal(size=shape)
-    q = BranchedNormal(log_probs - logsumexp(log_probs)[:, None], y[:, None] * 0.5 + rng.normal(size=shape), rng.uniform(0.3, 3.0, shape))
+    q = BranchedNormal(
+        log_probs - logsumexp(log_probs)[:, None],
+        y[:, None] * 0.5 + rng.normal(size=shape),
+        rng.uniform(0.3, 3.0, shape),
+    )
     other = BranchedNormal(q.log_probs[:, ::-1].copy(), q.means + 1.0, q.stds * 0.7)
     weighed = weigh(model, y, q, 500, np.random.default_rng(9), other=other)
     branch, x = q.sample(500, np.random.default_rng(9))  # the same draws as sample() gives
@@ -185,15 +195,23 @@ def test_compiled_weighing_matches_the_log_joint_minus_log_q(name):
         np.testing.assert_allclose(getattr(weighed.summary, field), reference[field], rtol=1e-9, err_msg=field)
     normalised = reference["normalised"]
     np.testing.assert_allclose(weighed.summary.normalised, normalised, rtol=1e-9, atol=1e-300)
-    mean_x, std_x, branch_probabilities = kernels.weighted_moments(weighed.summary.normalised, x, branch, model.num_branches)
+    mean_x, std_x, branch_probabilities = kernels.weighted_moments(
+        weighed.summary.normalised, x, branch, model.num_branches
+    )
     mean = (normalised * x).sum(-1)
     np.testing.assert_allclose(mean_x, mean, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(std_x, np.sqrt((normalised * (x - mean[:, None]) ** 2).sum(-1)), rtol=1e-8)
     probabilities = np.stack([(normalised * (branch == b)).sum(-1) for b in range(model.num_branches)], -1)
     np.testing.assert_allclose(branch_probabilities, probabilities, rtol=1e-9, atol=1e-12)
     # the mixture (q + other) / 2 as proposal, pooling q's draws and other's
-    check = weigh(model, np.repeat(y, 2), BranchedNormal.interleave([q, other]), 500, np.random.default_rng(9),
-                  BranchedNormal.interleave([other, q]))
+    check = weigh(
+        model,
+        np.repeat(y, 2),
+        BranchedNormal.interleave([q, other]),
+        500,
+        np.random.default_rng(9),
+        BranchedNormal.interleave([other, q]),
+    )
     log_z, log_z_se, missed, missed_se = mixture_check(check.log_weights, check.log_ratio)
     q_branch, q_x = check.branch[0::2], check.x[0::2]
     o_branch, o_x = check.branch[1::2], check.x[1::2]
@@ -209,9 +227,12 @@ def test_compiled_weighing_matches_the_log_joint_minus_log_q(name):
     w = plain["normalised"]
     mass = (w * in_region).sum(-1)
     np.testing.assert_allclose(missed, mass, rtol=1e-9, atol=1e-15)
-    np.testing.assert_allclose(missed_se, np.sqrt((w**2 * (in_region - mass[:, None]) ** 2).sum(-1)), rtol=1e-8, atol=1e-15)
+    np.testing.assert_allclose(
+        missed_se, np.sqrt((w**2 * (in_region - mass[:, None]) ** 2).sum(-1)), rtol=1e-8, atol=1e-15
+    )
     if name != "gaussian":  # there q and other are single normals that leave no region out
-        assert in_region.any() and not in_region.all()  # draws on both sides of the threshold: the comparison is exercised
+        # draws on both sides of the threshold: the comparison is exercised
+        assert in_region.any() and not in_region.all()
 
 
 def summarise_plainly(log_weights: np.ndarray) -> dict[str, np.ndarray]:
@@ -220,8 +241,11 @@ def summarise_plainly(log_weights: np.ndarray) -> dict[str, np.ndarray]:
     weights = np.exp(log_weights - log_weights.max(-1, keepdims=True))
     ess = weights.sum(-1) ** 2 / (weights**2).sum(-1)
     return {
-        "log_evidence": logsumexp(log_weights) - math.log(n), "log_evidence_se": np.sqrt(1 / ess - 1 / n),
-        "elbo": log_weights.mean(-1), "ess": ess, "normalised": weights / weights.sum(-1, keepdims=True),
+        "log_evidence": logsumexp(log_weights) - math.log(n),
+        "log_evidence_se": np.sqrt(1 / ess - 1 / n),
+        "elbo": log_weights.mean(-1),
+        "ess": ess,
+        "normalised": weights / weights.sum(-1, keepdims=True),
     }
 
 

@@ -12,11 +12,14 @@ from amortized.distributions import BranchedNormal
 from amortized.models import MODELS, build_model
 
 # gmm_open with three universes: k = 1 (one component), 2 (two) and 3 (three), so six branches
-THREE_UNIVERSES = {"universes": [
-    {"probability": 0.4, "weights": [1.0], "means": [0.0], "stds": [1.0]},
-    {"probability": 0.3, "weights": [0.5, 0.5], "means": [-5.0, 5.0], "stds": [1.0, 1.0]},
-    {"probability": 0.3, "weights": [0.3, 0.4, 0.3], "means": [-8.0, 2.0, 9.0], "stds": [1.0, 0.7, 1.5]},
-], "sigma": 1.0}
+THREE_UNIVERSES = {
+    "universes": [
+        {"probability": 0.4, "weights": [1.0], "means": [0.0], "stds": [1.0]},
+        {"probability": 0.3, "weights": [0.5, 0.5], "means": [-5.0, 5.0], "stds": [1.0, 1.0]},
+        {"probability": 0.3, "weights": [0.3, 0.4, 0.3], "means": [-8.0, 2.0, 9.0], "stds": [1.0, 0.7, 1.5]},
+    ],
+    "sigma": 1.0,
+}
 VARIANTS = [(name, None) for name in MODELS] + [("gmm_open", THREE_UNIVERSES)]
 IDS = [*MODELS, "gmm_open-3-universes"]
 
@@ -25,7 +28,11 @@ def fake_q(model, batch: int = 1, centre: float = 0.0) -> BranchedNormal:
     """A q that stays near ``centre`` whatever y is, like an MLP far outside the y it was trained on."""
     b = model.num_branches
     means = centre + torch.linspace(-5, 5, b, dtype=torch.float64).expand(batch, b)
-    return BranchedNormal(torch.full((batch, b), -np.log(b), dtype=torch.float64), means.clone(), torch.full((batch, b), 1.5, dtype=torch.float64))
+    return BranchedNormal(
+        torch.full((batch, b), -np.log(b), dtype=torch.float64),
+        means.clone(),
+        torch.full((batch, b), 1.5, dtype=torch.float64),
+    )
 
 
 def extent(artist, renderer):
@@ -87,7 +94,11 @@ def test_x_panels_split_only_far_apart_groups():
     assert len(figures.x_panels([far, fake_q(model)], 0)) == 2
 
 
-@pytest.mark.parametrize(("name", "params"), [("gmm_discrete", None), ("gmm_open", None), ("gmm_open", THREE_UNIVERSES)], ids=["gmm_discrete", "gmm_open", "gmm_open-3"])
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [("gmm_discrete", None), ("gmm_open", None), ("gmm_open", THREE_UNIVERSES)],
+    ids=["gmm_discrete", "gmm_open", "gmm_open-3"],
+)
 def test_network_outputs_give_each_branch_its_colour_and_a_legend(name, params):
     model = build_model(name, params)
     y_grid = torch.linspace(-10, 10, 41, dtype=torch.float64)

@@ -15,9 +15,18 @@ from service.settings import Settings
 from tests.conftest import ARTIFACTS
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCUMENTS = [doc for path in sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+DOCUMENTS = [
+    doc
+    for path in sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml"))
+    for doc in yaml.safe_load_all(path.read_text())
+    if doc
+]
 BY_KIND = {doc["kind"]: doc for doc in DOCUMENTS}
-VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]  # the oldest release still maintained by the clouds here, and the newest
+# the oldest release still maintained by the clouds here, and the newest
+VERSIONS = [
+    "1.29.0",
+    kubernetes_validate.latest_version(),
+]
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -27,7 +36,14 @@ def test_manifest_is_valid_against_the_kubernetes_schema(doc, version):
 
 
 def test_every_kind_the_deployment_needs_is_there():
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PersistentVolumeClaim", "Job", "PodDisruptionBudget"} <= set(BY_KIND)
+    assert {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PersistentVolumeClaim",
+        "Job",
+        "PodDisruptionBudget",
+    } <= set(BY_KIND)
 
 
 def pod_spec(kind: str) -> dict:
@@ -42,7 +58,10 @@ def test_api_pods_probe_real_routes_and_request_resources():
     port = {p["name"]: p["containerPort"] for p in api["ports"]}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert api[probe]["httpGet"]["path"] in paths and api[probe]["httpGet"]["port"] in port
-    assert api["readinessProbe"]["httpGet"]["path"] == "/health/ready" and api["livenessProbe"]["httpGet"]["path"] == "/health/live"
+    assert (
+        api["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+        and api["livenessProbe"]["httpGet"]["path"] == "/health/live"
+    )
     assert {"cpu", "memory"} <= set(api["resources"]["requests"]) and "memory" in api["resources"]["limits"]
     env = {e["name"]: e["value"] for e in api["env"]}
     settings = {f"AMORTIZED_{field.upper()}" for field in Settings.model_fields}
@@ -66,18 +85,29 @@ def test_artifacts_come_from_the_volume_the_compile_job_writes():
 
 
 def test_service_and_autoscaler_point_at_the_api_pods():
-    deployment, service, hpa, pdb = (BY_KIND[k] for k in ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"))
+    deployment, service, hpa, pdb = (
+        BY_KIND[k] for k in ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget")
+    )
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    assert service["spec"]["selector"].items() <= labels.items() and pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert (
+        service["spec"]["selector"].items() <= labels.items()
+        and pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    )
     assert service["spec"]["ports"][0]["targetPort"] == "http"
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
     (metric,) = hpa["spec"]["metrics"]
     assert metric["resource"]["name"] == "cpu" and hpa["spec"]["minReplicas"] >= 2
 
 
 def test_the_validation_is_strict_enough_to_catch_a_typo():
     deployment = yaml.safe_load(yaml.safe_dump(BY_KIND["Deployment"]))
-    deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {"httpGet": {"path": "/health/ready", "port": "http"}}
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {
+        "httpGet": {"path": "/health/ready", "port": "http"}
+    }
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, VERSIONS[-1], strict=True)

@@ -10,8 +10,8 @@ PACKAGES = ("amortized", "trainer", "service", "client")
 
 def layout_block() -> str:
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Layout"):]
-    return section[section.index("```") + 3: section.index("```", section.index("```") + 3)]
+    section = text[text.index("## Layout") :]
+    return section[section.index("```") + 3 : section.index("```", section.index("```") + 3)]
 
 
 def test_every_module_and_folder_is_in_the_readme_layout():
@@ -28,7 +28,9 @@ def test_every_module_and_folder_is_in_the_readme_layout():
                 entry = path.name
             if entry not in named and entry.rstrip("/") not in named:
                 missing.append(str(path.relative_to(ROOT)))
-    for folder in sorted(p for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith(".") and not p.name.endswith(".egg-info")):
+    for folder in sorted(
+        p for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith(".") and not p.name.endswith(".egg-info")
+    ):
         if folder.name not in ("build",) and folder.name + "/" not in named:
             missing.append(folder.name + "/")
     assert not missing, f"not in the README's layout section: {missing}"

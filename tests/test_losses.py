@@ -88,7 +88,9 @@ def test_a_short_training_lowers_the_loss(name, objective):
             return loss(objective, model, net, 20_000, torch.Generator().manual_seed(123)).item()
 
     before = held_out()
-    config = TrainingConfig(schedule=default_schedule(objective, 150, warm_start=0, blend=0), batch_size=128, learning_rate=0.02)
+    config = TrainingConfig(
+        schedule=default_schedule(objective, 150, warm_start=0, blend=0), batch_size=128, learning_rate=0.02
+    )
     train(model, net, config)
     assert held_out() < before - 0.05
 

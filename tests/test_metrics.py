@@ -24,11 +24,18 @@ def fresh():
 
 def test_every_posterior_response_is_counted_by_status(fresh):
     url = "/v1/models/{}/posterior"
-    assert fresh.post(url.format("gmm"), json={"y": "nope"}).status_code == 422  # request validation, before the endpoint
-    assert fresh.post(url.format("bogus-model-x"), json={"y": 0.0}).status_code == 404  # unknown model, before the endpoint
+    # request validation, before the endpoint
+    assert fresh.post(url.format("gmm"), json={"y": "nope"}).status_code == 422
+    # unknown model, before the endpoint
+    assert fresh.post(url.format("bogus-model-x"), json={"y": 0.0}).status_code == 404
     assert fresh.post(url.format("gmm"), json={"y": 0.5, "objective": "qp", "num_samples": 10}).status_code == 200
     assert fresh.post(url.format("gmm"), json={"y": 0.5, "num_samples": 100_001}).status_code == 422  # validation too
-    assert fresh.post(url.format("gmm"), content=b"[" + b"0," * 2000 + b"0]", headers={"content-type": "application/json"}).status_code == 413
+    assert (
+        fresh.post(
+            url.format("gmm"), content=b"[" + b"0," * 2000 + b"0]", headers={"content-type": "application/json"}
+        ).status_code
+        == 413
+    )
     text = fresh.get("/metrics").text
     assert samples(text, "amortized_posterior_requests_total") == {
         'code="422",model="gmm",objective="none"': 2.0,
@@ -36,8 +43,11 @@ def test_every_posterior_response_is_counted_by_status(fresh):
         'code="200",model="gmm",objective="qp"': 1.0,
         'code="413",model="gmm",objective="none"': 1.0,
     }
-    assert samples(text, "amortized_posterior_seconds_count") == {'model="gmm",objective="none"': 3.0, 'model="gmm",objective="qp"': 1.0,
-                                                                  'model="unknown",objective="none"': 1.0}
+    assert samples(text, "amortized_posterior_seconds_count") == {
+        'model="gmm",objective="none"': 3.0,
+        'model="gmm",objective="qp"': 1.0,
+        'model="unknown",objective="none"': 1.0,
+    }
     responses = samples(text, "amortized_http_responses_total")
     assert responses['code="422",method="POST",route="/v1/models/{model}/posterior"'] == 2.0
     assert responses['code="404",method="POST",route="/v1/models/{model}/posterior"'] == 1.0

@@ -47,7 +47,9 @@ def mixture_log_q(probs, means, stds, k, branch, x):
     """log q(b, x | y) = log sum_j q(b, j | y) N(x; m_bj, s_bj^2), by scipy."""
     rows = np.arange(len(x))[:, None]
     columns = branch[:, None] * k + np.arange(k)
-    return special.logsumexp(np.log(probs[rows, columns]) + stats.norm.logpdf(x[:, None], means[rows, columns], stds[rows, columns]), axis=-1)
+    return special.logsumexp(
+        np.log(probs[rows, columns]) + stats.norm.logpdf(x[:, None], means[rows, columns], stds[rows, columns]), axis=-1
+    )
 
 
 def test_options_a_family_does_not_take_are_refused():
@@ -101,7 +103,10 @@ def test_qp_loss_is_the_expected_log_ratio_of_the_mixture(name):
 
 @pytest.mark.parametrize("name", ["gmm", "gmm_discrete", "gmm_open"])
 def test_kl_of_a_repeated_normal_is_the_single_normals(name):
-    """A single-normal q written as K = 2 (each normal twice, half the weight) is the same distribution: the same KLs."""
+    """A single-normal q written as K = 2 (each normal twice, half the weight) is the same distribution.
+
+    The same KLs.
+    """
     model = build_model(name)
     exact = model.exact_posterior(torch.tensor(Y)).numpy()
     single = best_in_family(model, torch.tensor(Y), "pq").numpy()
@@ -132,8 +137,13 @@ def test_served_weights_are_uniform_for_the_exact_mixture_and_unbiased_for_any()
     # a poor mixture: mean weight still estimates p(y) (extended-space importance sampling is unbiased)
     _, net = mixture_network("gmm")
     q = net.numpy()(Y[None]).flatten()
-    estimates = analyse(view, np.repeat(Y, 40), BranchedNormal(*(np.repeat(a, 40, 0) for a in (q.log_probs, q.means, q.stds))),
-                        5000, np.random.default_rng(1))
+    estimates = analyse(
+        view,
+        np.repeat(Y, 40),
+        BranchedNormal(*(np.repeat(a, 40, 0) for a in (q.log_probs, q.means, q.stds))),
+        5000,
+        np.random.default_rng(1),
+    )
     mean_weight = special.logsumexp(estimates.log_evidence.reshape(len(Y), 40), axis=-1) - math.log(40)
     assert np.abs(mean_weight - log_z).max() < 0.1
 
@@ -146,11 +156,15 @@ def test_a_single_normal_beside_a_mixture_network(name, exact_weights):
     single = best_in_family(model, torch.tensor(Y), "pq").numpy()
     single = BranchedNormal(single.log_probs, single.means + 0.2, single.stds * 1.3)
     alone = analyse(model, Y, single, 4000, np.random.default_rng(3))
-    expanded = analyse(mixture.view_for(model, 2), Y, mixture.expand_components(single, 2), 4000, np.random.default_rng(3))
+    expanded = analyse(
+        mixture.view_for(model, 2), Y, mixture.expand_components(single, 2), 4000, np.random.default_rng(3)
+    )
     if exact_weights:
         np.testing.assert_allclose(expanded.log_weights, alone.log_weights, atol=1e-9)
     else:
-        np.testing.assert_allclose(expanded.log_evidence, model.log_evidence(Y), atol=5 * expanded.log_evidence_se.max() + 0.01)
+        np.testing.assert_allclose(
+            expanded.log_evidence, model.log_evidence(Y), atol=5 * expanded.log_evidence_se.max() + 0.01
+        )
         assert (expanded.ess_fraction > 0.3 * alone.ess_fraction).all()
 
 
@@ -158,14 +172,33 @@ def test_a_single_normal_beside_a_mixture_network(name, exact_weights):
 def mixture_artifacts(tmp_path_factory):
     """gmm compiled with K = 2 for both losses (short), beside the committed single-normal gmm_open."""
     root = tmp_path_factory.mktemp("mixture")
-    assert main(["compile", "--model", "gmm", "--mixture-components", "2", "--steps", "600", "--jobs", "1", "--no-figures", "--out", str(root)]) == 0
+    assert (
+        main(
+            [
+                "compile",
+                "--model",
+                "gmm",
+                "--mixture-components",
+                "2",
+                "--steps",
+                "600",
+                "--jobs",
+                "1",
+                "--no-figures",
+                "--out",
+                str(root),
+            ]
+        )
+        == 0
+    )
     shutil.copytree(ARTIFACTS / "gmm_open", root / "gmm_open", ignore=shutil.ignore_patterns("*.png"))
     return root
 
 
 def test_the_trainer_records_the_family_option(mixture_artifacts):
     manifest = json.loads((mixture_artifacts / "gmm" / "qp.json").read_text())
-    assert manifest["training"]["family_options"] == {"mixture_components": 2, "input_gain": 10.0}  # gmm qp's recipe keeps its gain
+    # gmm qp's recipe keeps its gain
+    assert manifest["training"]["family_options"] == {"mixture_components": 2, "input_gain": 10.0}
     assert manifest["architecture"]["mixture_components"] == 2
     assert set(manifest["metrics"]["calibration"]) >= {"coverage_q", "coverage_resampled", "sbc", "method", "source"}
     assert manifest["metrics"]["limit_qp"] == pytest.approx(0.0, abs=1e-9)
@@ -176,12 +209,18 @@ def test_the_trainer_records_the_family_option(mixture_artifacts):
 def test_a_mixture_artifact_is_served_over_http(mixture_artifacts):
     with TestClient(create_app(Settings(artifacts_dir=mixture_artifacts))) as client:
         ready = client.get("/health/ready").json()
-        assert {name: sorted(versions) for name, versions in ready["served"].items()} == {"gmm": ["pq", "qp"], "gmm_open": ["pq", "qp"]}
+        assert {name: sorted(versions) for name, versions in ready["served"].items()} == {
+            "gmm": ["pq", "qp"],
+            "gmm_open": ["pq", "qp"],
+        }
         assert not ready["refused"]
         detail = client.get("/v1/models/gmm").json()
         assert detail["artifacts"]["pq"]["training"]["family_options"] == {"mixture_components": 2}
         assert "calibration" in detail["artifacts"]["pq"]["metrics"]
-        response = client.post("/v1/models/gmm/posterior", json={"y": [0.0, 9.0], "objective": "both", "num_samples": 2000, "seed": 4, "resample": True})
+        response = client.post(
+            "/v1/models/gmm/posterior",
+            json={"y": [0.0, 9.0], "objective": "both", "num_samples": 2000, "seed": 4, "resample": True},
+        )
         assert response.status_code == 200, response.text
         for result in response.json()["results"]:
             for answer in result["objectives"].values():
@@ -190,7 +229,10 @@ def test_a_mixture_artifact_is_served_over_http(mixture_artifacts):
                 assert sum(b["probability"] for b in branches) == pytest.approx(1.0)
                 assert branches[0]["mean"] < 0 < branches[1]["mean"]  # one normal per mode, ordered by mean
                 diagnostics = answer["diagnostics"]
-                assert abs(diagnostics["log_evidence"] - answer["exact"]["log_evidence"]) < 5 * diagnostics["log_evidence_se"] + 0.02
+                assert (
+                    abs(diagnostics["log_evidence"] - answer["exact"]["log_evidence"])
+                    < 5 * diagnostics["log_evidence_se"] + 0.02
+                )
                 assert diagnostics["cross_check"]["consistent"] and not diagnostics["cross_check"]["misses_mass"]
                 assert len(answer["resampled"]["x"]) == 2000
         assert client.get("/v1/models/gmm/posterior.png", params={"y": 1.0}).headers["content-type"] == "image/png"
@@ -198,14 +240,19 @@ def test_a_mixture_artifact_is_served_over_http(mixture_artifacts):
 
 
 def test_a_single_normal_and_a_mixture_network_serve_side_by_side(mixture_artifacts, tmp_path):
-    """pq from the committed single-normal gmm, qp with K = 2: both answer, laid out with two normals, and cross-check."""
+    """pq from the committed single-normal gmm, qp with K = 2.
+
+    Both answer, laid out with two normals, and cross-check.
+    """
     (tmp_path / "gmm").mkdir()
     for path in (ARTIFACTS / "gmm").glob("pq*"):
         shutil.copy(path, tmp_path / "gmm")
     for path in (mixture_artifacts / "gmm").glob("qp*"):
         shutil.copy(path, tmp_path / "gmm")
     with TestClient(create_app(Settings(artifacts_dir=tmp_path))) as client:
-        data = client.post("/v1/models/gmm/posterior", json={"y": 3.0, "objective": "both", "num_samples": 1000, "seed": 1}).json()
+        data = client.post(
+            "/v1/models/gmm/posterior", json={"y": 3.0, "objective": "both", "num_samples": 1000, "seed": 1}
+        ).json()
         pq, qp = data["objectives"]["pq"], data["objectives"]["qp"]
         assert len(pq["q"]["branches"]) == len(qp["q"]["branches"]) == 2
         assert pq["q"]["branches"][0]["mean"] == pq["q"]["branches"][1]["mean"]  # the one normal, twice

@@ -47,14 +47,20 @@ def test_exact_posterior_matches_numerical_integration(name, y):
     model = build_model(name)
 
     def joint(x: float, b: int) -> float:
-        return math.exp(model.log_joint(torch.tensor(b), torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)).item())
+        return math.exp(
+            model.log_joint(
+                torch.tensor(b), torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
+            ).item()
+        )
 
     exact = model.exact_posterior(torch.tensor([y]))
     centres = exact.means[0].tolist()
     moments = np.zeros((model.num_branches, 3))
     for b in range(model.num_branches):
         for power in range(3):
-            moments[b, power] = integrate.quad(lambda x: x**power * joint(x, b), -80, 80, points=centres, limit=400, epsabs=0)[0]
+            moments[b, power] = integrate.quad(
+                lambda x, power=power, b=b: x**power * joint(x, b), -80, 80, points=centres, limit=400, epsabs=0
+            )[0]
     evidence = moments[:, 0].sum()
     assert model.log_evidence(torch.tensor([y])).item() == pytest.approx(math.log(evidence), abs=1e-7)
     np.testing.assert_allclose(model.branch_probabilities(exact)[0].numpy(), moments[:, 0] / evidence, atol=1e-9)
@@ -87,13 +93,20 @@ def test_gaussian_optimum_is_the_corrected_one():
 
 def test_open_universe_layout_is_one_setting_away():
     universes = [
-        {"probability": 0.2, "weights": [1.0] if k == 1 else [1 / k] * k, "means": list(np.linspace(-6, 6, k)) if k > 1 else [0.0], "stds": [1.0] * k}
+        {
+            "probability": 0.2,
+            "weights": [1.0] if k == 1 else [1 / k] * k,
+            "means": list(np.linspace(-6, 6, k)) if k > 1 else [0.0],
+            "stds": [1.0] * k,
+        }
         for k in range(1, 6)
     ]
     model = build_model("gmm_open", {"universes": universes})
     assert model.num_branches == 1 + 2 + 3 + 4 + 5
     assert model.branches[0] == {"k": 1} and model.branches[-1] == {"k": 5, "z": 4}
-    assert model.branch_probabilities(model.exact_posterior(torch.tensor([0.3, 7.0]))).sum(-1).tolist() == pytest.approx([1, 1])
+    assert model.branch_probabilities(model.exact_posterior(torch.tensor([0.3, 7.0]))).sum(
+        -1
+    ).tolist() == pytest.approx([1, 1])
 
 
 @pytest.mark.parametrize(
@@ -128,14 +141,18 @@ def test_numpy_and_torch_give_the_same_numbers(name):
     x = rng.normal(0.0, 6.0, size=(7, 50))
     as_torch = torch.from_numpy
     np.testing.assert_allclose(
-        model.log_joint(branch, x, y[:, None]), model.log_joint(as_torch(branch), as_torch(x), as_torch(y)[:, None]).numpy(), rtol=1e-12
+        model.log_joint(branch, x, y[:, None]),
+        model.log_joint(as_torch(branch), as_torch(x), as_torch(y)[:, None]).numpy(),
+        rtol=1e-12,
     )
     exact_np, evidence_np = model.exact_posterior_and_evidence(y)
     exact_t, evidence_t = model.exact_posterior_and_evidence(as_torch(y))
     np.testing.assert_allclose(evidence_np, evidence_t.numpy(), rtol=1e-12)
     for field in ("log_probs", "means", "stds"):
         np.testing.assert_allclose(getattr(exact_np, field), getattr(exact_t, field).numpy(), rtol=1e-12, atol=1e-300)
-    np.testing.assert_allclose(model.branch_probabilities(exact_np), model.branch_probabilities(exact_t).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(
+        model.branch_probabilities(exact_np), model.branch_probabilities(exact_t).numpy(), rtol=1e-12
+    )
     nb = model.num_branches  # some q over branches, unlike the posterior
     q = BranchedNormal(np.full((7, nb), -math.log(nb)), exact_np.means[:, :nb] * 0.9, exact_np.stds[:, :nb] * 1.5)
     torch_q = BranchedNormal(*(as_torch(np.ascontiguousarray(a)) for a in (q.log_probs, q.means, q.stds)))

@@ -1,4 +1,7 @@
-"""The pages, their assets and the exact-posterior endpoint over HTTP (in-process; the browser tests are test_browser.py)."""
+"""The pages, their assets and the exact-posterior endpoint over HTTP (in-process).
+
+The browser tests are test_browser.py.
+"""
 
 import json
 import re
@@ -43,7 +46,9 @@ def test_explore_page_loads_only_local_assets(client):
     response = client.get("/explore")
     html = response.text
     assert response.status_code == 200 and local_only(html) == []
-    config = json.loads(re.search(r'<script type="application/json" id="explorer-config">(.*?)</script>', html, re.S).group(1))
+    config = json.loads(
+        re.search(r'<script type="application/json" id="explorer-config">(.*?)</script>', html, re.S).group(1)
+    )
     assert config["y_ranges"]["gmm"][0] < -30 and config["y_ranges"]["gmm"][1] > 30  # p(y) of gmm has std ~11
     for asset in re.findall(r'(?:src|href)="(/static/[^"]+)"', html):
         assert client.get(asset).status_code == 200, asset
@@ -62,7 +67,11 @@ def test_vendored_uplot_is_the_locked_version_with_its_licence():
     lock = json.loads((VENDOR / "package-lock.json").read_text())
     version = lock["packages"]["node_modules/uplot"]["version"]
     assert json.loads((VENDOR / "package.json").read_text())["dependencies"]["uplot"] == version
-    assert (VENDOR / "uplot" / "uPlot.iife.min.js").read_text().startswith(f"/*! https://github.com/leeoniya/uPlot (v{version}) */")
+    assert (
+        (VENDOR / "uplot" / "uPlot.iife.min.js")
+        .read_text()
+        .startswith(f"/*! https://github.com/leeoniya/uPlot (v{version}) */")
+    )
     assert "MIT License" in (VENDOR / "uplot" / "LICENSE").read_text()
 
 
@@ -77,7 +86,9 @@ def test_exact_components_at_one_or_many_y(client):
     for i, result in enumerate(body["results"]):
         assert result["log_evidence"] == pytest.approx(log_evidence[i], rel=1e-12)
         assert [c["mean"] for c in result["components"]] == pytest.approx(posterior.means[i].tolist(), rel=1e-12)
-        assert [c["probability"] for c in result["components"]] == pytest.approx(posterior.probs[i].tolist(), rel=1e-12, abs=1e-300)
+        assert [c["probability"] for c in result["components"]] == pytest.approx(
+            posterior.probs[i].tolist(), rel=1e-12, abs=1e-300
+        )
         assert result["branch_probabilities"] == pytest.approx([1.0])
     one = client.get("/v1/models/gmm_open/exact", params={"y": 2.5}).json()["results"][0]
     assert [c["latents"] for c in one["components"]] == [{"k": 1}, {"k": 2, "z": 0}, {"k": 2, "z": 1}]
@@ -97,7 +108,9 @@ def test_png_size_and_objective_options(client):
     default = client.get("/v1/models/gmm_open/posterior.png", params={"y": 0})
     assert png_size(default.content) == (640, 750)
     assert png_size(client.get("/v1/models/gmm/posterior.png", params={"y": 0}).content) == (640, 430)
-    small = client.get("/v1/models/gmm/posterior.png", params={"y": 1e6, "width": 400, "height": 300, "objective": "qp"})
+    small = client.get(
+        "/v1/models/gmm/posterior.png", params={"y": 1e6, "width": 400, "height": 300, "objective": "qp"}
+    )
     assert small.status_code == 200 and png_size(small.content) == (400, 300)
     assert png_size(client.get("/v1/models/gmm/posterior.png", params={"y": 0, "width": 1000}).content) == (1000, 430)
     assert client.get("/v1/models/gmm/posterior.png", params={"y": 0, "width": 100}).status_code == 422

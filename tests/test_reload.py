@@ -1,4 +1,7 @@
-"""Variants served side by side, versions and pinning, nothing silent, and live reload (new, changed, removed, corrupt)."""
+"""Variants served side by side, versions and pinning, nothing silent, and live reload.
+
+Live reload of new, changed, removed and corrupt artifacts.
+"""
 
 import hashlib
 import json
@@ -15,13 +18,12 @@ from fastapi.testclient import TestClient
 from amortized.artifacts import atomic_write, save_artifact
 from amortized.models import build_model
 from amortized.training import compile_network, recipe
-from service.answers import answer
-from service.answers import PosteriorQuery
-from tests.launch import start_server, stop_server
+from service.answers import PosteriorQuery, answer
 from service.main import create_app
 from service.registry import Registry
 from service.settings import Settings
 from tests.conftest import ARTIFACTS
+from tests.launch import start_server, stop_server
 
 
 def compile_into(root, family, objective="pq", name=None, params=None, seed=0, steps=20):
@@ -59,11 +61,19 @@ def test_a_variant_is_served_beside_its_default(tmp_path):
         compile_into(tmp_path, "gmm", objective, name="gmm_sigma5", params={"sigma": 5.0})
     with TestClient(app_for(tmp_path)) as client:
         listing = {m["name"]: m for m in client.get("/v1/models").json()}
-        assert {name: (m["family"], m["params"]["sigma"]) for name, m in listing.items()} == {"gmm": ("gmm", 10.0), "gmm_sigma5": ("gmm", 5.0)}
-        assert listing["gmm"]["versions"] == {"pq": version_of(ARTIFACTS / "gmm/pq.json"), "qp": version_of(ARTIFACTS / "gmm/qp.json")}
+        assert {name: (m["family"], m["params"]["sigma"]) for name, m in listing.items()} == {
+            "gmm": ("gmm", 10.0),
+            "gmm_sigma5": ("gmm", 5.0),
+        }
+        assert listing["gmm"]["versions"] == {
+            "pq": version_of(ARTIFACTS / "gmm/pq.json"),
+            "qp": version_of(ARTIFACTS / "gmm/qp.json"),
+        }
         data = ask(client, "gmm_sigma5", y=2.0, objective="both")
-        exact = np.log(0.5 * np.exp(-(2.0 + 5.0) ** 2 / 52) + 0.5 * np.exp(-(2.0 - 5.0) ** 2 / 52)) - 0.5 * np.log(2 * np.pi * 26)
-        for objective, result in data["objectives"].items():
+        exact = np.log(0.5 * np.exp(-((2.0 + 5.0) ** 2) / 52) + 0.5 * np.exp(-((2.0 - 5.0) ** 2) / 52)) - 0.5 * np.log(
+            2 * np.pi * 26
+        )
+        for _objective, result in data["objectives"].items():
             assert result["model"] == "gmm_sigma5" and result["versions"] == listing["gmm_sigma5"]["versions"]
             assert result["exact"]["log_evidence"] == pytest.approx(exact, rel=1e-12)
         assert ask(client, "gmm", y=2.0)["exact"]["log_evidence"] != pytest.approx(exact)
@@ -76,8 +86,11 @@ def test_a_copied_artifact_never_shadows_the_default(tmp_path, caplog):
     other = tmp_path.parent / f"{tmp_path.name}-other"
     compile_into(other, "gmm", "qp", params={"sigma": 5.0})  # variant "gmm" (no name given), sigma 5
     shutil.copytree(other / "gmm", tmp_path / "gmm_sigma5")
-    old = {k: v for k, v in json.loads((ARTIFACTS / "gmm/pq.json").read_text()).items() if k not in ("variant", "family")}
-    (tmp_path / "gmm_sigma5/pq.json").write_text(json.dumps({**old, "format_version": 1, "model": "gmm"}))  # an old-format copy
+    old = {
+        k: v for k, v in json.loads((ARTIFACTS / "gmm/pq.json").read_text()).items() if k not in ("variant", "family")
+    }
+    # an old-format copy
+    (tmp_path / "gmm_sigma5/pq.json").write_text(json.dumps({**old, "format_version": 1, "model": "gmm"}))
     shutil.copy(ARTIFACTS / "gmm" / old["weights"]["file"], tmp_path / "gmm_sigma5")
     with caplog.at_level(logging.ERROR, "service.registry"):
         app = app_for(tmp_path)
@@ -86,7 +99,9 @@ def test_a_copied_artifact_never_shadows_the_default(tmp_path, caplog):
     assert {path for path in refused_paths if any(path in line for line in logged)} == refused_paths
     with TestClient(app) as client:
         ready = client.get("/health/ready").json()
-        assert ready["served"] == {"gmm": {"pq": version_of(ARTIFACTS / "gmm/pq.json"), "qp": version_of(ARTIFACTS / "gmm/qp.json")}}
+        assert ready["served"] == {
+            "gmm": {"pq": version_of(ARTIFACTS / "gmm/pq.json"), "qp": version_of(ARTIFACTS / "gmm/qp.json")}
+        }
         assert set(ready["refused"]) == refused_paths
         assert all("folder 'gmm_sigma5' holds an artifact of variant 'gmm'" in why for why in ready["refused"].values())
         assert ask(client, "gmm", objective="both")["objectives"]["qp"]["q"]["branches"][0]["std"] > 0
@@ -102,7 +117,10 @@ def test_a_partial_variant_serves_what_it_has_and_takes_nothing_down(tmp_path):
         assert {name: sorted(v) for name, v in ready["served"].items()} == {"gmm": ["pq", "qp"], "gmm_sigma5": ["qp"]}
         assert ready["refused"] == {}
         missing = ask(client, "gmm_sigma5", expect=404, objective="both")["detail"][0]
-        assert missing["loc"] == ["body", "objective"] and "pq is not compiled for gmm_sigma5; available: qp" in missing["msg"]
+        assert (
+            missing["loc"] == ["body", "objective"]
+            and "pq is not compiled for gmm_sigma5; available: qp" in missing["msg"]
+        )
         alone = ask(client, "gmm_sigma5", objective="qp")
         assert alone["diagnostics"]["cross_check"] is None and set(alone["versions"]) == {"qp"}
         assert set(ask(client, "gmm", objective="qp")["versions"]) == {"pq", "qp"}  # with its cross-check network
@@ -125,12 +143,19 @@ def test_a_missing_folder_is_logged_and_named_by_readiness(tmp_path, caplog):
     missing = tmp_path / "no-such-folder"
     with caplog.at_level(logging.WARNING, "service.registry"):
         app = app_for(missing)
-    assert any(f"the artifacts folder {missing} does not exist (AMORTIZED_ARTIFACTS_DIR)" in r.getMessage() for r in caplog.records)
+    assert any(
+        f"the artifacts folder {missing} does not exist (AMORTIZED_ARTIFACTS_DIR)" in r.getMessage()
+        for r in caplog.records
+    )
     with TestClient(app) as client:
         response = client.get("/health/ready")
         assert response.status_code == 503
         body = response.json()
-        assert body["artifacts_dir"] == str(missing) and str(missing) in body["reason"] and "does not exist" in body["reason"]
+        assert (
+            body["artifacts_dir"] == str(missing)
+            and str(missing) in body["reason"]
+            and "does not exist" in body["reason"]
+        )
         assert body["served"] == {} and body["refused"] == {}
 
 
@@ -140,7 +165,11 @@ def test_an_empty_folder_is_named_and_artifacts_that_appear_are_served(tmp_path,
     assert any(f"{tmp_path} holds no artifacts" in r.getMessage() for r in caplog.records)
     with TestClient(app) as client:
         body = client.get("/health/ready").json()
-        assert body["status"] == "not ready" and body["artifacts_dir"] == str(tmp_path) and "holds no artifacts" in body["reason"]
+        assert (
+            body["status"] == "not ready"
+            and body["artifacts_dir"] == str(tmp_path)
+            and "holds no artifacts" in body["reason"]
+        )
         compile_into(tmp_path, "gaussian", "pq", name="late")
         wait_for(lambda: client.get("/health/ready").status_code == 200)
         assert "reason" not in client.get("/health/ready").json() and ask(client, "late")["model"] == "late"
@@ -160,9 +189,13 @@ def test_answers_carry_versions_and_a_pin_must_be_served(client, app):
     assert conflict["loc"] == ["body", "version"] and conflict["type"] == "conflict"
     assert "version 0123456789abcdef of gmm_open/pq is not served" in conflict["msg"]
     assert f"pq {versions['pq']}" in conflict["msg"] and f"qp {versions['qp']}" in conflict["msg"]
-    other = ask(client, "gmm_open", expect=409, objective="pq", version={"qp": versions["pq"]})["detail"][0]  # the cross-check's network
+    # the cross-check's network
+    other = ask(client, "gmm_open", expect=409, objective="pq", version={"qp": versions["pq"]})["detail"][0]
     assert "gmm_open/qp is not served" in other["msg"]
-    assert "pin each network" in ask(client, "gmm_open", expect=422, objective="both", version=versions["pq"])["detail"][0]["msg"]
+    assert (
+        "pin each network"
+        in ask(client, "gmm_open", expect=422, objective="both", version=versions["pq"])["detail"][0]["msg"]
+    )
     for bad in ("4209aa33", "XYZ", {"kl": versions["pq"]}):
         assert ask(client, "gmm_open", expect=422, version=bad)["detail"][0]["loc"][:2] == ["body", "version"]
 
@@ -171,7 +204,10 @@ def test_answers_carry_versions_and_a_pin_must_be_served(client, app):
 
 
 def corrupt_replacement(manifest_path, seed):
-    """Replace an artifact the way the trainer does (new weights, then the manifest atomically), but with a bit flipped."""
+    """Replace an artifact the way the trainer does (new weights, then the manifest atomically).
+
+    But with a bit flipped.
+    """
     scratch = manifest_path.parent.parent.parent / f"{manifest_path.parent.parent.name}-scratch-{seed}"
     variant, objective = manifest_path.parent.name, manifest_path.stem
     fresh = compile_into(scratch, "gaussian", objective, name=variant, seed=seed)
@@ -245,7 +281,15 @@ def test_a_broken_first_artifact_is_refused_without_touching_others(tmp_path):
     bad.parent.mkdir()
     shutil.copy(good.parent / json.loads(good.read_text())["weights"]["file"], bad.parent)
     manifest = json.loads(good.read_text())
-    bad.write_text(json.dumps({**manifest, "variant": "beta", "weights": {**manifest["weights"], "sha256": hashlib.sha256(b"x").hexdigest()}}))
+    bad.write_text(
+        json.dumps(
+            {
+                **manifest,
+                "variant": "beta",
+                "weights": {**manifest["weights"], "sha256": hashlib.sha256(b"x").hexdigest()},
+            }
+        )
+    )
     registry.reload()
     assert served_versions(registry) == {"alpha": {"pq": version_of(good)}}
     assert "checksum mismatch" in registry.refused[str(bad)] and "still serving" not in registry.refused[str(bad)]
@@ -284,8 +328,11 @@ def test_the_server_notices_new_changed_removed_and_corrupt_artifacts(tmp_path, 
 def test_several_workers_each_reload(tmp_path):
     """Two uvicorn workers: each has its own registry and watcher; both move to the new version."""
     first = compile_into(tmp_path, "gaussian", "pq", name="alpha")
-    process, url = start_server({"AMORTIZED_ARTIFACTS_DIR": str(tmp_path)}, "--workers", "2", "--log-level", "warning", timeout=120)
+    process, url = start_server(
+        {"AMORTIZED_ARTIFACTS_DIR": str(tmp_path)}, "--workers", "2", "--log-level", "warning", timeout=120
+    )
     try:
+
         def workers_on(version):  # fresh connections are spread over the workers by the kernel
             seen = {}
             for _ in range(40):
@@ -296,8 +343,12 @@ def test_several_workers_each_reload(tmp_path):
         wait_for(lambda: workers_on(version_of(first)), timeout=60)
         changed = version_of(compile_into(tmp_path, "gaussian", "pq", name="alpha", seed=1))
         wait_for(lambda: workers_on(changed), timeout=20)
-        answers = {httpx.post(f"{url}/v1/models/alpha/posterior", json={"y": 0.1}, headers={"connection": "close"}).json()["versions"]["pq"]
-                   for _ in range(20)}
+        answers = {
+            httpx.post(f"{url}/v1/models/alpha/posterior", json={"y": 0.1}, headers={"connection": "close"}).json()[
+                "versions"
+            ]["pq"]
+            for _ in range(20)
+        }
         assert answers == {changed}
     finally:
         stop_server(process)

@@ -21,8 +21,14 @@ from tests.conftest import ARTIFACTS
 MODELS = ["gaussian", "gmm", "gmm_discrete", "gmm_open"]  # the families, and their default variants
 # every committed variant: its family and the observation its answers are checked at
 # (gmm_sigma5 at y = 3: both modes hold mass; gmm_open_k3 at y = 2.7: k = 1, 2 and 3 all do)
-VARIANTS = {"gaussian": ("gaussian", 0.8), "gmm": ("gmm", 6.0), "gmm_discrete": ("gmm_discrete", -3.0), "gmm_open": ("gmm_open", 2.7),
-            "gmm_sigma5": ("gmm", 3.0), "gmm_open_k3": ("gmm_open", 2.7)}
+VARIANTS = {
+    "gaussian": ("gaussian", 0.8),
+    "gmm": ("gmm", 6.0),
+    "gmm_discrete": ("gmm_discrete", -3.0),
+    "gmm_open": ("gmm_open", 2.7),
+    "gmm_sigma5": ("gmm", 3.0),
+    "gmm_open_k3": ("gmm_open", 2.7),
+}
 PAIRS = [(m, o) for m in VARIANTS for o in ("pq", "qp")]
 CONTAINS_POSTERIOR = {"gaussian", "gmm_discrete", "gmm_open"}  # families whose q can be the exact posterior
 RESPONSE = TypeAdapter(PosteriorResponse)
@@ -30,8 +36,10 @@ RESPONSE = TypeAdapter(PosteriorResponse)
 
 def strict_json(text: str):
     """Parse JSON refusing NaN and Infinity, which a 200 response must never carry."""
+
     def refuse(constant):
         raise AssertionError(f"non-finite number {constant} in a response")
+
     return json.loads(text, parse_constant=refuse)
 
 
@@ -60,7 +68,9 @@ def test_answer_matches_the_network_and_the_truth(client, app, model, objective)
     # samples follow q: x against q's mixture CDF, and the branch frequencies
     probs, means, stds = (np.array([b[k] for b in branches]) for k in ("probability", "mean", "std"))
     x = np.array(data["samples"]["x"])
-    assert stats.kstest(x, lambda v: (probs * stats.norm.cdf(np.asarray(v)[..., None], means, stds)).sum(-1)).pvalue > 1e-3
+    assert (
+        stats.kstest(x, lambda v: (probs * stats.norm.cdf(np.asarray(v)[..., None], means, stds)).sum(-1)).pvalue > 1e-3
+    )
     for name in data["samples"]:
         if name != "x":
             values = data["samples"][name]
@@ -79,10 +89,15 @@ def test_answer_matches_the_network_and_the_truth(client, app, model, objective)
     if family in CONTAINS_POSTERIOR:
         assert d["ess_fraction"] > 0.9 and d["verdict"] == "reliable"
         assert exact["kl_pq"] < 0.05 and exact["kl_qp"] < 0.05
-    else:  # q cannot be p: its own divergence is within the compile bound (0.02 nats mean gap) of the family's best at this y
+    else:
+        # q cannot be p: its own divergence is within the compile bound (0.02 nats mean gap)
+        # of the family's best at this y
         own = exact[f"kl_{objective}"]
-        limit = kl_divergences(served.model, served.model.exact_posterior(torch.tensor([y], dtype=torch.float64)),
-                               best_in_family(served.model, torch.tensor([y], dtype=torch.float64), objective))
+        limit = kl_divergences(
+            served.model,
+            served.model.exact_posterior(torch.tensor([y], dtype=torch.float64)),
+            best_in_family(served.model, torch.tensor([y], dtype=torch.float64), objective),
+        )
         assert own - limit[0 if objective == "pq" else 1].item() < 0.05, (own, limit)
 
 
@@ -117,7 +132,10 @@ def test_gmm_at_zero_shows_the_seeds_contrast(client):
 
 @pytest.mark.parametrize("model", sorted(m for m, (family, _) in VARIANTS.items() if family in CONTAINS_POSTERIOR))
 def test_nearly_exact_q_is_not_called_unreliable_for_a_noisy_k_hat(client, app, model):
-    """Nearly uniform weights make k-hat noise (above 4 for some of these y on gmm_discrete, gmm_open): no crying wolf."""
+    """Nearly uniform weights make k-hat noise (above 4 for some of these y on gmm_discrete, gmm_open).
+
+    No crying wolf.
+    """
     ys = app.state.registry.models[model].model.sample_joint(200, torch.Generator().manual_seed(5)).y.double().tolist()
     for objective in ("pq", "qp"):
         results = post(client, model, y=ys, objective=objective, num_samples=1000, seed=2)["results"]
@@ -130,7 +148,10 @@ def test_same_seed_same_samples_and_omitted_seed_is_echoed(client):
     again = client.post("/v1/models/gmm_open/posterior", json=body)
     assert first.content == again.content
     other = post(client, "gmm_open", **{**body, "seed": 43})
-    assert other["results"][0]["objectives"]["pq"]["samples"]["x"] != first.json()["results"][0]["objectives"]["pq"]["samples"]["x"]
+    assert (
+        other["results"][0]["objectives"]["pq"]["samples"]["x"]
+        != first.json()["results"][0]["objectives"]["pq"]["samples"]["x"]
+    )
     drawn = post(client, "gmm_open", y=0.5, num_samples=50)
     replay = post(client, "gmm_open", y=0.5, num_samples=50, seed=drawn["seed"])
     assert drawn["samples"] == replay["samples"]
@@ -185,17 +206,24 @@ def test_bad_bodies_get_a_4xx_naming_the_field(client, body, loc):
     assert loc in locations and all(item["msg"] for item in response.json()["detail"])
 
 
-@pytest.mark.parametrize("raw", [b'{"y": NaN}', b'{"y": Infinity}', b'{"y": -Infinity}', b'{"y": 1e999}', b'{"y": ', b"not json", b'[1, 2]'])
+@pytest.mark.parametrize(
+    "raw", [b'{"y": NaN}', b'{"y": Infinity}', b'{"y": -Infinity}', b'{"y": 1e999}', b'{"y": ', b"not json", b"[1, 2]"]
+)
 def test_malformed_or_non_finite_json_is_a_422(client, raw):
     response = client.post("/v1/models/gmm/posterior", content=raw, headers={"content-type": "application/json"})
     assert response.status_code == 422 and response.json()["detail"][0]["loc"][0] == "body"
 
 
-@pytest.mark.parametrize("headers", [{}, {"content-type": "text/plain"}, {"content-type": "application/x-www-form-urlencoded"}])
+@pytest.mark.parametrize(
+    "headers", [{}, {"content-type": "text/plain"}, {"content-type": "application/x-www-form-urlencoded"}]
+)
 def test_a_body_not_sent_as_json_is_told_to_say_so(client, headers):
     response = client.post("/v1/models/gmm/posterior", content=b'{"y": 1.0}', headers=headers)
     assert response.status_code == 415
-    assert response.json()["detail"][0]["loc"] == ["header", "content-type"] and "application/json" in response.json()["detail"][0]["msg"]
+    assert (
+        response.json()["detail"][0]["loc"] == ["header", "content-type"]
+        and "application/json" in response.json()["detail"][0]["msg"]
+    )
 
 
 def test_unknown_model_lists_the_known_ones(client):
@@ -274,7 +302,9 @@ def test_openapi_documents_fields_and_examples(client):
     operation = spec["paths"]["/v1/models/{model}/posterior"]["post"]
     examples = operation["requestBody"]["content"]["application/json"]["examples"]
     assert set(examples) == set(MODELS)
-    ours = {name: schema for name, schema in spec["components"]["schemas"].items() if hasattr(schemas, name.split("-")[0])}
+    ours = {
+        name: schema for name, schema in spec["components"]["schemas"].items() if hasattr(schemas, name.split("-")[0])
+    }
     assert {"PosteriorRequest", "PosteriorResult", "Diagnostics", "CrossCheck", "Exact", "ModelDetail"} <= set(ours)
     for name, schema in ours.items():
         undocumented = [field for field, spec_ in schema.get("properties", {}).items() if "description" not in spec_]

@@ -25,16 +25,21 @@ def valid_data_is_accepted_within_the_limits(ctx, response, case) -> None:
     """
     if response.status_code == 422 and "AMORTIZED_MAX_" in response.text:
         return
-    if response.status_code == 409 and "is not served" in response.text:  # a random pinned version: the 409 names the served ones
+    # a random pinned version: the 409 names the served ones
+    if response.status_code == 409 and "is not served" in response.text:
         return
     if response.status_code == 422 and 'with objective "both", pin each network' in response.text:
         return
-    if response.status_code == 422 and '"type":"int_type"' in response.text:  # 378057.0 for an integer: refused (strict), which
-        return  # JSON Schema's "integer" cannot say (it counts integral floats as integers)
+    # 378057.0 for an integer: refused (strict), which JSON Schema's "integer" cannot say (it counts integral floats
+    # as integers)
+    if response.status_code == 422 and '"type":"int_type"' in response.text:
+        return
     positive_data_acceptance(ctx, response, case)
 
 
 @schema.parametrize()
 @settings(max_examples=2500, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_never_fails_and_keeps_its_schema(case):
-    case.call_and_validate(excluded_checks=[positive_data_acceptance], additional_checks=[valid_data_is_accepted_within_the_limits])
+    case.call_and_validate(
+        excluded_checks=[positive_data_acceptance], additional_checks=[valid_data_is_accepted_within_the_limits]
+    )

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from client import AmortizedClient, ApiError
-from tests.launch import start_server, stop_server
 from tests.conftest import ARTIFACTS
+from tests.launch import start_server, stop_server
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,14 @@ def server():
 
 def test_client_gets_numpy_answers_from_a_real_server(server):
     with AmortizedClient(server) as api:
-        assert {m["name"] for m in api.models()} >= {"gaussian", "gmm", "gmm_discrete", "gmm_open", "gmm_sigma5", "gmm_open_k3"}
+        assert {m["name"] for m in api.models()} >= {
+            "gaussian",
+            "gmm",
+            "gmm_discrete",
+            "gmm_open",
+            "gmm_sigma5",
+            "gmm_open_k3",
+        }
         answer = api.posterior("gmm_open", 0.5, objective="qp", num_samples=400, seed=5, resample=True)
         assert answer.x.shape == answer.log_weights.shape == (400,) and answer.x.dtype == np.float64
         assert np.isnan(answer.latents["z"][answer.latents["k"] == 1]).all()  # z does not exist when k = 1
@@ -26,10 +33,13 @@ def test_client_gets_numpy_answers_from_a_real_server(server):
         assert answer.resampled["x"].shape == (400,)
         both = api.posterior("gmm", [0.0, 4.0], objective="both", num_samples=200, seed=1)
         assert len(both) == 2 and set(both[0]) == {"pq", "qp"}
-        assert both[0]["qp"].branch_stds[0] < 1.1 and both[0]["pq"].branch_stds[0] > 4.5  # mode-seeking against mass-covering
+        # mode-seeking against mass-covering
+        assert both[0]["qp"].branch_stds[0] < 1.1 and both[0]["pq"].branch_stds[0] > 4.5
         assert api.model("gaussian")["artifacts"]["pq"]["metrics"]["linear"]["a"]["abs_error"] < 0.01
         versions = {m["name"]: m["versions"] for m in api.models()}
-        pinned = api.posterior("gmm_sigma5", 3.0, objective="qp", num_samples=50, seed=1, version=versions["gmm_sigma5"]["qp"])
+        pinned = api.posterior(
+            "gmm_sigma5", 3.0, objective="qp", num_samples=50, seed=1, version=versions["gmm_sigma5"]["qp"]
+        )
         assert pinned.versions == versions["gmm_sigma5"]
 
 

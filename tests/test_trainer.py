@@ -1,6 +1,5 @@
 """The compiler's command line: compile, determinism, interruption, figures, report."""
 
-import hashlib
 import json
 
 import pytest
@@ -35,11 +34,30 @@ def test_same_seed_same_weights_in_parallel_or_not(tmp_path):
     main([*args, "--jobs", "2", "--seed", "3", "--out", str(tmp_path / "b")])
     main([*args, "--jobs", "1", "--seed", "4", "--out", str(tmp_path / "c")])
     for model in ("gaussian", "gmm_discrete"):
-        assert weights_sha(tmp_path / "a", model) == weights_sha(tmp_path / "b", model) != weights_sha(tmp_path / "c", model)
+        assert (
+            weights_sha(tmp_path / "a", model)
+            == weights_sha(tmp_path / "b", model)
+            != weights_sha(tmp_path / "c", model)
+        )
 
 
 def test_an_interrupted_compile_leaves_the_previous_artifact(tmp_path, monkeypatch, capsys):
-    main(["compile", "--model", "gaussian", "--objective", "pq", "--steps", "40", "--jobs", "1", "--no-figures", "--out", str(tmp_path)])
+    main(
+        [
+            "compile",
+            "--model",
+            "gaussian",
+            "--objective",
+            "pq",
+            "--steps",
+            "40",
+            "--jobs",
+            "1",
+            "--no-figures",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     manifest = tmp_path / "gaussian" / "pq.json"
     before, sha = manifest.read_bytes(), weights_sha(tmp_path)
     real_write = artifacts.atomic_write
@@ -50,7 +68,24 @@ def test_an_interrupted_compile_leaves_the_previous_artifact(tmp_path, monkeypat
         real_write(path, data, *staging)
 
     monkeypatch.setattr(artifacts, "atomic_write", ctrl_c_at_the_commit_point)
-    status = main(["compile", "--model", "gaussian", "--objective", "pq", "--steps", "40", "--seed", "9", "--jobs", "1", "--no-figures", "--out", str(tmp_path)])
+    status = main(
+        [
+            "compile",
+            "--model",
+            "gaussian",
+            "--objective",
+            "pq",
+            "--steps",
+            "40",
+            "--seed",
+            "9",
+            "--jobs",
+            "1",
+            "--no-figures",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert status == 130 and "interrupted" in capsys.readouterr().err
     assert manifest.read_bytes() == before
     artifact = load_artifact(manifest)  # checksum verified: the old weights are intact

@@ -18,8 +18,8 @@ from fastapi.testclient import TestClient
 from amortized.diagnostics import MIN_JUDGED_SAMPLES, analyse
 from amortized.distributions import BranchedNormal
 from amortized.evaluation import best_in_family
-from amortized.models import build_model
 from amortized.importance.streams import SEED_BITS
+from amortized.models import build_model
 from service.main import create_app
 from service.routers import posterior as posterior_router
 from service.settings import Settings
@@ -56,7 +56,9 @@ def test_the_standard_error_with_two_draws_is_the_delta_method_value(client):
     data = post(client, "gmm", y=3.0, objective="pq", num_samples=2, seed=5)
     w = np.exp(np.array(data["log_weights"]) - max(data["log_weights"]))
     ess = w.sum() ** 2 / (w**2).sum()
-    assert data["diagnostics"]["log_evidence_se"] == pytest.approx(math.sqrt(max(1 / ess - 1 / 2, 0.0)), rel=1e-9, abs=1e-12)
+    assert data["diagnostics"]["log_evidence_se"] == pytest.approx(
+        math.sqrt(max(1 / ess - 1 / 2, 0.0)), rel=1e-9, abs=1e-12
+    )
 
 
 @pytest.mark.parametrize("num_samples", [2, 10, 100, 1000])
@@ -77,7 +79,10 @@ def test_the_cross_check_catches_a_missed_mode_at_any_sample_size(client, num_sa
 
 
 def test_a_missed_mode_the_covering_proposal_barely_reaches_is_never_called_reliable():
-    """With the moment-matched normal as the other proposal the missed mode is reached by few draws: at least not reliable."""
+    """With the moment-matched normal as the other proposal the missed mode is reached by few draws.
+
+    At least not reliable.
+    """
     model = build_model("gmm")
     y = np.array([-20.7])
     mode_fit, covering = (best_in_family(model, torch.tensor(y), d).numpy() for d in ("qp", "pq"))
@@ -88,7 +93,10 @@ def test_a_missed_mode_the_covering_proposal_barely_reaches_is_never_called_reli
 
 
 def test_the_missed_mass_of_a_covering_q_is_zero():
-    """The moment-matched q covers both modes: no posterior mass lies where its density is under 1% of the posterior's."""
+    """The moment-matched q covers both modes.
+
+    No posterior mass lies where its density is under 1% of the posterior's.
+    """
     model = build_model("gmm")
     y = np.array([-20.7, 0.0, 8.0])
     covering, mode_fit = (best_in_family(model, torch.tensor(y), d).numpy() for d in ("pq", "qp"))
@@ -111,7 +119,11 @@ def test_a_k_hat_that_cannot_be_fitted_says_why():
     far = BranchedNormal(np.zeros((1, 1)), np.zeros((1, 1)), np.full((1, 1), 1000.0))  # log weights span ~1e6 nats
     result = analyse(model, y, far, 1000, np.random.default_rng(0))
     assert math.isnan(result.pareto_k.item()) and result.ess.item() < 1.5
-    assert result.verdict == ["unreliable"] and "collapsed on one draw" in result.reason[0] and "nan" not in result.reason[0]
+    assert (
+        result.verdict == ["unreliable"]
+        and "collapsed on one draw" in result.reason[0]
+        and "nan" not in result.reason[0]
+    )
 
 
 # --- exact numbers at every y ---------------------------------------------------------------------------------------
@@ -136,7 +148,7 @@ def test_mixture_std_is_shift_invariant():
         np.testing.assert_allclose(BranchedNormal(log_probs, means + shift, stds).std_x(), base, rtol=1e-6)
 
 
-# --- seeds: below 2**53, one per row, each row and each half reproducible alone ------------------------------------------
+# --- seeds: below 2**53, one per row, each row and each half reproducible alone ---------------------------------------
 
 
 def test_drawn_seeds_survive_a_javascript_number(client):
@@ -150,7 +162,9 @@ def test_drawn_seeds_survive_a_javascript_number(client):
 @pytest.mark.parametrize("objective", ["pq", "both"])
 def test_each_row_of_a_batch_replays_alone_with_its_seed(client, objective):
     ys = [-3.0, 0.5, 0.5, 9.0]
-    batch = post(client, "gmm_open", y=ys, objective=objective, num_samples=200, seed=2**60 + 3, resample=True)["results"]
+    batch = post(client, "gmm_open", y=ys, objective=objective, num_samples=200, seed=2**60 + 3, resample=True)[
+        "results"
+    ]
     assert len({row["seed"] for row in batch}) == len(ys)  # the repeated y gets other draws
     for y, row in zip(ys, batch):
         alone = post(client, "gmm_open", y=y, objective=objective, num_samples=200, seed=row["seed"], resample=True)
@@ -165,14 +179,23 @@ def test_each_half_of_both_is_its_objective_alone(client):
             assert half["seed"] == row["seed"] and json.dumps(alone) == json.dumps(half)
 
 
-# --- HTTP: HEAD, Content-Encoding, errors about y, refused artifacts, the event loop ------------------------------------------
+# --- HTTP: HEAD, Content-Encoding, errors about y, refused artifacts, the event loop ----------------------------------
 
 
 def test_head_answers_on_every_get_route(client, app):
     """RFC 9110 9.3.2: HEAD gets GET's status and headers, and no body."""
-    paths = {"/v1/models/{model}": "/v1/models/gmm", "/v1/models/{model}/posterior.png": "/v1/models/gmm/posterior.png?y=0",
-             "/v1/models/{model}/exact": "/v1/models/gmm/exact?y=0"}
-    routes = [path for path, operations in app.openapi()["paths"].items() if "get" in operations] + ["/openapi.json", "/docs", "/redoc", "/", "/explore"]
+    paths = {
+        "/v1/models/{model}": "/v1/models/gmm",
+        "/v1/models/{model}/posterior.png": "/v1/models/gmm/posterior.png?y=0",
+        "/v1/models/{model}/exact": "/v1/models/gmm/exact?y=0",
+    }
+    routes = [path for path, operations in app.openapi()["paths"].items() if "get" in operations] + [
+        "/openapi.json",
+        "/docs",
+        "/redoc",
+        "/",
+        "/explore",
+    ]
     assert len(routes) >= 7
     for route in routes:
         path = paths.get(route, route)
@@ -185,24 +208,36 @@ def test_head_answers_on_every_get_route(client, app):
 def test_gzip_bodies_are_decoded_and_mislabelled_ones_refused(client):
     body = json.dumps({"y": [0.5, 2.0], "num_samples": 50, "seed": 3}).encode()
     plain = client.post(URL.format("gmm"), content=body, headers={"content-type": "application/json"})
-    zipped = client.post(URL.format("gmm"), content=gzip.compress(body),
-                         headers={"content-type": "application/json", "content-encoding": "gzip"})
+    zipped = client.post(
+        URL.format("gmm"),
+        content=gzip.compress(body),
+        headers={"content-type": "application/json", "content-encoding": "gzip"},
+    )
     assert zipped.status_code == 200 and zipped.content == plain.content
-    mislabelled = client.post(URL.format("gmm"), content=body, headers={"content-type": "application/json", "content-encoding": "gzip"})
+    mislabelled = client.post(
+        URL.format("gmm"), content=body, headers={"content-type": "application/json", "content-encoding": "gzip"}
+    )
     assert mislabelled.status_code == 400 and mislabelled.json()["detail"][0]["loc"] == ["header", "content-encoding"]
     for coding in ("br", "zstd", "gzip, br"):
-        other = client.post(URL.format("gmm"), content=body, headers={"content-type": "application/json", "content-encoding": coding})
+        other = client.post(
+            URL.format("gmm"), content=body, headers={"content-type": "application/json", "content-encoding": coding}
+        )
         assert other.status_code == 415 and other.json()["detail"][0]["loc"] == ["header", "content-encoding"], coding
     bomb = gzip.compress(b"[" + b"0," * 2_000_000 + b"0]")  # 4 MB of JSON in a few kB
     assert len(bomb) < 1_048_576
-    refused = client.post(URL.format("gmm"), content=bomb, headers={"content-type": "application/json", "content-encoding": "gzip"})
+    refused = client.post(
+        URL.format("gmm"), content=bomb, headers={"content-type": "application/json", "content-encoding": "gzip"}
+    )
     assert refused.status_code == 413 and "once decoded" in refused.json()["detail"][0]["msg"]
 
 
-@pytest.mark.parametrize("bad, expected", [
-    (["a", 1.0, None, 2.0], [2, 0, 2, None]),  # positions of the bad values: 0 and 2
-    ([1.0, 2.0, {"x": 1}], [None, None, 2, None]),
-])
+@pytest.mark.parametrize(
+    "bad, expected",
+    [
+        (["a", 1.0, None, 2.0], [2, 0, 2, None]),  # positions of the bad values: 0 and 2
+        ([1.0, 2.0, {"x": 1}], [None, None, 2, None]),
+    ],
+)
 def test_errors_about_y_name_each_bad_value_once(client, bad, expected):
     response = client.post(URL.format("gmm"), json={"y": bad})
     items = response.json()["detail"]
@@ -213,9 +248,13 @@ def test_errors_about_y_name_each_bad_value_once(client, bad, expected):
     assert not any("constrained" in str(part) for loc in locs for part in loc)
 
 
-@pytest.mark.parametrize("literal", ["1" + "0" * 400, "-1" + "0" * 400, "1e400", "-1e400", "[0.5, 1e999]", "[1, " + "9" * 500 + "]"])
+@pytest.mark.parametrize(
+    "literal", ["1" + "0" * 400, "-1" + "0" * 400, "1e400", "-1e400", "[0.5, 1e999]", "[1, " + "9" * 500 + "]"]
+)
 def test_numbers_beyond_any_float_are_out_of_range(client, literal):
-    response = client.post(URL.format("gmm"), content=f'{{"y": {literal}}}', headers={"content-type": "application/json"})
+    response = client.post(
+        URL.format("gmm"), content=f'{{"y": {literal}}}', headers={"content-type": "application/json"}
+    )
     assert response.status_code == 422
     items = response.json()["detail"]
     assert len(items) == 1 and items[0]["type"] == "out_of_range" and "out of range" in items[0]["msg"]
@@ -254,6 +293,7 @@ def test_heavy_both_requests_run_off_the_event_loop(monkeypatch):
     settings = Settings(artifacts_dir=ARTIFACTS, offload_samples=50_000, micro_batch=False)
     with TestClient(create_app(settings)) as client:
         loop_thread = client.portal.call(lambda: threading.current_thread().name)
-        post(client, "gmm", y=0.0, objective="both", num_samples=20_000, seed=1)  # 20k x 2 objectives x 2 with the check
+        # 20k x 2 objectives x 2 with the check
+        post(client, "gmm", y=0.0, objective="both", num_samples=20_000, seed=1)
         post(client, "gmm", y=0.0, objective="pq", num_samples=1000, seed=1, cross_check=False)
     assert threads[0] != loop_thread and threads[1] == loop_thread

@@ -29,33 +29,94 @@ def test_a_spec_takes_the_familys_defaults_for_what_it_leaves_out():
 @pytest.mark.parametrize(
     "data, where, reason",
     [
-        ({"name": "g", "family": "gmm", "params": {"weights": [0.6, 0.6]}}, "params.weights", "must sum to 1 (they sum to 1.2)"),
+        (
+            {"name": "g", "family": "gmm", "params": {"weights": [0.6, 0.6]}},
+            "params.weights",
+            "must sum to 1 (they sum to 1.2)",
+        ),
         ({"name": "g", "family": "gmm", "params": {"stds": [1.0, -2.0]}}, "params.stds.1", "greater than 0"),
         ({"name": "g", "family": "gmm", "params": {"stds": [1.0, 0.0]}}, "params.stds.1", "greater than 0"),
         ({"name": "g", "family": "gaussian", "params": {"sigma0": -1}}, "params.sigma0", "greater than 0"),
         ({"name": "g", "family": "gmm", "params": {"sigma": float("nan")}}, "params.sigma", "finite"),
         ({"name": "g", "family": "gmm", "params": {"means": [0.0]}}, "params", "same length"),
-        ({"name": "g", "family": "gmm", "params": {"sgima": 5}}, "params.sgima", "unknown parameter 'sgima' for family gmm; known: weights"),
-        ({"name": "g", "family": "gmm_closed"}, "family", "unknown family 'gmm_closed'; the families are gaussian, gmm"),
+        (
+            {"name": "g", "family": "gmm", "params": {"sgima": 5}},
+            "params.sgima",
+            "unknown parameter 'sgima' for family gmm; known: weights",
+        ),
+        (
+            {"name": "g", "family": "gmm_closed"},
+            "family",
+            "unknown family 'gmm_closed'; the families are gaussian, gmm",
+        ),
         ({"name": "g", "family": "gmm", "color": "red"}, "color", "unknown field 'color'"),
-        ({"name": "Gmm-5", "family": "gmm"}, "name", "lowercase letters, digits or underscores, starting with a letter"),
+        (
+            {"name": "Gmm-5", "family": "gmm"},
+            "name",
+            "lowercase letters, digits or underscores, starting with a letter",
+        ),
         ({"name": "5gmm", "family": "gmm"}, "name", "starting with a letter"),
         ({"name": "g" * 49, "family": "gmm"}, "name", "1 to 48"),
         ({"family": "gmm"}, "name", "Field required"),
-        ({"name": "g", "family": "gmm", "params": {"weights": [1 / 17] * 17, "means": [0.0] * 17, "stds": [1.0] * 17}},
-         "params.weights", "at most 16 items"),
-        ({"name": "g", "family": "gmm_open", "params": {"universes": [{"probability": 0.1, "weights": [1.0], "means": [0.0], "stds": [1.0]}] * 10}},
-         "params.universes", "at most 8 items"),
-        ({"name": "g", "family": "gmm_open", "params": {"universes": [
-            {"probability": 0.5, "weights": [0.125] * 8, "means": [0.0] * 8, "stds": [1.0] * 8}] * 2 + [
-            {"probability": 0.0, "weights": [1.0], "means": [0.0], "stds": [1.0]}]}}, "params.universes.2.probability", "greater than 0"),
-        ({"name": "g", "family": "gmm_open", "params": {"universes": [
-            {"probability": 0.25, "weights": [0.2] * 5, "means": [0.0] * 5, "stds": [1.0] * 5}] * 4}}, "params.universes", "20 components in all: at most 16"),
-        ({"name": "g", "family": "gmm_open", "params": {"universes": [
-            {"probability": 1.0, "weights": [0.5, 0.4], "means": [0, 1], "stds": [1, 1]}]}}, "params.universes.0.weights", "must sum to 1"),
+        (
+            {
+                "name": "g",
+                "family": "gmm",
+                "params": {"weights": [1 / 17] * 17, "means": [0.0] * 17, "stds": [1.0] * 17},
+            },
+            "params.weights",
+            "at most 16 items",
+        ),
+        (
+            {
+                "name": "g",
+                "family": "gmm_open",
+                "params": {"universes": [{"probability": 0.1, "weights": [1.0], "means": [0.0], "stds": [1.0]}] * 10},
+            },
+            "params.universes",
+            "at most 8 items",
+        ),
+        (
+            {
+                "name": "g",
+                "family": "gmm_open",
+                "params": {
+                    "universes": [{"probability": 0.5, "weights": [0.125] * 8, "means": [0.0] * 8, "stds": [1.0] * 8}]
+                    * 2
+                    + [{"probability": 0.0, "weights": [1.0], "means": [0.0], "stds": [1.0]}]
+                },
+            },
+            "params.universes.2.probability",
+            "greater than 0",
+        ),
+        (
+            {
+                "name": "g",
+                "family": "gmm_open",
+                "params": {
+                    "universes": [{"probability": 0.25, "weights": [0.2] * 5, "means": [0.0] * 5, "stds": [1.0] * 5}]
+                    * 4
+                },
+            },
+            "params.universes",
+            "20 components in all: at most 16",
+        ),
+        (
+            {
+                "name": "g",
+                "family": "gmm_open",
+                "params": {"universes": [{"probability": 1.0, "weights": [0.5, 0.4], "means": [0, 1], "stds": [1, 1]}]},
+            },
+            "params.universes.0.weights",
+            "must sum to 1",
+        ),
         ({"name": "g", "family": "gmm", "training": {"steps": 0}}, "training.steps", "from 1 to 100000"),
         ({"name": "g", "family": "gmm", "training": {"steps": {"pq": 200_000}}}, "training.steps", "from 1 to 100000"),
-        ({"name": "g", "family": "gmm", "training": {"warm_start": 0.8, "blend": 0.5}}, "training", "must not exceed 1"),
+        (
+            {"name": "g", "family": "gmm", "training": {"warm_start": 0.8, "blend": 0.5}},
+            "training",
+            "must not exceed 1",
+        ),
         ({"name": "g", "family": "gmm", "objectives": ["pq", "kl"]}, "objectives.1", "'pq' or 'qp'"),
     ],
 )
@@ -76,7 +137,11 @@ def test_spec_files_json_and_yaml(tmp_path):
     (tmp_path / "broken.json").write_text('{"name": ')
     assert read_spec(tmp_path / "a.json").params == {"mu0": 0.0, "sigma0": 1.0, "sigma": 2.0}
     assert read_spec(tmp_path / "b.yaml").build_model().sigma == 4.0
-    for name, reason in (("twice.json", "'name' appears twice"), ("broken.json", "not valid JSON"), ("nope.json", "cannot read")):
+    for name, reason in (
+        ("twice.json", "'name' appears twice"),
+        ("broken.json", "not valid JSON"),
+        ("nope.json", "cannot read"),
+    ):
         with pytest.raises(SpecError, match=reason):
             read_spec(tmp_path / name)
 
@@ -99,8 +164,17 @@ def test_the_name_rule_is_the_documented_one():
 
 def test_compile_a_spec_file_round_trip(tmp_path, capsys):
     spec = tmp_path / "noisy.json"
-    spec.write_text(json.dumps({"name": "gaussian_noisy", "family": "gaussian", "params": {"sigma": 2.0},
-                                "objectives": ["pq"], "training": {"steps": 40, "seed": 3}}))
+    spec.write_text(
+        json.dumps(
+            {
+                "name": "gaussian_noisy",
+                "family": "gaussian",
+                "params": {"sigma": 2.0},
+                "objectives": ["pq"],
+                "training": {"steps": 40, "seed": 3},
+            }
+        )
+    )
     assert main(["compile", "--spec", str(spec), "--jobs", "1", "--out", str(tmp_path / "out")]) == 0
     artifact = load_artifact(tmp_path / "out" / "gaussian_noisy" / "pq.json")
     manifest = artifact.manifest
@@ -114,8 +188,26 @@ def test_compile_a_spec_file_round_trip(tmp_path, capsys):
 
 def test_compile_from_flags_and_flags_override_the_spec(tmp_path):
     out = tmp_path / "out"
-    argv = ["compile", "--model", "gmm", "--name", "gmm_sigma5", "--params", '{"sigma": 5}', "--objective", "pq",
-            "--steps", "30", "--seed", "2", "--jobs", "1", "--no-figures", "--out", str(out)]
+    argv = [
+        "compile",
+        "--model",
+        "gmm",
+        "--name",
+        "gmm_sigma5",
+        "--params",
+        '{"sigma": 5}',
+        "--objective",
+        "pq",
+        "--steps",
+        "30",
+        "--seed",
+        "2",
+        "--jobs",
+        "1",
+        "--no-figures",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     manifest = load_artifact(out / "gmm_sigma5" / "pq.json").manifest
     assert manifest.model_params["sigma"] == 5.0 and manifest.training.total_steps == 30 and manifest.training.seed == 2
@@ -127,7 +219,10 @@ def test_compile_from_flags_and_flags_override_the_spec(tmp_path):
     "argv, message",
     [
         (["--model", "gmm", "--params", '{"sigma": 5}'], "needs a name: add --name"),
-        (["--model", "gmm", "--name", "gmm_sigma5", "--params", '{"sigma": -5}'], "params.sigma: Input should be greater than 0"),
+        (
+            ["--model", "gmm", "--name", "gmm_sigma5", "--params", '{"sigma": -5}'],
+            "params.sigma: Input should be greater than 0",
+        ),
         (["--model", "gmm", "--name", "gmm_sigma5", "--params", "{sigma: 5}"], "--params: not valid JSON"),
         (["--model", "gmm", "--name", "Gmm", "--params", "{}"], "name: a variant name is"),
         (["--model", "gmm", "gaussian", "--name", "x"], "exactly one family"),
@@ -159,7 +254,11 @@ def test_format_1_manifests_still_load_and_upgrade_in_place(tmp_path):
     path = tmp_path / "gmm" / "pq.json"
     manifest = json.loads(path.read_text())
     weights = (tmp_path / "gmm" / manifest["weights"]["file"]).read_bytes()
-    old = {"format_version": 1, "model": "gmm", **{k: v for k, v in manifest.items() if k not in ("format_version", "variant", "family")}}
+    old = {
+        "format_version": 1,
+        "model": "gmm",
+        **{k: v for k, v in manifest.items() if k not in ("format_version", "variant", "family")},
+    }
     path.write_text(json.dumps(old, indent=2) + "\n")
     artifact = load_artifact(path)
     assert (artifact.variant, artifact.manifest.family, artifact.manifest.format_version) == ("gmm", "gmm", 1)

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from tests.launch import start_server, stop_server
 from tests.conftest import ARTIFACTS
+from tests.launch import start_server, stop_server
 
 N = 24
 
@@ -46,8 +46,12 @@ def wait_for_workers(url: str, count: int, timeout: float = 60) -> str:
 def two_workers(tmp_path_factory):
     folder = tmp_path_factory.mktemp("multiproc")
     (folder / "counter_1.db").write_bytes(b"stale")  # a previous start's file: the launcher must clear it
-    process, url = start_server({"AMORTIZED_ARTIFACTS_DIR": str(ARTIFACTS), "WEB_CONCURRENCY": "2", "PROMETHEUS_MULTIPROC_DIR": str(folder)},
-                                "--log-level", "warning", timeout=90)
+    process, url = start_server(
+        {"AMORTIZED_ARTIFACTS_DIR": str(ARTIFACTS), "WEB_CONCURRENCY": "2", "PROMETHEUS_MULTIPROC_DIR": str(folder)},
+        "--log-level",
+        "warning",
+        timeout=90,
+    )
     wait_for_workers(url, 2)
     yield url, folder
     stop_server(process)
@@ -58,7 +62,9 @@ def per_worker_counts(folder) -> list[float]:
     counts = []
     for path in folder.glob("counter_*.db"):
         families = MultiProcessCollector.merge([str(path)])
-        counts.append(sum(s.value for f in families for s in f.samples if s.name == "amortized_posterior_requests_total"))
+        counts.append(
+            sum(s.value for f in families for s in f.samples if s.name == "amortized_posterior_requests_total")
+        )
     return counts
 
 

@@ -1,4 +1,6 @@
-"""``python -m trainer compile|figures|report|upgrade``: compile variants into artifacts, redraw their figures, tabulate them, or upgrade old manifests.
+"""``python -m trainer compile|figures|report|upgrade``: the compiler's command line.
+
+Compile variants into artifacts, redraw their figures, tabulate them, or upgrade old manifests.
 
 A variant is a family of model with parameters, under a name (amortized/variants.py):
 
@@ -32,26 +34,54 @@ SPEC_SUFFIXES = (".json", ".yaml", ".yml")
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="python -m trainer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    root = argparse.ArgumentParser(
+        prog="python -m trainer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = root.add_subparsers(dest="command", required=True)
 
     compile_ = commands.add_parser("compile", help="train, evaluate and save artifacts")
-    compile_.add_argument("--model", nargs="+", choices=list(MODELS), metavar="FAMILY",
-                          help=f"families whose default variants to compile ({', '.join(MODELS)}); with --name and --params, one variant of one family")
-    compile_.add_argument("--all", action="store_true", help="the four default variants")
-    compile_.add_argument("--spec", nargs="+", type=Path, metavar="FILE",
-                          help="variant spec files (JSON, or YAML ending .yaml/.yml), or folders of them")
-    compile_.add_argument("--name", help=f"with one --model: the variant's name ({NAME_RULE}); its artifacts go to OUT/NAME/")
-    compile_.add_argument("--params", help='with --model and --name: the family\'s parameters as JSON, e.g. \'{"sigma": 5}\'')
-    compile_.add_argument("--objective", nargs="+", choices=OBJECTIVES, help="losses (default: the spec's, else both)")
-    compile_.add_argument("--steps", type=positive_int, help="total optimiser steps (default: the spec's, else the family's recipe)")
-    compile_.add_argument("--batch-size", type=positive_int, help="observations per step (default: the spec's, else the recipe's)")
-    compile_.add_argument("--learning-rate", type=positive_float, help="Adam's initial rate, decayed by a cosine (default: the recipe's)")
-    compile_.add_argument("--seed", type=int, help="seed of initialisation and training (default: the spec's, else 0)")
-    compile_.add_argument("--warm-start", type=fraction, help=f"qp only: fraction of steps on pq first (default {WARM_START})")
-    compile_.add_argument("--blend", type=fraction, help=f"qp only: fraction of steps blending pq into qp (default {BLEND})")
     compile_.add_argument(
-        "--mixture-components", type=positive_int,
+        "--model",
+        nargs="+",
+        choices=list(MODELS),
+        metavar="FAMILY",
+        help=f"families whose default variants to compile ({', '.join(MODELS)}); with --name and --params, one variant "
+        "of one family",
+    )
+    compile_.add_argument("--all", action="store_true", help="the four default variants")
+    compile_.add_argument(
+        "--spec",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="variant spec files (JSON, or YAML ending .yaml/.yml), or folders of them",
+    )
+    compile_.add_argument(
+        "--name", help=f"with one --model: the variant's name ({NAME_RULE}); its artifacts go to OUT/NAME/"
+    )
+    compile_.add_argument(
+        "--params", help="with --model and --name: the family's parameters as JSON, e.g. '{\"sigma\": 5}'"
+    )
+    compile_.add_argument("--objective", nargs="+", choices=OBJECTIVES, help="losses (default: the spec's, else both)")
+    compile_.add_argument(
+        "--steps", type=positive_int, help="total optimiser steps (default: the spec's, else the family's recipe)"
+    )
+    compile_.add_argument(
+        "--batch-size", type=positive_int, help="observations per step (default: the spec's, else the recipe's)"
+    )
+    compile_.add_argument(
+        "--learning-rate", type=positive_float, help="Adam's initial rate, decayed by a cosine (default: the recipe's)"
+    )
+    compile_.add_argument("--seed", type=int, help="seed of initialisation and training (default: the spec's, else 0)")
+    compile_.add_argument(
+        "--warm-start", type=fraction, help=f"qp only: fraction of steps on pq first (default {WARM_START})"
+    )
+    compile_.add_argument(
+        "--blend", type=fraction, help=f"qp only: fraction of steps blending pq into qp (default {BLEND})"
+    )
+    compile_.add_argument(
+        "--mixture-components",
+        type=positive_int,
         help="K normals on x per discrete branch (the mixture family; default: the spec's, else 1: single normals)",
     )
     compile_.add_argument("--out", type=Path, default=Path("artifacts"), help="artifact folder (default artifacts/)")
@@ -62,11 +92,17 @@ def parser() -> argparse.ArgumentParser:
     report_.add_argument("--dir", type=Path, default=Path("artifacts"), help="artifact folder (default artifacts/)")
     report_.add_argument("--format", choices=["text", "markdown"], default="text")
 
-    figures_ = commands.add_parser("figures", help="redraw the PNG figures of the artifacts on disk (weights and manifests untouched)")
+    figures_ = commands.add_parser(
+        "figures", help="redraw the PNG figures of the artifacts on disk (weights and manifests untouched)"
+    )
     figures_.add_argument("--dir", type=Path, default=Path("artifacts"), help="artifact folder (default artifacts/)")
-    figures_.add_argument("--variant", nargs="+", metavar="NAME", help="variants to redraw (default: every one under --dir)")
+    figures_.add_argument(
+        "--variant", nargs="+", metavar="NAME", help="variants to redraw (default: every one under --dir)"
+    )
 
-    upgrade = commands.add_parser("upgrade", help="rewrite format-1 manifests as format 2 (variant and family); weights untouched")
+    upgrade = commands.add_parser(
+        "upgrade", help="rewrite format-1 manifests as format 2 (variant and family); weights untouched"
+    )
     upgrade.add_argument("--dir", type=Path, default=Path("artifacts"), help="artifact folder (default artifacts/)")
     return root
 
@@ -105,8 +141,17 @@ def command_line_spec(args: argparse.Namespace) -> dict[str, Any]:
     if len(args.model) != 1:
         raise SpecError("--model", [("", "--name and --params make one variant: give exactly one family")])
     if args.name is None:
-        raise SpecError("--params", [("", f"a variant with parameters of its own needs a name: add --name (e.g. --name {args.model[0]}_custom); "
-                                          f"--name {args.model[0]} replaces the default variant")])
+        raise SpecError(
+            "--params",
+            [
+                (
+                    "",
+                    "a variant with parameters of its own needs a name: add --name (e.g. --name "
+                    f"{args.model[0]}_custom); "
+                    f"--name {args.model[0]} replaces the default variant",
+                )
+            ],
+        )
     params: Any = {}
     if args.params is not None:
         try:
@@ -119,8 +164,14 @@ def command_line_spec(args: argparse.Namespace) -> dict[str, Any]:
 def with_overrides(spec: VariantSpec, args: argparse.Namespace, source: str) -> VariantSpec:
     """The spec with the command line's training settings and objectives on top (validated again, as a whole)."""
     training = spec.training.model_dump(exclude_unset=True)
-    flags = {"steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.learning_rate, "seed": args.seed,
-             "warm_start": args.warm_start, "blend": args.blend}
+    flags = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "seed": args.seed,
+        "warm_start": args.warm_start,
+        "blend": args.blend,
+    }
     training.update({key: value for key, value in flags.items() if value is not None})
     data = {**spec.model_dump(), "training": training}
     if args.mixture_components is not None:
@@ -131,7 +182,10 @@ def with_overrides(spec: VariantSpec, args: argparse.Namespace, source: str) -> 
 
 
 def variants(args: argparse.Namespace) -> list[VariantSpec]:
-    """Every variant the command line asks for, checked in full before anything is compiled; SpecError lists every problem."""
+    """Every variant the command line asks for, checked in full before anything is compiled.
+
+    SpecError lists every problem.
+    """
     found: list[tuple[str, Any]] = []  # (source, spec or raw data)
     problems: list[SpecError] = []
     if args.all:
@@ -157,9 +211,13 @@ def variants(args: argparse.Namespace) -> list[VariantSpec]:
             problems.append(error)
     names = [spec.name for spec in out]
     for name in sorted({n for n in names if names.count(n) > 1}):
-        problems.append(SpecError(name, [("name", f"variant {name!r} is asked for more than once; each name is one folder")]))
+        problems.append(
+            SpecError(name, [("name", f"variant {name!r} is asked for more than once; each name is one folder")])
+        )
     if problems:
-        raise SpecError("", [(p.source + (": " + where if where else ""), why) for p in problems for where, why in p.problems])
+        raise SpecError(
+            "", [(p.source + (": " + where if where else ""), why) for p in problems for where, why in p.problems]
+        )
     return out
 
 
@@ -168,7 +226,10 @@ def compile_command(args: argparse.Namespace) -> int:
         print("error: --name and --params go with --model FAMILY", file=sys.stderr)
         return 2
     if not (args.all or args.model or args.spec):
-        print("error: say what to compile: --all, --model FAMILY [--name NAME --params JSON], or --spec FILE", file=sys.stderr)
+        print(
+            "error: say what to compile: --all, --model FAMILY [--name NAME --params JSON], or --spec FILE",
+            file=sys.stderr,
+        )
         return 2
     try:
         specs = variants(args)
@@ -179,8 +240,11 @@ def compile_command(args: argparse.Namespace) -> int:
         return 2
     for spec in specs:
         if spec.name in MODELS and spec.params != default_spec(spec.name).params:
-            print(f"note: {spec.name} is a default variant's name: its artifacts in {args.out / spec.name} will have other parameters",
-                  file=sys.stderr)
+            print(
+                f"note: {spec.name} is a default variant's name: its artifacts in {args.out / spec.name} will have "
+                "other parameters",
+                file=sys.stderr,
+            )
     jobs = [Job(spec=spec, objective=objective, out=args.out) for spec in specs for objective in spec.objectives]
     try:
         results, seconds = timed(compile_all, jobs, args.jobs, not args.no_figures)
@@ -192,7 +256,8 @@ def compile_command(args: argparse.Namespace) -> int:
         gap, t = row["metrics"]["amortisation_gap"], row["times"]
         print(
             f"{row['variant']:>13}/{row['objective']}: gap {'n/a' if gap is None else f'{gap:.4f}'} nats; "
-            f"{t['total']:.1f} s (train {t['train']:.1f}, evaluate {t['evaluate']:.1f}, calibrate {t['calibrate']:.1f}; "
+            f"{t['total']:.1f} s (train {t['train']:.1f}, evaluate {t['evaluate']:.1f}, calibrate "
+            f"{t['calibrate']:.1f}; "
             f"{t['cpu']:.1f} s CPU) -> {row['path']}"
         )
     print(f"compiled {len(results)} artifact(s) in {seconds:.1f} s wall-clock")
@@ -219,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         return upgrade_command(args.dir)
     if args.command == "figures":
         names = args.variant or [path.name for path in sorted(args.dir.iterdir()) if path.is_dir()]
-        for path in write_figures(args.dir, set(names)):
+        written = write_figures(args.dir, set(names))
+        assert written is not None  # the list, with report=True (the default)
+        for path in written:
             print(path)
         return 0
     return compile_command(args)

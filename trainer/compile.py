@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,13 +35,18 @@ class Job:
 
 
 def run_job(job: Job) -> dict:
-    """Train, evaluate, calibrate and save one artifact; returns its summary row with times. Runs in a worker process."""
+    """Train, evaluate, calibrate and save one artifact.
+
+    Returns its summary row with times. Runs in a worker process.
+    """
     torch.set_num_threads(1)
     started, cpu_started = time.perf_counter(), time.process_time()
     model = job.spec.build_model()
     config = job.spec.training_config(job.objective)
     name = job.spec.name
-    with tqdm(total=config.total_steps, desc=f"{name}/{job.objective}", position=job.position, leave=True, mininterval=0.5) as bar:
+    with tqdm(
+        total=config.total_steps, desc=f"{name}/{job.objective}", position=job.position, leave=True, mininterval=0.5
+    ) as bar:
 
         def progress(step: int, running_loss: float, phase: str) -> None:
             if step % 50 == 0 or step == config.total_steps:
@@ -56,25 +61,21 @@ def run_job(job: Job) -> dict:
     calibrated = time.perf_counter()
     path = save_artifact(job.out, model, network, job.objective, config, result, metrics, variant=name)
     times = {
-        "train": trained - started, "evaluate": evaluated - trained, "calibrate": calibrated - evaluated,
-        "total": time.perf_counter() - started, "cpu": time.process_time() - cpu_started,
+        "train": trained - started,
+        "evaluate": evaluated - trained,
+        "calibrate": calibrated - evaluated,
+        "total": time.perf_counter() - started,
+        "cpu": time.process_time() - cpu_started,
     }
-    return {"variant": name, "family": job.spec.family, "objective": job.objective, "seconds": result["seconds"], "path": str(path),
-            "metrics": metrics, "times": times}
-
-
-# Relative CPU cost of one step, measured on gmm (pq 0.77 ms, the pq-to-qp blend 1.77 ms, qp 1.3 ms at batch 256);
-# each further branch adds about 30%, and the linear gaussian family is about a quarter of an MLP.
-STEP_COST = {"pq": 1.0, "blend": 2.3, "qp": 1.7}
-
-
-def estimated_cost(job: Job) -> float:
-    """A job's training cost in units of one gmm pq step, for ordering the pool's work."""
-    config = recipe(job.model, job.objective, steps=job.steps, batch_size=job.batch_size, warm_start=job.warm_start, blend=job.blend)
-    model = build_model(job.model)
-    scale = (0.25 if job.model in DEFAULT_ARCHITECTURE else 1 + 0.3 * (model.num_branches * job.mixture_components - 1))
-    steps = sum(p.steps * STEP_COST["blend" if p.blend_from else p.objective] for p in config.schedule)
-    return steps * scale * (config.batch_size / 256) ** 0.5
+    return {
+        "variant": name,
+        "family": job.spec.family,
+        "objective": job.objective,
+        "seconds": result["seconds"],
+        "path": str(path),
+        "metrics": metrics,
+        "times": times,
+    }
 
 
 # Relative CPU cost of one step, measured on gmm (pq 0.77 ms, the pq-to-qp blend 1.77 ms, qp 1.3 ms at batch 256);
@@ -97,7 +98,8 @@ def compile_all(jobs: list[Job], workers: int, figures: bool = False) -> list[di
     With ``figures``, each variant's figures are drawn in the pool as soon as
     its last artifact is written, while the other workers still train.
     """
-    jobs = sorted(jobs, key=lambda j: -estimated_cost(j))  # longest first: a greedy schedule that ends the pool together
+    # longest first: a greedy schedule that ends the pool together
+    jobs = sorted(jobs, key=lambda j: -estimated_cost(j))
     jobs = [Job(job.spec, job.objective, job.out, position=i) for i, job in enumerate(jobs)]
     outs = {job.spec.name: job.out for job in jobs}
     if workers <= 1:
@@ -109,7 +111,7 @@ def compile_all(jobs: list[Job], workers: int, figures: bool = False) -> list[di
     waiting = {name: sum(job.spec.name == name for job in jobs) for name in outs}
     results = []
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        pending = {pool.submit(run_job, job) for job in jobs}
+        pending: set[Future] = {pool.submit(run_job, job) for job in jobs}  # compile jobs, then figure jobs
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
@@ -131,7 +133,9 @@ def write_figures(out: Path, variants: set[str], report: bool = True) -> list[Pa
     loaded, _ = discover_artifacts(out)
     written = []
     for name in sorted(variants):
-        networks = {objective: artifact.network for (variant, objective), artifact in sorted(loaded.items()) if variant == name}
+        networks = {
+            objective: artifact.network for (variant, objective), artifact in sorted(loaded.items()) if variant == name
+        }
         if not networks:
             continue
         model = next(a.model for (v, _), a in loaded.items() if v == name)

@@ -6,8 +6,32 @@ from pathlib import Path
 
 from amortized.artifacts import discover_artifacts
 
-COLUMNS = ["variant", "family", "loss", "kl_pq", "kl_qp", "limit", "gap", "q std at y=0", "err a", "err b", "err c", "train s"]
-CALIBRATION_COLUMNS = ["variant", "loss", "q 50%", "q 80%", "q 95%", "SIR 50%", "SIR 80%", "SIR 95%", "SBC chi2", "SBC p"]
+COLUMNS = [
+    "variant",
+    "family",
+    "loss",
+    "kl_pq",
+    "kl_qp",
+    "limit",
+    "gap",
+    "q std at y=0",
+    "err a",
+    "err b",
+    "err c",
+    "train s",
+]
+CALIBRATION_COLUMNS = [
+    "variant",
+    "loss",
+    "q 50%",
+    "q 80%",
+    "q 95%",
+    "SIR 50%",
+    "SIR 80%",
+    "SIR 95%",
+    "SBC chi2",
+    "SBC p",
+]
 
 
 def number(value, digits: int = 5) -> str:
@@ -31,18 +55,20 @@ def rows(root: Path) -> tuple[list[list[str]], dict[Path, str]]:
         metrics = artifact.manifest.metrics
         linear = metrics.get("linear", {})
         stds = metrics.get("at_y0", {}).get("q", {}).get("stds", [])
-        table.append([
-            variant,
-            artifact.manifest.family,
-            loss_label(artifact),
-            f"{metrics['kl_pq']:.5f}",
-            f"{metrics['kl_qp']:.5f}",
-            number(metrics[f"limit_{objective}"]),
-            number(metrics["amortisation_gap"]),
-            ", ".join(f"{s:.3f}" for s in stds),
-            *(f"{linear[p]['abs_error']:.4f}" if p in linear else "" for p in "abc"),
-            f"{artifact.manifest.training_result['seconds']:.1f}",
-        ])
+        table.append(
+            [
+                variant,
+                artifact.manifest.family,
+                loss_label(artifact),
+                f"{metrics['kl_pq']:.5f}",
+                f"{metrics['kl_qp']:.5f}",
+                number(metrics[f"limit_{objective}"]),
+                number(metrics["amortisation_gap"]),
+                ", ".join(f"{s:.3f}" for s in stds),
+                *(f"{linear[p]['abs_error']:.4f}" if p in linear else "" for p in "abc"),
+                f"{artifact.manifest.training_result['seconds']:.1f}",
+            ]
+        )
     return table, refused
 
 
@@ -55,10 +81,16 @@ def calibration_rows(root: Path) -> list[list[str]]:
         if not calibration:
             continue
         sbc = calibration["sbc"]
-        table.append([
-            model, loss_label(artifact), *(f"{v:.3f}" for v in calibration["coverage_q"]),
-            *(f"{v:.3f}" for v in calibration["coverage_resampled"]), f"{sbc['statistic']:.1f}", f"{sbc['p_value']:.3g}",
-        ])
+        table.append(
+            [
+                model,
+                loss_label(artifact),
+                *(f"{v:.3f}" for v in calibration["coverage_q"]),
+                *(f"{v:.3f}" for v in calibration["coverage_resampled"]),
+                f"{sbc['statistic']:.1f}",
+                f"{sbc['p_value']:.3g}",
+            ]
+        )
     return table
 
 
@@ -82,8 +114,10 @@ def report(root: Path, markdown: bool = False) -> str:
     calibration = calibration_rows(root)
     if calibration:
         calibration_legend = (
-            "Calibration (amortized/calibration.py): q a% = expected coverage of q's central a% credible interval for x, "
-            "the mean over the test set of the exact posterior mass on it (a for a calibrated q); SIR a% = the same for "
+            "Calibration (amortized/calibration.py): q a% = expected coverage of q's central a% credible interval for "
+            "x, "
+            "the mean over the test set of the exact posterior mass on it (a for a calibrated q); SIR a% = the same "
+            "for "
             "the importance-resampled answer at num_samples = 1000; SBC = rank of the true x among 99 draws of q(x|y) "
             "over 1000 joint draws, chi-square test of uniformity on 20 bins (19 dof; Talts et al. 2018, "
             "arXiv:1804.06788)."

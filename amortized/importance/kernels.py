@@ -22,16 +22,19 @@ import math
 import numpy as np
 from numba import njit
 
-from amortized.distributions import LOG_SQRT_2PI
-
 # error_model="numpy": a float division by zero gives inf or NaN, as in NumPy, instead of raising
 compiled = njit(error_model="numpy", nogil=True)
 
 
 @compiled
 def evaluate_draws(
-    edges: np.ndarray, uniform: np.ndarray, noise: np.ndarray, means: np.ndarray, stds: np.ndarray,
-    joint: np.ndarray, ratio: np.ndarray,
+    edges: np.ndarray,
+    uniform: np.ndarray,
+    noise: np.ndarray,
+    means: np.ndarray,
+    stds: np.ndarray,
+    joint: np.ndarray,
+    ratio: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Place each draw of a branched normal proposal q and evaluate the log densities the weights need.
 
@@ -86,7 +89,9 @@ def weight_sums(weights: np.ndarray, log_weights: np.ndarray) -> tuple[np.ndarra
 
 
 @compiled
-def weighted_moments(normalised: np.ndarray, x: np.ndarray, branch: np.ndarray, num_branches: int) -> tuple[np.ndarray, ...]:
+def weighted_moments(
+    normalised: np.ndarray, x: np.ndarray, branch: np.ndarray, num_branches: int
+) -> tuple[np.ndarray, ...]:
     """Per row, self-normalised estimates: the mean and std of x, and the probability of each branch."""
     rows, n = x.shape
     mean, std, probabilities = np.empty(rows), np.empty(rows), np.zeros((rows, num_branches))
@@ -106,7 +111,9 @@ def weighted_moments(normalised: np.ndarray, x: np.ndarray, branch: np.ndarray, 
 def mixture_sums(
     bound_weights: np.ndarray, tails: np.ndarray, log_q_weights: np.ndarray, threshold_offset: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per pair of rows (q's draws, o's draws of one observation): the mixture's weight sums, and those past a threshold.
+    """Per pair of rows (q's draws, o's draws of one observation).
+
+    The mixture's weight sums, and those past a threshold.
 
     ``bound_weights`` holds exp(u - shift) and ``tails`` exp(-|d|) (see
     :func:`amortized.importance.weighing.mixture_check` for u, d and the shift), so a

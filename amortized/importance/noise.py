@@ -10,7 +10,6 @@ those small arrays and evaluated once per draw by
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -57,9 +56,14 @@ def normal_log_prob_in_noise(
 
 
 def proposal_log_prob(proposal: BranchedNormal) -> NoiseQuadratic:
-    """log q(b, x) at the proposal's own draws x = mean_b + std_b * eps: log q(b) - log std_b - log sqrt(2 pi) - eps^2 / 2."""
+    """log q(b, x) at the proposal's own draws x = mean_b + std_b * eps.
+
+    log q(b) - log std_b - log sqrt(2 pi) - eps^2 / 2.
+    """
     return NoiseQuadratic(
-        proposal.log_probs - np.log(proposal.stds) - LOG_SQRT_2PI, np.zeros_like(proposal.means), np.full_like(proposal.means, -0.5)
+        proposal.log_probs - np.log(proposal.stds) - LOG_SQRT_2PI,
+        np.zeros_like(proposal.means),
+        np.full_like(proposal.means, -0.5),
     )
 
 
@@ -82,7 +86,9 @@ def joint_log_prob(model: ConjugateMixtureModel, proposal: BranchedNormal, y: np
     if model.family_contains_posterior:
         component = t.branch_component
         prior = normal_log_prob_in_noise(means, stds, t.means[component], t.stds[component])
-        return NoiseQuadratic(t.log_weights[component] + prior.a + likelihood.a, prior.b + likelihood.b, prior.c + likelihood.c)
+        return NoiseQuadratic(
+            t.log_weights[component] + prior.a + likelihood.a, prior.b + likelihood.b, prior.c + likelihood.c
+        )
     leading = (-1, 1, 1)
     prior = normal_log_prob_in_noise(means, stds, t.means.reshape(leading), t.stds.reshape(leading))
     # -inf outside a component's branch; a mixture network's view puts log rho(j | c) there (amortized.mixture)

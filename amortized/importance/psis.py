@@ -45,7 +45,8 @@ def pareto_k_hat(log_weights: np.ndarray) -> np.ndarray:
     if n < 5:
         return np.full(log_weights.shape[:-1], math.nan)
     size = log_weights.shape[-1]
-    top = np.sort(np.partition(log_weights, size - n - 1, -1)[..., size - n - 1 :], -1)  # ascending; the first is the cutoff
+    # ascending; the first is the cutoff
+    top = np.sort(np.partition(log_weights, size - n - 1, -1)[..., size - n - 1 :], -1)
     shifted = top - top[..., -1:]
     with np.errstate(invalid="ignore", divide="ignore"):
         tail = np.exp(shifted[..., 1:]) - np.exp(shifted[..., :1])  # exceedances, ascending

@@ -34,7 +34,9 @@ def row_seeds(seed: int, count: int) -> list[int]:
     own seed, which every row echoes.
     """
     mask = (1 << SEED_BITS) - 1
-    return [int(np.random.SeedSequence(seed, spawn_key=(i,)).generate_state(1, np.uint64)[0]) & mask for i in range(count)]
+    return [
+        int(np.random.SeedSequence(seed, spawn_key=(i,)).generate_state(1, np.uint64)[0]) & mask for i in range(count)
+    ]
 
 
 class GroupedGenerator:

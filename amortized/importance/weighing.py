@@ -1,4 +1,6 @@
-"""Importance weights of a proposal's draws, and what their sums say (Pyro's ``importance.py`` and ``ops/stats.py`` in spirit).
+"""Importance weights of a proposal's draws, and what their sums say.
+
+Pyro's ``importance.py`` and ``ops/stats.py`` in spirit.
 
 For draws of q(b, x | y), log w = log p(b, x, y) - log q(b, x | y). From the
 weights: the evidence estimate log mean(w) with its delta-method standard
@@ -58,7 +60,9 @@ class Weighed:
         return Weighed(self.branch[index], self.x[index], self.log_weights[index], self.summary.rows(index))
 
 
-def evidence_from_sums(total: np.ndarray, squares: np.ndarray, shift: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def evidence_from_sums(
+    total: np.ndarray, squares: np.ndarray, shift: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """log(mean w), its delta-method standard error and the ESS, from sums of n weights divided by exp(shift).
 
     The standard error sqrt(1/ESS - 1/n) estimates the spread of the weights from
@@ -73,7 +77,10 @@ def evidence_from_sums(total: np.ndarray, squares: np.ndarray, shift: np.ndarray
 
 
 def summarise_weights(log_weights: np.ndarray) -> WeightSummary:
-    """Evidence estimate log(mean w), its standard error, ELBO, ESS and the normalised weights, per row (one exp per weight)."""
+    """Evidence estimate log(mean w), its standard error, ELBO, ESS and the normalised weights.
+
+    Per row (one exp per weight).
+    """
     *rows, n = log_weights.shape
     log_weights = np.ascontiguousarray(log_weights).reshape(-1, n)
     shift = finite_or_zero(log_weights.max(-1))
@@ -83,14 +90,22 @@ def summarise_weights(log_weights: np.ndarray) -> WeightSummary:
     np.divide(weights, total[:, None], out=weights)  # normalised in place: each row sums to 1
     log_evidence, se, ess = evidence_from_sums(total, squares, shift, n)
     return WeightSummary(
-        log_evidence.reshape(rows), se.reshape(rows), elbo.reshape(rows), ess.reshape(rows), (ess / n).reshape(rows),
+        log_evidence.reshape(rows),
+        se.reshape(rows),
+        elbo.reshape(rows),
+        ess.reshape(rows),
+        (ess / n).reshape(rows),
         weights.reshape(*rows, n),
     )
 
 
 def weigh(
-    model: ConjugateMixtureModel, y: np.ndarray, proposal: BranchedNormal, num_samples: int,
-    generator: RandomStream, other: BranchedNormal | None = None,
+    model: ConjugateMixtureModel,
+    y: np.ndarray,
+    proposal: BranchedNormal,
+    num_samples: int,
+    generator: RandomStream,
+    other: BranchedNormal | None = None,
 ) -> Weighed:
     """Draw from ``proposal`` for each y (a row each), weigh by p(b, x, y) / q(b, x | y), and summarise.
 

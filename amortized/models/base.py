@@ -51,15 +51,25 @@ class ComponentTable(NamedTuple):
         variances = 1.0 / (1.0 / model.stds**2 + 1.0 / model.sigma**2)
         membership = (model.component_branch[:, None] == torch.arange(model.num_branches)).to(torch.float64)
         columns = (
-            model.log_weights, model.means, model.stds, torch.sqrt(model.stds**2 + model.sigma**2),
-            variances, variances.sqrt(), model.component_branch, model.branch_component, membership,
+            model.log_weights,
+            model.means,
+            model.stds,
+            torch.sqrt(model.stds**2 + model.sigma**2),
+            variances,
+            variances.sqrt(),
+            model.component_branch,
+            model.branch_component,
+            membership,
         )
         return ComponentTable(*(columns if torch_arrays else (c.numpy() for c in columns)))
 
 
 class LatentValues(NamedTuple):
-    """The discrete latents' values as columns: ``membership`` (branches, columns) is 1.0 where a branch carries
-    the column's value; ``groups`` lists each latent's name, its values and its columns' slice."""
+    """The discrete latents' values as columns.
+
+    ``membership`` (branches, columns) is 1.0 where a branch carries the column's value; ``groups`` lists each
+    latent's name, its values and its columns' slice.
+    """
 
     membership: np.ndarray
     groups: list[tuple[str, list[int], slice]]
@@ -103,11 +113,19 @@ class MixtureParams(ModelParams):
     """A finite mixture of normals on x, validated once for every model that has one."""
 
     weights: list[Probability] = Field(
-        default=[0.5, 0.5], min_length=1, max_length=MAX_COMPONENTS, description="mixture weights pi_k, positive, summing to 1"
+        default=[0.5, 0.5],
+        min_length=1,
+        max_length=MAX_COMPONENTS,
+        description="mixture weights pi_k, positive, summing to 1",
     )
-    means: list[Location] = Field(default=[-5.0, 5.0], min_length=1, max_length=MAX_COMPONENTS, description="component means mu_k")
+    means: list[Location] = Field(
+        default=[-5.0, 5.0], min_length=1, max_length=MAX_COMPONENTS, description="component means mu_k"
+    )
     stds: list[Scale] = Field(
-        default=[1.0, 1.0], min_length=1, max_length=MAX_COMPONENTS, description="component standard deviations sigma_k, positive"
+        default=[1.0, 1.0],
+        min_length=1,
+        max_length=MAX_COMPONENTS,
+        description="component standard deviations sigma_k, positive",
     )
 
     @field_validator("weights")
@@ -179,12 +197,17 @@ class ConjugateMixtureModel(ABC):
 
     @cached_property
     def log_branch_membership(self) -> np.ndarray:
-        """log of which branch each prior component belongs to: 0 where it does, -inf elsewhere, ``(components, branches)``."""
+        """log of which branch each prior component belongs to.
+
+        0 where it does, -inf elsewhere, ``(components, branches)``.
+        """
         with np.errstate(divide="ignore"):
             return np.log(self.table(np.zeros(0)).membership)
 
     def latent_marginals(self, branch_probabilities: np.ndarray) -> np.ndarray:
-        """P(latent = value | y) for every column of :attr:`latent_values`, ``(batch, columns)``, from ``(batch, branches)``.
+        """P(latent = value | y) for every column of :attr:`latent_values`.
+
+        Shape ``(batch, columns)``, from ``(batch, branches)``.
 
         A sum per row, not a matrix product (the per-row rule of amortized/importance/streams.py).
         """
@@ -212,7 +235,9 @@ class ConjugateMixtureModel(ABC):
         else:
             # components on a leading axis: NumPy reduces a short trailing axis ~20x slower
             leading = (-1,) + (1,) * x.ndim
-            per_component = log_weights.reshape(leading) + normal_log_prob(x, means.reshape(leading), stds.reshape(leading))
+            per_component = log_weights.reshape(leading) + normal_log_prob(
+                x, means.reshape(leading), stds.reshape(leading)
+            )
             in_branch = t.component_branch.reshape(leading) == branch
             log_prior = logsumexp(xp.where(in_branch, per_component, -math.inf), 0)
         return log_prior + normal_log_prob(y, x, like(self.sigma, x))

@@ -18,6 +18,7 @@ class GaussianModel(ConjugateMixtureModel):
     title = "Gaussian unknown mean"
     description = "x ~ N(mu0, sigma0^2), y ~ N(x, sigma^2); the posterior is normal with mean linear in y."
     Params = GaussianParams
+    params: GaussianParams
 
     def components(self) -> list[Component]:
         return [Component(1.0, self.params.mu0, self.params.sigma0, {})]

@@ -16,6 +16,7 @@ class GmmModel(ConjugateMixtureModel):
     title = "Gaussian mixture (marginalised)"
     description = "x from a mixture of normals, y ~ N(x, sigma^2); the posterior is bimodal, q is one normal."
     Params = GmmParams
+    params: GmmParams
 
     def components(self) -> list[Component]:
         p = self.params

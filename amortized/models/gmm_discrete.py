@@ -11,6 +11,7 @@ class GmmDiscreteModel(ConjugateMixtureModel):
     title = "Gaussian mixture (non-marginalised)"
     description = "z picks a component, x ~ N(mu_z, sigma_z^2), y ~ N(x, sigma^2); latents z and x."
     Params = GmmParams
+    params: GmmParams
 
     def components(self) -> list[Component]:
         p = self.params

@@ -8,7 +8,15 @@ larger universe is one setting away.
 from pydantic import Field, field_validator
 
 from amortized.models.base import (
-    MAX_COMPONENTS, MAX_UNIVERSES, Component, ConjugateMixtureModel, MixtureParams, ModelParams, Probability, Scale, check_sums_to_one,
+    MAX_COMPONENTS,
+    MAX_UNIVERSES,
+    Component,
+    ConjugateMixtureModel,
+    MixtureParams,
+    ModelParams,
+    Probability,
+    Scale,
+    check_sums_to_one,
 )
 
 
@@ -26,7 +34,10 @@ DEFAULT_UNIVERSES = [
 
 class GmmOpenParams(ModelParams):
     universes: list[Universe] = Field(
-        default=DEFAULT_UNIVERSES, min_length=1, max_length=MAX_UNIVERSES, description="for k = 1, 2, ...: p(k) and the mixture given k"
+        default=DEFAULT_UNIVERSES,
+        min_length=1,
+        max_length=MAX_UNIVERSES,
+        description="for k = 1, 2, ...: p(k) and the mixture given k",
     )
     sigma: Scale = Field(1.0, description="observation noise standard deviation, positive")
 
@@ -47,6 +58,7 @@ class GmmOpenModel(ConjugateMixtureModel):
     title = "Gaussian mixture (open universe)"
     description = "k components (random), z picks one when k > 1, x ~ N(mu_kz, s_kz^2), y ~ N(x, sigma^2)."
     Params = GmmOpenParams
+    params: GmmOpenParams
 
     def components(self) -> list[Component]:
         out = []

@@ -9,20 +9,23 @@ from amortized.networks.base import InferenceNetwork
 from amortized.networks.branched_mlp import BranchedMLPNetwork
 from amortized.networks.linear_gaussian import LinearGaussianNetwork
 
-FAMILIES: dict[str, type[InferenceNetwork]] = {
-    cls.family: cls for cls in (LinearGaussianNetwork, BranchedMLPNetwork)
-}
+FAMILIES: dict[str, type[InferenceNetwork]] = {cls.family: cls for cls in (LinearGaussianNetwork, BranchedMLPNetwork)}
 MLP_ARCHITECTURE: dict[str, Any] = {"family": "branched_mlp", "hidden": [64, 64], "activation": "tanh"}
 # The seed's families: three scalars for gaussian; small MLPs for every other model (and any new one).
 DEFAULT_ARCHITECTURE: dict[str, dict[str, Any]] = {"gaussian": {"family": "linear_gaussian"}}
 
 
 # Options a family may take beyond its architecture's defaults (training.family_options in a manifest).
-FAMILY_OPTIONS: dict[str, tuple[str, ...]] = {"branched_mlp": ("mixture_components", "input_gain"), "linear_gaussian": ()}
+FAMILY_OPTIONS: dict[str, tuple[str, ...]] = {
+    "branched_mlp": ("mixture_components", "input_gain"),
+    "linear_gaussian": (),
+}
 
 
 def build_network(
-    model: ConjugateMixtureModel, architecture: dict[str, Any] | None = None, family_options: dict[str, Any] | None = None
+    model: ConjugateMixtureModel,
+    architecture: dict[str, Any] | None = None,
+    family_options: dict[str, Any] | None = None,
 ) -> InferenceNetwork:
     """A freshly initialised network of ``architecture`` (the model's default if None) for ``model``.
 
@@ -35,9 +38,19 @@ def build_network(
         raise ValueError(f"unknown network family {family!r}; known: {', '.join(FAMILIES)}")
     for name, value in (family_options or {}).items():
         if name not in FAMILY_OPTIONS.get(family, ()):
-            raise ValueError(f"the {family} family takes no option {name!r}; it takes: {', '.join(FAMILY_OPTIONS.get(family, ())) or 'none'}")
+            raise ValueError(
+                f"the {family} family takes no option {name!r}; it takes: "
+                f"{', '.join(FAMILY_OPTIONS.get(family, ())) or 'none'}"
+            )
         spec[name] = value
     return FAMILIES[family](model, **spec)
 
 
-__all__ = ["DEFAULT_ARCHITECTURE", "FAMILIES", "FAMILY_OPTIONS", "MLP_ARCHITECTURE", "InferenceNetwork", "build_network"]
+__all__ = [
+    "DEFAULT_ARCHITECTURE",
+    "FAMILIES",
+    "FAMILY_OPTIONS",
+    "MLP_ARCHITECTURE",
+    "InferenceNetwork",
+    "build_network",
+]

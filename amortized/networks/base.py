@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
-
 from torch import Tensor, nn
 
 from amortized.distributions import BranchedNormal

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -52,7 +52,9 @@ def run(layers: nn.Sequential, inputs: Tensor) -> Tensor:
 
 Layers = Callable[[Array], Array]
 NUMPY_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "tanh": np.tanh, "relu": lambda h: np.maximum(h, 0.0), "silu": lambda h: h / (1.0 + np.exp(-h)),
+    "tanh": np.tanh,
+    "relu": lambda h: np.maximum(h, 0.0),
+    "silu": lambda h: h / (1.0 + np.exp(-h)),
 }
 
 
@@ -75,7 +77,9 @@ def numpy_mlp(stacks: Sequence[nn.Sequential]) -> Layers:
             weight = np.ascontiguousarray(_stacked([layer.weight for layer in layers]).transpose(0, 2, 1))
             steps.append((weight[:, None], _stacked([layer.bias for layer in layers])[:, None, None]))
         else:
-            steps.append(NUMPY_ACTIVATIONS[next(name for name, cls in ACTIVATIONS.items() if isinstance(layers[0], cls))])
+            steps.append(
+                NUMPY_ACTIVATIONS[next(name for name, cls in ACTIVATIONS.items() if isinstance(layers[0], cls))]
+            )
 
     def apply(inputs: np.ndarray) -> np.ndarray:
         for step in steps:
@@ -86,15 +90,19 @@ def numpy_mlp(stacks: Sequence[nn.Sequential]) -> Layers:
 
 
 def numpy_branched_mlp(stacks: Sequence[nn.Sequential], num_branches: int) -> Layers:
-    """``layers`` fed [y, one-hot(b)] for every branch b, in NumPy: ``(networks, stack, batch, 1) -> (networks, stack, batch, branches, outputs)``.
+    """``layers`` fed [y, one-hot(b)] for every branch b, in NumPy.
+
+    ``(networks, stack, batch, 1) -> (networks, stack, batch, branches, outputs)``.
 
     The first layer's one-hot part is a constant per branch, added once
     (weights copied now), instead of multiplying a one-hot per row.
     """
-    weight, bias = _stacked([layers[0].weight for layers in stacks]), _stacked([layers[0].bias for layers in stacks])
+    first_layers = [cast(nn.Linear, layers[0]) for layers in stacks]
+    weight, bias = _stacked([layer.weight for layer in first_layers]), _stacked([layer.bias for layer in first_layers])
     y_column = weight[:, None, None, None, :, 0]  # (networks, 1, 1, 1, hidden)
-    per_branch = (weight[:, :, 1:].transpose(0, 2, 1) + bias[:, None, :])[:, None, None]  # (networks, 1, 1, branches, hidden)
-    rest = numpy_mlp([layers[1:] for layers in stacks])
+    # (networks, 1, 1, branches, hidden)
+    per_branch = (weight[:, :, 1:].transpose(0, 2, 1) + bias[:, None, :])[:, None, None]
+    rest = numpy_mlp([cast(nn.Sequential, layers[1:]) for layers in stacks])
 
     def apply(u: np.ndarray) -> np.ndarray:
         hidden = u[..., None] * y_column + per_branch  # (networks, stack, batch, branches, hidden)
@@ -109,7 +117,12 @@ def sort_components(q: BranchedNormal, components: int) -> BranchedNormal:
     """The same mixture with each model branch's ``components`` normals ordered by mean (NumPy, any leading axes)."""
     shape = (*q.means.shape[:-1], q.means.shape[-1] // components, components)
     order = np.argsort(q.means.reshape(shape), -1, kind="stable")
-    return BranchedNormal(*(np.take_along_axis(np.reshape(a, shape), order, -1).reshape(q.means.shape) for a in (q.log_probs, q.means, q.stds)))
+    return BranchedNormal(
+        *(
+            np.take_along_axis(np.reshape(a, shape), order, -1).reshape(q.means.shape)
+            for a in (q.log_probs, q.means, q.stds)
+        )
+    )
 
 
 class CategoricalTree(NamedTuple):
@@ -121,9 +134,9 @@ class CategoricalTree(NamedTuple):
     a node is in; ``membership`` which nodes lie on each branch's path.
     """
 
-    group_slots: Tensor  # (groups, largest group), long
-    node_group: Tensor  # (nodes,), long
-    membership: Tensor  # (nodes, branches), float
+    group_slots: Array  # (groups, largest group), long
+    node_group: Array  # (nodes,), long
+    membership: Array  # (nodes, branches), float
 
 
 def categorical_tree(branches: list[dict[str, int]], latent_names: Sequence[str]) -> CategoricalTree:
@@ -132,7 +145,8 @@ def categorical_tree(branches: list[dict[str, int]], latent_names: Sequence[str]
     groups: dict[tuple, list[int]] = {}
     paths: list[list[int]] = []
     for branch in branches:
-        path, prefix = [], ()
+        path: list[int] = []
+        prefix: tuple = ()
         for name in latent_names:
             if name not in branch:
                 continue
@@ -159,14 +173,20 @@ def tree_log_probs(logits: Array, tree: CategoricalTree) -> Array:
     xp = lib(logits)
     padded = xp.concatenate([logits, xp.full_like(logits[..., :1], -math.inf)], -1)[..., tree.group_slots]
     node_log_probs = logits - logsumexp(padded, -1)[..., tree.node_group]
-    return (node_log_probs[..., :, None] * tree.membership).sum(-2)  # a sum per row (amortized/importance/streams.py: rows never depend on each other)
+    # a sum per row (the per-row rule of amortized/importance/streams.py)
+    return (node_log_probs[..., :, None] * tree.membership).sum(-2)
 
 
 class BranchedMLPNetwork(InferenceNetwork):
     family = "branched_mlp"
+    branch_onehot: Tensor  # a buffer (register_buffer), which the checker would see as Tensor | Module
 
     def __init__(
-        self, model: ConjugateMixtureModel, hidden: Sequence[int] = (64, 64), activation: str = "tanh", mixture_components: int = 1,
+        self,
+        model: ConjugateMixtureModel,
+        hidden: Sequence[int] = (64, 64),
+        activation: str = "tanh",
+        mixture_components: int = 1,
         input_gain: float = 1.0,
     ) -> None:
         super().__init__(model)
@@ -180,17 +200,21 @@ class BranchedMLPNetwork(InferenceNetwork):
         self.x_loc, self.x_scale = model.x_loc, model.x_scale
         self.tree = categorical_tree(model.branches, model.latent_names)
         self.register_buffer("branch_onehot", torch.eye(self.num_branches), persistent=False)
-        logits = (len(self.tree.membership) if model.num_branches > 1 else 0) + (self.num_branches if self.components > 1 else 0)
+        logits = (len(self.tree.membership) if model.num_branches > 1 else 0) + (
+            self.num_branches if self.components > 1 else 0
+        )
         self.discrete = mlp(1, hidden, logits, activation) if logits else None
         self.continuous = mlp(1 + self.num_branches, hidden, 2, activation)
-        if self.input_gain != 1.0:  # the scaled y enters with its first-layer weights divided: the same function at start
+        # the scaled y enters with its first-layer weights divided: the same function at start
+        if self.input_gain != 1.0:
             with torch.no_grad():
                 for head in (self.discrete, self.continuous):
                     if head is not None:
-                        head[0].weight[:, 0] /= self.input_gain
+                        cast(nn.Linear, head[0]).weight[:, 0] /= self.input_gain
 
     def forward(self, y: Tensor) -> BranchedNormal:
-        discrete = None if self.discrete is None else lambda u: run(self.discrete, u)
+        head = self.discrete
+        discrete = None if head is None else lambda u: run(head, u)
         nb = self.num_branches
 
         def continuous(u: Tensor) -> Tensor:  # y's column beside a one-hot of each branch
@@ -205,7 +229,9 @@ class BranchedMLPNetwork(InferenceNetwork):
 
     @classmethod
     def numpy_stacked(cls, networks: Sequence[InferenceNetwork]) -> Callable[[np.ndarray], list[BranchedNormal]]:
-        """Networks of one architecture for one model, run as one NumPy pass: item i is exactly ``networks[i].numpy()(y)``.
+        """Networks of one architecture for one model, run as one NumPy pass.
+
+        Item i is exactly ``networks[i].numpy()(y)``.
 
         NumPy's fixed cost per call is most of a small forward's time; stacked, the
         pq and qp networks of a model pay it once.
@@ -213,9 +239,13 @@ class BranchedMLPNetwork(InferenceNetwork):
         first = networks[0]
         if any(not isinstance(n, cls) or n.architecture() != first.architecture() for n in networks):
             return super().numpy_stacked(networks)
-        discrete = None if first.discrete is None else numpy_mlp([n.discrete for n in networks])
-        continuous = numpy_branched_mlp([n.continuous for n in networks], first.num_branches)
-        tree = CategoricalTree(first.tree.group_slots.numpy(), first.tree.node_group.numpy(), first.tree.membership.double().numpy())
+        assert isinstance(first, BranchedMLPNetwork)  # every network is one (checked above)
+        same = cast(Sequence[BranchedMLPNetwork], networks)
+        discrete = None if first.discrete is None else numpy_mlp([cast(nn.Sequential, n.discrete) for n in same])
+        continuous = numpy_branched_mlp([n.continuous for n in same], first.num_branches)
+        tree = CategoricalTree(
+            first.tree.group_slots.numpy(), first.tree.node_group.numpy(), first.tree.membership.double().numpy()
+        )
 
         def forward(y: np.ndarray) -> list[BranchedNormal]:
             u = np.asarray(y, dtype=np.float64)[None]  # a leading axis for the networks
@@ -255,7 +285,7 @@ class BranchedMLPNetwork(InferenceNetwork):
         return BranchedNormal(log_probs, means, stds)
 
     def architecture(self) -> dict:
-        spec = {"family": self.family, "hidden": self.hidden, "activation": self.activation}
+        spec: dict[str, Any] = {"family": self.family, "hidden": self.hidden, "activation": self.activation}
         if self.components > 1:  # the single-normal networks' manifests stay as they were
             spec["mixture_components"] = self.components
         if self.input_gain != 1.0:

@@ -8,8 +8,7 @@ from functools import lru_cache
 
 from fastapi import APIRouter, Response
 
-from service.answers import answer
-from service.answers import PosteriorQuery
+from service.answers import PosteriorQuery, answer
 from service.dependencies import RegistryDep
 from service.registry import Registry
 from service.responses import json_response

@@ -35,7 +35,9 @@ class ExactAtY(BaseModel):
     y: float = Field(..., description="the observation")
     log_evidence: float = Field(..., description="exact log p(y)")
     branch_probabilities: list[float] = Field(..., description="p(branch | y), in the order of the model's `branches`")
-    components: list[ExactComponent] = Field(..., description="p(x | y) = sum over components of probability x N(mean, std^2)")
+    components: list[ExactComponent] = Field(
+        ..., description="p(x | y) = sum over components of probability x N(mean, std^2)"
+    )
 
 
 class ExactResponse(BaseModel):
@@ -45,7 +47,12 @@ class ExactResponse(BaseModel):
 
 Observations = Annotated[
     list[Annotated[float, Field(allow_inf_nan=False, ge=-MAX_ABS_Y, le=MAX_ABS_Y)]],
-    Query(min_length=1, max_length=MAX_OBSERVATIONS, description="observation(s): repeat the parameter for a sweep, e.g. ?y=-1&y=0&y=1", examples=[[0.0]]),
+    Query(
+        min_length=1,
+        max_length=MAX_OBSERVATIONS,
+        description="observation(s): repeat the parameter for a sweep, e.g. ?y=-1&y=0&y=1",
+        examples=[[0.0]],
+    ),
 ]
 
 
@@ -67,7 +74,13 @@ def exact(served: ServedModelDep, y: Observations) -> Response:
             "log_evidence": log_evidence[i],
             "branch_probabilities": branch_probs[i],
             "components": [
-                {"branch": b, "latents": served.branch_latents[b], "probability": probs[i, c], "mean": posterior.means[i, c], "std": posterior.stds[i, c]}
+                {
+                    "branch": b,
+                    "latents": served.branch_latents[b],
+                    "probability": probs[i, c],
+                    "mean": posterior.means[i, c],
+                    "std": posterior.stds[i, c],
+                }
                 for c, b in enumerate(branch_of)
             ],
         }

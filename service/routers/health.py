@@ -17,8 +17,13 @@ def live() -> dict[str, str]:
 
 @router.get(
     "/health/ready",
-    summary="Readiness: at least one verified artifact is served; names the artifacts folder, what is served and what is refused",
-    responses={503: {"description": "nothing can be served: `reason` says why (no such folder, no artifacts in it, all refused)"}},
+    summary="Readiness: at least one verified artifact is served; names the artifacts folder, what is served and what "
+    "is refused",
+    responses={
+        503: {
+            "description": "nothing can be served: `reason` says why (no such folder, no artifacts in it, all refused)"
+        }
+    },
 )
 def ready(registry: RegistryDep, request: Request) -> Response:
     """This worker's view: each uvicorn worker loads and reloads the folder by itself."""

@@ -10,11 +10,20 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 def summary(served: ServedModel) -> dict:
-    return {**served.model.describe(), "name": served.name, "family": served.family, "objectives": served.objectives,
-            "versions": served.versions}
+    return {
+        **served.model.describe(),
+        "name": served.name,
+        "family": served.family,
+        "objectives": served.objectives,
+        "versions": served.versions,
+    }
 
 
-@router.get("", response_model=list[ModelSummary], summary="Every served variant: family, parameters, compiled losses and their versions")
+@router.get(
+    "",
+    response_model=list[ModelSummary],
+    summary="Every served variant: family, parameters, compiled losses and their versions",
+)
 def list_models(registry: RegistryDep) -> list[dict]:
     return [summary(served) for served in registry.models.values()]
 

@@ -14,13 +14,12 @@ import torch
 from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from amortized.figures import PNG_HEIGHT, PNG_HEIGHT_BRANCHES, PNG_WIDTH
+from amortized.figures import PNG_HEIGHT, PNG_HEIGHT_BRANCHES, PNG_WIDTH, variant_title
 from amortized.figures import posterior_png as draw
-from amortized.figures import variant_title
 from amortized.importance.streams import draw_seed
+from amortized.mixture import base_model
 from service.answers import PosteriorQuery, answer
 from service.dependencies import ServedModelDep, check_version
-from amortized.mixture import base_model
 from service.errors import ApiError
 from service.metrics import OBJECTIVE_KEY, Metrics
 from service.registry import Registry, ServedModel
@@ -32,27 +31,46 @@ router = APIRouter(prefix="/v1/models", tags=["posterior"])
 
 EXAMPLES: dict[str, dict[str, Any]] = {
     "gaussian": {"summary": "gaussian: one y", "value": {"y": 1.5, "objective": "pq", "num_samples": 1000, "seed": 7}},
-    "gmm": {"summary": "gmm: both losses at y = 0 (the seed's contrast)", "value": {"y": 0.0, "objective": "both", "num_samples": 1000, "seed": 7}},
-    "gmm_discrete": {"summary": "gmm_discrete: a batch, with resampling", "value": {"y": [-8.0, 0.5, 12.0], "objective": "qp", "num_samples": 500, "seed": 7, "resample": True}},
+    "gmm": {
+        "summary": "gmm: both losses at y = 0 (the seed's contrast)",
+        "value": {"y": 0.0, "objective": "both", "num_samples": 1000, "seed": 7},
+    },
+    "gmm_discrete": {
+        "summary": "gmm_discrete: a batch, with resampling",
+        "value": {"y": [-8.0, 0.5, 12.0], "objective": "qp", "num_samples": 500, "seed": 7, "resample": True},
+    },
     "gmm_open": {"summary": "gmm_open: one y", "value": {"y": 2.7, "objective": "pq", "num_samples": 1000, "seed": 7}},
 }
-ERRORS = {400: {"model": ErrorResponse, "description": "the body is not decodable text (e.g. not UTF-8)"},
-          404: {"model": ErrorResponse, "description": "unknown model, or objective not compiled for it"},
-          409: {"model": ErrorResponse, "description": "the pinned version is not served (the message names the served ones)"},
-          413: {"model": ErrorResponse, "description": "body too large"},
-          415: {"model": ErrorResponse, "description": "the body is not sent as JSON (Content-Type: application/json)"},
-          422: {"model": ErrorResponse, "description": "invalid field: the body names it and why"}}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "the body is not decodable text (e.g. not UTF-8)"},
+    404: {"model": ErrorResponse, "description": "unknown model, or objective not compiled for it"},
+    409: {
+        "model": ErrorResponse,
+        "description": "the pinned version is not served (the message names the served ones)",
+    },
+    413: {"model": ErrorResponse, "description": "body too large"},
+    415: {"model": ErrorResponse, "description": "the body is not sent as JSON (Content-Type: application/json)"},
+    422: {"model": ErrorResponse, "description": "invalid field: the body names it and why"},
+}
 
 
-def check_request(request: PosteriorRequest, served: ServedModel, settings: Settings, registry: Registry) -> list[float]:
+def check_request(
+    request: PosteriorRequest, served: ServedModel, settings: Settings, registry: Registry
+) -> list[float]:
     """Limits from the environment, and objectives that exist for this model; returns y as a list."""
     y = request.y if isinstance(request.y, list) else [request.y]
     if not y:
         raise ApiError(422, ["body", "y"], "at least one observation is needed")
     if len(y) > settings.max_batch:
-        raise ApiError(422, ["body", "y"], f"{len(y)} observations: at most {settings.max_batch} per request (AMORTIZED_MAX_BATCH)")
+        raise ApiError(
+            422, ["body", "y"], f"{len(y)} observations: at most {settings.max_batch} per request (AMORTIZED_MAX_BATCH)"
+        )
     if request.num_samples > settings.max_samples:
-        raise ApiError(422, ["body", "num_samples"], f"at most {settings.max_samples} samples per observation (AMORTIZED_MAX_SAMPLES)")
+        raise ApiError(
+            422,
+            ["body", "num_samples"],
+            f"at most {settings.max_samples} samples per observation (AMORTIZED_MAX_SAMPLES)",
+        )
     needed = requested_objectives(request.objective)
     missing = [o for o in needed if o not in served.artifacts]
     if missing:
@@ -60,16 +78,27 @@ def check_request(request: PosteriorRequest, served: ServedModel, settings: Sett
         refusals = registry.refusals(served.name)
         refused = [f"{o} was refused ({refusals[o]})" for o in missing if o in refusals]
         if refused:
-            raise ApiError(404, ["body", "objective"], f"{'; '.join(refused)} for {served.name}; available: {available}", "refused")
-        raise ApiError(404, ["body", "objective"], f"{' and '.join(missing)} is not compiled for {served.name}; available: {available}", "not_found")
+            raise ApiError(
+                404, ["body", "objective"], f"{'; '.join(refused)} for {served.name}; available: {available}", "refused"
+            )
+        raise ApiError(
+            404,
+            ["body", "objective"],
+            f"{' and '.join(missing)} is not compiled for {served.name}; available: {available}",
+            "not_found",
+        )
     return y
 
 
 def check_cost(query: PosteriorQuery, settings: Settings) -> None:
-    """The draws a query makes (every objective, the cross-check's and resampling's) within AMORTIZED_MAX_TOTAL_SAMPLES."""
+    """The draws a query makes within AMORTIZED_MAX_TOTAL_SAMPLES.
+
+    Every objective's, the cross-check's and resampling's.
+    """
     if query.size > settings.max_total_samples:
         raise ApiError(
-            422, ["body"],
+            422,
+            ["body"],
             f"this request would draw {query.size} samples (len(y) x objectives x (num_samples, plus max(num_samples,"
             f" {query.check_samples}) of the other network for the cross-check, plus num_samples to resample)), over"
             f" {settings.max_total_samples} (AMORTIZED_MAX_TOTAL_SAMPLES): ask fewer observations or samples, or set"
@@ -94,15 +123,24 @@ async def posterior(
     samples with their log weights, importance diagnostics with a plain verdict
     (cross-checked against the other compiled network), and the exact posterior.
     """
-    state = http.app.state  # settings, metrics and batcher: read here, not as three more dependencies (each costs ~20 us)
+    # settings, metrics and batcher: read here, not as three more dependencies (each costs ~20 us)
+    state = http.app.state
     settings: Settings = state.settings
-    http.scope[OBJECTIVE_KEY] = request.objective  # for the response metrics (service/metrics.py), which count every response
+    # for the response metrics (service/metrics.py), which count every response
+    http.scope[OBJECTIVE_KEY] = request.objective
     y = check_request(request, served, settings, state.registry)
     check_version(request.version, request.objective, served)  # a pinned version not served is a 409
     seed = request.seed if request.seed is not None else draw_seed()
     query = PosteriorQuery(
-        served, y, request.objective, request.num_samples, seed, request.resample, request.cross_check,
-        settings.cross_check_samples, batch=isinstance(request.y, list),
+        served,
+        y,
+        request.objective,
+        request.num_samples,
+        seed,
+        request.resample,
+        request.cross_check,
+        settings.cross_check_samples,
+        batch=isinstance(request.y, list),
     )
     check_cost(query, settings)
     if query.size > settings.offload_samples:  # heavy (draws of every objective and of the cross-check): off the loop
@@ -121,20 +159,36 @@ async def posterior(
 @router.get(
     "/{model}/posterior.png",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}, "description": "q of each compiled objective against the exact posterior"}, **ERRORS},
+    responses={
+        200: {"content": {"image/png": {}}, "description": "q of each compiled objective against the exact posterior"},
+        **ERRORS,
+    },
     summary="Figure: q for each objective against the exact posterior at y",
 )
 def posterior_png(
-    y: Annotated[float, Query(allow_inf_nan=False, ge=-MAX_ABS_Y, le=MAX_ABS_Y, description="the observation", examples=[0.0])],
+    y: Annotated[
+        float, Query(allow_inf_nan=False, ge=-MAX_ABS_Y, le=MAX_ABS_Y, description="the observation", examples=[0.0])
+    ],
     served: ServedModelDep,
-    objective: Annotated[Literal["pq", "qp", "both"], Query(description="which compiled network(s) to draw: pq, qp, or both (every compiled one)")] = "both",
+    objective: Annotated[
+        Literal["pq", "qp", "both"],
+        Query(description="which compiled network(s) to draw: pq, qp, or both (every compiled one)"),
+    ] = "both",
     width: Annotated[int | None, Query(ge=320, le=2400, description="image width in pixels (default: 640)")] = None,
-    height: Annotated[int | None, Query(ge=240, le=2400, description="image height in pixels (default: 430, or 750 with discrete latents)")] = None,
+    height: Annotated[
+        int | None,
+        Query(ge=240, le=2400, description="image height in pixels (default: 430, or 750 with discrete latents)"),
+    ] = None,
 ) -> Response:
     artifacts = served.artifacts
     if objective != "both" and objective not in artifacts:
         available = ", ".join(sorted(artifacts))
-        raise ApiError(404, ["query", "objective"], f"{objective} is not compiled for {served.name}; available: {available}", "not_found")
+        raise ApiError(
+            404,
+            ["query", "objective"],
+            f"{objective} is not compiled for {served.name}; available: {available}",
+            "not_found",
+        )
     wanted = sorted(artifacts) if objective == "both" else [objective]
     size = None
     if width is not None or height is not None:
