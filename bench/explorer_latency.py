@@ -18,11 +18,11 @@ import argparse
 import os
 import statistics
 import sys
+from pathlib import Path
 
-from tests.launch import ROOT, start_server, stop_server
-
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: tests.launch, tests.browser
 from tests.browser import Watch, chromium, why_no_browser  # noqa: E402
+from tests.launch import ROOT, start_server, stop_server
 
 
 def summary(values: list[float]) -> str:

@@ -8,10 +8,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tests.launch import ROOT, start_server, stop_server
-
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: tests.launch, tests.browser
 from tests.browser import Watch, chromium, why_no_browser  # noqa: E402
+from tests.launch import ROOT, start_server, stop_server  # noqa: E402
 
 OUT = ROOT / "docs"
 
