@@ -98,9 +98,13 @@ PROBE = """
 import sys, time
 from pathlib import Path
 from numba.core.registry import CPUDispatcher
-import amortized.kernels as kernels
+try:  # the current layout; the code before the fix had the kernels and the query elsewhere
+    import amortized.importance.kernels as kernels
+    from service.answers import PosteriorQuery as Query
+except ImportError:
+    import amortized.kernels as kernels
+    from service.batching import Query
 from service.answers import answer_batch
-from service.batching import Query
 from service.main import warm_up
 from service.registry import Registry
 

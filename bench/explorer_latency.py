@@ -21,8 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: tests.launch, tests.browser
-from tests.browser import Watch, chromium, why_no_browser  # noqa: E402
-from tests.launch import ROOT, start_server, stop_server
+from tests.browser import live_page, why_no_browser  # noqa: E402
 
 
 def summary(values: list[float]) -> str:
@@ -51,38 +50,28 @@ def main() -> int:
     if reason:
         print(f"cannot measure: {reason}", file=sys.stderr)
         return 1
-    process, url = start_server(
-        {"AMORTIZED_ARTIFACTS_DIR": str(ROOT / "artifacts")}, "--log-level", "warning", "--no-access-log", timeout=120
-    )
-    try:
-        with chromium() as context:
-            page = context.new_page()
-            watch = Watch(page, url)
-            page.goto(f"{url}/explore?model={args.model}&objective=both&y=0")
-            page.wait_for_function("() => window.explorer && window.explorer.ready && window.explorer.sweep !== null")
-            low, high = (float(page.get_attribute("#y-slider", a)) for a in ("min", "max"))
-            step = float(page.get_attribute("#y-slider", "step"))
-            # warm-up: the first few answers after start-up are slower (allocations, caches)
-            measure(
-                page,
-                [round(low + (high - low) * i / 7, 6) for i in range(1, 6)],
-                lambda y: (page.fill("#y-input", str(y)), page.press("#y-input", "Enter")),
-            )
+    with live_page() as (page, watch, url):
+        page.goto(f"{url}/explore?model={args.model}&objective=both&y=0")
+        page.wait_for_function("() => window.explorer && window.explorer.ready && window.explorer.sweep !== null")
+        low, high = (float(page.get_attribute("#y-slider", a)) for a in ("min", "max"))
+        step = float(page.get_attribute("#y-slider", "step"))
+        # warm-up: the first few answers after start-up are slower (allocations, caches)
+        measure(
+            page,
+            [round(low + (high - low) * i / 7, 6) for i in range(1, 6)],
+            lambda y: (page.fill("#y-input", str(y)), page.press("#y-input", "Enter")),
+        )
 
-            typed_values = [round(low + (high - low) * (i + 0.5) / args.changes, 6) for i in range(args.changes)]
-            typed = measure(
-                page, typed_values, lambda y: (page.fill("#y-input", str(y)), page.press("#y-input", "Enter"))
-            )
+        typed_values = [round(low + (high - low) * (i + 0.5) / args.changes, 6) for i in range(args.changes)]
+        typed = measure(page, typed_values, lambda y: (page.fill("#y-input", str(y)), page.press("#y-input", "Enter")))
 
-            page.fill("#y-input", "0")
-            page.press("#y-input", "Enter")
-            page.wait_for_function("() => document.body.dataset.drawnY === '0'")
-            page.focus("#y-slider")
-            slider_values = [round((i + 1) * step, 10) for i in range(args.changes)]
-            slider = measure(page, slider_values, lambda y: page.keyboard.press("ArrowRight"))
-            watch.check()
-    finally:
-        stop_server(process)
+        page.fill("#y-input", "0")
+        page.press("#y-input", "Enter")
+        page.wait_for_function("() => document.body.dataset.drawnY === '0'")
+        page.focus("#y-slider")
+        slider_values = [round((i + 1) * step, 10) for i in range(args.changes)]
+        slider = measure(page, slider_values, lambda y: page.keyboard.press("ArrowRight"))
+        watch.check()
 
     print(
         f"explorer at /explore?model={args.model}&objective=both: redraw after a change of y, "

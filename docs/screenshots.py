@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: tests.launch, tests.browser
-from tests.browser import Watch, chromium, why_no_browser  # noqa: E402
-from tests.launch import ROOT, start_server, stop_server  # noqa: E402
+from tests.browser import live_page, why_no_browser  # noqa: E402
+from tests.launch import ROOT  # noqa: E402
 
 OUT = ROOT / "docs"
 
@@ -20,37 +20,28 @@ def main() -> int:
     if reason:
         print(f"cannot take screenshots: {reason}", file=sys.stderr)
         return 1
-    process, url = start_server(
-        {"AMORTIZED_ARTIFACTS_DIR": str(ROOT / "artifacts")}, "--log-level", "warning", "--no-access-log", timeout=120
-    )
-    try:
-        with chromium(viewport=(1360, 900)) as context:
-            page = context.new_page()
-            watch = Watch(page, url)
+    with live_page(viewport=(1360, 900)) as (page, watch, url):
+        page.goto(f"{url}/")
+        page.wait_for_load_state("networkidle")
+        shoot(page, OUT / "landing.png", full_page=True)
 
-            page.goto(f"{url}/")
-            page.wait_for_load_state("networkidle")
-            shoot(page, OUT / "landing.png", full_page=True)
+        page.goto(f"{url}/docs")
+        operation = page.locator("#operations-posterior-posterior_v1_models__model__posterior_post")
+        operation.locator(".opblock-summary").click()
+        operation.locator(".examples-select select").select_option(
+            label="gmm: both losses at y = 0 (the seed's contrast)"
+        )
+        page.wait_for_load_state("networkidle")
+        operation.scroll_into_view_if_needed()
+        page.evaluate("() => window.scrollBy(0, -80)")
+        shoot(page, OUT / "swagger.png", full_page=False)
 
-            page.goto(f"{url}/docs")
-            operation = page.locator("#operations-posterior-posterior_v1_models__model__posterior_post")
-            operation.locator(".opblock-summary").click()
-            operation.locator(".examples-select select").select_option(
-                label="gmm: both losses at y = 0 (the seed's contrast)"
-            )
-            page.wait_for_load_state("networkidle")
-            operation.scroll_into_view_if_needed()
-            page.evaluate("() => window.scrollBy(0, -80)")
-            shoot(page, OUT / "swagger.png", full_page=False)
-
-            page.goto(f"{url}/explore?model=gmm&objective=both&y=0&n=1000&seed=7")
-            page.wait_for_function("() => window.explorer && window.explorer.ready && window.explorer.sweep !== null")
-            page.wait_for_function("() => document.body.dataset.drawnY === '0'")
-            page.wait_for_timeout(300)
-            shoot(page, OUT / "explorer.png", full_page=True)
-            watch.check()
-    finally:
-        stop_server(process)
+        page.goto(f"{url}/explore?model=gmm&objective=both&y=0&n=1000&seed=7")
+        page.wait_for_function("() => window.explorer && window.explorer.ready && window.explorer.sweep !== null")
+        page.wait_for_function("() => document.body.dataset.drawnY === '0'")
+        page.wait_for_timeout(300)
+        shoot(page, OUT / "explorer.png", full_page=True)
+        watch.check()
     return 0
 
 

@@ -66,6 +66,25 @@ def chromium(viewport: tuple[int, int] = (1400, 1000)) -> Iterator:
             context.close()
 
 
+@contextmanager
+def live_page(viewport: tuple[int, int] = (1400, 1000)) -> Iterator:
+    """A live server of the committed artifacts (:mod:`tests.launch`) and a watched page of headless Chromium.
+
+    Yields ``(page, watch, url)``; the server stops when the block ends. For the scripts that measure or
+    photograph the pages (bench/explorer_latency.py, docs/screenshots.py).
+    """
+    from tests.launch import ROOT, start_server, stop_server
+
+    env = {"AMORTIZED_ARTIFACTS_DIR": str(ROOT / "artifacts")}
+    process, url = start_server(env, "--log-level", "warning", "--no-access-log", timeout=120)
+    try:
+        with chromium(viewport) as context:
+            page = context.new_page()
+            yield page, Watch(page, url), url
+    finally:
+        stop_server(process)
+
+
 def leaves_host(url: str, base: str) -> bool:
     """True for a request to anywhere but the server under test (data: and same-origin blob: URLs stay here)."""
     scheme = urlsplit(url).scheme
