@@ -18,9 +18,7 @@ how many numba kernels compiled a new signature for the first.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -30,35 +28,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from wrk_load import post  # bench/wrk_load.py, beside this script
+
 from tests.launch import ROOT, free_port, stop_server, wait_ready  # noqa: E402
 
 BODY = {"y": 0.3, "objective": "pq", "num_samples": 1000, "seed": 1}
 
 
 def wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(
-            f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(BODY))}\nwrk.headers["Content-Type"] = '
-            '"application/json"\n'
-        )
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    os.unlink(script.name)
-    unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-    latency = {p: float(v) * unit[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)", out, re.MULTILINE)}
-    peak = re.search(r"Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "p50": latency["50"],
-        "p99": latency["99"],
-        "max": float(peak.group(1)) * unit[peak.group(2)],
-        "errors": int(errors.group(1)) if errors else 0,
-    }
+    return post(url, BODY, seconds, connections)
 
 
 def measure(source: Path, seconds: int, connections: int) -> tuple[float, dict[str, dict[str, float]]]:

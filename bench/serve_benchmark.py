@@ -13,45 +13,26 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
-import re
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from wrk_load import post  # bench/wrk_load.py, beside this script
+
 from tests.launch import ROOT, start_server, stop_server
 
 
 def wrk(url: str, body: dict, seconds: int, connections: int) -> dict[str, float]:
-    """requests/s and p50/p99 latency (ms) of POSTing ``body`` to ``url``."""
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(
-            f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\nwrk.headers["Content-Type"] = '
-            '"application/json"\n'
-        )
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    os.unlink(script.name)
-    if re.search(r"Non-2xx or 3xx responses: (\d+)", out):
-        raise SystemExit(f"errors from {url}:\n{out}")
-    unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-    latency = {p: float(v) * unit[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)", out, re.MULTILINE)}
-    return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "p50": latency["50"],
-        "p99": latency["99"],
-    }
+    """requests/s and p50/p99 latency (ms) of POSTing ``body`` to ``url``; stops on any non-2xx answer."""
+    figures = post(url, body, seconds, connections)
+    if figures["errors"]:
+        raise SystemExit(f"{figures['errors']} non-2xx answers from {url}")
+    return figures
 
 
 def stack() -> str:

@@ -14,18 +14,17 @@ machine moves least: it says what a worker does with the CPU it gets.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import resource
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from wrk_load import post  # bench/wrk_load.py, beside this script
 
 from tests.launch import ROOT, start_server, stop_server  # noqa: E402
 
@@ -46,34 +45,19 @@ def cpu_seconds(pid: int) -> float:
 
 
 def wrk(url: str, body: dict, seconds: int, connections: int, server_pid: int) -> dict[str, float]:
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(
-            f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\nwrk.headers["Content-Type"] = '
-            '"application/json"\n'
-        )
+    """wrk's figures, and the CPU wrk and the server used meanwhile (% of a core; requests per server CPU-second)."""
     before, server_before = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_seconds(server_pid)
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    figures = post(url, body, seconds, connections)
     after, server_after = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_seconds(server_pid)
-    os.unlink(script.name)
-    if re.search(r"Non-2xx or 3xx responses: (\d+)", out):
-        raise SystemExit(f"errors from {url}:\n{out}")
-    unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-    latency = {p: float(v) * unit[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)", out, re.MULTILINE)}
+    if figures["errors"]:
+        raise SystemExit(f"{figures['errors']} non-2xx answers from {url}")
     wrk_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     server_cpu = server_after - server_before
     return {
-        "rps": rps,
-        "p50": latency["50"],
-        "p99": latency["99"],
+        **figures,
         "wrk_cpu": 100 * wrk_cpu / seconds,
         "server_cpu": 100 * server_cpu / seconds,
-        "per_cpu": rps * seconds / server_cpu,
+        "per_cpu": figures["rps"] * seconds / server_cpu,
     }
 
 

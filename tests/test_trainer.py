@@ -42,22 +42,8 @@ def test_same_seed_same_weights_in_parallel_or_not(tmp_path):
 
 
 def test_an_interrupted_compile_leaves_the_previous_artifact(tmp_path, monkeypatch, capsys):
-    main(
-        [
-            "compile",
-            "--model",
-            "gaussian",
-            "--objective",
-            "pq",
-            "--steps",
-            "40",
-            "--jobs",
-            "1",
-            "--no-figures",
-            "--out",
-            str(tmp_path),
-        ]
-    )
+    small = ["compile", "--model", "gaussian", "--objective", "pq", "--steps", "40", "--jobs", "1", "--no-figures"]
+    main([*small, "--out", str(tmp_path)])
     manifest = tmp_path / "gaussian" / "pq.json"
     before, sha = manifest.read_bytes(), weights_sha(tmp_path)
     real_write = artifacts.atomic_write
@@ -68,24 +54,7 @@ def test_an_interrupted_compile_leaves_the_previous_artifact(tmp_path, monkeypat
         real_write(path, data, *staging)
 
     monkeypatch.setattr(artifacts, "atomic_write", ctrl_c_at_the_commit_point)
-    status = main(
-        [
-            "compile",
-            "--model",
-            "gaussian",
-            "--objective",
-            "pq",
-            "--steps",
-            "40",
-            "--seed",
-            "9",
-            "--jobs",
-            "1",
-            "--no-figures",
-            "--out",
-            str(tmp_path),
-        ]
-    )
+    status = main([*small, "--seed", "9", "--out", str(tmp_path)])
     assert status == 130 and "interrupted" in capsys.readouterr().err
     assert manifest.read_bytes() == before
     artifact = load_artifact(manifest)  # checksum verified: the old weights are intact
