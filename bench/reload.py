@@ -169,27 +169,19 @@ def install_corrupt(source: Path, folder: Path) -> tuple[float, Path]:
     return time.monotonic(), folder / source.name
 
 
+def compile_command(seed: int, out: Path) -> list[str]:
+    """The trainer recompiling the target from its spec with ``seed``, into ``out``."""
+    return [
+        *[sys.executable, "-m", "trainer", "compile", "--spec", str(SPEC), "--objective", OBJECTIVE],
+        *["--seed", str(seed), "--jobs", "1", "--no-figures", "--out", str(out)],
+    ]
+
+
 def compile_versions(seeds: list[int], root: Path) -> list[Path]:
     """The target recompiled with each seed, side by side (one trainer process each), each in its own folder."""
     processes = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "trainer",
-                "compile",
-                "--spec",
-                str(SPEC),
-                "--objective",
-                OBJECTIVE,
-                "--seed",
-                str(seed),
-                "--jobs",
-                "1",
-                "--no-figures",
-                "--out",
-                str(root / f"version-{seed}"),
-            ],
+            compile_command(seed, root / f"version-{seed}"),
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -231,21 +223,7 @@ async def replace(
     if args.trainer_in_place:
         old = version_of(live)
         process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "trainer",
-            "compile",
-            "--spec",
-            str(SPEC),
-            "--objective",
-            OBJECTIVE,
-            "--seed",
-            "1",
-            "--jobs",
-            "1",
-            "--no-figures",
-            "--out",
-            str(folder),
+            *compile_command(1, folder),
             cwd=ROOT,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
