@@ -51,18 +51,12 @@ def _expectation_weights(grid_bytes: bytes) -> np.ndarray:  # a few grids serve 
     return weights
 
 
-def dense_expected_log_density(
-    centres: np.ndarray,
-    widths: np.ndarray,
-    centre_branch: np.ndarray,
-    log_weights: np.ndarray,
-    means: np.ndarray,
-    stds: np.ndarray,
-    membership: np.ndarray,
-    grid: np.ndarray,
-    grid_weights: np.ndarray,
-) -> np.ndarray:
-    """What :func:`expected_log_density` computes, as whole-array NumPy (scoring: no compile step)."""
+def dense_expected_log_density(*arrays: np.ndarray) -> np.ndarray:
+    """What :func:`expected_log_density` computes, from the same arguments, as whole-array NumPy.
+
+    For scoring, where a compile step in every worker would cost more than it saves.
+    """
+    centres, widths, centre_branch, log_weights, means, stds, membership, grid, grid_weights = arrays
     x = centres[..., None] + widths[..., None] * grid  # (rows, normals, points)
     z = (x[..., None] - means[:, None, None, :]) / stds[:, None, None, :]
     terms = (log_weights - np.log(stds) - LOG_SQRT_2PI)[
