@@ -71,15 +71,9 @@ def pq_loss(model: ConjugateMixtureModel, net: InferenceNetwork, batch_size: int
     return blended_loss({"pq": 1.0}, model, net, batch_size, generator)
 
 
-def qp_loss(
-    model: ConjugateMixtureModel,
-    net: InferenceNetwork,
-    batch_size: int,
-    generator: torch.Generator,
-    num_particles: int = 8,
-) -> Tensor:
-    """E_{p(y)} KL-up-to-log p(y): E_q[log q(b,x|y) - log p(b,x,y)], branches enumerated."""
-    return blended_loss({"qp": 1.0}, model, net, batch_size, generator, num_particles)
+def qp_loss(model: ConjugateMixtureModel, net: InferenceNetwork, batch_size: int, generator: torch.Generator) -> Tensor:
+    """E_{p(y)} KL-up-to-log p(y): E_q[log q(b,x|y) - log p(b,x,y)], branches enumerated (8 draws of x per branch)."""
+    return blended_loss({"qp": 1.0}, model, net, batch_size, generator)
 
 
 def blended_loss(
@@ -88,6 +82,7 @@ def blended_loss(
     net: InferenceNetwork,
     batch_size: int,
     generator: torch.Generator,
+    *,
     num_particles: int = 8,
 ) -> Tensor:
     """sum_o weights[o] * loss_o, each on its own fresh batch, the network run once on all observations.
@@ -121,4 +116,4 @@ def loss(
     """The training loss named by ``objective``."""
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
-    return blended_loss({objective: 1.0}, model, net, batch_size, generator, num_particles)
+    return blended_loss({objective: 1.0}, model, net, batch_size, generator, num_particles=num_particles)

@@ -167,7 +167,7 @@ def train(
             if phase.blend_from is not None:
                 weight = (i + 1) / phase.steps
                 weights = {phase.objective: weight, phase.blend_from: 1 - weight}
-            value = blended_loss(weights, model, net, batch_size, generator, config.num_particles)
+            value = blended_loss(weights, model, net, batch_size, generator, num_particles=config.num_particles)
             gradients = torch.autograd.grad(value, parameters)
             optimiser.step(gradients, cosine(rate, config.final_learning_rate, i, phase.steps))
             if average is not None:
