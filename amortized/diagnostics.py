@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -93,6 +94,12 @@ class PosteriorAnalysis:
     resampled_x: np.ndarray | None = None
 
 
+def missed_mass_exceeds_floor(mass: Any, se: Any) -> Any:
+    """Whether the missed mass exceeds ``MISSED_MASS_FLOOR`` by ``MISSED_MASS_Z`` standard errors (floats, arrays)."""
+    with np.errstate(invalid="ignore"):
+        return mass - MISSED_MASS_Z * se > MISSED_MASS_FLOOR
+
+
 def cross_check(
     model: ConjugateMixtureModel,
     y: np.ndarray,
@@ -130,7 +137,8 @@ def cross_check(
         consistent = (gaps <= allowed).reshape(9, b).all(0)  # NaN compares False: never "consistent"
         # A proposal that misses mass underestimates the evidence; the mixture covers what either covers.
         below = ~(estimates[0] >= estimates[2] - allowed[0, 2])
-        significant = ~(missed - MISSED_MASS_Z * missed_se <= MISSED_MASS_FLOOR)
+        # an estimate that is not a number cannot rule missed mass out: it counts as missing some
+        significant = missed_mass_exceeds_floor(missed, missed_se) | np.isnan(missed - MISSED_MASS_Z * missed_se)
     check = CrossCheckResult(
         estimates[1],
         errors[1],
@@ -182,7 +190,7 @@ def checked_verdict(level: str, why: str, check: CrossCheckResult, i: int) -> tu
     mass, mass_se = float(check.missed_mass[i]), float(check.missed_mass_se[i])
     draws = f"cross-check, {check.num_samples} draws of each network"
     if check.misses_mass[i]:
-        if math.isfinite(mass) and mass - MISSED_MASS_Z * mass_se > MISSED_MASS_FLOOR:
+        if missed_mass_exceeds_floor(mass, mass_se):
             return "unreliable", why + (
                 f"; but q misses posterior mass: {mass:.1%} (+- {mass_se:.1%}) of the posterior lies where q's density "
                 f"is under {MISSED_DENSITY_RATIO:.0%} of it ({draws})"

@@ -68,10 +68,9 @@ def plain_errors(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
       pydantic; it is out of range, as 1e400 is, and says so.
     """
     whole = {  # the input at each union location: the scalar member's error carries it whole
-        tuple(error["loc"][: error["loc"].index(tag)]): error.get("input")
+        tuple(error["loc"][: error["loc"].index(SCALAR_TAG)]): error.get("input")
         for error in errors
-        for tag in ("constrained-float",)
-        if tag in error.get("loc", ())
+        if SCALAR_TAG in error.get("loc", ())
     }
     out = []
     for error in errors:
@@ -101,10 +100,8 @@ def plain_errors(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 RANGE = f"observations must be finite numbers within +-{MAX_ABS_Y:.0e}"
 # pydantic's tags for FiniteFloat | list[FiniteFloat]
-UNION_TAGS = {
-    "constrained-float": "scalar",
-    "list[constrained-float]": "list",
-}
+SCALAR_TAG = "constrained-float"
+UNION_TAGS = {SCALAR_TAG: "scalar", "list[constrained-float]": "list"}
 
 
 def _magnitude(value: int) -> str:

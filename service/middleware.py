@@ -57,7 +57,7 @@ class ContentEncoding:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = [(name, value) for name, value in scope.get("headers", [])]
+        headers = list(scope.get("headers", []))
         encodings = [value.decode("latin-1").strip().lower() for name, value in headers if name == b"content-encoding"]
         codings = [c.strip() for value in encodings for c in value.split(",") if c.strip() and c.strip() != "identity"]
         if not codings:
