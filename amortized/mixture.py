@@ -145,9 +145,8 @@ class ComponentView:
         values = self.base.latent_values
         return LatentValues(np.repeat(values.membership, self.components, 0), values.groups)
 
-    def latent_marginals(self, branch_probabilities: np.ndarray) -> np.ndarray:
-        """P(latent = value | y) from probabilities over q-branches ``(batch, q-branches)``: a sum per row."""
-        return (branch_probabilities[:, :, None] * self.latent_values.membership).sum(1)
+    # the model's own marginals, run on this view's latent values (over q-branches)
+    latent_marginals = ConjugateMixtureModel.latent_marginals
 
     @property
     def log_branch_membership(self) -> np.ndarray:
