@@ -59,27 +59,30 @@ async def validation_error(request: Request, exc: RequestValidationError) -> Res
 def plain_errors(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """pydantic's errors as a client wants them: one item per bad value, at its plain location.
 
-    - A field typed ``float | list[float]`` (y) reports every bad input once per
-      union member, with the member's tag in ``loc`` (``constrained-float``,
-      ``list[constrained-float]``). Only the member the input's own shape
-      selects is kept (a list selects the list), without its tag, so a bad
-      third observation is at ``["body", "y", 2]``.
+    - A field typed as a union (y: ``float | list[float]``, version: ``str |
+      dict[objective, str]``) reports every bad input once per union member,
+      with the member's tag in ``loc`` (``constrained-float``,
+      ``list[constrained-float]``...). Only the member the input's own shape
+      selects is kept (a list selects the list, a dict the dict), without its
+      tag, so a bad third observation is at ``["body", "y", 2]``.
+    - A body that is not JSON says why and where, at ``["body"]``.
     - An integer too large for a float (10**400) is "not a valid number" to
       pydantic; it is out of range, as 1e400 is, and says so.
     """
-    whole = {  # the input at each union location: the scalar member's error carries it whole
-        tuple(error["loc"][: error["loc"].index(SCALAR_TAG)]): error.get("input")
-        for error in errors
-        if SCALAR_TAG in error.get("loc", ())
-    }
+    whole = {}  # the input at each union location: a scalar member's error carries it whole
+    for error in errors:
+        loc = list(error.get("loc", ()))
+        at = tag_at(loc)
+        if at is not None and member_kind(loc[at]) == "scalar":
+            whole[tuple(loc[:at])] = error.get("input")
     out = []
     for error in errors:
         loc = list(error.get("loc", ()))
-        tagged = [i for i, part in enumerate(loc) if isinstance(part, str) and part in UNION_TAGS]
-        if tagged:
-            at = tagged[0]
-            selected = "list" if isinstance(whole.get(tuple(loc[:at])), list) else "scalar"
-            if UNION_TAGS[loc[at]] != selected:
+        at = tag_at(loc)
+        if at is not None:
+            given = whole.get(tuple(loc[:at]))
+            selected = "list" if isinstance(given, list) else "dict" if isinstance(given, dict) else "scalar"
+            if member_kind(loc[at]) != selected:
                 continue  # another member's view of the same input
             del loc[at]
         item = {**error, "loc": loc}
@@ -89,6 +92,10 @@ def plain_errors(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 f"out of range: {_magnitude(value)} is beyond any float; {RANGE}",
                 "out_of_range",
             )
+        elif error.get("type") == "json_invalid":
+            where = f" at character {loc[1]}" if len(loc) > 1 else ""
+            item["loc"] = ["body"]
+            item["msg"] = f"the body is not valid JSON: {error.get('ctx', {}).get('error', 'cannot be decoded')}{where}"
         elif error.get("type") == "finite_number":
             item["msg"], item["type"] = (
                 f"out of range: not a finite number (infinity, or beyond about 1.8e308); {RANGE}",
@@ -99,9 +106,23 @@ def plain_errors(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 RANGE = f"observations must be finite numbers within +-{MAX_ABS_Y:.0e}"
-# pydantic's tags for FiniteFloat | list[FiniteFloat]
-SCALAR_TAG = "constrained-float"
-UNION_TAGS = {SCALAR_TAG: "scalar", "list[constrained-float]": "list"}
+
+
+def tag_at(loc: list) -> int | None:
+    """Where pydantic put a union member's tag in ``loc``, or None.
+
+    Tags look like ``constrained-float``, ``list[constrained-float]`` or
+    ``dict[literal['pq','qp'],constrained-str]``; the API's own field names have neither form.
+    """
+    for i, part in enumerate(loc):
+        if isinstance(part, str) and (part.startswith("constrained-") or "[" in part):
+            return i
+    return None
+
+
+def member_kind(tag: str) -> str:
+    """The shape of input a union member takes: "list", "dict" or "scalar"."""
+    return "list" if tag.startswith("list[") else "dict" if tag.startswith("dict[") else "scalar"
 
 
 def _magnitude(value: int) -> str:
