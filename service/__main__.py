@@ -15,7 +15,11 @@ once per start, before any worker exists:
 
 - logging: uvicorn configures it in every worker from ``--log-config``; unless
   one is given, :data:`LOG_CONFIG` (uvicorn's own loggers, and the service's
-  at INFO on stderr).
+  at INFO on stderr);
+- stopping: SIGTERM and SIGINT end the process with status 128 + the signal's
+  number *after* the temporary files above are removed. (uvicorn shuts down
+  gracefully and then raises the signal again with the handler it found, which
+  by default would end the process before any clean-up runs.)
 
 What each worker sets for itself (torch's threads, the garbage collector) it
 sets when its app starts (``service.main.lifespan``): uvicorn's workers are
@@ -27,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -59,9 +64,16 @@ def fresh_metrics_folder() -> tuple[str, bool]:
     return tempfile.mkdtemp(prefix="amortized-metrics-"), True
 
 
+def exit_on(signum: int, frame: object) -> None:
+    """Signal handler: leave through ``finally`` blocks, with the shell's status for a signal (128 + its number)."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Serve until stopped; returns uvicorn's exit status."""
+    """Serve until stopped; returns uvicorn's exit status (128 + the signal's number when stopped by one)."""
     options = sys.argv[1:] if argv is None else argv
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):  # uvicorn raises the signal again once it has shut down
+        signal.signal(stop_signal, exit_on)
     folder, ours = fresh_metrics_folder()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder  # before any worker imports prometheus_client
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="amortized-logging-") as log_config:

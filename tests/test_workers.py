@@ -94,3 +94,17 @@ def test_counters_are_the_sum_over_workers_and_survive_a_dead_worker(two_workers
     assert value(text, ok) == sent
     get(f"{url}/v1/models/gmm/posterior", body)
     assert value(get(f"{url}/metrics"), ok) == sent + 1
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_stopping_leaves_no_temporary_files(tmp_path, workers):
+    """SIGTERM (what Kubernetes and ``docker stop`` send) removes the metrics folder and the logging file it made."""
+    process, _ = start_server(
+        {"TMPDIR": str(tmp_path), "WEB_CONCURRENCY": workers}, "--log-level", "warning", timeout=90
+    )
+    made = sorted(path.name for path in tmp_path.iterdir())
+    assert any(name.startswith("amortized-metrics-") for name in made), made
+    assert any(name.startswith("amortized-logging-") for name in made), made
+    stop_server(process)
+    assert process.returncode in (0, 128 + signal.SIGTERM), process.returncode
+    assert not [path.name for path in tmp_path.iterdir() if path.name.startswith("amortized-")]
