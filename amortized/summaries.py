@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from statistics import NormalDist
 
 import numpy as np
 from numba import njit
@@ -44,36 +45,51 @@ SUMMARY_LEVELS = (*QUANTILES, *central_bounds(INTERVALS))  # every level a summa
 
 
 @njit(error_model="numpy", nogil=True)
-def _invert_mixture_cdf(probs: np.ndarray, means: np.ndarray, stds: np.ndarray, levels: np.ndarray) -> np.ndarray:
+def _invert_mixture_cdf(
+    probs: np.ndarray, means: np.ndarray, stds: np.ndarray, levels: np.ndarray, normal_quantiles: np.ndarray
+) -> np.ndarray:
     rows, branches = means.shape
     out = np.empty((rows, len(levels)))
     for r in range(rows):
-        low, high, finite = math.inf, -math.inf, True
+        low, high, finite, mean, second, scale = math.inf, -math.inf, True, 0.0, 0.0, math.inf
         for b in range(branches):
             if not (math.isfinite(means[r, b]) and math.isfinite(stds[r, b]) and stds[r, b] > 0):
                 finite = False
             low = min(low, means[r, b] - BRACKET_STDS * stds[r, b])
             high = max(high, means[r, b] + BRACKET_STDS * stds[r, b])
+            mean += probs[r, b] * means[r, b]
+            scale = min(scale, stds[r, b])
+        for b in range(branches):
+            second += probs[r, b] * (stds[r, b] ** 2 + (means[r, b] - mean) ** 2)
         for j in range(len(levels)):
             p = levels[j]
             if not finite or not math.isfinite(p) or p < 0 or p > 1:
                 out[r, j] = math.nan
                 continue
             lo, hi = low, high
-            x = 0.5 * (lo + hi)
+            if 0 < p < 1:  # F(x) = sum_b p_b Phi_b(x) is at most p below every branch's p-quantile, at least p above
+                lo, hi = math.inf, -math.inf
+                for b in range(branches):
+                    lo = min(lo, means[r, b] + stds[r, b] * normal_quantiles[j])
+                    hi = max(hi, means[r, b] + stds[r, b] * normal_quantiles[j])
+            # start at the moment-matched normal's quantile: a few Newton steps from there for most mixtures
+            x = min(max(mean + math.sqrt(second) * normal_quantiles[j], lo), hi)
             for _ in range(MAX_STEPS):
                 cdf, density = 0.0, 0.0
                 for b in range(branches):
                     z = (x - means[r, b]) / stds[r, b]
                     cdf += probs[r, b] * 0.5 * math.erfc(-z / math.sqrt(2.0))
                     density += probs[r, b] * math.exp(-0.5 * z * z) / (stds[r, b] * math.sqrt(2.0 * math.pi))
+                if cdf == p:
+                    break
                 if cdf < p:
                     lo = x
                 else:
                     hi = x
                 step = x - (cdf - p) / density if density > 0 else math.nan
-                following = step if lo < step < hi else 0.5 * (lo + hi)
-                if following == x or hi - lo <= 4e-16 * max(abs(lo), abs(hi)):
+                following = step if lo <= step <= hi else 0.5 * (lo + hi)
+                if abs(following - x) <= 1e-15 * (abs(x) + scale) or hi - lo <= 4e-16 * max(abs(lo), abs(hi)):
+                    x = following
                     break
                 x = following
             out[r, j] = x
@@ -85,13 +101,19 @@ def mixture_quantiles(dist: BranchedNormal, levels: Sequence[float]) -> np.ndarr
 
     ``dist`` holds NumPy (or torch) arrays ``(observations, branches)``; a level
     outside [0, 1] or a row with a non-finite or non-positive std gives NaN.
-    The CDF is increasing, so the bracket of every branch's +-40 standard
-    deviations holds each quantile; a Newton step is taken where it stays
-    inside the current bracket, else the bracket is halved, until the step or
-    the bracket reaches the float64 grid.
+    The CDF is increasing, so each quantile lies between the smallest and the
+    largest of the branches' own quantiles at that level (every branch's +-40
+    standard deviations for levels 0 and 1). The search starts at the quantile of the
+    normal with the mixture's mean and variance; a Newton step is taken where
+    it stays inside the current bracket, else the bracket is halved, until the
+    step falls below 1e-15 of the scale or the bracket reaches the float64 grid.
     """
-    probs, means, stds = (np.ascontiguousarray(np.asarray(a, dtype=np.float64)) for a in (dist.probs, dist.means, dist.stds))
-    return _invert_mixture_cdf(probs, means, stds, np.asarray(levels, dtype=np.float64))
+    probs, means, stds = (
+        np.ascontiguousarray(np.asarray(a, dtype=np.float64)) for a in (dist.probs, dist.means, dist.stds)
+    )
+    normal = NormalDist()
+    start = [normal.inv_cdf(p) if 0 < p < 1 else 0.0 for p in levels]
+    return _invert_mixture_cdf(probs, means, stds, np.asarray(levels, dtype=np.float64), np.asarray(start))
 
 
 def weighted_quantiles(x: np.ndarray, log_weights: np.ndarray, levels: Sequence[float]) -> np.ndarray:

@@ -96,7 +96,7 @@ def parse(body: dict[str, Any]) -> Posterior | dict[str, Posterior]:
 
 
 def flatten(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested objects as one level, names joined by dots: {"cross_check": {"missed_mass": m}} -> "cross_check.missed_mass"."""
+    """Nested objects flat, names joined by dots: {"cross_check": {"missed_mass": m}} -> "cross_check.missed_mass"."""
     out: dict[str, Any] = {}
     for key, value in row.items():
         if isinstance(value, dict) and value:
@@ -190,7 +190,9 @@ class PosteriorArrays:
         if "q" in names:
             branches = table.column("q").combine_chunks().field("branches")
             items = branches.flatten()
-            probabilities, means, stds = (_numpy(items.field(k), n).reshape(n, -1) for k in ("probability", "mean", "std"))
+            probabilities, means, stds = (
+                _numpy(items.field(k), n).reshape(n, -1) for k in ("probability", "mean", "std")
+            )
             first = items.field("latents").slice(0, branches.type.list_size).to_pylist()
             branch_latents = [{k: v for k, v in latents.items() if v is not None} for latents in first]
         drawn = samples("samples")
@@ -215,7 +217,7 @@ class PosteriorArrays:
 
 
 def _json_column(values: list[Any]) -> np.ndarray:
-    """JSON values of one field as numpy, typed as Arrow's are: bools, int64, float64 with NaN for null, else objects."""
+    """JSON values of one field as numpy, typed as Arrow's: bools, int64, float64 with NaN for null, else objects."""
     kinds = {type(v) for v in values}
     if kinds <= {bool}:
         return np.array(values, dtype=bool)
@@ -282,7 +284,9 @@ class AmortizedClient:
     """Synchronous client over httpx; use as a context manager or call ``close()``.
 
     ``format``: "arrow" (the default; JSON when pyarrow is missing or the
-    server refuses it with 406) or "json".
+    server refuses it with 406) or "json". ``compress``: accept zstd or gzip
+    answers (worth it on slow links; on loopback and LAN the CPU costs more
+    than the bytes saved: bench/answer_formats.py).
     """
 
     def __init__(
@@ -290,12 +294,15 @@ class AmortizedClient:
         base_url: str = "http://127.0.0.1:8000",
         timeout: float = 60.0,
         format: str = "arrow",
+        compress: bool = False,
         **httpx_options: Any,
     ) -> None:
         if format not in ("arrow", "json"):
             raise ValueError(f"format must be 'arrow' or 'json', not {format!r}")
         self.format = "arrow" if format == "arrow" and pa is not None else "json"
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, **httpx_options)
+        # httpx accepts gzip and zstd by default; on loopback and fast links compressing costs more than it saves
+        headers = {"accept-encoding": "zstd, gzip" if compress else "identity", **httpx_options.pop("headers", {})}
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers, **httpx_options)
 
     def __enter__(self) -> Self:
         return self
@@ -349,7 +356,7 @@ class AmortizedClient:
                     (table.schema.metadata or {}).get(b"batch") == b"true",
                 )
         answer = self._response("POST", path, json=body, headers={"accept": "application/json"}).json()
-        results = answer["results"] if "results" in answer else [answer]
+        results = answer.get("results", [answer])
         if "objectives" in results[0]:
             columns = {
                 name: (PosteriorArrays.from_json([r["objectives"][name] for r in results]), None)

@@ -69,7 +69,9 @@ class PosteriorQuery:
     cross_check: bool
     check_samples: int = DEFAULT_CHECK_SAMPLES
     batch: bool = True  # y came as a list: each row gets a seed of its own, derived from ``seed``
-    parts: frozenset[str] = DEFAULT_PARTS  # what the answer holds (service.schemas.resolve_parts); resampled if resample
+    parts: frozenset[str] = (
+        DEFAULT_PARTS  # what the answer holds (service.schemas.resolve_parts); resampled if resample
+    )
     media: str = "json"  # the layout: "json" rows, or "arrow" (an Arrow record batch, service.arrow)
 
     @property
@@ -188,7 +190,7 @@ def numbers_for(
 
 
 def summary_rows(served: ServedModel, summary: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[dict[str, Any]]:
-    """Per observation: {source: {"quantiles": {level: x}, "intervals": {level: [low, high]}, "discrete_probabilities"}}.
+    """Per observation: {source: {"quantiles": {level: x}, "intervals": {level: [low, high]}, discrete_probabilities}}.
 
     Levels are keyed by their shortest decimal form ("0.05"); the intervals are
     central: [quantile((1 - a)/2), quantile((1 + a)/2)].
@@ -359,7 +361,9 @@ def answer_batch(queries: list[PosteriorQuery]) -> list[Any]:
             if query.media != "json":
                 out[i] = table.slice(i * count * width, count * width)
     if wanted_json:
-        results = {name: json_results(served, y, seeds, numbers, first.parts) for name, numbers in per_objective.items()}
+        results = {
+            name: json_results(served, y, seeds, numbers, first.parts) for name, numbers in per_objective.items()
+        }
         if objective == "both":
             per_observation = [
                 {"model": served.name, "seed": seed, "y": y_i, "objectives": dict(zip(objectives, row))}

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from amortized.losses import OTHER_OBJECTIVE
+from amortized.losses import OBJECTIVES, OTHER_OBJECTIVE
 from amortized.summaries import INTERVALS, QUANTILES
 from service.registry import ServedModel
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from service.answers import Numbers
 
 MEDIA_TYPE = "application/vnd.apache.arrow.stream"
+VERDICTS = ("reliable", "usable", "unreliable")
 
 CROSS_CHECK_FIELDS = (
     "log_evidence_other",
@@ -40,7 +41,7 @@ CROSS_CHECK_FIELDS = (
     "missed_mass_se",
 )
 CROSS_CHECK_TYPE = pa.struct(
-    [pa.field("other_objective", pa.string()), pa.field("num_samples", pa.int64())]
+    [pa.field("other_objective", pa.dictionary(pa.int8(), pa.string())), pa.field("num_samples", pa.int64())]
     + [pa.field(name, pa.float64()) for name in CROSS_CHECK_FIELDS]
     + [pa.field("consistent", pa.bool_()), pa.field("misses_mass", pa.bool_())]
 )
@@ -62,9 +63,22 @@ def integers(values: np.ndarray, missing: np.ndarray | None = None) -> pa.Array:
     return column if np.ndim(values) == 1 else pa.FixedSizeListArray.from_arrays(column, np.shape(values)[1])
 
 
-def constant(value: str | None, rows: int) -> pa.Array:
-    """One string (or null) repeated."""
-    return pa.repeat(pa.scalar(value, pa.string()), rows)
+def labels(values: list[str], choices: list[str]) -> pa.Array:
+    """Strings from a short list of ``choices`` (verdicts): a dictionary column, 1 byte a row."""
+    index = {choice: i for i, choice in enumerate(choices)}
+    codes = np.array([index[v] for v in values], dtype=np.int8)
+    return pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(choices, pa.string()))
+
+
+def constant(value: str | None, rows: int, choices: list[str]) -> pa.Array:
+    """One of ``choices`` (or null) on every row: a dictionary column, 1 byte a row.
+
+    The dictionary is ``choices`` whatever the rows hold, so every objective's
+    rows share it (their tables concatenate).
+    """
+    codes = np.full(rows, choices.index(value) if value is not None else 0, dtype=np.int8)
+    mask = np.ones(rows, dtype=bool) if value is None else None
+    return pa.DictionaryArray.from_arrays(pa.array(codes, mask=mask), pa.array(choices, pa.string()))
 
 
 def struct(fields: dict[str, pa.Array], rows: int) -> pa.Array:
@@ -133,7 +147,7 @@ def diagnostics_column(served: ServedModel, numbers: Numbers) -> pa.Array:
     else:
         cross_check = struct(
             {
-                "other_objective": constant(OTHER_OBJECTIVE[numbers.objective], rows),
+                "other_objective": constant(OTHER_OBJECTIVE[numbers.objective], rows, list(OBJECTIVES)),
                 "num_samples": integers(np.full(rows, check.num_samples)),
                 **{name: floats(getattr(check, name)) for name in CROSS_CHECK_FIELDS},
                 "consistent": pa.array(np.asarray(check.consistent, dtype=bool)),
@@ -150,7 +164,7 @@ def diagnostics_column(served: ServedModel, numbers: Numbers) -> pa.Array:
             "elbo": floats(analysis.elbo),
             "pareto_k": floats(analysis.pareto_k),
             "num_samples": integers(np.full(rows, analysis.x.shape[-1])),
-            "verdict": pa.array(analysis.verdict, pa.string()),
+            "verdict": labels(analysis.verdict, list(VERDICTS)),
             "reason": pa.array(analysis.reason, pa.string()),
             "posterior_mean_x": floats(analysis.mean_x),
             "posterior_std_x": floats(analysis.std_x),
@@ -186,12 +200,18 @@ def result_columns(
     """One network's rows: the JSON result's fields, in its order, as columns."""
     rows = len(y)
     columns: dict[str, pa.Array] = {
-        "model": constant(served.name, rows),
+        "model": constant(served.name, rows, [served.name]),
         # every served objective, in order, null where that network took no part (the JSON lists those that did)
-        "versions": struct({name: constant(numbers.versions.get(name), rows) for name in sorted(served.artifacts)}, rows),
+        "versions": struct(
+            {
+                name: constant(numbers.versions.get(name), rows, [served.artifacts[name].version])
+                for name in sorted(served.artifacts)
+            },
+            rows,
+        ),
         "seed": integers(np.asarray(seeds, dtype=np.int64)),
         "y": floats(y),
-        "objective": constant(numbers.objective, rows),
+        "objective": constant(numbers.objective, rows, sorted(served.artifacts)),
     }
     analysis, exact = numbers.analysis, numbers.exact
     if "q" in parts:
@@ -241,5 +261,3 @@ def stream(table: pa.Table, metadata: dict[str, str]) -> bytes:
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return sink.getvalue().to_pybytes()
-
-

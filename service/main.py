@@ -30,8 +30,8 @@ from service.metrics import Metrics, ResponseMetrics
 from service.middleware import BodySizeLimit, ContentEncoding, HeadAsGet, ResponseCompression
 from service.registry import Registry, ServedModel
 from service.reload import describe, resolve_mode, watch_artifacts
-from service.schemas import resolve_parts
 from service.routers import bench, exact, health, models, pages, posterior
+from service.schemas import resolve_parts
 from service.settings import Settings, get_settings
 
 DESCRIPTION = """
@@ -80,7 +80,9 @@ def warm_up_model(served: ServedModel, check_samples: int = DEFAULT_CHECK_SAMPLE
     # the summaries' compiled quantile function (amortized.summaries), with and without draws
     for n in (0, 8):
         parts = resolve_parts(["summary"], n, False)
-        answer_batch([PosteriorQuery(served, [0.0], served.objectives[0], n, 0, False, True, check_samples, parts=parts)])
+        answer_batch(
+            [PosteriorQuery(served, [0.0], served.objectives[0], n, 0, False, True, check_samples, parts=parts)]
+        )
 
 
 def warm_up(registry: Registry, check_samples: int = DEFAULT_CHECK_SAMPLES) -> None:

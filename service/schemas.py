@@ -7,6 +7,7 @@ OpenAPI document and for the tests, which validate real responses against them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,7 +24,15 @@ Version = Annotated[str, Field(pattern=r"^[0-9a-f]{16}([0-9a-f]{48})?$", example
 
 # the parts of an answer "include" may name; "summary" stands for its three sources
 Part = Literal[
-    "q", "samples", "log_weights", "diagnostics", "exact", "resampled", "summary", "summary.q", "summary.weighted",
+    "q",
+    "samples",
+    "log_weights",
+    "diagnostics",
+    "exact",
+    "resampled",
+    "summary",
+    "summary.q",
+    "summary.weighted",
     "summary.exact",
 ]
 SUMMARY_SOURCES = ("summary.q", "summary.weighted", "summary.exact")
@@ -31,7 +40,7 @@ DEFAULT_PARTS = frozenset({"q", "samples", "log_weights", "diagnostics", "exact"
 DRAWN_PARTS = frozenset({"samples", "log_weights", "diagnostics", "resampled", "summary.weighted"})  # made of draws
 
 
-def resolve_parts(include: list[str] | None, num_samples: int, resample: bool) -> frozenset[str]:
+def resolve_parts(include: Sequence[str] | None, num_samples: int, resample: bool) -> frozenset[str]:
     """The parts an answer holds: ``include``'s, "summary" expanded into its sources, or the default.
 
     The default is today's answer: q, samples, log_weights, diagnostics and

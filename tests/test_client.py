@@ -88,7 +88,7 @@ def test_a_server_that_refuses_arrow_is_asked_in_json(client):
 
 @pytest.fixture(scope="module")
 def light_client(tmp_path_factory):
-    """A fresh virtualenv with ``pip install ./client`` and nothing else: skipped only where the index is unreachable."""
+    """A fresh virtualenv with ``pip install ./client`` and nothing else; skipped only if the index is unreachable."""
     folder = tmp_path_factory.mktemp("light") / "venv"
     venv.create(folder, with_pip=True)
     python = folder / "bin" / "python"

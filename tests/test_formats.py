@@ -70,7 +70,7 @@ def arrow_rows_as_json(table: pa.Table) -> list[dict]:
 
 
 def json_rows(data) -> list[dict]:
-    results = data["results"] if "results" in data else [data]
+    results = data.get("results", [data])
     return [r for result in results for r in (result["objectives"].values() if "objectives" in result else [result])]
 
 

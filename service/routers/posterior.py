@@ -86,7 +86,10 @@ def negotiate(accept: str | None) -> str:
         ) from None
     if not chosen:
         raise ApiError(
-            406, ["header", "accept"], f"Accept {accept!r} admits none of the supported types: {supported}", "not_acceptable"
+            406,
+            ["header", "accept"],
+            f"Accept {accept!r} admits none of the supported types: {supported}",
+            "not_acceptable",
         )
     return MEDIA_TYPES[chosen]
 
