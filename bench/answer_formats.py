@@ -9,13 +9,14 @@
 3. Compression: bytes, compression CPU per answer (in-process, the server's levels) and requests/s (wrk, one
    worker) with and without, for one answer (1 y, 1000 samples) and for a batch (100 y x 1000 samples).
 
-    .venv/bin/python bench/answer_formats.py [--repeats 7] [--seconds 8]
+    .venv/bin/python bench/answer_formats.py [--repeats 7] [--seconds 8] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import re
 import statistics
 import sys
 import time
@@ -30,14 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from wrk_load import post  # bench/wrk_load.py, beside this script
 
 from client import ARROW, AmortizedClient, PosteriorArrays
-from service import arrow
-from service.answers import PosteriorQuery, json_results, numbers_for
-from service.registry import Registry
-from service.schemas import resolve_parts
 from service.settings import Settings
 from tests.launch import ROOT, start_server, stop_server
 
 MODEL = "gmm"
+CODINGS = ("identity", "gzip", "zstd")
 
 
 def timed(function, repeats: int) -> tuple[float, object]:
@@ -48,37 +46,6 @@ def timed(function, repeats: int) -> tuple[float, object]:
         result = function()
         times.append(time.perf_counter() - start)
     return statistics.median(times), result
-
-
-def in_process(ys: list[float], num_samples: int, repeats: int) -> dict[str, float]:
-    """The server's steps for one request, timed apart (seconds): compute, JSON layout + orjson, Arrow layout + IPC."""
-    settings = Settings()
-    served = Registry(ROOT / "artifacts").models[MODEL]
-    parts = resolve_parts(None, num_samples, False)
-    query = PosteriorQuery(served, ys, "pq", num_samples, 7, False, True, settings.cross_check_samples, parts=parts)
-    y = np.array(ys)
-    seeds = query.row_seeds
-
-    def compute():
-        qs = {name: q.flatten() for name, q in served.forward(["pq", "qp"], y[:, None]).items()}
-        truth = served.model.exact_posterior_and_evidence(y)
-        return numbers_for(served, y, seeds, "pq", qs["pq"], qs["qp"], truth, None, query, "")
-
-    compute_s, numbers = timed(compute, repeats)
-    json_s, body = timed(
-        lambda: orjson.dumps(
-            {"model": MODEL, "seed": 7, "results": json_results(served, y, seeds, numbers, parts)},
-            option=orjson.OPT_SERIALIZE_NUMPY,
-        ),
-        repeats,
-    )
-    arrow_s, stream = timed(
-        lambda: arrow.stream(
-            arrow.answer_table(served, y, seeds, [numbers], parts), {"model": MODEL, "seed": "7", "batch": "true"}
-        ),
-        repeats,
-    )
-    return {"compute": compute_s, "json": json_s, "arrow": arrow_s, "json_bytes": len(body), "arrow_bytes": len(stream)}
 
 
 def decode_times(json_body: bytes, arrow_body: bytes, repeats: int) -> dict[str, float]:
@@ -105,7 +72,9 @@ def end_to_end(base: str, ys: list[float], num_samples: int, repeats: int) -> tu
         for name, (fmt, compress) in VARIANTS.items()
     }
     raw = httpx.Client(base_url=base, timeout=300, headers={"accept-encoding": "identity"})
-    times: dict[str, dict[str, list[float]]] = {name: {"client": [], "http": []} for name in clients}
+    times: dict[str, dict[str, list[float]]] = {
+        name: {"client": [], "http": [], "answer": [], "serialise": []} for name in clients
+    }
     bodies = {}
     accept = {"arrow": ARROW, "json": "application/json"}
     for api in clients.values():  # warm: connections open, first-call costs paid
@@ -122,8 +91,10 @@ def end_to_end(base: str, ys: list[float], num_samples: int, repeats: int) -> tu
                 continue
             start = time.perf_counter()
             response = raw.post(f"/v1/models/{MODEL}/posterior", json=body, headers={"accept": accept[fmt]})
-            bodies[name] = response.content
             times[name]["http"].append(time.perf_counter() - start)
+            bodies[name] = response.content
+            for step, ms in re.findall(r"(\w+);dur=([\d.]+)", response.headers["server-timing"]):
+                times[name][step].append(float(ms) / 1e3)
     for api in clients.values():
         api.close()
     raw.close()
@@ -176,37 +147,37 @@ def compression_cpu(body: bytes, settings: Settings, repeats: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    settings = Settings()  # the server's compression levels, for the CPU figures
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--seconds", type=int, default=8, help="each wrk run")
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating wrk rounds per coding")
     args = parser.parse_args()
-    settings = Settings()
     rng = np.random.default_rng(15)
     ys = rng.normal(0, 10, 1000).round(3).tolist()
 
     print(f"== 1. {len(ys)} observations x 1000 samples ({MODEL}, pq, cross-checked) to numpy arrays")
-    steps = in_process(ys, 1000, max(3, args.repeats // 2))
     server, base = start_server({"AMORTIZED_ARTIFACTS_DIR": str(ROOT / "artifacts")}, timeout=120)
     try:
         e2e, bodies = end_to_end(base, ys, 1000, args.repeats)
-        decode = decode_times(bodies["json"], bodies["arrow"], max(3, args.repeats // 2))
-        print(f"  (medians of {args.repeats}; in-process steps of {max(3, args.repeats // 2)})")
+        decode = decode_times(bodies["json"], bodies["arrow"], args.repeats)
+        print(f"  medians of {args.repeats} alternating runs; server steps from its Server-Timing header")
         print(
-            "  format | client to arrays | HTTP round trip | server compute | layout+serialise | transfer+HTTP"
+            "  format | client to arrays | HTTP round trip | server: answer | server: serialise | transfer and HTTP"
             " | client decode | bytes"
         )
         for fmt in ("arrow", "json"):
-            rest = e2e[fmt]["http"] - steps["compute"] - steps[fmt]
+            t = e2e[fmt]
+            rest = t["http"] - t["answer"] - t["serialise"]
             print(
-                f"  {fmt:6} | {1e3 * e2e[fmt]['client']:7.0f} ms | {1e3 * e2e[fmt]['http']:7.0f} ms | "
-                f"{1e3 * steps['compute']:6.0f} ms | {1e3 * steps[fmt]:6.0f} ms | {1e3 * rest:6.0f} ms | "
-                f"{1e3 * decode[fmt]:6.0f} ms | {len(bodies[fmt]) / 1e6:.1f} MB"
+                f"  {fmt:6} | {1e3 * t['client']:7.0f} ms | {1e3 * t['http']:7.0f} ms | {1e3 * t['answer']:6.0f} ms | "
+                f"{1e3 * t['serialise']:6.0f} ms | {1e3 * rest:6.0f} ms | {1e3 * decode[fmt]:6.0f} ms | "
+                f"{len(bodies[fmt]) / 1e6:.1f} MB"
             )
         print(
             f"  arrow, the client accepting zstd (compress=True): {1e3 * e2e['arrow+zstd']['client']:.0f} ms to arrays"
         )
-        print(f"  ratio JSON / Arrow, client to arrays: {e2e['json']['client'] / e2e['arrow']['client']:.1f}x")
-
+        print(f"  JSON / Arrow, client to arrays: {e2e['json']['client'] / e2e['arrow']['client']:.1f}x")
         print("== 2. summaries only, 10,000 observations (gmm, pq)")
         many = rng.normal(0, 10, 10_000).round(3).tolist()
         for include in (["summary"], ["summary.q"], ["summary.exact"]):
@@ -227,14 +198,21 @@ def main() -> None:
                 for media, name in (("application/json", "JSON"), (ARROW, "Arrow")):
                     plain = http.post(url, json=body, headers={"accept": media, "accept-encoding": "identity"}).content
                     print(f"  {label}, {name}: {compression_cpu(plain, settings, args.repeats)}")
+                    runs: dict[str, list[dict[str, float]]] = {coding: [] for coding in CODINGS}
+                    for _ in range(args.rounds):  # alternating, so that the machine's swings hit every coding alike
+                        for coding in CODINGS:
+                            headers = {"Accept": media, "Accept-Encoding": coding}
+                            runs[coding].append(post(url, body, args.seconds, connections, headers))
                     row = []
-                    for coding in ("identity", "gzip", "zstd"):
-                        figures = post(
-                            url, body, args.seconds, connections, {"Accept": media, "Accept-Encoding": coding}
+                    for coding, figures in runs.items():
+                        rps = [f["rps"] for f in figures]
+                        errors = sum(f["errors"] for f in figures)
+                        row.append(
+                            f"{coding} {statistics.median(rps):.1f} req/s (runs {' / '.join(f'{r:.0f}' for r in rps)};"
+                            f" p50 {statistics.median(f['p50'] for f in figures):.1f} ms"
+                            + (f", {errors} errors)" if errors else ")")
                         )
-                        errors = f", {figures['errors']} errors" if figures["errors"] else ""
-                        row.append(f"{coding} {figures['rps']:.1f} req/s (p50 {figures['p50']:.1f} ms{errors})")
-                    print(f"    {connections} connections: " + ", ".join(row))
+                    print(f"    {connections} connections, medians of {args.rounds}: " + ", ".join(row))
     finally:
         stop_server(server)
 

@@ -367,7 +367,15 @@ class AmortizedClient:
         return columns, results, "results" in answer
 
     @staticmethod
-    def _body(y: Any, objective: str, num_samples: int, seed: Any, resample: bool, cross_check: bool, **more: Any):
+    def _body(
+        y: Any,
+        objective: str,
+        num_samples: int = 1000,
+        seed: int | None = None,
+        resample: bool = False,
+        cross_check: bool = True,
+        **more: Any,
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "y": y,
             "objective": objective,
@@ -381,20 +389,13 @@ class AmortizedClient:
         return body
 
     def posterior_arrays(
-        self,
-        model: str,
-        y: float | list[float],
-        objective: str = "pq",
-        num_samples: int = 1000,
-        seed: int | None = None,
-        resample: bool = False,
-        cross_check: bool = True,
-        version: str | dict[str, str] | None = None,
-        include: list[str] | None = None,
+        self, model: str, y: float | list[float], objective: str = "pq", **options: Any
     ) -> PosteriorArrays | dict[str, PosteriorArrays]:
-        """Every observation's answer as columns (:class:`PosteriorArrays`); ``objective="both"`` gives one per loss."""
-        body = self._body(y, objective, num_samples, seed, resample, cross_check, version=version, include=include)
-        columns, _, _ = self._posterior(model, body)
+        """Every observation's answer as columns (:class:`PosteriorArrays`); ``objective="both"`` gives one per loss.
+
+        ``options``: those of :meth:`posterior` (num_samples, seed, resample, cross_check, version, include).
+        """
+        columns, _, _ = self._posterior(model, self._body(y, objective, **options))
         return {name: arrays for name, (arrays, _) in columns.items()} if objective == "both" else columns[objective][0]
 
     def posterior(

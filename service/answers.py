@@ -56,6 +56,12 @@ def q_branches(served: ServedModel, q: BranchedNormal) -> list[dict[str, Any]]:
     ]
 
 
+# what a row without draws (networks, exact posterior, its quantiles, the row's seed, the layout) costs, in draws:
+# about 50 us against 0.15 us a draw in a 1000 x 1000 request (bench/answer_formats.py); so a summaries-only request
+# of 500 rows or more runs off the event loop (AMORTIZED_OFFLOAD_SAMPLES) like one of as many draws
+UNDRAWN_ROW_COST = 100
+
+
 @dataclass(frozen=True)
 class PosteriorQuery:
     """One validated posterior request."""
@@ -101,12 +107,13 @@ class PosteriorQuery:
         check_samples) of each network, q's own draws serving it from
         check_samples on; resampling draws num_samples more uniforms. A query
         that asks for no part made of draws (only q, exact and the summaries of
-        q and the exact posterior) draws nothing: one per observation and objective.
+        q and the exact posterior) draws nothing, and counts UNDRAWN_ROW_COST per
+        observation and objective.
         """
         n, m = self.num_samples, self.check_samples
         rows = len(self.y) * len(requested_objectives(self.objective))
         if not self.parts & DRAWN_PARTS:
-            return rows  # no draws: the networks, the exact posterior and the summaries, about one draw's cost each
+            return rows * UNDRAWN_ROW_COST
         per_objective = n * (2 if self.resample and "resampled" in self.parts else 1)
         if self.cross_check:
             per_objective += n if n >= m else 2 * m

@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import re
 import struct
 
 import numpy as np
@@ -212,6 +213,8 @@ def test_an_unsupported_accept_gets_406_naming_the_supported_types(client, accep
 def test_accept_chooses_the_format(client, accept, media):
     response = raw(client, "gaussian", headers={"accept": accept} if accept else {}, y=0.0, num_samples=5, seed=1)
     assert response.status_code == 200 and response.headers["content-type"] == media
+    # where the server's time went, for the benchmark's breakdown
+    assert re.fullmatch(r"answer;dur=[\d.]+, serialise;dur=[\d.]+", response.headers["server-timing"])
 
 
 @pytest.mark.parametrize("media", ["application/json", ARROW])
