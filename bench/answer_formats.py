@@ -106,7 +106,7 @@ def end_to_end(base: str, ys: list[float], num_samples: int, repeats: int) -> tu
 def sizes(base: str, body: dict, repeats: int) -> None:
     """One request's bytes in each format and coding, and its median time through the client."""
     with httpx.Client(base_url=base, timeout=300) as http:
-        row = []
+        row, timing = [], []
         for media, label in (("application/json", "JSON"), (ARROW, "Arrow")):
             plain = http.post(
                 f"/v1/models/{MODEL}/posterior", json=body, headers={"accept": media, "accept-encoding": "identity"}
@@ -122,7 +122,9 @@ def sizes(base: str, body: dict, repeats: int) -> None:
                     wire = b"".join(response.iter_raw())
                 row.append(f"{label}+{coding} {len(wire) / 1e6:.3f} MB")
             row.insert(len(row) - 2, f"{label} {len(plain.content) / 1e6:.3f} MB")
+            timing.append(f"{label}: {plain.headers['server-timing']}")
         print("    bytes: " + ", ".join(row))
+        print("    the server's time (ms): " + "; ".join(timing))
     for fmt in ("arrow", "json"):
         with AmortizedClient(base, format=fmt, timeout=300) as api:
             api.posterior_arrays(MODEL, body["y"], num_samples=body["num_samples"], include=body["include"])
