@@ -75,9 +75,8 @@ class PosteriorQuery:
     cross_check: bool
     check_samples: int = DEFAULT_CHECK_SAMPLES
     batch: bool = True  # y came as a list: each row gets a seed of its own, derived from ``seed``
-    parts: frozenset[str] = (
-        DEFAULT_PARTS  # what the answer holds (service.schemas.resolve_parts); resampled if resample
-    )
+    # what the answer holds (service.schemas.resolve_parts; the default has resampled only if resample)
+    parts: frozenset[str] = DEFAULT_PARTS
     media: str = "json"  # the layout: "json" rows, or "arrow" (an Arrow record batch, service.arrow)
 
     @property
