@@ -22,7 +22,7 @@ from amortized.losses import OTHER_OBJECTIVE
 from amortized.summaries import INTERVALS, QUANTILES, SUMMARY_LEVELS, mixture_quantiles, weighted_quantiles
 from service import arrow
 from service.registry import ServedModel
-from service.schemas import DEFAULT_PARTS, DRAWN_PARTS, requested_objectives
+from service.schemas import DRAWN_PARTS, requested_objectives, resolve_parts
 
 
 def samples_columns(served: ServedModel, branch: np.ndarray, x: np.ndarray) -> list[dict[str, Any]]:
@@ -75,9 +75,13 @@ class PosteriorQuery:
     cross_check: bool
     check_samples: int = DEFAULT_CHECK_SAMPLES
     batch: bool = True  # y came as a list: each row gets a seed of its own, derived from ``seed``
-    # what the answer holds (service.schemas.resolve_parts; the default has resampled only if resample)
-    parts: frozenset[str] = DEFAULT_PARTS
+    # what the answer holds (service.schemas.resolve_parts); empty: the default answer (resampled if resample)
+    parts: frozenset[str] = frozenset()
     media: str = "json"  # the layout: "json" rows, or "arrow" (an Arrow record batch, service.arrow)
+
+    def __post_init__(self) -> None:
+        if not self.parts:
+            object.__setattr__(self, "parts", resolve_parts(None, self.num_samples, self.resample))
 
     @property
     def batch_key(self) -> Hashable:

@@ -11,6 +11,7 @@ import pytest
 import zstandard
 from scipy import optimize, stats
 
+from service.answers import PosteriorQuery, answer
 from service.arrow import MEDIA_TYPE as ARROW
 from service.middleware import accepted_coding
 from tests.test_service import RESPONSE, strict_json
@@ -261,3 +262,10 @@ def test_openapi_documents_include_and_the_formats(client):
     spec = client.get("/openapi.json").json()
     assert "include" in json.dumps(spec["components"]["schemas"]["PosteriorRequest"])
     assert "406" in spec["paths"]["/v1/models/{model}/posterior"]["post"]["responses"]
+
+
+def test_a_query_built_without_parts_holds_the_default_answer(app):
+    """In-process callers (warm-up, benchmarks) that name no parts get today's answer, resampled draws included."""
+    served = app.state.registry.models["gmm"]
+    rows = answer(PosteriorQuery(served, [0.0], "pq", 20, 1, True, False))
+    assert list(rows[0]) == ["model", "versions", "seed", "y", "objective", *DEFAULT, "resampled"]
