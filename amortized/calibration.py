@@ -43,6 +43,8 @@ from amortized.distributions import BranchedNormal, inverse_cdf
 from amortized.importance.noise import joint_log_prob, proposal_log_prob
 from amortized.models import ConjugateMixtureModel, JointSample
 from amortized.networks import InferenceNetwork
+from amortized.summaries import central_bounds
+from amortized.summaries import mixture_quantiles as quantiles_of
 
 LEVELS = (0.5, 0.8, 0.95)
 RESAMPLED_NUM_SAMPLES = 1000  # the service's default num_samples
@@ -67,26 +69,12 @@ def mixture_cdf(dist: BranchedNormal, x: Tensor) -> Tensor:
     return (probs[:, None, :] * torch.special.ndtr(z)).sum(-1)
 
 
-def mixture_quantiles(dist: BranchedNormal, levels: Sequence[float] | Tensor, iterations: int = 64) -> Tensor:
-    """The ``levels``-quantiles of the x-marginal of ``dist``, ``(batch, len(levels))``, by bisection.
+def mixture_quantiles(dist: BranchedNormal, levels: Sequence[float]) -> Tensor:
+    """The ``levels``-quantiles of the x-marginal of ``dist``, ``(batch, len(levels))``, float64.
 
-    The CDF is increasing, so bisection on a bracket holding every branch's
-    +-40 standard deviations converges to the float64 grid in 64 halvings.
+    :func:`amortized.summaries.mixture_quantiles` (the service's summaries use it too), as a tensor.
     """
-    means, stds = _tensor(dist.means), _tensor(dist.stds)
-    p = torch.as_tensor(levels, dtype=torch.float64).expand(len(means), -1)
-    low = (means - 40 * stds).min(-1).values[:, None].expand_as(p).clone()
-    high = (means + 40 * stds).max(-1).values[:, None].expand_as(p).clone()
-    for _ in range(iterations):
-        middle = 0.5 * (low + high)
-        below = mixture_cdf(dist, middle) < p
-        low, high = torch.where(below, middle, low), torch.where(below, high, middle)
-    return 0.5 * (low + high)
-
-
-def central_bounds(levels: Sequence[float]) -> list[float]:
-    """The quantile levels of the central intervals: (1 - a)/2 for each a, then (1 + a)/2 for each a."""
-    return [(1 - a) / 2 for a in levels] + [(1 + a) / 2 for a in levels]
+    return torch.from_numpy(quantiles_of(dist.numpy(), levels))
 
 
 def interval_coverage(exact: BranchedNormal, low: Tensor, high: Tensor) -> Tensor:

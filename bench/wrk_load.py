@@ -11,14 +11,18 @@ import tempfile
 UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
-def post(url: str, body: dict, seconds: int, connections: int) -> dict[str, float]:
+def post(
+    url: str, body: dict, seconds: int, connections: int, headers: dict[str, str] | None = None
+) -> dict[str, float]:
     """POST ``body`` to ``url`` for ``seconds`` over ``connections`` (one wrk thread): requests/s, p50, p99 and max
-    latency (ms), and the count of non-2xx responses (``errors``)."""
+    latency (ms), and the count of non-2xx responses (``errors``). ``headers``: more request headers (Accept...)."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(
             f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\nwrk.headers["Content-Type"] = '
             '"application/json"\n'
         )
+        for name, value in (headers or {}).items():
+            script.write(f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}\n")
     try:
         command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, url]
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout

@@ -1,9 +1,15 @@
-"""A small Python client for the service, returning numpy arrays.
+"""A small Python client for the service, returning numpy arrays; installable alone (``pip install ./client``).
 
 from client import AmortizedClient
 with AmortizedClient("http://127.0.0.1:8000") as api:
     answer = api.posterior("gmm", 0.0, objective="qp", num_samples=1000, seed=7)
     answer.x, answer.latents["z"], answer.log_weights, answer.diagnostics["verdict"]
+    batch = api.posterior_arrays("gmm", list_of_y, num_samples=1000)  # every observation's arrays at once
+    batch.x  # (observations, samples)
+
+Answers come as an Arrow IPC stream (``Accept: application/vnd.apache.arrow.stream``)
+when pyarrow is installed, else as JSON; a server that answers 406 to Arrow
+is asked again in JSON (and from then on). Both carry the same numbers.
 """
 
 from __future__ import annotations
@@ -13,6 +19,13 @@ from typing import Any, Self
 
 import httpx
 import numpy as np
+
+try:
+    import pyarrow as pa
+except ImportError:  # the client works without it, in JSON
+    pa = None
+
+ARROW = "application/vnd.apache.arrow.stream"
 
 
 class ApiError(Exception):
@@ -34,7 +47,7 @@ def column(values: list) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Posterior:
-    """One network's answer for one observation, as arrays."""
+    """One network's answer for one observation, as arrays (a part the request left out is empty or None)."""
 
     y: float
     objective: str
@@ -50,11 +63,12 @@ class Posterior:
     resampled: dict[str, np.ndarray] | None = None
     versions: dict[str, str] = field(default_factory=dict)  # {objective: version} of the networks that answered
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    summary: dict[str, Any] | None = None  # {"q" | "weighted" | "exact": {"quantiles", "intervals", ...}}
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Posterior:
-        branches = body["q"]["branches"]
-        samples = {name: column(values) for name, values in body["samples"].items()}
+        branches = (body.get("q") or {"branches": []})["branches"]
+        samples = {name: column(values) for name, values in (body.get("samples") or {"x": []}).items()}
         resampled = body.get("resampled")
         return cls(
             y=body["y"],
@@ -65,12 +79,13 @@ class Posterior:
             branch_stds=np.array([b["std"] for b in branches]),
             x=samples.pop("x"),
             latents=samples,
-            log_weights=column(body["log_weights"]),
-            diagnostics=body["diagnostics"],
-            exact=body["exact"],
+            log_weights=column(body.get("log_weights", [])),
+            diagnostics=body.get("diagnostics") or {},
+            exact=body.get("exact") or {},
             resampled=None if resampled is None else {name: column(v) for name, v in resampled.items()},
             versions=body.get("versions", {}),
             raw=body,
+            summary=body.get("summary"),
         )
 
 
@@ -80,11 +95,214 @@ def parse(body: dict[str, Any]) -> Posterior | dict[str, Posterior]:
     return Posterior.from_json(body)
 
 
-class AmortizedClient:
-    """Synchronous client over httpx; use as a context manager or call ``close()``."""
+def flatten(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested objects flat, names joined by dots: {"cross_check": {"missed_mass": m}} -> "cross_check.missed_mass"."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        elif not isinstance(value, dict):
+            out[prefix + key] = value
+    return out
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 60.0, **httpx_options: Any) -> None:
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, **httpx_options)
+
+@dataclass(frozen=True)
+class PosteriorArrays:
+    """One network's answers for every observation of a request, column by column.
+
+    ``x``, ``log_weights`` and each of ``latents`` and ``resampled`` are
+    ``(observations, samples)`` float64 (NaN where the JSON has null: a latent
+    absent in a sample's branch, a non-finite weight); the branch arrays are
+    ``(observations, branches)``; ``diagnostics``, ``exact`` and ``summary`` map
+    dotted field names (``"cross_check.missed_mass"``, ``"q.quantiles.0.05"``,
+    ``"q.intervals.0.95"`` as ``(observations, 2)``) to ``(observations,)`` arrays.
+    A part the request left out is None or empty.
+    """
+
+    objective: str
+    y: np.ndarray
+    seeds: np.ndarray
+    versions: list[dict[str, str]]
+    branch_latents: list[dict[str, int]]
+    branch_probabilities: np.ndarray | None
+    branch_means: np.ndarray | None
+    branch_stds: np.ndarray | None
+    x: np.ndarray | None
+    latents: dict[str, np.ndarray]
+    log_weights: np.ndarray | None
+    diagnostics: dict[str, np.ndarray]
+    exact: dict[str, np.ndarray]
+    resampled: dict[str, np.ndarray] | None
+    summary: dict[str, np.ndarray]
+
+    @classmethod
+    def from_json(cls, rows: list[dict[str, Any]]) -> PosteriorArrays:
+        first = rows[0]
+
+        def part(name: str) -> dict[str, np.ndarray]:
+            if name not in first:
+                return {}
+            flat = [flatten(row[name]) for row in rows]
+            return {key: _json_column([f.get(key) for f in flat]) for key in flat[0]}
+
+        def samples(name: str) -> dict[str, np.ndarray] | None:
+            if name not in first:
+                return None
+            return {key: np.array([row[name][key] for row in rows], dtype=float) for key in first[name]}
+
+        branches = [row["q"]["branches"] for row in rows] if "q" in first else None
+        drawn = samples("samples")
+        return cls(
+            objective=first["objective"],
+            y=np.array([row["y"] for row in rows], dtype=float),
+            seeds=np.array([row["seed"] for row in rows], dtype=np.int64),
+            versions=[row["versions"] for row in rows],
+            branch_latents=[b["latents"] for b in branches[0]] if branches else [],
+            branch_probabilities=None if branches is None else _branch(branches, "probability"),
+            branch_means=None if branches is None else _branch(branches, "mean"),
+            branch_stds=None if branches is None else _branch(branches, "std"),
+            x=None if drawn is None else drawn.pop("x"),
+            latents=drawn or {},
+            log_weights=np.array([row["log_weights"] for row in rows], dtype=float) if "log_weights" in first else None,
+            diagnostics=part("diagnostics"),
+            exact=part("exact"),
+            resampled=samples("resampled"),
+            summary=part("summary"),
+        )
+
+    @classmethod
+    def from_arrow(cls, table: Any) -> PosteriorArrays:
+        """From the rows of one objective of an Arrow answer (see the README's "Answer formats")."""
+        names = table.column_names
+        n = len(table)
+
+        def struct(name: str) -> dict[str, np.ndarray]:
+            if name not in names:
+                return {}
+            return {key: _numpy(values, n) for key, values in _leaves(table.column(name).combine_chunks(), "")}
+
+        def samples(name: str) -> dict[str, np.ndarray] | None:
+            """Floats, as from JSON: latents too (NaN where absent)."""
+            return {k: v.astype(float, copy=False) for k, v in struct(name).items()} if name in names else None
+
+        branch_latents: list[dict[str, int]] = []
+        probabilities = means = stds = None
+        if "q" in names:
+            branches = table.column("q").combine_chunks().field("branches")
+            items = branches.flatten()
+            probabilities, means, stds = (
+                _numpy(items.field(k), n).reshape(n, -1) for k in ("probability", "mean", "std")
+            )
+            first = items.field("latents").slice(0, branches.type.list_size).to_pylist()
+            branch_latents = [{k: v for k, v in latents.items() if v is not None} for latents in first]
+        drawn = samples("samples")
+        versions = [{k: v for k, v in row.items() if v is not None} for row in table.column("versions").to_pylist()]
+        return cls(
+            objective=table.column("objective")[0].as_py(),
+            y=table.column("y").to_numpy(),
+            seeds=table.column("seed").to_numpy(),
+            versions=versions,
+            branch_latents=branch_latents,
+            branch_probabilities=probabilities,
+            branch_means=means,
+            branch_stds=stds,
+            x=None if drawn is None else drawn.pop("x"),
+            latents=drawn or {},
+            log_weights=_numpy(table.column("log_weights").combine_chunks(), n) if "log_weights" in names else None,
+            diagnostics=struct("diagnostics"),
+            exact=struct("exact"),
+            resampled=samples("resampled"),
+            summary=struct("summary"),
+        )
+
+
+def _json_column(values: list[Any]) -> np.ndarray:
+    """JSON values of one field as numpy, typed as Arrow's: bools, int64, float64 with NaN for null, else objects."""
+    kinds = {type(v) for v in values}
+    if kinds <= {bool}:
+        return np.array(values, dtype=bool)
+    if kinds <= {int}:
+        return np.array(values, dtype=np.int64)
+    if kinds <= {int, float, type(None)}:
+        return np.array(values, dtype=float)
+    return np.array(values, dtype=object)
+
+
+def _branch(branches: list[list[dict[str, Any]]], key: str) -> np.ndarray:
+    return np.array([[b[key] for b in row] for row in branches], dtype=float)
+
+
+def _leaves(array: Any, prefix: str) -> list[tuple[str, Any]]:
+    """The leaf columns of nested structs, with their dotted names."""
+    if pa is not None and pa.types.is_struct(array.type):
+        out = []
+        for kind, values in zip(array.type, array.flatten()):  # flatten: a null struct makes its fields null
+            out += _leaves(values, f"{prefix}{kind.name}.")
+        return out
+    return [(prefix[:-1], array)]
+
+
+def _numpy(array: Any, rows: int) -> np.ndarray:
+    """An Arrow column as numpy: fixed-size lists as ``(rows, size)``; nulls as NaN (numbers) or None (text)."""
+    if pa is not None and pa.types.is_fixed_size_list(array.type):
+        return _numpy(array.flatten(), rows).reshape(rows, -1)
+    if pa is not None and (pa.types.is_integer(array.type) or pa.types.is_floating(array.type)) and array.null_count:
+        return array.to_numpy(zero_copy_only=False).astype(float)
+    return array.to_numpy(zero_copy_only=False)
+
+
+def posterior_rows(arrays: PosteriorArrays, table: Any) -> list[Posterior]:
+    """Per observation, the :class:`Posterior` view of one objective's Arrow rows (numbers as views of ``arrays``)."""
+    empty = np.empty(0)
+
+    def nested(name: str) -> list[Any]:
+        return table.column(name).to_pylist() if name in table.column_names else [None] * len(table)
+
+    diagnostics, exact, summary = nested("diagnostics"), nested("exact"), nested("summary")
+    return [
+        Posterior(
+            y=float(arrays.y[i]),
+            objective=arrays.objective,
+            branch_latents=arrays.branch_latents,
+            branch_probabilities=empty if arrays.branch_probabilities is None else arrays.branch_probabilities[i],
+            branch_means=empty if arrays.branch_means is None else arrays.branch_means[i],
+            branch_stds=empty if arrays.branch_stds is None else arrays.branch_stds[i],
+            x=empty if arrays.x is None else arrays.x[i],
+            latents={name: values[i] for name, values in arrays.latents.items()},
+            log_weights=empty if arrays.log_weights is None else arrays.log_weights[i],
+            diagnostics=diagnostics[i] or {},
+            exact=exact[i] or {},
+            resampled=None if arrays.resampled is None else {k: v[i] for k, v in arrays.resampled.items()},
+            versions=arrays.versions[i],
+            summary=summary[i],
+        )
+        for i in range(len(arrays.y))
+    ]
+
+
+class AmortizedClient:
+    """Synchronous client over httpx; use as a context manager or call ``close()``.
+
+    ``format``: "arrow" (the default; JSON when pyarrow is missing or the
+    server refuses it with 406) or "json". ``compress``: accept zstd or gzip
+    answers (worth it on slow links; on loopback and LAN the CPU costs more
+    than the bytes saved: bench/answer_formats.py).
+    """
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        timeout: float = 60.0,
+        format: str = "arrow",
+        compress: bool = False,
+        **httpx_options: Any,
+    ) -> None:
+        if format not in ("arrow", "json"):
+            raise ValueError(f"format must be 'arrow' or 'json', not {format!r}")
+        self.format = "arrow" if format == "arrow" and pa is not None else "json"
+        # httpx accepts gzip and zstd by default; on loopback and fast links compressing costs more than it saves
+        headers = {"accept-encoding": "zstd, gzip" if compress else "identity", **httpx_options.pop("headers", {})}
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers, **httpx_options)
 
     def __enter__(self) -> Self:
         return self
@@ -95,7 +313,7 @@ class AmortizedClient:
     def close(self) -> None:
         self._http.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _response(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         response = self._http.request(method, path, **kwargs)
         if response.status_code >= 400:
             try:
@@ -103,7 +321,10 @@ class AmortizedClient:
             except ValueError:
                 detail = response.text
             raise ApiError(response.status_code, detail)
-        return response.json()
+        return response
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._response(method, path, **kwargs).json()
 
     def models(self) -> list[dict[str, Any]]:
         return self._call("GET", "/v1/models")
@@ -113,6 +334,69 @@ class AmortizedClient:
 
     def ready(self) -> bool:
         return self._http.get("/health/ready").status_code == 200
+
+    def _posterior(self, model: str, body: dict[str, Any]) -> tuple[dict[str, tuple[PosteriorArrays, Any]], Any, bool]:
+        """Per objective, the answer's columns (and its Arrow rows); the JSON results (None for Arrow); batch or not."""
+        path = f"/v1/models/{model}/posterior"
+        if self.format == "arrow":
+            try:
+                response = self._response("POST", path, json=body, headers={"accept": ARROW})
+            except ApiError as error:
+                if error.status != 406:
+                    raise
+                self.format = "json"  # this server speaks JSON only: ask it in JSON from now on
+            else:
+                table = pa.ipc.open_stream(response.content).read_all()
+                objectives = list(dict.fromkeys(table.column("objective").to_pylist()[:2]))
+                width = len(objectives)
+                parts = [table.take(np.arange(j, len(table), width)) if width > 1 else table for j in range(width)]
+                return (
+                    {name: (PosteriorArrays.from_arrow(part), part) for name, part in zip(objectives, parts)},
+                    None,
+                    (table.schema.metadata or {}).get(b"batch") == b"true",
+                )
+        answer = self._response("POST", path, json=body, headers={"accept": "application/json"}).json()
+        results = answer.get("results", [answer])
+        if "objectives" in results[0]:
+            columns = {
+                name: (PosteriorArrays.from_json([r["objectives"][name] for r in results]), None)
+                for name in results[0]["objectives"]
+            }
+        else:
+            columns = {results[0]["objective"]: (PosteriorArrays.from_json(results), None)}
+        return columns, results, "results" in answer
+
+    @staticmethod
+    def _body(
+        y: Any,
+        objective: str,
+        num_samples: int = 1000,
+        seed: int | None = None,
+        resample: bool = False,
+        cross_check: bool = True,
+        **more: Any,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "y": y,
+            "objective": objective,
+            "num_samples": num_samples,
+            "resample": resample,
+            "cross_check": cross_check,
+        }
+        if seed is not None:
+            body["seed"] = seed
+        body.update({key: value for key, value in more.items() if value is not None})
+        return body
+
+    def posterior_arrays(
+        self, model: str, y: float | list[float], objective: str = "pq", **options: Any
+    ) -> PosteriorArrays | dict[str, PosteriorArrays]:
+        """Every observation's answer as columns (:class:`PosteriorArrays`); ``objective="both"`` gives one per loss.
+
+        ``options``: those of :meth:`posterior` (num_samples, seed, resample, cross_check, version, include).
+        """
+        columns, _, _ = self._posterior(model, self._body(y, objective, **options))
+        return {name: arrays for name, (arrays, _) in columns.items()} if objective == "both" else columns[objective][0]
 
     def posterior(
         self,
@@ -124,21 +408,22 @@ class AmortizedClient:
         resample: bool = False,
         cross_check: bool = True,
         version: str | dict[str, str] | None = None,
+        include: list[str] | None = None,
     ) -> Posterior | dict[str, Posterior] | list[Posterior | dict[str, Posterior]]:
         """One answer for a scalar y, a list for a list; ``objective="both"`` gives {"pq": ..., "qp": ...}.
 
         ``version`` pins the network (see ``models()``); a version not served raises ApiError with status 409.
+        ``include`` selects the parts (the server's default: all but the summaries).
         """
-        body: dict[str, Any] = {
-            "y": y,
-            "objective": objective,
-            "num_samples": num_samples,
-            "resample": resample,
-            "cross_check": cross_check,
-        }
-        if seed is not None:
-            body["seed"] = seed
-        if version is not None:
-            body["version"] = version
-        answer = self._call("POST", f"/v1/models/{model}/posterior", json=body)
-        return [parse(r) for r in answer["results"]] if "results" in answer else parse(answer)
+        body = self._body(y, objective, num_samples, seed, resample, cross_check, version=version, include=include)
+        columns, results, batch = self._posterior(model, body)
+        if results is not None:  # JSON: the parsed bodies, as before
+            answers = [parse(r) for r in results]
+            return answers if batch else answers[0]
+        per_objective = {name: posterior_rows(arrays, table) for name, (arrays, table) in columns.items()}
+        rows: list[Posterior | dict[str, Posterior]] = (
+            [dict(zip(per_objective, row)) for row in zip(*per_objective.values())]
+            if objective == "both"
+            else list(per_objective[objective])
+        )
+        return rows if batch else rows[0]

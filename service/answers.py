@@ -15,12 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from amortized.diagnostics import DEFAULT_CHECK_SAMPLES, analyse, exact_summary
+from amortized.diagnostics import DEFAULT_CHECK_SAMPLES, PosteriorAnalysis, analyse, exact_summary
 from amortized.distributions import BranchedNormal
 from amortized.importance.streams import generator_for, row_seeds
 from amortized.losses import OTHER_OBJECTIVE
+from amortized.summaries import INTERVALS, QUANTILES, SUMMARY_LEVELS, mixture_quantiles, weighted_quantiles
+from service import arrow
 from service.registry import ServedModel
-from service.schemas import requested_objectives
+from service.schemas import DRAWN_PARTS, requested_objectives, resolve_parts
 
 
 def samples_columns(served: ServedModel, branch: np.ndarray, x: np.ndarray) -> list[dict[str, Any]]:
@@ -54,6 +56,12 @@ def q_branches(served: ServedModel, q: BranchedNormal) -> list[dict[str, Any]]:
     ]
 
 
+# what a row without draws (networks, exact posterior, its quantiles, the row's seed, the layout) costs, in draws:
+# about 50 us against 0.15 us a draw in a 1000 x 1000 request (bench/answer_formats.py); so a summaries-only request
+# of 500 rows or more runs off the event loop (AMORTIZED_OFFLOAD_SAMPLES) like one of as many draws
+UNDRAWN_ROW_COST = 100
+
+
 @dataclass(frozen=True)
 class PosteriorQuery:
     """One validated posterior request."""
@@ -67,6 +75,13 @@ class PosteriorQuery:
     cross_check: bool
     check_samples: int = DEFAULT_CHECK_SAMPLES
     batch: bool = True  # y came as a list: each row gets a seed of its own, derived from ``seed``
+    # what the answer holds (service.schemas.resolve_parts); empty: the default answer (resampled if resample)
+    parts: frozenset[str] = frozenset()
+    media: str = "json"  # the layout: "json" rows, or "arrow" (an Arrow record batch, service.arrow)
+
+    def __post_init__(self) -> None:
+        if not self.parts:
+            object.__setattr__(self, "parts", resolve_parts(None, self.num_samples, self.resample))
 
     @property
     def batch_key(self) -> Hashable:
@@ -79,6 +94,7 @@ class PosteriorQuery:
             self.resample,
             self.cross_check,
             self.check_samples,
+            self.parts,
         )
 
     @property
@@ -92,13 +108,19 @@ class PosteriorQuery:
 
         Per objective: q's num_samples, and with the cross-check max(num_samples,
         check_samples) of each network, q's own draws serving it from
-        check_samples on; resampling draws num_samples more uniforms.
+        check_samples on; resampling draws num_samples more uniforms. A query
+        that asks for no part made of draws (only q, exact and the summaries of
+        q and the exact posterior) draws nothing, and counts UNDRAWN_ROW_COST per
+        observation and objective.
         """
         n, m = self.num_samples, self.check_samples
-        per_objective = n * (2 if self.resample else 1)
+        rows = len(self.y) * len(requested_objectives(self.objective))
+        if not self.parts & DRAWN_PARTS:
+            return rows * UNDRAWN_ROW_COST
+        per_objective = n * (2 if self.resample and "resampled" in self.parts else 1)
         if self.cross_check:
             per_objective += n if n >= m else 2 * m
-        return len(self.y) * len(requested_objectives(self.objective)) * per_objective
+        return rows * per_objective
 
 
 def per_row(columns: dict[str, np.ndarray]) -> list[dict[str, Any]]:
@@ -107,7 +129,26 @@ def per_row(columns: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     return [dict(zip(names, row)) for row in zip(*values)]
 
 
-def results_for(
+@dataclass(frozen=True)
+class Numbers:
+    """One compiled network's numbers for every observation of a batch, before any layout (JSON rows or Arrow).
+
+    ``analysis`` is None when the query asks for no part that needs draws;
+    ``exact`` (:func:`exact_summary`) when it leaves out "exact"; ``summary``
+    holds, per requested source ("q", "weighted", "exact"), the quantiles at
+    :data:`SUMMARY_LEVELS` ``(observations, levels)`` and the branch
+    probabilities ``(observations, branches)``.
+    """
+
+    objective: str
+    versions: dict[str, str]
+    q: BranchedNormal
+    analysis: PosteriorAnalysis | None
+    exact: dict[str, np.ndarray] | None
+    summary: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def numbers_for(
     served: ServedModel,
     y: np.ndarray,
     seeds: list[int],
@@ -115,115 +156,174 @@ def results_for(
     q: BranchedNormal,
     other: BranchedNormal | None,
     truth: tuple[BranchedNormal, np.ndarray],
-    num_samples: int,
-    resample: bool,
-    check_samples: int,
+    exact_quantiles: np.ndarray | None,
+    first: PosteriorQuery,
     unchecked: str,
-) -> list[dict[str, Any]]:
-    """The answer of one compiled network for every observation in ``y`` (``truth``: exact posterior and evidence).
+) -> Numbers:
+    """What one compiled network answers for every observation in ``y`` (``truth``: exact posterior and evidence).
 
-    Each observation draws from a generator of its own, seeded by its entry in ``seeds``.
+    Each observation draws from a generator of its own, seeded by its entry in
+    ``seeds``; the draws are the same whatever parts are asked (resampling, the
+    last to draw, is skipped when "resampled" is not).
     """
-    analysis = analyse(
-        served.model,
-        y,
-        q,
-        num_samples,
-        generator_for(seeds),
-        other=other,
-        resample=resample,
-        check_samples=check_samples,
-        unchecked=unchecked,
-    )
-    exact = exact_summary(served.model, truth, q)
-    check = analysis.cross_check
-    # variants: the version of every network that produced this answer (this one, and the cross-check's)
+    parts = first.parts
+    analysis = None
+    if parts & DRAWN_PARTS:
+        analysis = analyse(
+            served.model,
+            y,
+            q,
+            first.num_samples,
+            generator_for(seeds),
+            other=other,
+            resample=first.resample and "resampled" in parts,
+            check_samples=first.check_samples,
+            unchecked=unchecked,
+        )
+    summary: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if "summary.q" in parts:
+        summary["q"] = (mixture_quantiles(q, SUMMARY_LEVELS), q.probs)
+    if "summary.weighted" in parts and analysis is not None:
+        summary["weighted"] = (
+            weighted_quantiles(analysis.x, analysis.log_weights, SUMMARY_LEVELS),
+            analysis.branch_probabilities,
+        )
+    if "summary.exact" in parts and exact_quantiles is not None:
+        summary["exact"] = (exact_quantiles, served.model.branch_probabilities(truth[0]))
+    # versions: the version of every network that produced this answer (this one, and the cross-check's)
     versions = {
         name: served.artifacts[name].version
         for name in ([objective] + ([OTHER_OBJECTIVE[objective]] if other is not None else []))
     }
-    estimates = per_row(
-        {
-            "ess": analysis.ess,
-            "ess_fraction": analysis.ess_fraction,
-            "log_evidence": analysis.log_evidence,
-            "log_evidence_se": analysis.log_evidence_se,
-            "elbo": analysis.elbo,
-            "pareto_k": analysis.pareto_k,
-        }
-    )
-    moments = per_row({"posterior_mean_x": analysis.mean_x, "posterior_std_x": analysis.std_x})
-    exact_rows = per_row(
-        {
-            "log_evidence": exact["log_evidence"],
-            "posterior_mean_x": exact["mean_x"],
-            "posterior_std_x": exact["std_x"],
-            "kl_pq": exact["kl_pq"],
-            "kl_qp": exact["kl_qp"],
-        }
-    )
-    checks = (
-        None
-        if check is None
-        else per_row(
+    exact = exact_summary(served.model, truth, q) if "exact" in parts else None
+    return Numbers(objective, versions, q, analysis, exact, summary)
+
+
+def summary_rows(served: ServedModel, summary: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[dict[str, Any]]:
+    """Per observation: {source: {"quantiles": {level: x}, "intervals": {level: [low, high]}, discrete_probabilities}}.
+
+    Levels are keyed by their shortest decimal form ("0.05"); the intervals are
+    central: [quantile((1 - a)/2), quantile((1 + a)/2)].
+    """
+    names = [str(level) for level in QUANTILES]
+    count, intervals = len(QUANTILES), [str(level) for level in INTERVALS]
+    per_source = {}
+    for source, (quantiles, branch_probabilities) in summary.items():
+        rows = quantiles.tolist()
+        lows, highs = count, count + len(INTERVALS)
+        per_source[source] = [
             {
-                "log_evidence_other": check.log_evidence_other,
-                "log_evidence_other_se": check.log_evidence_other_se,
-                "log_evidence_mixture": check.log_evidence_mixture,
-                "log_evidence_mixture_se": check.log_evidence_mixture_se,
-                "missed_mass": check.missed_mass,
-                "missed_mass_se": check.missed_mass_se,
-                "consistent": check.consistent,
-                "misses_mass": check.misses_mass,
+                "quantiles": dict(zip(names, row[:count])),
+                "intervals": {a: [low, high] for a, low, high in zip(intervals, row[lows:highs], row[highs:])},
+                "discrete_probabilities": probabilities_i,
+            }
+            for row, probabilities_i in zip(rows, probabilities(served, branch_probabilities))
+        ]
+    return [dict(zip(per_source, row)) for row in zip(*per_source.values())]
+
+
+def json_results(served: ServedModel, y: np.ndarray, seeds: list[int], numbers: Numbers, parts: frozenset[str]):
+    """The JSON layout: one dict per observation, holding the parts asked for (orjson writes the arrays)."""
+    objective, analysis, exact = numbers.objective, numbers.analysis, numbers.exact
+    q_rows = q_branches(served, numbers.q) if "q" in parts else None
+    samples = resampled = estimates = moments = estimated = checks = None
+    check = None
+    if analysis is not None:
+        check = analysis.cross_check
+        if "samples" in parts:
+            samples = samples_columns(served, analysis.branch, analysis.x)
+        if analysis.resampled_branch is not None and analysis.resampled_x is not None:
+            resampled = samples_columns(served, analysis.resampled_branch, analysis.resampled_x)
+        if "diagnostics" in parts:
+            estimates = per_row(
+                {
+                    "ess": analysis.ess,
+                    "ess_fraction": analysis.ess_fraction,
+                    "log_evidence": analysis.log_evidence,
+                    "log_evidence_se": analysis.log_evidence_se,
+                    "elbo": analysis.elbo,
+                    "pareto_k": analysis.pareto_k,
+                }
+            )
+            moments = per_row({"posterior_mean_x": analysis.mean_x, "posterior_std_x": analysis.std_x})
+            estimated = probabilities(served, analysis.branch_probabilities)
+            if check is not None:
+                checks = per_row(
+                    {
+                        "log_evidence_other": check.log_evidence_other,
+                        "log_evidence_other_se": check.log_evidence_other_se,
+                        "log_evidence_mixture": check.log_evidence_mixture,
+                        "log_evidence_mixture_se": check.log_evidence_mixture_se,
+                        "missed_mass": check.missed_mass,
+                        "missed_mass_se": check.missed_mass_se,
+                        "consistent": check.consistent,
+                        "misses_mass": check.misses_mass,
+                    }
+                )
+    exact_rows = exact_probabilities = None
+    if exact is not None:
+        exact_rows = per_row(
+            {
+                "log_evidence": exact["log_evidence"],
+                "posterior_mean_x": exact["mean_x"],
+                "posterior_std_x": exact["std_x"],
+                "kl_pq": exact["kl_pq"],
+                "kl_qp": exact["kl_qp"],
             }
         )
-    )
-    samples = samples_columns(served, analysis.branch, analysis.x)
-    resampled = None
-    if analysis.resampled_branch is not None and analysis.resampled_x is not None:
-        resampled = samples_columns(served, analysis.resampled_branch, analysis.resampled_x)
-    estimated = probabilities(served, analysis.branch_probabilities)
-    exact_probabilities = probabilities(served, exact["branch_probabilities"])
+        exact_probabilities = probabilities(served, exact["branch_probabilities"])
+    summaries = summary_rows(served, numbers.summary) if numbers.summary else None
     out = []
-    for i, (y_i, seed, q_i) in enumerate(zip(y.tolist(), seeds, q_branches(served, q))):
-        diagnostics = {
-            **estimates[i],
-            "num_samples": num_samples,
-            "verdict": analysis.verdict[i],
-            "reason": analysis.reason[i],
-            **moments[i],
-            "discrete_probabilities": estimated[i],
-            "cross_check": None,
-        }
-        if check is not None and checks is not None:
-            diagnostics["cross_check"] = {
-                "other_objective": OTHER_OBJECTIVE[objective],
-                "num_samples": check.num_samples,
-                **checks[i],
-            }
-        result = {
+    for i, (y_i, seed) in enumerate(zip(y.tolist(), seeds)):
+        result: dict[str, Any] = {
             "model": served.name,
-            "versions": versions,
+            "versions": numbers.versions,
             "seed": seed,
             "y": y_i,
             "objective": objective,
-            "q": q_i,
-            "samples": samples[i],
-            "log_weights": analysis.log_weights[i],
-            "diagnostics": diagnostics,
-            "exact": {**exact_rows[i], "discrete_probabilities": exact_probabilities[i]},
         }
+        if q_rows is not None:
+            result["q"] = q_rows[i]
+        if samples is not None:
+            result["samples"] = samples[i]
+        if analysis is not None and "log_weights" in parts:
+            result["log_weights"] = analysis.log_weights[i]
+        if analysis is not None and estimates is not None and moments is not None and estimated is not None:
+            diagnostics = {
+                **estimates[i],
+                "num_samples": analysis.x.shape[-1],
+                "verdict": analysis.verdict[i],
+                "reason": analysis.reason[i],
+                **moments[i],
+                "discrete_probabilities": estimated[i],
+                "cross_check": None,
+            }
+            if check is not None and checks is not None:
+                diagnostics["cross_check"] = {
+                    "other_objective": OTHER_OBJECTIVE[objective],
+                    "num_samples": check.num_samples,
+                    **checks[i],
+                }
+            result["diagnostics"] = diagnostics
+        if exact_rows is not None and exact_probabilities is not None:
+            result["exact"] = {**exact_rows[i], "discrete_probabilities": exact_probabilities[i]}
         if resampled is not None:
             result["resampled"] = resampled[i]
+        if summaries is not None:
+            result["summary"] = summaries[i]
         out.append(result)
     return out
 
 
-def answer_batch(queries: list[PosteriorQuery]) -> list[list[dict[str, Any]]]:
-    """Per query, per observation: one network's result, or {"objectives": {...}} for "both".
+def answer_batch(queries: list[PosteriorQuery]) -> list[Any]:
+    """Per query, its answer laid out for its media type: JSON rows, or an Arrow record batch.
+
+    JSON: per observation, one network's result, or {"objectives": {...}} for
+    "both". Arrow (:mod:`service.arrow`): one row per observation and
+    objective, in the same order.
 
     The queries share a batch key (model, number of observations, objective,
-    samples, flags); their observations are answered as one batch. Each
+    samples, flags, parts); their observations are answered as one batch. Each
     observation's own generator (seeded by its row seed) draws its noise, and
     every step computes a row independently of the others, so a row's answer
     depends on its seed alone, not on what else is in the batch (a test holds
@@ -244,8 +344,9 @@ def answer_batch(queries: list[PosteriorQuery]) -> list[list[dict[str, Any]]]:
     # each observation a stack item of its own: its network output is one BLAS call whatever else is asked (numpy_mlp)
     qs = {name: q.flatten() for name, q in served.forward(sorted(needed), y[:, None]).items()}
     truth = served.model.exact_posterior_and_evidence(y)  # shared by both objectives
+    exact_quantiles = mixture_quantiles(truth[0], SUMMARY_LEVELS) if "summary.exact" in first.parts else None
     per_objective = {
-        name: results_for(
+        name: numbers_for(
             served,
             y,
             seeds,
@@ -253,25 +354,38 @@ def answer_batch(queries: list[PosteriorQuery]) -> list[list[dict[str, Any]]]:
             qs[name],
             qs.get(OTHER_OBJECTIVE[name]) if cross_check else None,
             truth,
-            first.num_samples,
-            first.resample,
-            first.check_samples,
+            exact_quantiles,
+            first,
             "cross_check was false"
             if not cross_check
             else f"{OTHER_OBJECTIVE[name]} is not compiled for {served.model.name}",
         )
         for name in objectives
     }
-    if objective == "both":
-        per_observation = [
-            {"model": served.name, "seed": seed, "y": y_i, "objectives": dict(zip(objectives, row))}
-            for y_i, seed, *row in zip(y.tolist(), seeds, *per_objective.values())
-        ]
-    else:
-        per_observation = per_objective[objectives[0]]
-    return [per_observation[start : start + count] for start in range(0, len(per_observation), count)]
+    out: list[Any] = [None] * len(queries)
+    wanted_json = [i for i, query in enumerate(queries) if query.media == "json"]
+    if len(wanted_json) < len(queries):
+        table = arrow.answer_table(served, y, seeds, list(per_objective.values()), first.parts)
+        width = len(objectives)
+        for i, query in enumerate(queries):
+            if query.media != "json":
+                out[i] = table.slice(i * count * width, count * width)
+    if wanted_json:
+        results = {
+            name: json_results(served, y, seeds, numbers, first.parts) for name, numbers in per_objective.items()
+        }
+        if objective == "both":
+            per_observation = [
+                {"model": served.name, "seed": seed, "y": y_i, "objectives": dict(zip(objectives, row))}
+                for y_i, seed, *row in zip(y.tolist(), seeds, *results.values())
+            ]
+        else:
+            per_observation = results[objectives[0]]
+        for i in wanted_json:
+            out[i] = per_observation[i * count : (i + 1) * count]
+    return out
 
 
-def answer(query: PosteriorQuery) -> list[dict[str, Any]]:
-    """One query's answer, per observation."""
+def answer(query: PosteriorQuery) -> Any:
+    """One query's answer: per observation (JSON rows), or its Arrow record batch."""
     return answer_batch([query])[0]

@@ -27,10 +27,11 @@ from service import errors
 from service.answers import PosteriorQuery, answer_batch
 from service.batching import MicroBatcher
 from service.metrics import Metrics, ResponseMetrics
-from service.middleware import BodySizeLimit, ContentEncoding, HeadAsGet
+from service.middleware import BodySizeLimit, ContentEncoding, HeadAsGet, ResponseCompression
 from service.registry import Registry, ServedModel
 from service.reload import describe, resolve_mode, watch_artifacts
 from service.routers import bench, exact, health, models, pages, posterior
+from service.schemas import resolve_parts
 from service.settings import Settings, get_settings
 
 DESCRIPTION = """
@@ -75,6 +76,12 @@ def warm_up_model(served: ServedModel, check_samples: int = DEFAULT_CHECK_SAMPLE
                 PosteriorQuery(served, [0.0, 1.0], objective, n, seed, resample, cross_check, check_samples)
                 for seed in (0, 1)
             ]
+        )
+    # the summaries' compiled quantile function (amortized.summaries), with and without draws
+    for n in (0, 8):
+        parts = resolve_parts(["summary"], n, False)
+        answer_batch(
+            [PosteriorQuery(served, [0.0], served.objectives[0], n, 0, False, True, check_samples, parts=parts)]
         )
 
 
@@ -148,6 +155,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ContentEncoding, max_bytes=settings.max_body_bytes)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HeadAsGet)
+    app.add_middleware(
+        ResponseCompression,
+        minimum_size=settings.compress_min_bytes,
+        gzip_level=settings.gzip_level,
+        zstd_level=settings.zstd_level,
+    )
     # outermost: counts every response, the 413s of the body-size limit included
     app.add_middleware(
         ResponseMetrics,

@@ -7,6 +7,7 @@ OpenAPI document and for the tests, which validate real responses against them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,6 +20,41 @@ MAX_ABS_Y = 1e9
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_ABS_Y, le=MAX_ABS_Y)]
 # a network's version: the first 16 hex digits of its weights' sha256 (or all 64)
 Version = Annotated[str, Field(pattern=r"^[0-9a-f]{16}([0-9a-f]{48})?$", examples=["4209aa33ea42836d"])]
+
+
+# the parts of an answer "include" may name; "summary" stands for its three sources
+Part = Literal[
+    "q",
+    "samples",
+    "log_weights",
+    "diagnostics",
+    "exact",
+    "resampled",
+    "summary",
+    "summary.q",
+    "summary.weighted",
+    "summary.exact",
+]
+SUMMARY_SOURCES = ("summary.q", "summary.weighted", "summary.exact")
+DEFAULT_PARTS = frozenset({"q", "samples", "log_weights", "diagnostics", "exact"})  # and "resampled" with resample
+DRAWN_PARTS = frozenset({"samples", "log_weights", "diagnostics", "resampled", "summary.weighted"})  # made of draws
+
+
+def resolve_parts(include: Sequence[str] | None, num_samples: int, resample: bool) -> frozenset[str]:
+    """The parts an answer holds: ``include``'s, "summary" expanded into its sources, or the default.
+
+    The default is today's answer: q, samples, log_weights, diagnostics and
+    exact, and resampled when ``resample``. "summary" means the summaries of q
+    and of the exact posterior, and of the weighted draws when ``num_samples``
+    is at least 1.
+    """
+    if include is None:
+        return DEFAULT_PARTS | ({"resampled"} if resample else set())
+    parts = set(include)
+    if "summary" in parts:
+        parts.discard("summary")
+        parts |= {"summary.q", "summary.exact"} | ({"summary.weighted"} if num_samples > 0 else set())
+    return frozenset(parts)
 
 
 def requested_objectives(objective: str) -> list[Objective]:
@@ -37,7 +73,14 @@ class PosteriorRequest(BaseModel):
     objective: Literal["pq", "qp", "both"] = Field(
         "pq", description="which compiled network answers: pq (mass-covering), qp (mode-seeking), or both side by side"
     )
-    num_samples: int = Field(1000, ge=1, le=100_000, strict=True, description="samples of q per observation")
+    num_samples: int = Field(
+        1000,
+        ge=0,
+        le=100_000,
+        strict=True,
+        description="samples of q per observation; 0 draws nothing, for an include without samples, log_weights, "
+        "diagnostics, resampled and summary.weighted",
+    )
     seed: int | None = Field(
         None,
         ge=0,
@@ -53,6 +96,16 @@ class PosteriorRequest(BaseModel):
         True,
         strict=True,
         description="also estimate the evidence with the other compiled network and the mixture of both",
+    )
+    include: list[Part] | None = Field(
+        None,
+        min_length=1,
+        description="the parts of each answer to return (model, versions, seed, y and objective always are): q, "
+        "samples, log_weights, diagnostics, exact, resampled (with resample), summary (quantiles and central credible "
+        "intervals of x, and the discrete latents' probabilities, from q, the weighted draws and the exact posterior), "
+        "or one summary source (summary.q, summary.weighted, summary.exact); absent: q, samples, log_weights, "
+        "diagnostics, exact and (with resample) resampled. What is left out is neither computed nor sent.",
+        examples=[["summary"], ["q", "diagnostics"]],
     )
     # variants: pin the weights that answer
     version: Version | dict[Objective, Version] | None = Field(
@@ -153,6 +206,29 @@ class Exact(BaseModel):
     kl_qp: float | None = Field(..., description="KL(q(.|y) || p(.|y)) over all latents, nats")
 
 
+class SourceSummary(BaseModel):
+    quantiles: dict[str, float | None] = Field(
+        ...,
+        description='quantiles of x keyed by level: {"0.05": ..., "0.25": ..., "0.5": ..., "0.75": ..., "0.95": ...}',
+    )
+    intervals: dict[str, list[float | None]] = Field(
+        ...,
+        description='central credible intervals of x keyed by level: {"0.5": [low, high], "0.8": ..., "0.95": ...}, '
+        "[quantile((1 - a)/2), quantile((1 + a)/2)]",
+    )
+    discrete_probabilities: Probabilities
+
+
+class Summary(BaseModel):
+    q: SourceSummary | None = Field(None, description="of q(. | y): its mixture CDF inverted")
+    weighted: SourceSummary | None = Field(
+        None,
+        description="of the importance-weighted draws: the inverse of the weighted empirical CDF (Hyndman and Fan's "
+        "definition 1 with weights; null numbers where the weights are not finite)",
+    )
+    exact: SourceSummary | None = Field(None, description="of the exact posterior: its mixture CDF inverted")
+
+
 class PosteriorResult(BaseModel):
     model: str = Field(..., description="the model answered for")
     versions: dict[str, str] = Field(
@@ -168,12 +244,19 @@ class PosteriorResult(BaseModel):
     )
     y: float = Field(..., description="the observation")
     objective: Objective = Field(..., description="the loss the answering network was compiled with")
-    q: QParameters = Field(..., description="the compiled network's q(. | y)")
-    samples: Samples = Field(..., description="draws from q(. | y), columnar")
-    log_weights: list[float | None] = Field(..., description="log p(latents, y) - log q(latents | y), one per sample")
-    diagnostics: Diagnostics = Field(..., description="importance-weighted diagnostics of these samples")
-    exact: Exact = Field(..., description="the truth, which all four models know in closed form")
+    q: QParameters | None = Field(None, description="the compiled network's q(. | y) (unless include leaves it out)")
+    samples: Samples | None = Field(None, description="draws from q(. | y), columnar (unless include leaves them out)")
+    log_weights: list[float | None] | None = Field(
+        None, description="log p(latents, y) - log q(latents | y), one per sample (unless include leaves them out)"
+    )
+    diagnostics: Diagnostics | None = Field(
+        None, description="importance-weighted diagnostics of these samples (unless include leaves them out)"
+    )
+    exact: Exact | None = Field(
+        None, description="the truth, which all four models know in closed form (unless include leaves it out)"
+    )
     resampled: Samples | None = Field(None, description="SIR draws, when resample is true")
+    summary: Summary | None = Field(None, description='posterior summaries of x, when include asks for "summary"')
 
 
 class Comparison(BaseModel):

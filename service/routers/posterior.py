@@ -8,8 +8,10 @@ documents the shape, and the tests validate real responses against it.
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any, Literal
 
+import mimeparse
 import torch
 from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -18,16 +20,26 @@ from amortized.figures import PNG_HEIGHT, PNG_HEIGHT_BRANCHES, PNG_WIDTH, varian
 from amortized.figures import posterior_png as draw
 from amortized.importance.streams import draw_seed
 from amortized.mixture import base_model
+from service import arrow
 from service.answers import PosteriorQuery, answer
 from service.dependencies import ServedModelDep, check_version
 from service.errors import ApiError
 from service.metrics import OBJECTIVE_KEY, Metrics
 from service.registry import Registry, ServedModel
 from service.responses import json_response
-from service.schemas import MAX_ABS_Y, ErrorResponse, PosteriorRequest, PosteriorResponse, requested_objectives
+from service.schemas import (
+    DRAWN_PARTS,
+    MAX_ABS_Y,
+    ErrorResponse,
+    PosteriorRequest,
+    PosteriorResponse,
+    requested_objectives,
+    resolve_parts,
+)
 from service.settings import Settings
 
 router = APIRouter(prefix="/v1/models", tags=["posterior"])
+VARY_ACCEPT = {"Vary": "Accept"}  # the answer's format depends on the Accept header (caches key on it)
 
 EXAMPLES: dict[str, dict[str, Any]] = {
     "gaussian": {"summary": "gaussian: one y", "value": {"y": 1.5, "objective": "pq", "num_samples": 1000, "seed": 7}},
@@ -48,10 +60,56 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         "model": ErrorResponse,
         "description": "the pinned version is not served (the message names the served ones)",
     },
+    406: {
+        "model": ErrorResponse,
+        "description": "the Accept header admits none of the answer's media types (the message names them)",
+    },
     413: {"model": ErrorResponse, "description": "body too large"},
     415: {"model": ErrorResponse, "description": "the body is not sent as JSON (Content-Type: application/json)"},
     422: {"model": ErrorResponse, "description": "invalid field: the body names it and why"},
 }
+
+
+# the answer's media types, least preferred first: on a tie (*/*, application/*) JSON wins
+MEDIA_TYPES = {arrow.MEDIA_TYPE: "arrow", "application/json": "json"}
+
+
+def negotiate(accept: str | None) -> str:
+    """The layout the Accept header asks for: "json" (also when absent) or "arrow"; 406 naming the supported types."""
+    if not accept or not accept.strip():
+        return "json"
+    supported = ", ".join(reversed(MEDIA_TYPES))
+    try:
+        chosen = mimeparse.best_match(list(MEDIA_TYPES), accept)
+    except (mimeparse.MimeTypeParseException, ValueError):
+        raise ApiError(
+            406, ["header", "accept"], f"Accept {accept!r} cannot be parsed; supported: {supported}", "not_acceptable"
+        ) from None
+    if not chosen:
+        raise ApiError(
+            406,
+            ["header", "accept"],
+            f"Accept {accept!r} admits none of the supported types: {supported}",
+            "not_acceptable",
+        )
+    return MEDIA_TYPES[chosen]
+
+
+def check_parts(request: PosteriorRequest) -> frozenset[str]:
+    """The parts the answer holds (:func:`resolve_parts`), refusing those that cannot be had: 422 naming the field."""
+    parts = resolve_parts(request.include, request.num_samples, request.resample)
+    if "resampled" in parts and not request.resample:
+        raise ApiError(422, ["body", "include"], 'include asks for "resampled", which needs "resample": true')
+    drawn = sorted(parts & DRAWN_PARTS)
+    if request.num_samples == 0 and drawn:
+        asked = "the default answer" if request.include is None else "include"
+        raise ApiError(
+            422,
+            ["body", "num_samples"],
+            f"0 samples draws nothing, but {asked} asks for {', '.join(drawn)}: ask for at least 1 sample, or an "
+            'include without parts made of draws (e.g. ["q", "exact", "summary"])',
+        )
+    return parts
 
 
 def check_request(
@@ -121,14 +179,20 @@ async def posterior(
 
     Each answer has q(.|y) as branches (latents, probability, mean, std), columnar
     samples with their log weights, importance diagnostics with a plain verdict
-    (cross-checked against the other compiled network), and the exact posterior.
+    (cross-checked against the other compiled network), and the exact posterior;
+    `include` selects parts (and adds `summary`: quantiles and credible intervals).
+    `Accept: application/vnd.apache.arrow.stream` answers the same content as an
+    Arrow IPC stream (one row per observation and objective); `Accept-Encoding`
+    gzip or zstd compresses large answers.
     """
     # settings, metrics and batcher: read here, not as three more dependencies (each costs ~20 us)
     state = http.app.state
     settings: Settings = state.settings
     # for the response metrics (service/metrics.py), which count every response
     http.scope[OBJECTIVE_KEY] = request.objective
+    media = negotiate(http.headers.get("accept"))
     y = check_request(request, served, settings, state.registry)
+    parts = check_parts(request)
     check_version(request.version, request.objective, served)  # a pinned version not served is a 409
     seed = request.seed if request.seed is not None else draw_seed()
     query = PosteriorQuery(
@@ -141,19 +205,32 @@ async def posterior(
         request.cross_check,
         settings.cross_check_samples,
         batch=isinstance(request.y, list),
+        parts=parts,
+        media=media,
     )
     check_cost(query, settings)
+    started = time.perf_counter()
     if query.size > settings.offload_samples:  # heavy (draws of every objective and of the cross-check): off the loop
         results = await run_in_threadpool(answer, query)
     elif settings.micro_batch:
         results = await state.batcher.answer(query)
     else:
         results = answer(query)
+    answered = time.perf_counter()
     metrics: Metrics = state.metrics
     metrics.answered(served.name, len(y))
-    if isinstance(request.y, list):
-        return json_response({"model": served.name, "seed": seed, "results": results})
-    return json_response(results[0])
+    if media == "arrow":
+        metadata = {"model": served.name, "seed": str(seed), "batch": str(isinstance(request.y, list)).lower()}
+        response = Response(arrow.stream(results, metadata), media_type=arrow.MEDIA_TYPE, headers=VARY_ACCEPT)
+    elif isinstance(request.y, list):
+        response = json_response({"model": served.name, "seed": seed, "results": results}, headers=VARY_ACCEPT)
+    else:
+        response = json_response(results[0], headers=VARY_ACCEPT)
+    # where the server's time went (W3C Server-Timing, ms): the answer (a micro-batch's wait included), the bytes
+    response.headers["Server-Timing"] = (
+        f"answer;dur={1e3 * (answered - started):.2f}, serialise;dur={1e3 * (time.perf_counter() - answered):.2f}"
+    )
+    return response
 
 
 @router.get(

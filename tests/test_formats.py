@@ -1,0 +1,271 @@
+"""Answers sized for their use: include, summaries, the Arrow format and compression, through the app."""
+
+import gzip
+import json
+import re
+import struct
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import zstandard
+from scipy import optimize, stats
+
+from service.answers import PosteriorQuery, answer
+from service.arrow import MEDIA_TYPE as ARROW
+from service.middleware import accepted_coding
+from tests.test_service import RESPONSE, strict_json
+
+DEFAULT = ["q", "samples", "log_weights", "diagnostics", "exact"]
+QUANTILES = ["0.05", "0.25", "0.5", "0.75", "0.95"]
+INTERVALS = {"0.5": (0.25, 0.75), "0.8": (0.1, 0.9), "0.95": (0.025, 0.975)}
+
+
+def raw(client, model, headers=None, **body):
+    return client.post(f"/v1/models/{model}/posterior", json=body, headers=headers or {})
+
+
+def as_json(client, model, **body):
+    response = raw(client, model, **body)
+    assert response.status_code == 200, response.text
+    data = strict_json(response.text)
+    RESPONSE.validate_python(data)
+    return data
+
+
+def as_arrow(client, model, **body) -> pa.Table:
+    response = raw(client, model, headers={"accept": ARROW}, **body)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == ARROW and "accept" in response.headers["vary"].lower()
+    return pa.ipc.open_stream(response.content).read_all()
+
+
+def same_bits(a, b, where="") -> None:
+    """Equal as JSON values, floats to the bit (-0.0 is not 0.0)."""
+    if isinstance(a, float) or isinstance(b, float):
+        assert isinstance(a, float) and isinstance(b, float), (where, a, b)
+        assert struct.pack("<d", a) == struct.pack("<d", b), (where, a, b)
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b), (where, a, b)
+        for key in a:
+            same_bits(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), (where, a, b)
+        for i, (u, v) in enumerate(zip(a, b)):
+            same_bits(u, v, f"{where}[{i}]")
+    else:
+        assert type(a) is type(b) and a == b, (where, a, b)
+
+
+def arrow_rows_as_json(table: pa.Table) -> list[dict]:
+    """The Arrow rows in the JSON's shape: a branch's absent latents and the networks that took no part dropped.
+
+    The JSON lists the answering network's version first.
+    """
+    rows = table.to_pylist()
+    for row in rows:
+        order = sorted(row["versions"], key=lambda name: name != row["objective"])
+        row["versions"] = {k: row["versions"][k] for k in order if row["versions"][k] is not None}
+        for branch in (row.get("q") or {}).get("branches", []):
+            branch["latents"] = {k: v for k, v in branch["latents"].items() if v is not None}
+    return rows
+
+
+def json_rows(data) -> list[dict]:
+    results = data.get("results", [data])
+    return [r for result in results for r in (result["objectives"].values() if "objectives" in result else [result])]
+
+
+@pytest.mark.parametrize(
+    "model, body",
+    [
+        ("gaussian", {"y": 0.8, "objective": "pq", "num_samples": 300, "seed": 5}),
+        ("gmm", {"y": [-3.0, 0.0, 1e6], "objective": "both", "num_samples": 200, "seed": 2, "resample": True}),
+        ("gmm_discrete", {"y": [-8.0, 12.0], "objective": "qp", "num_samples": 50, "seed": 9, "cross_check": False}),
+        ("gmm_open", {"y": 2.7, "objective": "both", "num_samples": 120, "seed": 4, "include": ["summary", "q"]}),
+        ("gmm_open_k3", {"y": [2.7, -40.0], "num_samples": 0, "seed": 1, "include": ["exact", "summary"]}),
+    ],
+)
+def test_the_arrow_stream_carries_the_json_numbers_to_the_bit(client, model, body):
+    data = as_json(client, model, **body)
+    table = as_arrow(client, model, **body)
+    metadata = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
+    batch = isinstance(body["y"], list)
+    assert metadata == {"model": model, "seed": str(data["seed"]), "batch": str(batch).lower()}
+    expected = json_rows(data)
+    got = arrow_rows_as_json(table)
+    assert len(got) == len(expected) == len(body["y"] if batch else [0]) * (2 if body.get("objective") == "both" else 1)
+    for ours, theirs in zip(got, expected):
+        same_bits(ours, theirs)
+    # per-sample columns read as (observations, samples) arrays without a copy
+    if "samples" in table.column_names:
+        x = table.column("samples").combine_chunks().field("x")
+        assert x.flatten().to_numpy(zero_copy_only=True).reshape(len(table), -1).shape[1] == body["num_samples"]
+
+
+def test_leaving_parts_out_keeps_the_rest_to_the_byte(client):
+    body = {"y": [0.3, -5.0], "objective": "pq", "num_samples": 400, "seed": 8, "resample": True}
+    full = raw(client, "gmm_open", **body)
+    assert raw(client, "gmm_open", include=[*DEFAULT, "resampled"], **body).content == full.content
+    full_rows = json_rows(full.json())
+    for include in (["q"], ["samples", "exact"], ["diagnostics"], ["log_weights", "resampled"]):
+        rows = json_rows(as_json(client, "gmm_open", include=include, **body))
+        for row, whole in zip(rows, full_rows):
+            assert list(row) == ["model", "versions", "seed", "y", "objective"] + [p for p in whole if p in include]
+            same_bits(row, {k: whole[k] for k in row})
+
+
+def mixture_quantile(branches, level):
+    probs, means, stds = (np.array([b[k] for b in branches]) for k in ("probability", "mean", "std"))
+    f = lambda x: float((probs * stats.norm.cdf(x, means, stds)).sum()) - level  # noqa: E731
+    return optimize.brentq(f, (means - 40 * stds).min(), (means + 40 * stds).max(), xtol=1e-14, rtol=1e-15)
+
+
+@pytest.mark.parametrize("model, y", [("gmm", 0.0), ("gmm_discrete", -3.0), ("gmm_open", 2.7)])
+def test_summaries_are_the_quantiles_of_q_of_the_weighted_draws_and_of_the_truth(client, model, y):
+    data = as_json(client, model, y=y, num_samples=2000, seed=3, include=["q", "samples", "log_weights", "summary"])
+    summary = data["summary"]
+    assert list(summary) == ["q", "weighted", "exact"]
+    levels = [float(a) for a in QUANTILES] + [b for pair in INTERVALS.values() for b in pair]
+
+    def flat(source):
+        return summary[source]["quantiles"], summary[source]["intervals"]
+
+    # q: its mixture CDF inverted, independently (scipy's Brent on the answer's own branches)
+    quantiles, intervals = flat("q")
+    theirs = [mixture_quantile(data["q"]["branches"], level) for level in levels]
+    ours = [quantiles[k] for k in QUANTILES] + [v for k in INTERVALS for v in intervals[k]]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-12)
+    # weighted: NumPy's inverted weighted CDF of the answer's own draws and weights
+    x, log_w = np.array(data["samples"]["x"]), np.array(data["log_weights"])
+    w = np.exp(log_w - log_w.max())
+    quantiles, intervals = flat("weighted")
+    ours = [quantiles[k] for k in QUANTILES] + [v for k in INTERVALS for v in intervals[k]]
+    assert ours == list(np.quantile(x, levels, weights=w, method="inverted_cdf"))
+    # the truth: the exact posterior's mass below each quantile is the level (/v1/models/{model}/exact gives it)
+    exact = client.get(f"/v1/models/{model}/exact", params={"y": y})
+    assert exact.status_code == 200, exact.text
+    quantiles, intervals = flat("exact")
+    for key in QUANTILES:
+        assert quantiles[key] == pytest.approx(stats_quantile_from_exact(exact.json(), float(key)), abs=1e-9), key
+    # discrete probabilities: q's from its branches, the weighted and the exact ones as in diagnostics and exact
+    for name, values in summary["q"]["discrete_probabilities"].items():
+        for value, p in values.items():
+            expected = sum(b["probability"] for b in data["q"]["branches"] if str(b["latents"].get(name)) == value)
+            assert p == pytest.approx(expected, rel=1e-12, abs=1e-15)
+
+
+def stats_quantile_from_exact(exact_body, level):
+    """The exact posterior's quantile from the /exact endpoint's components, by scipy."""
+    return mixture_quantile(exact_body["results"][0]["components"], level)
+
+
+def test_summaries_only_draw_nothing_with_zero_samples(client):
+    body = {"y": [0.0, 4.0, -30.0], "objective": "both", "num_samples": 0, "include": ["summary"], "seed": 1}
+    data = as_json(client, "gmm", **body)
+    for row in json_rows(data):
+        assert list(row) == ["model", "versions", "seed", "y", "objective", "summary"]
+        assert list(row["summary"]) == ["q", "exact"]
+    # the same q summary as with draws
+    with_draws = as_json(client, "gmm", **{**body, "num_samples": 10})
+    for a, b in zip(json_rows(data), json_rows(with_draws)):
+        same_bits(a["summary"]["q"], b["summary"]["q"])
+        same_bits(a["summary"]["exact"], b["summary"]["exact"])
+
+
+@pytest.mark.parametrize(
+    "body, loc, words",
+    [
+        ({"y": 0.0, "num_samples": 0}, ["body", "num_samples"], "samples"),
+        ({"y": 0.0, "num_samples": 0, "include": ["summary.weighted"]}, ["body", "num_samples"], "summary.weighted"),
+        ({"y": 0.0, "include": ["resampled"]}, ["body", "include"], "resample"),
+        ({"y": 0.0, "include": []}, ["body", "include"], "at least 1"),
+        ({"y": 0.0, "include": ["x"]}, ["body", "include", 0], "'summary'"),
+        ({"y": 0.0, "include": "summary"}, ["body", "include"], "list"),
+    ],
+)
+def test_impossible_includes_get_a_422_naming_the_field(client, body, loc, words):
+    response = raw(client, "gmm", **body)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == loc and words in detail["msg"], detail
+
+
+@pytest.mark.parametrize("accept", ["text/html", "application/xml, text/*;q=0.5", f"{ARROW};q=0", "nonsense"])
+def test_an_unsupported_accept_gets_406_naming_the_supported_types(client, accept):
+    response = raw(client, "gmm", headers={"accept": accept}, y=0.0)
+    assert response.status_code == 406, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["header", "accept"]
+    assert "application/json" in detail["msg"] and ARROW in detail["msg"]
+
+
+@pytest.mark.parametrize(
+    "accept, media",
+    [
+        (None, "application/json"),
+        ("*/*", "application/json"),
+        ("application/*", "application/json"),
+        ("application/json", "application/json"),
+        (f"{ARROW}, application/json;q=0.5", ARROW),
+        (f"application/json;q=0.2, {ARROW}", ARROW),
+    ],
+)
+def test_accept_chooses_the_format(client, accept, media):
+    response = raw(client, "gaussian", headers={"accept": accept} if accept else {}, y=0.0, num_samples=5, seed=1)
+    assert response.status_code == 200 and response.headers["content-type"] == media
+    # where the server's time went, for the benchmark's breakdown
+    assert re.fullmatch(r"answer;dur=[\d.]+, serialise;dur=[\d.]+", response.headers["server-timing"])
+
+
+@pytest.mark.parametrize("media", ["application/json", ARROW])
+def test_large_answers_are_compressed_as_accepted_small_ones_not(client, media):
+    body = {"y": [0.1, 2.0], "objective": "both", "num_samples": 1000, "seed": 3}
+    plain = raw(client, "gmm_open", headers={"accept": media, "accept-encoding": "identity"}, **body)
+    assert "content-encoding" not in plain.headers
+    decoders = {"gzip": gzip.decompress, "zstd": lambda b: zstandard.ZstdDecompressor().decompressobj().decompress(b)}
+    for coding, decode in decoders.items():
+        # httpx would decode on its own: read the raw bytes off the wire
+        with client.stream(
+            "POST",
+            "/v1/models/gmm_open/posterior",
+            json=body,
+            headers={"accept": media, "accept-encoding": coding},
+        ) as response:
+            wire = b"".join(response.iter_raw())
+        assert response.headers["content-encoding"] == coding and "accept-encoding" in response.headers["vary"].lower()
+        assert len(wire) < len(plain.content) / 1.5 and decode(wire) == plain.content
+    small = raw(client, "gaussian", headers={"accept-encoding": "gzip, zstd"}, y=0.0, num_samples=1, include=["q"])
+    assert len(small.content) < 4096 and "content-encoding" not in small.headers
+
+
+@pytest.mark.parametrize(
+    "header, coding",
+    [
+        ("gzip", "gzip"),
+        ("zstd", "zstd"),
+        ("gzip, zstd", "zstd"),
+        ("zstd;q=0.5, gzip", "gzip"),
+        ("gzip;q=0", None),
+        ("*", "zstd"),
+        ("*;q=0, gzip", "gzip"),
+        ("br, deflate", None),
+        ("", None),
+        ("gzip;q=bad", None),
+    ],
+)
+def test_accept_encoding_is_weighed(header, coding):
+    assert accepted_coding(header) == coding
+
+
+def test_openapi_documents_include_and_the_formats(client):
+    spec = client.get("/openapi.json").json()
+    assert "include" in json.dumps(spec["components"]["schemas"]["PosteriorRequest"])
+    assert "406" in spec["paths"]["/v1/models/{model}/posterior"]["post"]["responses"]
+
+
+def test_a_query_built_without_parts_holds_the_default_answer(app):
+    """In-process callers (warm-up, benchmarks) that name no parts get today's answer, resampled draws included."""
+    served = app.state.registry.models["gmm"]
+    rows = answer(PosteriorQuery(served, [0.0], "pq", 20, 1, True, False))
+    assert list(rows[0]) == ["model", "versions", "seed", "y", "objective", *DEFAULT, "resampled"]
