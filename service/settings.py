@@ -55,6 +55,13 @@ class Settings(BaseSettings):
         True, description="answer concurrent queries for the same model and settings in one vectorised call"
     )
     bench_endpoints: bool = Field(False, description="expose /v1/_bench/bare for the benchmark script")
+    heap_bytes: int = Field(
+        256 * 2**20,
+        ge=0,
+        lt=2**31,
+        description="arrays up to this size come from the heap and up to this much freed memory is kept for the next "
+        "request (glibc's malloc: M_MMAP_THRESHOLD and M_TRIM_THRESHOLD); 0 keeps glibc's defaults",
+    )
 
 
 @lru_cache
