@@ -119,26 +119,8 @@ def component_sums(exponentials: np.ndarray) -> np.ndarray:
 
 
 @compiled
-def shifted_by_row_max(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the shift (largest log weight, 0 if not finite) and the log weights minus it, in one pass."""
-    rows, n = log_weights.shape
-    shifted, shift = np.empty((rows, n)), np.empty(rows)
-    for r in range(rows):
-        largest = log_weights[r, 0]
-        for j in range(1, n):
-            largest = nan_max(log_weights[r, j], largest)
-        shift[r] = finite_or_zero(largest)
-        for j in range(n):
-            shifted[r, j] = log_weights[r, j] - shift[r]
-    return shifted, shift
-
-
-@compiled
 def weight_sums(weights: np.ndarray, log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row: sum and sum of squares of ``weights`` (exp of the log weights, shifted), and the mean log weight.
-
-    Then each row of ``weights`` divided by its sum, in place (the self-normalised weights).
-    """
+    """Per row: sum and sum of squares of ``weights`` (exp of the log weights, shifted), and the mean log weight."""
     rows, n = weights.shape
     total, squares, mean_log = np.empty(rows), np.empty(rows), np.empty(rows)
     for r in range(rows):
@@ -149,8 +131,6 @@ def weight_sums(weights: np.ndarray, log_weights: np.ndarray) -> tuple[np.ndarra
             s2 += w * w
             s_log += log_weights[r, j]
         total[r], squares[r], mean_log[r] = s, s2, s_log / n
-        for j in range(n):
-            weights[r, j] /= s
     return total, squares, mean_log
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from amortized.arrays import finite_or_zero
 from amortized.distributions import BranchedNormal, cdf_edges
 from amortized.importance import kernels
 from amortized.importance.noise import joint_log_prob, log_prob_at_draws, proposal_log_prob
@@ -82,9 +83,11 @@ def summarise_weights(log_weights: np.ndarray) -> WeightSummary:
     """
     *rows, n = log_weights.shape
     log_weights = np.ascontiguousarray(log_weights).reshape(-1, n)
-    weights, shift = kernels.shifted_by_row_max(log_weights)
+    shift = finite_or_zero(log_weights.max(-1))
+    weights = np.subtract(log_weights, shift[:, None])
     np.exp(weights, out=weights)  # in place: less memory to stream through on the request path
-    total, squares, elbo = kernels.weight_sums(weights, log_weights)  # and normalises in place: each row sums to 1
+    total, squares, elbo = kernels.weight_sums(weights, log_weights)
+    np.divide(weights, total[:, None], out=weights)  # normalised in place: each row sums to 1
     log_evidence, se, ess = evidence_from_sums(total, squares, shift, n)
     return WeightSummary(
         log_evidence.reshape(rows),
