@@ -54,6 +54,20 @@ def evaluate_draws(
     branch = np.empty((rows, n), np.int64)
     x, terms, log_ratio = np.empty((rows, n)), np.empty((components, rows, n)), np.empty((others, rows, n))
     for r in range(rows):  # simple inner loops over the draws, which the compiler vectorises
+        if num_edges == 0:  # one branch: every coefficient is the row's, loaded once (the same arithmetic)
+            mean, std = means[r, 0], stds[r, 0]
+            for j in range(n):
+                branch[r, j] = 0
+                x[r, j] = mean + std * noise[r, j]
+            for c in range(components):
+                a, b, q = joint[c, r, 0, 0], joint[c, r, 0, 1], joint[c, r, 0, 2]
+                for j in range(n):
+                    terms[c, r, j] = a + noise[r, j] * (b + q * noise[r, j])
+            for o in range(others):
+                a, b, q = ratio[o, r, 0, 0], ratio[o, r, 0, 1], ratio[o, r, 0, 2]
+                for j in range(n):
+                    log_ratio[o, r, j] = a + noise[r, j] * (b + q * noise[r, j])
+            continue
         for j in range(n):
             k = 0
             for e in range(num_edges):
