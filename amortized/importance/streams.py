@@ -14,6 +14,7 @@ JavaScript numbers and jq hold them exactly.
 from __future__ import annotations
 
 import secrets
+from typing import Any, cast
 
 import numpy as np
 from numba import njit
@@ -87,12 +88,18 @@ def seed_words(seeds: list[int], spawn: bool = False) -> np.ndarray:
 
 
 class PrecomputedSeedSequence(ISeedSequence):
-    """A SeedSequence whose state is already known: hands a bit generator the words it would generate."""
+    """A SeedSequence whose state is already known: hands a bit generator the words it would generate.
+
+    NumPy's bit generators take any ``ISeedSequence`` as seed ("BitGenerator
+    implementations should treat any object that adheres to ISeedSequence as
+    if they are SeedSequence", numpy.random.bit_generator); PCG64 asks it for
+    four 64-bit words.
+    """
 
     def __init__(self, state: np.ndarray) -> None:
         self.state = state
 
-    def generate_state(self, n_words: int, dtype: type = np.uint32) -> np.ndarray:
+    def generate_state(self, n_words: int, dtype: Any = np.uint32) -> np.ndarray:
         if n_words != len(self.state) or np.dtype(dtype) != self.state.dtype:
             raise ValueError(f"precomputed for {len(self.state)} words of {self.state.dtype}")
         return self.state
@@ -168,7 +175,8 @@ def generator_for(seeds: list[int]) -> RandomStream:
     """
     if fast_seeding(seeds, 0):  # default_rng(seed)'s PCG64 state, all rows in one compiled call
         states = seed_sequence_states(seed_words(seeds), 8).astype("<u4").view("<u8").astype(np.uint64)
-        generators = [np.random.Generator(np.random.PCG64(PrecomputedSeedSequence(state))) for state in states]
+        seeded = [cast(np.random.SeedSequence, PrecomputedSeedSequence(state)) for state in states]  # see its doc
+        generators = [np.random.Generator(np.random.PCG64(sequence)) for sequence in seeded]
     else:
         generators = [np.random.default_rng(seed) for seed in seeds]
     return generators[0] if len(generators) == 1 else GroupedGenerator(generators, [1] * len(generators))
