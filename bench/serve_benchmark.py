@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -33,11 +34,25 @@ from wrk_load import post  # bench/wrk_load.py, beside this script
 from tests.launch import ROOT, start_server, stop_server
 
 
-def wrk(url: str, body: dict, seconds: int, connections: int) -> dict[str, float]:
-    """requests/s and p50/p99 latency (ms) of POSTing ``body`` to ``url``; stops on any non-2xx answer."""
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) the process has used so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, body: dict, seconds: int, connections: int, pid: int | None = None) -> dict[str, float]:
+    """requests/s and p50/p99 latency (ms) of POSTing ``body`` to ``url``; stops on any non-2xx answer.
+
+    With the server's ``pid`` (one worker: uvicorn serves in that process), also ``cpu_ms``: the
+    server's CPU time per request, which other processes on a shared machine disturb far less than
+    requests/s.
+    """
+    before = cpu_seconds(pid) if pid is not None else 0.0
     figures = post(url, body, seconds, connections)
     if figures["errors"]:
         raise SystemExit(f"{figures['errors']} non-2xx answers from {url}")
+    if pid is not None:
+        figures["cpu_ms"] = 1e3 * (cpu_seconds(pid) - before) / (figures["rps"] * seconds)
     return figures
 
 
@@ -101,15 +116,19 @@ def main() -> None:
                 }
                 runs: dict[tuple[str, str], list[dict[str, float]]] = {}
                 for _ in range(args.rounds):
-                    for name, (_, base) in servers.items():
+                    for name, (process, base) in servers.items():
                         for endpoint, (path, payload) in endpoints.items():
-                            figures = wrk(base + path.format(model=model), payload, args.seconds, args.connections)
+                            url = base + path.format(model=model)
+                            figures = wrk(url, payload, args.seconds, args.connections, process.pid)
                             runs.setdefault((name, endpoint), []).append(figures)
                 for (name, endpoint), rs in runs.items():
-                    medians = {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99")}
-                    ratios = [r["rps"] / b["rps"] for r, b in zip(rs, runs[(name, "bare")])]
+                    medians = {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99", "cpu_ms")}
+                    bare = runs[(name, "bare")]
+                    ratios = [r["rps"] / b["rps"] for r, b in zip(rs, bare)]
+                    cpu_ratios = [b["cpu_ms"] / r["cpu_ms"] for r, b in zip(rs, bare)]
                     nbytes = bare_size if endpoint == "bare" else sizes[name]
-                    rows.append((model, name, endpoint, nbytes, medians, statistics.median(ratios)))
+                    ratio = (statistics.median(ratios), statistics.median(cpu_ratios))
+                    rows.append((model, name, endpoint, nbytes, medians, ratio))
             batches = {name: [batch_time(base, body)] for name, (_, base) in servers.items()}
             for _ in range(2):  # alternating, three requests each time
                 for name, (_, base) in servers.items():
@@ -123,13 +142,17 @@ def main() -> None:
         f" body {json.dumps(body)}"
         + (f"; this checkout ({ROOT}) beside the baseline ({args.baseline})" if args.baseline else "")
     )
-    print("| model | code | endpoint | bytes | req/s | p50 ms | p99 ms | throughput / bare (median of rounds) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for model, name, endpoint, nbytes, m, ratio in rows:
+    print(
+        "| model | code | endpoint | bytes | req/s | p50 ms | p99 ms | server CPU ms / request | throughput / bare |"
+        " bare's CPU / this CPU |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for model, name, endpoint, nbytes, m, (ratio, cpu_ratio) in rows:
         print(
             f"| {model} | {name} | {endpoint} | {nbytes} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} |"
-            f" {ratio:.2f} |"
+            f" {m['cpu_ms']:.3f} | {ratio:.2f} | {cpu_ratio:.2f} |"
         )
+    print("(ratios: medians over the rounds of each round's ratio to the bare endpoint of the same server)")
     for name, timed in batches.items():
         seconds = [t for t, _ in timed]
         print(
