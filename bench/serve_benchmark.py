@@ -100,7 +100,7 @@ def main() -> None:
                     "PROMETHEUS_MULTIPROC_DIR": str(Path(folder) / name),  # each server its own metrics folder
                     "PYTHONPATH": str(root),
                 }
-                servers[name] = start_server(env, *options, cwd=root)
+                servers[name] = start_server(env, *options, cwd=root, timeout=180)  # a loaded machine starts slowly
             body = {"y": 0.3, "objective": "pq", "num_samples": 1000, "seed": 1}
             rows = []
             for model in args.models:
