@@ -59,8 +59,9 @@ def keep_heap(size: int) -> bool:
     glibc maps an allocation above its mmap threshold (at most 32 MB by its own
     adjustment) afresh and unmaps it when freed, so every page of every large
     array faults again on first touch: a batch of 1000 observations x 1000
-    samples allocates arrays of 16 MB and more, and spent about a fifth of its
-    CPU time in those faults (bench/serve_benchmark.py, "1000 observations").
+    samples allocates arrays of 16 MB and more, and its answer took 215 ms of
+    CPU (468 ms wall) with glibc's defaults, 165 ms (203 ms wall) with 1 GiB
+    thresholds, in process on this shared machine (README, Performance).
     ``mallopt`` (malloc(3)) raises both thresholds; the cost is resident memory
     kept after a large request, at most ``size``. Returns whether it was set:
     False for ``size`` 0 or without glibc.
