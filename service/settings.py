@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     )
     zstd_level: int = Field(3, ge=1, le=19, description="zstd level of compressed answers (zstd's default: 3)")
     bench_endpoints: bool = Field(False, description="expose /v1/_bench/bare for the benchmark script")
+    heap_bytes: int = Field(
+        256 * 2**20,
+        ge=0,
+        lt=2**31,
+        description="arrays up to this size come from the heap and up to this much freed memory is kept for the next "
+        "request (glibc's malloc: M_MMAP_THRESHOLD and M_TRIM_THRESHOLD); 0 keeps glibc's defaults",
+    )
 
 
 @lru_cache

@@ -51,7 +51,8 @@ def start_server(
     """
     port = port or free_port()
     command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), *uvicorn_options]
-    process = subprocess.Popen(command, env={**os.environ, **env}, cwd=ROOT, **popen)
+    popen.setdefault("cwd", ROOT)  # a benchmark may run another checkout's code (bench/serve_benchmark.py --baseline)
+    process = subprocess.Popen(command, env={**os.environ, **env}, **popen)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process, timeout)

@@ -9,7 +9,17 @@ from arviz_stats.base.array import BaseArray
 from scipy import stats
 
 from amortized.arrays import logsumexp
-from amortized.diagnostics import REQUEST_KL_GRID, CrossCheckResult, analyse, verdict
+from amortized.diagnostics import (
+    AGREEMENT_FLOOR,
+    AGREEMENT_Z,
+    MISSED_MASS_FLOOR,
+    MISSED_MASS_Z,
+    REQUEST_KL_GRID,
+    CrossCheckResult,
+    analyse,
+    evidence_agreement,
+    verdict,
+)
 from amortized.distributions import BranchedNormal
 from amortized.divergences import kl_divergences
 from amortized.evaluation import best_in_family
@@ -261,3 +271,49 @@ def test_the_request_kl_grid_is_within_2e4_of_the_scoring_grid():
             per_query = kl_divergences(model, exact, q, REQUEST_KL_GRID)
             for fine, coarse in zip(scoring, per_query):
                 np.testing.assert_allclose(coarse, fine, rtol=2e-4, atol=1e-6)
+
+
+def test_compiled_passes_give_numpys_bits():
+    """The kernels that replace NumPy passes on the request path give the same bits, NaN and infinities included."""
+    rng = np.random.default_rng(12)
+    terms = rng.normal(size=(3, 6, 50)) * 30
+    terms[:, 0, :5] = -np.inf  # every component impossible
+    terms[1, 1, :5] = np.inf
+    terms[2, 2, :5] = np.nan
+    scratch = terms.copy()
+    top = kernels.shift_components(scratch)
+    total = kernels.component_sums(np.exp(scratch, out=scratch))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ours = np.log(total) + top
+        theirs = logsumexp(terms.copy(), 0)
+    np.testing.assert_array_equal(ours, theirs)
+    log_weights, log_ratio = rng.normal(size=(6, 50)) * 5, rng.normal(size=(6, 50)) * 5
+    log_weights[0, :3], log_ratio[1, :3], log_weights[2] = -np.inf, np.nan, -np.inf
+    exponents, shift = kernels.mixture_exponents(log_weights, log_ratio)
+    with np.errstate(invalid="ignore"):
+        bound = log_weights - np.maximum(log_ratio, 0.0)
+        expected_shift = bound.reshape(3, 100).max(-1)
+        expected_shift = np.where(np.isfinite(expected_shift), expected_shift, 0.0)
+        np.testing.assert_array_equal(shift, expected_shift)
+        np.testing.assert_array_equal(exponents[0], bound - np.repeat(expected_shift, 2)[:, None])
+    np.testing.assert_array_equal(exponents[1], -np.abs(log_ratio))
+    b, x = rng.normal(size=(4, 7)), rng.normal(size=(4, 9))
+    np.testing.assert_array_equal(kernels.one_minus_outer(b, x), 1.0 - np.einsum("ri,rj->rij", b, x))
+
+
+def test_the_cross_checks_agreement_matches_its_definition():
+    """evidence_agreement against the comparisons written out in NumPy, NaN counting as disagreement and missed mass."""
+    rng = np.random.default_rng(13)
+    estimates = rng.normal(size=(3, 400)) * 0.01
+    errors = np.abs(rng.normal(size=(3, 400))) * 0.003
+    missed, missed_se = np.abs(rng.normal(size=400)) * 0.02, np.abs(rng.normal(size=400)) * 0.005
+    estimates[0, :5], errors[1, 5:10], missed[10:15], missed_se[15:20] = np.nan, np.nan, np.nan, np.nan
+    consistent, misses = evidence_agreement(estimates, errors, missed, missed_se)
+    gaps = np.abs(estimates[:, None] - estimates[None, :])
+    allowed = AGREEMENT_Z * np.sqrt(errors[:, None] ** 2 + errors[None, :] ** 2) + AGREEMENT_FLOOR
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(consistent, (gaps <= allowed).all((0, 1)))
+        excess = missed - MISSED_MASS_Z * missed_se
+        below = ~(estimates[0] >= estimates[2] - allowed[0, 2])
+        np.testing.assert_array_equal(misses, below | (excess > MISSED_MASS_FLOOR) | np.isnan(excess))
+    assert consistent.any() and (~consistent[20:]).any() and misses[20:].any() and (~misses).any()

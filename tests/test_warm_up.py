@@ -4,22 +4,32 @@ numba compiles once per signature per process, so this runs in a fresh
 process: in this one, earlier tests may have compiled every variant already.
 """
 
+import platform
 import subprocess
 import sys
 
+import pytest
+from pydantic import ValidationError
+
+from service.main import keep_heap
+from service.settings import Settings
 from tests.conftest import ARTIFACTS
 
 SCRIPT = """
 import itertools, random, sys
 from pathlib import Path
 from numba.core.registry import CPUDispatcher
+import amortized.diagnostics as diagnostics
+import amortized.divergences as divergences
 import amortized.importance.kernels as kernels
+import amortized.importance.streams as streams
 from service.answers import PosteriorQuery, answer_batch
 from service.main import warm_up
 from service.registry import Registry
 
-def signatures():
-    return {name: len(f.signatures) for name, f in vars(kernels).items() if isinstance(f, CPUDispatcher)}
+def signatures():  # the compiled functions of the request path
+    return {f"{module.__name__}.{name}": len(f.signatures) for module in (kernels, streams, diagnostics, divergences)
+            for name, f in vars(module).items() if isinstance(f, CPUDispatcher)}
 
 registry = Registry(Path(sys.argv[1]))
 warm_up(registry)
@@ -41,3 +51,18 @@ def test_nothing_compiles_after_the_warm_up():
     assert out.returncode == 0, out.stderr[-2000:]
     # kernels that compiled a new signature after warm-up
     assert out.stdout.strip().splitlines()[-1] == "{}", out.stdout
+
+
+def test_a_worker_keeps_large_arrays_on_the_heap():
+    """AMORTIZED_HEAP_BYTES: glibc's mallopt takes it (0: the defaults); the setting refuses what a C int cannot."""
+    assert keep_heap(0) is False
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's: elsewhere the setting has no effect (logged at start)")
+    try:
+        assert keep_heap(64 * 2**20) is True
+    finally:
+        keep_heap(128 * 1024)  # glibc's default thresholds for the rest of this test process
+    assert Settings(heap_bytes=0).heap_bytes == 0
+    for bad in (-1, 2**31):
+        with pytest.raises(ValidationError, match="heap_bytes"):
+            Settings(heap_bytes=bad)

@@ -54,6 +54,20 @@ def evaluate_draws(
     branch = np.empty((rows, n), np.int64)
     x, terms, log_ratio = np.empty((rows, n)), np.empty((components, rows, n)), np.empty((others, rows, n))
     for r in range(rows):  # simple inner loops over the draws, which the compiler vectorises
+        if num_edges == 0:  # one branch: every coefficient is the row's, loaded once (the same arithmetic)
+            mean, std = means[r, 0], stds[r, 0]
+            for j in range(n):
+                branch[r, j] = 0
+                x[r, j] = mean + std * noise[r, j]
+            for c in range(components):
+                a, b, q = joint[c, r, 0, 0], joint[c, r, 0, 1], joint[c, r, 0, 2]
+                for j in range(n):
+                    terms[c, r, j] = a + noise[r, j] * (b + q * noise[r, j])
+            for o in range(others):
+                a, b, q = ratio[o, r, 0, 0], ratio[o, r, 0, 1], ratio[o, r, 0, 2]
+                for j in range(n):
+                    log_ratio[o, r, j] = a + noise[r, j] * (b + q * noise[r, j])
+            continue
         for j in range(n):
             k = 0
             for e in range(num_edges):
@@ -70,6 +84,52 @@ def evaluate_draws(
                 k, eps = branch[r, j], noise[r, j]
                 log_ratio[o, r, j] = ratio[o, r, k, 0] + eps * (ratio[o, r, k, 1] + ratio[o, r, k, 2] * eps)
     return branch, x, terms, log_ratio
+
+
+@compiled
+def nan_max(value: float, current: float) -> float:
+    """The larger of two floats, NaN if either is NaN (NumPy's ``max`` and ``maximum``)."""
+    return value if value > current or math.isnan(value) else current
+
+
+@compiled
+def finite_or_zero(value: float) -> float:
+    """``value``, or 0 where it is not finite: a shift for exp (as :func:`amortized.arrays.finite_or_zero`)."""
+    return value if math.isfinite(value) else 0.0
+
+
+@compiled
+def shift_components(terms: np.ndarray) -> np.ndarray:
+    """In place, the first step of a log-sum-exp over the leading axis of ``terms`` ``(components, rows, n)``.
+
+    Returns the shift ``(rows, n)``: each draw's largest term (NaN if any is),
+    or 0 where that is not finite; subtracts it from every term. The same
+    numbers as :func:`amortized.arrays.logsumexp` up to its ``exp``, in one pass.
+    """
+    components, rows, n = terms.shape
+    top = np.empty((rows, n))
+    for r in range(rows):
+        for j in range(n):
+            largest = terms[0, r, j]
+            for c in range(1, components):
+                largest = nan_max(terms[c, r, j], largest)
+            top[r, j] = finite_or_zero(largest)
+        for c in range(components):
+            for j in range(n):
+                terms[c, r, j] -= top[r, j]
+    return top
+
+
+@compiled
+def component_sums(exponentials: np.ndarray) -> np.ndarray:
+    """The sum over the leading axis ``(components, rows, n) -> (rows, n)``, in order (NumPy's ``sum(0)``)."""
+    components, rows, n = exponentials.shape
+    total = exponentials[0].copy()
+    for c in range(1, components):
+        for r in range(rows):
+            for j in range(n):
+                total[r, j] += exponentials[c, r, j]
+    return total
 
 
 @compiled
@@ -108,8 +168,41 @@ def weighted_moments(
 
 
 @compiled
+def mixture_exponents(log_weights: np.ndarray, log_ratio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What :func:`amortized.importance.weighing.mixture_check` exponentiates, in one pass.
+
+    Rows come in pairs (q's draws, o's draws of one observation); with
+    d = ``log_ratio`` and u = log w - max(d, 0), returns ``(2, rows, n)``:
+    u minus its pair's largest (the shift; 0 if not finite), and -|d|; and
+    the shift per pair ``(rows // 2,)``.
+    """
+    rows, n = log_weights.shape
+    exponents, shift = np.empty((2, rows, n)), np.empty(rows // 2)
+    for p in range(rows // 2):
+        largest = -np.inf
+        first = True
+        for r in range(2 * p, 2 * p + 2):
+            for j in range(n):
+                d = log_ratio[r, j]
+                u = log_weights[r, j] - (d if d >= 0.0 or math.isnan(d) else 0.0)
+                exponents[0, r, j] = u
+                exponents[1, r, j] = -abs(d)
+                largest = u if first else nan_max(u, largest)
+                first = False
+        shift[p] = finite_or_zero(largest)
+        for r in range(2 * p, 2 * p + 2):
+            for j in range(n):
+                exponents[0, r, j] -= shift[p]
+    return exponents, shift
+
+
+@compiled
 def mixture_sums(
-    bound_weights: np.ndarray, tails: np.ndarray, log_q_weights: np.ndarray, threshold_offset: np.ndarray
+    bound_weights: np.ndarray,
+    tails: np.ndarray,
+    log_weights: np.ndarray,
+    log_ratio: np.ndarray,
+    threshold_offset: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per pair of rows (q's draws, o's draws of one observation).
 
@@ -118,9 +211,10 @@ def mixture_sums(
     ``bound_weights`` holds exp(u - shift) and ``tails`` exp(-|d|) (see
     :func:`amortized.importance.weighing.mixture_check` for u, d and the shift), so a
     draw's half mixture weight (over exp(shift)) is ``bound / (1 + tail)``;
-    ``log_q_weights`` is log p - log q at every draw. Returns, per pair ``(b,)``,
-    the sum and sum of squares of those half weights, and the same sums over
-    the draws whose q weight exceeds ``log(total) + threshold_offset``.
+    ``log_weights`` is log p - log(own proposal) and ``log_ratio`` d = log(other) - log(own) at
+    every draw, so q's log weight is ``log_weights`` on q's rows and ``log_weights - log_ratio``
+    on o's. Returns, per pair ``(b,)``, the sum and sum of squares of those half weights, and the
+    same sums over the draws whose q weight exceeds ``log(total) + threshold_offset``.
     """
     rows, n = bound_weights.shape
     pairs = rows // 2
@@ -136,9 +230,26 @@ def mixture_sums(
         a, a2 = 0.0, 0.0
         for r in range(2 * p, 2 * p + 2):
             for j in range(n):
-                if log_q_weights[r, j] > threshold:
+                log_q_weight = log_weights[r, j] if r == 2 * p else log_weights[r, j] - log_ratio[r, j]
+                if log_q_weight > threshold:
                     w = bound_weights[r, j] / (1.0 + tails[r, j])
                     a += w
                     a2 += w * w
         total[p], squares[p], past[p], past_squares[p] = s, s2, a, a2
     return total, squares, past, past_squares
+
+
+@compiled
+def one_minus_outer(b: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """1 - b_i x_j for every pair, per row: ``(rows, m)`` and ``(rows, n)`` give ``(rows, m, n)`` (PSIS's profile fit).
+
+    One pass; the same numbers as NumPy's outer product and subtraction (one rounding each).
+    """
+    rows, m = b.shape
+    n = x.shape[1]
+    out = np.empty((rows, m, n))
+    for r in range(rows):
+        for i in range(m):
+            for j in range(n):
+                out[r, i, j] = 1.0 - b[r, i] * x[r, j]
+    return out

@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from amortized.arrays import finite_or_zero, logsumexp
+from amortized.arrays import finite_or_zero
 from amortized.distributions import BranchedNormal, cdf_edges
 from amortized.importance import kernels
 from amortized.importance.noise import joint_log_prob, log_prob_at_draws, proposal_log_prob
@@ -125,7 +125,11 @@ def weigh(
     noise = generator.standard_normal((rows, num_samples))
     means, stds = np.ascontiguousarray(proposal.means), np.ascontiguousarray(proposal.stds)
     branch, x, terms, log_ratio = kernels.evaluate_draws(edges, uniform, noise, means, stds, joint, ratio)
-    log_weights = terms[0] if len(terms) == 1 else logsumexp(terms, 0, scratch=True)  # prior components of a branch
+    log_weights = terms[0]
+    if len(terms) > 1:  # log-sum-exp over the prior components of a branch; the passes between exp and log compiled
+        top = kernels.shift_components(terms)
+        log_weights = kernels.component_sums(np.exp(terms, out=terms))
+        np.add(np.log(log_weights, out=log_weights), top, out=log_weights)
     return Weighed(branch, x, log_weights, summarise_weights(log_weights), log_ratio[0] if other is not None else None)
 
 
@@ -146,19 +150,15 @@ def mixture_check(log_weights: np.ndarray, log_ratio: np.ndarray) -> tuple[np.nd
     draws, with its delta-method standard error. Importance weights of q alone
     cannot see that region: its draws almost never land there.
     """
-    rows, n = log_weights.shape
-    b = rows // 2
-    log_q_weights = log_weights.copy()
-    log_q_weights[1::2] -= log_ratio[1::2]  # at o's draws: log p - log q = (log p - log o) - (log q - log o)
+    n = log_weights.shape[1]
     # With d = log o - log q, the mixture's log weight is u + log 2 - log(1 + exp(-|d|)) where
-    # u = log w - max(d, 0) is within log 2 of it: the largest u is a safe shift for its exponentials.
-    bound = np.subtract(log_weights, np.maximum(log_ratio, 0.0))
-    shift = finite_or_zero(bound.reshape(b, 2 * n).max(-1))
-    bound -= np.repeat(shift, 2)[:, None]  # scratch arrays from here: exponentials in place
-    np.exp(bound, out=bound)
-    tails = np.exp(np.negative(np.abs(log_ratio)))
+    # u = log w - max(d, 0) is within log 2 of it: the largest u of a pair of rows is a safe shift for its
+    # exponentials. At o's draws q's own log weight is log p - log q = (log p - log o) - (log q - log o).
+    exponents, shift = kernels.mixture_exponents(np.ascontiguousarray(log_weights), np.ascontiguousarray(log_ratio))
+    bound, tails = np.exp(exponents, out=exponents)
     threshold_offset = shift - math.log(n * MISSED_DENSITY_RATIO)  # log(Z / ratio) = log(total) + this
-    total, squares, missed, missed_squares = kernels.mixture_sums(bound, tails, log_q_weights, threshold_offset)
+    sums = kernels.mixture_sums(bound, tails, log_weights, log_ratio, threshold_offset)
+    total, squares, missed, missed_squares = sums
     log_evidence, se, _ = evidence_from_sums(2.0 * total, 4.0 * squares, shift, 2 * n)
     with np.errstate(divide="ignore", invalid="ignore"):
         mass = missed / total
