@@ -23,9 +23,16 @@ from service.schemas import MAX_ABS_Y
 class ApiError(Exception):
     """A client error at a named location, e.g. ApiError(404, ["path", "model"], "unknown model ...")."""
 
-    def __init__(self, status: int, loc: list[str | int], msg: str, kind: str = "value_error") -> None:
+    def __init__(
+        self,
+        status: int,
+        loc: list[str | int],
+        msg: str,
+        kind: str = "value_error",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(msg)
-        self.status, self.loc, self.msg, self.kind = status, loc, msg, kind
+        self.status, self.loc, self.msg, self.kind, self.headers = status, loc, msg, kind, headers
 
 
 def error_body(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -131,7 +138,7 @@ def _magnitude(value: int) -> str:
 
 
 async def api_error(request: Request, exc: ApiError) -> Response:
-    return json_response(error_body([{"loc": exc.loc, "msg": exc.msg, "type": exc.kind}]), exc.status)
+    return json_response(error_body([{"loc": exc.loc, "msg": exc.msg, "type": exc.kind}]), exc.status, exc.headers)
 
 
 async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
