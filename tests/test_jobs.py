@@ -14,6 +14,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -25,7 +27,7 @@ from amortized.variants import read_spec
 from service.main import create_app
 from service.settings import Settings
 from tests.conftest import ARTIFACTS, EXAMPLES
-from tests.launch import ROOT, free_port, start_server, stop_server
+from tests.launch import ROOT, free_port, start_server
 from tests.test_service import VARIANTS, assert_answer_accurate, assert_meets_compile_bounds
 from trainer.jobs import HEARTBEAT_SECONDS, JobRecord, now_iso
 
@@ -203,10 +205,12 @@ def redis_server(port: int) -> subprocess.Popen:
     raise RuntimeError("redis-server did not answer")
 
 
-class Deployment:
+class JobClient:
+    """The job API of a live server (also bench/jobs.py's)."""
+
     def __init__(self, mode: str, url: str, root: Path, log: Path) -> None:
         self.mode, self.url, self.root, self.log = mode, url, root, log
-        self.http = httpx.Client(base_url=url, headers=AUTH, timeout=30)
+        self.http = httpx.Client(base_url=url, headers=AUTH, timeout=60)
 
     def submit(self, spec: dict) -> dict:
         response = self.http.post("/v1/models", json=spec)
@@ -219,26 +223,30 @@ class Deployment:
             record = self.http.get(f"/v1/jobs/{job_id}").json()
             if done(record):
                 return record
-            time.sleep(0.2)
+            time.sleep(0.1)
         raise AssertionError(f"job {job_id} still {record['status']} ({record['phase']}) after {timeout} s")
 
 
-@pytest.fixture(scope="module", params=["embedded", "redis"])
-def deployment(request, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp(request.param)
-    root = served_root(tmp)
-    env = {
-        "AMORTIZED_ADMIN_TOKEN": TOKEN,
-        "AMORTIZED_ARTIFACTS_DIR": str(root),
-        "AMORTIZED_JOB_STALE_SECONDS": str(STALE),
-        "AMORTIZED_JOB_NICE": str(NICE),
-        "AMORTIZED_JOB_MAX_QUEUED": "8",
-    }
+def started(record: dict) -> bool:
+    return record["status"] not in ("queued", "running") or record["step"] > 0
+
+
+def finished(record: dict) -> bool:
+    return record["status"] not in ("queued", "running")
+
+
+def served(record: dict) -> bool:
+    return record["status"] in ("failed", "cancelled") or bool(record["served"])
+
+
+@contextmanager
+def live(mode: str, root: Path, env: dict[str, str], log: Path) -> Iterator[JobClient]:
+    """A server on ``root`` with the job API on: its embedded queue, or a redis-server and a trainer worker."""
+    env = {"AMORTIZED_ADMIN_TOKEN": TOKEN, "AMORTIZED_ARTIFACTS_DIR": str(root), **env}
     processes = []
-    log = tmp / "server.log"
     with log.open("w") as output:
         try:
-            if request.param == "redis":
+            if mode == "redis":
                 port = free_port()
                 processes.append(redis_server(port))
                 env["AMORTIZED_QUEUE"] = f"redis://127.0.0.1:{port}/0"
@@ -246,17 +254,25 @@ def deployment(request, tmp_path_factory):
                 processes.append(
                     subprocess.Popen(worker, env={**os.environ, **env}, cwd=ROOT, stdout=output, stderr=output)
                 )
-            server, url = start_server(env, "--log-level", "info", stdout=output, stderr=output)
-            yield Deployment(request.param, url, root, log)
-            stop_server(server)
+            server, url = start_server(env, stdout=output, stderr=output, timeout=120)
+            processes.insert(0, server)
+            yield JobClient(mode, url, root, log)
         finally:
-            for process in reversed(processes):
+            for process in processes:
                 process.terminate()
                 try:
                     process.wait(15)
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+
+
+@pytest.fixture(scope="module", params=["embedded", "redis"])
+def deployment(request, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp(request.param)
+    env = {"AMORTIZED_JOB_STALE_SECONDS": str(STALE), "AMORTIZED_JOB_NICE": str(NICE), "AMORTIZED_JOB_MAX_QUEUED": "8"}
+    with live(request.param, served_root(tmp), env, tmp / "server.log") as client:
+        yield client
 
 
 def test_the_example_specs_compile_through_the_api_and_pass_the_accuracy_tests(deployment):
@@ -266,13 +282,10 @@ def test_the_example_specs_compile_through_the_api_and_pass_the_accuracy_tests(d
         jobs[name] = deployment.submit(read_spec(path).model_dump(mode="json") | EXAMPLE_SETTINGS[name])
     bad = deployment.http.post("/v1/models", json={"name": "third", "family": "gmm", "params": {"stds": [1, 0]}})
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "params", "stds", 1]
-    assert {j["name"] for j in deployment.http.get("/v1/jobs").json()} >= set(jobs) and "third" not in {
-        j["name"] for j in deployment.http.get("/v1/jobs").json()
-    }
+    listed = {j["name"] for j in deployment.http.get("/v1/jobs").json()}
+    assert listed >= set(jobs) and "third" not in listed
     for name, job in jobs.items():
-        done = deployment.wait(
-            job["id"], lambda r: r["status"] not in ("queued", "running", "succeeded") or r["served"]
-        )
+        done = deployment.wait(job["id"], served)
         assert done["status"] == "succeeded" and done["served"], done
         assert done["step"] == done["total_steps"] == {"gmm_open_k3": 2000, "gmm_sigma5": 3000}[name]
         assert set(done["metrics"]) == set(done["versions"]) == set(done["objectives"]) and done["eta_seconds"] == 0
@@ -288,22 +301,18 @@ def test_the_example_specs_compile_through_the_api_and_pass_the_accuracy_tests(d
     assert TOKEN not in deployment.log.read_text()  # the access log never prints the Authorization header
 
 
-def running(record: dict) -> bool:
-    assert record["status"] in ("queued", "running"), record
-    return record["status"] == "running" and record["step"] > 0
-
-
 def test_a_worker_killed_mid_job_fails_the_job_in_bounded_time_and_the_next_job_runs(deployment):
     before = {path: load_artifact(path).version for path in manifest_paths(deployment.root)}
     job = deployment.submit(LONG)
-    record = deployment.wait(job["id"], running)
+    record = deployment.wait(job["id"], started)
+    assert record["status"] == "running", record
     pid = int(record["worker"].split(":")[1])
     assert (
         os.getpriority(os.PRIO_PROCESS, pid) - os.getpriority(os.PRIO_PROCESS, 0) == NICE
     )  # compiles yield to queries
     os.kill(pid, signal.SIGKILL)
     killed = time.monotonic()
-    failed = deployment.wait(job["id"], lambda r: r["status"] != "running", timeout=STALE + 10)
+    failed = deployment.wait(job["id"], finished, timeout=STALE + 10)
     waited = time.monotonic() - killed
     assert failed["status"] == "failed" and "no heartbeat" in failed["error"], failed
     assert waited <= STALE + HEARTBEAT_SECONDS + 1.0, waited  # the documented bound (plus this poll's period)
@@ -311,15 +320,15 @@ def test_a_worker_killed_mid_job_fails_the_job_in_bounded_time_and_the_next_job_
     assert {path: load_artifact(path).version for path in manifest_paths(deployment.root)} == before
     assert not (deployment.root / LONG["name"]).exists()
     nxt = deployment.submit(SMALL | {"name": f"after_kill_{deployment.mode}"})
-    done = deployment.wait(nxt["id"], lambda r: r["status"] not in ("queued", "running"), timeout=120)
+    done = deployment.wait(nxt["id"], finished, timeout=120)
     assert done["status"] == "succeeded", done
 
 
 def test_a_running_job_is_cancelled_within_seconds(deployment):
     job = deployment.submit(LONG | {"name": f"cancel_{deployment.mode}"})
-    deployment.wait(job["id"], running)
+    assert deployment.wait(job["id"], started)["status"] == "running"
     asked = time.monotonic()
     assert deployment.http.delete(f"/v1/jobs/{job['id']}").status_code == 200
-    done = deployment.wait(job["id"], lambda r: r["status"] != "running", timeout=10)
+    done = deployment.wait(job["id"], finished, timeout=10)
     assert done["status"] == "cancelled" and time.monotonic() - asked < 2 * HEARTBEAT_SECONDS + 1.5
     assert not (deployment.root / f"cancel_{deployment.mode}").exists()

@@ -119,26 +119,17 @@ def parser() -> argparse.ArgumentParser:
         default=Path(os.environ.get("AMORTIZED_ARTIFACTS_DIR") or "artifacts"),
         help="the artifacts folder the API serves (default $AMORTIZED_ARTIFACTS_DIR, else artifacts/)",
     )
-    worker.add_argument(
-        "--workers",
-        type=positive_int,
-        default=int(os.environ.get("AMORTIZED_JOB_WORKERS") or 1),
-        help="jobs at once, one process each; at most the number of cores (default $AMORTIZED_JOB_WORKERS, else 1)",
-    )
-    worker.add_argument(
-        "--nice",
-        type=int,
-        default=int(os.environ.get("AMORTIZED_JOB_NICE") or 10),
-        help="added to the worker's niceness, so that an API on the machine keeps its CPU (default "
-        "$AMORTIZED_JOB_NICE, else 10)",
-    )
-    worker.add_argument(
-        "--stale-seconds",
-        type=positive_float,
-        default=float(os.environ.get("AMORTIZED_JOB_STALE_SECONDS") or 15),
-        help="a running job without a heartbeat for this long is failed (default $AMORTIZED_JOB_STALE_SECONDS, "
-        "else 15)",
-    )
+    for flag, variable, kind, fallback, text in (
+        ("--workers", "AMORTIZED_JOB_WORKERS", positive_int, 1, "jobs at once, one process each; at most the cores"),
+        ("--nice", "AMORTIZED_JOB_NICE", int, 10, "added to the worker's niceness, so that an API here keeps its CPU"),
+        ("--stale-seconds", "AMORTIZED_JOB_STALE_SECONDS", positive_float, 15, "no heartbeat for this long: failed"),
+    ):
+        worker.add_argument(
+            flag,
+            type=kind,
+            default=kind(os.environ.get(variable) or str(fallback)),
+            help=f"{text} (default ${variable}, else {fallback})",
+        )
     worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # the embedded consumer: stop with the server
 
     upgrade = commands.add_parser(

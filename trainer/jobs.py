@@ -293,12 +293,12 @@ class JobQueue:
             if record.status == "queued":
                 self.write(record.model_copy(update={"status": "cancelled", "phase": "done", "finished_at": now_iso()}))
             return
-        spec = parse_spec(spec_data, f"job {job_id}")
         assert self.artifacts_dir is not None, "a worker needs the artifacts folder"
-        jobs = [Job(spec=spec, objective=objective, out=self.artifacts_dir) for objective in spec.objectives]
         tracker = Tracker(self, record.model_copy(update={"status": "running", "phase": "starting"}))
         tracker.start()
         try:
+            spec = parse_spec(spec_data, f"job {job_id}")  # checked when posted; again, as the CLI does
+            jobs = [Job(spec=spec, objective=objective, out=self.artifacts_dir) for objective in spec.objectives]
             rows = compile_all(jobs, workers=1, figures=True, progress=tracker.progress)
         except JobCancelled:
             tracker.finish("cancelled", error="cancelled on request; objectives finished before stay served")
