@@ -149,7 +149,7 @@ def compile_time(api: JobClient, args: argparse.Namespace) -> None:
     print("|---|---|---|---|")
     for path, values in rows.items():
         wall, to_served, cpu = (statistics.median(v[i] for v in values) for i in range(3))
-        print(f"| {path} | {wall:.1f} | {to_served:.1f} | {cpu:.1f} |")
+        print(f"| {path} | {wall:.1f} | {f'{to_served:.1f}' if path == 'API' else '-'} | {cpu:.1f} |")
     api_wall, cli_wall = (statistics.median(v[0] for v in rows[p]) for p in ("API", "CLI"))
     print(f"API / CLI wall-clock: {api_wall / cli_wall:.2f}")
 

@@ -135,6 +135,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 await watcher
 
 
+def open_jobs(settings: Settings) -> JobQueue | None:
+    """The job queue when the job endpoints are on (AMORTIZED_ADMIN_TOKEN), else None; says why if it cannot open."""
+    if settings.admin_token is None:
+        return None
+    try:
+        return JobQueue(settings.queue_url, settings.artifacts_dir, settings.job_stale_seconds)
+    except (OSError, ValueError) as error:
+        raise RuntimeError(
+            f"AMORTIZED_ADMIN_TOKEN is set, but the job queue {settings.queue_url.split('@')[-1]} cannot be opened "
+            f"({error}); set AMORTIZED_QUEUE to a writable sqlite:///path or a redis:// URL"
+        ) from error
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Load and verify the artifacts, then build the app; refused artifacts are logged, the rest serve."""
     settings = settings or get_settings()
@@ -152,11 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.reload = "not started"
     app.state.metrics = Metrics()
     # the job queue (trainer/jobs.py), opened only when the job endpoints are on
-    app.state.jobs = (
-        JobQueue(settings.queue_url, settings.artifacts_dir, settings.job_stale_seconds)
-        if settings.admin_token is not None
-        else None
-    )
+    app.state.jobs = open_jobs(settings)
     app.state.batcher = MicroBatcher(answer_batch, settings.offload_samples, app.state.metrics.batch_queries.observe)
     errors.install(app)
     # the last added runs first: HEAD as GET, then the raw size limit, then decoding (itself size-limited)

@@ -319,13 +319,19 @@ class JobQueue:
 
 
 class Tracker:
-    """A running job's record, republished every heartbeat by a thread; the progress callback reads its cancel flag."""
+    """A running job's record, published every heartbeat by a thread.
+
+    The progress callback, called at every training step, only stores where the
+    job is (a tuple: no lock, no copy on the hot path) and reads the cancel flag
+    that the heartbeat thread sets; the thread builds and writes the record.
+    """
 
     def __init__(self, queue: JobQueue, record: JobRecord) -> None:
-        self.queue, self.lock, self.stop = queue, threading.Lock(), threading.Event()
-        self.cancelled = threading.Event()
+        self.queue, self.stop, self.cancelled = queue, threading.Event(), threading.Event()
         self.started = time.monotonic()
-        self.done: dict[str, int] = {}  # steps done of each objective
+        self.steps = {o: parse_spec(record.spec).training_config(o).total_steps for o in record.objectives}  # type: ignore[arg-type]
+        self.now: tuple[str, int, float, str] | None = None  # (objective, step, loss, phase) at the last callback
+        self.seen: set[str] = set()  # objectives trained so far (one at a time: those before the current are done)
         self.record = record.model_copy(
             update={
                 "started_at": now_iso(),
@@ -344,46 +350,44 @@ class Tracker:
             try:
                 if self.queue.cancel_requested(self.record.id):
                     self.cancelled.set()
-                with self.lock:
-                    self.record = self.record.model_copy(update={"heartbeat": time.time()})
-                    self.queue.write(self.record)
+                self.queue.write(self.current())
             except Exception:  # the store is briefly unreachable: the next beat tries again
                 log.exception("heartbeat of job %s", self.record.id)
+
+    def current(self, **update: Any) -> JobRecord:
+        """The record as of now: progress, the time left from the pace so far, the heartbeat."""
+        fields: dict[str, Any] = {"heartbeat": time.time()}
+        if self.now is not None:
+            objective, step, loss, phase = self.now
+            done = step + sum(steps for o, steps in self.steps.items() if o in self.seen and o != objective)
+            elapsed = time.monotonic() - self.started
+            fields |= {
+                "phase": phase,
+                "objective": objective,
+                "step": done,
+                "loss": loss if math.isfinite(loss) else None,
+                "eta_seconds": round(elapsed / done * (self.record.total_steps - done), 1) if done else None,
+            }
+        return self.record.model_copy(update=fields | update)
 
     def progress(self, objective: str, step: int, loss: float, phase: str) -> None:
         """compile_all's callback: training steps (phase pq or qp), then evaluate, calibrate, save."""
         if self.cancelled.is_set():
             raise JobCancelled(self.record.id)
-        with self.lock:
-            self.done[objective] = step
-            done = sum(self.done.values())
-            elapsed = time.monotonic() - self.started
-            eta = elapsed / done * (self.record.total_steps - done) if done else None
-            self.record = self.record.model_copy(
-                update={
-                    "phase": phase,
-                    "objective": objective,
-                    "step": done,
-                    "loss": loss if math.isfinite(loss) else None,
-                    "eta_seconds": None if eta is None else round(eta, 1),
-                }
-            )
+        self.seen.add(objective)
+        self.now = (objective, step, loss, phase)
 
     def finish(self, status: Status, **update: Any) -> None:
         self.stop.set()
         self.thread.join()
-        with self.lock:
-            self.record = self.record.model_copy(
-                update={
-                    "status": status,
-                    "phase": "done",
-                    "finished_at": now_iso(),
-                    "heartbeat": time.time(),
-                    "eta_seconds": 0.0 if status == "succeeded" else None,
-                    **update,
-                }
-            )
-            self.queue.write(self.record)
+        self.record = self.current(
+            status=status,
+            phase="done",
+            finished_at=now_iso(),
+            eta_seconds=0.0 if status == "succeeded" else None,
+            **update,
+        )
+        self.queue.write(self.record)
 
 
 def cpu_count() -> int:
