@@ -19,7 +19,8 @@
    ``python -m trainer worker``), polled to success, then queried and checked
    with tests/test_service.py's accuracy checks; a third, invalid spec (422,
    nothing queued); a worker SIGKILLed mid-job (seconds until the job reads
-   failed, earlier artifacts intact, the next job's status).
+   failed, earlier artifacts intact, the next job's status); then the embedded
+   server itself SIGKILLed mid-job (``--kill-server`` alone).
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from amortized.artifacts import load_artifact, manifest_paths  # noqa: E402
 from amortized.variants import read_spec  # noqa: E402
 from bench.load import drive, percentile  # noqa: E402
-from tests.launch import ROOT  # noqa: E402
-from tests.test_jobs import JobClient, finished, live, served, started  # noqa: E402
+from tests.launch import ROOT, start_server, stop_server  # noqa: E402
+from tests.test_jobs import TOKEN, JobClient, finished, live, served, started  # noqa: E402
 
 EXAMPLES = ROOT / "examples" / "variants"
 # a job that outlasts a busy window (cancelled after it): gmm_discrete's qp with the most steps a job may take
@@ -208,6 +209,40 @@ def acceptance(mode: str, tmp: Path) -> None:
         print(f"[{mode}] the next job: {nxt['status']}")
 
 
+def kill_server(tmp: Path) -> None:
+    """The embedded server SIGKILLed mid-job: its consumer stops, the job ends failed, a new server runs the next."""
+    root = tmp / "kill" / "artifacts"
+    shutil.copytree(ROOT / "artifacts" / "gaussian", root / "gaussian")
+    env = {"AMORTIZED_ADMIN_TOKEN": TOKEN, "AMORTIZED_ARTIFACTS_DIR": str(root), "AMORTIZED_JOB_STALE_SECONDS": "5"}
+    before = {path: load_artifact(path).version for path in manifest_paths(root)}
+    with (tmp / "kill.log").open("w") as log:
+        server, url = start_server(env, stdout=log, stderr=log, timeout=120)
+        api = JobClient("embedded", url, root, tmp / "kill.log")
+        job = api.submit({"name": "killed", **BUSY_SPEC})
+        record = api.wait(job["id"], started)
+        worker = int(record["worker"].split(":")[1])
+        os.kill(server.pid, signal.SIGKILL)
+        killed = time.perf_counter()
+        server.wait()
+        while Path(f"/proc/{worker}").exists() and time.perf_counter() - killed < 60:
+            time.sleep(0.05)
+        gone = time.perf_counter() - killed
+        server, url = start_server(env, stdout=log, stderr=log, timeout=120)
+        try:
+            api = JobClient("embedded", url, root, tmp / "kill.log")
+            record = api.http.get(f"/v1/jobs/{job['id']}").json()
+            after = {path: load_artifact(path).version for path in manifest_paths(root)}
+            nxt = api.submit({"name": "after_kill", "family": "gaussian", "objectives": ["pq"]})
+            nxt = api.wait(nxt["id"], finished)
+        finally:
+            stop_server(server)
+    print(
+        f"[embedded] server SIGKILLed at step {record['step']}: the job's worker gone {gone:.1f} s after; after a "
+        f"restart the job reads {record['status']} ({record['error']}); earlier artifacts intact: {after == before}; "
+        f"the next job: {nxt['status']}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each latency window")
@@ -217,12 +252,17 @@ def main() -> None:
     parser.add_argument("--compile-rounds", type=int, default=2)
     parser.add_argument("--nice", type=int, default=10, help="AMORTIZED_JOB_NICE of the embedded consumer")
     parser.add_argument("--acceptance", action="store_true", help="the acceptance runs instead (both modes)")
+    parser.add_argument("--kill-server", action="store_true", help="only the acceptance's SIGKILL of the server")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-jobs-") as folder:
         tmp = Path(folder)
         if args.acceptance:
             for mode in ("embedded", "redis"):
                 acceptance(mode, tmp)
+            kill_server(tmp)
+            return
+        if args.kill_server:
+            kill_server(tmp)
             return
         root = tmp / "artifacts"
         shutil.copytree(ROOT / "artifacts", root, ignore=shutil.ignore_patterns(".*"))
