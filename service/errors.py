@@ -14,6 +14,7 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 from starlette.types import Send
 
 from service.responses import json_response
@@ -23,9 +24,16 @@ from service.schemas import MAX_ABS_Y
 class ApiError(Exception):
     """A client error at a named location, e.g. ApiError(404, ["path", "model"], "unknown model ...")."""
 
-    def __init__(self, status: int, loc: list[str | int], msg: str, kind: str = "value_error") -> None:
+    def __init__(
+        self,
+        status: int,
+        loc: list[str | int],
+        msg: str,
+        kind: str = "value_error",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(msg)
-        self.status, self.loc, self.msg, self.kind = status, loc, msg, kind
+        self.status, self.loc, self.msg, self.kind, self.headers = status, loc, msg, kind, headers
 
 
 def error_body(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -131,16 +139,30 @@ def _magnitude(value: int) -> str:
 
 
 async def api_error(request: Request, exc: ApiError) -> Response:
-    return json_response(error_body([{"loc": exc.loc, "msg": exc.msg, "type": exc.kind}]), exc.status)
+    return json_response(error_body([{"loc": exc.loc, "msg": exc.msg, "type": exc.kind}]), exc.status, exc.headers)
 
 
 async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     loc = ["body"] if exc.status_code in (400, 413) else ["request"]
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     headers = dict(exc.headers) if exc.headers else None
+    if exc.status_code == 405:  # every method of the path (GET /v1/models and POST /v1/models sit in two routers)
+        headers = {**(headers or {}), "Allow": allowed_methods(request)}
     return json_response(
         error_body([{"loc": loc, "msg": detail, "type": f"http_{exc.status_code}"}]), exc.status_code, headers
     )
+
+
+def allowed_methods(request: Request) -> str:
+    """The methods of every route whose path matches the request's (Starlette's 405 names the first route's)."""
+    path = request.scope.get("path", "")
+    methods = {
+        method
+        for route in request.app.routes
+        if isinstance(route, Route) and route.methods and route.path_regex.match(path)
+        for method in route.methods
+    }
+    return ", ".join(sorted(methods))
 
 
 def install(app: FastAPI) -> None:

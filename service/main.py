@@ -28,13 +28,15 @@ from amortized.diagnostics import DEFAULT_CHECK_SAMPLES
 from service import errors
 from service.answers import PosteriorQuery, answer_batch
 from service.batching import MicroBatcher
+from service.consumer import supervise
 from service.metrics import Metrics, ResponseMetrics
 from service.middleware import BodySizeLimit, ContentEncoding, HeadAsGet, ResponseCompression
 from service.registry import Registry, ServedModel
 from service.reload import describe, resolve_mode, watch_artifacts
-from service.routers import bench, exact, health, models, pages, posterior
+from service.routers import bench, exact, health, jobs, models, pages, posterior
 from service.schemas import resolve_parts
 from service.settings import Settings, get_settings
+from trainer.jobs import JobQueue, is_embedded
 
 DESCRIPTION = """
 Amortized inference as a service. Compiled inference networks q(x|y) for variants of four model
@@ -149,16 +151,36 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     logging.getLogger("service.reload").info("artifacts in %s: reload %s", registry.folder, app.state.reload)
     stop = asyncio.Event()
     watcher = asyncio.create_task(watch_artifacts(registry, mode, settings.reload_interval, stop))
+    # compile on request: with a SQLite queue the server runs the consumer (one per machine: service/consumer.py)
+    embedded = settings.embedded_worker
+    if embedded is None:
+        embedded = is_embedded(settings.queue_url)
+    consumer = asyncio.create_task(supervise(settings, stop)) if app.state.jobs is not None and embedded else None
     try:
         yield
     finally:
         stop.set()
+        if consumer is not None:
+            await consumer
         try:
             await asyncio.wait_for(watcher, 5)
         except (TimeoutError, asyncio.CancelledError):
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+
+
+def open_jobs(settings: Settings) -> JobQueue | None:
+    """The job queue when the job endpoints are on (AMORTIZED_ADMIN_TOKEN), else None; says why if it cannot open."""
+    if settings.admin_token is None:
+        return None
+    try:
+        return JobQueue(settings.queue_url, settings.artifacts_dir, settings.job_stale_seconds)
+    except (OSError, ValueError) as error:
+        raise RuntimeError(
+            f"AMORTIZED_ADMIN_TOKEN is set, but the job queue {settings.queue_url.split('@')[-1]} cannot be opened "
+            f"({error}); set AMORTIZED_QUEUE to a writable sqlite:///path or a redis:// URL"
+        ) from error
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -177,6 +199,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = Registry(settings.artifacts_dir)
     app.state.reload = "not started"
     app.state.metrics = Metrics()
+    # the job queue (trainer/jobs.py), opened only when the job endpoints are on
+    app.state.jobs = open_jobs(settings)
     app.state.batcher = MicroBatcher(answer_batch, settings.offload_samples, app.state.metrics.batch_queries.observe)
     errors.install(app)
     # the last added runs first: HEAD as GET, then the raw size limit, then decoding (itself size-limited)
@@ -196,7 +220,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         served=lambda: app.state.registry.models,
         templates=lambda: list(app.openapi()["paths"]),
     )
-    for router in (models.router, posterior.router, exact.router, health.router):
+    for router in (models.router, posterior.router, exact.router, health.router, jobs.router):
         app.include_router(router)
     pages.install(app)  # / and /explore, and their static files
     if settings.bench_endpoints:

@@ -4,7 +4,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from amortized.diagnostics import DEFAULT_CHECK_SAMPLES
@@ -75,6 +75,49 @@ class Settings(BaseSettings):
         description="arrays up to this size come from the heap and up to this much freed memory is kept for the next "
         "request (glibc's malloc: M_MMAP_THRESHOLD and M_TRIM_THRESHOLD); 0 keeps glibc's defaults",
     )
+    # compile on request (service/routers/jobs.py, trainer/jobs.py)
+    admin_token: SecretStr | None = Field(
+        None,
+        description="the bearer token of the job endpoints (POST /v1/models, /v1/jobs); unset or empty: they are off "
+        "(403)",
+    )
+    queue: str | None = Field(
+        None,
+        description="the job queue: redis://host:port/db (workers anywhere: python -m trainer worker) or "
+        "sqlite:///path; unset: the embedded SQLite file <artifacts_dir>/.jobs/queue.sqlite3",
+    )
+    embedded_worker: bool | None = Field(
+        None,
+        description="start the queue's consumer with the server (one per machine, under a lock); unset: on for a "
+        "SQLite queue, off for Redis",
+    )
+    job_workers: int = Field(
+        1, ge=1, le=64, description="jobs compiled at once by the embedded consumer (at most the cores)"
+    )
+    job_nice: int = Field(
+        10, ge=0, le=19, description="niceness added to the embedded consumer (compiles yield to queries)"
+    )
+    job_stale_seconds: float = Field(
+        15.0, ge=3, le=3600, description="a running job without a heartbeat for this long is reported failed"
+    )
+    job_max_steps: int = Field(
+        20_000, ge=1, le=100_000, description="most optimiser steps per objective of a job (recipes: up to 10000)"
+    )
+    job_max_branches: int = Field(
+        16, ge=1, le=64, description="most branches of a job's q: prior components x mixture components"
+    )
+    job_max_queued: int = Field(4, ge=1, le=1000, description="most jobs queued or running at once; past it, 429")
+
+    @field_validator("admin_token", "queue", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def queue_url(self) -> str:
+        from trainer.jobs import embedded_queue_url
+
+        return self.queue or embedded_queue_url(self.artifacts_dir)
 
 
 @lru_cache

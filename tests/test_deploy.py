@@ -109,3 +109,31 @@ def test_dockerfile_installs_the_pinned_cpu_torch_and_every_package():
     for package in re.findall(r'"(\w+)\*"', packages):
         assert f"COPY {package} ./{package}" in DOCKERFILE
     assert re.search(r"^USER (?!root)", DOCKERFILE, re.MULTILINE), "the image should not run as root"
+
+
+DISTRIBUTED = yaml.safe_load((ROOT / "docker-compose.distributed.yml").read_text())
+
+
+@pytest.mark.skipif(
+    shutil.which("docker-compose") is None, reason="Debian's docker-compose is not installed (.ci/run installs it)"
+)
+def test_the_distributed_override_merges_into_a_valid_compose_file():
+    files = ["-f", str(ROOT / "docker-compose.yml"), "-f", str(ROOT / "docker-compose.distributed.yml")]
+    result = subprocess.run(["docker-compose", *files, "config"], capture_output=True, text=True, cwd=ROOT, check=False)
+    assert result.returncode == 0, result.stderr
+    merged = yaml.safe_load(result.stdout)["services"]
+    assert {"redis", "worker", "api", "trainer", "lb"} <= set(merged)
+    assert merged["api"]["environment"]["AMORTIZED_QUEUE"] == merged["worker"]["environment"]["AMORTIZED_QUEUE"]
+    assert set(merged["api"]["depends_on"]) == {"trainer", "redis"}
+
+
+def test_the_distributed_worker_writes_where_the_api_reads_and_the_plain_compose_has_no_queue():
+    worker, api = DISTRIBUTED["services"]["worker"], COMPOSE["services"]["api"]
+    assert worker["command"] == ["python", "-m", "trainer", "worker"]
+    out = api["environment"]["AMORTIZED_ARTIFACTS_DIR"]
+    assert f"artifacts:{out}" in worker["volumes"] and worker["environment"]["AMORTIZED_ARTIFACTS_DIR"] == out
+    assert worker["environment"]["AMORTIZED_QUEUE"].startswith("redis://redis:")
+    assert "redis" not in COMPOSE["services"] and "worker" not in COMPOSE["services"]  # plain `up`: the default
+    names = {f"AMORTIZED_{field.upper()}" for field in Settings.model_fields}
+    for service in DISTRIBUTED["services"].values():
+        assert {k for k in service.get("environment", {}) if k.startswith("AMORTIZED_")} <= names

@@ -57,8 +57,15 @@ def test_answer_matches_the_network_and_the_truth(client, app, model, objective)
     data = post(client, model, y=y, objective=objective, num_samples=5000, seed=11)
     served = app.state.registry.models[model]
     assert data["model"] == model and data["versions"][objective] == served.versions[objective]
+    assert_answer_accurate(data, served.artifacts[objective].network, served.model, family, objective, y)
+
+
+def assert_answer_accurate(data, network, model, family, objective, y):
+    """The accuracy checks of one posterior answer at y (5000 samples) against its network and the exact posterior.
+
+    Also applied to the variants compiled through the job API (tests/test_jobs.py, bench/jobs.py).
+    """
     # q is the network's output
-    network = served.artifacts[objective].network
     with torch.no_grad():
         q = network(torch.tensor([y]))
     branches = data["q"]["branches"]
@@ -94,9 +101,9 @@ def test_answer_matches_the_network_and_the_truth(client, app, model, objective)
         # of the family's best at this y
         own = exact[f"kl_{objective}"]
         limit = kl_divergences(
-            served.model,
-            served.model.exact_posterior(torch.tensor([y], dtype=torch.float64)),
-            best_in_family(served.model, torch.tensor([y], dtype=torch.float64), objective),
+            model,
+            model.exact_posterior(torch.tensor([y], dtype=torch.float64)),
+            best_in_family(model, torch.tensor([y], dtype=torch.float64), objective),
         )
         assert own - limit[0 if objective == "pq" else 1].item() < 0.05, (own, limit)
 
@@ -107,6 +114,11 @@ def test_every_served_variant_meets_the_compile_bounds(client, model):
     posterior, amortisation gap below 0.02 nats where it does not (gmm)."""
     detail = client.get(f"/v1/models/{model}").json()
     assert detail["family"] == VARIANTS[model][0] and set(detail["artifacts"]) == {"pq", "qp"}
+    assert_meets_compile_bounds(detail, model)
+
+
+def assert_meets_compile_bounds(detail, model):
+    """GET /v1/models/{model}'s artifacts meet the compile targets (also for variants compiled by jobs)."""
     for objective, manifest in detail["artifacts"].items():
         assert manifest["variant"] == model and manifest["family"] == detail["family"]
         assert manifest["weights"]["sha256"].startswith(detail["versions"][objective])

@@ -197,10 +197,12 @@ def test_head_answers_on_every_get_route(client, app):
         "/explore",
     ]
     assert len(routes) >= 7
+    # the job endpoints are off in this app (no AMORTIZED_ADMIN_TOKEN): GET and HEAD both answer 403
+    off = {path for path, ops in app.openapi()["paths"].items() if "jobs" in ops.get("get", {}).get("tags", [])}
     for route in routes:
         path = paths.get(route, route)
         get, head = client.get(path), client.head(path)
-        assert head.status_code == get.status_code == 200, route
+        assert head.status_code == get.status_code == (403 if route in off else 200), route
         assert head.content == b"" and head.headers["content-type"] == get.headers["content-type"], route
     assert client.head("/v1/models/gmm/posterior").status_code == 405  # POST only: HEAD is no more allowed than GET
 

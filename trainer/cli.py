@@ -9,6 +9,7 @@ A variant is a family of model with parameters, under a name (amortized/variants
     python -m trainer compile --spec examples/variants               # every spec file in a folder
     python -m trainer compile --model gmm --name gmm_sigma5 --params '{"sigma": 5}'
     python -m trainer figures [--variant gmm_open_k3]                # redraw the PNGs only
+    python -m trainer worker [--queue redis://host:6379/0]            # run the job queue's consumer (trainer/jobs.py)
 
 Every spec is checked before anything is compiled: an invalid one is reported
 (file, field and reason), nothing is written, and the exit code is 2.
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -99,6 +102,35 @@ def parser() -> argparse.ArgumentParser:
     figures_.add_argument(
         "--variant", nargs="+", metavar="NAME", help="variants to redraw (default: every one under --dir)"
     )
+
+    worker = commands.add_parser(
+        "worker",
+        help="consume the job queue: compile the specs posted to POST /v1/models (one job per worker process, niced)",
+    )
+    worker.add_argument(
+        "--queue",
+        default=os.environ.get("AMORTIZED_QUEUE") or None,
+        help="the queue: redis://host:port/db or sqlite:///path (default $AMORTIZED_QUEUE, else the embedded SQLite "
+        "file under the artifacts folder)",
+    )
+    worker.add_argument(
+        "--artifacts",
+        type=Path,
+        default=Path(os.environ.get("AMORTIZED_ARTIFACTS_DIR") or "artifacts"),
+        help="the artifacts folder the API serves (default $AMORTIZED_ARTIFACTS_DIR, else artifacts/)",
+    )
+    for flag, variable, kind, fallback, text in (
+        ("--workers", "AMORTIZED_JOB_WORKERS", positive_int, 1, "jobs at once, one process each; at most the cores"),
+        ("--nice", "AMORTIZED_JOB_NICE", int, 10, "added to the worker's niceness, so that an API here keeps its CPU"),
+        ("--stale-seconds", "AMORTIZED_JOB_STALE_SECONDS", positive_float, 15, "no heartbeat for this long: failed"),
+    ):
+        worker.add_argument(
+            flag,
+            type=kind,
+            default=kind(os.environ.get(variable) or str(fallback)),
+            help=f"{text} (default ${variable}, else {fallback})",
+        )
+    worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # the embedded consumer: stop with the server
 
     upgrade = commands.add_parser(
         "upgrade", help="rewrite format-1 manifests as format 2 (variant and family); weights untouched"
@@ -275,6 +307,25 @@ def upgrade_command(root: Path) -> int:
     return status
 
 
+def worker_command(args: argparse.Namespace) -> int:
+    from trainer.jobs import embedded_queue_url, run_worker  # Huey: only the worker needs it
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run_worker(
+            args.queue or embedded_queue_url(args.artifacts),
+            args.artifacts,
+            workers=args.workers,
+            nice=args.nice,
+            stale_seconds=args.stale_seconds,
+            parent_pid=args.parent_pid,
+        )
+    except ValueError as error:
+        print(f"error: --queue: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "report":
@@ -282,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "upgrade":
         return upgrade_command(args.dir)
+    if args.command == "worker":
+        return worker_command(args)
     if args.command == "figures":
         names = args.variant or [path.name for path in sorted(args.dir.iterdir()) if path.is_dir()]
         written = write_figures(args.dir, set(names))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +18,10 @@ from amortized.calibration import calibration
 from amortized.evaluation import evaluate
 from amortized.losses import Objective
 from amortized.networks import DEFAULT_ARCHITECTURE
-from amortized.training import compile_network
+from amortized.training import ProgressCallback, compile_network
 from amortized.variants import VariantSpec
+
+JobProgress = Callable[[str, int, float, str], None]  # (objective, step, running loss, phase)
 
 
 @dataclass(frozen=True)
@@ -34,10 +38,13 @@ class Job:
         return self.spec.training_config(self.objective).total_steps
 
 
-def run_job(job: Job) -> dict:
+def run_job(job: Job, progress: ProgressCallback | None = None) -> dict:
     """Train, evaluate, calibrate and save one artifact.
 
-    Returns its summary row with times. Runs in a worker process.
+    Returns its summary row with times. Runs in a worker process. ``progress``
+    (a job of the job API, trainer/jobs.py) is called with (step, running
+    loss, phase) at each training step, then at the start of "evaluate",
+    "calibrate" and "save"; it may raise to stop the compile.
     """
     torch.set_num_threads(1)
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -48,17 +55,26 @@ def run_job(job: Job) -> dict:
         total=config.total_steps, desc=f"{name}/{job.objective}", position=job.position, leave=True, mininterval=0.5
     ) as bar:
 
-        def progress(step: int, running_loss: float, phase: str) -> None:
+        def report(step: int, running_loss: float, phase: str) -> None:
             if step % 50 == 0 or step == config.total_steps:
                 bar.set_postfix(loss=f"{running_loss:.4f}", phase=phase, refresh=False)
                 bar.update(step - bar.n)
+            if progress is not None:
+                progress(step, running_loss, phase)
 
-        network, result = compile_network(model, config, progress=progress)
+        network, result = compile_network(model, config, progress=report)
+    last = result["phases"][-1]["final_loss"]
     trained = time.perf_counter()
+    if progress is not None:
+        progress(config.total_steps, last, "evaluate")
     metrics = evaluate(model, network, job.objective)
     evaluated = time.perf_counter()
+    if progress is not None:
+        progress(config.total_steps, last, "calibrate")
     metrics["calibration"] = calibration(model, network)
     calibrated = time.perf_counter()
+    if progress is not None:
+        progress(config.total_steps, last, "save")
     path = save_artifact(job.out, model, network, job.objective, config, result, metrics, variant=name)
     times = {
         "train": trained - started,
@@ -92,18 +108,22 @@ def estimated_cost(job: Job) -> float:
     return steps * scale * (config.batch_size / 256) ** 0.5
 
 
-def compile_all(jobs: list[Job], workers: int, figures: bool = False) -> list[dict]:
+def compile_all(
+    jobs: list[Job], workers: int, figures: bool = False, progress: JobProgress | None = None
+) -> list[dict]:
     """Run ``jobs`` over ``workers`` processes (in-process when 1); longest first, so the pool finishes together.
 
     With ``figures``, each variant's figures are drawn in the pool as soon as
     its last artifact is written, while the other workers still train.
+    ``progress`` (in-process only) gets each job's objective before run_job's
+    arguments.
     """
     # longest first: a greedy schedule that ends the pool together
     jobs = sorted(jobs, key=lambda j: -estimated_cost(j))
     jobs = [Job(job.spec, job.objective, job.out, position=i) for i, job in enumerate(jobs)]
     outs = {job.spec.name: job.out for job in jobs}
     if workers <= 1:
-        results = [run_job(job) for job in jobs]
+        results = [run_job(job, progress and functools.partial(progress, job.objective)) for job in jobs]
         if figures:
             for name, out in outs.items():
                 write_figures(out, {name})

@@ -1,0 +1,243 @@
+"""Compile on request: POST /v1/models queues a variant spec; /v1/jobs reads, lists and cancels jobs.
+
+Compiling costs CPU, so every route here needs ``Authorization: Bearer <token>``
+with the token of ``AMORTIZED_ADMIN_TOKEN`` (compared in constant time, never
+logged); without that setting the routes are off (403 saying how to enable
+them). Queries stay open. The queue and the job state: ``trainer/jobs.py``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import Field
+
+from amortized.variants import SpecError, VariantSpec, parse_spec
+from service.dependencies import RegistryDep
+from service.errors import ApiError, error_body
+from service.registry import Registry
+from service.responses import json_response
+from service.schemas import ErrorResponse
+from service.settings import Settings
+from trainer.jobs import JobQueue, JobRecord
+
+bearer = HTTPBearer(auto_error=False, description="the token of AMORTIZED_ADMIN_TOKEN")
+UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "no bearer token, or not the right one"},
+    403: {"model": ErrorResponse, "description": "the job endpoints are off: set AMORTIZED_ADMIN_TOKEN"},
+}
+
+
+async def require_admin(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> None:
+    """403 when the job endpoints are off; 401 for a missing or wrong token (hmac.compare_digest)."""
+    settings: Settings = request.app.state.settings
+    if settings.admin_token is None:
+        raise ApiError(
+            403,
+            ["header", "authorization"],
+            "the job endpoints are off on this server: set AMORTIZED_ADMIN_TOKEN in its environment to enable them",
+            "forbidden",
+        )
+    if credentials is None:
+        raise ApiError(
+            401, ["header", "authorization"], "send Authorization: Bearer <token>", "unauthorized", UNAUTHORIZED
+        )
+    expected = settings.admin_token.get_secret_value().encode()
+    if not hmac.compare_digest(credentials.credentials.encode(), expected):
+        raise ApiError(401, ["header", "authorization"], "wrong token", "unauthorized", UNAUTHORIZED)
+
+
+router = APIRouter(tags=["jobs"], dependencies=[Depends(require_admin)], responses=ERRORS)
+
+
+class JobAnswer(JobRecord):
+    served: bool | None = Field(
+        None,
+        description="on success: whether this server process already serves every version the job wrote (live "
+        "reload takes about a second)",
+    )
+
+
+def get_queue(request: Request) -> JobQueue:
+    return request.app.state.jobs
+
+
+QueueDep = Annotated[JobQueue, Depends(get_queue)]
+JobId = Annotated[str, Path(description="the job's id, from POST /v1/models", max_length=64)]
+
+
+def answer(record: JobRecord, registry: Registry) -> dict:
+    served = None
+    if record.status == "succeeded":
+        model = registry.models.get(record.name)
+        served = model is not None and all(model.versions.get(o) == v for o, v in record.versions.items())
+    return {**record.model_dump(mode="json"), "served": served}
+
+
+def check_limits(spec: VariantSpec, settings: Settings) -> list[dict]:
+    """The job limits beyond the spec's own rules, as error items naming the field."""
+    problems = []
+    for objective in spec.objectives:
+        steps = spec.training_config(objective).total_steps
+        if steps > settings.job_max_steps:
+            problems.append(
+                {
+                    "loc": ["body", "training", "steps"],
+                    "msg": f"{objective} would take {steps} optimiser steps; a job may take at most "
+                    f"{settings.job_max_steps} per objective (AMORTIZED_JOB_MAX_STEPS)",
+                    "type": "too_large",
+                }
+            )
+    branches = spec.build_model().num_branches * spec.family_options.mixture_components
+    if branches > settings.job_max_branches:
+        problems.append(
+            {
+                "loc": ["body", "params"],
+                "msg": f"q would have {branches} branches (prior components x mixture components); a job may have at "
+                f"most {settings.job_max_branches} (AMORTIZED_JOB_MAX_BRANCHES)",
+                "type": "too_large",
+            }
+        )
+    return problems
+
+
+def spec_location(where: str) -> list[str | int]:
+    """``params.stds.1`` as a location: ["params", "stds", 1]; the spec as a whole: []."""
+    return [int(part) if part.isdigit() else part for part in where.split(".")] if where else []
+
+
+def retry_after(active: list[JobRecord], workers: int) -> int:
+    """Seconds until a place is likely free: the soonest estimate among running jobs, else a minute per job ahead."""
+    estimates = [r.eta_seconds for r in active if r.status == "running" and r.eta_seconds is not None]
+    if estimates:
+        return max(1, math.ceil(min(estimates)))
+    return 60 * max(1, math.ceil(len(active) / max(workers, 1)))
+
+
+@router.post(
+    "/v1/models",
+    status_code=202,
+    response_model=JobAnswer,
+    summary="Compile a variant from its spec: queued as a job (202, Location: /v1/jobs/{id})",
+    description="The spec is a variant's (README, Variants): `name`, `family`, `params`, optional `objectives`, "
+    "`training` and `family_options`, checked by the same rules as `python -m trainer compile --spec`. "
+    "Bad specs get 422 naming each field; a name served with other parameters, or one with a job already queued or "
+    "running, gets 409; a full queue gets 429 with Retry-After. Poll the job at its Location; on success the variant "
+    "is served at /v1/models/{name}/posterior.",
+    responses={
+        400: {"model": ErrorResponse, "description": "the body is not decodable text (e.g. not UTF-8)"},
+        409: {"model": ErrorResponse},
+        413: {"model": ErrorResponse, "description": "body too large"},
+        415: {"model": ErrorResponse, "description": "the body is not sent as JSON (Content-Type: application/json)"},
+        422: {"model": ErrorResponse},
+        429: {"model": ErrorResponse, "description": "the queue is full; Retry-After says when to try again"},
+    },
+)
+def submit(
+    request: Request,
+    response: Response,
+    registry: RegistryDep,
+    queue: QueueDep,
+    spec: Annotated[
+        dict[str, Any],
+        Body(
+            description="a variant spec",
+            examples=[
+                {"name": "gmm_sigma5", "family": "gmm", "params": {"sigma": 5.0}},
+                {"name": "gaussian_noisy", "family": "gaussian", "params": {"sigma": 2.0}, "objectives": ["pq"]},
+            ],
+        ),
+    ],
+) -> Any:
+    settings: Settings = request.app.state.settings
+    try:
+        variant = parse_spec(spec)
+    except SpecError as error:
+        items = [
+            {"loc": ["body", *spec_location(where)], "msg": why, "type": "value_error"} for where, why in error.problems
+        ]
+        return json_response(error_body(items), 422)
+    problems = check_limits(variant, settings)
+    if problems:
+        return json_response(error_body(problems), 422)
+    served = registry.models.get(variant.name)
+    if served is not None:
+        manifest = next(iter(served.artifacts.values())).manifest
+        if (manifest.family, manifest.model_params) != (variant.family, variant.params):
+            raise ApiError(
+                409,
+                ["body", "name"],
+                f"{variant.name!r} is served with other parameters ({manifest.family} {manifest.model_params}); "
+                "choose another name",
+                "conflict",
+            )
+    active = queue.active()
+    for record in active:
+        if record.name == variant.name:
+            raise ApiError(
+                409,
+                ["body", "name"],
+                f"job {record.id} for {variant.name!r} is already {record.status}; wait for it or cancel it "
+                f"(DELETE /v1/jobs/{record.id})",
+                "conflict",
+            )
+    if len(active) >= settings.job_max_queued:
+        raise ApiError(
+            429,
+            ["body"],
+            f"{len(active)} jobs are queued or running, the most this server takes (AMORTIZED_JOB_MAX_QUEUED); "
+            "try again later",
+            "too_many_jobs",
+            {"Retry-After": str(retry_after(active, settings.job_workers))},
+        )
+    record = queue.submit(variant)
+    response.headers["Location"] = f"/v1/jobs/{record.id}"
+    return answer(record, registry)
+
+
+@router.get("/v1/jobs", response_model=list[JobAnswer], summary="Recent jobs, newest first")
+def list_jobs(
+    registry: RegistryDep,
+    queue: QueueDep,
+    limit: Annotated[int, Query(ge=1, le=200, description="most jobs to list")] = 50,
+) -> list[dict]:
+    return [answer(record, registry) for record in queue.records()[:limit]]
+
+
+def found(queue: JobQueue, job_id: str) -> JobRecord:
+    record = queue.read(job_id)
+    if record is None:
+        raise ApiError(404, ["path", "job_id"], f"no job {job_id!r} (GET /v1/jobs lists the recent ones)", "not_found")
+    return record
+
+
+@router.get(
+    "/v1/jobs/{job_id}",
+    response_model=JobAnswer,
+    summary="A job: status, phase, step of total, loss, time left; on success metrics and versions",
+    responses={404: {"model": ErrorResponse}},
+)
+def get_job(job_id: JobId, registry: RegistryDep, queue: QueueDep) -> dict:
+    return answer(found(queue, job_id), registry)
+
+
+@router.delete(
+    "/v1/jobs/{job_id}",
+    response_model=JobAnswer,
+    summary="Cancel a job: a queued one at once, a running one within about a second",
+    responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+)
+def cancel_job(job_id: JobId, registry: RegistryDep, queue: QueueDep) -> dict:
+    record = found(queue, job_id)
+    if record.status not in ("queued", "running"):
+        raise ApiError(409, ["path", "job_id"], f"job {job_id} is {record.status} already", "conflict")
+    cancelled = queue.cancel(job_id)
+    assert cancelled is not None  # it was found above
+    return answer(cancelled, registry)

@@ -1,0 +1,334 @@
+"""Compile on request: the job API over Huey, embedded (SQLite, the server's own consumer) and over a real Redis.
+
+The contract in-process (auth, 422 with nothing queued, 409, 429 with
+Retry-After, cancel), then live servers in both modes: the example specs
+posted, compiled, served and checked by the same accuracy tests as the
+committed variants (tests/test_service.py); a worker SIGKILLed mid-job; a
+running job cancelled.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from amortized.artifacts import load_artifact, manifest_paths
+from amortized.variants import read_spec
+from service.main import create_app
+from service.settings import Settings
+from tests.conftest import ARTIFACTS, EXAMPLES
+from tests.launch import ROOT, free_port, start_server
+from tests.test_service import VARIANTS, assert_answer_accurate, assert_meets_compile_bounds
+from trainer.jobs import HEARTBEAT_SECONDS, JobRecord, now_iso
+
+TOKEN = "job-test-token-5d1c"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+STALE = 4.0  # AMORTIZED_JOB_STALE_SECONDS in the live tests
+NICE = 5
+SMALL = {"name": "gaussian_noisy", "family": "gaussian", "params": {"sigma": 2.0}, "objectives": ["pq"]}
+SMALL["training"] = {"steps": 200}
+# long enough to be killed or cancelled mid-training (about a minute), within the default step limit
+LONG = {"name": "discrete_long", "family": "gmm_discrete", "objectives": ["qp"], "training": {"steps": 20000}}
+EXAMPLE_SPECS = {path.stem: path for path in EXAMPLES.iterdir()}
+# What the suite compiles, to keep it fast: one example spec per mode, each posted with settings that still pass
+# the accuracy checks (bench/jobs.py --acceptance posts both specs whole in both modes): gmm_open_k3 with 1000
+# steps per objective (mean KLs 0.0018 to 0.0055 nats, within the bound of 0.01, as with its recipe), and
+# gmm_sigma5's pq network with its recipe (its qp network from today's recipe misses the gap bound, through the
+# command line too: see the README, Compile on request).
+EXAMPLE_OF_MODE = {"embedded": "gmm_sigma5", "redis": "gmm_open_k3"}
+EXAMPLE_SETTINGS = {"gmm_open_k3": {"training": {"steps": 1000}}, "gmm_sigma5": {"objectives": ["pq"]}}
+
+
+def served_root(tmp_path: Path) -> Path:
+    """An artifacts folder with the gaussian default only (a fast start)."""
+    root = tmp_path / "artifacts"
+    shutil.copytree(ARTIFACTS / "gaussian", root / "gaussian")
+    return root
+
+
+# the contract, in-process (no consumer: jobs stay queued)
+
+
+@pytest.fixture
+def api(tmp_path):
+    settings = Settings(artifacts_dir=served_root(tmp_path), admin_token=TOKEN, embedded_worker=False, job_max_queued=2)
+    app = create_app(settings)
+    with TestClient(app) as client:
+        yield client, app.state.jobs
+
+
+ROUTES = [("post", "/v1/models"), ("get", "/v1/jobs"), ("get", "/v1/jobs/abc"), ("delete", "/v1/jobs/abc")]
+
+
+@pytest.mark.parametrize("method, path", ROUTES)
+def test_no_token_and_wrong_token_401_disabled_403(api, tmp_path, method, path):
+    client, _ = api
+    body = {"json": SMALL} if method == "post" else {}
+    missing = client.request(method, path, **body)
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+    assert missing.json()["detail"][0]["loc"] == ["header", "authorization"]
+    wrong = client.request(method, path, headers={"Authorization": f"Bearer {TOKEN}x"}, **body)
+    assert wrong.status_code == 401 and "wrong token" in wrong.text
+    basic = client.request(method, path, headers={"Authorization": f"Basic {TOKEN}"}, **body)
+    assert basic.status_code == 401
+    with TestClient(create_app(Settings(artifacts_dir=served_root(tmp_path / "off")))) as off:
+        refused = off.request(method, path, headers=AUTH, **body)
+        assert refused.status_code == 403 and "set AMORTIZED_ADMIN_TOKEN" in refused.text
+        assert off.post("/v1/models/gaussian/posterior", json={"y": 0.5}).status_code == 200  # querying stays open
+    assert not (tmp_path / "off" / "artifacts" / ".jobs").exists()  # no queue opened while the endpoints are off
+
+
+@pytest.mark.parametrize(
+    "spec, loc, reason",
+    [
+        ({**SMALL, "params": {"sigma": -2}}, ["body", "params", "sigma"], "greater than 0"),
+        ({**SMALL, "name": "Bad-Name"}, ["body", "name"], "lowercase letters"),
+        ({**SMALL, "colour": "red"}, ["body", "colour"], "unknown field 'colour'"),
+        ({**SMALL, "training": {"steps": 50_000}}, ["body", "training", "steps"], "AMORTIZED_JOB_MAX_STEPS"),
+        (
+            {
+                "name": "wide",
+                "family": "gmm_discrete",
+                "params": {"weights": [0.125] * 8, "means": [0.0] * 8, "stds": [1] * 8},
+            }
+            | {"family_options": {"mixture_components": 4}},
+            ["body", "params"],
+            "32 branches",
+        ),
+        ([1, 2], ["body"], "valid dictionary"),
+    ],
+)
+def test_a_bad_spec_is_a_422_naming_the_field_and_nothing_is_queued(api, spec, loc, reason):
+    client, queue = api
+    response = client.post("/v1/models", json=spec, headers=AUTH)
+    assert response.status_code == 422, response.text
+    assert any(item["loc"] == loc and reason in item["msg"] for item in response.json()["detail"]), response.text
+    assert client.get("/v1/jobs", headers=AUTH).json() == [] and queue.huey.pending_count() == 0
+
+
+def test_a_name_served_with_other_parameters_or_already_queued_is_a_409(api):
+    client, queue = api
+    default = {"name": "gaussian", "family": "gaussian"}
+    other = client.post("/v1/models", json=default | {"params": {"sigma": 3}}, headers=AUTH)
+    assert other.status_code == 409 and other.json()["detail"][0]["loc"] == ["body", "name"]
+    assert "served with other parameters" in other.text
+    same = client.post("/v1/models", json=default | {"objectives": ["pq"]}, headers=AUTH)
+    assert same.status_code == 202  # the same parameters: a recompile
+    again = client.post("/v1/models", json=default, headers=AUTH)
+    assert again.status_code == 409 and same.json()["id"] in again.text and queue.huey.pending_count() == 1
+
+
+def test_a_full_queue_is_a_429_with_retry_after_and_queues_nothing(api):
+    client, queue = api
+    for name in ("first", "second"):
+        accepted = client.post("/v1/models", json={**SMALL, "name": name}, headers=AUTH)
+        assert accepted.status_code == 202 and accepted.headers["location"] == f"/v1/jobs/{accepted.json()['id']}"
+        assert accepted.json()["status"] == "queued" and accepted.json()["total_steps"] == 200
+    full = client.post("/v1/models", json={**SMALL, "name": "third"}, headers=AUTH)
+    assert full.status_code == 429 and int(full.headers["retry-after"]) > 0 and "AMORTIZED_JOB_MAX_QUEUED" in full.text
+    assert queue.huey.pending_count() == 2
+    assert {j["name"] for j in client.get("/v1/jobs", headers=AUTH).json()} == {"first", "second"}
+
+
+def test_cancelling_a_queued_job_revokes_it(api):
+    client, queue = api
+    job = client.post("/v1/models", json=SMALL, headers=AUTH).json()
+    cancelled = client.delete(f"/v1/jobs/{job['id']}", headers=AUTH)
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert queue.huey.is_revoked(job["id"])  # the consumer will skip its message
+    assert client.delete(f"/v1/jobs/{job['id']}", headers=AUTH).status_code == 409
+    assert client.get("/v1/jobs/nope", headers=AUTH).status_code == 404
+    # a place is free again: the cancelled job no longer counts
+    assert client.post("/v1/models", json=SMALL, headers=AUTH).status_code == 202
+
+
+def test_queue_messages_are_json_not_pickle(api):
+    client, queue = api
+    job = client.post("/v1/models", json=SMALL, headers=AUTH).json()
+    (raw,) = queue.storage.enqueued_items()
+    message = json.loads(raw)  # pickle would not parse
+    assert job["id"] in raw.decode() and message["__message__"][6][1]["name"] == SMALL["name"]
+    task = queue.huey.dequeue()
+    assert task.id == job["id"] and task.args == [job["id"], job["spec"]]
+
+
+def test_a_running_job_without_heartbeat_reads_failed(api):
+    client, queue = api
+    record = JobRecord(
+        id="dead",
+        name="x",
+        family="gaussian",
+        objectives=["pq"],
+        status="running",
+        total_steps=10,
+        created_at=now_iso(),
+        spec={},
+        heartbeat=time.time() - queue.stale_seconds - 1,
+        worker="host:1",
+    )
+    queue.write(record)
+    answer = client.get("/v1/jobs/dead", headers=AUTH).json()
+    assert answer["status"] == "failed" and "no heartbeat" in answer["error"]
+    queue.write(record.model_copy(update={"id": "alive", "heartbeat": time.time()}))
+    assert client.get("/v1/jobs/alive", headers=AUTH).json()["status"] == "running"
+
+
+# live servers: embedded (SQLite, the server's consumer) and a real Redis with a separate worker
+
+
+def redis_server(port: int) -> subprocess.Popen:
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not Path(binary).exists():
+        pytest.skip("redis-server is not installed (Debian's redis-server; .ci/run installs it)")
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            import redis
+
+            if redis.Redis(port=port).ping():
+                return process
+        except Exception:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("redis-server did not answer")
+
+
+class JobClient:
+    """The job API of a live server (also bench/jobs.py's)."""
+
+    def __init__(self, mode: str, url: str, root: Path, log: Path) -> None:
+        self.mode, self.url, self.root, self.log = mode, url, root, log
+        self.http = httpx.Client(base_url=url, headers=AUTH, timeout=60)
+
+    def submit(self, spec: dict) -> dict:
+        response = self.http.post("/v1/models", json=spec)
+        assert response.status_code == 202, response.text
+        return response.json()
+
+    def wait(self, job_id: str, done, timeout: float = 240.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            record = self.http.get(f"/v1/jobs/{job_id}").json()
+            if done(record):
+                return record
+            time.sleep(0.1)
+        raise AssertionError(f"job {job_id} still {record['status']} ({record['phase']}) after {timeout} s")
+
+
+def started(record: dict) -> bool:
+    return record["status"] not in ("queued", "running") or record["step"] > 0
+
+
+def finished(record: dict) -> bool:
+    return record["status"] not in ("queued", "running")
+
+
+def served(record: dict) -> bool:
+    return record["status"] in ("failed", "cancelled") or bool(record["served"])
+
+
+@contextmanager
+def live(mode: str, root: Path, env: dict[str, str], log: Path) -> Iterator[JobClient]:
+    """A server on ``root`` with the job API on: its embedded queue, or a redis-server and a trainer worker."""
+    env = {"AMORTIZED_ADMIN_TOKEN": TOKEN, "AMORTIZED_ARTIFACTS_DIR": str(root), **env}
+    processes = []
+    with log.open("w") as output:
+        try:
+            if mode == "redis":
+                port = free_port()
+                processes.append(redis_server(port))
+                env["AMORTIZED_QUEUE"] = f"redis://127.0.0.1:{port}/0"
+                worker = [sys.executable, "-m", "trainer", "worker"]
+                processes.append(
+                    subprocess.Popen(worker, env={**os.environ, **env}, cwd=ROOT, stdout=output, stderr=output)
+                )
+            server, url = start_server(env, stdout=output, stderr=output, timeout=120)
+            processes.insert(0, server)
+            yield JobClient(mode, url, root, log)
+        finally:
+            for process in processes:
+                process.terminate()
+                try:
+                    process.wait(15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+@pytest.fixture(scope="module", params=["embedded", "redis"])
+def deployment(request, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp(request.param)
+    env = {"AMORTIZED_JOB_STALE_SECONDS": str(STALE), "AMORTIZED_JOB_NICE": str(NICE), "AMORTIZED_JOB_MAX_QUEUED": "8"}
+    with live(request.param, served_root(tmp), env, tmp / "server.log") as client:
+        yield client
+
+
+def test_an_example_spec_compiles_through_the_api_and_passes_the_accuracy_tests(deployment):
+    """An example spec posted (EXAMPLE_OF_MODE, EXAMPLE_SETTINGS), polled to success, then queried and checked."""
+    name = EXAMPLE_OF_MODE[deployment.mode]
+    job = deployment.submit(read_spec(EXAMPLE_SPECS[name]).model_dump(mode="json") | EXAMPLE_SETTINGS[name])
+    bad = deployment.http.post("/v1/models", json={"name": "third", "family": "gmm", "params": {"stds": [1, 0]}})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "params", "stds", 1]
+    listed = {j["name"] for j in deployment.http.get("/v1/jobs").json()}
+    assert name in listed and "third" not in listed
+    done = deployment.wait(job["id"], served)
+    assert done["status"] == "succeeded" and done["served"], done
+    assert done["step"] == done["total_steps"] == {"gmm_open_k3": 2000, "gmm_sigma5": 3000}[name]
+    assert set(done["metrics"]) == set(done["versions"]) == set(done["objectives"]) and done["eta_seconds"] == 0
+    family, y = VARIANTS[name]
+    for objective in done["objectives"]:
+        answer = deployment.http.post(
+            f"/v1/models/{name}/posterior", json={"y": y, "objective": objective, "num_samples": 5000, "seed": 11}
+        )
+        assert answer.status_code == 200 and answer.json()["versions"][objective] == done["versions"][objective]
+        artifact = load_artifact(deployment.root / name / f"{objective}.json")
+        assert_answer_accurate(answer.json(), artifact.network, artifact.model, family, objective, y)
+    assert_meets_compile_bounds(deployment.http.get(f"/v1/models/{name}").json(), name)
+    assert TOKEN not in deployment.log.read_text()  # the access log never prints the Authorization header
+
+
+def test_a_worker_killed_mid_job_fails_the_job_in_bounded_time_and_the_next_job_runs(deployment):
+    before = {path: load_artifact(path).version for path in manifest_paths(deployment.root)}
+    job = deployment.submit(LONG)
+    record = deployment.wait(job["id"], started)
+    assert record["status"] == "running", record
+    pid = int(record["worker"].split(":")[1])
+    assert (
+        os.getpriority(os.PRIO_PROCESS, pid) - os.getpriority(os.PRIO_PROCESS, 0) == NICE
+    )  # compiles yield to queries
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    failed = deployment.wait(job["id"], finished, timeout=STALE + 10)
+    waited = time.monotonic() - killed
+    assert failed["status"] == "failed" and "no heartbeat" in failed["error"], failed
+    assert waited <= STALE + HEARTBEAT_SECONDS + 1.0, waited  # the documented bound (plus this poll's period)
+    # earlier artifacts intact (load_artifact checks the sha256), nothing of the killed job in a model folder
+    assert {path: load_artifact(path).version for path in manifest_paths(deployment.root)} == before
+    assert not (deployment.root / LONG["name"]).exists()
+    nxt = deployment.submit(SMALL | {"name": f"after_kill_{deployment.mode}"})
+    done = deployment.wait(nxt["id"], finished, timeout=120)
+    assert done["status"] == "succeeded", done
+
+
+def test_a_running_job_is_cancelled_within_seconds(deployment):
+    job = deployment.submit(LONG | {"name": f"cancel_{deployment.mode}"})
+    assert deployment.wait(job["id"], started)["status"] == "running"
+    asked = time.monotonic()
+    assert deployment.http.delete(f"/v1/jobs/{job['id']}").status_code == 200
+    done = deployment.wait(job["id"], finished, timeout=10)
+    assert done["status"] == "cancelled" and time.monotonic() - asked < 2 * HEARTBEAT_SECONDS + 1.5
+    assert not (deployment.root / f"cancel_{deployment.mode}").exists()
