@@ -38,7 +38,7 @@ def test_trainer_compiles_into_the_volume_the_api_serves():
     spec = trainer["command"][trainer["command"].index("--spec") + 1]  # and the example variants, shipped in the image
     assert spec == "examples/variants" and f"--spec {spec}" in MAKEFILE and "COPY examples ./examples" in DOCKERFILE
     out = trainer["command"][trainer["command"].index("--out") + 1]
-    assert f"artifacts:{out}" in trainer["volumes"] and f"artifacts:{out}:ro" in api["volumes"]
+    assert f"artifacts:{out}" in trainer["volumes"] and f"artifacts:{out}" in api["volumes"]  # the same volume
     assert api["environment"]["AMORTIZED_ARTIFACTS_DIR"] == out
     assert api["depends_on"]["trainer"]["condition"] == "service_completed_successfully"
 
@@ -134,6 +134,17 @@ def test_the_distributed_worker_writes_where_the_api_reads_and_the_plain_compose
     assert f"artifacts:{out}" in worker["volumes"] and worker["environment"]["AMORTIZED_ARTIFACTS_DIR"] == out
     assert worker["environment"]["AMORTIZED_QUEUE"].startswith("redis://redis:")
     assert "redis" not in COMPOSE["services"] and "worker" not in COMPOSE["services"]  # plain `up`: the default
+
+
+def test_the_plain_compose_compiles_on_request_embedded_and_the_distributed_one_in_its_workers():
+    """Plain ``up``: the replicas write the volume their embedded consumer compiles into (token from the host's
+    environment, off when unset); with the override only the workers write and the replicas read."""
+    api = COMPOSE["services"]["api"]
+    assert api["environment"]["AMORTIZED_ADMIN_TOKEN"] == "${AMORTIZED_ADMIN_TOKEN:-}"
+    out = api["environment"]["AMORTIZED_ARTIFACTS_DIR"]
+    assert f"artifacts:{out}" in api["volumes"]  # writable (no :ro)
+    assert "AMORTIZED_QUEUE" not in api["environment"]  # the embedded SQLite queue under the artifacts folder
+    assert f"artifacts:{out}:ro" in DISTRIBUTED["services"]["api"]["volumes"]
     names = {f"AMORTIZED_{field.upper()}" for field in Settings.model_fields}
     for service in DISTRIBUTED["services"].values():
         assert {k for k in service.get("environment", {}) if k.startswith("AMORTIZED_")} <= names
