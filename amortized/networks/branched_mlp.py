@@ -230,7 +230,8 @@ class BranchedMLPNetwork(InferenceNetwork):
         head = self.discrete
         log_probs = self._branch_log_probs(u, None if head is None else run(head, u), self.tree)
         nb, onehot = self.num_branches, self.branch_onehot
-        if nb == 1 or all(wanted is None for wanted in columns):  # every branch of every observation
+        # every branch of every observation (with one branch, a single column is that branch)
+        if all(wanted is None or (nb == 1 and wanted.shape[-1] == 1) for wanted in columns):
             inputs = torch.cat([u[:, None, :].expand(len(u), nb, 1), onehot.expand(len(u), nb, nb)], -1)
             q = BranchedNormal(log_probs, *self._normals(run(self.continuous, inputs)))
             ends = list(itertools.accumulate(sizes))
