@@ -105,7 +105,8 @@ def blended_loss(
         raise ValueError(f"unknown objective {sorted(unknown)[0]!r}; choose one of {', '.join(OBJECTIVES)}")
     sample = model.sample_joint(batch_size, generator) if "pq" in weights else None
     y_qp = model.sample_joint(batch_size, generator).y if "qp" in weights else None
-    ys, columns = [], []
+    ys: list[Tensor] = []
+    columns: list[Tensor | None] = []
     if sample is not None:  # pq needs q only at each sample's branch
         ys.append(sample.y)
         columns.append(branch_columns(sample.branch, components_of(net)))

@@ -36,7 +36,7 @@ class InferenceNetwork(nn.Module, ABC):
         losses' one forward per step). Here one forward of all observations, then
         a gather; a family whose heads can skip the branches not asked for overrides it.
         """
-        q = self(ys[0] if len(ys) == 1 else torch.cat(ys))
+        q = self(ys[0] if len(ys) == 1 else torch.cat(list(ys)))
         parts, start = [], 0
         for y, wanted in zip(ys, columns):
             part, start = q[start : start + len(y)], start + len(y)

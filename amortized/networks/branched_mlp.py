@@ -226,7 +226,7 @@ class BranchedMLPNetwork(InferenceNetwork):
         (a third of the rows with three branches).
         """
         sizes = [len(y) for y in ys]
-        u = self._scaled(ys[0] if len(ys) == 1 else torch.cat(ys))
+        u = self._scaled(ys[0] if len(ys) == 1 else torch.cat(list(ys)))
         head = self.discrete
         log_probs = self._branch_log_probs(u, None if head is None else run(head, u), self.tree)
         nb, onehot = self.num_branches, self.branch_onehot
