@@ -35,19 +35,27 @@ def components_of(net: InferenceNetwork) -> int:
     return getattr(net, "components", 1)
 
 
-def pq_terms(q: BranchedNormal, branch: Tensor, x: Tensor, components: int = 1) -> Tensor:
-    """-log q(b, x | y) per observation, at the joint samples' model branch b and x."""
-    if components == 1:
-        return -q.log_prob(branch[:, None], x[:, None])[:, 0]
-    columns = branch[:, None] * components + torch.arange(components)  # the q-branches of model branch b
-    return -torch.logsumexp(q.log_prob(columns, x[:, None].expand_as(columns)), -1)
+def pq_terms(q: BranchedNormal, x: Tensor) -> Tensor:
+    """-log q(b, x | y) per observation, from q at the joint samples' model branch b (its K q-branches) and x.
+
+    ``q`` has the K q-branches of each sample's model branch b (``(batch, K)``:
+    :func:`branch_columns`); the mixture's density sums them.
+    """
+    per = q.log_probs + normal_log_prob(x[:, None], q.means, q.stds)
+    return -(per[:, 0] if per.shape[-1] == 1 else torch.logsumexp(per, -1))
+
+
+def branch_columns(branch: Tensor, components: int = 1) -> Tensor:
+    """The q-branches ``b * K + j`` (j < K) of each model branch b: ``(batch,)`` -> ``(batch, K)``."""
+    return branch[:, None] if components == 1 else branch[:, None] * components + torch.arange(components)
 
 
 def qp_terms(model: ConjugateMixtureModel, q: BranchedNormal, y: Tensor, noise: Tensor, components: int = 1) -> Tensor:
     """E_q[log q(b, x | y) - log p(b, x, y)] per observation, q-branches enumerated, x = mean + std * noise."""
-    x = q.means[..., None] + q.stds[..., None] * noise  # (batch, q-branches, particles)
+    means, stds = q.means[..., None], q.stds[..., None]
+    x = means + stds * noise  # (batch, q-branches, particles)
     if components == 1:
-        log_q_x = normal_log_prob(x, q.means[..., None], q.stds[..., None])
+        log_q_x = normal_log_prob(x, means, stds)
         model_branch = torch.arange(q.num_branches)
         own = q.log_probs
     else:  # the mixture's density over the K normals of the draw's model branch
@@ -63,6 +71,8 @@ def qp_terms(model: ConjugateMixtureModel, q: BranchedNormal, y: Tensor, noise: 
         own = torch.zeros_like(q.log_probs)
     log_p = model.log_joint(model_branch.expand(len(y), -1)[..., None], x, y[:, None, None])
     per_branch = (log_q_x - log_p).mean(-1)
+    if q.num_branches == 1:  # q(b|y) = 1: the same value as the sum below, without its operations
+        return per_branch[:, 0]
     return (q.probs * (own + per_branch)).sum(-1)
 
 
@@ -93,20 +103,24 @@ def blended_loss(
     unknown = set(weights) - set(OBJECTIVES)
     if unknown:
         raise ValueError(f"unknown objective {sorted(unknown)[0]!r}; choose one of {', '.join(OBJECTIVES)}")
-    k = components_of(net)
     sample = model.sample_joint(batch_size, generator) if "pq" in weights else None
     y_qp = model.sample_joint(batch_size, generator).y if "qp" in weights else None
-    ys = [v for v in (None if sample is None else sample.y, y_qp) if v is not None]
-    q = net(ys[0] if len(ys) == 1 else torch.cat(ys))
-    total: Tensor | float = 0.0
-    start = 0
-    if sample is not None:
-        total = total + weights["pq"] * pq_terms(q[:batch_size], sample.branch, sample.x, k).mean()
-        start = batch_size
+    ys: list[Tensor] = []
+    columns: list[Tensor | None] = []
+    if sample is not None:  # pq needs q only at each sample's branch
+        ys.append(sample.y)
+        columns.append(branch_columns(sample.branch, components_of(net)))
     if y_qp is not None:
-        part = q[start:] if start else q
+        ys.append(y_qp)
+        columns.append(None)
+    qs = net.forward_parts(ys, columns)
+    total: Tensor | float = 0.0
+    if sample is not None:
+        total = total + weights["pq"] * pq_terms(qs[0], sample.x).mean()
+    if y_qp is not None:
+        part = qs[-1]
         noise = torch.randn(batch_size, part.num_branches, num_particles, generator=generator)
-        total = total + weights["qp"] * qp_terms(model, part, y_qp, noise, k).mean()
+        total = total + weights["qp"] * qp_terms(model, part, y_qp, noise, components_of(net)).mean()
     return cast(Tensor, total)  # a tensor whenever ``weights`` names an objective, as every caller's does
 
 

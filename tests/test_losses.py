@@ -104,3 +104,22 @@ def test_training_is_deterministic_for_a_seed():
     first, again, other = weights(4), weights(4), weights(5)
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert not all(torch.equal(a, b) for a, b in zip(first, other))
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("components", [1, 2])
+def test_the_network_at_chosen_branches_is_the_full_network_there(name, components):
+    """forward_parts (the losses' one pass, pq's continuous head only at each sample's branch) against net(y)."""
+    model = build_model(name)
+    torch.manual_seed(4)
+    net = build_network(model, family_options={"mixture_components": components} if name != "gaussian" else None)
+    generator = torch.Generator().manual_seed(6)
+    y_pq, y_qp = (model.sample_joint(300, generator).y for _ in range(2))
+    columns = torch.randint(net.num_branches, (300, 2), generator=generator)
+    with torch.no_grad():
+        at_columns, every_branch = net.forward_parts([y_pq, y_qp], [columns, None])
+        full_pq, full_qp = net(y_pq), net(y_qp)
+    for field in ("log_probs", "means", "stds"):
+        expected = getattr(full_pq, field).gather(-1, columns)
+        torch.testing.assert_close(getattr(at_columns, field), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(getattr(every_branch, field), getattr(full_qp, field), rtol=1e-5, atol=1e-6)

@@ -164,6 +164,7 @@ class ConjugateMixtureModel(ABC):
         self.stds = torch.tensor([c.std for c in components], dtype=f64)
         self.component_branch = torch.tensor([self.branches.index(c.latents) for c in components])
         self.branch_component = torch.argsort(self.component_branch)  # meaningful when one component per branch
+        self._converted: dict[tuple, tuple] = {}  # _constants_like's cache
         self._tables = {lib_is_torch: ComponentTable.build(self, lib_is_torch) for lib_is_torch in (True, False)}
         weights = self.log_weights.exp()
         self.x_loc = float((weights * self.means).sum())
@@ -228,7 +229,7 @@ class ConjugateMixtureModel(ABC):
     def log_joint(self, branch: Array, x: Array, y: Array) -> Array:
         """log p(b, x, y), broadcasting; components of a branch are summed (marginalised)."""
         t, xp = self.table(x), lib(x)
-        log_weights, means, stds = (like(v, x) for v in (t.log_weights, t.means, t.stds))
+        log_weights, means, stds, sigma = self._constants_like(x)
         if self.family_contains_posterior:  # one component per branch: index it, nothing to sum
             component = t.branch_component[branch]
             log_prior = log_weights[component] + normal_log_prob(x, means[component], stds[component])
@@ -238,9 +239,22 @@ class ConjugateMixtureModel(ABC):
             per_component = log_weights.reshape(leading) + normal_log_prob(
                 x, means.reshape(leading), stds.reshape(leading)
             )
-            in_branch = t.component_branch.reshape(leading) == branch
-            log_prior = logsumexp(xp.where(in_branch, per_component, -math.inf), 0)
-        return log_prior + normal_log_prob(y, x, like(self.sigma, x))
+            if self.num_branches > 1:  # with one branch every component is in it
+                in_branch = t.component_branch.reshape(leading) == branch
+                per_component = xp.where(in_branch, per_component, -math.inf)
+            log_prior = logsumexp(per_component, 0)
+        return log_prior + normal_log_prob(y, x, sigma)
+
+    def _constants_like(self, reference: Array) -> tuple[Array, Array, Array, Array]:
+        """log p(c), mu_c, s_c and sigma in ``reference``'s library and dtype, converted once per dtype.
+
+        The training loss calls :meth:`log_joint` on float32 tensors at every step.
+        """
+        key = (isinstance(reference, torch.Tensor), reference.dtype)
+        if key not in self._converted:
+            t = self.table(reference)
+            self._converted[key] = tuple(like(v, reference) for v in (t.log_weights, t.means, t.stds, self.sigma))
+        return self._converted[key]
 
     def log_evidence(self, y: Array) -> Array:
         """Exact log p(y), float64."""

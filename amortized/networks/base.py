@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
 from amortized.distributions import BranchedNormal
@@ -26,6 +27,21 @@ class InferenceNetwork(nn.Module, ABC):
     @abstractmethod
     def forward(self, y: Tensor) -> BranchedNormal:
         """q(. | y) for a batch ``y`` of shape ``(batch,)``."""
+
+    def forward_parts(self, ys: Sequence[Tensor], columns: Sequence[Tensor | None]) -> list[BranchedNormal]:
+        """q at several batches in one pass: part i is q(. | ys[i]) at the q-branches ``columns[i]``.
+
+        ``columns[i]`` is ``(batch_i, m_i)`` long, or None for every branch; the
+        part's BranchedNormal then has ``m_i`` branches, in that order (the training
+        losses' one forward per step). Here one forward of all observations, then
+        a gather; a family whose heads can skip the branches not asked for overrides it.
+        """
+        q = self(ys[0] if len(ys) == 1 else torch.cat(list(ys)))
+        parts, start = [], 0
+        for y, wanted in zip(ys, columns):
+            part, start = q[start : start + len(y)], start + len(y)
+            parts.append(part if wanted is None else BranchedNormal(*part.at(wanted)))
+        return parts
 
     @abstractmethod
     def numpy(self) -> Callable[[np.ndarray], BranchedNormal]:

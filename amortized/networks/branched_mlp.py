@@ -19,6 +19,7 @@ labelling for :mod:`amortized.mixture`).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, cast
@@ -213,15 +214,40 @@ class BranchedMLPNetwork(InferenceNetwork):
                         cast(nn.Linear, head[0]).weight[:, 0] /= self.input_gain
 
     def forward(self, y: Tensor) -> BranchedNormal:
+        return self.forward_parts([y], [None])[0]
+
+    def forward_parts(self, ys: Sequence[Tensor], columns: Sequence[Tensor | None]) -> list[BranchedNormal]:
+        """q at several batches in one pass of each head, the continuous head only at the branches asked for.
+
+        Part i is q(. | ys[i]) at the q-branches ``columns[i]`` (``(batch_i, m_i)``
+        long; None: every branch). The discrete head runs on every observation
+        (log q(b|y) needs all its logits); the continuous head on one row per
+        (observation, asked branch): the pq loss needs only the sampled branch
+        (a third of the rows with three branches).
+        """
+        sizes = [len(y) for y in ys]
+        u = self._scaled(ys[0] if len(ys) == 1 else torch.cat(list(ys)))
         head = self.discrete
-        discrete = None if head is None else lambda u: run(head, u)
-        nb = self.num_branches
-
-        def continuous(u: Tensor) -> Tensor:  # y's column beside a one-hot of each branch
-            inputs = torch.cat([u[:, None, :].expand(len(u), nb, 1), self.branch_onehot.expand(len(u), nb, nb)], -1)
-            return run(self.continuous, inputs)
-
-        return self._forward(y, discrete, continuous, self.tree)
+        log_probs = self._branch_log_probs(u, None if head is None else run(head, u), self.tree)
+        nb, onehot = self.num_branches, self.branch_onehot
+        # every branch of every observation (with one branch, a single column is that branch)
+        if all(wanted is None or (nb == 1 and wanted.shape[-1] == 1) for wanted in columns):
+            inputs = torch.cat([u[:, None, :].expand(len(u), nb, 1), onehot.expand(len(u), nb, nb)], -1)
+            q = BranchedNormal(log_probs, *self._normals(run(self.continuous, inputs)))
+            ends = list(itertools.accumulate(sizes))
+            return [q] if len(ys) == 1 else [q[end - size : end] for size, end in zip(sizes, ends)]
+        rows = []  # y's column beside a one-hot of each wanted branch, one row per (observation, branch)
+        for part, wanted in zip(u.split(sizes), columns):
+            chosen = onehot.expand(len(part), nb, nb) if wanted is None else onehot[wanted]
+            rows.append(torch.cat([part[:, None, :].expand(-1, chosen.shape[1], 1), chosen], -1).reshape(-1, nb + 1))
+        means, stds = self._normals(run(self.continuous, torch.cat(rows)))
+        counts = [len(r) for r in rows]
+        return [
+            BranchedNormal(lp if wanted is None else lp.gather(-1, wanted), m.view(n, -1), s.view(n, -1))
+            for lp, m, s, wanted, n in zip(
+                log_probs.split(sizes), means.split(counts), stds.split(counts), columns, sizes
+            )
+        ]
 
     def numpy(self) -> Callable[[np.ndarray], BranchedNormal]:
         forward = self.numpy_stacked([self])
@@ -264,25 +290,34 @@ class BranchedMLPNetwork(InferenceNetwork):
         ``continuous`` maps the scaled y ``(..., batch, 1)`` to (mean, log
         variance) for every branch ``(..., batch, branches, 2)``.
         """
-        xp = lib(y)
+        u = self._scaled(y)
+        log_probs = self._branch_log_probs(u, None if discrete is None else discrete(u), tree)
+        return BranchedNormal(log_probs, *self._normals(continuous(u)))
+
+    def _scaled(self, y: Array) -> Array:
+        """The network's input: y scaled by the prior moments (times the input gain), ``(..., batch, 1)``."""
         u = ((y - self.y_loc) / self.y_scale)[..., None]
-        if self.input_gain != 1.0:
-            u = u * self.input_gain
-        if discrete is None:
-            log_probs = xp.zeros_like(u)
-        elif self.components == 1:
-            log_probs = tree_log_probs(discrete(u), tree)
-        else:  # log q(b | y) + log q(j | y, b), laid out b * K + j
-            logits = discrete(u)
-            nodes = logits.shape[-1] - self.num_branches
-            branch = tree_log_probs(logits[..., :nodes], tree) if nodes else xp.zeros_like(u)
-            within = logits[..., nodes:].reshape(*logits.shape[:-1], self.model_branches, self.components)
-            within = within - logsumexp(within, -1)[..., None]
-            log_probs = (branch[..., None] + within).reshape(*logits.shape[:-1], self.num_branches)
-        out = continuous(u)
+        return u * self.input_gain if self.input_gain != 1.0 else u
+
+    def _branch_log_probs(self, u: Array, logits: Array | None, tree: CategoricalTree) -> Array:
+        """log q(b | y) per q-branch from the discrete head's ``logits`` (None: one branch, log q = 0)."""
+        xp = lib(u)
+        if logits is None:
+            return xp.zeros_like(u)
+        if self.components == 1:
+            return tree_log_probs(logits, tree)
+        # log q(b | y) + log q(j | y, b), laid out b * K + j
+        nodes = logits.shape[-1] - self.num_branches
+        branch = tree_log_probs(logits[..., :nodes], tree) if nodes else xp.zeros_like(u)
+        within = logits[..., nodes:].reshape(*logits.shape[:-1], self.model_branches, self.components)
+        within = within - logsumexp(within, -1)[..., None]
+        return (branch[..., None] + within).reshape(*logits.shape[:-1], self.num_branches)
+
+    def _normals(self, out: Array) -> tuple[Array, Array]:
+        """Means and standard deviations on x from the continuous head's (mean, log variance) outputs ``(..., 2)``."""
         means = self.x_loc + self.x_scale * out[..., 0]
-        stds = self.x_scale * xp.exp(0.5 * xp.clip(out[..., 1], -30.0, 10.0))
-        return BranchedNormal(log_probs, means, stds)
+        stds = self.x_scale * lib(out).exp(0.5 * lib(out).clip(out[..., 1], -30.0, 10.0))
+        return means, stds
 
     def architecture(self) -> dict:
         spec: dict[str, Any] = {"family": self.family, "hidden": self.hidden, "activation": self.activation}
