@@ -118,6 +118,19 @@ def test_a_spec_takes_the_familys_defaults_for_what_it_leaves_out():
             "must not exceed 1",
         ),
         ({"name": "g", "family": "gmm", "objectives": ["pq", "kl"]}, "objectives.1", "'pq' or 'qp'"),
+        ({"name": "g", "family": "gmm", "family_options": {"input_gain": 0}}, "family_options.input_gain", "than 0"),
+        ({"name": "g", "family": "gmm", "family_options": {"input_gain": -3}}, "family_options.input_gain", "than 0"),
+        ({"name": "g", "family": "gmm", "family_options": {"input_gain": 1e3}}, "family_options.input_gain", "100"),
+        (
+            {"name": "g", "family": "gmm", "family_options": {"input_gain": "inf"}},
+            "family_options.input_gain",
+            "finite",
+        ),
+        (
+            {"name": "g", "family": "gmm", "family_options": {"input_gain": "ten"}},
+            "family_options.input_gain",
+            "valid number",
+        ),
     ],
 )
 def test_an_invalid_spec_names_the_field_and_the_reason(data, where, reason):
@@ -276,3 +289,29 @@ def test_a_manifest_must_sit_in_its_variants_folder_and_objectives_file(tmp_path
     (tmp_path / "gmm" / "qp.json").replace(tmp_path / "gmm" / "pq.json")
     with pytest.raises(ArtifactError, match="holds the qp network"):
         load_artifact(tmp_path / "gmm" / "pq.json")
+
+
+@pytest.mark.parametrize(
+    "family, options, expected",
+    [
+        ("gmm", {}, {"pq": {}, "qp": {"input_gain": 10.0}}),  # the recipe's
+        ("gmm", {"input_gain": 1.0}, {"pq": {"input_gain": 1.0}, "qp": {"input_gain": 1.0}}),  # the spec's wins
+        ("gmm_open", {"input_gain": 3.5}, {"pq": {"input_gain": 3.5}, "qp": {"input_gain": 3.5}}),
+        (
+            "gmm",
+            {"mixture_components": 2},
+            {"pq": {"mixture_components": 2}, "qp": {"mixture_components": 2, "input_gain": 10.0}},
+        ),
+    ],
+)
+def test_the_specs_input_gain_replaces_the_recipes(family, options, expected):
+    spec = parse_spec({"name": "g", "family": family, "family_options": options})
+    for objective in ("pq", "qp"):
+        assert spec.training_config(objective).family_options == expected[objective]
+
+
+def test_the_sigma5_example_trains_without_the_gain_tuned_for_sigma_1():
+    spec = read_spec(EXAMPLES / "gmm_sigma5.json")
+    assert spec.training_config("qp").family_options == {"input_gain": 1.0}
+    manifest = json.loads((ARTIFACTS / "gmm_sigma5" / "qp.json").read_text())  # the committed artifact: compiled so
+    assert manifest["training"].get("family_options", {}).get("input_gain", 1.0) == 1.0
