@@ -161,7 +161,7 @@ def acceptance(mode: str, tmp: Path) -> None:
     root = tmp / mode / "artifacts"
     shutil.copytree(ROOT / "artifacts" / "gaussian", root / "gaussian")
     with live(mode, root, {"AMORTIZED_JOB_STALE_SECONDS": "5"}, tmp / f"{mode}.log") as api:
-        started = time.perf_counter()
+        posted = time.perf_counter()
         jobs = {path.stem: api.submit(read_spec(path).model_dump(mode="json")) for path in sorted(EXAMPLES.iterdir())}
         bad = api.http.post("/v1/models", json={"name": "third", "family": "gmm", "params": {"sigma": -1}})
         listed = {j["name"] for j in api.http.get("/v1/jobs").json()}
@@ -172,7 +172,7 @@ def acceptance(mode: str, tmp: Path) -> None:
         for name, job in jobs.items():
             record = api.wait(job["id"], served)
             print(
-                f"[{mode}] {name}: {record['status']} after {time.perf_counter() - started:.1f} s, served "
+                f"[{mode}] {name}: {record['status']} after {time.perf_counter() - posted:.1f} s, served "
                 f"{record['served']}, versions {record['versions']}"
             )
             family, y = VARIANTS[name]
