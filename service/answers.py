@@ -60,6 +60,9 @@ def q_branches(served: ServedModel, q: BranchedNormal) -> list[dict[str, Any]]:
 # about 50 us against 0.15 us a draw in a 1000 x 1000 request (bench/answer_formats.py); so a summaries-only request
 # of 500 rows or more runs off the event loop (AMORTIZED_OFFLOAD_SAMPLES) like one of as many draws
 UNDRAWN_ROW_COST = 100
+# the parts that need the cross-check: the diagnostics report it, and the resampling uniforms follow its draws in each
+# row's stream (so that resampled draws are the same whatever else include asks)
+CHECKED_PARTS = frozenset({"diagnostics", "resampled"})
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ class PosteriorQuery:
     def __post_init__(self) -> None:
         if not self.parts:
             object.__setattr__(self, "parts", resolve_parts(None, self.num_samples, self.resample))
+        if not self.parts & CHECKED_PARTS:  # nothing uses the cross-check: it draws nothing and counts for nothing
+            object.__setattr__(self, "cross_check", False)
 
     @property
     def batch_key(self) -> Hashable:
@@ -358,7 +363,7 @@ def answer_batch(queries: list[PosteriorQuery]) -> list[Any]:
             first,
             "cross_check was false"
             if not cross_check
-            else f"{OTHER_OBJECTIVE[name]} is not compiled for {served.model.name}",
+            else f"{OTHER_OBJECTIVE[name]} is not compiled for {served.name}",
         )
         for name in objectives
     }

@@ -61,7 +61,18 @@ async def validation_error(request: Request, exc: RequestValidationError) -> Res
         return json_response(
             error_body([{"loc": ["header", "content-type"], "msg": msg, "type": "unsupported_media_type"}]), 415
         )
-    return json_response(error_body(plain_errors(exc.errors())), 422)
+    return json_response(error_body(at_most(plain_errors(exc.errors()), MAX_ERRORS)), 422)
+
+
+MAX_ERRORS = 50  # items of one 422: a body of 100000 bad values gets the first ones and a count, not 30 MB
+
+
+def at_most(items: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """The first ``limit`` error items, then one that says how many more there were (at ``["body"]``)."""
+    if len(items) <= limit:
+        return items
+    more = {"loc": ["body"], "msg": f"and {len(items) - limit} more errors (only the first {limit} are listed)"}
+    return [*items[:limit], {**more, "type": "too_many_errors"}]
 
 
 def plain_errors(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

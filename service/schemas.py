@@ -8,7 +8,7 @@ OpenAPI document and for the tests, which validate real responses against them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -100,6 +100,7 @@ class PosteriorRequest(BaseModel):
     include: list[Part] | None = Field(
         None,
         min_length=1,
+        max_length=len(get_args(Part)),
         description="the parts of each answer to return (model, versions, seed, y and objective always are): q, "
         "samples, log_weights, diagnostics, exact, resampled (with resample), summary (quantiles and central credible "
         "intervals of x, and the discrete latents' probabilities, from q, the weighted draws and the exact posterior), "

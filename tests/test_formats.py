@@ -112,7 +112,10 @@ def test_leaving_parts_out_keeps_the_rest_to_the_byte(client):
         rows = json_rows(as_json(client, "gmm_open", include=include, **body))
         for row, whole in zip(rows, full_rows):
             assert list(row) == ["model", "versions", "seed", "y", "objective"] + [p for p in whole if p in include]
-            same_bits(row, {k: whole[k] for k in row})
+            same_bits({k: v for k, v in row.items() if k != "versions"}, {k: whole[k] for k in row if k != "versions"})
+            # the cross-check's network answers only for the diagnostics, which alone use it
+            checked = "diagnostics" in include or "resampled" in include
+            assert row["versions"] == (whole["versions"] if checked else {"pq": whole["versions"]["pq"]})
 
 
 def mixture_quantile(branches, level):
@@ -182,6 +185,8 @@ def test_summaries_only_draw_nothing_with_zero_samples(client):
         ({"y": 0.0, "include": []}, ["body", "include"], "at least 1"),
         ({"y": 0.0, "include": ["x"]}, ["body", "include", 0], "'summary'"),
         ({"y": 0.0, "include": "summary"}, ["body", "include"], "list"),
+        ({"y": 0.0, "include": ["q"] * 11}, ["body", "include"], "at most 10"),
+        ({"y": 0.0, "include": ["x"] * 150_000}, ["body", "include"], "at most 10"),
     ],
 )
 def test_impossible_includes_get_a_422_naming_the_field(client, body, loc, words):
@@ -269,3 +274,34 @@ def test_a_query_built_without_parts_holds_the_default_answer(app):
     served = app.state.registry.models["gmm"]
     rows = answer(PosteriorQuery(served, [0.0], "pq", 20, 1, True, False))
     assert list(rows[0]) == ["model", "versions", "seed", "y", "objective", *DEFAULT, "resampled"]
+
+
+@pytest.mark.parametrize("values", [["a"] * 100_000, [0.0] + [None] * 100_000, [0.0, "x", 1.0] * 30])
+def test_a_422_lists_at_most_fifty_errors_and_counts_the_rest(client, values):
+    """Many bad values get the first 50 items and one that counts the others: not a reply of megabytes."""
+    response = raw(client, "gmm", y=values)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    bad = [["body", "y", i] for i, v in enumerate(values) if not isinstance(v, float)]
+    if len(bad) > 50:
+        assert len(detail) == 51 and detail[-1]["type"] == "too_many_errors" and detail[-1]["loc"] == ["body"]
+        assert f"and {len(bad) - 50} more errors" in detail[-1]["msg"] and len(response.content) < 20_000
+    else:
+        assert len(detail) == len(bad) and all(d["type"] != "too_many_errors" for d in detail)
+    assert [d["loc"] for d in detail[:50]] == bad[:50]
+
+
+def test_an_answer_without_diagnostics_runs_no_cross_check(app, client):
+    """The check only feeds the diagnostics: without them the other network draws nothing and counts for nothing."""
+    limit = app.state.settings.max_total_samples
+    rows = 2000  # with the check: 2 objectives x (100 + 2 x 1000) draws a row, 8.4e6 > the 5e6 limit
+    assert rows * 2 * (100 + 2 * app.state.settings.cross_check_samples) > limit >= rows * 2 * 100
+    body = {"y": [0.1] * rows, "objective": "both", "num_samples": 100, "seed": 3, "include": ["summary"]}
+    answer = as_json(client, "gmm", **body)["results"]
+    assert len(answer) == rows and set(answer[0]["objectives"]) == {"pq", "qp"}
+    refused = raw(client, "gmm", **(body | {"include": ["summary", "diagnostics"]}))
+    assert refused.status_code == 422 and "would draw" in refused.text, refused.text
+    one = as_json(client, "gmm", y=0.1, objective="qp", num_samples=100, seed=3, include=["summary"])
+    assert set(one["versions"]) == {"qp"}  # the other network did not answer
+    checked = as_json(client, "gmm", y=0.1, objective="qp", num_samples=100, seed=3, include=["summary", "diagnostics"])
+    assert set(checked["versions"]) == {"pq", "qp"} and checked["summary"] == one["summary"]
