@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import re
 import zlib
 
 import anyio.to_thread
@@ -146,20 +147,23 @@ OFF_LOOP_BYTES = 128 * 1024  # bodies at least this large are compressed in a wo
 CODINGS = ("zstd", "gzip")  # the codings answers may use, preferred first on equal q
 
 
+QVALUE = re.compile(r"0(\.\d{0,3})?|1(\.0{0,3})?")  # RFC 9110, 12.4.2: 0 to 1, at most three decimals
+
+
 def accepted_coding(accept_encoding: str) -> str | None:
     """The coding to answer with: the supported one the header weighs highest (q > 0), zstd on a tie; None for none.
 
-    ``*`` stands for every coding not named (RFC 9110, 12.5.3); a malformed q counts as 0.
+    ``*`` stands for every coding not named (RFC 9110, 12.5.3); q may come among other parameters; a q that is not
+    a qvalue (``inf``, ``-1``, ``2``, ``abc``) counts as 0.
     """
     weights: dict[str, float] = {}
     for item in accept_encoding.lower().split(","):
-        coding, _, parameters = item.partition(";")
-        name, q = coding.strip(), 1.0
-        if parameters.strip().startswith("q="):
-            try:
-                q = float(parameters.strip()[2:])
-            except ValueError:
-                q = 0.0
+        name, *parameters = (part.strip() for part in item.split(";"))
+        q = 1.0
+        for parameter in parameters:  # q may follow other parameters (zstd;level=1;q=0.5)
+            key, _, value = parameter.partition("=")
+            if key.strip() == "q":
+                q = float(value.strip()) if QVALUE.fullmatch(value.strip()) else 0.0
         if name:
             weights[name] = q
     best, best_q = None, 0.0

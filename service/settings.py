@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     @field_validator("admin_token", "queue", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
+        """Blank is unset; surrounding whitespace is dropped (HTTP strips it from the Authorization header too)."""
+        if isinstance(value, str):
+            value = value.strip()
         return None if value == "" else value
 
     @property

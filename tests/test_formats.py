@@ -196,10 +196,24 @@ def test_impossible_includes_get_a_422_naming_the_field(client, body, loc, words
     assert detail["loc"] == loc and words in detail["msg"], detail
 
 
-@pytest.mark.parametrize("accept", ["text/html", "application/xml, text/*;q=0.5", f"{ARROW};q=0", "nonsense"])
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "text/html",
+        "application/xml, text/*;q=0.5",
+        f"{ARROW};q=0",
+        "nonsense",
+        f"{ARROW};q=-1, application/json;q=0.1",  # not qvalues: the header cannot be parsed (not q = 1)
+        "application/json;q=abc",
+        "application/json;q=1.5",
+        "application/json;q=0.0001",
+        "*/*;q=0",
+    ],
+)
 def test_an_unsupported_accept_gets_406_naming_the_supported_types(client, accept):
     response = raw(client, "gmm", headers={"accept": accept}, y=0.0)
     assert response.status_code == 406, response.text
+    assert "accept" in response.headers["vary"].lower()
     detail = response.json()["detail"][0]
     assert detail["loc"] == ["header", "accept"]
     assert "application/json" in detail["msg"] and ARROW in detail["msg"]
@@ -257,6 +271,14 @@ def test_large_answers_are_compressed_as_accepted_small_ones_not(client, media):
         ("br, deflate", None),
         ("", None),
         ("gzip;q=bad", None),
+        ("zstd;q=0.5;level=1", "zstd"),  # q among other parameters
+        ("gzip;level=1;q=0.5, zstd;q=0.4", "gzip"),
+        ("zstd;level=1;q=0.5, gzip;q=0.6", "gzip"),
+        ("gzip;q=inf, zstd;q=0.1", "zstd"),  # not qvalues: 0
+        ("gzip;q=-1", None),
+        ("gzip;q=2", None),
+        ("gzip;q=1.000, zstd;q=0.999", "gzip"),
+        ("GZIP ; Q = 0.3", "gzip"),
     ],
 )
 def test_accept_encoding_is_weighed(header, coding):

@@ -334,3 +334,10 @@ def test_a_running_job_is_cancelled_within_seconds(deployment):
     done = deployment.wait(job["id"], finished, timeout=10)
     assert done["status"] == "cancelled" and time.monotonic() - asked < 2 * HEARTBEAT_SECONDS + 1.5
     assert not (deployment.root / f"cancel_{deployment.mode}").exists()
+
+
+@pytest.mark.parametrize("token, enabled", [("", None), ("   ", None), ("\t\n", None), (f"  {TOKEN} ", TOKEN)])
+def test_a_blank_token_leaves_the_job_api_off_and_whitespace_around_one_is_dropped(token, enabled):
+    """A token of spaces would turn the endpoints on with no way to log in (HTTP strips the header's whitespace)."""
+    settings = Settings(admin_token=token)
+    assert (settings.admin_token and settings.admin_token.get_secret_value()) == enabled

@@ -52,7 +52,12 @@ def run_job(job: Job, progress: ProgressCallback | None = None) -> dict:
     config = job.spec.training_config(job.objective)
     name = job.spec.name
     with tqdm(
-        total=config.total_steps, desc=f"{name}/{job.objective}", position=job.position, leave=True, mininterval=0.5
+        total=config.total_steps,
+        desc=f"{name}/{job.objective}",
+        position=job.position,
+        leave=True,
+        mininterval=0.5,
+        disable=progress is not None,  # a job reports to its record (trainer/jobs.py), not as bars in a server's log
     ) as bar:
 
         def report(step: int, running_loss: float, phase: str) -> None:

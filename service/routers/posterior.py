@@ -25,6 +25,7 @@ from service.answers import PosteriorQuery, answer
 from service.dependencies import ServedModelDep, check_version
 from service.errors import ApiError
 from service.metrics import OBJECTIVE_KEY, Metrics
+from service.middleware import QVALUE
 from service.registry import Registry, ServedModel
 from service.responses import json_response
 from service.schemas import (
@@ -75,23 +76,38 @@ MEDIA_TYPES = {arrow.MEDIA_TYPE: "arrow", "application/json": "json"}
 
 
 def negotiate(accept: str | None) -> str:
-    """The layout the Accept header asks for: "json" (also when absent) or "arrow"; 406 naming the supported types."""
+    """The layout the Accept header asks for: "json" (also when absent) or "arrow"; 406 naming the supported types.
+
+    A q that is not a qvalue (RFC 9110, 12.4.2: 0 to 1, three decimals at most) makes the header unparseable:
+    python-mimeparse would read it as 1.
+    """
     if not accept or not accept.strip():
         return "json"
     supported = ", ".join(reversed(MEDIA_TYPES))
+
+    def refuse(why: str) -> ApiError:
+        return ApiError(
+            406,
+            ["header", "accept"],
+            f"Accept {accept!r} {why}; supported: {supported}",
+            "not_acceptable",
+            headers={"Vary": "Accept"},
+        )
+
+    qs = [
+        p.partition("=")[2].strip()
+        for r in accept.split(",")
+        for p in r.split(";")[1:]
+        if p.partition("=")[0].strip().lower() == "q"
+    ]
+    if not all(QVALUE.fullmatch(q) for q in qs):
+        raise refuse("cannot be parsed (q must be a number from 0 to 1, three decimals at most)")
     try:
         chosen = mimeparse.best_match(list(MEDIA_TYPES), accept)
     except (mimeparse.MimeTypeParseException, ValueError):
-        raise ApiError(
-            406, ["header", "accept"], f"Accept {accept!r} cannot be parsed; supported: {supported}", "not_acceptable"
-        ) from None
+        raise refuse("cannot be parsed") from None
     if not chosen:
-        raise ApiError(
-            406,
-            ["header", "accept"],
-            f"Accept {accept!r} admits none of the supported types: {supported}",
-            "not_acceptable",
-        )
+        raise refuse("admits none of the supported types")
     return MEDIA_TYPES[chosen]
 
 
