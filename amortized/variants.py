@@ -30,7 +30,15 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from amortized.losses import OBJECTIVES, Objective
 from amortized.models import MODELS, ConjugateMixtureModel, build_model
@@ -65,18 +73,30 @@ class TrainingSettings(BaseModel):
         None, ge=1, le=MAX_BATCH_SIZE, strict=True, description=f"observations per step, 1 to {MAX_BATCH_SIZE}"
     )
     learning_rate: float | None = Field(
-        None, gt=0, le=1, allow_inf_nan=False, description="Adam's initial rate, decayed by a cosine"
+        None, gt=0, le=1, strict=True, allow_inf_nan=False, description="Adam's initial rate, decayed by a cosine"
     )
     seed: int = Field(0, ge=0, lt=2**63, strict=True, description="seed of initialisation and training")
-    warm_start: float = Field(WARM_START, ge=0, le=1, description="qp only: fraction of the steps on pq first")
-    blend: float = Field(BLEND, ge=0, le=1, description="qp only: fraction of the steps blending pq into qp")
+    warm_start: float = Field(
+        WARM_START, ge=0, le=1, strict=True, description="qp only: fraction of the steps on pq first"
+    )
+    blend: float = Field(
+        BLEND, ge=0, le=1, strict=True, description="qp only: fraction of the steps blending pq into qp"
+    )
 
-    @field_validator("steps")
+    @field_validator("steps", mode="before")
     @classmethod
-    def _steps_in_range(cls, steps: int | dict[str, int] | None) -> int | dict[str, int] | None:
-        for value in [steps] if isinstance(steps, int) else (steps or {}).values():
-            if isinstance(value, bool) or not 1 <= value <= MAX_STEPS:
-                raise ValueError(f"steps must be whole numbers from 1 to {MAX_STEPS} (got {value!r})")
+    def _steps_in_range(cls, steps: Any) -> Any:
+        """One error at ``training.steps`` that says what steps may be, not one per member of the union."""
+        if isinstance(steps, dict):
+            unknown = [key for key in steps if key not in OBJECTIVES]
+            if unknown:
+                raise ValueError(f"steps per objective are keyed by {' or '.join(OBJECTIVES)} (got {unknown[0]!r})")
+        for value in steps.values() if isinstance(steps, dict) else [] if steps is None else [steps]:
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_STEPS:
+                raise ValueError(
+                    f"steps must be whole numbers from 1 to {MAX_STEPS}, for every objective or per objective "
+                    f'({{"pq": 3000, "qp": 10000}}) (got {value!r})'
+                )
         return steps
 
     @model_validator(mode="after")
@@ -108,6 +128,7 @@ class FamilyOptions(BaseModel):
     input_gain: float | None = Field(
         None,
         gt=0,
+        strict=True,
         le=MAX_INPUT_GAIN,
         allow_inf_nan=False,
         description="the factor on the scaled y at q's first layer, its weights there divided by it (the same function "

@@ -122,7 +122,7 @@ def test_a_spec_takes_the_familys_defaults_for_what_it_leaves_out():
         ({"name": "g", "family": "gmm", "family_options": {"input_gain": -3}}, "family_options.input_gain", "than 0"),
         ({"name": "g", "family": "gmm", "family_options": {"input_gain": 1e3}}, "family_options.input_gain", "100"),
         (
-            {"name": "g", "family": "gmm", "family_options": {"input_gain": "inf"}},
+            {"name": "g", "family": "gmm", "family_options": {"input_gain": float("inf")}},
             "family_options.input_gain",
             "finite",
         ),
@@ -131,11 +131,25 @@ def test_a_spec_takes_the_familys_defaults_for_what_it_leaves_out():
             "family_options.input_gain",
             "valid number",
         ),
+        # numbers only, never a string or a boolean read as one
+        ({"name": "g", "family": "gmm", "params": {"sigma": "1"}}, "params.sigma", "valid number"),
+        ({"name": "g", "family": "gmm", "params": {"sigma": True}}, "params.sigma", "valid number"),
+        ({"name": "g", "family": "gmm", "params": {"means": [-5, "5"]}}, "params.means.1", "valid number"),
+        ({"name": "g", "family": "gaussian", "params": {"sigma0": False}}, "params.sigma0", "valid number"),
+        ({"name": "g", "family": "gmm", "training": {"learning_rate": "0.1"}}, "training.learning_rate", "number"),
+        ({"name": "g", "family": "gmm", "training": {"blend": True}}, "training.blend", "valid number"),
+        ({"name": "g", "family": "gmm", "training": {"steps": "500"}}, "training.steps", "whole numbers from 1"),
+        ({"name": "g", "family": "gmm", "training": {"steps": 1e30}}, "training.steps", "whole numbers from 1"),
+        ({"name": "g", "family": "gmm", "training": {"steps": [5]}}, "training.steps", "whole numbers from 1"),
+        ({"name": "g", "family": "gmm", "training": {"steps": {"zz": 5}}}, "training.steps", "keyed by pq or qp"),
+        ({"name": "g", "family": "gmm", "training": {"steps": {"qp": "5"}}}, "training.steps", "(got '5')"),
+        ({"name": "g", "family": "gmm", "family_options": {"input_gain": "2"}}, "family_options.input_gain", "number"),
     ],
 )
 def test_an_invalid_spec_names_the_field_and_the_reason(data, where, reason):
     found = problems(data)
     assert where in found and reason in found[where], found
+    assert not [w for w in found if "[" in w or "constrained-" in w], found  # no union member's tag in a location
 
 
 def test_every_problem_is_reported_at_once():

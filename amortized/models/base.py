@@ -91,9 +91,10 @@ MAX_ABS_LOCATION = 1e6  # |mean| of a component or prior
 MAX_SCALE = 1e6  # standard deviations and the observation noise sigma
 WEIGHT_SUM_TOLERANCE = 1e-6  # relative: weights and probabilities must sum to 1 within it
 
-Location = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_ABS_LOCATION, le=MAX_ABS_LOCATION)]
-Scale = Annotated[float, Field(allow_inf_nan=False, gt=0, le=MAX_SCALE)]
-Probability = Annotated[float, Field(allow_inf_nan=False, gt=0, le=1)]
+# strict: numbers only (an int is a number), never a string or a boolean read as one ("1", true)
+Location = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_ABS_LOCATION, le=MAX_ABS_LOCATION)]
+Scale = Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0, le=MAX_SCALE)]
+Probability = Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0, le=1)]
 
 
 def check_sums_to_one(values: list[float], what: str) -> list[float]:
