@@ -152,6 +152,24 @@ def test_cancelling_a_queued_job_revokes_it(api):
     assert client.post("/v1/models", json=SMALL, headers=AUTH).status_code == 202
 
 
+@pytest.mark.parametrize(
+    "phase, step, cancellable", [("save", 10, False), ("save", 4, True), ("calibrate", 10, True), ("qp", 3, True)]
+)
+def test_a_job_writing_its_last_artifact_is_too_late_to_cancel(api, phase, step, cancellable):
+    """Only the last objective's save cannot be stopped any more: 409 saying so, not a 200 the job then ignores."""
+    client, queue = api
+    job = client.post("/v1/models", json=SMALL, headers=AUTH).json()
+    record = queue.read(job["id"])
+    running = {"status": "running", "phase": phase, "step": step, "total_steps": 10, "heartbeat": time.time()}
+    queue.write(record.model_copy(update=running))  # as its worker would write it
+    response = client.delete(f"/v1/jobs/{job['id']}", headers=AUTH)
+    if cancellable:
+        assert response.status_code == 200 and queue.cancel_requested(job["id"]), response.text
+    else:
+        assert response.status_code == 409 and "too late" in response.text, response.text
+        assert not queue.cancel_requested(job["id"])
+
+
 def test_queue_messages_are_json_not_pickle(api):
     client, queue = api
     job = client.post("/v1/models", json=SMALL, headers=AUTH).json()

@@ -238,6 +238,14 @@ def cancel_job(job_id: JobId, registry: RegistryDep, queue: QueueDep) -> dict:
     record = found(queue, job_id)
     if record.status not in ("queued", "running"):
         raise ApiError(409, ["path", "job_id"], f"job {job_id} is {record.status} already", "conflict")
+    if record.status == "running" and record.phase == "save" and record.step >= record.total_steps:
+        raise ApiError(
+            409,
+            ["path", "job_id"],
+            f"job {job_id} is too late to cancel: its last artifact is being written (it will succeed; a variant "
+            "is removed by deleting its folder under the artifacts folder)",
+            "conflict",
+        )
     cancelled = queue.cancel(job_id)
     assert cancelled is not None  # it was found above
     return answer(cancelled, registry)
