@@ -156,6 +156,8 @@ async def api_error(request: Request, exc: ApiError) -> Response:
 async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     loc = ["body"] if exc.status_code in (400, 413) else ["request"]
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):  # FastAPI's "error parsing the body"
+        detail = "the body could not be read as JSON: its arrays or objects are nested too deeply"
     headers = dict(exc.headers) if exc.headers else None
     if exc.status_code == 405:  # every method of the path (GET /v1/models and POST /v1/models sit in two routers)
         headers = {**(headers or {}), "Allow": allowed_methods(request)}

@@ -226,6 +226,13 @@ def test_malformed_or_non_finite_json_is_a_422(client, raw):
     assert response.status_code == 422 and response.json()["detail"][0]["loc"][0] == "body"
 
 
+@pytest.mark.parametrize("raw", [b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 50_000 + b"1" + b"}" * 50_000])
+def test_json_nested_too_deeply_says_so(client, raw):
+    response = client.post("/v1/models/gmm/posterior", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 400 and response.json()["detail"][0]["loc"] == ["body"], response.text
+    assert "nested too deeply" in response.json()["detail"][0]["msg"]
+
+
 @pytest.mark.parametrize(
     "headers", [{}, {"content-type": "text/plain"}, {"content-type": "application/x-www-form-urlencoded"}]
 )
