@@ -101,18 +101,11 @@ def probabilities(served: ServedModel, branch_probabilities: np.ndarray) -> pa.A
     )
 
 
-def latent_table(served: ServedModel, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per branch, the latent's value (0 where absent) and whether it is absent."""
-    values = served.branch_values[name]
-    missing = np.array([v is None for v in values], dtype=bool)
-    return np.array([0 if v is None else v for v in values], dtype=np.int64), missing
-
-
 def samples(served: ServedModel, branch: np.ndarray, x: np.ndarray) -> pa.Array:
     """{"x": [...], latent: [...]} per row: fixed-size lists over the samples."""
     columns = {"x": floats(x)}
     for name in served.branch_values:
-        values, missing = latent_table(served, name)
+        values, missing = served.branch_value_tables[name]
         columns[name] = integers(values[branch], missing[branch])
     return struct(columns, len(x))
 
@@ -123,7 +116,7 @@ def q_column(served: ServedModel, numbers: Numbers) -> pa.Array:
     rows, width = q.means.shape
     latents = {}
     for name in served.branch_values:
-        values, missing = latent_table(served, name)
+        values, missing = served.branch_value_tables[name]
         latents[name] = integers(np.tile(values, rows), np.tile(missing, rows))
     branches = struct(
         {

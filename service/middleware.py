@@ -150,22 +150,30 @@ CODINGS = ("zstd", "gzip")  # the codings answers may use, preferred first on eq
 QVALUE = re.compile(r"0(\.\d{0,3})?|1(\.0{0,3})?")  # RFC 9110, 12.4.2: 0 to 1, at most three decimals
 
 
+def weighed_items(header: str) -> list[tuple[str, float | None]]:
+    """An Accept-style header's items with their q (RFC 9110, 12.4.2): 1 when absent, None when not a qvalue.
+
+    q may come among other parameters (``zstd;level=1;q=0.5``); names are lower-cased.
+    """
+    items = []
+    for item in header.lower().split(","):
+        name, *parameters = (part.strip() for part in item.split(";"))
+        q: float | None = 1.0
+        for parameter in parameters:
+            key, _, value = (part.strip() for part in parameter.partition("="))
+            if key == "q":
+                q = float(value) if QVALUE.fullmatch(value) else None
+        items.append((name, q))
+    return items
+
+
 def accepted_coding(accept_encoding: str) -> str | None:
     """The coding to answer with: the supported one the header weighs highest (q > 0), zstd on a tie; None for none.
 
     ``*`` stands for every coding not named (RFC 9110, 12.5.3); q may come among other parameters; a q that is not
     a qvalue (``inf``, ``-1``, ``2``, ``abc``) counts as 0.
     """
-    weights: dict[str, float] = {}
-    for item in accept_encoding.lower().split(","):
-        name, *parameters = (part.strip() for part in item.split(";"))
-        q = 1.0
-        for parameter in parameters:  # q may follow other parameters (zstd;level=1;q=0.5)
-            key, _, value = parameter.partition("=")
-            if key.strip() == "q":
-                q = float(value.strip()) if QVALUE.fullmatch(value.strip()) else 0.0
-        if name:
-            weights[name] = q
+    weights = {name: q or 0.0 for name, q in weighed_items(accept_encoding) if name}
     best, best_q = None, 0.0
     for coding in CODINGS:
         q = weights.get(coding, weights.get("*", 0.0))

@@ -52,9 +52,15 @@ class ServedModel:
         # latent value of each branch for the JSON samples: an int array, or Python objects with None where
         # the latent does not exist in a branch (z when k = 1)
         self.branch_values: dict[str, np.ndarray] = {}
+        # the same for the Arrow answer: (value, 0 where absent) as int64, and whether absent, per branch
+        self.branch_value_tables: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name in self.model.latent_names:
             values = [branch.get(name) for branch in self.model.branches]
             self.branch_values[name] = np.array(values, dtype=object if None in values else np.int64)
+            self.branch_value_tables[name] = (
+                np.array([0 if v is None else v for v in values], dtype=np.int64),
+                np.array([v is None for v in values], dtype=bool),
+            )
         self.branch_latents = [dict(branch) for branch in self.model.branches]
         # P(latent = value) columns and their labels for the JSON answer (the model computes the marginals)
         self.value_groups = [

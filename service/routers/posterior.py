@@ -25,7 +25,7 @@ from service.answers import PosteriorQuery, answer
 from service.dependencies import ServedModelDep, check_version
 from service.errors import ApiError
 from service.metrics import OBJECTIVE_KEY, Metrics
-from service.middleware import QVALUE
+from service.middleware import weighed_items
 from service.registry import Registry, ServedModel
 from service.responses import json_response
 from service.schemas import (
@@ -94,13 +94,7 @@ def negotiate(accept: str | None) -> str:
             headers={"Vary": "Accept"},
         )
 
-    qs = [
-        p.partition("=")[2].strip()
-        for r in accept.split(",")
-        for p in r.split(";")[1:]
-        if p.partition("=")[0].strip().lower() == "q"
-    ]
-    if not all(QVALUE.fullmatch(q) for q in qs):
+    if any(q is None for _, q in weighed_items(accept)):
         raise refuse("cannot be parsed (q must be a number from 0 to 1, three decimals at most)")
     try:
         chosen = mimeparse.best_match(list(MEDIA_TYPES), accept)
