@@ -4,8 +4,8 @@
    (``posterior_arrays``): Arrow against JSON, medians of ``--repeats`` alternating runs, with the breakdown:
    server compute (networks, draws, diagnostics), layout and serialisation (in-process, the server's own code),
    transfer (the raw HTTP round trip less those), client decode (bytes to arrays, in-process).
-2. A summaries-only request for 10,000 observations (``include: ["summary"]``, ``num_samples: 0``; and one source
-   alone): its bytes in JSON and Arrow, plain, gzip and zstd, and its time through the client.
+2. A summaries-only request for 10,000 observations (``include: ["summary"]``, q's, ``num_samples: 0``; the exact
+   posterior's, and both): its bytes in JSON and Arrow, plain, gzip and zstd, and its time through the client.
 3. Compression: bytes, compression CPU per answer (in-process, the server's levels) and requests/s (wrk, one
    worker) with and without, for one answer (1 y, 1000 samples) and for a batch (100 y x 1000 samples).
 
@@ -182,7 +182,7 @@ def main() -> None:
         print(f"  JSON / Arrow, client to arrays: {e2e['json']['client'] / e2e['arrow']['client']:.1f}x")
         print("== 2. summaries only, 10,000 observations (gmm, pq)")
         many = rng.normal(0, 10, 10_000).round(3).tolist()
-        for include in (["summary"], ["summary.q"], ["summary.exact"]):
+        for include in (["summary"], ["summary.exact"], ["summary.q", "summary.exact"]):
             print(f"  include {include}, num_samples 0:")
             sizes(base, {"y": many, "num_samples": 0, "include": include, "seed": 1}, args.repeats)
 
