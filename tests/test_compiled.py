@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 import amortized.compiled as compiled_module
 from tests.conftest import ROOT
 
@@ -16,8 +18,8 @@ import json, sys
 import numpy as np
 from amortized.compiled import CACHE_FOLDER
 from amortized.diagnostics import evidence_agreement
-estimates = np.array([[-1.0, -1.1, -0.9], [2.0, 5.0, np.nan]])
-errors = np.array([[0.1, 0.2, 0.1], [0.1, 0.1, 0.1]])
+estimates = np.array([[-1.0, -1.1, -0.9], [2.0, 5.0, np.nan]]).T  # (3 estimates, 2 observations)
+errors = np.array([[0.1, 0.2, 0.1], [0.1, 0.1, 0.1]]).T
 out = evidence_agreement(estimates, errors, np.array([0.001, 0.3]), np.array([0.001, 0.01]))
 stats = evidence_agreement.stats
 print(json.dumps({"folder": CACHE_FOLDER, "bytes": [np.asarray(a).tobytes().hex() for a in out],
@@ -43,6 +45,9 @@ def test_the_cache_is_written_once_then_loaded_with_the_same_results(tmp_path):
     plain = probe({})  # compiled in memory, as without the cache
     assert plain["folder"] is None and plain["hits"] == 0
     assert first["bytes"] == second["bytes"] == plain["bytes"]
+    # by hand: the first observation's estimates agree and miss nothing; the second's NaN agrees with nothing and
+    # cannot rule missed mass out
+    assert plain["bytes"] == [np.array([True, False]).tobytes().hex(), np.array([False, True]).tobytes().hex()]
 
 
 def test_no_folder_without_the_setting_or_where_it_cannot_be_written(tmp_path, monkeypatch):
