@@ -92,6 +92,7 @@ class Metrics:
             registry=self.registry,
         )
         self._children: dict[tuple, tuple] = {}
+        self._observed: dict[str, Any] = {}  # each model's observations counter (labels() costs a lock and lookups)
         self._process_refreshed = 0.0
         if self.folder is None:
             ProcessCollector(registry=self.registry)
@@ -141,7 +142,11 @@ class Metrics:
             posterior[1].observe(seconds)
 
     def answered(self, model: str, observations: int) -> None:
-        self.observations.labels(model).inc(observations)
+        """``observations`` more answered for ``model`` (a served name); its child counter looked up once."""
+        counter = self._observed.get(model)
+        if counter is None:
+            counter = self._observed[model] = self.observations.labels(model)
+        counter.inc(observations)
 
     def refresh_process(self, every: float = 0.0) -> None:
         """Multiprocess mode: this worker's process gauges, read as prometheus_client's process collector reads them.

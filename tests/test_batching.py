@@ -47,17 +47,24 @@ def test_a_query_answered_in_a_batch_gets_the_bytes_it_gets_alone(registry, name
 
 @pytest.mark.parametrize("name", MODELS)
 def test_networks_run_together_give_the_bytes_each_gives_alone(registry, name):
-    """The request path runs a model's pq and qp networks as one stacked NumPy pass."""
+    """The request path runs a model's pq and qp networks as one stacked NumPy pass (gmm's differ in input gain):
+    each gets the bits of its own pass, and the numbers of its torch module (float32 there)."""
+    import torch
+
     served = registry.models[name]
     y = np.array([[0.3, -2.0], [5.0, 40.0], [0.0, 1e4]])
     together = served.forward(["pq", "qp"], y)
     for objective in ("pq", "qp"):
         alone = served.forward([objective], y)[objective]
+        with torch.no_grad():
+            reference = served.artifacts[objective].network(torch.tensor(y.reshape(-1), dtype=torch.float32))
         for field in ("log_probs", "means", "stds"):
             assert (
                 np.ascontiguousarray(getattr(together[objective], field)).tobytes()
                 == np.ascontiguousarray(getattr(alone, field)).tobytes()
             )
+            expected = getattr(reference, field).double().numpy().reshape(getattr(alone, field).shape)
+            np.testing.assert_allclose(getattr(together[objective], field), expected, rtol=1e-4, atol=1e-5)
     assert not np.array_equal(together["pq"].means, together["qp"].means)
 
 

@@ -263,10 +263,18 @@ class BranchedMLPNetwork(InferenceNetwork):
         pq and qp networks of a model pay it once.
         """
         first = networks[0]
-        if any(not isinstance(n, cls) or n.architecture() != first.architecture() for n in networks):
+
+        def layers(network: InferenceNetwork) -> dict:  # the architecture but the input gain (applied per network)
+            return {key: value for key, value in network.architecture().items() if key != "input_gain"}
+
+        if any(not isinstance(n, cls) or layers(n) != layers(first) for n in networks):
             return super().numpy_stacked(networks)
         assert isinstance(first, BranchedMLPNetwork)  # every network is one (checked above)
         same = cast(Sequence[BranchedMLPNetwork], networks)
+        # each network's input gain on its own item of the leading axis: u * 1.0 is u, so every item has the bits
+        # it has alone (the pq and qp networks of gmm differ in gain only, and share one pass)
+        gains = np.array([n.input_gain for n in same])
+        gained = bool((gains != 1.0).any())
         discrete = None if first.discrete is None else numpy_mlp([cast(nn.Sequential, n.discrete) for n in same])
         continuous = numpy_branched_mlp([n.continuous for n in same], first.num_branches)
         tree = CategoricalTree(
@@ -274,7 +282,9 @@ class BranchedMLPNetwork(InferenceNetwork):
         )
 
         def forward(y: np.ndarray) -> list[BranchedNormal]:
-            u = np.asarray(y, dtype=np.float64)[None]  # a leading axis for the networks
+            u = first._standardised(np.asarray(y, dtype=np.float64)[None])  # a leading axis for the networks
+            if gained:
+                u = u * gains.reshape(-1, *[1] * (u.ndim - 1))
             q = first._forward(u, discrete, continuous, tree)
             if discrete is None:  # one branch: log q(b) = 0 for every network
                 q = BranchedNormal(np.broadcast_to(q.log_probs, q.means.shape), q.means, q.stds)
@@ -284,19 +294,22 @@ class BranchedMLPNetwork(InferenceNetwork):
 
         return forward
 
-    def _forward(self, y: Array, discrete: Layers | None, continuous: Layers, tree: CategoricalTree) -> BranchedNormal:
-        """The forward pass, written once for torch (training) and NumPy (serving).
+    def _forward(self, u: Array, discrete: Layers | None, continuous: Layers, tree: CategoricalTree) -> BranchedNormal:
+        """The forward pass from the network's input ``u`` (:meth:`_scaled`), ``(..., batch, 1)``.
 
-        ``continuous`` maps the scaled y ``(..., batch, 1)`` to (mean, log
-        variance) for every branch ``(..., batch, branches, 2)``.
+        ``continuous`` maps u to (mean, log variance) for every branch
+        ``(..., batch, branches, 2)``.
         """
-        u = self._scaled(y)
         log_probs = self._branch_log_probs(u, None if discrete is None else discrete(u), tree)
         return BranchedNormal(log_probs, *self._normals(continuous(u)))
 
+    def _standardised(self, y: Array) -> Array:
+        """y scaled by the prior moments, ``(..., batch, 1)``."""
+        return ((y - self.y_loc) / self.y_scale)[..., None]
+
     def _scaled(self, y: Array) -> Array:
         """The network's input: y scaled by the prior moments (times the input gain), ``(..., batch, 1)``."""
-        u = ((y - self.y_loc) / self.y_scale)[..., None]
+        u = self._standardised(y)
         return u * self.input_gain if self.input_gain != 1.0 else u
 
     def _branch_log_probs(self, u: Array, logits: Array | None, tree: CategoricalTree) -> Array:
