@@ -28,5 +28,6 @@ if __name__ == "__main__":
         command.append(f"--hypothesis-seed={args.seed}")
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, env={**os.environ, "AMORTIZED_FUZZ_EXAMPLES": str(args.examples)})
-    print(f"{args.examples} examples per operation: {time.perf_counter() - started:.0f} s, exit status {done.returncode}")
+    seconds = time.perf_counter() - started
+    print(f"{args.examples} examples per operation: {seconds:.0f} s, exit status {done.returncode}")
     sys.exit(done.returncode)
