@@ -218,52 +218,29 @@ def numbers_for(
     exact_quantiles: np.ndarray | None,
     first: PosteriorQuery,
     unchecked: str,
+    rows: slice | None = None,
 ) -> Numbers:
     """What one compiled network answers for every observation in ``y`` (``truth``: exact posterior and evidence).
 
     Each observation draws from a generator of its own, seeded by its entry in
     ``seeds``; the draws are the same whatever parts are asked (resampling, the
     last to draw, is skipped when "resampled" is not). A big batch is answered
-    in blocks of rows (:func:`row_blocks`), on ``first.compute_threads``
-    threads, and joined: every row is computed independently of the others, so
-    the numbers are those of one piece, to the bit.
+    in blocks of rows (:func:`row_blocks`; ``rows``: one block), on
+    ``first.compute_threads`` threads, and joined: every row is computed
+    independently of the others, so the numbers are those of one piece, to the bit.
     """
-
-    def block(rows: slice) -> Numbers:
-        return block_numbers(
-            served,
-            y[rows],
-            seeds[rows],
-            objective,
-            q[rows],
-            None if other is None else other[rows],
-            (truth[0][rows], truth[1][rows]),
-            None if exact_quantiles is None else exact_quantiles[rows],
-            first,
-            unchecked,
-        )
-
-    blocks = row_blocks(len(y), first.row_size)
-    if len(blocks) == 1:
-        return block(slice(None))
-    if first.compute_threads > 1:
-        return join_blocks(list(compute_pool(first.compute_threads).map(block, blocks)))
-    return join_blocks([block(rows) for rows in blocks])
-
-
-def block_numbers(
-    served: ServedModel,
-    y: np.ndarray,
-    seeds: list[int],
-    objective: str,
-    q: BranchedNormal,
-    other: BranchedNormal | None,
-    truth: tuple[BranchedNormal, np.ndarray],
-    exact_quantiles: np.ndarray | None,
-    first: PosteriorQuery,
-    unchecked: str,
-) -> Numbers:
-    """:func:`numbers_for` for one block of rows, in one piece."""
+    if rows is None:
+        blocks = row_blocks(len(y), first.row_size)
+        if len(blocks) > 1:
+            arguments = (served, y, seeds, objective, q, other, truth, exact_quantiles, first, unchecked)
+            block = functools.partial(numbers_for, *arguments)
+            if first.compute_threads > 1:
+                return join_blocks(list(compute_pool(first.compute_threads).map(block, blocks)))
+            return join_blocks([block(rows) for rows in blocks])
+    else:  # one block of a big batch
+        y, seeds, q, truth = y[rows], seeds[rows], q[rows], (truth[0][rows], truth[1][rows])
+        other = None if other is None else other[rows]
+        exact_quantiles = None if exact_quantiles is None else exact_quantiles[rows]
     parts = first.parts
     analysis = None
     if parts & DRAWN_PARTS:

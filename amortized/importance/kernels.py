@@ -52,64 +52,43 @@ def evaluate_draws(
     while it is in cache: the terms come back shifted), else ``(0, 0)``.
     """
     rows, n = noise.shape
-    components, others = joint.shape[0], ratio.shape[0]
+    components, num_edges, others = joint.shape[0], edges.shape[1], ratio.shape[0]
     branch = np.empty((rows, n), np.int64)
     x, terms, log_ratio = np.empty((rows, n)), np.empty((components, rows, n)), np.empty((others, rows, n))
     top = np.empty((rows, n) if components > 1 else (0, 0))
     for r in range(rows):  # simple inner loops over the draws, which the compiler vectorises
-        evaluate_row(edges, uniform, noise, means, stds, joint, ratio, branch, x, terms, log_ratio, r)
-        if components > 1:
+        if num_edges == 0:  # one branch: every coefficient is the row's, loaded once (the same arithmetic)
+            mean, std = means[r, 0], stds[r, 0]
+            for j in range(n):
+                branch[r, j] = 0
+                x[r, j] = mean + std * noise[r, j]
+            for c in range(components):
+                a, b, q = joint[c, r, 0, 0], joint[c, r, 0, 1], joint[c, r, 0, 2]
+                for j in range(n):
+                    terms[c, r, j] = a + noise[r, j] * (b + q * noise[r, j])
+            for o in range(others):
+                a, b, q = ratio[o, r, 0, 0], ratio[o, r, 0, 1], ratio[o, r, 0, 2]
+                for j in range(n):
+                    log_ratio[o, r, j] = a + noise[r, j] * (b + q * noise[r, j])
+        else:
+            for j in range(n):
+                k = 0
+                for e in range(num_edges):
+                    k += uniform[r, j] >= edges[r, e]
+                branch[r, j] = k
+            for j in range(n):
+                x[r, j] = means[r, branch[r, j]] + stds[r, branch[r, j]] * noise[r, j]
+            for c in range(components):
+                for j in range(n):
+                    k, eps = branch[r, j], noise[r, j]
+                    terms[c, r, j] = joint[c, r, k, 0] + eps * (joint[c, r, k, 1] + joint[c, r, k, 2] * eps)
+            for o in range(others):
+                for j in range(n):
+                    k, eps = branch[r, j], noise[r, j]
+                    log_ratio[o, r, j] = ratio[o, r, k, 0] + eps * (ratio[o, r, k, 1] + ratio[o, r, k, 2] * eps)
+        if components > 1:  # the row is in cache: shift it now
             shift_row(terms, top, r)
     return branch, x, terms, log_ratio, top
-
-
-@compiled
-def evaluate_row(
-    edges: np.ndarray,
-    uniform: np.ndarray,
-    noise: np.ndarray,
-    means: np.ndarray,
-    stds: np.ndarray,
-    joint: np.ndarray,
-    ratio: np.ndarray,
-    branch: np.ndarray,
-    x: np.ndarray,
-    terms: np.ndarray,
-    log_ratio: np.ndarray,
-    r: int,
-) -> None:
-    """Row ``r`` of :func:`evaluate_draws`, into its outputs."""
-    n = noise.shape[1]
-    components, num_edges, others = joint.shape[0], edges.shape[1], ratio.shape[0]
-    if num_edges == 0:  # one branch: every coefficient is the row's, loaded once (the same arithmetic)
-        mean, std = means[r, 0], stds[r, 0]
-        for j in range(n):
-            branch[r, j] = 0
-            x[r, j] = mean + std * noise[r, j]
-        for c in range(components):
-            a, b, q = joint[c, r, 0, 0], joint[c, r, 0, 1], joint[c, r, 0, 2]
-            for j in range(n):
-                terms[c, r, j] = a + noise[r, j] * (b + q * noise[r, j])
-        for o in range(others):
-            a, b, q = ratio[o, r, 0, 0], ratio[o, r, 0, 1], ratio[o, r, 0, 2]
-            for j in range(n):
-                log_ratio[o, r, j] = a + noise[r, j] * (b + q * noise[r, j])
-        return
-    for j in range(n):
-        k = 0
-        for e in range(num_edges):
-            k += uniform[r, j] >= edges[r, e]
-        branch[r, j] = k
-    for j in range(n):
-        x[r, j] = means[r, branch[r, j]] + stds[r, branch[r, j]] * noise[r, j]
-    for c in range(components):
-        for j in range(n):
-            k, eps = branch[r, j], noise[r, j]
-            terms[c, r, j] = joint[c, r, k, 0] + eps * (joint[c, r, k, 1] + joint[c, r, k, 2] * eps)
-    for o in range(others):
-        for j in range(n):
-            k, eps = branch[r, j], noise[r, j]
-            log_ratio[o, r, j] = ratio[o, r, k, 0] + eps * (ratio[o, r, k, 1] + ratio[o, r, k, 2] * eps)
 
 
 @compiled
