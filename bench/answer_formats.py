@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -35,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from wrk_load import post  # bench/wrk_load.py, beside this script
 
 from client import ARROW, AmortizedClient, PosteriorArrays
+from service import arrow
 from service.settings import Settings
 from tests.launch import ROOT, start_server, stop_server
 
@@ -167,8 +169,59 @@ def server_cpu(process: subprocess.Popen) -> float:
     return total / 1e9
 
 
+def in_process(ys: list[float], repeats: int) -> None:
+    """The answer's CPU in process, with the worker's heap setting: on one thread, and on two threads as the CPU of
+    its critical path (the calling thread's plus the busier pool thread's), what its wall time is on two idle cores.
+
+    Figures that hold on a loaded machine, where wall times measure the other work.
+    """
+    import threading
+    from collections import defaultdict
+
+    from service import answers
+    from service.main import keep_heap
+    from service.registry import Registry
+
+    keep_heap(Settings().heap_bytes)
+    served = Registry(ROOT / "artifacts").models[MODEL]
+    per_thread: dict[int, float] = defaultdict(float)
+    whole = answers.numbers_for
+
+    def counted(*arguments: Any, **options: Any) -> Any:  # numbers_for, counting the CPU of each block of rows
+        if len(arguments) <= 10 and options.get("rows") is None:  # the whole batch: it splits (service.answers)
+            return whole(*arguments, **options)
+        start = time.thread_time()
+        try:
+            return whole(*arguments, **options)
+        finally:
+            per_thread[threading.get_ident()] += time.thread_time() - start
+
+    for threads in (1, 2):
+        query = answers.PosteriorQuery(served, ys, "pq", 1000, 7, False, True, media="arrow", compute_threads=threads)
+        critical, total = [], []
+        for run in range(repeats + 1):
+            per_thread.clear()
+            answers.numbers_for = counted
+            start = time.thread_time()
+            try:
+                arrow.stream(answers.answer(query), {})
+            finally:
+                answers.numbers_for = whole
+            caller = time.thread_time() - start
+            if run:  # the first warms up
+                pool = [cpu for thread, cpu in per_thread.items() if thread != threading.get_ident()]
+                critical.append(caller + max(pool, default=0.0))  # on one thread the blocks are the caller's
+                total.append(caller + sum(pool))
+        print(
+            f"  in process, {threads} compute thread{'s' if threads > 1 else ''}: answer and serialise, CPU of the "
+            f"critical path median {1e3 * statistics.median(critical):.0f} ms, of every thread "
+            f"{1e3 * statistics.median(total):.0f} ms"
+        )
+
+
 def part_one(server: subprocess.Popen, base: str, ys: list[float], repeats: int) -> None:
     print(f"== 1. {len(ys)} observations x 1000 samples ({MODEL}, pq, cross-checked) to numpy arrays")
+    in_process(ys, repeats)
     e2e, bodies = end_to_end(server, base, ys, 1000, repeats)
     decode = decode_times(bodies["json"], bodies["arrow"], repeats)
     print(
@@ -218,7 +271,7 @@ def part_three(base: str, ys: list[float], args: argparse.Namespace, settings: S
         f"== 3. compression ({MODEL}, pq, cross-checked): bytes, CPU, requests/s (wrk, {args.connections} "
         f"connections, {args.seconds} s, one worker)"
     )
-    cases = {
+    cases: dict[str, tuple[dict[str, Any], int]] = {
         "one answer (1 y x 1000 samples)": ({"y": 0.5, "num_samples": 1000, "seed": 7}, args.connections),
         "a batch (100 y x 1000 samples)": ({"y": ys[:100], "num_samples": 1000, "seed": 7}, 2),
     }
