@@ -7,6 +7,9 @@ PORT ?= 8000
 WEB_CONCURRENCY ?= 1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# numba keeps the compiled kernels here, so a server process starts in about a second instead of compiling them
+# for several (amortized/compiled.py: a subfolder per version of the sources); unset it to compile in memory only
+export NUMBA_CACHE_DIR ?= $(abspath $(VENV))/numba-cache
 
 .PHONY: serve test lint compile report bench-compile bench-serve clean-venv
 

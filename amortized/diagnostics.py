@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from numba import njit
 
 from amortized.arrays import gather
+from amortized.compiled import compiled
 from amortized.distributions import BranchedNormal, inverse_cdf
 from amortized.divergences import kl_divergences
 from amortized.importance import kernels
@@ -101,7 +101,7 @@ def missed_mass_exceeds_floor(mass: Any, se: Any) -> Any:
         return mass - MISSED_MASS_Z * se > MISSED_MASS_FLOOR
 
 
-@njit(error_model="numpy", nogil=True)
+@compiled
 def evidence_agreement(
     estimates: np.ndarray, errors: np.ndarray, missed: np.ndarray, missed_se: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from numba import njit
 
 from amortized.arrays import Array, logsumexp
+from amortized.compiled import compiled
 from amortized.distributions import LOG_SQRT_2PI, BranchedNormal, lib
 from amortized.models import ConjugateMixtureModel
 
@@ -169,7 +169,7 @@ def _mixture_kl_divergences(
     return kl_pq, kl_qp
 
 
-@njit(error_model="numpy", nogil=True)
+@compiled
 def expected_log_density(
     centres: np.ndarray,
     widths: np.ndarray,

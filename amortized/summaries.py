@@ -26,8 +26,8 @@ from collections.abc import Sequence
 from statistics import NormalDist
 
 import numpy as np
-from numba import njit
 
+from amortized.compiled import compiled
 from amortized.distributions import BranchedNormal
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)  # the quantile levels of an answer's summary
@@ -44,7 +44,7 @@ def central_bounds(levels: Sequence[float]) -> list[float]:
 SUMMARY_LEVELS = (*QUANTILES, *central_bounds(INTERVALS))  # every level a summary needs, computed in one call
 
 
-@njit(error_model="numpy", nogil=True)
+@compiled
 def _invert_mixture_cdf(
     probs: np.ndarray, means: np.ndarray, stds: np.ndarray, levels: np.ndarray, normal_quantiles: np.ndarray
 ) -> np.ndarray:

@@ -5,8 +5,8 @@
    server compute (networks, draws, diagnostics), layout and serialisation (in-process, the server's own code),
    transfer (the raw HTTP round trip less those), client decode (bytes to arrays, in-process), and the server's
    CPU (every thread); then, apart and clearly not the acceptance figure, two reduced answers (``include``).
-2. A summaries-only request for 10,000 observations (``include: ["summary"]``, ``num_samples: 0``; and one source
-   alone): its bytes in JSON and Arrow, plain, gzip and zstd, and its time through the client.
+2. A summaries-only request for 10,000 observations (``include: ["summary"]``, q's, ``num_samples: 0``; the exact
+   posterior's, and both): its bytes in JSON and Arrow, plain, gzip and zstd, and its time through the client.
 3. Compression: bytes, compression CPU per answer (in-process, the server's levels) and requests/s (wrk, one
    worker) with and without, for one answer (1 y, 1000 samples) and for a batch (100 y x 1000 samples).
 
@@ -261,7 +261,7 @@ def part_one(server: subprocess.Popen, base: str, ys: list[float], repeats: int)
 def part_two(base: str, rng: np.random.Generator, repeats: int) -> None:
     print("== 2. summaries only, 10,000 observations (gmm, pq)")
     many = rng.normal(0, 10, 10_000).round(3).tolist()
-    for include in (["summary"], ["summary.q"], ["summary.exact"]):
+    for include in (["summary"], ["summary.exact"], ["summary.q", "summary.exact"]):
         print(f"  include {include}, num_samples 0:")
         sizes(base, {"y": many, "num_samples": 0, "include": include, "seed": 1}, repeats)
 

@@ -34,7 +34,7 @@ from service.middleware import BodySizeLimit, ContentEncoding, HeadAsGet, Respon
 from service.registry import Registry, ServedModel
 from service.reload import describe, resolve_mode, watch_artifacts
 from service.routers import bench, exact, health, jobs, models, pages, posterior
-from service.schemas import resolve_parts
+from service.schemas import SUMMARY_SOURCES, resolve_parts
 from service.settings import Settings, get_settings
 from trainer.jobs import JobQueue, is_embedded
 
@@ -107,7 +107,7 @@ def warm_up_model(served: ServedModel, check_samples: int = DEFAULT_CHECK_SAMPLE
         )
     # the summaries' compiled quantile function (amortized.summaries), with and without draws
     for n in (0, 8):
-        parts = resolve_parts(["summary"], n, False)
+        parts = resolve_parts([s for s in SUMMARY_SOURCES if n or s != "summary.weighted"], n, False)
         answer_batch(
             [PosteriorQuery(served, [0.0], served.objectives[0], n, 0, False, True, check_samples, parts=parts)]
         )

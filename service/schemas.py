@@ -22,7 +22,7 @@ FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_A
 Version = Annotated[str, Field(pattern=r"^[0-9a-f]{16}([0-9a-f]{48})?$", examples=["837d250ee69fe077"])]
 
 
-# the parts of an answer "include" may name; "summary" stands for its three sources
+# the parts of an answer "include" may name; "summary" stands for q's summary, a source's name for that source
 Part = Literal[
     "q",
     "samples",
@@ -44,16 +44,18 @@ def resolve_parts(include: Sequence[str] | None, num_samples: int, resample: boo
     """The parts an answer holds: ``include``'s, "summary" expanded into its sources, or the default.
 
     The default is today's answer: q, samples, log_weights, diagnostics and
-    exact, and resampled when ``resample``. "summary" means the summaries of q
-    and of the exact posterior, and of the weighted draws when ``num_samples``
-    is at least 1.
+    exact, and resampled when ``resample``. "summary" means one summary, of q
+    (the network's posterior, which exists without draws and for every model):
+    a dashboard's summaries-only answer carries one set of numbers per
+    observation; the other sources are asked by name (README, "Answers sized
+    for their use").
     """
     if include is None:
         return DEFAULT_PARTS | ({"resampled"} if resample else set())
     parts = set(include)
     if "summary" in parts:
         parts.discard("summary")
-        parts |= {"summary.q", "summary.exact"} | ({"summary.weighted"} if num_samples > 0 else set())
+        parts.add("summary.q")
     return frozenset(parts)
 
 
@@ -103,8 +105,9 @@ class PosteriorRequest(BaseModel):
         max_length=len(get_args(Part)),
         description="the parts of each answer to return (model, versions, seed, y and objective always are): q, "
         "samples, log_weights, diagnostics, exact, resampled (with resample), summary (quantiles and central credible "
-        "intervals of x, and the discrete latents' probabilities, from q, the weighted draws and the exact posterior), "
-        "or one summary source (summary.q, summary.weighted, summary.exact); absent: q, samples, log_weights, "
+        "intervals of x, and the discrete latents' probabilities, of q: the same as summary.q), or summaries by "
+        "source (summary.q, summary.weighted: of the importance-weighted draws, summary.exact: of the exact "
+        "posterior; several may be listed); absent: q, samples, log_weights, "
         "diagnostics, exact and (with resample) resampled. What is left out is neither computed nor sent.",
         examples=[["summary"], ["q", "diagnostics"]],
     )

@@ -12,6 +12,7 @@ import pytest
 
 import client as client_module
 from client import AmortizedClient
+from service.schemas import SUMMARY_SOURCES
 from tests.conftest import ARTIFACTS, ROOT
 from tests.launch import start_server, stop_server
 
@@ -90,10 +91,10 @@ def test_arrow_columns_read_alike_in_one_chunk_or_several_and_versions_name_the_
 
 def test_summaries_reach_the_client_as_columns(client):
     with AmortizedClient(transport=client._transport, base_url="http://testserver") as api:
-        columns = api.posterior_arrays("gmm", [0.0, 3.0], num_samples=0, include=["summary"])
+        columns = api.posterior_arrays("gmm", [0.0, 3.0], num_samples=0, include=["summary", "summary.exact"])
         assert columns.x is None and set(columns.summary) >= {"q.quantiles.0.5", "exact.intervals.0.95"}
         assert columns.summary["exact.intervals.0.95"].shape == (2, 2)
-        one = api.posterior("gmm", 0.0, num_samples=100, seed=1, include=["summary"])
+        one = api.posterior("gmm", 0.0, num_samples=100, seed=1, include=list(SUMMARY_SOURCES))
         assert set(one.summary) == {"q", "weighted", "exact"} and one.x.size == 0
 
 

@@ -14,6 +14,7 @@ from scipy import optimize, stats
 from service.answers import PosteriorQuery, answer
 from service.arrow import MEDIA_TYPE as ARROW
 from service.middleware import accepted_coding
+from service.schemas import SUMMARY_SOURCES
 from tests.test_service import RESPONSE, strict_json
 
 DEFAULT = ["q", "samples", "log_weights", "diagnostics", "exact"]
@@ -82,7 +83,10 @@ def json_rows(data) -> list[dict]:
         ("gaussian", {"y": 0.8, "objective": "pq", "num_samples": 300, "seed": 5}),
         ("gmm", {"y": [-3.0, 0.0, 1e6], "objective": "both", "num_samples": 200, "seed": 2, "resample": True}),
         ("gmm_discrete", {"y": [-8.0, 12.0], "objective": "qp", "num_samples": 50, "seed": 9, "cross_check": False}),
-        ("gmm_open", {"y": 2.7, "objective": "both", "num_samples": 120, "seed": 4, "include": ["summary", "q"]}),
+        (
+            "gmm_open",
+            {"y": 2.7, "objective": "both", "num_samples": 120, "seed": 4, "include": [*SUMMARY_SOURCES, "q"]},
+        ),
         ("gmm_open_k3", {"y": [2.7, -40.0], "num_samples": 0, "seed": 1, "include": ["exact", "summary"]}),
     ],
 )
@@ -126,7 +130,9 @@ def mixture_quantile(branches, level):
 
 @pytest.mark.parametrize("model, y", [("gmm", 0.0), ("gmm_discrete", -3.0), ("gmm_open", 2.7)])
 def test_summaries_are_the_quantiles_of_q_of_the_weighted_draws_and_of_the_truth(client, model, y):
-    data = as_json(client, model, y=y, num_samples=2000, seed=3, include=["q", "samples", "log_weights", "summary"])
+    data = as_json(
+        client, model, y=y, num_samples=2000, seed=3, include=["q", "samples", "log_weights", *SUMMARY_SOURCES]
+    )
     summary = data["summary"]
     assert list(summary) == ["q", "weighted", "exact"]
     levels = [float(a) for a in QUANTILES] + [b for pair in INTERVALS.values() for b in pair]
@@ -163,8 +169,27 @@ def stats_quantile_from_exact(exact_body, level):
     return mixture_quantile(exact_body["results"][0]["components"], level)
 
 
+def test_summary_means_q_and_the_sources_come_by_name(client):
+    """ "summary" is one summary per observation, q's; each source named adds its own, in a fixed order."""
+    body = {"y": [0.0, 7.5], "num_samples": 50, "seed": 2}
+    plain = raw(client, "gmm_open", **body, include=["summary"])
+    named = raw(client, "gmm_open", **body, include=["summary.q"])
+    assert plain.status_code == named.status_code == 200 and plain.content == named.content
+    assert [list(row["summary"]) for row in json_rows(plain.json())] == [["q"], ["q"]]
+    every = as_json(client, "gmm_open", **body, include=["summary.exact", "summary", "summary.weighted"])
+    assert [list(row["summary"]) for row in json_rows(every)] == [["q", "weighted", "exact"]] * 2
+    for a, b in zip(json_rows(plain.json()), json_rows(every)):
+        same_bits(a["summary"]["q"], b["summary"]["q"])
+
+
 def test_summaries_only_draw_nothing_with_zero_samples(client):
-    body = {"y": [0.0, 4.0, -30.0], "objective": "both", "num_samples": 0, "include": ["summary"], "seed": 1}
+    body = {
+        "y": [0.0, 4.0, -30.0],
+        "objective": "both",
+        "num_samples": 0,
+        "include": ["summary", "summary.exact"],
+        "seed": 1,
+    }
     data = as_json(client, "gmm", **body)
     for row in json_rows(data):
         assert list(row) == ["model", "versions", "seed", "y", "objective", "summary"]
@@ -318,12 +343,13 @@ def test_an_answer_without_diagnostics_runs_no_cross_check(app, client):
     limit = app.state.settings.max_total_samples
     rows = 2000  # with the check: 2 objectives x (100 + 2 x 1000) draws a row, 8.4e6 > the 5e6 limit
     assert rows * 2 * (100 + 2 * app.state.settings.cross_check_samples) > limit >= rows * 2 * 100
-    body = {"y": [0.1] * rows, "objective": "both", "num_samples": 100, "seed": 3, "include": ["summary"]}
+    weighted = ["summary.weighted"]  # made of draws, without diagnostics
+    body = {"y": [0.1] * rows, "objective": "both", "num_samples": 100, "seed": 3, "include": weighted}
     answer = as_json(client, "gmm", **body)["results"]
     assert len(answer) == rows and set(answer[0]["objectives"]) == {"pq", "qp"}
-    refused = raw(client, "gmm", **(body | {"include": ["summary", "diagnostics"]}))
+    refused = raw(client, "gmm", **(body | {"include": [*weighted, "diagnostics"]}))
     assert refused.status_code == 422 and "would draw" in refused.text, refused.text
-    one = as_json(client, "gmm", y=0.1, objective="qp", num_samples=100, seed=3, include=["summary"])
+    one = as_json(client, "gmm", y=0.1, objective="qp", num_samples=100, seed=3, include=weighted)
     assert set(one["versions"]) == {"qp"}  # the other network did not answer
-    checked = as_json(client, "gmm", y=0.1, objective="qp", num_samples=100, seed=3, include=["summary", "diagnostics"])
+    checked = as_json(client, "gmm", y=0.1, objective="qp", num_samples=100, seed=3, include=[*weighted, "diagnostics"])
     assert set(checked["versions"]) == {"pq", "qp"} and checked["summary"] == one["summary"]

@@ -9,10 +9,10 @@ loops: its SIMD ``exp`` is about seven times faster than a compiled scalar one.
 
 Each loop works row by row in a fixed order, so a row's result does not
 depend on the other rows of a batch (micro-batching relies on it). No
-fastmath: infinities and NaN propagate as in NumPy, and sums run in order.
-Kernels compile on first call (about a second; the service warms them up at
-start) and are not cached on disk: numba's cache is pickled, and nothing the
-service loads may execute code.
+fastmath: infinities and NaN propagate as in NumPy, and sums run in order
+(:mod:`amortized.compiled`: the options, and the disk cache where the
+environment enables it). Kernels compile on first call (about a second; the
+service warms them up at start).
 """
 
 from __future__ import annotations
@@ -20,10 +20,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 
-# error_model="numpy": a float division by zero gives inf or NaN, as in NumPy, instead of raising
-compiled = njit(error_model="numpy", nogil=True)
+from amortized.compiled import compiled
 
 
 @compiled

@@ -17,8 +17,9 @@ import secrets
 from typing import Any, cast
 
 import numpy as np
-from numba import njit
 from numpy.random.bit_generator import ISeedSequence
+
+from amortized.compiled import compiled
 
 SEED_BITS = 53  # drawn and derived seeds stay below 2**53: JavaScript numbers and jq hold them exactly
 # NumPy's SeedSequence (numpy/random/bit_generator.pyx, after O'Neill's seed_seq_fe): a pool of four 32-bit words,
@@ -30,7 +31,7 @@ MIX_MULT_L, MIX_MULT_R = np.uint64(0xCA01F9DD), np.uint64(0x4973F715)
 XSHIFT, MASK32 = np.uint64(16), np.uint64(0xFFFFFFFF)
 
 
-@njit(error_model="numpy", nogil=True)
+@compiled
 def seed_sequence_states(entropy: np.ndarray, words: int) -> np.ndarray:
     """``SeedSequence(...).generate_state(words, np.uint32)`` for each row of ``entropy`` ``(rows, length)``, uint32.
 

@@ -1,0 +1,82 @@
+"""One home for compiling the science's per-draw loops with numba: the options they share, and the disk cache.
+
+Every kernel is compiled with ``error_model="numpy"`` (a float division by
+zero gives inf or NaN, as in NumPy, instead of raising) and ``nogil=True``
+(a batch's blocks run on threads), without fastmath: infinities and NaN
+propagate as in NumPy and sums run in order.
+
+Compiling every kernel costs a process several seconds of CPU at start (the
+service warms them up before it answers). numba can keep the machine code on
+disk (``cache=True``; numba's documentation, "Caching"), which this module
+enables only where the environment names a writable ``NUMBA_CACHE_DIR``
+(numba's own setting): ``make serve`` and ``make test`` do, in the virtual
+environment. The cache holds code compiled from this package by this
+package's processes, like Python's own ``.pyc`` files, and is loaded as
+such (numba's index is pickled); compiled artifacts never go near it and stay
+data only. Unset, nothing is written or read, as before.
+
+numba invalidates a function's cache when its own source file changes, but
+not when a kernel it calls changes in another file, so the cache lives in a
+subfolder named by a hash of every source file of the package (and numba's
+and Python's versions): an edit anywhere starts a fresh folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numba
+from numba import njit
+from numba.core import config
+
+OPTIONS: dict[str, Any] = {"error_model": "numpy", "nogil": True}
+PACKAGE = Path(__file__).resolve().parent
+
+
+def sources_fingerprint() -> str:
+    """16 hex digits of sha256 over the package's sources (paths and bytes), numba's and Python's versions."""
+    digest = hashlib.sha256(f"{numba.__version__} {sys.version}".encode())
+    for path in sorted(PACKAGE.rglob("*.py")):
+        digest.update(str(path.relative_to(PACKAGE)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def cache_folder() -> str | None:
+    """Where the kernels' machine code is kept: ``$NUMBA_CACHE_DIR/amortized-<fingerprint>``, or None (no cache).
+
+    None when ``NUMBA_CACHE_DIR`` is unset or the folder cannot be created and written.
+    """
+    base = os.environ.get("NUMBA_CACHE_DIR")
+    if not base:
+        return None
+    folder = os.path.join(base, f"amortized-{sources_fingerprint()}")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        return None
+    return folder if os.access(folder, os.W_OK) else None
+
+
+CACHE_FOLDER = cache_folder()
+
+
+def compiled(function: Callable) -> Any:
+    """``numba.njit`` with :data:`OPTIONS`, its machine code kept in :data:`CACHE_FOLDER` when there is one.
+
+    numba places a function's cache when it is decorated, from its global
+    ``config.CACHE_DIR``: that is set to the folder for the decoration only,
+    so nothing else in the process is affected.
+    """
+    if CACHE_FOLDER is None:
+        return njit(**OPTIONS)(function)
+    saved = config.CACHE_DIR
+    config.CACHE_DIR = CACHE_FOLDER
+    try:
+        return njit(cache=True, **OPTIONS)(function)
+    finally:
+        config.CACHE_DIR = saved

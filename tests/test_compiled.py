@@ -1,0 +1,70 @@
+"""amortized.compiled: the kernels' machine code on disk only where NUMBA_CACHE_DIR names a folder, per sources."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import amortized.compiled as compiled_module
+from tests.conftest import ROOT
+
+# one small kernel, compiled (or loaded) and run in a fresh interpreter: its result's bytes and numba's cache counters
+PROBE = """
+import json, sys
+import numpy as np
+from amortized.compiled import CACHE_FOLDER
+from amortized.diagnostics import evidence_agreement
+estimates = np.array([[-1.0, -1.1, -0.9], [2.0, 5.0, np.nan]]).T  # (3 estimates, 2 observations)
+errors = np.array([[0.1, 0.2, 0.1], [0.1, 0.1, 0.1]]).T
+out = evidence_agreement(estimates, errors, np.array([0.001, 0.3]), np.array([0.001, 0.01]))
+stats = evidence_agreement.stats
+print(json.dumps({"folder": CACHE_FOLDER, "bytes": [np.asarray(a).tobytes().hex() for a in out],
+                  "hits": sum(stats.cache_hits.values()), "misses": sum(stats.cache_misses.values())}))
+"""
+
+
+def probe(env: dict[str, str]) -> dict:
+    clean = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], cwd=ROOT, env={**clean, **env}, capture_output=True, text=True, check=True
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_cache_is_written_once_then_loaded_with_the_same_results(tmp_path):
+    first = probe({"NUMBA_CACHE_DIR": str(tmp_path)})
+    assert first["folder"] == str(tmp_path / f"amortized-{compiled_module.sources_fingerprint()}")
+    assert first["misses"] >= 1 and first["hits"] == 0
+    assert any(Path(first["folder"]).rglob("*.nbi"))  # numba's index, in a subfolder per source folder
+    second = probe({"NUMBA_CACHE_DIR": str(tmp_path)})
+    assert second["hits"] >= 1 and second["misses"] == 0
+    plain = probe({})  # compiled in memory, as without the cache
+    assert plain["folder"] is None and plain["hits"] == 0
+    assert first["bytes"] == second["bytes"] == plain["bytes"]
+    # by hand: the first observation's estimates agree and miss nothing; the second's NaN agrees with nothing and
+    # cannot rule missed mass out
+    assert plain["bytes"] == [np.array([True, False]).tobytes().hex(), np.array([False, True]).tobytes().hex()]
+
+
+def test_no_folder_without_the_setting_or_where_it_cannot_be_written(tmp_path, monkeypatch):
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    assert compiled_module.cache_folder() is None
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(blocker))
+    assert compiled_module.cache_folder() is None
+
+
+def test_an_edit_to_any_source_of_the_package_names_a_new_folder(tmp_path, monkeypatch):
+    copy = tmp_path / "amortized"
+    shutil.copytree(compiled_module.PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(compiled_module, "PACKAGE", copy)
+    before = compiled_module.sources_fingerprint()
+    assert before == compiled_module.sources_fingerprint()
+    kernels = copy / "importance" / "kernels.py"  # a callee: numba's own per-file stamp would miss its callers
+    kernels.write_text(kernels.read_text() + "\n")
+    assert compiled_module.sources_fingerprint() != before
