@@ -69,9 +69,44 @@ def requests() -> list[tuple[str, str, dict | None, bytes | None, dict]]:
                     {},
                 )
             )
+        # big batches (computed in row blocks, on several threads), in both formats
+        ys = [round(-30.0 + 60.0 * i / 199, 3) for i in range(200)]
+        for media in ("application/json", "application/vnd.apache.arrow.stream"):
+            out.append(
+                (
+                    f"{model} both big batch {media}",
+                    url,
+                    {"y": ys, "objective": "both", "num_samples": 1000, "seed": 3, "resample": True},
+                    None,
+                    {"accept": media},
+                )
+            )
+            out.append(
+                (
+                    f"{model} pq big batch, few samples, summaries {media}",
+                    url,
+                    {"y": ys * 3, "num_samples": 40, "seed": 4, "include": ["diagnostics", "summary", "samples"]},
+                    None,
+                    {"accept": media},
+                )
+            )
+        out.append(
+            (
+                f"{model} qp big batch no cross-check",
+                url,
+                {"y": ys * 2, "objective": "qp", "num_samples": 700, "seed": 6, "cross_check": False},
+                None,
+                {"accept": "application/vnd.apache.arrow.stream"},
+            )
+        )
         out.append((f"{model} model", f"GET /v1/models/{model}", None, None, {}))
         out.append((f"{model} png", f"GET /v1/models/{model}/posterior.png?y=0.5", None, None, {}))
     url = "POST /v1/models/gmm/posterior"
+    # bench/answer_formats.py's request: 1000 observations x 1000 samples, cross-checked
+    ys = [round(-40.0 + 80.0 * i / 999, 3) for i in range(1000)]
+    for media in ("application/json", "application/vnd.apache.arrow.stream"):
+        body = {"y": ys, "objective": "pq", "num_samples": 1000, "seed": 7}
+        out.append((f"gmm 1000 x 1000 {media}", url, body, None, {"accept": media}))
     for name, raw in {
         "y string": b'{"y": "abc"}',
         "y list with bad values": b'{"y": [1, "a", 3, null]}',
@@ -112,7 +147,7 @@ def record(root: Path, artifacts: Path, out: Path) -> None:
             elif raw is not None:
                 response = client.post(path, content=raw, headers=headers)
             else:
-                response = client.post(path, json=body)
+                response = client.post(path, json=body, headers=headers)
             content = response.content
             if path == "/health/ready":  # names the answering process (its pid): the same code differs by run
                 content = json.dumps({k: v for k, v in response.json().items() if k != "worker"}).encode()

@@ -1,5 +1,6 @@
 """Settings from the environment (prefix ``AMORTIZED_``), so a deployment changes no code."""
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -8,6 +9,16 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from amortized.diagnostics import DEFAULT_CHECK_SAMPLES
+
+
+def default_compute_threads() -> int:
+    """The CPUs this process may use (its affinity) over its worker processes ($WEB_CONCURRENCY, else 1); at least 1."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+    except ValueError:
+        workers = 1
+    return max(1, cpus // max(workers, 1))
 
 
 class Settings(BaseSettings):
@@ -50,6 +61,13 @@ class Settings(BaseSettings):
         ge=100,
         le=100_000,
         description="draws of each compiled network the cross-check makes per observation when a query asks for fewer",
+    )
+    compute_threads: int = Field(
+        default_factory=default_compute_threads,
+        ge=1,
+        le=64,
+        description="threads that answer a big request's blocks of rows in parallel (a request of one block, as every "
+        "single query, runs on one); default: the CPUs the process may use, shared among $WEB_CONCURRENCY workers",
     )
     micro_batch: bool = Field(
         True, description="answer concurrent queries for the same model and settings in one vectorised call"

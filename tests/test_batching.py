@@ -1,6 +1,7 @@
 """Micro-batching: concurrent queries answered together get exactly the answers they would get alone."""
 
 import asyncio
+import dataclasses
 
 import httpx
 import numpy as np
@@ -8,7 +9,8 @@ import orjson
 import pytest
 
 from amortized.importance.streams import SEED_BITS, GroupedGenerator, generator_for, row_seeds
-from service.answers import PosteriorQuery, answer, answer_batch
+from service import answers, arrow
+from service.answers import BLOCK_DRAWS, PosteriorQuery, answer, answer_batch, row_blocks
 from service.batching import MicroBatcher
 from service.main import create_app
 from service.registry import Registry
@@ -21,6 +23,17 @@ MODELS = ["gaussian", "gmm", "gmm_discrete", "gmm_open"]
 @pytest.fixture(scope="module")
 def registry():
     return Registry(ARTIFACTS)
+
+
+def bits(value):
+    """``value`` with every float as its exact hex form (so that equality is to the bit: no 0.0 == -0.0)."""
+    if isinstance(value, float):
+        return value.hex()
+    if isinstance(value, dict):
+        return {k: bits(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [bits(v) for v in value]
+    return value
 
 
 def as_bytes(results) -> bytes:
@@ -187,3 +200,45 @@ def test_compiled_seeding_gives_numpys_generators_and_row_seeds():
         int(np.random.SeedSequence(2**70, spawn_key=(i,)).generate_state(1, np.uint64)[0]) & (2**SEED_BITS - 1)
         for i in range(2)
     ]
+
+
+def test_row_blocks_cover_the_rows_in_order_in_even_blocks():
+    assert row_blocks(10, 1_000_000) == [slice(i, i + 1) for i in range(10)]  # one row over the budget: a block each
+    assert row_blocks(62, BLOCK_DRAWS // 62) == [slice(0, 62)]  # within the budget: one piece
+    blocks = row_blocks(1000, 2000)  # bench/answer_formats.py's request: 62 rows a block
+    assert blocks[0].start == 0 and blocks[-1].stop == 1000
+    assert all(a.stop == b.start for a, b in zip(blocks, blocks[1:]))
+    assert len(blocks) == 17 and {b.stop - b.start for b in blocks} == {58, 59}  # at most 62 each, none short
+
+
+@pytest.mark.parametrize(
+    "name, objective, num_samples, resample, media",
+    [
+        ("gmm", "pq", 1000, False, "arrow"),
+        ("gmm_discrete", "both", 300, True, "json"),
+        ("gmm_open", "qp", 40, True, "arrow"),
+    ],
+)
+def test_a_big_batch_answered_in_blocks_on_threads_gives_each_row_the_bytes_it_gets_alone(
+    registry, monkeypatch, name, objective, num_samples, resample, media
+):
+    """Blocks of rows on two threads, on one, and the batch in one piece: the same bytes; each row its answer alone."""
+    served = registry.models[name]
+    ys = np.random.default_rng(8).normal(0.0, 12.0, 150).round(2).tolist()
+    big = PosteriorQuery(served, ys, objective, num_samples, 17, resample, True, media=media, compute_threads=2)
+    blocks = row_blocks(len(ys), big.row_size)
+    assert len(blocks) >= 2  # the case under test
+    threaded = answer(big)
+    serial = answer(dataclasses.replace(big, compute_threads=1))
+    monkeypatch.setattr(answers, "BLOCK_DRAWS", 10**12)
+    whole = answer(big)
+    layout = (lambda table: arrow.stream(table, {})) if media == "arrow" else as_bytes
+    assert layout(threaded) == layout(serial) == layout(whole)
+    width = 2 if objective == "both" else 1
+    edges = {0, blocks[0].stop - 1, blocks[0].stop, blocks[1].stop, len(ys) - 1}  # block edges and ends
+    for i in sorted(edges):  # each row alone, with its own seed: the independent reference
+        alone = answer(dataclasses.replace(big, y=[ys[i]], seed=big.row_seeds[i], batch=False, compute_threads=1))
+        if media == "arrow":
+            assert bits(threaded.slice(i * width, width).to_pylist()) == bits(alone.to_pylist())
+        else:
+            assert as_bytes(threaded[i]) == as_bytes(alone[0])

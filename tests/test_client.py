@@ -69,6 +69,26 @@ def test_arrow_and_json_give_the_client_the_same_arrays(client):
             same(ours[objective].x, theirs[objective].x)
 
 
+def test_arrow_columns_read_alike_in_one_chunk_or_several_and_versions_name_the_networks_that_answered(client):
+    """One chunk is read without a copy, several are joined; a network that took no part is left out of versions."""
+    import pyarrow as pa
+
+    body = {"y": [0.5, -3.0, 8.0], "objective": "pq", "num_samples": 50, "seed": 2, "cross_check": False}
+    response = client.post("/v1/models/gmm/posterior", json=body, headers={"accept": client_module.ARROW})
+    table = pa.ipc.open_stream(response.content).read_all()
+    whole = client_module.PosteriorArrays.from_arrow(table)
+    chunked = client_module.PosteriorArrays.from_arrow(pa.concat_tables([table.slice(0, 1), table.slice(1)]))
+    assert table.column("log_weights").num_chunks == 1 and np.shares_memory(
+        whole.log_weights, np.frombuffer(table.column("log_weights").chunk(0).values.buffers()[1], np.float64)
+    )
+    version = client.get("/v1/models/gmm").json()["versions"]["pq"]
+    assert whole.versions == chunked.versions == [{"pq": version}] * 3
+    for name in ("x", "log_weights", "y"):
+        same(getattr(whole, name), getattr(chunked, name))
+    for key in whole.diagnostics:
+        same(whole.diagnostics[key], chunked.diagnostics[key])
+
+
 def test_summaries_reach_the_client_as_columns(client):
     with AmortizedClient(transport=client._transport, base_url="http://testserver") as api:
         columns = api.posterior_arrays("gmm", [0.0, 3.0], num_samples=0, include=["summary", "summary.exact"])

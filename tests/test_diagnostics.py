@@ -301,6 +301,36 @@ def test_compiled_passes_give_numpys_bits():
     np.testing.assert_array_equal(kernels.one_minus_outer(b, x), 1.0 - np.einsum("ri,rj->rij", b, x))
 
 
+@pytest.mark.parametrize("branches", [1, 3])
+def test_the_draws_kernel_places_draws_and_shifts_each_components_terms_as_numpy_does(branches):
+    """evaluate_draws against the same steps written out in NumPy: branch, x, the quadratics, the shift per draw."""
+    rng = np.random.default_rng(21)
+    rows, n, components = 5, 40, 3
+    probs = rng.dirichlet(np.ones(branches), rows)
+    edges = np.ascontiguousarray(np.cumsum(probs, -1)[:, :-1])
+    uniform, noise = rng.random((rows, n)), rng.normal(size=(rows, n))
+    means, stds = rng.normal(size=(rows, branches)) * 3, rng.random((rows, branches)) + 0.5
+    joint, ratio = rng.normal(size=(components, rows, branches, 3)) * 4, rng.normal(size=(1, rows, branches, 3))
+    joint[0, 0, :, 0] = -np.inf  # a component impossible in every branch of a row
+    joint[1, 1, :, 0], joint[2, 2, :, 0] = np.inf, np.nan
+    branch, x, terms, log_ratio, top = kernels.evaluate_draws(
+        edges, uniform if branches > 1 else np.empty((rows, 0)), noise, means, stds, joint, ratio
+    )
+    expected_branch = (uniform[..., None] >= edges[:, None, :]).sum(-1) if branches > 1 else np.zeros((rows, n), int)
+    np.testing.assert_array_equal(branch, expected_branch)
+    at = np.arange(rows)[:, None], expected_branch
+    np.testing.assert_array_equal(x, means[at] + stds[at] * noise)
+    quadratic = joint[:, at[0], at[1]]  # (components, rows, n, 3)
+    with np.errstate(invalid="ignore"):
+        unshifted = quadratic[..., 0] + noise * (quadratic[..., 1] + quadratic[..., 2] * noise)
+        shift = unshifted.max(0)
+        shift = np.where(np.isfinite(shift), shift, 0.0)
+        np.testing.assert_array_equal(top, shift)
+        np.testing.assert_array_equal(terms, unshifted - shift)
+    one = ratio[0][at]
+    np.testing.assert_array_equal(log_ratio[0], one[..., 0] + noise * (one[..., 1] + one[..., 2] * noise))
+
+
 def test_the_cross_checks_agreement_matches_its_definition():
     """evidence_agreement against the comparisons written out in NumPy, NaN counting as disagreement and missed mass."""
     rng = np.random.default_rng(13)

@@ -33,7 +33,7 @@ def evaluate_draws(
     stds: np.ndarray,
     joint: np.ndarray,
     ratio: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Place each draw of a branched normal proposal q and evaluate the log densities the weights need.
 
     Inputs, per row (an observation and proposal) and branch b:
@@ -45,12 +45,15 @@ def evaluate_draws(
     ``ratio`` (others, rows, branches, 3), others 0 or 1: log o(b, x) - log q(b, x) for another proposal o.
 
     Returns ``branch`` and ``x`` (rows, n), the joint's terms (components, rows, n): their log
-    sum over components is the log weight; and the log ratios (others, rows, n).
+    sum over components is the log weight; the log ratios (others, rows, n); and, with several
+    components, each draw's shift ``(rows, n)`` (:func:`shift_components`, applied to each row
+    while it is in cache: the terms come back shifted), else ``(0, 0)``.
     """
     rows, n = noise.shape
     components, num_edges, others = joint.shape[0], edges.shape[1], ratio.shape[0]
     branch = np.empty((rows, n), np.int64)
     x, terms, log_ratio = np.empty((rows, n)), np.empty((components, rows, n)), np.empty((others, rows, n))
+    top = np.empty((rows, n) if components > 1 else (0, 0))
     for r in range(rows):  # simple inner loops over the draws, which the compiler vectorises
         if num_edges == 0:  # one branch: every coefficient is the row's, loaded once (the same arithmetic)
             mean, std = means[r, 0], stds[r, 0]
@@ -65,23 +68,25 @@ def evaluate_draws(
                 a, b, q = ratio[o, r, 0, 0], ratio[o, r, 0, 1], ratio[o, r, 0, 2]
                 for j in range(n):
                     log_ratio[o, r, j] = a + noise[r, j] * (b + q * noise[r, j])
-            continue
-        for j in range(n):
-            k = 0
-            for e in range(num_edges):
-                k += uniform[r, j] >= edges[r, e]
-            branch[r, j] = k
-        for j in range(n):
-            x[r, j] = means[r, branch[r, j]] + stds[r, branch[r, j]] * noise[r, j]
-        for c in range(components):
+        else:
             for j in range(n):
-                k, eps = branch[r, j], noise[r, j]
-                terms[c, r, j] = joint[c, r, k, 0] + eps * (joint[c, r, k, 1] + joint[c, r, k, 2] * eps)
-        for o in range(others):
+                k = 0
+                for e in range(num_edges):
+                    k += uniform[r, j] >= edges[r, e]
+                branch[r, j] = k
             for j in range(n):
-                k, eps = branch[r, j], noise[r, j]
-                log_ratio[o, r, j] = ratio[o, r, k, 0] + eps * (ratio[o, r, k, 1] + ratio[o, r, k, 2] * eps)
-    return branch, x, terms, log_ratio
+                x[r, j] = means[r, branch[r, j]] + stds[r, branch[r, j]] * noise[r, j]
+            for c in range(components):
+                for j in range(n):
+                    k, eps = branch[r, j], noise[r, j]
+                    terms[c, r, j] = joint[c, r, k, 0] + eps * (joint[c, r, k, 1] + joint[c, r, k, 2] * eps)
+            for o in range(others):
+                for j in range(n):
+                    k, eps = branch[r, j], noise[r, j]
+                    log_ratio[o, r, j] = ratio[o, r, k, 0] + eps * (ratio[o, r, k, 1] + ratio[o, r, k, 2] * eps)
+        if components > 1:  # the row is in cache: shift it now
+            shift_row(terms, top, r)
+    return branch, x, terms, log_ratio, top
 
 
 @compiled
@@ -107,15 +112,22 @@ def shift_components(terms: np.ndarray) -> np.ndarray:
     components, rows, n = terms.shape
     top = np.empty((rows, n))
     for r in range(rows):
-        for j in range(n):
-            largest = terms[0, r, j]
-            for c in range(1, components):
-                largest = nan_max(terms[c, r, j], largest)
-            top[r, j] = finite_or_zero(largest)
-        for c in range(components):
-            for j in range(n):
-                terms[c, r, j] -= top[r, j]
+        shift_row(terms, top, r)
     return top
+
+
+@compiled
+def shift_row(terms: np.ndarray, top: np.ndarray, r: int) -> None:
+    """Row ``r`` of :func:`shift_components`, in place, its shift into ``top[r]``."""
+    components, n = terms.shape[0], terms.shape[2]
+    for j in range(n):
+        largest = terms[0, r, j]
+        for c in range(1, components):
+            largest = nan_max(terms[c, r, j], largest)
+        top[r, j] = finite_or_zero(largest)
+    for c in range(components):
+        for j in range(n):
+            terms[c, r, j] -= top[r, j]
 
 
 @compiled

@@ -124,10 +124,9 @@ def weigh(
     uniform = generator.random((rows, num_samples)) if width > 1 else np.empty((rows, 0))
     noise = generator.standard_normal((rows, num_samples))
     means, stds = np.ascontiguousarray(proposal.means), np.ascontiguousarray(proposal.stds)
-    branch, x, terms, log_ratio = kernels.evaluate_draws(edges, uniform, noise, means, stds, joint, ratio)
+    branch, x, terms, log_ratio, top = kernels.evaluate_draws(edges, uniform, noise, means, stds, joint, ratio)
     log_weights = terms[0]
-    if len(terms) > 1:  # log-sum-exp over the prior components of a branch; the passes between exp and log compiled
-        top = kernels.shift_components(terms)
+    if len(terms) > 1:  # log-sum-exp over the prior components of a branch (the terms come shifted by top)
         log_weights = kernels.component_sums(np.exp(terms, out=terms))
         np.add(np.log(log_weights, out=log_weights), top, out=log_weights)
     return Weighed(branch, x, log_weights, summarise_weights(log_weights), log_ratio[0] if other is not None else None)

@@ -217,6 +217,7 @@ async def posterior(
         batch=isinstance(request.y, list),
         parts=parts,
         media=media,
+        compute_threads=settings.compute_threads,
     )
     check_cost(query, settings)
     started = time.perf_counter()
