@@ -123,3 +123,44 @@ def test_the_network_at_chosen_branches_is_the_full_network_there(name, componen
         expected = getattr(full_pq, field).gather(-1, columns)
         torch.testing.assert_close(getattr(at_columns, field), expected, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(getattr(every_branch, field), getattr(full_qp, field), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_closed_form_gradients_are_autograds(name):
+    """SingleNormalQP / SingleNormalPQ against autograd through qp_terms / pq_terms (float64): value and gradients."""
+    from amortized.distributions import BranchedNormal
+    from amortized.losses import SingleNormalPQ, SingleNormalQP, branch_columns, pq_terms, qp_terms
+
+    model = build_model(name)
+    generator = torch.Generator().manual_seed(1)
+    n, width = 64, model.num_branches
+    sample = model.sample_joint(n, generator)
+    log_probs = torch.log_softmax(torch.randn(n, width, generator=generator, dtype=torch.float64), -1)
+    log_probs.requires_grad_(width > 1)  # one branch: log q(b|y) = 0, no parameter
+    means = (3 * torch.randn(n, width, generator=generator, dtype=torch.float64)).requires_grad_()
+    stds = (0.3 + torch.rand(n, width, generator=generator, dtype=torch.float64)).requires_grad_()
+    noise = torch.randn(n, width, 8, generator=generator, dtype=torch.float64)
+    inputs = [t for t in (log_probs, means, stds) if t.requires_grad]
+    y = sample.y.double()
+    reference = qp_terms(model, BranchedNormal(log_probs, means, stds), y, noise).mean()
+    ours = SingleNormalQP.apply(log_probs, means, stds, y, noise, model)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=0)
+    for a, b in zip(torch.autograd.grad(ours, inputs), torch.autograd.grad(reference, inputs)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-14)
+    column = branch_columns(sample.branch)
+    at = [t.gather(-1, column) for t in (log_probs, means, stds)]
+    reference = pq_terms(BranchedNormal(*at), sample.x.double()).mean()
+    ours = SingleNormalPQ.apply(*at, sample.x.double())
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=0)
+    grads = torch.autograd.grad(ours, inputs, retain_graph=True), torch.autograd.grad(reference, inputs)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-14)
+
+
+def test_gradients_option_is_recorded_only_where_a_recipe_sets_it():
+    from amortized.training import recipe
+
+    assert recipe("gmm", "qp").gradients == "autograd"
+    assert recipe("gmm", "qp").model_dump()["gradients"] == "autograd"
+    for name, objective in (("gmm", "pq"), ("gmm_open", "qp"), ("gaussian", "qp")):
+        assert recipe(name, objective).gradients is None and "gradients" not in recipe(name, objective).model_dump()

@@ -133,6 +133,7 @@ def compile_all(
             for name, out in outs.items():
                 write_figures(out, {name})
         return results
+    warm_up(figures)
     waiting = {name: sum(job.spec.name == name for job in jobs) for name in outs}
     results = []
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
@@ -148,6 +149,23 @@ def compile_all(
                 if figures and not waiting[row["variant"]]:
                     pending.add(pool.submit(write_figures, outs[row["variant"]], {row["variant"]}, False))
     return results
+
+
+def warm_up(figures: bool) -> None:
+    """Do once, before the pool forks, the start-up work each worker would repeat.
+
+    numba's compile of the mixture quantiles (the calibration's first call: about 1.4 s of CPU per process, kept
+    by the forked workers) and, with ``figures``, matplotlib's import (0.5 s). On two cores this moves CPU time
+    from both workers into one serial stretch: the wall-clock time stays about the same, the CPU time falls.
+    """
+    import numpy as np
+
+    from amortized.distributions import BranchedNormal
+    from amortized.summaries import mixture_quantiles
+
+    mixture_quantiles(BranchedNormal(np.zeros((1, 1)), np.zeros((1, 1)), np.ones((1, 1))), [0.5])
+    if figures:
+        from amortized import figures as _  # noqa: F401 (imported for the workers to inherit)
 
 
 def write_figures(out: Path, variants: set[str], report: bool = True) -> list[Path] | None:
