@@ -73,14 +73,15 @@ class TrainingConfig(BaseModel):
     gradients: Literal["closed_form", "autograd"] | None = Field(
         None,
         description="how the losses' gradients are computed for single-normal networks: in closed form "
-        "(amortized.losses.SingleNormalQP, SingleNormalPQ; the default, None) or by autograd through the losses' "
-        "every operation (the same gradients, rounded differently: gmm's qp recipe keeps the arithmetic its seed "
-        "study was measured with)",
+        "(amortized.losses.SingleNormalQP, SingleNormalPQ; what the recipes set, but gmm's qp) or by autograd "
+        "through the losses' every operation (the same gradients, rounded differently: gmm's qp recipe keeps the "
+        "arithmetic its seed study was measured with). Absent (None): autograd, as every compile before the closed "
+        "form was, so an older manifest still says how its network was trained",
     )
 
     @model_serializer(mode="wrap")
     def _omit_default_gradients(self, handler):
-        """``gradients`` appears in a manifest only where a recipe sets it."""
+        """``gradients`` appears in a manifest where it is set (an older manifest, without it, reads back the same)."""
         data = handler(self)
         return {k: v for k, v in data.items() if k != "gradients" or v is not None}
 
@@ -187,7 +188,7 @@ def train(
                 batch_size,
                 generator,
                 num_particles=config.num_particles,
-                closed_form=config.gradients != "autograd",
+                closed_form=config.gradients == "closed_form",
             )
             gradients = torch.autograd.grad(value, parameters)
             optimiser.step(gradients, cosine(rate, config.final_learning_rate, i, phase.steps))
@@ -260,7 +261,7 @@ def recipe(
         objective, steps or per_objective(base["steps"], objective), warm_start, blend, restarts
     )
     options = {**base.get("family_options", {}).get(objective, {}), **(family_options or {})}
-    gradients = base.get("gradients", {}).get(objective)
+    gradients = base.get("gradients", {}).get(objective, "closed_form")
     return TrainingConfig(schedule=schedule, family_options=options, gradients=gradients, **settings)
 
 

@@ -157,10 +157,15 @@ def test_closed_form_gradients_are_autograds(name):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-14)
 
 
-def test_gradients_option_is_recorded_only_where_a_recipe_sets_it():
-    from amortized.training import recipe
+def test_every_recipe_records_its_gradients_and_an_older_manifest_reads_as_autograd():
+    from amortized.training import TrainingConfig, recipe
 
     assert recipe("gmm", "qp").gradients == "autograd"
     assert recipe("gmm", "qp").model_dump()["gradients"] == "autograd"
-    for name, objective in (("gmm", "pq"), ("gmm_open", "qp"), ("gaussian", "qp")):
-        assert recipe(name, objective).gradients is None and "gradients" not in recipe(name, objective).model_dump()
+    for name, objective in (("gmm", "pq"), ("gmm_open", "qp"), ("gaussian", "qp"), ("an_unknown_variant", "pq")):
+        assert recipe(name, objective).model_dump()["gradients"] == "closed_form"
+    # a manifest written before the option: no key, which reads back as None (autograd) and writes back without it
+    older = recipe("gmm_open", "qp").model_dump()
+    del older["gradients"]
+    config = TrainingConfig.model_validate(older)
+    assert config.gradients is None and config.model_dump() == older
