@@ -24,6 +24,7 @@ and Python's versions): an edit anywhere starts a fresh folder.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -34,6 +35,7 @@ import numba
 from numba import njit
 from numba.core import config
 
+logger = logging.getLogger(__name__)
 OPTIONS: dict[str, Any] = {"error_model": "numpy", "nogil": True}
 PACKAGE = Path(__file__).resolve().parent
 
@@ -49,17 +51,25 @@ def sources_fingerprint() -> str:
 def cache_folder() -> str | None:
     """Where the kernels' machine code is kept: ``$NUMBA_CACHE_DIR/amortized-<fingerprint>``, or None (no cache).
 
-    None when ``NUMBA_CACHE_DIR`` is unset or the folder cannot be created and written.
+    None when ``NUMBA_CACHE_DIR`` is unset or empty, or when the folder cannot be created and written (logged as
+    a warning: the kernels then compile in memory, as without the setting). A relative path is resolved against
+    the working directory at import.
     """
     base = os.environ.get("NUMBA_CACHE_DIR")
     if not base:
         return None
-    folder = os.path.join(base, f"amortized-{sources_fingerprint()}")
+    folder = os.path.abspath(os.path.join(base, f"amortized-{sources_fingerprint()}"))
     try:
         os.makedirs(folder, exist_ok=True)
-    except OSError:
+    except OSError as error:
+        logger.warning(
+            "NUMBA_CACHE_DIR=%r cannot hold the compiled kernels (%s): compiling them in memory", base, error
+        )
         return None
-    return folder if os.access(folder, os.W_OK) else None
+    if not os.access(folder, os.W_OK):
+        logger.warning("NUMBA_CACHE_DIR=%r is not writable: compiling the kernels in memory", base)
+        return None
+    return folder
 
 
 CACHE_FOLDER = cache_folder()

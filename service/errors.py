@@ -117,7 +117,7 @@ def plain_errors(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             item["msg"] = f"the body is not valid JSON: {error.get('ctx', {}).get('error', 'cannot be decoded')}{where}"
         elif error.get("type") == "finite_number":
             item["msg"], item["type"] = (
-                f"out of range: not a finite number (infinity, or beyond about 1.8e308); {RANGE}",
+                f"out of range: not a finite number (NaN, infinity, or beyond about 1.8e308); {RANGE}",
                 "out_of_range",
             )
         out.append(item)

@@ -173,7 +173,8 @@ def accepted_coding(accept_encoding: str) -> str | None:
     ``*`` stands for every coding not named (RFC 9110, 12.5.3); q may come among other parameters; a q that is not
     a qvalue (``inf``, ``-1``, ``2``, ``abc``) counts as 0.
     """
-    weights = {name: q or 0.0 for name, q in weighed_items(accept_encoding) if name}
+    # x-gzip is gzip (RFC 9110, 8.4.1.3)
+    weights = {("gzip" if name == "x-gzip" else name): q or 0.0 for name, q in weighed_items(accept_encoding) if name}
     best, best_q = None, 0.0
     for coding in CODINGS:
         q = weights.get(coding, weights.get("*", 0.0))

@@ -50,13 +50,23 @@ def test_the_cache_is_written_once_then_loaded_with_the_same_results(tmp_path):
     assert plain["bytes"] == [np.array([True, False]).tobytes().hex(), np.array([False, True]).tobytes().hex()]
 
 
-def test_no_folder_without_the_setting_or_where_it_cannot_be_written(tmp_path, monkeypatch):
+def test_no_folder_without_the_setting_or_where_it_cannot_be_written(tmp_path, monkeypatch, caplog):
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
     assert compiled_module.cache_folder() is None
+    monkeypatch.setenv("NUMBA_CACHE_DIR", "")
+    assert compiled_module.cache_folder() is None and not caplog.records
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    monkeypatch.setenv("NUMBA_CACHE_DIR", str(blocker))
-    assert compiled_module.cache_folder() is None
+    for unusable in (blocker, blocker / "under-a-file"):
+        monkeypatch.setenv("NUMBA_CACHE_DIR", str(unusable))
+        caplog.clear()
+        assert compiled_module.cache_folder() is None
+        assert "compiling them in memory" in caplog.text and str(unusable) in caplog.text  # said, not silent
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NUMBA_CACHE_DIR", "relative")
+    assert compiled_module.cache_folder() == str(
+        tmp_path / "relative" / f"amortized-{compiled_module.sources_fingerprint()}"
+    )
 
 
 def test_an_edit_to_any_source_of_the_package_names_a_new_folder(tmp_path, monkeypatch):

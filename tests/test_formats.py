@@ -253,6 +253,10 @@ def test_an_unsupported_accept_gets_406_naming_the_supported_types(client, accep
         ("application/json", "application/json"),
         (f"{ARROW}, application/json;q=0.5", ARROW),
         (f"application/json;q=0.2, {ARROW}", ARROW),
+        # media types are case-insensitive (RFC 9110, 8.3.1)
+        ("Application/JSON", "application/json"),
+        (ARROW.upper(), ARROW),
+        (f"APPLICATION/JSON;Q=0.2, {ARROW.title()}", ARROW),
     ],
 )
 def test_accept_chooses_the_format(client, accept, media):
@@ -304,16 +308,39 @@ def test_large_answers_are_compressed_as_accepted_small_ones_not(client, media):
         ("gzip;q=2", None),
         ("gzip;q=1.000, zstd;q=0.999", "gzip"),
         ("GZIP ; Q = 0.3", "gzip"),
+        ("x-gzip", "gzip"),  # RFC 9110, 8.4.1.3: x-gzip is gzip
+        ("x-gzip;q=0.9, zstd;q=0.5", "gzip"),
     ],
 )
 def test_accept_encoding_is_weighed(header, coding):
     assert accepted_coding(header) == coding
 
 
+def test_a_refused_accept_is_quoted_back_only_in_part(client):
+    accept = ", ".join(f"text/x{i}" for i in range(3000))
+    response = raw(client, "gmm", headers={"accept": accept}, y=0.0)
+    assert response.status_code == 406 and len(response.content) < 1000, len(response.content)
+    assert f"({len(accept)} characters)" in response.json()["detail"][0]["msg"]
+
+
+def test_the_draws_limit_advises_only_what_lowers_the_count(app, client):
+    limit = app.state.settings.max_total_samples
+    rows = limit // 1000 + 1  # num_samples 1000: over the limit with or without the cross-check
+    body = {"y": [0.1] * rows, "num_samples": 1000, "seed": 1}
+    checked = raw(client, "gmm", **body)
+    assert checked.status_code == 422 and '"cross_check": false' in checked.json()["detail"][0]["msg"]
+    for unchecked in ({"cross_check": False}, {"include": ["summary.weighted"]}):  # the check does not run
+        refused = raw(client, "gmm", **body, **unchecked)
+        assert refused.status_code == 422 and "would draw" in refused.text
+        assert "cross_check" not in refused.json()["detail"][0]["msg"].split(":")[-1], refused.text
+
+
 def test_openapi_documents_include_and_the_formats(client):
     spec = client.get("/openapi.json").json()
     assert "include" in json.dumps(spec["components"]["schemas"]["PosteriorRequest"])
-    assert "406" in spec["paths"]["/v1/models/{model}/posterior"]["post"]["responses"]
+    responses = spec["paths"]["/v1/models/{model}/posterior"]["post"]["responses"]
+    assert "406" in responses
+    assert set(responses["200"]["content"]) == {"application/json", ARROW}  # both answer formats documented
 
 
 def test_a_query_built_without_parts_holds_the_default_answer(app):
@@ -363,3 +390,12 @@ def test_the_arrow_stream_is_bytes_so_the_response_path_never_compares_it_item_b
     body = stream(table, {"model": "gmm"})
     assert type(body) is bytes
     assert pa.ipc.open_stream(body).read_all().equals(table)
+
+
+def test_a_nan_observation_is_named_as_such(client):
+    response = client.post(
+        "/v1/models/gmm/posterior", content=b'{"y": NaN}', headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["body", "y"] and detail["type"] == "out_of_range" and "NaN" in detail["msg"], detail

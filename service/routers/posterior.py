@@ -75,6 +75,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 MEDIA_TYPES = {arrow.MEDIA_TYPE: "arrow", "application/json": "json"}
 
 
+SHOWN_HEADER = 200  # characters of a refused Accept header quoted back in the 406
+
+
 def negotiate(accept: str | None) -> str:
     """The layout the Accept header asks for: "json" (also when absent) or "arrow"; 406 naming the supported types.
 
@@ -84,12 +87,13 @@ def negotiate(accept: str | None) -> str:
     if not accept or not accept.strip():
         return "json"
     supported = ", ".join(reversed(MEDIA_TYPES))
+    shown = accept if len(accept) <= SHOWN_HEADER else f"{accept[:SHOWN_HEADER]}... ({len(accept)} characters)"
 
     def refuse(why: str) -> ApiError:
         return ApiError(
             406,
             ["header", "accept"],
-            f"Accept {accept!r} {why}; supported: {supported}",
+            f"Accept {shown!r} {why}; supported: {supported}",
             "not_acceptable",
             headers={"Vary": "Accept"},
         )
@@ -97,7 +101,7 @@ def negotiate(accept: str | None) -> str:
     if any(q is None for _, q in weighed_items(accept)):
         raise refuse("cannot be parsed (q must be a number from 0 to 1, three decimals at most)")
     try:
-        chosen = mimeparse.best_match(list(MEDIA_TYPES), accept)
+        chosen = mimeparse.best_match(list(MEDIA_TYPES), accept.lower())  # media types are case-insensitive
     except (mimeparse.MimeTypeParseException, ValueError):
         raise refuse("cannot be parsed") from None
     if not chosen:
@@ -164,20 +168,29 @@ def check_cost(query: PosteriorQuery, settings: Settings) -> None:
     Every objective's, the cross-check's and resampling's.
     """
     if query.size > settings.max_total_samples:
+        # advise only what lowers the count: the cross-check counts only where it runs
+        remedy = ', or set "cross_check": false' if query.cross_check else ""
         raise ApiError(
             422,
             ["body"],
             f"this request would draw {query.size} samples (len(y) x objectives x (num_samples, plus max(num_samples,"
             f" {query.check_samples}) of the other network for the cross-check, plus num_samples to resample)), over"
-            f" {settings.max_total_samples} (AMORTIZED_MAX_TOTAL_SAMPLES): ask fewer observations or samples, or set"
-            ' "cross_check": false',
+            f" {settings.max_total_samples} (AMORTIZED_MAX_TOTAL_SAMPLES): ask fewer observations or samples{remedy}",
         )
 
 
 @router.post(
     "/{model}/posterior",
     response_model=PosteriorResponse,
-    responses=ERRORS,
+    responses={
+        200: {
+            "description": "the answer: JSON (the schema below) or, with Accept: "
+            f"{arrow.MEDIA_TYPE}, the same content as an Arrow IPC stream (README, Answer formats); compressed "
+            "with zstd or gzip above 4096 bytes where Accept-Encoding asks",
+            "content": {arrow.MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **ERRORS,
+    },
     summary="Posterior for observation(s) y: q, samples, log weights, diagnostics, and the exact answer",
 )
 async def posterior(
