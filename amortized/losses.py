@@ -16,9 +16,7 @@ gradients).
 
 from __future__ import annotations
 
-import math
 from typing import Literal, cast
-from weakref import WeakKeyDictionary
 
 import torch
 from torch import Tensor
@@ -78,61 +76,13 @@ def qp_terms(model: ConjugateMixtureModel, q: BranchedNormal, y: Tensor, noise: 
     return (q.probs * (own + per_branch)).sum(-1)
 
 
-_PRIOR_LAYOUTS: WeakKeyDictionary = WeakKeyDictionary()  # model -> {dtype: its prior in q's branch layout}
-
-
-def prior_layout(model: ConjugateMixtureModel, reference: Tensor) -> tuple[Tensor, Tensor, Tensor, bool]:
-    """The prior components against q's branches, in ``reference``'s dtype, built once per model and dtype.
-
-    Returns (offsets, means, inverse stds, one_per_branch) broadcasting against x laid out
-    ``(batch, branches, particles)``: offsets are log p(c) - log s_c - log sqrt(2 pi), and -inf where component c
-    is not in branch b. With one component per branch they are ``(1, branches, 1)`` in branch order; otherwise
-    the components lead, ``(components, 1, branches, 1)``, to be summed out.
-    """
-    cache = _PRIOR_LAYOUTS.setdefault(model, {})
-    if reference.dtype not in cache:
-        t = model.table(reference)
-        offsets = t.log_weights - t.stds.log() - LOG_SQRT_2PI
-        if model.family_contains_posterior:
-            order = t.branch_component
-            columns = (offsets[order], t.means[order], 1 / t.stds[order])
-            layout = tuple(c.reshape(1, -1, 1).to(reference.dtype) for c in columns)
-        else:
-            member = t.membership.reshape(len(offsets), 1, -1, 1) > 0
-            masked = torch.where(member, offsets.reshape(-1, 1, 1, 1), -math.inf)
-            layout = tuple(
-                c.to(reference.dtype) for c in (masked, t.means.reshape(-1, 1, 1, 1), 1 / t.stds.reshape(-1, 1, 1, 1))
-            )
-        cache[reference.dtype] = (*layout, model.family_contains_posterior)
-    return cache[reference.dtype]
-
-
-def log_joint_and_score(model: ConjugateMixtureModel, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """log p(b, x, y) and its derivative in x, for x ``(batch, branches, particles)`` at every branch b in order.
-
-    The value is :meth:`ConjugateMixtureModel.log_joint`'s (the same density, rounded differently); the
-    derivative is sum_c r_c (mu_c - x) / s_c^2 + (y - x) / sigma^2 with r_c the components' responsibilities
-    within branch b. ``y`` is ``(batch, 1, 1)``.
-    """
-    offsets, means, inverse_stds, one_per_branch = prior_layout(model, x)
-    z = (x - means) * inverse_stds
-    log_prior = offsets - 0.5 * z * z
-    prior_score = -z * inverse_stds
-    if not one_per_branch:  # sum the components of each branch out (-inf offsets: not in the branch)
-        per_component = log_prior
-        log_prior = torch.logsumexp(per_component, 0)
-        prior_score = (torch.exp(per_component - log_prior) * prior_score).sum(0)
-    w = (y - x) / model.sigma
-    log_p = log_prior - 0.5 * w * w - (math.log(model.sigma) + LOG_SQRT_2PI)
-    return log_p, prior_score + w / model.sigma
-
-
 class SingleNormalQP(torch.autograd.Function):
     """The qp loss of single-normal networks from q's parameters, with its gradient in closed form.
 
     The same estimator as :func:`qp_terms` (x = mean + std * noise, branches
     enumerated; its mean over observations), computed without autograd's graph
-    of a few dozen small operations: with s(x) = d/dx log p(b, x, y), the
+    of a few dozen small operations: with s(x) = d/dx log p(b, x, y)
+    (:meth:`ConjugateMixtureModel.log_joint_and_score`), the
     derivative of E[log q - log p] is -E[s] in the mean, -1/std - E[s noise]
     in the std (log q at its own draw is -noise^2/2 - log std - log sqrt(2 pi)),
     and p_b (log q(b) + f_b + 1) in log q(b | y).
@@ -141,7 +91,7 @@ class SingleNormalQP(torch.autograd.Function):
     @staticmethod
     def forward(ctx, log_probs, means, stds, y, noise, model):
         x = means[..., None] + stds[..., None] * noise  # (batch, branches, particles)
-        log_p, score = log_joint_and_score(model, x, y[:, None, None])
+        log_p, score = model.log_joint_and_score(x, y[:, None, None])
         log_q = (-0.5 * noise * noise - LOG_SQRT_2PI) - stds.log()[..., None]
         per_branch = (log_q - log_p).mean(-1)
         if means.shape[-1] == 1:  # one branch: q(b|y) = 1

@@ -46,7 +46,7 @@ def evaluate_draws(
 
     Returns ``branch`` and ``x`` (rows, n), the joint's terms (components, rows, n): their log
     sum over components is the log weight; the log ratios (others, rows, n); and, with several
-    components, each draw's shift ``(rows, n)`` (:func:`shift_components`, applied to each row
+    components, each draw's shift ``(rows, n)`` (:func:`shift_row`, applied to each row
     while it is in cache: the terms come back shifted), else ``(0, 0)``.
     """
     rows, n = noise.shape
@@ -102,23 +102,14 @@ def finite_or_zero(value: float) -> float:
 
 
 @compiled
-def shift_components(terms: np.ndarray) -> np.ndarray:
-    """In place, the first step of a log-sum-exp over the leading axis of ``terms`` ``(components, rows, n)``.
-
-    Returns the shift ``(rows, n)``: each draw's largest term (NaN if any is),
-    or 0 where that is not finite; subtracts it from every term. The same
-    numbers as :func:`amortized.arrays.logsumexp` up to its ``exp``, in one pass.
-    """
-    components, rows, n = terms.shape
-    top = np.empty((rows, n))
-    for r in range(rows):
-        shift_row(terms, top, r)
-    return top
-
-
-@compiled
 def shift_row(terms: np.ndarray, top: np.ndarray, r: int) -> None:
-    """Row ``r`` of :func:`shift_components`, in place, its shift into ``top[r]``."""
+    """In place, the first step of a log-sum-exp over the leading axis of ``terms`` ``(components, rows, n)``, row r.
+
+    Writes the shift ``top[r]`` ``(n,)``: each draw's largest term (NaN if any
+    is), or 0 where that is not finite; subtracts it from every term of the
+    row. The same numbers as :func:`amortized.arrays.logsumexp` up to its
+    ``exp`` (:func:`evaluate_draws` calls it on each row while it is in cache).
+    """
     components, n = terms.shape[0], terms.shape[2]
     for j in range(n):
         largest = terms[0, r, j]

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from torch import Tensor
 
 from amortized.arrays import Array, lib, like, logsumexp
-from amortized.distributions import BranchedNormal, normal_log_prob
+from amortized.distributions import LOG_SQRT_2PI, BranchedNormal, normal_log_prob
 
 
 class Component(NamedTuple):
@@ -165,7 +165,7 @@ class ConjugateMixtureModel(ABC):
         self.stds = torch.tensor([c.std for c in components], dtype=f64)
         self.component_branch = torch.tensor([self.branches.index(c.latents) for c in components])
         self.branch_component = torch.argsort(self.component_branch)  # meaningful when one component per branch
-        self._converted: dict[tuple, tuple] = {}  # _constants_like's cache
+        self._converted: dict[tuple, tuple] = {}  # _constants_like's and _score_layout's cache, per dtype
         self._tables = {lib_is_torch: ComponentTable.build(self, lib_is_torch) for lib_is_torch in (True, False)}
         weights = self.log_weights.exp()
         self.x_loc = float((weights * self.means).sum())
@@ -245,6 +245,52 @@ class ConjugateMixtureModel(ABC):
                 per_component = xp.where(in_branch, per_component, -math.inf)
             log_prior = logsumexp(per_component, 0)
         return log_prior + normal_log_prob(y, x, sigma)
+
+    def log_joint_and_score(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """log p(b, x, y) and its derivative in x, for x ``(batch, branches, particles)`` at every branch b in order.
+
+        The value is :meth:`log_joint`'s (the same density, rounded differently); the derivative is
+        sum_c r_c (mu_c - x) / s_c^2 + (y - x) / sigma^2 with r_c the components' responsibilities within
+        branch b. ``y`` is ``(batch, 1, 1)``. For the closed-form gradients of the training losses
+        (:class:`amortized.losses.SingleNormalQP`).
+        """
+        offsets, means, inverse_stds = self._score_layout(x)
+        z = (x - means) * inverse_stds
+        log_prior = offsets - 0.5 * z * z
+        prior_score = -z * inverse_stds
+        if not self.family_contains_posterior:  # sum the components of each branch out (-inf: not in the branch)
+            per_component = log_prior
+            log_prior = torch.logsumexp(per_component, 0)
+            prior_score = (torch.exp(per_component - log_prior) * prior_score).sum(0)
+        w = (y - x) / self.sigma
+        log_p = log_prior - 0.5 * w * w - (math.log(self.sigma) + LOG_SQRT_2PI)
+        return log_p, prior_score + w / self.sigma
+
+    def _score_layout(self, reference: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The prior components against q's branches in ``reference``'s dtype, built once per dtype.
+
+        (offsets, means, inverse stds) broadcasting against x ``(batch, branches, particles)``: offsets are
+        log p(c) - log s_c - log sqrt(2 pi), -inf where component c is not in branch b. With one component per
+        branch they are ``(1, branches, 1)`` in branch order; otherwise the components lead,
+        ``(components, 1, branches, 1)``, to be summed out.
+        """
+        key = ("score", reference.dtype)
+        if key not in self._converted:
+            t = self.table(reference)
+            offsets = t.log_weights - t.stds.log() - LOG_SQRT_2PI
+            if self.family_contains_posterior:
+                order = t.branch_component
+                columns = (offsets[order], t.means[order], 1 / t.stds[order])
+                layout = tuple(c.reshape(1, -1, 1).to(reference.dtype) for c in columns)
+            else:
+                member = t.membership.reshape(len(offsets), 1, -1, 1) > 0
+                masked = torch.where(member, offsets.reshape(-1, 1, 1, 1), -math.inf)
+                layout = tuple(
+                    c.to(reference.dtype)
+                    for c in (masked, t.means.reshape(-1, 1, 1, 1), 1 / t.stds.reshape(-1, 1, 1, 1))
+                )
+            self._converted[key] = layout
+        return self._converted[key]
 
     def _constants_like(self, reference: Array) -> tuple[Array, Array, Array, Array]:
         """log p(c), mu_c, s_c and sigma in ``reference``'s library and dtype, converted once per dtype.

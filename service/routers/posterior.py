@@ -186,7 +186,7 @@ def check_cost(query: PosteriorQuery, settings: Settings) -> None:
         200: {
             "description": "the answer: JSON (the schema below) or, with Accept: "
             f"{arrow.MEDIA_TYPE}, the same content as an Arrow IPC stream (README, Answer formats); compressed "
-            "with zstd or gzip above 4096 bytes where Accept-Encoding asks",
+            "with zstd or gzip where Accept-Encoding asks and the body reaches AMORTIZED_COMPRESS_MIN_BYTES",
             "content": {arrow.MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
         },
         **ERRORS,
