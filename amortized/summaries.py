@@ -31,7 +31,9 @@ from amortized.compiled import compiled
 from amortized.distributions import BranchedNormal
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)  # the quantile levels of an answer's summary
-INTERVALS = (0.5, 0.8, 0.95)  # the levels of its central credible intervals
+# the levels of its central credible intervals: those the quantiles do not already give (the 50% interval is the
+# quartiles [q 0.25, q 0.75], the 90% one [q 0.05, q 0.95]); an answer carries each number once
+INTERVALS = (0.8, 0.95)
 BRACKET_STDS = 40.0  # every branch's CDF is 0 or 1 to float64 precision this many standard deviations out
 MAX_STEPS = 200  # Newton steps fall back to halvings, and 64 halvings reach the float64 grid from any bracket
 

@@ -75,8 +75,11 @@ def profile(pid: int, url: str, body: dict, seconds: int, connections: int, rate
         if spy.wait() != 0:
             raise SystemExit(f"py-spy failed (ptrace permitted?): {spy.stderr.read().decode() if spy.stderr else ''}")
         samples: collections.Counter[str] = collections.Counter()
-        for line in Path(raw.name).read_text().splitlines():
+        # "\n" only: str.splitlines also breaks at characters some frames hold (a form feed in a docstring line)
+        for line in Path(raw.name).read_text().split("\n"):
             stack, _, count = line.rpartition(" ")
+            if not count.isdigit():
+                continue
             if "WorkerThread.run" in stack and ";" not in stack.split("WorkerThread.run", 1)[1]:
                 continue  # an idle thread of the pool, parked in C
             samples[next((part for part, frame in PARTS if frame in stack), OTHER)] += int(count)

@@ -217,8 +217,9 @@ class SourceSummary(BaseModel):
     )
     intervals: dict[str, list[float | None]] = Field(
         ...,
-        description='central credible intervals of x keyed by level: {"0.5": [low, high], "0.8": ..., "0.95": ...}, '
-        "[quantile((1 - a)/2), quantile((1 + a)/2)]",
+        description='central credible intervals of x keyed by level: {"0.8": [low, high], "0.95": [low, high]}, '
+        "[quantile((1 - a)/2), quantile((1 + a)/2)]; the 50% interval is the quartiles [0.25, 0.75] and the 90% one "
+        "[0.05, 0.95] (not sent twice)",
     )
     discrete_probabilities: Probabilities
 

@@ -19,7 +19,7 @@ from tests.test_service import RESPONSE, strict_json
 
 DEFAULT = ["q", "samples", "log_weights", "diagnostics", "exact"]
 QUANTILES = ["0.05", "0.25", "0.5", "0.75", "0.95"]
-INTERVALS = {"0.5": (0.25, 0.75), "0.8": (0.1, 0.9), "0.95": (0.025, 0.975)}
+INTERVALS = {"0.8": (0.1, 0.9), "0.95": (0.025, 0.975)}
 
 
 def raw(client, model, headers=None, **body):

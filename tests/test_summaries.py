@@ -84,3 +84,10 @@ def test_rows_with_unusable_weights_give_nan():
     log_weights = np.array([[0.0, 0, 0, 0], [0, np.nan, 0, 0], [-np.inf] * 4])
     out = weighted_quantiles(x, log_weights, [0.5])
     assert out[0, 0] == 1.0 and np.isnan(out[1:]).all()
+
+
+def test_a_summary_sends_each_number_once():
+    """No interval bound repeats a quantile (the 50% interval would be the quartiles): every level is distinct."""
+    levels = {round(level, 12) for level in SUMMARY_LEVELS}  # (1 - 0.9) / 2 is 0.04999999999999999
+    assert len(levels) == len(SUMMARY_LEVELS)
+    assert {round(level, 12) for level in central_bounds([0.5, 0.9])} <= levels  # those intervals are quantiles
