@@ -4,14 +4,16 @@ Prints each pair's time (training, evaluation, calibration; its worker's CPU
 time), the evaluation and calibration tables, and the whole compile's
 wall-clock and CPU time (user + system of the compiler and its workers). On a
 machine shared with other work the wall-clock time is the figure that moves;
-the CPU time moves less.
+the CPU time moves less. ``--repeats N`` compiles N times back to back and
+prints each run and the medians (the tables are the first run's).
 
-    .venv/bin/python bench/compile_all.py [--jobs 2] [--keep DIR]
+    .venv/bin/python bench/compile_all.py [--jobs 2] [--keep DIR] [--repeats 3]
 """
 
 import argparse
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -20,16 +22,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--keep", type=Path, help="copy the compiled artifacts here")
-    args = parser.parse_args()
+
+def compile_once(jobs: int, keep: Path | None, report: bool) -> tuple[float, float]:
+    """One compile of all eight into a fresh folder: (wall-clock s, CPU s of the compiler and its workers)."""
     with tempfile.TemporaryDirectory() as out:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-m", "trainer", "compile", "--all", "--jobs", str(args.jobs), "--out", out],
+            [sys.executable, "-m", "trainer", "compile", "--all", "--jobs", str(jobs), "--out", out],
             cwd=ROOT,
             check=True,
             stderr=subprocess.DEVNULL,
@@ -39,11 +39,27 @@ if __name__ == "__main__":
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        print(done.stdout.strip(), end="\n\n")
-        subprocess.run([sys.executable, "-m", "trainer", "report", "--dir", out], cwd=ROOT, check=True)
-        if args.keep:
-            shutil.copytree(out, args.keep, dirs_exist_ok=True)
+        if report:
+            print(done.stdout.strip(), end="\n\n")
+            subprocess.run([sys.executable, "-m", "trainer", "report", "--dir", out], cwd=ROOT, check=True)
+        if keep:
+            shutil.copytree(out, keep, dirs_exist_ok=True)
+    return wall, cpu
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--keep", type=Path, help="copy the compiled artifacts here (the last run's)")
+    parser.add_argument("--repeats", type=int, default=1, help="compile this many times back to back; medians")
+    args = parser.parse_args()
+    runs = []
+    for i in range(args.repeats):
+        runs.append(compile_once(args.jobs, args.keep if i == args.repeats - 1 else None, report=i == 0))
+        print(f"run {i + 1}: {runs[-1][0]:.1f} s wall-clock, {runs[-1][1]:.1f} s CPU", flush=True)
+    walls, cpus = zip(*runs)
     print(
         f"\ncompiling all eight artifacts from scratch (with evaluation, calibration and figures, {args.jobs} jobs): "
-        f"{wall:.1f} s wall-clock, {cpu:.1f} s CPU"
+        f"{statistics.median(walls):.1f} s wall-clock, {statistics.median(cpus):.1f} s CPU"
+        + (f" (medians of {len(runs)}; wall-clock {', '.join(f'{w:.1f}' for w in walls)} s)" if len(runs) > 1 else "")
     )
