@@ -223,6 +223,36 @@ def test_the_url_reproduces_the_state(page, server):
     page.watch.check()
 
 
+def test_a_redraw_does_not_overwrite_the_y_being_typed(page, server):
+    """A rebuild (objective changed) that finishes while y is being typed leaves the typed text alone.
+
+    The page used to write state.y back into the number box when the rebuild's redraw started, so the
+    Enter that followed sent the old y. The rebuild's first request is held until the typing is done.
+    """
+    page.goto(server + "/explore?model=gmm_discrete&objective=qp&y=-2.5&n=400&seed=11")
+    page.wait_for_function("() => window.explorer && window.explorer.ready")
+    wait_drawn(page, -2.5)
+    held = []
+
+    def hold(route):
+        held.append(route)
+
+    page.route("**/v1/models/gmm_discrete/exact?y=0", hold)
+    page.locator("#objective-pq").check()  # the rebuild asks for exact?y=0 first: held
+    while not held:
+        page.wait_for_timeout(20)
+    page.fill("#y-input", "3.25")  # typing, not yet entered
+    with page.expect_response(lambda r: "/exact?y=-2.5" in r.url):  # the rebuild's redraw, for the old y
+        held[0].continue_()
+    page.unroute("**/v1/models/gmm_discrete/exact?y=0")
+    assert page.locator("#y-input").input_value() == "3.25"
+    page.press("#y-input", "Enter")
+    wait_drawn(page, 3.25)
+    last = page.evaluate("() => window.explorer.last")
+    assert last["y"] == 3.25 and list(last["answers"]) == ["pq", "qp"] and "y=3.25" in page.url
+    page.watch.check()
+
+
 def test_model_and_objective_pickers_redraw_from_the_keyboard(page, server):
     page.goto(server + "/explore")
     page.wait_for_function("() => window.explorer && window.explorer.ready")

@@ -389,6 +389,7 @@
   // ---------- updates ----------
 
   let epoch = 0;          // bumped when the model or objectives change: answers for an older epoch are dropped
+  let building = 0;       // rebuilds under way: their charts do not exist yet, so answers meanwhile are not drawn
   let inFlight = false;   // one y query at a time; changes meanwhile coalesce into the latest
   let pending = null;     // {t0}: the latest change not yet asked for (t0 null: not a user's change, not timed)
 
@@ -398,7 +399,9 @@
       return;
     }
     state.y = y;
-    els.input.value = String(y);
+    // the number box keeps what the user is typing: a redraw started elsewhere (a rebuild after a model or
+    // objective change) must not overwrite it before they press Enter
+    if (document.activeElement !== els.input) els.input.value = String(y);
     if (document.activeElement !== els.slider) els.slider.value = String(Math.min(Math.max(y, els.slider.min), els.slider.max));
     writeUrl();
     pending = { t0 };
@@ -416,7 +419,8 @@
           api(`/v1/models/${name}/posterior`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(posteriorRequest(y)) }),
           api(`/v1/models/${name}/exact?y=${encodeURIComponent(y)}`),
         ]);
-        if (mine === epoch && pending === null) drawAtY(byObjective(answer), exact.results[0], t0);
+        // a rebuild under way asks again for state.y once its charts exist
+        if (mine === epoch && pending === null && building === 0) drawAtY(byObjective(answer), exact.results[0], t0);
       }
     } catch (error) {
       els.status.textContent = `The API refused: ${error.message}`;
@@ -445,9 +449,16 @@
 
   async function rebuild() {
     epoch++;
+    building++;
+    let exact;
+    try {
+      // the exact posterior's components (for gmm, two within the one branch) name the sweep's dotted lines
+      exact = await api(`/v1/models/${encodeURIComponent(state.model)}/exact?y=0`);
+    } finally {
+      building--;
+    }
+    if (building > 0) return; // a later rebuild (another model or objective chosen meanwhile) draws the page
     const model = explorer.models[state.model];
-    // the exact posterior's components (for gmm, two within the one branch) name the sweep's dotted lines
-    const exact = await api(`/v1/models/${encodeURIComponent(state.model)}/exact?y=0`);
     explorer.componentLabels = exact.results[0].components.map((c, i, all) => ({
       branch: c.branch,
       label: all.filter((d) => d.branch === c.branch).length > 1
