@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from amortized.distributions import LOG_SQRT_2PI, BranchedNormal, normal_log_prob
+from amortized.focus import Focus, draw_observations
 from amortized.models import ConjugateMixtureModel
 from amortized.networks import InferenceNetwork
 
@@ -155,6 +156,7 @@ def blended_loss(
     *,
     num_particles: int = 8,
     closed_form: bool = True,
+    focus: Focus | None = None,
 ) -> Tensor:
     """sum_o weights[o] * loss_o, each on its own fresh batch, the network run once on all observations.
 
@@ -163,13 +165,14 @@ def blended_loss(
     the losses with closed-form gradients (:class:`SingleNormalPQ`,
     :class:`SingleNormalQP`: the same values and gradients, a fifth fewer
     tensor operations per step and no autograd graph for them); False differentiates :func:`pq_terms` and
-    :func:`qp_terms` by autograd (mixtures always are).
+    :func:`qp_terms` by autograd (mixtures always are). ``focus``: part of qp's
+    observations drawn from a window instead of p(y) (:mod:`amortized.focus`).
     """
     unknown = set(weights) - set(OBJECTIVES)
     if unknown:
         raise ValueError(f"unknown objective {sorted(unknown)[0]!r}; choose one of {', '.join(OBJECTIVES)}")
     sample = model.sample_joint(batch_size, generator) if "pq" in weights else None
-    y_qp = model.sample_joint(batch_size, generator).y if "qp" in weights else None
+    y_qp = draw_observations(model, batch_size, generator, focus) if "qp" in weights else None
     ys: list[Tensor] = []
     columns: list[Tensor | None] = []
     if sample is not None:  # pq needs q only at each sample's branch

@@ -17,14 +17,18 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, Field, model_serializer
+from pydantic import BaseModel, Field, model_serializer, model_validator
 
+from amortized import focus as focusing
 from amortized.losses import Objective, blended_loss
 from amortized.models import ConjugateMixtureModel
 from amortized.networks import InferenceNetwork, build_network
 
 # The continuation schedule of qp (README, "qp on gmm"): fractions of the steps on pq first, then blending pq into qp.
 WARM_START, BLEND = 0.2, 0.4
+
+
+FOCUS_FIELDS = ("focus", "focus_width")
 
 
 class Phase(BaseModel):
@@ -44,6 +48,14 @@ class Phase(BaseModel):
     keep_moments: bool | None = Field(
         None, description="continue Adam's moments from the previous phase instead of starting afresh"
     )
+    focus: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="qp: this fraction of each batch's observations drawn uniformly within focus_width of where q's "
+        "mean moves fastest in y, the rest from p(y) (amortized.focus)",
+    )
+    focus_width: float | None = Field(None, gt=0, description="the focus window's half-width, in y's units")
 
     @model_serializer(mode="wrap")
     def _omit_unset_options(self, handler):
@@ -52,8 +64,17 @@ class Phase(BaseModel):
         return {
             k: v
             for k, v in data.items()
-            if v is not None or k not in ("batch_size", "learning_rate", "average", "keep_moments")
+            if v is not None or k not in ("batch_size", "learning_rate", "average", "keep_moments", *FOCUS_FIELDS)
         }
+
+    @model_validator(mode="after")
+    def _focus_whole(self) -> Phase:
+        """focus and focus_width come together, on a phase whose loss includes qp (pq's y come with its x)."""
+        if (self.focus is None) != (self.focus_width is None):
+            raise ValueError("focus and focus_width must be given together")
+        if self.focus is not None and "qp" not in (self.objective, self.blend_from):
+            raise ValueError("focus applies to the qp loss: give it on a phase that includes qp")
+        return self
 
 
 class TrainingConfig(BaseModel):
@@ -91,22 +112,29 @@ class TrainingConfig(BaseModel):
 
 
 def default_schedule(
-    objective: Objective, steps: int, warm_start: float = WARM_START, blend: float = BLEND, restarts: int = 1
+    objective: Objective,
+    steps: int,
+    warm_start: float = WARM_START,
+    blend: float = BLEND,
+    restarts: int = 1,
+    focus: tuple[float, float] | None = None,
 ) -> list[Phase]:
     """One phase of ``objective``; for qp: pq, then a blend from pq to qp, then qp (fractions of ``steps``).
 
     ``restarts``: the final qp steps as that many equal phases, each starting
     Adam afresh at the full learning rate (warm restarts; see the README, "qp on gmm").
+    ``focus``: (fraction, half-width) of the final qp phases' focused observations (:mod:`amortized.focus`).
     """
     if objective == "pq" or warm_start + blend <= 0:
         return [Phase(objective=objective, steps=steps)]
     warm, blended = int(round(steps * warm_start)), int(round(steps * blend))
     final = steps - warm - blended
     sizes = [final // restarts + (i < final % restarts) for i in range(restarts)]
+    focused: dict[str, Any] = {} if focus is None else dict(zip(FOCUS_FIELDS, focus, strict=True))
     return [
         Phase(objective="pq", steps=warm),
         Phase(objective=objective, steps=blended, blend_from="pq"),
-        *(Phase(objective=objective, steps=size) for size in sizes),
+        *(Phase(objective=objective, steps=size, **focused) for size in sizes),
     ]
 
 
@@ -169,6 +197,7 @@ def train(
     parameters: list[torch.Tensor] = [p for p in net.parameters() if p.requires_grad]
     optimiser = FlatAdam(parameters)
     step, started, history = 0, time.perf_counter(), []
+    grid = focusing.observation_grid(model, config.seed) if any(p.focus for p in config.schedule) else None
     for phase in config.schedule:
         if not phase.keep_moments:
             optimiser.reset()
@@ -176,7 +205,11 @@ def train(
         batch_size = phase.batch_size or config.batch_size
         rate = phase.learning_rate or config.learning_rate
         average = optimiser.flat.clone() if phase.average else None
+        window: focusing.Focus | None = None
         for i in range(phase.steps):
+            located = i % focusing.EVERY == 0  # the window follows q's step as it moves
+            if located and phase.focus is not None and phase.focus_width is not None and grid is not None:
+                window = focusing.Focus(focusing.locate(net, grid), phase.focus_width, phase.focus)
             weights: dict = {phase.objective: 1.0}
             if phase.blend_from is not None:
                 weight = (i + 1) / phase.steps
@@ -189,6 +222,7 @@ def train(
                 generator,
                 num_particles=config.num_particles,
                 closed_form=config.gradients == "closed_form",
+                focus=window,
             )
             gradients = torch.autograd.grad(value, parameters)
             optimiser.step(gradients, cosine(rate, config.final_learning_rate, i, phase.steps))
@@ -229,8 +263,10 @@ RECIPES: dict[str, dict] = {
         "steps": {"pq": 1500, "qp": 10000},
         "batch_size": {"pq": 1024, "qp": 256},
         "learning_rate": 0.01,
-        "family_options": {"qp": {"input_gain": 10.0}},
+        "family_options": {"qp": {"input_gain": 30.0}},
         "restarts": {"qp": 2},
+        # the final qp phases draw a quarter of each batch within 0.25 of the switch (README, "qp on gmm")
+        "focus": {"qp": (0.25, 0.25)},
         # qp's result is chaotic in the rounding (README, "Determinism"): its seed table was measured with autograd's
         "gradients": {"qp": "autograd"},
     },
@@ -257,8 +293,9 @@ def recipe(
     settings = {"batch_size": per_objective(base["batch_size"], objective), "learning_rate": base["learning_rate"]}
     settings.update({k: v for k, v in overrides.items() if v is not None})
     restarts = base.get("restarts", {}).get(objective, 1)
+    focus = base.get("focus", {}).get(objective)
     schedule = default_schedule(
-        objective, steps or per_objective(base["steps"], objective), warm_start, blend, restarts
+        objective, steps or per_objective(base["steps"], objective), warm_start, blend, restarts, focus
     )
     options = {**base.get("family_options", {}).get(objective, {}), **(family_options or {})}
     gradients = base.get("gradients", {}).get(objective, "closed_form")

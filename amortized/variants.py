@@ -132,8 +132,9 @@ class FamilyOptions(BaseModel):
         le=MAX_INPUT_GAIN,
         allow_inf_nan=False,
         description="the factor on the scaled y at q's first layer, its weights there divided by it (the same function "
-        "at the start; README, 'qp on gmm'); unset: the family's recipe (10 for gmm's qp, 1 otherwise). The gain of 10 "
-        "is tuned on gmm's default parameters: for gmm with sigma = 5 it leaves a qp gap of 0.048 nats, 1 leaves 0.004 "
+        "at the start; README, 'qp on gmm'); unset: the family's recipe (30 for gmm's qp, 1 otherwise). The recipe's "
+        "gain is tuned on gmm's default parameters: for gmm with sigma = 5 a gain of 10 left a qp gap of 0.048 nats, 1 "
+        "left 0.004 "
         f"(examples/variants/gmm_sigma5.json); up to {MAX_INPUT_GAIN:g}",
     )
 

@@ -10,6 +10,10 @@ amortisation gap are compared with the unperturbed compile. The unperturbed
 compile is also repeated, to show that it gives the same bytes.
 
     .venv/bin/python bench/determinism.py [--pairs gmm/qp gmm_open/qp ...] [--perturbations 4] [--seed 0]
+
+With ``--seeds 0 1 2 3 4`` it compiles each pair once per seed instead and prints
+each seed's amortisation gap, on the test set and on 100,000 fresh observations from
+p(y), and its weights' digest (the README's seed table).
 """
 
 from __future__ import annotations
@@ -42,10 +46,14 @@ PAIRS = [
 ]
 
 
-def compile_once(pair: str, seed: int, perturbation: int | None) -> dict:
+FRESH_SEED = 424242  # the fresh test set's seed (evaluation's fixed test set has its own)
+
+
+def compile_once(pair: str, seed: int, perturbation: int | None, fresh: int = 0) -> dict:
     """One compile of ``pair``.
 
     ``perturbation`` k > 0 moves every initial weight by one float32 ulp (signs from seed k).
+    ``fresh`` > 0: also the gap on that many fresh observations from p(y) (what another test set would give).
     """
     torch.set_num_threads(1)
     name, objective = pair.split("/")
@@ -61,10 +69,14 @@ def compile_once(pair: str, seed: int, perturbation: int | None) -> dict:
                 parameter.mul_(1 + flip * 2.0**-24)
     started = time.perf_counter()
     train(model, net, config)
+    seconds = time.perf_counter() - started
     flat = torch.cat([p.detach().reshape(-1) for p in net.state_dict().values()])
     with torch.no_grad():
         q = net(test_observations(model).float())
     metrics = evaluate(model, net, objective)
+    if fresh:
+        y = model.sample_joint(fresh, torch.Generator().manual_seed(FRESH_SEED)).y.double()
+        metrics["fresh_gap"] = evaluate(model, net, objective, y=y)["amortisation_gap"]
     return {
         "pair": pair,
         "perturbation": perturbation,
@@ -73,8 +85,30 @@ def compile_once(pair: str, seed: int, perturbation: int | None) -> dict:
         "means": q.means.double(),
         "stds": q.stds.double(),
         "gap": metrics["amortisation_gap"],
-        "seconds": time.perf_counter() - started,
+        "fresh_gap": metrics.get("fresh_gap"),
+        "seconds": seconds,
     }
+
+
+FRESH = 100_000  # observations of the fresh test set in --seeds mode
+
+
+def print_seeds(pairs: list[str], seeds: list[int], jobs: int) -> None:
+    """Each pair compiled once per seed: its amortisation gap on the test set and its weights' digest."""
+    runs = [(pair, seed, None, FRESH) for pair in pairs for seed in seeds]
+    with ProcessPoolExecutor(jobs) as pool:
+        results = list(pool.map(compile_once, *zip(*runs)))
+    print(
+        f"| pair | seed | gap on the test set (nats) | gap on {FRESH:,} fresh observations | weights sha256 (first 12) "
+        "| training seconds |"
+    )
+    print("|---|---|---|---|---|---|")
+    for (pair, seed, _, _), r in zip(runs, results, strict=True):
+        print(f"| {pair} | {seed} | {r['gap']:.5f} | {r['fresh_gap']:.5f} | {r['sha256'][:12]} | {r['seconds']:.1f} |")
+    for pair in pairs:
+        gaps = [r["gap"] for (p, *_), r in zip(runs, results, strict=True) if p == pair]
+        under = sum(g < 0.005 for g in gaps)
+        print(f"{pair}: gaps {min(gaps):.5f} to {max(gaps):.5f}, {under} of {len(gaps)} under 0.005")
 
 
 def main() -> None:
@@ -83,7 +117,11 @@ def main() -> None:
     parser.add_argument("--perturbations", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--seeds", type=int, nargs="+", help="compile each pair once per seed and print the gaps")
     args = parser.parse_args()
+    if args.seeds:
+        print_seeds(args.pairs, args.seeds, args.jobs)
+        return
     runs = [(pair, args.seed, k) for pair in args.pairs for k in [None, None, *range(1, args.perturbations + 1)]]
     with ProcessPoolExecutor(args.jobs) as pool:
         results = list(pool.map(compile_once, *zip(*runs)))

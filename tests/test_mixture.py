@@ -198,7 +198,7 @@ def mixture_artifacts(tmp_path_factory):
 def test_the_trainer_records_the_family_option(mixture_artifacts):
     manifest = json.loads((mixture_artifacts / "gmm" / "qp.json").read_text())
     # gmm qp's recipe keeps its gain
-    assert manifest["training"]["family_options"] == {"mixture_components": 2, "input_gain": 10.0}
+    assert manifest["training"]["family_options"] == {"mixture_components": 2, "input_gain": 30.0}
     assert manifest["architecture"]["mixture_components"] == 2
     assert set(manifest["metrics"]["calibration"]) >= {"coverage_q", "coverage_resampled", "sbc", "method", "source"}
     assert manifest["metrics"]["limit_qp"] == pytest.approx(0.0, abs=1e-9)

@@ -308,13 +308,13 @@ def test_a_manifest_must_sit_in_its_variants_folder_and_objectives_file(tmp_path
 @pytest.mark.parametrize(
     "family, options, expected",
     [
-        ("gmm", {}, {"pq": {}, "qp": {"input_gain": 10.0}}),  # the recipe's
+        ("gmm", {}, {"pq": {}, "qp": {"input_gain": 30.0}}),  # the recipe's
         ("gmm", {"input_gain": 1.0}, {"pq": {"input_gain": 1.0}, "qp": {"input_gain": 1.0}}),  # the spec's wins
         ("gmm_open", {"input_gain": 3.5}, {"pq": {"input_gain": 3.5}, "qp": {"input_gain": 3.5}}),
         (
             "gmm",
             {"mixture_components": 2},
-            {"pq": {"mixture_components": 2}, "qp": {"mixture_components": 2, "input_gain": 10.0}},
+            {"pq": {"mixture_components": 2}, "qp": {"mixture_components": 2, "input_gain": 30.0}},
         ),
     ],
 )
