@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from amortized.evaluation import evaluate, test_observations  # noqa: E402
-from amortized.models import build_model  # noqa: E402
+from amortized.models import MODELS, build_model  # noqa: E402
 from amortized.networks import build_network  # noqa: E402
 from amortized.training import recipe, train  # noqa: E402
 
@@ -111,13 +111,35 @@ def print_seeds(pairs: list[str], seeds: list[int], jobs: int) -> None:
         print(f"{pair}: gaps {min(gaps):.5f} to {max(gaps):.5f}, {under} of {len(gaps)} under 0.005")
 
 
+def pair_argument(text: str) -> str:
+    """A pair "model/objective" of a default model and pq or qp (argparse's type)."""
+    model, _, objective = text.partition("/")
+    if model not in MODELS or objective not in ("pq", "qp"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give model/objective, model one of {', '.join(MODELS)}, pq or qp")
+    return text
+
+
+def count_argument(least: int):
+    """An integer of at least ``least`` (argparse's type)."""
+
+    def integer(text: str) -> int:
+        value = int(text)
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{text}: must be at least {least}")
+        return value
+
+    return integer
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", nargs="+", default=PAIRS)
-    parser.add_argument("--perturbations", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--seeds", type=int, nargs="+", help="compile each pair once per seed and print the gaps")
+    parser.add_argument("--pairs", nargs="+", type=pair_argument, default=PAIRS)
+    parser.add_argument("--perturbations", type=count_argument(0), default=4)
+    parser.add_argument("--seed", type=count_argument(0), default=0)
+    parser.add_argument("--jobs", type=count_argument(1), default=2)
+    parser.add_argument(
+        "--seeds", type=count_argument(0), nargs="+", help="compile each pair once per seed and print the gaps"
+    )
     args = parser.parse_args()
     if args.seeds:
         print_seeds(args.pairs, args.seeds, args.jobs)

@@ -83,7 +83,9 @@ def plain_errors(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
       with the member's tag in ``loc`` (``constrained-float``,
       ``list[constrained-float]``...). Only the member the input's own shape
       selects is kept (a list selects the list, a dict the dict), without its
-      tag, so a bad third observation is at ``["body", "y", 2]``.
+      tag, so a bad third observation is at ``["body", "y", 2]``. An input of a
+      shape no member takes (an object for y, a list for version) gets one
+      item at the field, with every member's expectation.
     - A body that is not JSON says why and where, at ``["body"]``.
     - An integer too large for a float (10**400) is "not a valid number" to
       pydantic; it is out of range, as 1e400 is, and says so.
@@ -95,6 +97,8 @@ def plain_errors(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         if at is not None and member_kind(loc[at]) == "scalar":
             whole[tuple(loc[:at])] = error.get("input")
     out = []
+    dropped: dict[tuple, list[dict[str, Any]]] = {}  # per union location, the members' errors not kept
+    reported: set[tuple] = set()  # union locations with an error kept
     for error in errors:
         loc = list(error.get("loc", ()))
         at = tag_at(loc)
@@ -102,7 +106,9 @@ def plain_errors(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             given = whole.get(tuple(loc[:at]))
             selected = "list" if isinstance(given, list) else "dict" if isinstance(given, dict) else "scalar"
             if member_kind(loc[at]) != selected:
+                dropped.setdefault(tuple(loc[:at]), []).append(error)
                 continue  # another member's view of the same input
+            reported.add(tuple(loc[:at]))
             del loc[at]
         item = {**error, "loc": loc}
         value = error.get("input")
@@ -121,6 +127,12 @@ def plain_errors(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "out_of_range",
             )
         out.append(item)
+    for field, items in dropped.items():
+        if field in reported:
+            continue
+        # a shape no member takes (an object for y, a list for version): one item, every member's expectation
+        expected = list(dict.fromkeys(item.get("msg", "") for item in items))
+        out.append({**items[0], "loc": list(field), "msg": " or ".join(expected), "input": whole.get(field)})
     return out
 
 

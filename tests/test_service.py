@@ -216,6 +216,12 @@ BAD_BODIES = [
     ({"y": [0.0] * 10_001}, ["body", "y"]),
     ({"y": [0.0] * 100, "num_samples": 100_000}, ["body"]),
     ({}, ["body", "y"]),
+    # shapes no member of a union field takes: an object for y, a list for version (each once got an empty detail)
+    ({"y": {"a": 1}}, ["body", "y"]),
+    ({"y": {}}, ["body", "y"]),
+    ({"y": {"a": 1}, "objective": "xx"}, ["body", "y"]),
+    ({"y": 0.0, "version": ["3e360f36a34b23e5"]}, ["body", "version"]),
+    ({"y": 0.0, "version": [{"pq": "x"}]}, ["body", "version"]),
 ]
 
 

@@ -70,6 +70,16 @@ def test_bad_options_are_refused(capsys):
     assert main(["compile", "--all", "--warm-start", "0.8", "--blend", "0.5"]) == 2
 
 
+def test_an_out_that_cannot_hold_artifacts_is_refused_before_training(tmp_path, capsys):
+    plain_file = tmp_path / "a_file"
+    plain_file.write_text("not a folder")
+    for out in (plain_file, plain_file / "below"):
+        assert main(["compile", "--model", "gaussian", "--steps", "20", "--no-figures", "--out", str(out)]) == 2
+        error = capsys.readouterr().err
+        assert f"--out {out}" in error and "nothing compiled" in error
+    assert plain_file.read_text() == "not a folder"
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_posterior_figure_even_for_extreme_y(name):
     model = build_model(name)

@@ -277,6 +277,15 @@ def compile_command(args: argparse.Namespace) -> int:
                 "other parameters",
                 file=sys.stderr,
             )
+    try:  # before any training: an --out that cannot hold the artifacts would only fail at the first save
+        for spec in specs:
+            (args.out / spec.name).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        print(
+            f"error: --out {args.out}: cannot hold the artifacts ({error.strerror or error}); nothing compiled",
+            file=sys.stderr,
+        )
+        return 2
     jobs = [Job(spec=spec, objective=objective, out=args.out) for spec in specs for objective in spec.objectives]
     try:
         results, seconds = timed(compile_all, jobs, args.jobs, not args.no_figures)
