@@ -7,10 +7,10 @@ network spends its effort, not what it aims at. Training draws y from p(y).
 Where the best q jumps (gmm's switch between modes at y ~ 0), the network
 must build a steep step, and the few observations p(y) puts inside the step
 give the weights that set its width and position little gradient: with 256
-observations per batch and p(y) ~ 0.03 per unit of y near 0, about one
-observation per 40 steps falls within 0.025 of the step. Drawing a fraction of
-each batch uniformly from a window around where q's mean currently moves
-fastest puts a few there on every step (README, "qp on gmm").
+observations per batch and p(0) = 0.035 per unit of y, about one observation
+per step falls within 0.06 of the step. Drawing a quarter of each batch
+uniformly from +-0.25 around where q's mean currently moves fastest puts about
+16 there on every step (README, "Focused observations").
 
 This uses only the network and the joint density (what the ``qp`` loss already
 uses), never the exact posterior. The window follows the step as it moves; it

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from amortized.evaluation import evaluate, test_observations  # noqa: E402
+from amortized.losses import OBJECTIVES  # noqa: E402
 from amortized.models import MODELS, build_model  # noqa: E402
 from amortized.networks import build_network  # noqa: E402
 from amortized.training import recipe, train  # noqa: E402
@@ -114,7 +115,7 @@ def print_seeds(pairs: list[str], seeds: list[int], jobs: int) -> None:
 def pair_argument(text: str) -> str:
     """A pair "model/objective" of a default model and pq or qp (argparse's type)."""
     model, _, objective = text.partition("/")
-    if model not in MODELS or objective not in ("pq", "qp"):
+    if model not in MODELS or objective not in OBJECTIVES:
         raise argparse.ArgumentTypeError(f"{text!r}: give model/objective, model one of {', '.join(MODELS)}, pq or qp")
     return text
 

@@ -103,12 +103,13 @@ def plain_errors(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         loc = list(error.get("loc", ()))
         at = tag_at(loc)
         if at is not None:
-            given = whole.get(tuple(loc[:at]))
+            union = tuple(loc[:at])
+            given = whole.get(union)
             selected = "list" if isinstance(given, list) else "dict" if isinstance(given, dict) else "scalar"
             if member_kind(loc[at]) != selected:
-                dropped.setdefault(tuple(loc[:at]), []).append(error)
+                dropped.setdefault(union, []).append(error)
                 continue  # another member's view of the same input
-            reported.add(tuple(loc[:at]))
+            reported.add(union)
             del loc[at]
         item = {**error, "loc": loc}
         value = error.get("input")
