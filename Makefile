@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# processes that run the test suite (pytest-xdist): CI's 2 cores; 0 runs it in one process
+TEST_WORKERS ?= 2
 # worker processes of `make serve` (uvicorn's --workers); 1 by default: see the README, Scaling out
 WEB_CONCURRENCY ?= 1
 BIN := $(VENV)/bin
@@ -21,8 +23,8 @@ $(STAMP): pyproject.toml constraints.txt
 serve: $(STAMP)  ## serve the committed artifacts on $(HOST):$(PORT) with $(WEB_CONCURRENCY) worker processes
 	WEB_CONCURRENCY=$(WEB_CONCURRENCY) $(BIN)/python -m service --host $(HOST) --port $(PORT)
 
-test: $(STAMP)  ## run the test suite
-	$(BIN)/python -m pytest -q
+test: $(STAMP)  ## run the test suite on $(TEST_WORKERS) processes (pytest-xdist; TEST_WORKERS=0 runs it in this one)
+	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal)
 
 lint: $(STAMP)  ## ruff (lint and format check) and mypy, as configured in pyproject.toml
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy

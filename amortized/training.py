@@ -124,18 +124,23 @@ def default_schedule(
     ``restarts``: the final qp steps as that many equal phases, each starting
     Adam afresh at the full learning rate (warm restarts; see the README, "qp on gmm").
     ``focus``: (fraction, half-width) of the final qp phases' focused observations (:mod:`amortized.focus`).
+    A part that rounds to no steps (a few total steps) is left out, so the
+    manifest lists only phases that trained.
     """
     if objective == "pq" or warm_start + blend <= 0:
         return [Phase(objective=objective, steps=steps)]
-    warm, blended = int(round(steps * warm_start)), int(round(steps * blend))
+    # the boundaries rounded, not the parts: round(a) + round(b) may exceed steps (3 steps at 0.5 and 0.5 gave 2 + 2)
+    warm = min(int(round(steps * warm_start)), steps)
+    blended = min(max(int(round(steps * (warm_start + blend))), warm), steps) - warm
     final = steps - warm - blended
     sizes = [final // restarts + (i < final % restarts) for i in range(restarts)]
     focused: dict[str, Any] = {} if focus is None else dict(zip(FOCUS_FIELDS, focus, strict=True))
-    return [
+    phases = [
         Phase(objective="pq", steps=warm),
         Phase(objective=objective, steps=blended, blend_from="pq"),
         *(Phase(objective=objective, steps=size, **focused) for size in sizes),
     ]
+    return [phase for phase in phases if phase.steps > 0]
 
 
 ProgressCallback = Callable[[int, float, str], None]

@@ -169,3 +169,26 @@ def test_every_recipe_records_its_gradients_and_an_older_manifest_reads_as_autog
     del older["gradients"]
     config = TrainingConfig.model_validate(older)
     assert config.gradients is None and config.model_dump() == older
+
+
+@pytest.mark.parametrize("restarts", [1, 2, 3])
+def test_the_qp_schedule_splits_every_step_count_into_phases_that_train(restarts):
+    """Every total and fraction: the phases' steps add up, none is empty, each part within a step of its share.
+
+    3 steps at warm start 0.5 and blend 0.5 rounded each part up (2 + 2) and failed with a validation error; 1 or 2
+    steps listed phases of 0 steps in the manifest.
+    """
+    fractions = [i / 10 for i in range(11)]
+    for steps in range(1, 41):
+        for warm_start in fractions:
+            for blend in fractions:
+                if warm_start + blend > 1:
+                    continue
+                phases = default_schedule("qp", steps, warm_start, blend, restarts)
+                assert sum(p.steps for p in phases) == steps, (steps, warm_start, blend)
+                assert all(p.steps > 0 for p in phases), (steps, warm_start, blend)
+                warm = sum(p.steps for p in phases if p.objective == "pq")
+                blended = sum(p.steps for p in phases if p.blend_from == "pq")
+                assert abs(warm - steps * warm_start) <= 0.5 + 1e-9 and abs(blended - steps * blend) <= 1 + 1e-9
+                assert [p.objective for p in phases][: 1 if warm else 0] == ["pq"] * (1 if warm else 0)
+                assert len([p for p in phases if p.objective == "qp" and p.blend_from is None]) <= restarts

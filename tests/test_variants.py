@@ -263,6 +263,26 @@ def test_invalid_command_lines_exit_2_and_write_nothing(tmp_path, capsys, argv, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--steps", "abc", "argument --steps: must be a whole number, got 'abc'"),
+        ("--steps", "1.5", "argument --steps: must be a whole number, got '1.5'"),
+        ("--steps", "0", "argument --steps: must be at least 1, got 0"),
+        ("--batch-size", "many", "argument --batch-size: must be a whole number, got 'many'"),
+        ("--learning-rate", "fast", "argument --learning-rate: must be a number, got 'fast'"),
+        ("--warm-start", "half", "argument --warm-start: must be a number between 0 and 1, got 'half'"),
+        ("--blend", "nan", "argument --blend: must be between 0 and 1, got nan"),
+    ],
+)
+def test_a_flag_that_is_not_a_number_names_itself_and_what_it_needs(tmp_path, capsys, flag, value, message):
+    with pytest.raises(SystemExit) as exited:
+        main(["compile", "--model", "gmm", flag, value, "--jobs", "1", "--out", str(tmp_path / "out")])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_one_bad_spec_among_good_ones_stops_everything(tmp_path, capsys):
     good, bad = tmp_path / "good.json", tmp_path / "bad.yaml"
     good.write_text('{"name": "good", "family": "gaussian", "training": {"steps": 20}}')

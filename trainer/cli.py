@@ -139,22 +139,30 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+def number(text: str, kind: type, what: str) -> Any:
+    """``text`` as ``kind`` (int or float), or the argument error that names what was expected."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+
+
 def positive_int(text: str) -> int:
-    value = int(text)
+    value = number(text, int, "a whole number")
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
 def positive_float(text: str) -> float:
-    value = float(text)
+    value = number(text, float, "a number")
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
 
 
 def fraction(text: str) -> float:
-    value = float(text)
+    value = number(text, float, "a number between 0 and 1")
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
     return value
@@ -268,7 +276,7 @@ def compile_command(args: argparse.Namespace) -> int:
     except SpecError as error:
         for where, why in error.problems:
             print(f"error: {where}: {why}", file=sys.stderr)
-        print("nothing compiled (invalid spec)", file=sys.stderr)
+        print("nothing compiled: the variant is invalid (its spec file, or the flags that set it)", file=sys.stderr)
         return 2
     for spec in specs:
         if spec.name in MODELS and spec.params != default_spec(spec.name).params:
