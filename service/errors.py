@@ -169,8 +169,12 @@ async def api_error(request: Request, exc: ApiError) -> Response:
 async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     loc = ["body"] if exc.status_code in (400, 413) else ["request"]
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-    if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):  # FastAPI's "error parsing the body"
+    cause = exc.__cause__  # FastAPI's "There was an error parsing the body" says why only in its cause
+    if exc.status_code == 400 and isinstance(cause, RecursionError):
         detail = "the body could not be read as JSON: its arrays or objects are nested too deeply"
+    elif exc.status_code == 400 and isinstance(cause, UnicodeDecodeError):
+        offending = cause.object[cause.start : cause.start + 1]
+        detail = f"the body is not valid JSON: it is not UTF-8 text (byte {cause.start} is 0x{offending.hex()})"
     headers = dict(exc.headers) if exc.headers else None
     if exc.status_code == 405:  # every method of the path (GET /v1/models and POST /v1/models sit in two routers)
         headers = {**(headers or {}), "Allow": allowed_methods(request)}

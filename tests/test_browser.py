@@ -223,6 +223,42 @@ def test_the_url_reproduces_the_state(page, server):
     page.watch.check()
 
 
+@pytest.mark.parametrize(
+    "query, shown, ignored",
+    [
+        (
+            "model=nope&objective=qp&y=abc&n=0&seed=-1",
+            {"model": "gmm", "y": "0", "n": "1000"},
+            ["model=nope (not served here)", "y=abc (", "n=0 (", "seed=-1 ("],
+        ),
+        (
+            "model=gmm_discrete&objective=xx&y=2e9&n=1.5&seed=3",
+            {"model": "gmm_discrete", "y": "0", "n": "1000"},
+            ["objective=xx (gmm_discrete has pq and qp)", "y=2e9 (", "n=1.5 ("],
+        ),
+    ],
+)
+def test_values_from_the_link_that_cannot_be_used_are_named_not_dropped_silently(page, server, query, shown, ignored):
+    """The page falls back to its defaults for what it cannot use, and says which of the link's values it ignored."""
+    page.goto(server + "/explore?" + query)
+    page.wait_for_function("() => window.explorer && window.explorer.ready")
+    wait_drawn(page, 0.0)
+    assert page.locator("#model").input_value() == shown["model"]
+    assert page.locator("#y-input").input_value() == shown["y"]
+    assert page.locator("#num-samples").input_value() == shown["n"]
+    page.wait_for_function("() => document.getElementById('status').textContent.includes('the defaults were used')")
+    status = page.locator("#status").text_content()
+    for part in ignored:
+        assert part in status, status
+    # said once: the next answer's line no longer carries it
+    page.fill("#y-input", "1.5")
+    page.press("#y-input", "Enter")
+    wait_drawn(page, 1.5)
+    page.wait_for_function("() => document.getElementById('status').textContent.startsWith('y = 1.5')")
+    assert "defaults were used" not in page.locator("#status").text_content()
+    page.watch.check()
+
+
 def test_a_redraw_does_not_overwrite_the_y_being_typed(page, server):
     """A rebuild (objective changed) that finishes while y is being typed leaves the typed text alone.
 

@@ -249,6 +249,27 @@ def test_json_nested_too_deeply_says_so(client, raw):
 
 
 @pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"y": "\xff"}',  # a byte that never occurs in UTF-8
+        b'{"y": 1.0, "objective": "p\xc3"}',  # a sequence cut short
+        b'{"y": 1.0, "objective": "\xc0\xafqp"}',  # an overlong encoding of "/"
+        b'{"y": [1.0, 2.0], "seed": 1, "include": ["q\x80"]}',  # a continuation byte alone
+    ],
+)
+def test_a_body_that_is_not_utf8_names_the_first_bad_byte(client, raw):
+    """JSON is UTF-8 text (RFC 8259): the answer says so and where, as it does for any other malformed body."""
+    with pytest.raises(UnicodeDecodeError) as decoding:  # Python's own decoder: where the text stops being UTF-8
+        raw.decode("utf-8")
+    first_bad = decoding.value.start
+    for path in ("/v1/models/gmm/posterior", "/v1/models/gmm_open/posterior"):
+        response = client.post(path, content=raw, headers={"content-type": "application/json"})
+        assert response.status_code == 400 and response.json()["detail"][0]["loc"] == ["body"], response.text
+        message = response.json()["detail"][0]["msg"]
+        assert "not UTF-8" in message and f"byte {first_bad} is 0x{raw[first_bad]:02x}" in message, message
+
+
+@pytest.mark.parametrize(
     "headers", [{}, {"content-type": "text/plain"}, {"content-type": "application/x-www-form-urlencoded"}]
 )
 def test_a_body_not_sent_as_json_is_told_to_say_so(client, headers):

@@ -98,20 +98,34 @@
 
   // ---------- URL state ----------
 
+  // what the link asked for and the page could not use (said once, beside the first answer): "y=abc (why)"
+  let ignoredFromUrl = [];
+
   function readUrl() {
     const q = new URLSearchParams(location.search);
+    const ignored = [];
+    // a value the link gives, if ok(value); else the default, and the link's value noted with why
+    const take = (name, value, ok, fallback, why) => {
+      if (!q.has(name)) return fallback;
+      if (ok(value)) return value;
+      ignored.push(`${name}=${q.get(name)} (${why})`);
+      return fallback;
+    };
     const names = Object.keys(explorer.models);
-    state.model = names.includes(q.get("model")) ? q.get("model") : (names.includes("gmm") ? "gmm" : names[0]);
+    const firstModel = names.includes("gmm") ? "gmm" : names[0];
+    state.model = take("model", q.get("model"), (v) => names.includes(v), firstModel, "not served here");
     const compiled = explorer.models[state.model].objectives;
-    const asked = q.get("objective") === "both" || !q.get("objective") ? OBJECTIVES : [q.get("objective")];
-    state.objectives = asked.filter((o) => compiled.includes(o));
+    const objective = take("objective", q.get("objective"), (v) => v === "both" || compiled.includes(v), "both",
+      `${state.model} has ${compiled.join(" and ")}`);
+    state.objectives = objective === "both" ? OBJECTIVES.filter((o) => compiled.includes(o)) : [objective];
     if (!state.objectives.length) state.objectives = compiled.slice();
-    const y = Number.parseFloat(q.get("y"));
-    state.y = Number.isFinite(y) && Math.abs(y) <= MAX_ABS_Y ? y : 0;
-    const n = Number.parseInt(q.get("n"), 10);
-    state.n = Number.isInteger(n) && n >= 1 && n <= 100000 ? n : 1000;
-    const seed = Number.parseInt(q.get("seed"), 10);
-    state.seed = Number.isInteger(seed) && seed >= 0 ? seed : 7;
+    const asNumber = (name) => (q.get(name) || "").trim() === "" ? NaN : Number(q.get(name));
+    state.y = take("y", asNumber("y"), (v) => Number.isFinite(v) && Math.abs(v) <= MAX_ABS_Y, 0,
+      "not a finite number within ±1e9");
+    state.n = take("n", asNumber("n"), (v) => Number.isInteger(v) && v >= 1 && v <= 100000, 1000,
+      "not a whole number from 1 to 100000");
+    state.seed = take("seed", asNumber("seed"), (v) => Number.isInteger(v) && v >= 0, 7, "not a whole number ≥ 0");
+    ignoredFromUrl = ignored;
   }
 
   function objectiveParam() {
@@ -302,7 +316,9 @@
       if (t0 !== null) explorer.timings.push({ y: state.y, total: painted - t0, draw: drawn - started });
       document.body.dataset.drawnY = String(state.y);
       document.body.dataset.draws = String(explorer.draws);
-      els.status.textContent = `y = ${fmt(state.y, 6)}: ${objectives.join(" and ")} answered and drawn` + (t0 !== null ? ` in ${(painted - t0).toFixed(0)} ms (drawing ${(drawn - started).toFixed(1)} ms).` : ".");
+      els.status.textContent = `y = ${fmt(state.y, 6)}: ${objectives.join(" and ")} answered and drawn` + (t0 !== null ? ` in ${(painted - t0).toFixed(0)} ms (drawing ${(drawn - started).toFixed(1)} ms).` : ".")
+        + (ignoredFromUrl.length ? ` The link's ${ignoredFromUrl.join(", ")}: the defaults were used instead.` : "");
+      ignoredFromUrl = [];
       document.dispatchEvent(new CustomEvent("explorer:drawn", { detail: { y: state.y } }));
     });
   }
@@ -395,7 +411,7 @@
 
   function changeY(y, t0) {
     if (!Number.isFinite(y) || Math.abs(y) > MAX_ABS_Y) {
-      els.status.textContent = `y must be a finite number within ±1e9 (got ${els.input.value}).`;
+      els.status.textContent = `y must be a finite number within ±1e9 (got ${els.input.value || "no number"}).`;
       return;
     }
     state.y = y;
