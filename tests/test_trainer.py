@@ -62,6 +62,21 @@ def test_an_interrupted_compile_leaves_the_previous_artifact(tmp_path, monkeypat
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and ".staging" in p.name]
 
 
+def test_a_compile_interrupted_before_it_writes_leaves_no_empty_folders(tmp_path, monkeypatch, capsys):
+    """The folders made for the artifacts (--out and a folder per variant) go again when nothing was written there."""
+    existing = tmp_path / "existing"
+    existing.mkdir()
+
+    def ctrl_c_before_the_first_write(path, data, *staging):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(artifacts, "atomic_write", ctrl_c_before_the_first_write)
+    for out in (tmp_path / "fresh" / "deeper", existing):
+        argv = ["compile", "--model", "gaussian", "--objective", "pq", "--steps", "5", "--jobs", "1", "--no-figures"]
+        assert main([*argv, "--out", str(out)]) == 130 and "interrupted" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["existing"]  # made by the user: kept, and nothing in it
+
+
 def test_bad_options_are_refused(capsys):
     with pytest.raises(SystemExit):
         main(["compile", "--model", "nope"])

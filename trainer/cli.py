@@ -18,6 +18,7 @@ Every spec is checked before anything is compiled: an invalid one is reported
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -285,10 +286,14 @@ def compile_command(args: argparse.Namespace) -> int:
                 "other parameters",
                 file=sys.stderr,
             )
+    created: list[Path] = []  # the folders this command made: removed again if they end up empty
     try:  # before any training: an --out that cannot hold the artifacts would only fail at the first save
         for spec in specs:
-            (args.out / spec.name).mkdir(parents=True, exist_ok=True)
+            folder = args.out / spec.name
+            created += reversed([p for p in (folder, *folder.parents) if not p.exists()])
+            folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
+        remove_empty(created)
         print(
             f"error: --out {args.out}: cannot hold the artifacts ({error.strerror or error}); nothing compiled",
             file=sys.stderr,
@@ -298,8 +303,12 @@ def compile_command(args: argparse.Namespace) -> int:
     try:
         results, seconds = timed(compile_all, jobs, args.jobs, not args.no_figures)
     except KeyboardInterrupt:
+        remove_empty(created)
         print("\ninterrupted: artifacts already written are complete; the others are unchanged", file=sys.stderr)
         return 130
+    except BaseException:
+        remove_empty(created)
+        raise
     print()
     for row in sorted(results, key=lambda r: (r["variant"], r["objective"])):
         gap, t = row["metrics"]["amortisation_gap"], row["times"]
@@ -311,6 +320,13 @@ def compile_command(args: argparse.Namespace) -> int:
         )
     print(f"compiled {len(results)} artifact(s) in {seconds:.1f} s wall-clock")
     return 0
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove those of ``folders`` (made by this command, parents first) that are still empty, deepest first."""
+    for folder in reversed(folders):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only an empty folder goes
 
 
 def upgrade_command(root: Path) -> int:
