@@ -7,6 +7,8 @@ where, why and what kind.
 
 from __future__ import annotations
 
+import email.message
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,9 +55,21 @@ async def send_error(send: Send, status: int, loc: list[str | int], msg: str, ki
     await send({"type": "http.response.body", "body": body})
 
 
+def reads_as_json(content_type: str) -> bool:
+    """Whether FastAPI reads a body of this Content-Type as JSON: application/json or application/*+json.
+
+    FastAPI's own rule (``fastapi.routing``, through ``email.message``): text/json,
+    application/json-seq or application/jsonx are not JSON to it.
+    """
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
 async def validation_error(request: Request, exc: RequestValidationError) -> Response:
     content_type = request.headers.get("content-type", "")
-    if "json" not in content_type.lower() and any(tuple(e.get("loc", ()))[:1] == ("body",) for e in exc.errors()):
+    if not reads_as_json(content_type) and any(tuple(e.get("loc", ()))[:1] == ("body",) for e in exc.errors()):
         # FastAPI reads a body as JSON only when it says so (a CSRF guard); say that, not "not a dictionary"
         msg = f"send the body as JSON with Content-Type: application/json (got {content_type or 'no Content-Type'})"
         return json_response(
@@ -121,7 +135,9 @@ def plain_errors(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         elif error.get("type") == "json_invalid":
             where = f" at character {loc[1]}" if len(loc) > 1 else ""
             item["loc"] = ["body"]
-            item["msg"] = f"the body is not valid JSON: {error.get('ctx', {}).get('error', 'cannot be decoded')}{where}"
+            # Python's decoder ends some messages with "at" ("Invalid control character at"): one "at" only
+            why = str(error.get("ctx", {}).get("error", "cannot be decoded")).removesuffix(" at")
+            item["msg"] = f"the body is not valid JSON: {why}{where}"
         elif error.get("type") == "finite_number":
             item["msg"], item["type"] = (
                 f"out of range: not a finite number (NaN, infinity, or beyond about 1.8e308); {RANGE}",
@@ -172,6 +188,11 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     cause = exc.__cause__  # FastAPI's "There was an error parsing the body" says why only in its cause
     if exc.status_code == 400 and isinstance(cause, RecursionError):
         detail = "the body could not be read as JSON: its arrays or objects are nested too deeply"
+    elif exc.status_code == 400 and isinstance(cause, ValueError) and "integer string conversion" in str(cause):
+        detail = (
+            f"the body holds an integer of more than {sys.get_int_max_str_digits()} digits, which the JSON decoder "
+            "refuses: no field takes a number that long (observations must be within +-1e9, seeds below 2^63)"
+        )
     elif exc.status_code == 400 and isinstance(cause, UnicodeDecodeError):
         offending = cause.object[cause.start : cause.start + 1]
         detail = f"the body is not valid JSON: it is not UTF-8 text (byte {cause.start} is 0x{offending.hex()})"

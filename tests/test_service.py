@@ -3,6 +3,7 @@
 import json
 import math
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -248,6 +249,26 @@ def test_json_nested_too_deeply_says_so(client, raw):
     assert "nested too deeply" in response.json()["detail"][0]["msg"]
 
 
+@pytest.mark.parametrize("field", ["y", "seed", "num_samples"])
+def test_an_integer_too_long_for_the_decoder_is_a_400_that_says_so(client, field):
+    """Python refuses to convert integers of more digits than sys.get_int_max_str_digits(): the 400 says that."""
+    digits = sys.get_int_max_str_digits() + 1
+    long_integer = "1" + "0" * digits
+    raw = f'{{"y": {long_integer}}}' if field == "y" else f'{{"y": 1.0, "{field}": {long_integer}}}'
+    response = client.post("/v1/models/gmm/posterior", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 400 and response.json()["detail"][0]["loc"] == ["body"], response.text
+    assert f"more than {digits - 1} digits" in response.json()["detail"][0]["msg"]
+
+
+def test_a_json_syntax_error_reads_as_one_sentence(client):
+    response = client.post(
+        "/v1/models/gmm/posterior", content=b'{"y\x00": 1}', headers={"content-type": "application/json"}
+    )
+    message = response.json()["detail"][0]["msg"]
+    assert response.status_code == 422 and message.startswith("the body is not valid JSON: Invalid control character")
+    assert " at at " not in message and message.endswith("at character 3")
+
+
 @pytest.mark.parametrize(
     "raw",
     [
@@ -270,7 +291,17 @@ def test_a_body_that_is_not_utf8_names_the_first_bad_byte(client, raw):
 
 
 @pytest.mark.parametrize(
-    "headers", [{}, {"content-type": "text/plain"}, {"content-type": "application/x-www-form-urlencoded"}]
+    "headers",
+    [
+        {},
+        {"content-type": "text/plain"},
+        {"content-type": "application/x-www-form-urlencoded"},
+        # types that merely contain "json" (FastAPI reads only application/json and application/*+json as JSON)
+        {"content-type": "text/json"},
+        {"content-type": "application/jsonx"},
+        {"content-type": "application/json-seq"},
+        {"content-type": "json"},
+    ],
 )
 def test_a_body_not_sent_as_json_is_told_to_say_so(client, headers):
     response = client.post("/v1/models/gmm/posterior", content=b'{"y": 1.0}', headers=headers)

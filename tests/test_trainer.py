@@ -9,6 +9,7 @@ from amortized import artifacts
 from amortized.artifacts import load_artifact
 from amortized.figures import posterior_png
 from amortized.models import MODELS, build_model
+from tests.conftest import ARTIFACTS
 from trainer.cli import main
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -130,3 +131,23 @@ def test_figures_redraws_only_the_pngs(tmp_path, capsys):
         else:
             assert data == before[name], f"{name} changed"
     assert "posteriors.png" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "variable, value, flag, why",
+    [
+        ("AMORTIZED_JOB_WORKERS", "abc", "--workers", "must be a whole number, got 'abc'"),
+        ("AMORTIZED_JOB_WORKERS", "0", "--workers", "must be at least 1, got 0"),
+        ("AMORTIZED_JOB_NICE", "x", "--nice", "must be a whole number, got 'x'"),
+        ("AMORTIZED_JOB_STALE_SECONDS", "0", "--stale-seconds", "must be positive, got 0"),
+    ],
+)
+def test_a_bad_worker_variable_stops_the_worker_only_and_names_itself(
+    tmp_path, monkeypatch, capsys, variable, value, flag, why
+):
+    """The worker's defaults come from the environment; a bad one used to crash every command with a traceback."""
+    monkeypatch.setenv(variable, value)
+    assert main(["report", "--dir", str(ARTIFACTS)]) == 0 and "gmm" in capsys.readouterr().out
+    assert main(["worker", "--artifacts", str(tmp_path)]) == 2
+    assert f"${variable}={value!r} (the default of {flag}): {why}" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # refused before the queue was opened

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,9 @@ def parser() -> argparse.ArgumentParser:
     compile_.add_argument(
         "--learning-rate", type=positive_float, help="Adam's initial rate, decayed by a cosine (default: the recipe's)"
     )
-    compile_.add_argument("--seed", type=int, help="seed of initialisation and training (default: the spec's, else 0)")
+    compile_.add_argument(
+        "--seed", type=whole_int, help="seed of initialisation and training (default: the spec's, else 0)"
+    )
     compile_.add_argument(
         "--warm-start", type=fraction, help=f"qp only: fraction of steps on pq first (default {WARM_START})"
     )
@@ -120,17 +123,9 @@ def parser() -> argparse.ArgumentParser:
         default=Path(os.environ.get("AMORTIZED_ARTIFACTS_DIR") or "artifacts"),
         help="the artifacts folder the API serves (default $AMORTIZED_ARTIFACTS_DIR, else artifacts/)",
     )
-    for flag, variable, kind, fallback, text in (
-        ("--workers", "AMORTIZED_JOB_WORKERS", positive_int, 1, "jobs at once, one process each; at most the cores"),
-        ("--nice", "AMORTIZED_JOB_NICE", int, 10, "added to the worker's niceness, so that an API here keeps its CPU"),
-        ("--stale-seconds", "AMORTIZED_JOB_STALE_SECONDS", positive_float, 15, "no heartbeat for this long: failed"),
-    ):
-        worker.add_argument(
-            flag,
-            type=kind,
-            default=kind(os.environ.get(variable) or str(fallback)),
-            help=f"{text} (default ${variable}, else {fallback})",
-        )
+    for flag, variable, kind, fallback, text in WORKER_OPTIONS:
+        # the environment is read by the worker command, not here: a bad value must not break the other commands
+        worker.add_argument(flag, type=kind, help=f"{text} (default ${variable}, else {fallback})")
     worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # the embedded consumer: stop with the server
 
     upgrade = commands.add_parser(
@@ -162,11 +157,29 @@ def positive_float(text: str) -> float:
     return value
 
 
+def whole_int(text: str) -> int:
+    return int(number(text, int, "a whole number"))
+
+
 def fraction(text: str) -> float:
     value = number(text, float, "a number between 0 and 1")
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
     return value
+
+
+# the worker's options that default to an environment variable: (flag, variable, type, default, help)
+WORKER_OPTIONS: tuple[tuple[str, str, Callable[[str], Any], float, str], ...] = (
+    ("--workers", "AMORTIZED_JOB_WORKERS", positive_int, 1, "jobs at once, one process each; at most the cores"),
+    (
+        "--nice",
+        "AMORTIZED_JOB_NICE",
+        whole_int,
+        10,
+        "added to the worker's niceness, so that an API here keeps its CPU",
+    ),
+    ("--stale-seconds", "AMORTIZED_JOB_STALE_SECONDS", positive_float, 15, "no heartbeat for this long: failed"),
+)
 
 
 def spec_files(paths: list[Path]) -> list[Path]:
@@ -343,6 +356,15 @@ def upgrade_command(root: Path) -> int:
 def worker_command(args: argparse.Namespace) -> int:
     from trainer.jobs import embedded_queue_url, run_worker  # Huey: only the worker needs it
 
+    for flag, variable, kind, fallback, _ in WORKER_OPTIONS:  # a flag not given: its variable, else the default
+        name = flag.removeprefix("--").replace("-", "_")
+        if getattr(args, name) is None:
+            raw = os.environ.get(variable) or str(fallback)
+            try:
+                setattr(args, name, kind(raw))
+            except argparse.ArgumentTypeError as error:
+                print(f"error: ${variable}={raw!r} (the default of {flag}): {error}", file=sys.stderr)
+                return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         run_worker(
