@@ -236,6 +236,9 @@ def test_the_url_reproduces_the_state(page, server):
             {"model": "gmm_discrete", "y": "0", "n": "1000"},
             ["objective=xx (gmm_discrete has pq and qp)", "y=2e9 (", "n=1.5 ("],
         ),
+        # seeds past 2^63 (the API refuses them) and past 2^53 (JavaScript would send them rounded)
+        ("seed=9223372036854775808", {"model": "gmm", "y": "0", "n": "1000"}, ["seed=9223372036854775808 ("]),
+        ("seed=9007199254740993&n=2e2", {"model": "gmm", "y": "0", "n": "200"}, ["seed=9007199254740993 ("]),
     ],
 )
 def test_values_from_the_link_that_cannot_be_used_are_named_not_dropped_silently(page, server, query, shown, ignored):
@@ -256,6 +259,32 @@ def test_values_from_the_link_that_cannot_be_used_are_named_not_dropped_silently
     wait_drawn(page, 1.5)
     page.wait_for_function("() => document.getElementById('status').textContent.startsWith('y = 1.5')")
     assert "defaults were used" not in page.locator("#status").text_content()
+    page.watch.check()
+
+
+def test_typed_samples_and_seed_are_read_whole_or_refused_by_name(page, server):
+    """1e3 samples are 1000 and seed 1e5 is 100000 (parseInt read 1 and 1); a seed JavaScript cannot hold is named."""
+    page.goto(server + "/explore?model=gmm&objective=pq&y=0.5")
+    page.wait_for_function("() => window.explorer && window.explorer.ready")
+    wait_drawn(page, 0.5)
+    draws = page.evaluate("() => window.explorer.draws")
+    page.fill("#num-samples", "2e2")
+    page.fill("#seed", "1e5")
+    page.dispatch_event("#seed", "change")
+    page.wait_for_function(
+        "d => window.explorer.draws > d && window.explorer.last.answers.pq.seed === 100000", arg=draws
+    )
+    answer = page.evaluate("() => window.explorer.last.answers.pq")
+    assert answer["seed"] == 100000 and len(answer["samples"]["x"]) == 200
+    assert "seed=100000" in page.url and "n=200" in page.url
+    for seed in ("99999999999999999999", "9007199254740993"):
+        page.fill("#seed", seed)
+        page.dispatch_event("#seed", "change")
+        page.wait_for_function("() => document.getElementById('status').textContent.includes('the seed must be')")
+        assert f"(got {seed})" in page.locator("#status").text_content() and "seed=100000" in page.url
+        page.fill("#seed", "100000")
+        page.dispatch_event("#seed", "change")
+        page.wait_for_function("() => !document.getElementById('status').textContent.includes('the seed must be')")
     page.watch.check()
 
 

@@ -100,6 +100,13 @@
 
   // what the link asked for and the page could not use (said once, beside the first answer): "y=abc (why)"
   let ignoredFromUrl = [];
+  // a text box's or link's number: Number() takes "1e3" whole (parseInt read 1); blank is not a number
+  const asNumber = (text) => ((text || "").trim() === "" ? NaN : Number(text));
+  // seeds up to 2^53 - 1: JavaScript holds those exactly (a larger one would be sent rounded, or refused above 2^63)
+  const SEED_RULE = "a whole number from 0 to 2^53 - 1";
+  const validSeed = (v) => Number.isSafeInteger(v) && v >= 0;
+  const N_RULE = "a whole number from 1 to 100000";
+  const validN = (v) => Number.isInteger(v) && v >= 1 && v <= 100000;
 
   function readUrl() {
     const q = new URLSearchParams(location.search);
@@ -119,12 +126,10 @@
       `${state.model} has ${compiled.join(" and ")}`);
     state.objectives = objective === "both" ? OBJECTIVES.filter((o) => compiled.includes(o)) : [objective];
     if (!state.objectives.length) state.objectives = compiled.slice();
-    const asNumber = (name) => (q.get(name) || "").trim() === "" ? NaN : Number(q.get(name));
-    state.y = take("y", asNumber("y"), (v) => Number.isFinite(v) && Math.abs(v) <= MAX_ABS_Y, 0,
+    state.y = take("y", asNumber(q.get("y")), (v) => Number.isFinite(v) && Math.abs(v) <= MAX_ABS_Y, 0,
       "not a finite number within ±1e9");
-    state.n = take("n", asNumber("n"), (v) => Number.isInteger(v) && v >= 1 && v <= 100000, 1000,
-      "not a whole number from 1 to 100000");
-    state.seed = take("seed", asNumber("seed"), (v) => Number.isInteger(v) && v >= 0, 7, "not a whole number ≥ 0");
+    state.n = take("n", asNumber(q.get("n")), validN, 1000, `not ${N_RULE}`);
+    state.seed = take("seed", asNumber(q.get("seed")), validSeed, 7, `not ${SEED_RULE}`);
     ignoredFromUrl = ignored;
   }
 
@@ -518,8 +523,11 @@
     els.input.addEventListener("change", typed);
     els.input.addEventListener("keydown", (event) => { if (event.key === "Enter") { event.preventDefault(); typed(event); } });
     const settings = () => {
-      const n = Number.parseInt(els.n.value, 10), seed = Number.parseInt(els.seed.value, 10);
-      if (!(n >= 1 && n <= 100000) || !(seed >= 0)) { els.status.textContent = "samples must be 1 to 100000 and the seed a whole number ≥ 0."; return; }
+      const n = asNumber(els.n.value), seed = asNumber(els.seed.value);
+      const wrong = [];
+      if (!validN(n)) wrong.push(`samples must be ${N_RULE} (got ${els.n.value || "no number"})`);
+      if (!validSeed(seed)) wrong.push(`the seed must be ${SEED_RULE} (got ${els.seed.value || "no number"})`);
+      if (wrong.length) { els.status.textContent = wrong.join("; ") + ": nothing was asked."; return; }
       state.n = n;
       state.seed = seed;
       changeY(state.y, performance.now());
