@@ -103,6 +103,8 @@ class TrainingSettings(BaseModel):
     def _schedule_fits(self) -> TrainingSettings:
         if self.warm_start + self.blend > 1:
             raise ValueError(f"warm_start + blend must not exceed 1 (got {self.warm_start} + {self.blend})")
+        if self.warm_start >= 1:  # every step on pq: a "qp" network that never saw its own loss
+            raise ValueError("warm_start must be below 1: at 1 a qp network trains on pq only, never on qp")
         return self
 
     def steps_for(self, objective: Objective) -> int | None:

@@ -138,6 +138,8 @@ def plain_errors(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             # Python's decoder ends some messages with "at" ("Invalid control character at"): one "at" only
             why = str(error.get("ctx", {}).get("error", "cannot be decoded")).removesuffix(" at")
             item["msg"] = f"the body is not valid JSON: {why}{where}"
+        elif error.get("type") == "missing" and loc == ["body"]:
+            item["msg"] = "the body is empty: send a JSON object (each operation's example is in /docs)"
         elif error.get("type") == "finite_number":
             item["msg"], item["type"] = (
                 f"out of range: not a finite number (NaN, infinity, or beyond about 1.8e308); {RANGE}",

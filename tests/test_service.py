@@ -260,6 +260,13 @@ def test_an_integer_too_long_for_the_decoder_is_a_400_that_says_so(client, field
     assert f"more than {digits - 1} digits" in response.json()["detail"][0]["msg"]
 
 
+@pytest.mark.parametrize("path", ["/v1/models/gmm/posterior", "/v1/models/gmm_open/posterior"])
+def test_an_empty_body_is_told_what_to_send(client, path):
+    response = client.post(path, content=b"", headers={"content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body"]
+    assert response.json()["detail"][0]["msg"].startswith("the body is empty: send a JSON object")
+
+
 def test_a_json_syntax_error_reads_as_one_sentence(client):
     response = client.post(
         "/v1/models/gmm/posterior", content=b'{"y\x00": 1}', headers={"content-type": "application/json"}

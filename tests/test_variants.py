@@ -248,13 +248,19 @@ def test_compile_from_flags_and_flags_override_the_spec(tmp_path):
         (["--model", "gmm", "--params", '{"sigma": 5}'], "needs a name: add --name"),
         (
             ["--model", "gmm", "--name", "gmm_sigma5", "--params", '{"sigma": -5}'],
-            "params.sigma: Input should be greater than 0",
+            "params.sigma (from --params): Input should be greater than 0",
         ),
         (["--model", "gmm", "--name", "gmm_sigma5", "--params", "{sigma: 5}"], "--params: not valid JSON"),
-        (["--model", "gmm", "--name", "Gmm", "--params", "{}"], "name: a variant name is"),
+        (["--model", "gmm", "--name", "Gmm", "--params", "{}"], "name (from --name): a variant name is"),
         (["--model", "gmm", "gaussian", "--name", "x"], "exactly one family"),
         (["--name", "x"], "go with --model"),
         (["--all", "--warm-start", "0.8", "--blend", "0.5"], "warm_start + blend must not exceed 1"),
+        (["--model", "gmm", "--warm-start", "1", "--blend", "0"], "training (from --warm-start, --blend): warm_start"),
+        # a field set by a flag names the flag too
+        (["--model", "gmm", "--learning-rate", "inf"], "training.learning_rate (from --learning-rate): Input should"),
+        (["--model", "gmm", "--batch-size", "99999999"], "training.batch_size (from --batch-size): Input should"),
+        (["--model", "gmm", "--mixture-components", "99"], "mixture_components (from --mixture-components): Input"),
+        (["--model", "gaussian", "--objective", "qp", "--warm-start", "1", "--blend", "0"], "warm_start must be below"),
     ],
 )
 def test_invalid_command_lines_exit_2_and_write_nothing(tmp_path, capsys, argv, message):

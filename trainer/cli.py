@@ -275,6 +275,34 @@ def variants(args: argparse.Namespace) -> list[VariantSpec]:
     return out
 
 
+# a spec field and the compile flag that sets it, to name the flag beside the field when the flag was given
+FLAG_OF_FIELD = {
+    "training.steps": "steps",
+    "training.batch_size": "batch_size",
+    "training.learning_rate": "learning_rate",
+    "training.seed": "seed",
+    "training.warm_start": "warm_start",
+    "training.blend": "blend",
+    "family_options.mixture_components": "mixture_components",
+    "params": "params",
+    "name": "name",
+}
+
+
+def flag_hint(where: str, args: argparse.Namespace) -> str:
+    """The flag that set the field at ``where`` ("gmm: training.steps") as " (from --steps)", or "" if none."""
+    field = where.rpartition(": ")[2]
+    if field == "training":  # the schedule's own rule: warm_start and blend together
+        given = [name for name in ("warm_start", "blend") if getattr(args, name, None) is not None]
+    else:
+        given = [
+            name
+            for key, name in FLAG_OF_FIELD.items()
+            if (field == key or field.startswith(key + ".")) and getattr(args, name, None) is not None
+        ]
+    return f" (from {', '.join('--' + name.replace('_', '-') for name in given)})" if given else ""
+
+
 def compile_command(args: argparse.Namespace) -> int:
     if (args.name is not None or args.params is not None) and not args.model:
         print("error: --name and --params go with --model FAMILY", file=sys.stderr)
@@ -289,7 +317,7 @@ def compile_command(args: argparse.Namespace) -> int:
         specs = variants(args)
     except SpecError as error:
         for where, why in error.problems:
-            print(f"error: {where}: {why}", file=sys.stderr)
+            print(f"error: {where}{flag_hint(where, args)}: {why}", file=sys.stderr)
         print("nothing compiled: the variant is invalid (its spec file, or the flags that set it)", file=sys.stderr)
         return 2
     for spec in specs:
