@@ -50,6 +50,13 @@ def wait_drawn(page, y: float) -> None:
     page.wait_for_function("y => document.body.dataset.drawnY === String(y)", arg=y)
 
 
+def open_explorer(page, server: str, query: str, y: float) -> None:
+    """Open the explorer at ``/explore?query`` and wait until it is ready and has drawn its answer for ``y``."""
+    page.goto(server + "/explore?" + query)
+    page.wait_for_function("() => window.explorer && window.explorer.ready")
+    wait_drawn(page, y)
+
+
 def mixture_density(x: np.ndarray, parts: list[dict]) -> np.ndarray:
     out = np.zeros_like(x)
     for part in parts:
@@ -104,9 +111,7 @@ def test_redoc_renders_offline(page, server):
 
 
 def test_moving_y_queries_the_api_and_plots_its_numbers(page, server):
-    page.goto(server + "/explore?model=gmm_open&objective=both&y=0")
-    page.wait_for_function("() => window.explorer && window.explorer.ready")
-    wait_drawn(page, 0)
+    open_explorer(page, server, "model=gmm_open&objective=both&y=0", 0)
     slider = page.locator("#y-slider")
     step = float(slider.get_attribute("step"))
     # the keyboard moves the slider; the page posts the new y and draws the answer
@@ -188,9 +193,7 @@ def check_plotted_values_equal_the_apis(page, server, model: str, body: dict) ->
 
 
 def test_the_url_reproduces_the_state(page, server):
-    page.goto(server + "/explore?model=gmm_discrete&objective=qp&y=-2.5&n=400&seed=11")
-    page.wait_for_function("() => window.explorer && window.explorer.ready")
-    wait_drawn(page, -2.5)
+    open_explorer(page, server, "model=gmm_discrete&objective=qp&y=-2.5&n=400&seed=11", -2.5)
     assert page.locator("#model").input_value() == "gmm_discrete"
     assert not page.locator("#objective-pq").is_checked() and page.locator("#objective-qp").is_checked()
     assert page.locator("#y-input").input_value() == "-2.5" and page.locator("#num-samples").input_value() == "400"
@@ -243,9 +246,7 @@ def test_the_url_reproduces_the_state(page, server):
 )
 def test_values_from_the_link_that_cannot_be_used_are_named_not_dropped_silently(page, server, query, shown, ignored):
     """The page falls back to its defaults for what it cannot use, and says which of the link's values it ignored."""
-    page.goto(server + "/explore?" + query)
-    page.wait_for_function("() => window.explorer && window.explorer.ready")
-    wait_drawn(page, 0.0)
+    open_explorer(page, server, query, 0.0)
     assert page.locator("#model").input_value() == shown["model"]
     assert page.locator("#y-input").input_value() == shown["y"]
     assert page.locator("#num-samples").input_value() == shown["n"]
@@ -264,9 +265,7 @@ def test_values_from_the_link_that_cannot_be_used_are_named_not_dropped_silently
 
 def test_typed_samples_and_seed_are_read_whole_or_refused_by_name(page, server):
     """1e3 samples are 1000 and seed 1e5 is 100000 (parseInt read 1 and 1); a seed JavaScript cannot hold is named."""
-    page.goto(server + "/explore?model=gmm&objective=pq&y=0.5")
-    page.wait_for_function("() => window.explorer && window.explorer.ready")
-    wait_drawn(page, 0.5)
+    open_explorer(page, server, "model=gmm&objective=pq&y=0.5", 0.5)
     draws = page.evaluate("() => window.explorer.draws")
     page.fill("#num-samples", "2e2")
     page.fill("#seed", "1e5")
@@ -294,9 +293,7 @@ def test_a_redraw_does_not_overwrite_the_y_being_typed(page, server):
     The page used to write state.y back into the number box when the rebuild's redraw started, so the
     Enter that followed sent the old y. The rebuild's first request is held until the typing is done.
     """
-    page.goto(server + "/explore?model=gmm_discrete&objective=qp&y=-2.5&n=400&seed=11")
-    page.wait_for_function("() => window.explorer && window.explorer.ready")
-    wait_drawn(page, -2.5)
+    open_explorer(page, server, "model=gmm_discrete&objective=qp&y=-2.5&n=400&seed=11", -2.5)
     held = []
 
     def hold(route):
