@@ -129,10 +129,10 @@ def default_schedule(
     """
     if objective == "pq" or warm_start + blend <= 0:
         return [Phase(objective=objective, steps=steps)]
-    # the boundaries rounded, not the parts: round(a) + round(b) may exceed steps (3 steps at 0.5 and 0.5 gave 2 + 2)
-    warm = min(int(round(steps * warm_start)), steps)
-    blended = min(max(int(round(steps * (warm_start + blend))), warm), steps) - warm
-    final = steps - warm - blended
+    # the boundaries rounded, not the parts: round(a) + round(b) may exceed steps (3 steps at 0.5 and 0.5 gave 2 + 2);
+    # rounding keeps their order, and min keeps a sum a rounding above 1 within the steps
+    warm, cut = (min(int(round(steps * fraction)), steps) for fraction in (warm_start, warm_start + blend))
+    blended, final = cut - warm, steps - cut
     sizes = [final // restarts + (i < final % restarts) for i in range(restarts)]
     focused: dict[str, Any] = {} if focus is None else dict(zip(FOCUS_FIELDS, focus, strict=True))
     phases = [
@@ -212,8 +212,8 @@ def train(
         average = optimiser.flat.clone() if phase.average else None
         window: focusing.Focus | None = None
         for i in range(phase.steps):
-            located = i % focusing.EVERY == 0  # the window follows q's step as it moves
-            if located and phase.focus is not None and phase.focus_width is not None and grid is not None:
+            # the window follows q's step as it moves, located every EVERY steps
+            if phase.focus and phase.focus_width and grid is not None and i % focusing.EVERY == 0:
                 window = focusing.Focus(focusing.locate(net, grid), phase.focus_width, phase.focus)
             weights: dict = {phase.objective: 1.0}
             if phase.blend_from is not None:

@@ -34,6 +34,7 @@ from amortized.losses import OBJECTIVES  # noqa: E402
 from amortized.models import MODELS, build_model  # noqa: E402
 from amortized.networks import build_network  # noqa: E402
 from amortized.training import recipe, train  # noqa: E402
+from trainer.cli import whole_at_least  # noqa: E402
 
 PAIRS = [
     "gaussian/pq",
@@ -120,26 +121,14 @@ def pair_argument(text: str) -> str:
     return text
 
 
-def count_argument(least: int):
-    """An integer of at least ``least`` (argparse's type)."""
-
-    def integer(text: str) -> int:
-        value = int(text)
-        if value < least:
-            raise argparse.ArgumentTypeError(f"{text}: must be at least {least}")
-        return value
-
-    return integer
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", nargs="+", type=pair_argument, default=PAIRS)
-    parser.add_argument("--perturbations", type=count_argument(0), default=4)
-    parser.add_argument("--seed", type=count_argument(0), default=0)
-    parser.add_argument("--jobs", type=count_argument(1), default=2)
+    parser.add_argument("--perturbations", type=whole_at_least(0), default=4)
+    parser.add_argument("--seed", type=whole_at_least(0), default=0)
+    parser.add_argument("--jobs", type=whole_at_least(1), default=2)
     parser.add_argument(
-        "--seeds", type=count_argument(0), nargs="+", help="compile each pair once per seed and print the gaps"
+        "--seeds", type=whole_at_least(0), nargs="+", help="compile each pair once per seed and print the gaps"
     )
     args = parser.parse_args()
     if args.seeds:

@@ -184,20 +184,29 @@ async def api_error(request: Request, exc: ApiError) -> Response:
     return json_response(error_body([{"loc": exc.loc, "msg": exc.msg, "type": exc.kind}]), exc.status, exc.headers)
 
 
-async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-    loc = ["body"] if exc.status_code in (400, 413) else ["request"]
-    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-    cause = exc.__cause__  # FastAPI's "There was an error parsing the body" says why only in its cause
-    if exc.status_code == 400 and isinstance(cause, RecursionError):
-        detail = "the body could not be read as JSON: its arrays or objects are nested too deeply"
-    elif exc.status_code == 400 and isinstance(cause, ValueError) and "integer string conversion" in str(cause):
-        detail = (
+def why_unparsed(cause: BaseException | None) -> str | None:
+    """Why the JSON decoder refused a body, from the exception behind FastAPI's "There was an error parsing the body".
+
+    None for a cause not named here (the generic message stays). UnicodeDecodeError is a ValueError: it comes first.
+    """
+    if isinstance(cause, RecursionError):
+        return "the body could not be read as JSON: its arrays or objects are nested too deeply"
+    if isinstance(cause, UnicodeDecodeError):
+        offending = cause.object[cause.start : cause.start + 1]
+        return f"the body is not valid JSON: it is not UTF-8 text (byte {cause.start} is 0x{offending.hex()})"
+    if isinstance(cause, ValueError) and "integer string conversion" in str(cause):
+        return (
             f"the body holds an integer of more than {sys.get_int_max_str_digits()} digits, which the JSON decoder "
             "refuses: no field takes a number that long (observations must be within +-1e9, seeds below 2^63)"
         )
-    elif exc.status_code == 400 and isinstance(cause, UnicodeDecodeError):
-        offending = cause.object[cause.start : cause.start + 1]
-        detail = f"the body is not valid JSON: it is not UTF-8 text (byte {cause.start} is 0x{offending.hex()})"
+    return None
+
+
+async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    loc = ["body"] if exc.status_code in (400, 413) else ["request"]
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 400:
+        detail = why_unparsed(exc.__cause__) or detail
     headers = dict(exc.headers) if exc.headers else None
     if exc.status_code == 405:  # every method of the path (GET /v1/models and POST /v1/models sit in two routers)
         headers = {**(headers or {}), "Allow": allowed_methods(request)}

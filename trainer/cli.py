@@ -143,11 +143,19 @@ def number(text: str, kind: type, what: str) -> Any:
         raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
 
 
-def positive_int(text: str) -> int:
-    value = number(text, int, "a whole number")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def whole_at_least(least: int | None) -> Callable[[str], int]:
+    """argparse's type for a whole number, at least ``least`` unless it is None."""
+
+    def whole(text: str) -> int:
+        value = number(text, int, "a whole number")
+        if least is not None and value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        return value
+
+    return whole
+
+
+positive_int, whole_int = whole_at_least(1), whole_at_least(None)
 
 
 def positive_float(text: str) -> float:
@@ -155,10 +163,6 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
-
-
-def whole_int(text: str) -> int:
-    return int(number(text, int, "a whole number"))
 
 
 def fraction(text: str) -> float:
@@ -344,12 +348,10 @@ def compile_command(args: argparse.Namespace) -> int:
     try:
         results, seconds = timed(compile_all, jobs, args.jobs, not args.no_figures)
     except KeyboardInterrupt:
-        remove_empty(created)
         print("\ninterrupted: artifacts already written are complete; the others are unchanged", file=sys.stderr)
         return 130
-    except BaseException:
+    finally:  # after a compile that wrote, every folder made holds something and stays
         remove_empty(created)
-        raise
     print()
     for row in sorted(results, key=lambda r: (r["variant"], r["objective"])):
         gap, t = row["metrics"]["amortisation_gap"], row["times"]

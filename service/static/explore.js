@@ -105,6 +105,8 @@
   // seeds up to 2^53 - 1: JavaScript holds those exactly (a larger one would be sent rounded, or refused above 2^63)
   const SEED_RULE = "a whole number from 0 to 2^53 - 1";
   const validSeed = (v) => Number.isSafeInteger(v) && v >= 0;
+  const Y_RULE = "a finite number within ±1e9";
+  const validY = (v) => Number.isFinite(v) && Math.abs(v) <= MAX_ABS_Y;
   const N_RULE = "a whole number from 1 to 100000";
   const validN = (v) => Number.isInteger(v) && v >= 1 && v <= 100000;
 
@@ -126,8 +128,7 @@
       `${state.model} has ${compiled.join(" and ")}`);
     state.objectives = objective === "both" ? OBJECTIVES.filter((o) => compiled.includes(o)) : [objective];
     if (!state.objectives.length) state.objectives = compiled.slice();
-    state.y = take("y", asNumber(q.get("y")), (v) => Number.isFinite(v) && Math.abs(v) <= MAX_ABS_Y, 0,
-      "not a finite number within ±1e9");
+    state.y = take("y", asNumber(q.get("y")), validY, 0, `not ${Y_RULE}`);
     state.n = take("n", asNumber(q.get("n")), validN, 1000, `not ${N_RULE}`);
     state.seed = take("seed", asNumber(q.get("seed")), validSeed, 7, `not ${SEED_RULE}`);
     ignoredFromUrl = ignored;
@@ -415,8 +416,8 @@
   let pending = null;     // {t0}: the latest change not yet asked for (t0 null: not a user's change, not timed)
 
   function changeY(y, t0) {
-    if (!Number.isFinite(y) || Math.abs(y) > MAX_ABS_Y) {
-      els.status.textContent = `y must be a finite number within ±1e9 (got ${els.input.value || "no number"}).`;
+    if (!validY(y)) {
+      els.status.textContent = `y must be ${Y_RULE} (got ${els.input.value || "no number"}).`;
       return;
     }
     state.y = y;
