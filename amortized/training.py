@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, model_serializer, model_validator
 from amortized import focus as focusing
 from amortized.losses import Objective, blended_loss
 from amortized.models import ConjugateMixtureModel
-from amortized.networks import InferenceNetwork, build_network
+from amortized.networks import InferenceNetwork, build_network, tanh_through_sigmoid
 
 # The continuation schedule of qp (README, "qp on gmm"): fractions of the steps on pq first, then blending pq into qp.
 WARM_START, BLEND = 0.2, 0.4
@@ -100,11 +100,19 @@ class TrainingConfig(BaseModel):
         "form was, so an older manifest still says how its network was trained",
     )
 
+    tanh: Literal["sigmoid", "torch"] | None = Field(
+        None,
+        description="how the hidden layers' tanh is computed in training: as 2 sigmoid(2x) - 1 (the same function "
+        "within 2e-7, a third of the time: amortized.networks.branched_mlp.Tanh; what the recipes set, but gmm's qp) "
+        "or by torch's tanh (gmm's qp recipe keeps the arithmetic its seed study was measured with). Absent (None): "
+        "torch's, as every compile before this setting was",
+    )
+
     @model_serializer(mode="wrap")
-    def _omit_default_gradients(self, handler):
-        """``gradients`` appears in a manifest where it is set (an older manifest, without it, reads back the same)."""
+    def _omit_unset_arithmetic(self, handler):
+        """``gradients`` and ``tanh`` appear in a manifest where set (an older one, without them, reads back as is)."""
         data = handler(self)
-        return {k: v for k, v in data.items() if k != "gradients" or v is not None}
+        return {k: v for k, v in data.items() if k not in ("gradients", "tanh") or v is not None}
 
     @property
     def total_steps(self) -> int:
@@ -202,46 +210,50 @@ def train(
     parameters: list[torch.Tensor] = [p for p in net.parameters() if p.requires_grad]
     optimiser = FlatAdam(parameters)
     step, started, history = 0, time.perf_counter(), []
-    grid = focusing.observation_grid(model, config.seed) if any(p.focus for p in config.schedule) else None
-    for phase in config.schedule:
-        if not phase.keep_moments:
-            optimiser.reset()
-        running = math.nan
-        batch_size = phase.batch_size or config.batch_size
-        rate = phase.learning_rate or config.learning_rate
-        average = optimiser.flat.clone() if phase.average else None
-        window: focusing.Focus | None = None
-        for i in range(phase.steps):
-            # the window follows q's step as it moves, located every EVERY steps
-            if phase.focus and phase.focus_width and grid is not None and i % focusing.EVERY == 0:
-                window = focusing.Focus(focusing.locate(net, grid), phase.focus_width, phase.focus)
-            weights: dict = {phase.objective: 1.0}
-            if phase.blend_from is not None:
-                weight = (i + 1) / phase.steps
-                weights = {phase.objective: weight, phase.blend_from: 1 - weight}
-            value = blended_loss(
-                weights,
-                model,
-                net,
-                batch_size,
-                generator,
-                num_particles=config.num_particles,
-                closed_form=config.gradients == "closed_form",
-                focus=window,
-            )
-            gradients = torch.autograd.grad(value, parameters)
-            optimiser.step(gradients, cosine(rate, config.final_learning_rate, i, phase.steps))
+    tanh_through_sigmoid(net, config.tanh == "sigmoid")
+    try:
+        grid = focusing.observation_grid(model, config.seed) if any(p.focus for p in config.schedule) else None
+        for phase in config.schedule:
+            if not phase.keep_moments:
+                optimiser.reset()
+            running = math.nan
+            batch_size = phase.batch_size or config.batch_size
+            rate = phase.learning_rate or config.learning_rate
+            average = optimiser.flat.clone() if phase.average else None
+            window: focusing.Focus | None = None
+            for i in range(phase.steps):
+                # the window follows q's step as it moves, located every EVERY steps
+                if phase.focus and phase.focus_width and grid is not None and i % focusing.EVERY == 0:
+                    window = focusing.Focus(focusing.locate(net, grid), phase.focus_width, phase.focus)
+                weights: dict = {phase.objective: 1.0}
+                if phase.blend_from is not None:
+                    weight = (i + 1) / phase.steps
+                    weights = {phase.objective: weight, phase.blend_from: 1 - weight}
+                value = blended_loss(
+                    weights,
+                    model,
+                    net,
+                    batch_size,
+                    generator,
+                    num_particles=config.num_particles,
+                    closed_form=config.gradients == "closed_form",
+                    focus=window,
+                )
+                gradients = torch.autograd.grad(value, parameters)
+                optimiser.step(gradients, cosine(rate, config.final_learning_rate, i, phase.steps))
+                if average is not None:
+                    assert phase.average is not None  # average is kept only when phase.average is set
+                    average.lerp_(optimiser.flat, 1 - phase.average)
+                step += 1
+                current = value.item()
+                running = current if math.isnan(running) else 0.98 * running + 0.02 * current
+                if progress is not None:
+                    progress(step, running, phase.objective)
             if average is not None:
-                assert phase.average is not None  # average is kept only when phase.average is set
-                average.lerp_(optimiser.flat, 1 - phase.average)
-            step += 1
-            current = value.item()
-            running = current if math.isnan(running) else 0.98 * running + 0.02 * current
-            if progress is not None:
-                progress(step, running, phase.objective)
-        if average is not None:
-            optimiser.flat.copy_(average)
-        history.append({"objective": phase.objective, "steps": phase.steps, "final_loss": running})
+                optimiser.flat.copy_(average)
+            history.append({"objective": phase.objective, "steps": phase.steps, "final_loss": running})
+    finally:
+        tanh_through_sigmoid(net, False)  # evaluation and figures compute tanh itself
     return {"phases": history, "seconds": time.perf_counter() - started}
 
 
@@ -273,7 +285,9 @@ RECIPES: dict[str, dict] = {
         # the final qp phases draw a quarter of each batch within 0.25 of the switch (README, "qp on gmm")
         "focus": {"qp": (0.25, 0.25)},
         # qp's result is chaotic in the rounding (README, "Determinism"): its seed table was measured with autograd's
+        # gradients and torch's tanh (through the sigmoid, one-ulp starts gave gaps up to 0.0018: "Compile time")
         "gradients": {"qp": "autograd"},
+        "tanh": {"qp": "torch"},
     },
     "gmm_discrete": {"steps": {"pq": 1500, "qp": 3000}, "batch_size": {"pq": 1024, "qp": 256}, "learning_rate": 0.01},
     "gmm_open": {"steps": {"pq": 1500, "qp": 3000}, "batch_size": {"pq": 1024, "qp": 256}, "learning_rate": 0.01},
@@ -304,7 +318,8 @@ def recipe(
     )
     options = {**base.get("family_options", {}).get(objective, {}), **(family_options or {})}
     gradients = base.get("gradients", {}).get(objective, "closed_form")
-    return TrainingConfig(schedule=schedule, family_options=options, gradients=gradients, **settings)
+    tanh = base.get("tanh", {}).get(objective, "sigmoid")
+    return TrainingConfig(schedule=schedule, family_options=options, gradients=gradients, tanh=tanh, **settings)
 
 
 def per_objective(setting: Any, objective: Objective) -> Any:

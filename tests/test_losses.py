@@ -157,18 +157,57 @@ def test_closed_form_gradients_are_autograds(name):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-14)
 
 
-def test_every_recipe_records_its_gradients_and_an_older_manifest_reads_as_autograd():
+def test_every_recipe_records_its_arithmetic_and_an_older_manifest_reads_as_autograd_and_torch_tanh():
     from amortized.training import TrainingConfig, recipe
 
-    assert recipe("gmm", "qp").gradients == "autograd"
+    assert recipe("gmm", "qp").gradients == "autograd" and recipe("gmm", "qp").tanh == "torch"
     assert recipe("gmm", "qp").model_dump()["gradients"] == "autograd"
+    assert recipe("gmm", "qp").model_dump()["tanh"] == "torch"
     for name, objective in (("gmm", "pq"), ("gmm_open", "qp"), ("gaussian", "qp"), ("an_unknown_variant", "pq")):
         assert recipe(name, objective).model_dump()["gradients"] == "closed_form"
-    # a manifest written before the option: no key, which reads back as None (autograd) and writes back without it
+        assert recipe(name, objective).model_dump()["tanh"] == "sigmoid"
+    # a manifest written before the options: no keys, which read back as None (autograd, torch's tanh) and write
+    # back without them
     older = recipe("gmm_open", "qp").model_dump()
-    del older["gradients"]
+    del older["gradients"], older["tanh"]
     config = TrainingConfig.model_validate(older)
-    assert config.gradients is None and config.model_dump() == older
+    assert config.gradients is None and config.tanh is None and config.model_dump() == older
+
+
+def test_tanh_through_the_sigmoid_is_tanh_within_2e_7_and_has_tanhs_gradient():
+    """The training route 2 sigmoid(2x) - 1 against float64 tanh, over the range a hidden unit sees and its tails."""
+    from amortized.networks.branched_mlp import Tanh
+
+    x = torch.cat([torch.linspace(-30, 30, 200_001), torch.tensor([0.0, 1e-30, -1e-8, 88.0, -104.0])]).requires_grad_()
+    unit = Tanh()
+    unit.through_sigmoid = True
+    y = unit(x)
+    exact = torch.tanh(x.detach().double())
+    assert (y.detach().double() - exact).abs().max().item() < 2e-7
+    assert y.dtype == torch.float32 and y.detach().abs().max().item() <= 1.0
+    (grad,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    # tanh's backward, 1 - y^2, from the route's own output; near 0 within float32 rounding of 1 - (2e-7)^2
+    torch.testing.assert_close(grad.double(), 1 - y.detach().double() ** 2, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(grad.double(), 1 - exact**2, rtol=0, atol=1e-6)
+    unit.through_sigmoid = False  # torch's own tanh, to the bit
+    assert torch.equal(unit(x.detach()), torch.tanh(x.detach()))
+
+
+def test_training_routes_tanh_as_its_config_says_and_hands_back_torchs():
+    """A compile with tanh "sigmoid" trains through the sigmoid (other weights than torch's tanh gives), and the
+    network it returns computes torch's tanh (what evaluation and figures see)."""
+    from amortized.networks.branched_mlp import Tanh
+
+    model = build_model("gmm_discrete")
+    schedule = default_schedule("pq", 30)
+    results = {}
+    for route in ("sigmoid", "torch"):
+        config = TrainingConfig(schedule=schedule, batch_size=64, seed=1, tanh=route)
+        net, _ = compile_network(model, config)
+        assert not any(m.through_sigmoid for m in net.modules() if isinstance(m, Tanh))
+        results[route] = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    assert not torch.equal(results["sigmoid"], results["torch"])
+    torch.testing.assert_close(results["sigmoid"], results["torch"], rtol=0, atol=1e-3)
 
 
 @pytest.mark.parametrize("restarts", [1, 2, 3])

@@ -6,7 +6,7 @@ from typing import Any
 
 from amortized.models import ConjugateMixtureModel
 from amortized.networks.base import InferenceNetwork
-from amortized.networks.branched_mlp import BranchedMLPNetwork
+from amortized.networks.branched_mlp import BranchedMLPNetwork, tanh_through_sigmoid
 from amortized.networks.linear_gaussian import LinearGaussianNetwork
 
 FAMILIES: dict[str, type[InferenceNetwork]] = {cls.family: cls for cls in (LinearGaussianNetwork, BranchedMLPNetwork)}
@@ -53,4 +53,5 @@ __all__ = [
     "MLP_ARCHITECTURE",
     "InferenceNetwork",
     "build_network",
+    "tanh_through_sigmoid",
 ]
