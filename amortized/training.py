@@ -317,9 +317,11 @@ def recipe(
         objective, steps or per_objective(base["steps"], objective), warm_start, blend, restarts, focus
     )
     options = {**base.get("family_options", {}).get(objective, {}), **(family_options or {})}
-    gradients = base.get("gradients", {}).get(objective, "closed_form")
-    tanh = base.get("tanh", {}).get(objective, "sigmoid")
-    return TrainingConfig(schedule=schedule, family_options=options, gradients=gradients, tanh=tanh, **settings)
+    arithmetic = {
+        "gradients": base.get("gradients", {}).get(objective, "closed_form"),
+        "tanh": base.get("tanh", {}).get(objective, "sigmoid"),
+    }
+    return TrainingConfig(schedule=schedule, family_options=options, **{**arithmetic, **settings})
 
 
 def per_objective(setting: Any, objective: Objective) -> Any:

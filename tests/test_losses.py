@@ -172,6 +172,9 @@ def test_every_recipe_records_its_arithmetic_and_an_older_manifest_reads_as_auto
     del older["gradients"], older["tanh"]
     config = TrainingConfig.model_validate(older)
     assert config.gradients is None and config.tanh is None and config.model_dump() == older
+    # keyword arguments override the recipe's arithmetic too (each raised "multiple values for keyword argument")
+    assert recipe("gmm_discrete", "pq", tanh="torch", gradients="autograd").model_dump()["tanh"] == "torch"
+    assert recipe("gmm", "qp", tanh="sigmoid", gradients="closed_form").gradients == "closed_form"
 
 
 def test_tanh_through_the_sigmoid_is_tanh_within_2e_7_and_has_tanhs_gradient():
@@ -189,6 +192,10 @@ def test_tanh_through_the_sigmoid_is_tanh_within_2e_7_and_has_tanhs_gradient():
     # tanh's backward, 1 - y^2, from the route's own output; near 0 within float32 rounding of 1 - (2e-7)^2
     torch.testing.assert_close(grad.double(), 1 - y.detach().double() ** 2, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(grad.double(), 1 - exact**2, rtol=0, atol=1e-6)
+    # torch.func transforms see the same function and gradient
+    batch = x.detach()[:1000].reshape(10, 100)
+    assert torch.equal(torch.func.vmap(unit)(batch), unit(batch))
+    torch.testing.assert_close(torch.func.grad(lambda v: unit(v).sum())(batch), 1 - unit(batch) ** 2, rtol=0, atol=1e-6)
     unit.through_sigmoid = False  # torch's own tanh, to the bit
     assert torch.equal(unit(x.detach()), torch.tanh(x.detach()))
 
