@@ -113,6 +113,28 @@ def test_report_lists_every_artifact(capsys):
     assert "REFUSED" not in out
 
 
+def test_report_lists_a_refused_artifact_with_its_reason_and_exits_1(tmp_path, capsys):
+    """A malformed manifest beside good ones: the good ones are tabulated, the bad one named, the status is 1."""
+    import shutil
+
+    from tests.conftest import ARTIFACTS
+
+    shutil.copytree(ARTIFACTS / "gaussian", tmp_path / "gaussian")
+    manifest = tmp_path / "gaussian" / "qp.json"
+    manifest.write_text(manifest.read_text().replace('"seed": 0', '"seed": "zero"', 1))
+    assert main(["report", "--dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    # the evaluation table's row, then the calibration table's: the good network's only
+    assert [line.split()[:2] for line in out.splitlines() if line.startswith("gaussian ")] == [
+        ["gaussian", "gaussian"],
+        ["gaussian", "pq"],
+    ]
+    assert not [line for line in out.splitlines() if line.startswith("gaussian ") and " qp " in line]
+    assert f"REFUSED {manifest}" in out and "training.seed" in out
+    shutil.copytree(ARTIFACTS / "gaussian", tmp_path / "good")
+    assert main(["report", "--dir", str(tmp_path / "good")]) == 0
+
+
 def test_figures_redraws_only_the_pngs(tmp_path, capsys):
     import shutil
 

@@ -414,8 +414,9 @@ def worker_command(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "report":
-        print(report(args.dir, markdown=args.format == "markdown"))
-        return 0
+        text, refused = report(args.dir, markdown=args.format == "markdown")
+        print(text)
+        return 1 if refused else 0  # a refused artifact is listed, and the exit status says so to scripts
     if args.command == "upgrade":
         return upgrade_command(args.dir)
     if args.command == "worker":

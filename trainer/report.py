@@ -103,7 +103,11 @@ def render(table: list[list[str]], markdown: bool, columns: list[str] = COLUMNS)
     return "\n".join([fmt(columns), fmt(["-" * w for w in widths]), *(fmt(r) for r in table)])
 
 
-def report(root: Path, markdown: bool = False) -> str:
+def report(root: Path, markdown: bool = False) -> tuple[str, int]:
+    """The evaluation and calibration tables of the artifacts under ``root``, and how many were refused.
+
+    A refused artifact (malformed manifest, failed checksum) is listed under the tables with its reason.
+    """
     table, refused = rows(root)
     text = render(table, markdown)
     notes = [f"REFUSED {path}: {why}" for path, why in refused.items()]
@@ -124,4 +128,4 @@ def report(root: Path, markdown: bool = False) -> str:
         )
         text += "\n\n" + render(calibration, markdown, CALIBRATION_COLUMNS)
         legend += "\n" + calibration_legend
-    return "\n".join([text, "", legend, *notes])
+    return "\n".join([text, "", legend, *notes]), len(refused)
