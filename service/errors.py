@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import email.message
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -47,10 +47,13 @@ def error_body(items: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-async def send_error(send: Send, status: int, loc: list[str | int], msg: str, kind: str) -> None:
-    """Send an error response straight from ASGI middleware (before any route or handler runs)."""
+async def send_error(
+    send: Send, status: int, loc: list[str | int], msg: str, kind: str, extra: Mapping[str, str] | None = None
+) -> None:
+    """Send an error response straight from ASGI middleware (before any route or handler runs); ``extra`` headers."""
     body = orjson.dumps(error_body([{"loc": loc, "msg": msg, "type": kind}]))
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in (extra or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -203,7 +206,7 @@ def why_unparsed(cause: BaseException | None) -> str | None:
 
 
 async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-    loc = ["body"] if exc.status_code in (400, 413) else ["request"]
+    loc = ["body"] if exc.status_code in (400, 408, 413) else ["request"]
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     if exc.status_code == 400:
         detail = why_unparsed(exc.__cause__) or detail

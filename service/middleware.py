@@ -1,5 +1,7 @@
-"""ASGI middlewares that shape requests before routing: body-size limit, Content-Encoding, HEAD.
+"""ASGI middlewares that shape requests before routing: body timeout, body-size limit, Content-Encoding, HEAD.
 
+- :class:`BodyTimeout`: 408 when a body stops arriving, so a client that sends
+  less than its Content-Length does not hold a request open for ever.
 - :class:`BodySizeLimit`: 413 while the body streams in, so an oversized request never fills memory.
 - :class:`ContentEncoding`: gzip bodies are decoded (within the size limit), other encodings refused.
   Without it, a gzip body reached the JSON parser as bytes (a generic 400) and
@@ -15,6 +17,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import zlib
 
@@ -26,6 +29,46 @@ from starlette.middleware.gzip import GZipResponder, IdentityResponder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import send_error
+
+
+class BodyTimeout:
+    """ASGI middleware: 408 naming the body when no part of it arrives for ``seconds`` while more is due.
+
+    uvicorn waits for a request body as long as the connection stays open, so
+    a client that declared more bytes than it sent (or stalled) held its
+    request, and a task of the server, for ever. Only the body is timed: once
+    its last part has arrived, ``receive`` (which Starlette also awaits to
+    notice a disconnect while a response streams) passes through untouched.
+    A request whose headers never end is uvicorn's to drop, before any
+    middleware runs; in a deployment the load balancer's header timeout does it
+    (``timeout http-request`` in deploy/haproxy/haproxy.cfg).
+    """
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app, self.seconds = app, seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        message = (
+            f"the request body stopped arriving: nothing more in {self.seconds:g} s (AMORTIZED_BODY_TIMEOUT_SECONDS); "
+            "was less sent than Content-Length says?"
+        )
+        done = False
+
+        async def timed_receive() -> Message:
+            nonlocal done
+            if done:
+                return await receive()
+            try:
+                incoming = await asyncio.wait_for(receive(), self.seconds)
+            except TimeoutError:
+                # and the connection closes: what the client meant as the rest of this body cannot start a request
+                raise HTTPException(status_code=408, detail=message, headers={"Connection": "close"}) from None
+            done = incoming["type"] != "http.request" or not incoming.get("more_body", False)
+            return incoming
+
+        await self.app(scope, timed_receive, send)
 
 
 class BodySizeLimit:
@@ -80,7 +123,7 @@ class ContentEncoding:
                 message = await receive()
             except HTTPException as error:
                 return await send_error(
-                    send, error.status_code, ["body"], str(error.detail), f"http_{error.status_code}"
+                    send, error.status_code, ["body"], str(error.detail), f"http_{error.status_code}", error.headers
                 )
             if message["type"] == "http.disconnect":
                 return

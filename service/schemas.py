@@ -19,7 +19,7 @@ from amortized.losses import OBJECTIVES, Objective
 MAX_ABS_Y = 1e9
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_ABS_Y, le=MAX_ABS_Y)]
 # a network's version: the first 16 hex digits of its weights' sha256 (or all 64)
-Version = Annotated[str, Field(pattern=r"^[0-9a-f]{16}([0-9a-f]{48})?$", examples=["837d250ee69fe077"])]
+Version = Annotated[str, Field(pattern=r"^[0-9a-f]{16}([0-9a-f]{48})?$", examples=["1bed7b64d88ad135"])]
 
 
 # the parts of an answer "include" may name; "summary" stands for q's summary, a source's name for that source

@@ -49,6 +49,13 @@ class Settings(BaseSettings):
         "resampled draws)",
     )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body accepted")
+    body_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="a request body that stops arriving for this long is answered 408 (a client that sent less than "
+        "its Content-Length would otherwise hold its connection open for ever)",
+    )
     offload_samples: int = Field(
         50_000,
         ge=1,

@@ -403,3 +403,20 @@ def test_openapi_documents_fields_and_examples(client):
         undocumented = [field for field, spec_ in schema.get("properties", {}).items() if "description" not in spec_]
         assert not undocumented, (name, undocumented)
     assert client.get("/docs").status_code == 200
+
+
+def test_the_version_examples_in_the_docs_and_readme_are_served_networks(client):
+    """Copying an example pin from /docs or the README must not get a 409: recompiling the artifacts changes the
+    versions, and these examples had gone stale (837d250ee69fe077 was served by no model)."""
+    from pathlib import Path
+
+    example = schemas.Version.__metadata__[0].examples[0]
+    assert example == client.get("/v1/models/gmm").json()["versions"]["pq"]
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert f'"version": "{example}"' in readme
+    assert (
+        client.post("/v1/models/gmm/posterior", json={"y": 0.0, "num_samples": 10, "version": example}).status_code
+        == 200
+    )
+    pinned = client.get("/v1/models/gmm_open").json()["versions"]
+    assert f'a.versions  # {{"qp": "{pinned["qp"]}", "pq": "{pinned["pq"]}"}}' in readme

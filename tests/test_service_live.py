@@ -1,5 +1,10 @@
 """A real server: uvicorn started on a free port, queried with the project's httpx client."""
 
+import gzip
+import json
+import socket
+import time
+
 import numpy as np
 import pytest
 
@@ -10,7 +15,7 @@ from tests.launch import start_server, stop_server
 
 @pytest.fixture(scope="module")
 def server():
-    process, url = start_server({"AMORTIZED_ARTIFACTS_DIR": str(ARTIFACTS)})
+    process, url = start_server({"AMORTIZED_ARTIFACTS_DIR": str(ARTIFACTS), "AMORTIZED_BODY_TIMEOUT_SECONDS": "1"})
     yield url
     stop_server(process)
 
@@ -54,3 +59,68 @@ def test_client_raises_the_servers_reason(server):
         with pytest.raises(ApiError) as error:
             api.posterior("gmm", 1.0, version="0123456789abcdef")
         assert error.value.status == 409 and "served versions" in error.value.detail[0]["msg"]
+
+
+def exchange(url: str, head: bytes, parts: list[bytes], pause: float = 0.0) -> tuple[bytes, float, bool]:
+    """Send a raw request (``parts`` of its body ``pause`` s apart); the response, its time, and whether the server
+    closed the connection after it."""
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        started = time.monotonic()
+        sock.sendall(head)
+        for i, part in enumerate(parts):
+            if i:
+                time.sleep(pause)
+            sock.sendall(part)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += sock.recv(65536)
+        headers, _, body = received.partition(b"\r\n\r\n")
+        length = int(next(line for line in headers.split(b"\r\n") if line.lower().startswith(b"content-length:"))[15:])
+        while len(body) < length:
+            body += sock.recv(65536)
+        elapsed = time.monotonic() - started
+        sock.settimeout(3)
+        try:
+            closed = sock.recv(1) == b""
+        except TimeoutError:
+            closed = False
+    return headers + b"\r\n\r\n" + body[:length], elapsed, closed
+
+
+@pytest.mark.parametrize(
+    "path, encoding, body",
+    [
+        ("/v1/models/gmm/posterior", b"", b'{"y": 0}'),
+        ("/v1/models/gmm_open/posterior", b"", b""),
+        ("/v1/models/gmm/posterior", b"Content-Encoding: gzip\r\n", gzip.compress(b'{"y": 0}')[:10]),
+    ],
+    ids=["short body", "no body", "short gzip body"],
+)
+def test_a_body_shorter_than_its_content_length_gets_408_naming_the_body_and_the_connection_closes(
+    server, path, encoding, body
+):
+    """uvicorn waited for the missing bytes as long as the client kept the connection open (for ever)."""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
+        + encoding
+        + f"Content-Length: {len(body) + 93}\r\n\r\n".encode()
+    )
+    response, elapsed, closed = exchange(server, head, [body])
+    status, _, rest = response.partition(b"\r\n")
+    assert status == b"HTTP/1.1 408 Request Timeout" and b"connection: close" in rest.lower()
+    (error,) = json.loads(rest.partition(b"\r\n\r\n")[2])["detail"]
+    assert error["loc"] == ["body"] and "AMORTIZED_BODY_TIMEOUT_SECONDS" in error["msg"]
+    assert 0.9 < elapsed < 8 and closed
+
+
+def test_a_slow_body_that_keeps_arriving_is_answered(server):
+    """The timeout is on each wait for more of the body, not on the whole: three parts 0.6 s apart (1.2 s in all)."""
+    body = b'{"y": 0.5, "num_samples": 10, "seed": 4}'
+    head = b"POST /v1/models/gmm/posterior HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += f"Content-Length: {len(body)}\r\n\r\n".encode()
+    response, elapsed, _ = exchange(server, head, [body[:10], body[10:20], body[20:]], pause=0.6)
+    assert response.startswith(b"HTTP/1.1 200 OK") and elapsed > 1.2
+    answer = json.loads(response.partition(b"\r\n\r\n")[2])
+    with AmortizedClient(server) as api:
+        assert answer["log_weights"] == api.posterior("gmm", 0.5, num_samples=10, seed=4).log_weights.tolist()
