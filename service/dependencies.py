@@ -1,10 +1,13 @@
-"""What routes need from the app: the registry, metrics, a served variant by name, and the check of a pinned version."""
+"""What routes need from the app: registry, metrics, a variant by name, a pinned version, the query string's names."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from types import UnionType
+from typing import TYPE_CHECKING, Annotated, Any, Union, get_args, get_origin
 
 from fastapi import Depends, Path, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 
 from service.errors import ApiError
 from service.metrics import Metrics
@@ -75,6 +78,41 @@ def check_version(pin: str | dict[Objective, str] | dict[str, str] | None, objec
                 f"version {wanted} of {served.name}/{name} is not served; served versions: {available}",
                 "conflict",
             )
+
+
+async def known_query(request: Request) -> None:
+    """422 naming a query parameter the route does not take, or one given twice that takes one value.
+
+    FastAPI ignores both: a misspelt optional parameter (``posterior.png?y=0&objetive=qp``) silently answered with
+    its default, and a repeated one (``?y=0&y=1``) with its last value. The request body rejects unknown fields
+    (``extra="forbid"``); the query string now says no as clearly. A router-level dependency of the API's routers
+    (the pages' URLs carry the explorer's state, read by the page itself, and are left alone).
+    """
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    taken = {param.alias: param for param in _query_params(route.dependant)}
+    for name in request.query_params:
+        param = taken.get(name)
+        if param is None:
+            known = ", ".join(sorted(taken)) or "none"
+            raise ApiError(422, ["query", name], f"unknown query parameter {name!r}; this route takes: {known}")
+        count = len(request.query_params.getlist(name))
+        if count > 1 and not _takes_several(param.field_info.annotation):
+            raise ApiError(422, ["query", name], f"{name} takes one value, got {count}")
+
+
+def _query_params(dependant: Dependant) -> list[Any]:
+    """The query parameters of a route and of every dependency it declares (FastAPI's ``ModelField`` each)."""
+    return [*dependant.query_params, *(p for sub in dependant.dependencies for p in _query_params(sub))]
+
+
+def _takes_several(annotation: object) -> bool:
+    """Whether a query parameter's annotation is a list (or a union with one), which FastAPI fills from repeats."""
+    origin = get_origin(annotation)
+    if origin in (list, tuple, set, frozenset):
+        return True
+    return origin in (Union, UnionType) and any(_takes_several(arg) for arg in get_args(annotation))
 
 
 # what routes declare (FastAPI's Annotated style)

@@ -420,3 +420,35 @@ def test_the_version_examples_in_the_docs_and_readme_are_served_networks(client)
     )
     pinned = client.get("/v1/models/gmm_open").json()["versions"]
     assert f'a.versions  # {{"qp": "{pinned["qp"]}", "pq": "{pinned["pq"]}"}}' in readme
+
+
+@pytest.mark.parametrize(
+    "path, name, why",
+    [
+        ("/v1/models/gmm/posterior.png?y=0&objetive=qp", "objetive", "unknown query parameter 'objetive'"),
+        ("/v1/models/gmm/posterior.png?y=0&WIDTH=700", "WIDTH", "this route takes: height, objective, width, y"),
+        ("/v1/models/gmm/posterior.png?y=0&y=1", "y", "y takes one value, got 2"),
+        ("/v1/models/gmm/posterior.png?y=0&objective=qp&objective=pq", "objective", "takes one value, got 2"),
+        ("/v1/models/gmm/exact?y=0&foo=1", "foo", "unknown query parameter 'foo'; this route takes: y"),
+        ("/v1/models/gmm?verbose=1", "verbose", "this route takes: none"),
+        ("/v1/models?model=gmm", "model", "this route takes: none"),
+    ],
+)
+def test_a_query_parameter_the_route_does_not_take_gets_422_naming_it(client, path, name, why):
+    """FastAPI ignored them: a misspelt optional parameter answered with its default, a repeat with its last value."""
+    response = client.get(path)
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["query", name] and why in error["msg"]
+
+
+def test_query_parameters_a_route_takes_still_work_and_list_ones_repeat(client):
+    exact = client.get("/v1/models/gmm/exact?y=0&y=1.5")
+    assert exact.status_code == 200 and [r["y"] for r in exact.json()["results"]] == [0.0, 1.5]
+    png = client.get("/v1/models/gmm/posterior.png?y=0&objective=qp&width=700&height=400")
+    assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+    # the body rejects unknown fields; a query string on the POST route is refused the same way
+    posterior = client.post("/v1/models/gmm/posterior?seed=3", json={"y": 0.0, "num_samples": 5})
+    assert posterior.status_code == 422 and posterior.json()["detail"][0]["loc"] == ["query", "seed"]
+    # the pages carry the explorer's state in their URL, read by the page: left alone
+    assert client.get("/explore?model=gmm&y=1.5&n=1000").status_code == 200

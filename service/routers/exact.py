@@ -11,14 +11,14 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, Field
 
-from service.dependencies import ServedModelDep
+from service.dependencies import ServedModelDep, known_query
 from service.responses import json_response
 from service.schemas import MAX_ABS_Y, ErrorResponse
 
-router = APIRouter(prefix="/v1/models", tags=["exact posterior"])
+router = APIRouter(prefix="/v1/models", tags=["exact posterior"], dependencies=[Depends(known_query)])
 
 MAX_OBSERVATIONS = 1001  # the explorer's sweep over y asks for 201
 

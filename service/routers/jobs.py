@@ -17,7 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import Field
 
 from amortized.variants import SpecError, VariantSpec, parse_spec
-from service.dependencies import RegistryDep
+from service.dependencies import RegistryDep, known_query
 from service.errors import ApiError, error_body
 from service.registry import Registry
 from service.responses import json_response
@@ -54,7 +54,7 @@ async def require_admin(
         raise ApiError(401, ["header", "authorization"], "wrong token", "unauthorized", UNAUTHORIZED)
 
 
-router = APIRouter(tags=["jobs"], dependencies=[Depends(require_admin)], responses=ERRORS)
+router = APIRouter(tags=["jobs"], dependencies=[Depends(require_admin), Depends(known_query)], responses=ERRORS)
 
 
 class JobAnswer(JobRecord):

@@ -1,12 +1,12 @@
 """What is served: every variant, its family, parameters and versions, and each compiled artifact's manifest."""
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
-from service.dependencies import RegistryDep, ServedModelDep
+from service.dependencies import RegistryDep, ServedModelDep, known_query
 from service.registry import ServedModel
 from service.schemas import ErrorResponse, ModelDetail, ModelSummary
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(known_query)])
 
 
 def summary(served: ServedModel) -> dict:

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 import mimeparse
 import torch
-from fastapi import APIRouter, Body, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from amortized.figures import PNG_HEIGHT, PNG_HEIGHT_BRANCHES, PNG_WIDTH, variant_title
@@ -22,7 +22,7 @@ from amortized.importance.streams import draw_seed
 from amortized.mixture import base_model
 from service import arrow
 from service.answers import PosteriorQuery, answer
-from service.dependencies import ServedModelDep, check_version
+from service.dependencies import ServedModelDep, check_version, known_query
 from service.errors import ApiError
 from service.metrics import OBJECTIVE_KEY, Metrics
 from service.middleware import weighed_items
@@ -39,7 +39,7 @@ from service.schemas import (
 )
 from service.settings import Settings
 
-router = APIRouter(prefix="/v1/models", tags=["posterior"])
+router = APIRouter(prefix="/v1/models", tags=["posterior"], dependencies=[Depends(known_query)])
 VARY_ACCEPT = {"Vary": "Accept"}  # the answer's format depends on the Accept header (caches key on it)
 
 EXAMPLES: dict[str, dict[str, Any]] = {
