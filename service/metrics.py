@@ -189,12 +189,20 @@ def forget_dead_workers(folder: str) -> None:
             pass
 
 
+CLIENT_CLOSED = 499  # the code counted for a request whose client hung up before its answer (nginx's convention)
+
+
 class ResponseMetrics:
     """ASGI middleware, outermost: counts every response by route and status code, and times the posterior route.
 
     It sees what the client gets: answers, validation 422s and unknown-model
     404s (raised before the endpoint runs), 413s of the body-size limit, and
     500s of unhandled errors (counted, then passed on to Starlette's handler).
+    A request whose client hung up before its answer started is counted as
+    499 (nginx's "client closed request"), whatever the app then did: it used to
+    count as a 500 (a gzip body cut short: no response) or a 400 (FastAPI's
+    "error parsing the body", sent to nobody), so a 5xx alert fired when a
+    client left.
     """
 
     def __init__(
@@ -207,25 +215,31 @@ class ResponseMetrics:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
-        recorded = False
+        recorded = hung_up = False
+
+        async def watched_receive() -> Message:
+            nonlocal hung_up
+            message = await receive()
+            hung_up = hung_up or (message["type"] == "http.disconnect" and not recorded)
+            return message
 
         async def send_status(message: Message) -> None:
             nonlocal recorded
             if message["type"] == "http.response.start" and not recorded:
                 # counted before the response leaves: a client that reads /metrics right after its answer sees it
                 recorded = True
-                self._record(scope, message["status"], time.perf_counter() - started)
+                self._record(scope, CLIENT_CLOSED if hung_up else message["status"], time.perf_counter() - started)
             await send(message)
 
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, watched_receive, send_status)
         except BaseException:
             if not recorded:  # Starlette's outermost handler answers 500 when nothing was sent yet
                 recorded = True
-                self._record(scope, 500, time.perf_counter() - started)
+                self._record(scope, CLIENT_CLOSED if hung_up else 500, time.perf_counter() - started)
             raise
-        if not recorded:  # returned without a response: the server answers 500
-            self._record(scope, 500, time.perf_counter() - started)
+        if not recorded:  # returned without a response: the server answers 500, unless nobody is there to answer
+            self._record(scope, CLIENT_CLOSED if hung_up else 500, time.perf_counter() - started)
 
     def _record(self, scope: Scope, code: int, seconds: float) -> None:
         route = scope.get("route")

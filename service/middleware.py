@@ -37,11 +37,13 @@ class BodyTimeout:
     uvicorn waits for a request body as long as the connection stays open, so
     a client that declared more bytes than it sent (or stalled) held its
     request, and a task of the server, for ever. Only the body is timed: once
-    its last part has arrived, ``receive`` (which Starlette also awaits to
-    notice a disconnect while a response streams) passes through untouched.
-    A request whose headers never end is uvicorn's to drop, before any
-    middleware runs; in a deployment the load balancer's header timeout does it
-    (``timeout http-request`` in deploy/haproxy/haproxy.cfg).
+    its last part has arrived, or once a response has started (Starlette's
+    file and streaming responses await ``receive`` to notice a disconnect
+    while they send, even for a body that never completed), ``receive``
+    passes through untouched. A request whose headers never end (or a
+    connection that sends nothing) never reaches any middleware, and uvicorn
+    keeps it open; in a deployment the load balancer's header timeout closes
+    it (``timeout http-request`` in deploy/haproxy/haproxy.cfg).
     """
 
     def __init__(self, app: ASGIApp, seconds: float) -> None:
@@ -65,10 +67,15 @@ class BodyTimeout:
             except TimeoutError:
                 # and the connection closes: what the client meant as the rest of this body cannot start a request
                 raise HTTPException(status_code=408, detail=message, headers={"Connection": "close"}) from None
-            done = incoming["type"] != "http.request" or not incoming.get("more_body", False)
+            done = done or incoming["type"] != "http.request" or not incoming.get("more_body", False)
             return incoming
 
-        await self.app(scope, timed_receive, send)
+        async def marked_send(outgoing: Message) -> None:
+            nonlocal done
+            done = done or outgoing["type"] == "http.response.start"  # answering: no 408 can follow
+            await send(outgoing)
+
+        await self.app(scope, timed_receive, marked_send)
 
 
 class BodySizeLimit:

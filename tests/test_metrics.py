@@ -74,3 +74,78 @@ def test_process_metrics_are_exposed(fresh):
     text = fresh.get("/metrics").text
     for name in ("process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"):
         assert re.search(rf"^{name} \d", text, re.MULTILINE), name
+
+
+def call(app, scope: dict, messages: list[dict]) -> list[dict]:
+    """Run an ASGI ``app`` on ``scope``, ``receive`` handing out ``messages`` in turn; what it sent."""
+    import asyncio
+
+    incoming, sent = list(messages), []
+
+    async def receive() -> dict:
+        return incoming.pop(0)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def run() -> None:
+        try:
+            await app(scope, receive, send)
+        except Exception:  # Starlette re-raises what it answered 500 for; the count is what is asserted
+            pass
+
+    asyncio.run(run())
+    return sent
+
+
+@pytest.mark.parametrize("gzip", [True, False], ids=["gzip body", "plain body"])
+def test_a_client_that_hangs_up_mid_body_is_counted_499_not_500_or_400(gzip):
+    """A gzip body cut short returned no response (counted 500: a 5xx alert for a client that left); a plain one
+    got FastAPI's 400 "error parsing the body", sent to nobody."""
+    app = create_app(Settings(artifacts_dir=ARTIFACTS))
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"100")]
+    headers += [(b"content-encoding", b"gzip")] if gzip else []
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/models/gmm/posterior",
+        "raw_path": b"/v1/models/gmm/posterior",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    call(app, scope, [{"type": "http.request", "body": b"\x1f\x8b\x08", "more_body": True}, {"type": "http.disconnect"}])
+    with TestClient(app) as client:
+        responses = samples(client.get("/metrics").text, "amortized_http_responses_total")
+    posterior = {k: v for k, v in responses.items() if "/posterior" in k}
+    assert posterior == {'code="499",method="POST",route="/v1/models/{model}/posterior"': 1.0}
+
+
+def test_the_body_timeout_leaves_a_started_response_alone():
+    """A response that streams while its request's body never completed awaits ``receive`` to notice a disconnect:
+    the 408 may not fire in the middle of it (Starlette raised "response already started")."""
+    import asyncio
+
+    from service.middleware import BodyTimeout
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        message = await receive()  # a disconnect, after longer than the timeout
+        await send({"type": "http.response.body", "body": message["type"].encode()})
+
+    sent = []
+
+    async def receive():
+        await asyncio.sleep(0.3)
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(BodyTimeout(app, seconds=0.1)({"type": "http"}, receive, send))
+    assert [m.get("status", m.get("body")) for m in sent] == [200, b"http.disconnect"]
