@@ -210,8 +210,7 @@ def train(
     parameters: list[torch.Tensor] = [p for p in net.parameters() if p.requires_grad]
     optimiser = FlatAdam(parameters)
     step, started, history = 0, time.perf_counter(), []
-    tanh_through_sigmoid(net, config.tanh == "sigmoid")
-    try:
+    with tanh_through_sigmoid(net, config.tanh == "sigmoid"):
         grid = focusing.observation_grid(model, config.seed) if any(p.focus for p in config.schedule) else None
         for phase in config.schedule:
             if not phase.keep_moments:
@@ -252,8 +251,6 @@ def train(
             if average is not None:
                 optimiser.flat.copy_(average)
             history.append({"objective": phase.objective, "steps": phase.steps, "final_loss": running})
-    finally:
-        tanh_through_sigmoid(net, False)  # evaluation and figures compute tanh itself
     return {"phases": history, "seconds": time.perf_counter() - started}
 
 

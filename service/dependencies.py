@@ -89,9 +89,9 @@ async def known_query(request: Request) -> None:
     (the pages' URLs carry the explorer's state, read by the page itself, and are left alone).
     """
     route = request.scope.get("route")
-    if not isinstance(route, APIRoute):
-        return
-    taken = {param.alias: param for param in _query_params(route.dependant)}
+    if not request.query_params or not isinstance(route, APIRoute):
+        return  # the posterior route's requests carry none: nothing to look up
+    taken = _taken(route)
     for name in request.query_params:
         param = taken.get(name)
         if param is None:
@@ -100,6 +100,17 @@ async def known_query(request: Request) -> None:
         count = len(request.query_params.getlist(name))
         if count > 1 and not _takes_several(param.field_info.annotation):
             raise ApiError(422, ["query", name], f"{name} takes one value, got {count}")
+
+
+_TAKEN: dict[int, tuple[APIRoute, dict[str, Any]]] = {}  # by id: an APIRoute defines __eq__, so is not hashable
+
+
+def _taken(route: APIRoute) -> dict[str, Any]:
+    """A route's query parameters by name, its dependencies' included (looked up once per route)."""
+    cached = _TAKEN.get(id(route))
+    if cached is None or cached[0] is not route:
+        cached = _TAKEN[id(route)] = (route, {param.alias: param for param in _query_params(route.dependant)})
+    return cached[1]
 
 
 def _query_params(dependant: Dependant) -> list[Any]:

@@ -48,14 +48,14 @@ class BodyTimeout:
 
     def __init__(self, app: ASGIApp, seconds: float) -> None:
         self.app, self.seconds = app, seconds
+        self.message = (
+            f"the request body stopped arriving: nothing more in {seconds:g} s (AMORTIZED_BODY_TIMEOUT_SECONDS); "
+            "was less sent than Content-Length says?"
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        message = (
-            f"the request body stopped arriving: nothing more in {self.seconds:g} s (AMORTIZED_BODY_TIMEOUT_SECONDS); "
-            "was less sent than Content-Length says?"
-        )
         done = False
 
         async def timed_receive() -> Message:
@@ -66,7 +66,7 @@ class BodyTimeout:
                 incoming = await asyncio.wait_for(receive(), self.seconds)
             except TimeoutError:
                 # and the connection closes: what the client meant as the rest of this body cannot start a request
-                raise HTTPException(status_code=408, detail=message, headers={"Connection": "close"}) from None
+                raise HTTPException(status_code=408, detail=self.message, headers={"Connection": "close"}) from None
             done = done or incoming["type"] != "http.request" or not incoming.get("more_body", False)
             return incoming
 

@@ -19,9 +19,10 @@ labelling for :mod:`amortized.mixture`).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, cast
 
 import numpy as np
@@ -76,11 +77,20 @@ class Tanh(nn.Tanh):
         return cast(Tensor, _SigmoidTanh.apply(input)) if self.through_sigmoid else torch.tanh(input)
 
 
-def tanh_through_sigmoid(network: nn.Module, on: bool) -> None:
-    """Route every :class:`Tanh` of ``network`` through the sigmoid (``on``) or torch's tanh."""
-    for module in network.modules():
-        if isinstance(module, Tanh):
-            module.through_sigmoid = on
+@contextlib.contextmanager
+def tanh_through_sigmoid(network: nn.Module, on: bool) -> Iterator[None]:
+    """Within the block, every :class:`Tanh` of ``network`` goes through the sigmoid (``on``) or torch's tanh.
+
+    After it, also on an error, torch's tanh: what evaluation and figures compute.
+    """
+    units = [module for module in network.modules() if isinstance(module, Tanh)]
+    for unit in units:
+        unit.through_sigmoid = on
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.through_sigmoid = False
 
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": Tanh, "relu": nn.ReLU, "silu": nn.SiLU}
