@@ -392,6 +392,28 @@ def test_the_arrow_stream_is_bytes_so_the_response_path_never_compares_it_item_b
     assert pa.ipc.open_stream(body).read_all().equals(table)
 
 
+@pytest.mark.parametrize("rows", [3, 200_000])  # under and over MEASURED_BYTES: one pass, and measured first
+def test_the_arrow_stream_is_the_stream_pyarrow_writes(rows):
+    """Both ways of writing (one pass for small tables, measured first for large ones) give pyarrow's own stream."""
+    from service.arrow import MEASURED_BYTES, stream
+
+    whole = pa.table(
+        {
+            "x": pa.FixedSizeListArray.from_arrays(pa.array(np.arange(rows * 2 * 3.0)), 3),
+            "verdict": pa.DictionaryArray.from_arrays(pa.array(np.arange(rows * 2) % 2, pa.int8()), ["a", "b"]),
+        }
+    )
+    table = whole.slice(rows // 2, rows)  # as a query's rows of a micro-batch
+    assert (table.get_total_buffer_size() < MEASURED_BYTES) == (rows == 3)
+    metadata = {"model": "gmm", "seed": "7"}
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema.with_metadata(metadata)) as writer:
+        writer.write_table(table.replace_schema_metadata(metadata))
+    body = stream(table, metadata)
+    assert body == sink.getvalue().to_pybytes()
+    assert pa.ipc.open_stream(body).read_all().equals(table.replace_schema_metadata(metadata))
+
+
 def test_a_nan_observation_is_named_as_such(client):
     response = client.post(
         "/v1/models/gmm/posterior", content=b'{"y": NaN}', headers={"content-type": "application/json"}
