@@ -14,8 +14,15 @@ COPY client ./client
 COPY examples ./examples
 RUN pip install --extra-index-url "$TORCH_INDEX_URL" -c constraints.txt ".[service]"
 
-RUN useradd --create-home --uid 10001 app && mkdir /artifacts && chown app /artifacts
+RUN useradd --create-home --uid 10001 app && mkdir /artifacts /numba-cache && chown app /artifacts /numba-cache
 USER app
+# numba's machine code for the request path, compiled here on the committed artifacts (then removed), so that a
+# replica loads its kernels instead of compiling them at every start (about 5 s of CPU). numba keys the cache by
+# CPU too: on another CPU the kernels compile once more, as without it. Read-only at run time (Kubernetes'
+# readOnlyRootFilesystem), it is used from a copy in /tmp (amortized/compiled.py).
+ENV NUMBA_CACHE_DIR=/numba-cache
+COPY --chown=app artifacts /tmp/warm-artifacts
+RUN python -m service.warm_cache /tmp/warm-artifacts && rm -rf /tmp/warm-artifacts
 # One worker per container: replicas scale out (compose, Kubernetes); WEB_CONCURRENCY=N runs N workers in one.
 ENV HOST=0.0.0.0 PORT=8000 WEB_CONCURRENCY=1 AMORTIZED_ARTIFACTS_DIR=/artifacts
 EXPOSE 8000

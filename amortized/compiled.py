@@ -13,7 +13,9 @@ enables only where the environment names a writable ``NUMBA_CACHE_DIR``
 environment. The cache holds code compiled from this package by this
 package's processes, like Python's own ``.pyc`` files, and is loaded as
 such (numba's index is pickled); compiled artifacts never go near it and stay
-data only. Unset, nothing is written or read, as before.
+data only. Unset, nothing is written or read, as before. The container image
+fills it at build time (``python -m service.warm_cache``, the Dockerfile), so
+that a replica starts without compiling.
 
 numba invalidates a function's cache when its own source file changes, but
 not when a kernel it calls changes in another file, so the cache lives in a
@@ -23,10 +25,13 @@ and Python's versions): an edit anywhere starts a fresh folder.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,12 +58,16 @@ def cache_folder() -> str | None:
 
     None when ``NUMBA_CACHE_DIR`` is unset or empty, or when the folder cannot be created and written (logged as
     a warning: the kernels then compile in memory, as without the setting). A relative path is resolved against
-    the working directory at import.
+    the working directory at import. A folder that exists but cannot be written (a cache built into a container
+    image whose root file system is mounted read-only) is copied to a fresh temporary folder, used from there
+    and removed at exit: numba writes beside what it loads (:func:`writable_copy`).
     """
     base = os.environ.get("NUMBA_CACHE_DIR")
     if not base:
         return None
     folder = os.path.abspath(os.path.join(base, f"amortized-{sources_fingerprint()}"))
+    if os.path.isdir(folder) and not os.access(folder, os.W_OK):
+        return writable_copy(folder, base)
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as error:
@@ -70,6 +79,20 @@ def cache_folder() -> str | None:
         logger.warning("NUMBA_CACHE_DIR=%r is not writable: compiling the kernels in memory", base)
         return None
     return folder
+
+
+def writable_copy(folder: str, base: str) -> str | None:
+    """A copy of a read-only cache ``folder`` in a fresh temporary folder (removed at exit); None if it cannot be."""
+    try:
+        copy = tempfile.mkdtemp(prefix="amortized-numba-")
+        atexit.register(shutil.rmtree, copy, ignore_errors=True)
+        shutil.copytree(folder, copy, dirs_exist_ok=True)
+    except OSError as error:
+        logger.warning(
+            "NUMBA_CACHE_DIR=%r is read-only and cannot be copied (%s): compiling the kernels in memory", base, error
+        )
+        return None
+    return copy
 
 
 CACHE_FOLDER = cache_folder()

@@ -27,10 +27,25 @@ print(json.dumps({"folder": CACHE_FOLDER, "bytes": [np.asarray(a).tobytes().hex(
 """
 
 
-def probe(env: dict[str, str]) -> dict:
+# as a read-only file system does to the cache folders (root may write wherever chmod says not)
+READ_ONLY_CACHE = """
+import os
+writable = os.access
+os.access = lambda path, mode, **options: False if mode == os.W_OK and "amortized-" in str(path) else writable(
+    path, mode, **options
+)
+"""
+
+
+def probe(env: dict[str, str], prefix: str = "") -> dict:
     clean = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
     done = subprocess.run(
-        [sys.executable, "-c", PROBE], cwd=ROOT, env={**clean, **env}, capture_output=True, text=True, check=True
+        [sys.executable, "-c", prefix + PROBE],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -78,3 +93,54 @@ def test_an_edit_to_any_source_of_the_package_names_a_new_folder(tmp_path, monke
     kernels = copy / "importance" / "kernels.py"  # a callee: numba's own per-file stamp would miss its callers
     kernels.write_text(kernels.read_text() + "\n")
     assert compiled_module.sources_fingerprint() != before
+
+
+def test_a_read_only_cache_is_loaded_from_a_copy_that_is_removed_at_exit(tmp_path):
+    """A cache built into an image whose root file system is read-only (Kubernetes) still serves: from a copy."""
+    built = probe({"NUMBA_CACHE_DIR": str(tmp_path)})
+    assert built["misses"] >= 1
+    loaded = probe({"NUMBA_CACHE_DIR": str(tmp_path)}, prefix=READ_ONLY_CACHE)
+    assert loaded["folder"] != built["folder"] and Path(loaded["folder"]).name.startswith("amortized-numba-")
+    assert loaded["hits"] >= 1 and loaded["misses"] == 0 and loaded["bytes"] == built["bytes"]
+    assert not Path(loaded["folder"]).exists()  # removed when that process ended
+
+
+def test_the_warm_up_fills_the_cache_for_every_served_kernel(tmp_path):
+    """python -m service.warm_cache (the image's build step): a server started on the same cache compiles nothing."""
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(ROOT / "artifacts" / "gaussian", artifacts / "gaussian")
+    env = {**{k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}, "NUMBA_CACHE_DIR": str(tmp_path / "c")}
+    done = subprocess.run(
+        [sys.executable, "-m", "service.warm_cache", str(artifacts)], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "gaussian" in done.stdout
+    # the warm-up again, in a fresh process on the filled cache: every kernel it runs is loaded, none compiled
+    count = """
+import sys
+from pathlib import Path
+from numba.core.registry import CPUDispatcher
+from service.main import warm_up
+from service.registry import Registry
+warm_up(Registry(Path(sys.argv[1])))
+import gc
+kernels = [o for o in gc.get_objects() if isinstance(o, CPUDispatcher) and o.signatures]
+print(sum(sum(k.stats.cache_misses.values()) for k in kernels), sum(sum(k.stats.cache_hits.values()) for k in kernels))
+"""
+    again = subprocess.run(
+        [sys.executable, "-c", count, str(artifacts)], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    misses, hits = map(int, again.stdout.split()[-2:])
+    assert misses == 0 and hits >= 5
+
+
+def test_the_warm_up_refuses_without_a_cache_or_without_artifacts(tmp_path):
+    clean = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    for env, folder, words in (
+        (clean, ROOT / "artifacts", "NUMBA_CACHE_DIR is unset"),
+        ({**clean, "NUMBA_CACHE_DIR": str(tmp_path / "c")}, tmp_path / "none", "no servable artifact"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "service.warm_cache", str(folder)], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 2 and words in done.stderr

@@ -111,6 +111,22 @@ def test_dockerfile_installs_the_pinned_cpu_torch_and_every_package():
     assert re.search(r"^USER (?!root)", DOCKERFILE, re.MULTILINE), "the image should not run as root"
 
 
+def test_the_image_builds_the_numba_cache_as_the_user_that_serves():
+    """The kernels are compiled into the image (service.warm_cache), where the app user can use and extend them."""
+    lines = [line.strip() for line in DOCKERFILE.splitlines() if line.strip() and not line.startswith("#")]
+    cache = re.search(r"^ENV NUMBA_CACHE_DIR=(\S+)$", DOCKERFILE, re.MULTILINE).group(1)
+    install = next(i for i, line in enumerate(lines) if line.startswith("RUN pip install"))
+    user = lines.index("USER app")
+    warm = next(i for i, line in enumerate(lines) if "python -m service.warm_cache" in line)
+    assert install < user < warm  # after the package is installed, as the user that serves
+    assert re.search(rf"mkdir [^&]*{cache}[^&]*&& chown app [^&]*{cache}", DOCKERFILE)
+    copied = re.search(r"^COPY --chown=app (\S+) (\S+)$", DOCKERFILE, re.MULTILINE)
+    assert copied and copied.group(2) in lines[warm] and f"rm -rf {copied.group(2)}" in lines[warm]
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert copied.group(1) not in ignored and (ROOT / copied.group(1)).is_dir()  # in the build context
+    assert any(path.name.endswith(".safetensors") for path in (ROOT / copied.group(1)).rglob("*"))
+
+
 DISTRIBUTED = yaml.safe_load((ROOT / "docker-compose.distributed.yml").read_text())
 
 

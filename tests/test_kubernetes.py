@@ -69,6 +69,9 @@ def test_api_pods_probe_real_routes_and_request_resources():
     assert env["WEB_CONCURRENCY"] == "1"
     mounts = {m["mountPath"]: m for m in api["volumeMounts"]}
     assert mounts[env["AMORTIZED_ARTIFACTS_DIR"]]["readOnly"] and env["PROMETHEUS_MULTIPROC_DIR"] in mounts
+    # the root file system is read-only: the image's numba cache is used from a copy in a writable /tmp
+    assert api["securityContext"]["readOnlyRootFilesystem"] and not mounts["/tmp"].get("readOnly")
+    assert "NUMBA_CACHE_DIR" not in env  # the image's own (Dockerfile), built at image build time
 
 
 def test_artifacts_come_from_the_volume_the_compile_job_writes():
