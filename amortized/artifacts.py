@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import platform
+import stat
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -229,9 +230,30 @@ def save_artifact(
     return target
 
 
+def read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path`` if it is a regular file (a symbolic link to one counts); ArtifactError otherwise.
+
+    Opened without blocking and checked on the open descriptor: a named pipe,
+    a device or a socket dropped into the artifacts folder is refused at once
+    instead of hanging the reader (opening a FIFO for reading waits for a
+    writer). Raises FileNotFoundError when there is no such file.
+    """
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a pipe, device or socket)"
+            raise ArtifactError(f"{path}: {kind}")
+        os.set_blocking(descriptor, True)
+        with os.fdopen(descriptor, "rb", closefd=False) as handle:
+            return handle.read()
+    finally:
+        os.close(descriptor)
+
+
 def read_manifest(path: Path) -> Manifest:
     try:
-        return Manifest.model_validate_json(Path(path).read_bytes())
+        return Manifest.model_validate_json(read_regular_file(Path(path)))
     except FileNotFoundError:
         raise ArtifactError(f"{path}: no such manifest") from None
     except ValidationError as error:
@@ -267,7 +289,7 @@ def load_artifact(path: Path) -> Artifact:
     if Path(name).name != name or not name.endswith(".safetensors"):
         raise ArtifactError(f"{path}: weights file name {name!r} must be a plain .safetensors name in the same folder")
     try:
-        data = (path.parent / name).read_bytes()
+        data = read_regular_file(path.parent / name)
     except FileNotFoundError:
         raise ArtifactError(f"{path}: weights file {name} is missing") from None
     digest = hashlib.sha256(data).hexdigest()
@@ -280,8 +302,8 @@ def load_artifact(path: Path) -> Artifact:
         model = build_model(manifest.family, manifest.model_params)
         network = build_network(model, manifest.architecture)
         network.load_state_dict(safetensors.torch.load(data), strict=True)
-    except (KeyError, ValueError, TypeError, RuntimeError, ValidationError, safetensors.SafetensorError) as error:
-        raise ArtifactError(f"{path}: cannot rebuild the network: {error}") from None
+    except Exception as error:  # anything a file's contents can make the model or network raise refuses this one only
+        raise ArtifactError(f"{path}: cannot rebuild the network: {type(error).__name__}: {error}") from None
     network.eval().requires_grad_(False)
     return Artifact(manifest, model, network, path)
 
@@ -329,11 +351,18 @@ def agreeing(artifacts: list[Artifact]) -> tuple[dict[tuple[str, str], Artifact]
     return kept, refused
 
 
-def discover_artifacts(root: Path) -> tuple[dict[tuple[str, str], Artifact], dict[Path, str]]:
-    """Every loadable artifact under ``root`` keyed by (variant, objective), and the refused ones with why."""
+def discover_artifacts(
+    root: Path, variants: set[str] | None = None
+) -> tuple[dict[tuple[str, str], Artifact], dict[Path, str]]:
+    """Every loadable artifact under ``root`` keyed by (variant, objective), and the refused ones with why.
+
+    ``variants``: only the artifacts in those variants' folders (one job's figures need not load the others).
+    """
     loaded: list[Artifact] = []
     refused: dict[Path, str] = {}
     for path in manifest_paths(root):
+        if variants is not None and path.parent.name not in variants:
+            continue
         try:
             loaded.append(load_artifact(path))
         except ArtifactError as error:

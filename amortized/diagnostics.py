@@ -50,6 +50,11 @@ MIN_JUDGED_SAMPLES = 100
 # q misses mass when that estimate exceeds MISSED_MASS_FLOOR by MISSED_MASS_Z standard errors.
 MISSED_MASS_FLOOR = 0.01
 MISSED_MASS_Z = 2.0
+# ... provided the pooled weights rest on at least this many effective draws: below, the self-normalised missed
+# mass and its delta-method standard error are one or two draws' say (0 +- 0 or 1 +- 0 whatever the truth, as at
+# y = 1e9 where both networks sit far from the posterior), so the check reports no figure and cannot rule missed
+# mass out (Owen 2013, "Monte Carlo theory, methods and examples", sec. 9.3: the ESS as a diagnostic)
+MIN_POOLED_ESS = 10.0
 DEFAULT_CHECK_SAMPLES = 1000  # the cross-check's own draws per proposal (AMORTIZED_CROSS_CHECK_SAMPLES)
 # Per query, the KLs that need quadrature (gmm) integrate under q's normals on +-8 sd with 301 points, not
 # the scoring grid's +-12 sd with 801: within 3.4e-5 of a 4001-point reference over y in [-40, 40] (the
@@ -67,6 +72,7 @@ class CrossCheckResult:
     log_evidence_mixture_se: np.ndarray
     missed_mass: np.ndarray  # posterior mass where q's density is below MISSED_DENSITY_RATIO x the posterior's
     missed_mass_se: np.ndarray
+    pooled_ess: np.ndarray  # effective draws of the pooled weights; below MIN_POOLED_ESS the missed mass is NaN
     consistent: np.ndarray  # all three estimates agree within their errors
     misses_mass: np.ndarray  # this q's evidence falls below the mixture's, or its missed mass is significant
     num_samples: int  # draws of each proposal the check used
@@ -159,12 +165,14 @@ def cross_check(
     )
     summary = both.summary
     assert both.log_ratio is not None  # weighed against the other proposal
-    mixture_evidence, mixture_se, missed, missed_se = mixture_check(both.log_weights, both.log_ratio)
+    mixture_evidence, mixture_se, pooled_ess, missed, missed_se = mixture_check(both.log_weights, both.log_ratio)
+    unjudged = ~(pooled_ess >= MIN_POOLED_ESS)  # NaN ESS included
+    missed, missed_se = np.where(unjudged, math.nan, missed), np.where(unjudged, math.nan, missed_se)
     estimates = np.array([summary.log_evidence[0::2], summary.log_evidence[1::2], mixture_evidence])
     errors = np.array([summary.log_evidence_se[0::2], summary.log_evidence_se[1::2], mixture_se])
     consistent, misses = evidence_agreement(estimates, errors, missed, missed_se)
     check = CrossCheckResult(
-        estimates[1], errors[1], estimates[2], errors[2], missed, missed_se, consistent, misses, num_samples
+        estimates[1], errors[1], estimates[2], errors[2], missed, missed_se, pooled_ess, consistent, misses, num_samples
     )
     return both.rows(slice(0, None, 2)), check
 
@@ -205,6 +213,12 @@ def checked_verdict(level: str, why: str, check: CrossCheckResult, i: int) -> tu
     """
     mass, mass_se = float(check.missed_mass[i]), float(check.missed_mass_se[i])
     draws = f"cross-check, {check.num_samples} draws of each network"
+    if not math.isfinite(mass):
+        return "unreliable", why + (
+            "; the cross-check cannot tell whether q misses posterior mass: the pooled draws of both networks "
+            f"carry {float(check.pooled_ess[i]):.2f} effective draws (below {MIN_POOLED_ESS:g}), so neither network "
+            f"covers the posterior well enough to measure it ({draws})"
+        )
     if check.misses_mass[i]:
         if missed_mass_exceeds_floor(mass, mass_se):
             return "unreliable", why + (

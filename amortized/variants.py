@@ -183,7 +183,12 @@ class VariantSpec(BaseModel):
         family = info.data.get("family")
         if family is None:  # the family itself is invalid: reported there
             return params
-        return MODELS[family].Params.model_validate(params).model_dump()
+        validated = MODELS[family].Params.model_validate(params)
+        try:  # parameters valid one by one can still fail together: the model is built once here, not at compile
+            MODELS[family](validated)
+        except ArithmeticError as error:
+            raise ValueError(f"the {family} model cannot be built with these parameters ({error})") from None
+        return validated.model_dump()
 
     @field_validator("objectives")
     @classmethod
@@ -191,6 +196,20 @@ class VariantSpec(BaseModel):
         if len(set(objectives)) != len(objectives):
             raise ValueError(f"each objective at most once (got {objectives})")
         return objectives
+
+    @field_validator("training")
+    @classmethod
+    def _steps_of_compiled_objectives(cls, training: TrainingSettings, info: ValidationInfo) -> TrainingSettings:
+        """Steps given per objective name only objectives this spec compiles (another is a mistake, not ignored)."""
+        objectives = info.data.get("objectives")
+        if isinstance(training.steps, dict) and objectives is not None:
+            extra = sorted(set(training.steps) - set(objectives))
+            if extra:
+                raise ValueError(
+                    f"steps are given for {' and '.join(extra)}, which this spec does not compile (objectives: "
+                    f"{', '.join(objectives)}): add it to objectives, or leave its steps out"
+                )
+        return training
 
     def build_model(self) -> ConjugateMixtureModel:
         return build_model(self.family, self.params)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from amortized.artifacts import Artifact, ArtifactError, agreeing, load_artifact, manifest_paths
+from amortized.artifacts import Artifact, ArtifactError, agreeing, load_artifact, manifest_paths, read_regular_file
 from amortized.distributions import BranchedNormal
 from amortized.mixture import expand_components, view_for
 from amortized.models import ConjugateMixtureModel
@@ -118,10 +118,15 @@ def fingerprint(path: Path) -> tuple | None:
     """(manifest stat, weights stat) or None if the manifest is gone: a change of either means load again."""
     try:
         stat = path.stat()
-        data = path.read_bytes()
     except FileNotFoundError:
         return None
     key: tuple = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    try:
+        data = read_regular_file(path)  # a pipe or device is not read (it could block): loading refuses it
+    except FileNotFoundError:
+        return None
+    except (ArtifactError, OSError):
+        return key + (None,)
     try:
         weights = path.parent / json.loads(data)["weights"]["file"]
         w = weights.stat()

@@ -161,9 +161,10 @@ class CrossCheck(BaseModel):
     missed_mass: float | None = Field(
         ...,
         description="estimated posterior mass where this q's density is below 1% of the posterior's (draws of q almost "
-        "never land there)",
+        "never land there); null when the pooled draws of both networks carry fewer than 10 effective draws (neither "
+        "covers the posterior: the check cannot measure it, and misses_mass is true)",
     )
-    missed_mass_se: float | None = Field(..., description="its standard error")
+    missed_mass_se: float | None = Field(..., description="its standard error (null with missed_mass)")
     consistent: bool = Field(
         ...,
         description="false when the three estimates disagree beyond 3 standard errors: some q misses posterior mass",

@@ -129,7 +129,7 @@ class Settings(BaseSettings):
         20_000, ge=1, le=100_000, description="most optimiser steps per objective of a job (recipes: up to 10000)"
     )
     job_max_branches: int = Field(
-        16, ge=1, le=64, description="most branches of a job's q: prior components x mixture components"
+        16, ge=1, le=64, description="most branches of a job's q: the model's discrete branches x mixture components"
     )
     job_max_queued: int = Field(4, ge=1, le=1000, description="most jobs queued or running at once; past it, 429")
 

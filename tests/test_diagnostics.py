@@ -106,7 +106,10 @@ def a_check(missed_mass, missed_mass_se, misses_mass) -> CrossCheckResult:
     """A cross-check result with given missed-mass figures (evidence fields irrelevant to the verdict)."""
     values = [np.asarray(v, dtype=float) for v in (missed_mass, missed_mass_se)]
     nan = np.full_like(values[0], math.nan)
-    return CrossCheckResult(nan, nan, nan, nan, *values, np.ones_like(nan, dtype=bool), np.asarray(misses_mass), 1000)
+    pooled_ess = np.full_like(values[0], 2000.0)
+    return CrossCheckResult(
+        nan, nan, nan, nan, *values, pooled_ess, np.ones_like(nan, dtype=bool), np.asarray(misses_mass), 1000
+    )
 
 
 def test_a_noisy_k_hat_over_uniform_weights_is_not_a_warning():
@@ -222,7 +225,7 @@ def test_compiled_weighing_matches_the_log_joint_minus_log_q(name):
         np.random.default_rng(9),
         BranchedNormal.interleave([other, q]),
     )
-    log_z, log_z_se, missed, missed_se = mixture_check(check.log_weights, check.log_ratio)
+    log_z, log_z_se, pooled_ess, missed, missed_se = mixture_check(check.log_weights, check.log_ratio)
     q_branch, q_x = check.branch[0::2], check.x[0::2]
     o_branch, o_x = check.branch[1::2], check.x[1::2]
     pooled_branch, pooled_x = np.concatenate([q_branch, o_branch], 1), np.concatenate([q_x, o_x], 1)
@@ -232,6 +235,7 @@ def test_compiled_weighing_matches_the_log_joint_minus_log_q(name):
     plain = summarise_plainly(mixture_log_weights)
     np.testing.assert_allclose(log_z, plain["log_evidence"], rtol=1e-9)
     np.testing.assert_allclose(log_z_se, plain["log_evidence_se"], rtol=1e-8)
+    np.testing.assert_allclose(pooled_ess, plain["ess"], rtol=1e-9)
     # missed mass: the posterior probability where q's density is below 1% of the posterior's
     in_region = log_p - log_q_pooled > plain["log_evidence"][:, None] - math.log(MISSED_DENSITY_RATIO)
     w = plain["normalised"]

@@ -91,7 +91,7 @@ def test_no_token_and_wrong_token_401_disabled_403(api, tmp_path, method, path):
 @pytest.mark.parametrize(
     "spec, loc, reason",
     [
-        ({**SMALL, "params": {"sigma": -2}}, ["body", "params", "sigma"], "greater than 0"),
+        ({**SMALL, "params": {"sigma": -2}}, ["body", "params", "sigma"], "greater than or equal to 0.000001"),
         ({**SMALL, "name": "Bad-Name"}, ["body", "name"], "lowercase letters"),
         ({**SMALL, "colour": "red"}, ["body", "colour"], "unknown field 'colour'"),
         ({**SMALL, "training": {"steps": 50_000}}, ["body", "training", "steps"], "AMORTIZED_JOB_MAX_STEPS"),
@@ -106,6 +106,19 @@ def test_no_token_and_wrong_token_401_disabled_403(api, tmp_path, method, path):
             "32 branches",
         ),
         ([1, 2], ["body"], "valid dictionary"),
+        # scales whose 1 / s^2 divides by zero: a 500 (gaussian, gmm) or a failed job (gmm's stds) before
+        ({**SMALL, "params": {"sigma": 1e-200}}, ["body", "params", "sigma"], "greater than or equal to 0.000001"),
+        ({**SMALL, "params": {"sigma0": 5e-324}}, ["body", "params", "sigma0"], "greater than or equal"),
+        (
+            {"name": "tiny", "family": "gmm", "params": {"stds": [1e-200, 1]}, "objectives": ["pq"]},
+            ["body", "params", "stds", 0],
+            "greater than or equal to 0.000001",
+        ),
+        (
+            {**SMALL, "objectives": ["pq"], "training": {"steps": {"qp": 10}}},
+            ["body", "training"],
+            "which this spec does not compile",
+        ),
     ],
 )
 def test_a_bad_spec_is_a_422_naming_the_field_and_nothing_is_queued(api, spec, loc, reason):

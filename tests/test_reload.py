@@ -295,6 +295,44 @@ def test_a_broken_first_artifact_is_refused_without_touching_others(tmp_path):
     assert "checksum mismatch" in registry.refused[str(bad)] and "still serving" not in registry.refused[str(bad)]
 
 
+def test_pipes_and_manifests_that_cannot_be_built_are_refused_and_the_rescan_goes_on(tmp_path, monkeypatch):
+    """A named pipe where a manifest or weights file belongs hung the rescan (opening a FIFO waits for a writer);
+    a manifest whose model raised while being built (1 / sigma^2 of a tiny sigma) failed the whole rescan."""
+    import threading
+
+    import amortized.artifacts
+
+    good = compile_into(tmp_path, "gaussian", "pq", name="alpha")
+    manifest = json.loads(good.read_text())
+    (tmp_path / "piped").mkdir()
+    os.mkfifo(tmp_path / "piped" / "pq.json")  # a pipe as the manifest
+    weights_piped = tmp_path / "gamma" / "pq.json"  # a valid manifest whose weights file is a pipe
+    weights_piped.parent.mkdir()
+    weights_piped.write_text(json.dumps({**manifest, "variant": "gamma"}))
+    os.mkfifo(weights_piped.parent / manifest["weights"]["file"])
+    unbuildable = compile_into(tmp_path, "gaussian", "pq", name="delta", params={"sigma": 3.0})
+    building = amortized.artifacts.build_model
+
+    def failing(family, params):  # as a model whose arithmetic fails on its parameters
+        if params.get("sigma") == 3.0:
+            raise ZeroDivisionError("float division by zero")
+        return building(family, params)
+
+    monkeypatch.setattr(amortized.artifacts, "build_model", failing)
+    registry = Registry.__new__(Registry)
+    done = threading.Event()
+    threading.Thread(target=lambda: (Registry.__init__(registry, tmp_path), done.set()), daemon=True).start()
+    assert done.wait(30), "loading the folder hung"
+    assert served_versions(registry) == {"alpha": {"pq": version_of(good)}}
+    refused = registry.refused
+    assert "not a regular file" in refused[str(tmp_path / "piped" / "pq.json")]
+    assert "not a regular file" in refused[str(weights_piped)]
+    assert "ZeroDivisionError" in refused[str(unbuildable)]
+    later = compile_into(tmp_path, "gaussian", "qp", name="alpha")  # the next rescan still serves what is new
+    registry.reload()
+    assert served_versions(registry) == {"alpha": {"pq": version_of(good), "qp": version_of(later)}}
+
+
 # the watcher, in the app (each uvicorn worker runs one)
 
 

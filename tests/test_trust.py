@@ -104,6 +104,26 @@ def test_the_missed_mass_of_a_covering_q_is_zero():
     assert (result.cross_check.missed_mass == 0).all() and not result.cross_check.misses_mass.any()
 
 
+@pytest.mark.parametrize("model", ["gaussian", "gmm_open"])
+@pytest.mark.parametrize("y", [1e6, -1e9, 1e9])
+def test_where_neither_network_covers_the_posterior_the_check_reports_no_missed_mass_figure(client, model, y):
+    """Far outside p(y) both networks miss the posterior by thousands of its stds (the exact answer says so), so the
+    pooled draws carry about one effective draw: "0% +- 0% missed" (y = 1e9) or "100% +- 0%" were one draw's say."""
+    for objective in ("pq", "qp"):
+        data = post(
+            client, model, y=y, objective=objective, num_samples=1000, seed=3, include=["q", "diagnostics", "exact"]
+        )
+        exact, d = data["exact"], data["diagnostics"]
+        q_means = [branch["mean"] for branch in data["q"]["branches"]]
+        assert (
+            min(abs(m - exact["posterior_mean_x"]) for m in q_means) > 30 * exact["posterior_std_x"]
+        )  # q densities of exp(-450) there
+        check = d["cross_check"]
+        assert check["missed_mass"] is None and check["missed_mass_se"] is None and check["misses_mass"] is True
+        assert d["verdict"] == "unreliable" and "cannot tell whether q misses posterior mass" in d["reason"]
+        assert "finds no missed mass" not in d["reason"]
+
+
 def test_without_the_cross_check_nothing_is_reliable_and_the_reason_says_so(client):
     d = post(client, "gaussian", y=0.3, num_samples=1000, seed=1, cross_check=False)["diagnostics"]
     assert d["cross_check"] is None and d["verdict"] == "usable"

@@ -1,12 +1,15 @@
 """Variants: spec validation (field and reason), the trainer's command line round trip, manifests of format 1 and 2."""
 
 import json
+import math
 import shutil
 
+import numpy as np
 import pytest
 
 from amortized.artifacts import ArtifactError, discover_artifacts, load_artifact, upgrade_manifest
 from amortized.models import MODELS
+from amortized.training import compile_network
 from amortized.variants import NAME_PATTERN, SpecError, VariantSpec, default_spec, parse_spec, read_spec
 from tests.conftest import ARTIFACTS, EXAMPLES
 from trainer.cli import main
@@ -34,9 +37,21 @@ def test_a_spec_takes_the_familys_defaults_for_what_it_leaves_out():
             "params.weights",
             "must sum to 1 (they sum to 1.2)",
         ),
-        ({"name": "g", "family": "gmm", "params": {"stds": [1.0, -2.0]}}, "params.stds.1", "greater than 0"),
-        ({"name": "g", "family": "gmm", "params": {"stds": [1.0, 0.0]}}, "params.stds.1", "greater than 0"),
-        ({"name": "g", "family": "gaussian", "params": {"sigma0": -1}}, "params.sigma0", "greater than 0"),
+        (
+            {"name": "g", "family": "gmm", "params": {"stds": [1.0, -2.0]}},
+            "params.stds.1",
+            "greater than or equal to 0.000001",
+        ),
+        (
+            {"name": "g", "family": "gmm", "params": {"stds": [1.0, 0.0]}},
+            "params.stds.1",
+            "greater than or equal to 0.000001",
+        ),
+        (
+            {"name": "g", "family": "gaussian", "params": {"sigma0": -1}},
+            "params.sigma0",
+            "greater than or equal to 0.000001",
+        ),
         ({"name": "g", "family": "gmm", "params": {"sigma": float("nan")}}, "params.sigma", "finite"),
         ({"name": "g", "family": "gmm", "params": {"means": [0.0]}}, "params", "same length"),
         (
@@ -144,6 +159,26 @@ def test_a_spec_takes_the_familys_defaults_for_what_it_leaves_out():
         ({"name": "g", "family": "gmm", "training": {"steps": {"zz": 5}}}, "training.steps", "keyed by pq or qp"),
         ({"name": "g", "family": "gmm", "training": {"steps": {"qp": "5"}}}, "training.steps", "(got '5')"),
         ({"name": "g", "family": "gmm", "family_options": {"input_gain": "2"}}, "family_options.input_gain", "number"),
+        # scales so small that 1 / s^2 divides by zero (a 500 and a failed job before): refused where they stand
+        (
+            {"name": "g", "family": "gaussian", "params": {"sigma": 1e-200}},
+            "params.sigma",
+            "greater than or equal to 0.000001",
+        ),
+        ({"name": "g", "family": "gaussian", "params": {"sigma0": 5e-324}}, "params.sigma0", "equal to 0.000001"),
+        ({"name": "g", "family": "gmm", "params": {"stds": [1e-200, 1]}}, "params.stds.0", "equal to 0.000001"),
+        ({"name": "g", "family": "gmm", "params": {"sigma": 9.9e-7}}, "params.sigma", "equal to 0.000001"),
+        (
+            {"name": "g", "family": "gmm_open", "params": {"universes": [{"probability": 1, "stds": [1e-7]}]}},
+            "params.universes.0.stds.0",
+            "equal to 0.000001",
+        ),
+        # steps for an objective the spec does not compile: a mistake, not ignored
+        (
+            {"name": "g", "family": "gmm", "objectives": ["pq"], "training": {"steps": {"qp": 10}}},
+            "training",
+            "steps are given for qp, which this spec does not compile",
+        ),
     ],
 )
 def test_an_invalid_spec_names_the_field_and_the_reason(data, where, reason):
@@ -248,7 +283,7 @@ def test_compile_from_flags_and_flags_override_the_spec(tmp_path):
         (["--model", "gmm", "--params", '{"sigma": 5}'], "needs a name: add --name"),
         (
             ["--model", "gmm", "--name", "gmm_sigma5", "--params", '{"sigma": -5}'],
-            "params.sigma (from --params): Input should be greater than 0",
+            "params.sigma (from --params): Input should be greater than or equal to 0.000001",
         ),
         (["--model", "gmm", "--name", "gmm_sigma5", "--params", "{sigma: 5}"], "--params: not valid JSON"),
         (["--model", "gmm", "--name", "Gmm", "--params", "{}"], "name (from --name): a variant name is"),
@@ -355,3 +390,15 @@ def test_the_sigma5_example_trains_without_the_gain_tuned_for_sigma_1():
     assert spec.training_config("qp").family_options == {"input_gain": 1.0}
     manifest = json.loads((ARTIFACTS / "gmm_sigma5" / "qp.json").read_text())  # the committed artifact: compiled so
     assert manifest["training"].get("family_options", {}).get("input_gain", 1.0) == 1.0
+
+
+def test_the_smallest_allowed_scales_build_and_train():
+    """At the bound (1e-6, and 1e6 beside it) the model builds and a few steps train to finite numbers."""
+    spec = parse_spec(
+        {"name": "g", "family": "gmm", "params": {"stds": [1e-6, 1e6], "sigma": 1e-6}, "training": {"steps": 5}}
+    )
+    model = spec.build_model()
+    exact, log_evidence = model.exact_posterior_and_evidence(np.array([0.0, 3.0]))
+    assert np.isfinite(log_evidence).all() and np.isfinite(exact.stds).all() and (exact.stds > 0).all()
+    _, result = compile_network(model, spec.training_config("pq"))
+    assert math.isfinite(result["phases"][-1]["final_loss"])

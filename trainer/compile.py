@@ -173,7 +173,7 @@ def write_figures(out: Path, variants: set[str], report: bool = True) -> list[Pa
     from amortized import figures  # matplotlib is imported only when figures are drawn
 
     torch.set_num_threads(1)
-    loaded, _ = discover_artifacts(out)
+    loaded, _ = discover_artifacts(out, variants)  # theirs only: another variant's files cannot stop these
     written = []
     for name in sorted(variants):
         networks = {

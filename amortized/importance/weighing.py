@@ -143,7 +143,7 @@ def mixture_check(log_weights: np.ndarray, log_ratio: np.ndarray) -> tuple[np.nd
     twice either proposal's, so it covers what either covers.
 
     Returns per observation ``(b,)``: the mixture's log evidence, its standard
-    error, and the *missed mass*: the posterior probability of the region where
+    error, the pooled weights' effective sample size, and the *missed mass*: the posterior probability of the region where
     q's density is below ``MISSED_DENSITY_RATIO`` times the posterior's (where
     q's importance weights exceed Z / ratio), self-normalised over the pooled
     draws, with its delta-method standard error. Importance weights of q alone
@@ -158,9 +158,9 @@ def mixture_check(log_weights: np.ndarray, log_ratio: np.ndarray) -> tuple[np.nd
     threshold_offset = shift - math.log(n * MISSED_DENSITY_RATIO)  # log(Z / ratio) = log(total) + this
     sums = kernels.mixture_sums(bound, tails, log_weights, log_ratio, threshold_offset)
     total, squares, missed, missed_squares = sums
-    log_evidence, se, _ = evidence_from_sums(2.0 * total, 4.0 * squares, shift, 2 * n)
+    log_evidence, se, ess = evidence_from_sums(2.0 * total, 4.0 * squares, shift, 2 * n)
     with np.errstate(divide="ignore", invalid="ignore"):
         mass = missed / total
         variance = (missed_squares * (1.0 - 2.0 * mass) + mass * mass * squares) / (total * total)
         mass_se = np.sqrt(np.maximum(variance, 0.0))
-    return log_evidence, se, mass, mass_se
+    return log_evidence, se, ess, mass, mass_se

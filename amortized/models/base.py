@@ -89,11 +89,14 @@ MAX_COMPONENTS = 16  # prior components in all (gmm_open: summed over its univer
 MAX_UNIVERSES = 8  # values of k in gmm_open
 MAX_ABS_LOCATION = 1e6  # |mean| of a component or prior
 MAX_SCALE = 1e6  # standard deviations and the observation noise sigma
+# ... and at least this: 1 / s^2 and s^2 stay ordinary floats with room to spare, and float32 networks can still
+# express such a std (1e-200 made 1 / s^2 divide by zero: a 500 on POST /v1/models, a rescan that failed whole)
+MIN_SCALE = 1e-6
 WEIGHT_SUM_TOLERANCE = 1e-6  # relative: weights and probabilities must sum to 1 within it
 
 # strict: numbers only (an int is a number), never a string or a boolean read as one ("1", true)
 Location = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_ABS_LOCATION, le=MAX_ABS_LOCATION)]
-Scale = Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0, le=MAX_SCALE)]
+Scale = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=MIN_SCALE, le=MAX_SCALE)]
 Probability = Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0, le=1)]
 
 

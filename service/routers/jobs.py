@@ -100,8 +100,8 @@ def check_limits(spec: VariantSpec, settings: Settings) -> list[dict]:
         problems.append(
             {
                 "loc": ["body", "params"],
-                "msg": f"q would have {branches} branches (prior components x mixture components); a job may have at "
-                f"most {settings.job_max_branches} (AMORTIZED_JOB_MAX_BRANCHES)",
+                "msg": f"q would have {branches} branches (the model's discrete branches x mixture components); "
+                f"a job may have at most {settings.job_max_branches} (AMORTIZED_JOB_MAX_BRANCHES)",
                 "type": "too_large",
             }
         )
