@@ -171,7 +171,8 @@ def make_huey(url: str) -> Huey:
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    """Now in UTC, ISO 8601 to the microsecond: jobs posted within one second still list newest first."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
 
 
 class JobQueue:

@@ -120,7 +120,7 @@ def check_parts(request: PosteriorRequest) -> frozenset[str]:
         raise ApiError(
             422,
             ["body", "num_samples"],
-            f"0 samples draws nothing, but {asked} asks for {', '.join(drawn)}: ask for at least 1 sample, or an "
+            f"0 samples draw nothing, but {asked} asks for {', '.join(drawn)}: ask for at least 1 sample, or an "
             'include without parts made of draws (e.g. ["q", "exact", "summary"])',
         )
     return parts
