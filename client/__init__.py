@@ -9,13 +9,18 @@ with AmortizedClient("http://127.0.0.1:8000") as api:
 
 Answers come as an Arrow IPC stream (``Accept: application/vnd.apache.arrow.stream``)
 when pyarrow is installed, else as JSON; a server that answers 406 to Arrow
-is asked again in JSON (and from then on). Both carry the same numbers.
+is asked again in JSON (and from then on). Both carry the same numbers, read
+into the same arrays (same dtypes, floats to the bit).
 """
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -29,11 +34,62 @@ ARROW = "application/vnd.apache.arrow.stream"
 
 
 class ApiError(Exception):
-    """A 4xx/5xx answer: ``status`` and the server's ``detail`` list (where and why)."""
+    """A 3xx/4xx/5xx answer: ``status`` and the server's ``detail`` list (where and why; else its text)."""
 
     def __init__(self, status: int, detail: Any) -> None:
         super().__init__(f"HTTP {status}: {detail}")
         self.status, self.detail = status, detail
+
+
+def segment(value: str) -> str:
+    """``value`` (a model name, say) as exactly one URL path segment.
+
+    Every character but letters, digits and ``_.-~`` is percent-escaped (``?``,
+    ``#``, ``%``, spaces...), and the dot segments ``.`` and ``..``, which httpx
+    (and proxies) would resolve against the path before them, are sent as
+    ``%2E`` and ``%2E%2E``: the server reads the name back as it was typed and
+    answers 404 for a model it does not serve. Raises ValueError for an empty
+    string and for one holding ``/``: the server (Starlette) and many proxies
+    decode ``%2F`` before routing, so no segment carries them (no model's name
+    holds either).
+    """
+    if value == "" or "/" in value:
+        raise ValueError(f"{value!r} cannot be a URL path segment: a name is not empty and holds no '/'")
+    escaped = quote(value, safe="")
+    return escaped.replace(".", "%2E") if escaped in (".", "..") else escaped
+
+
+def plain(value: Any) -> Any:
+    """NumPy values as the Python ones JSON holds, in lists, tuples and dicts too.
+
+    A NumPy array becomes a (nested) list, a NumPy scalar (``np.float32(1.5)``,
+    ``np.int64(3)``, ``np.bool_``) or 0-d array the Python number: its value,
+    floats exactly (a float32 is widened to the float64 it equals). Anything
+    else is returned as it is.
+    """
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    return value
+
+
+def observations(y: Any) -> Any:
+    """A request's ``y``, a number or a sequence of numbers (lists, tuples, 0-d or 1-d NumPy arrays), for JSON.
+
+    NumPy values become Python numbers (:func:`plain`). The values are judged
+    by the server (an ApiError 422 for NaN, infinities, numbers beyond +-1e9,
+    booleans or text); raises ValueError for a shape the API has no place for:
+    an array of 2 or more dimensions, or a sequence holding sequences.
+    """
+    if isinstance(y, np.ndarray) and y.ndim > 1:
+        raise ValueError(f"y is a number or a list of numbers (a 0-d or 1-d array), not an array of shape {y.shape}")
+    y = plain(y)
+    if isinstance(y, list) and any(isinstance(v, list) for v in y):
+        raise ValueError("y is a number or a list of numbers, not a list holding lists or arrays")
+    return y
 
 
 def column(values: list) -> np.ndarray:
@@ -217,8 +273,16 @@ class PosteriorArrays:
 
 
 def _json_column(values: list[Any]) -> np.ndarray:
-    """JSON values of one field as numpy, typed as Arrow's: bools, int64, float64 with NaN for null, else objects."""
+    """JSON values of one field as numpy, typed as Arrow's reading (:func:`_numpy`).
+
+    Bools; int64; float64 with NaN for null; lists of numbers (an interval's
+    ``[low, high]``) as ``(rows, width)`` float64, NaN for null (a null list: a
+    row of NaN); else objects (text).
+    """
     kinds = {type(v) for v in values}
+    if list in kinds and kinds <= {list, type(None)}:
+        width = max(len(v) for v in values if v is not None)
+        return np.array([[math.nan] * width if v is None else v for v in values], dtype=float)
     if kinds <= {bool}:
         return np.array(values, dtype=bool)
     if kinds <= {int}:
@@ -301,9 +365,12 @@ class AmortizedClient:
     """Synchronous client over httpx; use as a context manager or call ``close()``.
 
     ``format``: "arrow" (the default; JSON when pyarrow is missing or the
-    server refuses it with 406) or "json". ``compress``: accept zstd or gzip
+    server refuses it with 406) or "json". ``compress``: accept compressed
     answers (worth it on slow links; on loopback and LAN the CPU costs more
-    than the bytes saved: bench/answer_formats.py).
+    than the bytes saved: bench/answer_formats.py): zstd where httpx can decode
+    it (with the ``zstandard`` package, which the light install does not pull),
+    and gzip. An ``accept-encoding`` among ``headers`` overrides both.
+    Raises ValueError for another ``format``.
     """
 
     def __init__(
@@ -317,9 +384,15 @@ class AmortizedClient:
         if format not in ("arrow", "json"):
             raise ValueError(f"format must be 'arrow' or 'json', not {format!r}")
         self.format = "arrow" if format == "arrow" and pa is not None else "json"
-        # httpx accepts gzip and zstd by default; on loopback and fast links compressing costs more than it saves
-        headers = {"accept-encoding": "zstd, gzip" if compress else "identity", **httpx_options.pop("headers", {})}
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers, **httpx_options)
+        headers = httpx.Headers(httpx_options.pop("headers", None))
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, **httpx_options)
+        # httpx's own default Accept-Encoding names the codings it decodes in this environment (zstd only with the
+        # zstandard package): advertising one it cannot decode would hand the raw compressed bytes to the parsers
+        decodable = {coding.strip() for coding in self._http.headers.get("accept-encoding", "gzip").split(",")}
+        accepted = [coding for coding in ("zstd", "gzip") if coding in decodable]
+        # on loopback and fast links compressing costs more than it saves: uncompressed unless asked
+        self._http.headers["accept-encoding"] = ", ".join(accepted) if compress and accepted else "identity"
+        self._http.headers.update(headers)
 
     def __enter__(self) -> Self:
         return self
@@ -331,12 +404,13 @@ class AmortizedClient:
         self._http.close()
 
     def _response(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The server's answer; raises ApiError for any but a 2xx (a redirect not followed carries no answer)."""
         response = self._http.request(method, path, **kwargs)
-        if response.status_code >= 400:
+        if not response.is_success:
             try:
                 detail = response.json().get("detail")
             except ValueError:
-                detail = response.text
+                detail = response.text or response.reason_phrase
             raise ApiError(response.status_code, detail)
         return response
 
@@ -347,17 +421,21 @@ class AmortizedClient:
         return self._call("GET", "/v1/models")
 
     def model(self, name: str) -> dict[str, Any]:
-        return self._call("GET", f"/v1/models/{name}")
+        """The model's description; raises ApiError 404 for a model the server does not serve."""
+        return self._call("GET", f"/v1/models/{segment(name)}")
 
     def ready(self) -> bool:
         return self._http.get("/health/ready").status_code == 200
 
     def _posterior(self, model: str, body: dict[str, Any]) -> tuple[dict[str, tuple[PosteriorArrays, Any]], Any, bool]:
         """Per objective, the answer's columns (and its Arrow rows); the JSON results (None for Arrow); batch or not."""
-        path = f"/v1/models/{model}/posterior"
+        path = f"/v1/models/{segment(model)}/posterior"
+        # encoded here, not by httpx (which refuses NaN from 0.28 on): a non-finite y gets the server's 422 either way
+        content = json.dumps(body, separators=(",", ":")).encode()
+        json_headers = {"content-type": "application/json"}
         if self.format == "arrow":
             try:
-                response = self._response("POST", path, json=body, headers={"accept": ARROW})
+                response = self._response("POST", path, content=content, headers=json_headers | {"accept": ARROW})
             except ApiError as error:
                 if error.status != 406:
                     raise
@@ -372,7 +450,8 @@ class AmortizedClient:
                     None,
                     (table.schema.metadata or {}).get(b"batch") == b"true",
                 )
-        answer = self._response("POST", path, json=body, headers={"accept": "application/json"}).json()
+        json_headers["accept"] = "application/json"
+        answer = self._response("POST", path, content=content, headers=json_headers).json()
         results = answer.get("results", [answer])
         if "objectives" in results[0]:
             columns = {
@@ -393,8 +472,9 @@ class AmortizedClient:
         cross_check: bool = True,
         **more: Any,
     ) -> dict[str, Any]:
+        """The request's JSON body, NumPy values as Python ones (:func:`plain`); raises as :func:`observations`."""
         body: dict[str, Any] = {
-            "y": y,
+            "y": observations(y),
             "objective": objective,
             "num_samples": num_samples,
             "resample": resample,
@@ -403,14 +483,15 @@ class AmortizedClient:
         if seed is not None:
             body["seed"] = seed
         body.update({key: value for key, value in more.items() if value is not None})
-        return body
+        return plain(body)
 
     def posterior_arrays(
-        self, model: str, y: float | list[float], objective: str = "pq", **options: Any
+        self, model: str, y: float | Sequence[float] | np.ndarray, objective: str = "pq", **options: Any
     ) -> PosteriorArrays | dict[str, PosteriorArrays]:
         """Every observation's answer as columns (:class:`PosteriorArrays`); ``objective="both"`` gives one per loss.
 
-        ``options``: those of :meth:`posterior` (num_samples, seed, resample, cross_check, version, include).
+        ``y`` and ``options`` (num_samples, seed, resample, cross_check, version, include): as :meth:`posterior`,
+        which says what it raises.
         """
         columns, _, _ = self._posterior(model, self._body(y, objective, **options))
         return {name: arrays for name, (arrays, _) in columns.items()} if objective == "both" else columns[objective][0]
@@ -418,7 +499,7 @@ class AmortizedClient:
     def posterior(
         self,
         model: str,
-        y: float | list[float],
+        y: float | Sequence[float] | np.ndarray,
         objective: str = "pq",
         num_samples: int = 1000,
         seed: int | None = None,
@@ -429,8 +510,14 @@ class AmortizedClient:
     ) -> Posterior | dict[str, Posterior] | list[Posterior | dict[str, Posterior]]:
         """One answer for a scalar y, a list for a list; ``objective="both"`` gives {"pq": ..., "qp": ...}.
 
+        ``y``: a number, or a list, tuple or 1-d array of them (a 0-d array is a number); NumPy scalars and
+        arrays of any real dtype, and NumPy integers for ``num_samples`` and ``seed``, are sent as their values.
         ``version`` pins the network (see ``models()``); a version not served raises ApiError with status 409.
         ``include`` selects the parts (the server's default: all but the summaries).
+
+        Raises ValueError for a ``y`` of 2 or more dimensions (or a list holding lists) and ApiError for what the
+        server refuses: 404 for a model it does not serve, 422 for a non-finite y, one beyond +-1e9, a boolean or
+        text, or an option out of its range.
         """
         body = self._body(y, objective, num_samples, seed, resample, cross_check, version=version, include=include)
         columns, results, batch = self._posterior(model, body)

@@ -1,17 +1,19 @@
 """The Python client: Arrow by default with the same numbers as JSON, JSON when refused, and a light install alone."""
 
 import json
+import math
 import subprocess
 import sys
 import textwrap
 import venv
+from urllib.parse import unquote
 
 import httpx
 import numpy as np
 import pytest
 
 import client as client_module
-from client import AmortizedClient
+from client import AmortizedClient, ApiError
 from service.schemas import SUMMARY_SOURCES
 from tests.conftest import ARTIFACTS, ROOT
 from tests.launch import start_server, stop_server
@@ -33,14 +35,36 @@ class RefusesArrow(httpx.BaseTransport):
         return self.inner.handle_request(request)
 
 
+class Recording(httpx.BaseTransport):
+    """The app's own answers, noting each request's path and Accept-Encoding and its answer's Content-Encoding."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner, self.seen = inner, []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        self.seen.append(
+            (request.url.raw_path, request.headers.get("accept-encoding"), response.headers.get("content-encoding"))
+        )
+        return response
+
+
 def same(a, b) -> None:
-    """Equal arrays, floats to the bit (NaN where the other has NaN)."""
+    """Equal arrays of the same dtype, floats to the bit (NaN where the other has NaN)."""
     a, b = np.asarray(a), np.asarray(b)
-    assert a.shape == b.shape and a.dtype.kind == b.dtype.kind, (a, b)
+    assert a.shape == b.shape and a.dtype == b.dtype, (a, b)
     if a.dtype.kind == "f":
         assert a.tobytes() == b.tobytes()
     else:
         assert a.tolist() == b.tolist()
+
+
+@pytest.fixture(scope="module")
+def live_url():
+    """A real server (``python -m service``) on the committed artifacts, as clients elsewhere meet it."""
+    process, url = start_server({"AMORTIZED_ARTIFACTS_DIR": str(ARTIFACTS)})
+    yield url
+    stop_server(process)
 
 
 def test_arrow_and_json_give_the_client_the_same_arrays(client):
@@ -98,6 +122,193 @@ def test_summaries_reach_the_client_as_columns(client):
         assert set(one.summary) == {"q", "weighted", "exact"} and one.x.size == 0
 
 
+def test_both_formats_give_the_same_summary_arrays(client):
+    """Every summary column (quantiles, (observations, 2) intervals, discrete probabilities) alike in dtype and bits."""
+    body = dict(objective="both", num_samples=200, seed=9, include=["summary", *SUMMARY_SOURCES])
+    with (
+        AmortizedClient(transport=client._transport, base_url="http://testserver") as arrow_api,
+        AmortizedClient(transport=client._transport, base_url="http://testserver", format="json") as json_api,
+    ):
+        for model, y in (("gmm_open", [0.5, -9.0, 30.0]), ("gaussian", [1.0, 4.0]), ("gmm_discrete", 2.0)):
+            arrow, plain = arrow_api.posterior_arrays(model, y, **body), json_api.posterior_arrays(model, y, **body)
+            rows = np.size(y)
+            for objective in ("pq", "qp"):
+                a, b = arrow[objective].summary, plain[objective].summary
+                assert list(a) == list(b) and "weighted.intervals.0.8" in a, (model, list(a), list(b))
+                for key in a:
+                    same(a[key], b[key])
+                    assert a[key].dtype == np.float64, (model, key, a[key].dtype)
+                    assert a[key].shape == ((rows, 2) if ".intervals." in key else (rows,)), (model, key)
+                # the arrays hold the answer's own numbers: the JSON rows, read without the client
+                answer = client.post(f"/v1/models/{model}/posterior", json={"y": y, **body}).json()
+                results = answer.get("results", [answer])
+                exact = [r["objectives"][objective]["summary"]["exact"]["intervals"]["0.95"] for r in results]
+                assert b["exact.intervals.0.95"].tolist() == exact
+
+
+def test_json_interval_columns_read_as_arrow_reads_them():
+    """Null bounds are NaN in both readings; a null interval (which no answer holds yet) is a row of NaN in JSON's."""
+    import pyarrow as pa
+
+    values = [[1.5, None], [-2.0, 3.25], [None, None]]
+    arrow = client_module._numpy(pa.array(values, type=pa.list_(pa.float64(), 2)), 3)
+    same(client_module._json_column(values), arrow)
+    same(client_module._json_column([[1.0, 2.0], None]), np.array([[1.0, 2.0], [math.nan, math.nan]]))
+
+
+def test_model_names_reach_the_server_as_one_path_segment(live_url):
+    """Whatever a name holds, the request goes to that name's own path: an unknown model is a 404, not another one.
+
+    Against a real server: Starlette's TestClient decodes a path twice ("%2567mm" would reach the app as "gmm").
+    """
+    names = ("gmm#frag", "gmm?x=1", "..", ".", "%67mm", "a b", "gmm%2F..%2Fgaussian", "gmm\\..\\gaussian", "gmm;x")
+    transport = Recording(httpx.HTTPTransport())
+    for format in ("arrow", "json"):
+        with AmortizedClient(live_url, transport=transport, format=format) as api:
+            assert api.model("gmm")["name"] == "gmm" and api.posterior("gmm", 0.5, num_samples=5).x.shape == (5,)
+            for name in names:
+                for method, args in (("model", ()), ("posterior", (0.0, "qp", 5)), ("posterior_arrays", ([0.0, 1.0],))):
+                    transport.seen.clear()
+                    with pytest.raises(ApiError) as raised:
+                        getattr(api, method)(name, *args)
+                    assert raised.value.status == 404, (name, raised.value)
+                    assert f"unknown model {name!r}" in raised.value.detail[0]["msg"], raised.value.detail
+                    path = transport.seen[-1][0].decode("ascii").split("/")
+                    assert path[:3] == ["", "v1", "models"] and unquote(path[3]) == name, (name, path)
+                    assert path[4:] == ([] if method == "model" else ["posterior"]), (name, path)
+            # the server decodes %2F before routing ("gmm/" would be redirected to gmm): no segment carries a "/"
+            for name in ("", "gmm/../gaussian", "gmm/", "/gmm"):
+                for method, args in (("model", ()), ("posterior", (0.0,)), ("posterior_arrays", ([0.0],))):
+                    transport.seen.clear()
+                    with pytest.raises(ValueError, match="cannot be a URL path segment"):
+                        getattr(api, method)(name, *args)
+                    assert transport.seen == [], name  # refused before anything is sent
+
+
+def test_an_answer_that_is_not_a_success_raises_api_error(client):
+    """A redirect (not followed) holds no answer: an ApiError with its status, as a 4xx would be."""
+
+    class Redirects(httpx.BaseTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            return httpx.Response(307, headers={"location": "http://testserver/elsewhere"})
+
+    with AmortizedClient(transport=Redirects(), base_url="http://testserver") as api:
+        for call in (api.models, lambda: api.model("gmm"), lambda: api.posterior("gmm", 0.0)):
+            with pytest.raises(ApiError) as raised:
+                call()
+            assert raised.value.status == 307 and raised.value.detail == "Temporary Redirect", raised.value
+
+
+def test_numpy_observations_and_options_are_sent_as_their_values(client):
+    """NumPy scalars and 0-d/1-d arrays of several dtypes answer as the Python numbers they hold."""
+    with AmortizedClient(transport=client._transport, base_url="http://testserver") as api:
+
+        def check(y, reference, batch):
+            ours = api.posterior_arrays("gmm_open", y, num_samples=np.int64(40), seed=np.uint32(11), resample=np.True_)
+            theirs = api.posterior_arrays("gmm_open", reference, num_samples=40, seed=11, resample=True)
+            assert ours.y.tolist() == (reference if batch else [reference]), (y, ours.y)
+            for name in ("x", "log_weights", "seeds"):
+                same(getattr(ours, name), getattr(theirs, name))
+            same(ours.resampled["x"], theirs.resampled["x"])
+            one = api.posterior("gmm_open", y, num_samples=np.int32(5), seed=np.int16(3))
+            assert isinstance(one, list) == batch, (y, type(one))
+
+        for dtype in (np.float64, np.float32, np.float16, np.int64, np.int32, np.uint8):
+            values = np.array([0.5, 3.0, 8.25], dtype=dtype)  # integers: [0, 3, 8]
+            reference = [float(v) if values.dtype.kind == "f" else int(v) for v in values]
+            check(values, reference, batch=True)
+            check(values[1:2], reference[1:2], batch=True)
+            check(values[2], reference[2], batch=False)  # a NumPy scalar
+            check(np.array(values[2]), reference[2], batch=False)  # a 0-d array
+            check(list(values), reference, batch=True)  # a list of NumPy scalars
+        assert float(np.float32(0.1)) != 0.1  # float32 values are sent as the float64 they equal, not re-rounded
+        check(np.array([0.1], dtype=np.float32), [float(np.float32(0.1))], batch=True)
+
+        for shaped in (np.zeros((2, 3)), np.zeros((1, 1)), np.zeros((2, 1, 1))):
+            with pytest.raises(ValueError, match=rf"shape \({shaped.shape[0]}, "):
+                api.posterior_arrays("gmm", shaped)
+        with pytest.raises(ValueError, match="list holding lists"):
+            api.posterior("gmm", [np.array([1.0, 2.0])])
+        # values the server refuses as it refuses Python's: non-finite, beyond +-1e9, booleans
+        for numpy_y, python_y in (
+            (np.array([0.0, np.nan]), [0.0, math.nan]),
+            (np.float32(np.inf), math.inf),
+            (np.array([-np.inf]), [-math.inf]),
+            (np.float64(2e9), 2e9),
+            (np.array([True, False]), [True, False]),
+        ):
+            details = []
+            for y in (numpy_y, python_y):
+                with pytest.raises(ApiError) as raised:
+                    api.posterior("gmm", y, num_samples=5)
+                assert raised.value.status == 422, raised.value
+                details.append(raised.value.detail)
+            assert details[0] == details[1] and details[0][0]["loc"][:2] == ["body", "y"], details
+
+
+def test_compress_accepts_what_httpx_decodes_and_reads_the_same_arrays(client):
+    """Here httpx decodes zstd (zstandard is installed with the server): the client asks for it and reads it."""
+    transport = Recording(client._transport)
+    y = [0.0, 1.0, 2.0]
+    for format in ("arrow", "json"):
+        with (
+            AmortizedClient(transport=transport, base_url="http://testserver", format=format) as plain,
+            AmortizedClient(transport=transport, base_url="http://testserver", format=format, compress=True) as packed,
+        ):
+            transport.seen.clear()
+            a = plain.posterior_arrays("gmm", y, num_samples=500, seed=5)
+            b = packed.posterior_arrays("gmm", y, num_samples=500, seed=5)
+            assert [seen[1:] for seen in transport.seen] == [("identity", None), ("zstd, gzip", "zstd")]
+            for name in ("x", "log_weights", "y"):
+                same(getattr(a, name), getattr(b, name))
+    with AmortizedClient(
+        transport=transport, base_url="http://testserver", compress=True, headers={"Accept-Encoding": "gzip"}
+    ) as mine:
+        transport.seen.clear()
+        mine.posterior_arrays("gmm", y, num_samples=500)
+        assert [seen[1:] for seen in transport.seen] == [("gzip", "gzip")]  # the caller's header wins
+
+
+def compressed_answers_script(url: str) -> str:
+    """Python that asks for compressed and plain answers in both formats and prints the codings and the equality."""
+    return textwrap.dedent(
+        f"""
+        import json
+        import httpx
+        from client import AmortizedClient
+        seen = []
+        record = lambda r: seen.append([r.request.headers["accept-encoding"], r.headers.get("content-encoding")])
+        alike = []
+        for format in ("arrow", "json"):
+            with (
+                AmortizedClient({url!r}, format=format) as plain,
+                AmortizedClient({url!r}, format=format, compress=True, event_hooks={{"response": [record]}}) as packed,
+            ):
+                a = plain.posterior_arrays("gmm", [0.0, 1.0, 2.0], num_samples=500, seed=5)
+                b = packed.posterior_arrays("gmm", [0.0, 1.0, 2.0], num_samples=500, seed=5)
+                alike.append(a.x.tobytes() == b.x.tobytes() and a.log_weights.tobytes() == b.log_weights.tobytes())
+        with httpx.Client() as default:
+            decodes = default.headers["accept-encoding"]
+        print(json.dumps({{"decodes": decodes, "seen": seen, "alike": alike}}))
+        """
+    )
+
+
+def check_gzip_without_zstd(ran: subprocess.CompletedProcess) -> None:
+    assert ran.returncode == 0, ran.stderr
+    out = json.loads(ran.stdout.splitlines()[-1])
+    assert "zstd" not in out["decodes"] and "gzip" in out["decodes"], out  # httpx here cannot decode zstd
+    assert out["seen"] == [["gzip", "gzip"]] * 2 and out["alike"] == [True, True], out
+
+
+def test_compress_without_zstandard_asks_for_gzip_only(live_url):
+    """httpx decodes zstd only with the zstandard package: without it, the client must not ask the server for zstd."""
+    prelude = 'import sys\nsys.modules["zstandard"] = None  # as if not installed (the light install has none)\n'
+    script = prelude + compressed_answers_script(live_url)
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    check_gzip_without_zstd(ran)
+
+
 def test_a_server_that_refuses_arrow_is_asked_in_json(client):
     transport = RefusesArrow(client._transport)
     with AmortizedClient(transport=transport, base_url="http://testserver") as api:
@@ -136,8 +347,8 @@ def test_the_client_installs_alone_without_the_servers_dependencies(light_client
     assert not names & set(SERVER_ONLY), names & set(SERVER_ONLY)
 
 
-def test_the_light_client_reads_arrow_from_a_real_server(light_client, tmp_path):
-    process, url = start_server({"AMORTIZED_ARTIFACTS_DIR": str(ARTIFACTS)})
+def test_the_light_client_reads_arrow_from_a_real_server(light_client, live_url, tmp_path):
+    url = live_url
     script = textwrap.dedent(
         f"""
         import sys
@@ -148,14 +359,20 @@ def test_the_light_client_reads_arrow_from_a_real_server(light_client, tmp_path)
             print(api.format, columns.x.shape, columns.diagnostics["verdict"].tolist(), "torch" in sys.modules)
         """
     )
-    try:
-        # run from an empty folder, so that the checkout's own client/ is not what gets imported
-        ran = subprocess.run([light_client, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    finally:
-        stop_server(process)
+    # run from an empty folder, so that the checkout's own client/ is not what gets imported
+    ran = subprocess.run([light_client, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert ran.returncode == 0, ran.stderr
     words = ran.stdout.split()
     assert words[:3] == ["arrow", "(3,", "200)"] and words[-1] == "False", ran.stdout
+
+
+def test_the_light_client_reads_compressed_answers_without_zstandard(light_client, live_url, tmp_path):
+    """The light install has no zstandard, so its httpx cannot decode zstd: compress=True must still read answers."""
+    absent = subprocess.run([light_client, "-c", "import zstandard"], capture_output=True, text=True, cwd=tmp_path)
+    assert absent.returncode != 0 and "zstandard" in absent.stderr, absent
+    script = compressed_answers_script(live_url)
+    ran = subprocess.run([light_client, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    check_gzip_without_zstd(ran)
 
 
 def test_the_checkout_runs_the_client_it_installs():
