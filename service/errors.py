@@ -7,6 +7,7 @@ where, why and what kind.
 
 from __future__ import annotations
 
+import codecs
 import email.message
 import sys
 from collections.abc import Mapping, Sequence
@@ -16,8 +17,8 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Route
-from starlette.types import Send
+from starlette.routing import Match
+from starlette.types import Scope, Send
 
 from service.responses import json_response
 from service.schemas import MAX_ABS_Y
@@ -194,15 +195,71 @@ def why_unparsed(cause: BaseException | None) -> str | None:
     """
     if isinstance(cause, RecursionError):
         return "the body could not be read as JSON: its arrays or objects are nested too deeply"
-    if isinstance(cause, UnicodeDecodeError):
-        offending = cause.object[cause.start : cause.start + 1]
-        return f"the body is not valid JSON: it is not UTF-8 text (byte {cause.start} is 0x{offending.hex()})"
+    if isinstance(cause, UnicodeDecodeError):  # the Utf8Json middleware refuses such bodies before they get here
+        return not_utf8(bytes(cause.object)) or "the body is not valid JSON: it is not UTF-8 text"
     if isinstance(cause, ValueError) and "integer string conversion" in str(cause):
         return (
             f"the body holds an integer of more than {sys.get_int_max_str_digits()} digits, which the JSON decoder "
             "refuses: no field takes a number that long (observations must be within +-1e9, seeds below 2^63)"
         )
     return None
+
+
+# byte order marks of the encodings JSON's decoder would guess; UTF-32LE's begins with UTF-16LE's: it comes first
+WIDE_BOMS = (
+    (codecs.BOM_UTF32_BE, "UTF-32BE"),
+    (codecs.BOM_UTF32_LE, "UTF-32LE"),
+    (codecs.BOM_UTF16_BE, "UTF-16BE"),
+    (codecs.BOM_UTF16_LE, "UTF-16LE"),
+)
+
+
+def wide_encoding(body: bytes) -> tuple[str, str] | None:
+    """The UTF-16 or UTF-32 the start of a body shows, and how; None when it shows neither.
+
+    A byte order mark shows it, or NULs among the first bytes: a JSON text
+    begins with two ASCII characters, which UTF-16 and UTF-32 pad with NULs
+    (RFC 4627, 3). These are the cases in which Python's ``json.loads`` of
+    bytes (``json.detect_encoding``) decodes a body as other than UTF-8.
+    """
+    for bom, name in WIDE_BOMS:
+        if body.startswith(bom):
+            return name, "as its byte order mark shows"
+    if len(body) == 2 or len(body) >= 4:
+        nuls = "as the NUL bytes at its start show"
+        if not body[0]:  # 00 00 .. .. or 00 xx
+            return ("UTF-16BE" if body[1] else "UTF-32BE"), nuls
+        if not body[1]:  # xx 00 00 00, or xx 00 with something else
+            return ("UTF-16LE" if len(body) == 2 or body[2] or body[3] else "UTF-32LE"), nuls
+    return None
+
+
+def not_utf8(body: bytes) -> str | None:
+    """Why a JSON body is not UTF-8 text, naming its first offending byte; None when it is UTF-8 (RFC 8259, 8.1).
+
+    A body in UTF-16 or UTF-32 (:func:`wide_encoding`) says so, and its first
+    offending byte is the first that is not UTF-8 or is a NUL. A UTF-8 byte
+    order mark is UTF-8: the decoder ignores it, as RFC 8259 (8.1) allows.
+    """
+    wide = wide_encoding(body)
+    if wide is None and body.isascii():  # the common case, in one pass
+        return None
+    try:
+        body.decode("utf-8")
+        first_bad = len(body)
+    except UnicodeDecodeError as error:
+        first_bad = error.start
+    if wide is None:
+        if first_bad == len(body):
+            return None
+        return f"the body is not valid JSON: it is not UTF-8 text (byte {first_bad} is 0x{body[first_bad]:02x})"
+    name, evidence = wide
+    nul = body.find(0)
+    first_bad = min(first_bad, nul if nul >= 0 else len(body))
+    return (
+        f"the body is not valid JSON: it is not UTF-8 text but {name}, {evidence} (byte {first_bad} is "
+        f"0x{body[first_bad]:02x}); JSON must be sent as UTF-8 (RFC 8259, 8.1)"
+    )
 
 
 async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -212,21 +269,50 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         detail = why_unparsed(exc.__cause__) or detail
     headers = dict(exc.headers) if exc.headers else None
     if exc.status_code == 405:  # every method of the path (GET /v1/models and POST /v1/models sit in two routers)
-        headers = {**(headers or {}), "Allow": allowed_methods(request)}
+        headers = {k: v for k, v in (headers or {}).items() if k.lower() != "allow"}
+        headers["Allow"] = allowed_methods(request, (exc.headers or {}).get("Allow", ""))
     return json_response(
         error_body([{"loc": loc, "msg": detail, "type": f"http_{exc.status_code}"}]), exc.status_code, headers
     )
 
 
-def allowed_methods(request: Request) -> str:
-    """The methods of every route whose path matches the request's (Starlette's 405 names the first route's)."""
-    path = request.scope.get("path", "")
-    methods = {
-        method
-        for route in request.app.routes
-        if isinstance(route, Route) and route.methods and route.path_regex.match(path)
-        for method in route.methods
-    }
+PROBED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "QUERY")
+UNDECLARED_METHOD = "AMORTIZED-UNDECLARED"  # no route declares it: a route that takes it takes any method
+
+
+def allowed_methods(request: Request, declared: str = "") -> str:
+    """The methods the request's path answers, for the ``Allow`` of a 405 (RFC 9110, 15.5.6: it must list them).
+
+    Starlette's 405 (``declared``) names the methods of the first route whose
+    path matched, not of every route of the path, and FastAPI keeps an
+    included router as one route of the app (it no longer copies the router's
+    routes into ``app.routes``, whose ``Route`` objects this used to scan: it
+    found none and sent ``Allow:`` empty). So each of the app's routes is
+    asked, through its public ``matches``, whether it takes the path with each
+    method. A route that takes any method (a mount: its app decides, as
+    StaticFiles does with its own ``Allow``) adds nothing; ``declared`` stays.
+    GET brings HEAD: the HeadAsGet middleware answers HEAD wherever GET answers.
+    """
+    scope = request.scope
+    root_path = scope.get("app_root_path", scope.get("root_path", ""))  # a mount extends root_path
+
+    def probe(method: str) -> Scope:
+        return {
+            "type": "http",
+            "method": method,
+            "path": scope["path"],
+            "root_path": root_path,
+            "headers": scope.get("headers", []),
+            "query_string": b"",
+        }
+
+    methods = {m.strip().upper() for m in declared.split(",") if m.strip()}
+    for route in request.app.router.routes:
+        if route.matches(probe(UNDECLARED_METHOD))[0] == Match.FULL:
+            continue
+        methods |= {m for m in PROBED_METHODS if route.matches(probe(m))[0] == Match.FULL}
+    if "GET" in methods:
+        methods.add("HEAD")
     return ", ".join(sorted(methods))
 
 

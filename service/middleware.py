@@ -5,9 +5,13 @@
 - :class:`BodySizeLimit`: 413 while the body streams in, so an oversized request never fills memory.
 - :class:`ContentEncoding`: gzip bodies are decoded (within the size limit), other encodings refused.
   Without it, a gzip body reached the JSON parser as bytes (a generic 400) and
-  a plain body labelled gzip was accepted as if unlabelled. Decoding uses the
-  standard library's zlib; the decoded size is bounded as it inflates, so a
-  small compressed body cannot expand into memory (a "zip bomb").
+  a plain body labelled gzip was accepted as if unlabelled. Decoding
+  (:class:`GzipMembers`) uses the standard library's zlib, member after member
+  as the body arrives; the decoded size is bounded as it inflates, so a small
+  compressed body cannot expand into memory (a "zip bomb"); bytes after the
+  gzip data that begin no member are refused.
+- :class:`Utf8Json` (inside ContentEncoding, so it sees decoded bodies): a JSON
+  body that is not UTF-8 gets 400 naming its first offending byte, UTF-16 and UTF-32 by name.
 - :class:`HeadAsGet`: HEAD answers wherever GET does.
 - :class:`ResponseCompression`: answers above a size threshold compressed as
   the client's ``Accept-Encoding`` allows: zstd (the ``zstandard`` bindings of
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import re
 import zlib
+from collections.abc import Callable
 
 import anyio.to_thread
 import zstandard
@@ -28,7 +33,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.gzip import GZipResponder, IdentityResponder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import send_error
+from service.errors import not_utf8, reads_as_json, send_error
 
 
 class BodyTimeout:
@@ -104,14 +109,143 @@ class BodySizeLimit:
         await self.app(scope, limited_receive, send)
 
 
-class ContentEncoding:
-    """ASGI middleware: decode ``Content-Encoding: gzip`` bodies.
+class Refusal(Exception):
+    """A request refused before routing: the 4xx :func:`send_error` sends (status, where, why, type)."""
 
-    415 naming the header for other encodings, 400 for bad gzip.
+    def __init__(self, status: int, loc: list[str | int], msg: str, kind: str) -> None:
+        super().__init__(msg)
+        self.status, self.loc, self.msg, self.kind = status, loc, msg, kind
+
+
+async def read_body(receive: Receive, consume: Callable[[bytes], None]) -> bool:
+    """Hand each part of the request body to ``consume`` as it arrives; False when the client hung up first.
+
+    The outer middlewares' HTTPException (413 past the raw size limit, 408 for a stalled body) and ``consume``'s
+    :class:`Refusal` propagate: :func:`refusing` answers them.
+    """
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return False
+        consume(message.get("body", b""))
+        if not message.get("more_body", False):
+            return True
+
+
+async def refusing(send: Send, error: Exception) -> None:
+    """Answer an error raised while reading the body: a :class:`Refusal`, or an HTTPException at ``["body"]``."""
+    if isinstance(error, Refusal):
+        return await send_error(send, error.status, error.loc, error.msg, error.kind)
+    assert isinstance(error, HTTPException)
+    kind = f"http_{error.status_code}"
+    await send_error(send, error.status_code, ["body"], str(error.detail), kind, error.headers)
+
+
+def replay(receive: Receive, body: bytes) -> Receive:
+    """``receive`` for the app inside: the whole ``body`` in one message, then the connection's own (disconnects)."""
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replayed
+
+
+GZIP_MAGIC = b"\x1f\x8b"  # the first two bytes of every gzip member (RFC 1952, 2.3.1)
+
+
+class GzipMembers:
+    """Incremental decoder of a gzip body: every member, at most ``max_bytes`` decoded across all of them.
+
+    A gzip file is a series of members (RFC 1952, 2.2), each compressed on its
+    own; ``gunzip`` and Python's ``gzip.decompress`` decode them all, and so
+    does this (one zlib stream per member: zlib stops at the end of the first,
+    which cut a two-member body to its first). After a member may come NUL
+    padding (both skip it) or another member; any other byte is refused, as
+    Python refuses it, where the one-member decoder dropped it silently. The
+    decoded size is bounded as it inflates, across members, so neither one
+    member nor many small ones can expand into memory (a "zip bomb"). Input is
+    inflated in pieces of at most :attr:`PIECE` bytes: zlib copies the input
+    after a member's end (``unused_data``), so whole-body calls made a body of
+    many tiny members quadratic (Python's ``gzip.decompress`` takes 3 s on 1 MB
+    of empty members); by pieces, each copy is at most a piece.
+    """
+
+    PIECE = 4096
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.parts: list[bytes] = []
+        self.size = 0  # decoded bytes so far
+        self.received = 0  # raw bytes fed so far
+        self.members = 0  # members decoded to their end
+        self.inflater: zlib._Decompress | None = None  # the member being decoded; None between members
+        self.between = b""  # after a member: bytes too few yet to tell whether another member begins
+
+    def feed(self, data: bytes) -> None:
+        view = memoryview(data)
+        for start in range(0, len(view), self.PIECE):
+            piece = view[start : start + self.PIECE]
+            self.received += len(piece)
+            self._feed(piece)
+
+    def _feed(self, data: bytes | memoryview) -> None:
+        while data:
+            if self.inflater is None:
+                if self.members:  # after a member: another one, NUL padding (gzip(1) and Python skip it), or neither
+                    head = (self.between + bytes(data)).lstrip(b"\x00")
+                    if not GZIP_MAGIC.startswith(head[: len(GZIP_MAGIC)]):
+                        bad = 0 if head[0] != GZIP_MAGIC[0] else 1
+                        msg = (
+                            f"Content-Encoding is gzip, but byte {self.received - len(head) + bad} of the body "
+                            f"(0x{head[bad]:02x}) follows the gzip data and does not begin another gzip member: "
+                            "after a member may come only another member (RFC 1952, 2.2), or NUL padding"
+                        )
+                        raise Refusal(400, ["header", "content-encoding"], msg, "invalid_encoding")
+                    if len(head) < len(GZIP_MAGIC):  # too few bytes yet to tell
+                        self.between = head
+                        return
+                    self.between, data = b"", head
+                # zlib checks the member's header (the first member's magic too), and its CRC-32 and length
+                self.inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip framing only
+            try:  # at most one byte past the limit: enough to tell it is exceeded
+                decoded = self.inflater.decompress(data, self.max_bytes + 1 - self.size)
+            except zlib.error as error:
+                msg = f"Content-Encoding is gzip, but the body is not valid gzip data ({error})"
+                raise Refusal(400, ["header", "content-encoding"], msg, "invalid_encoding") from None
+            self.size += len(decoded)
+            if self.size > self.max_bytes:
+                msg = f"request body larger than {self.max_bytes} bytes once decoded (AMORTIZED_MAX_BODY_BYTES)"
+                raise Refusal(413, ["body"], msg, "http_413")
+            self.parts.append(decoded)
+            if not self.inflater.eof:  # all of data taken in (the output had room): the member goes on
+                return
+            data, self.inflater = self.inflater.unused_data, None
+            self.members += 1
+
+    def finish(self) -> bytes:
+        """The decoded body, once the raw body has ended: every member complete."""
+        if self.inflater is not None or self.between or not self.members:
+            why = "the body is empty" if not self.received else "the gzip data is truncated"
+            raise Refusal(
+                400, ["header", "content-encoding"], f"Content-Encoding is gzip, but {why}", "invalid_encoding"
+            )
+        return b"".join(self.parts)
+
+
+class ContentEncoding:
+    """ASGI middleware: decode ``Content-Encoding: gzip`` bodies (every member), then check JSON bodies are UTF-8.
+
+    415 naming the header for other encodings, 400 for bad gzip (:class:`GzipMembers`). The app inside is wrapped in
+    :class:`Utf8Json`, so what it checks is the decoded body.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+        self.app, self.max_bytes = Utf8Json(app), max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -124,49 +258,47 @@ class ContentEncoding:
         if codings != ["gzip"]:
             msg = f"Content-Encoding {', '.join(codings)!r} is not supported: send the body as is, or gzip-compressed"
             return await send_error(send, 415, ["header", "content-encoding"], msg, "unsupported_media_type")
-        body = b""
-        while True:  # the raw body is bounded by the BodySizeLimit middleware outside this one, which raises past it
-            try:
-                message = await receive()
-            except HTTPException as error:
-                return await send_error(
-                    send, error.status_code, ["body"], str(error.detail), f"http_{error.status_code}", error.headers
-                )
-            if message["type"] == "http.disconnect":
+        decoder = GzipMembers(self.max_bytes)
+        try:  # decoded as it arrives; the raw body is bounded by the BodySizeLimit middleware outside this one
+            if not await read_body(receive, decoder.feed):
                 return
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
-        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip framing only
-        try:
-            decoded = inflater.decompress(body, self.max_bytes + 1)
-            complete = inflater.eof and not inflater.unconsumed_tail
-        except zlib.error as error:
-            msg = f"Content-Encoding is gzip, but the body is not valid gzip data ({error})"
-            return await send_error(send, 400, ["header", "content-encoding"], msg, "invalid_encoding")
-        if len(decoded) > self.max_bytes:
-            msg = f"request body larger than {self.max_bytes} bytes once decoded (AMORTIZED_MAX_BODY_BYTES)"
-            return await send_error(send, 413, ["body"], msg, "http_413")
-        if not complete:
-            return await send_error(
-                send,
-                400,
-                ["header", "content-encoding"],
-                "Content-Encoding is gzip, but the gzip data is truncated",
-                "invalid_encoding",
-            )
+            decoded = decoder.finish()
+        except (HTTPException, Refusal) as error:
+            return await refusing(send, error)
         kept = [(n, v) for n, v in headers if n not in (b"content-encoding", b"content-length")]
         scope = {**scope, "headers": [*kept, (b"content-length", str(len(decoded)).encode())]}
-        sent = False
+        await self.app(scope, replay(receive, decoded), send)
 
-        async def decoded_receive() -> Message:
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": decoded, "more_body": False}
 
-        await self.app(scope, decoded_receive, send)
+class Utf8Json:
+    """ASGI middleware: 400 at ``["body"]`` for a JSON body that is not UTF-8 text, naming the first offending byte.
+
+    JSON exchanged between systems is UTF-8 (RFC 8259, 8.1), but the decoder
+    behind FastAPI (``json.loads`` of bytes) guesses UTF-16 and UTF-32 from a
+    byte order mark or from NULs at the start, so such bodies were answered
+    200, and one with a UTF-16 byte order mark but odd bytes got a 400 naming a
+    byte in the middle. Only bodies FastAPI reads as JSON are read here (their
+    Content-Type says so); the rest pass untouched. A UTF-8 byte order mark is
+    left to the decoder, which ignores it (RFC 8259, 8.1 allows that).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not reads_as_json(Headers(scope=scope).get("content-type", "")):
+            return await self.app(scope, receive, send)
+        parts: list[bytes] = []
+        try:
+            if not await read_body(receive, parts.append):
+                return
+        except HTTPException as error:
+            return await refusing(send, error)
+        body = b"".join(parts)
+        problem = not_utf8(body)
+        if problem is not None:
+            return await send_error(send, 400, ["body"], problem, "http_400")
+        await self.app(scope, replay(receive, body), send)
 
 
 class HeadAsGet:

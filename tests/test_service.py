@@ -1,9 +1,14 @@
 """The HTTP contract, through the app: answers match the networks and the truth, bad input gets a clear 4xx."""
 
+import asyncio
+import codecs
+import gzip
+import io
 import json
 import math
 import shutil
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -15,6 +20,7 @@ from scipy import stats
 from amortized.evaluation import best_in_family, kl_divergences
 from service import schemas
 from service.main import create_app
+from service.middleware import ContentEncoding
 from service.schemas import ModelDetail, ModelSummary, PosteriorResponse
 from service.settings import Settings
 from tests.conftest import ARTIFACTS
@@ -452,3 +458,219 @@ def test_query_parameters_a_route_takes_still_work_and_list_ones_repeat(client):
     assert posterior.status_code == 422 and posterior.json()["detail"][0]["loc"] == ["query", "seed"]
     # the pages carry the explorer's state in their URL, read by the page: left alone
     assert client.get("/explore?model=gmm&y=1.5&n=1000").status_code == 200
+
+
+# --- request bodies: every gzip member, nothing after them; UTF-8 only; 405s list the allowed methods -------------
+
+JSON = {"content-type": "application/json"}
+GZIP = {**JSON, "content-encoding": "gzip"}
+PLAIN_BODY = json.dumps({"y": [0.5, 2.0], "num_samples": 20, "seed": 3}).encode()
+
+
+def gzip_member(data: bytes, name: str | None = None) -> bytes:
+    """One gzip member of ``data``, with a file name in its header (the FNAME flag) when ``name`` is given."""
+    if name is None:
+        return gzip.compress(data, mtime=0)
+    sink = io.BytesIO()
+    with gzip.GzipFile(filename=name, mode="wb", fileobj=sink, mtime=0) as member:
+        member.write(data)
+    return sink.getvalue()
+
+
+MEMBERS = {
+    "two members": gzip_member(PLAIN_BODY[:7]) + gzip_member(PLAIN_BODY[7:]),
+    "one member a byte": b"".join(gzip_member(PLAIN_BODY[i : i + 1]) for i in range(len(PLAIN_BODY))),
+    "an empty member between": gzip_member(PLAIN_BODY[:9]) + gzip_member(b"") + gzip_member(PLAIN_BODY[9:]),
+    "members with file names": gzip_member(PLAIN_BODY[:3], "a.json") + gzip_member(PLAIN_BODY[3:], "b.json"),
+    "NUL padding between and after": gzip_member(PLAIN_BODY[:5]) + b"\0" * 7 + gzip_member(PLAIN_BODY[5:]) + b"\0" * 3,
+}
+
+
+@pytest.mark.parametrize("raw", MEMBERS.values(), ids=MEMBERS.keys())
+def test_a_gzip_body_of_several_members_is_decoded_whole(client, raw):
+    """RFC 1952, 2.2: a gzip body is a series of members; the first alone was decoded (a 422 at character 7)."""
+    assert gzip.decompress(raw) == PLAIN_BODY  # the reference decoder reads the whole series
+    plain = client.post("/v1/models/gmm/posterior", content=PLAIN_BODY, headers=JSON)
+    zipped = client.post("/v1/models/gmm/posterior", content=raw, headers=GZIP)
+    assert plain.status_code == 200 and zipped.status_code == 200, zipped.text
+    assert zipped.content == plain.content
+
+
+ONE_MEMBER = gzip_member(PLAIN_BODY)
+AFTER_THE_DATA = {  # what follows a complete member, and the offset in it of the first byte that is not gzip
+    "text": (b"garbage", 0),
+    "NUL padding, then text": (b"\0\0\0garbage", 3),
+    "the first magic byte, then another": (b"\x1f\x00gzip", 1),
+    "a lone first magic byte": (b"\x1f", None),
+    "a member cut short": (gzip_member(PLAIN_BODY)[:15], None),
+    "a member with a bad CRC-32": (ONE_MEMBER[:-8] + bytes([ONE_MEMBER[-8] ^ 1]) + ONE_MEMBER[-7:], None),
+    "the magic alone": (b"\x1f\x8b", None),
+}
+
+
+@pytest.mark.parametrize("after, bad", AFTER_THE_DATA.values(), ids=AFTER_THE_DATA.keys())
+def test_bytes_after_the_gzip_data_that_are_not_a_whole_member_get_400_naming_the_header(client, after, bad):
+    """gzip.compress(body) + b"garbage" was answered 200, the garbage dropped; Python's decoder refuses it."""
+    raw = ONE_MEMBER + after
+    with pytest.raises((gzip.BadGzipFile, EOFError, zlib.error)):
+        gzip.decompress(raw)
+    response = client.post("/v1/models/gmm/posterior", content=raw, headers=GZIP)
+    assert response.status_code == 400, response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["header", "content-encoding"] and error["msg"].startswith("Content-Encoding is gzip, but")
+    if bad is not None:  # the first byte that begins no member, where it is
+        where = len(ONE_MEMBER) + bad
+        assert f"byte {where} of the body (0x{raw[where]:02x})" in error["msg"] and "RFC 1952" in error["msg"]
+
+
+@pytest.mark.parametrize("extra", [0, 1], ids=["at the limit", "one byte over"])
+def test_the_decoded_size_limit_holds_across_gzip_members(app, client, extra):
+    """Each member well under AMORTIZED_MAX_BODY_BYTES once decoded, all of them together at it or over it."""
+    limit = app.state.settings.max_body_bytes
+    body = PLAIN_BODY + b" " * (limit - len(PLAIN_BODY) + extra)  # JSON may end in white space
+    quarter = len(body) // 4
+    raw = b"".join(gzip_member(body[i * quarter : (i + 1) * quarter if i < 3 else None]) for i in range(4))
+    assert len(gzip.decompress(raw)) == limit + extra and len(raw) < limit // 100
+    response = client.post("/v1/models/gmm/posterior", content=raw, headers=GZIP)
+    if extra:
+        assert response.status_code == 413 and "once decoded" in response.json()["detail"][0]["msg"], response.text
+    else:
+        assert response.status_code == 200, response.text
+
+
+def through_content_encoding(headers: list[tuple[bytes, bytes]], parts: list[bytes]) -> tuple[list[dict], bytes | None]:
+    """Run the ContentEncoding middleware on a POST whose body arrives in ``parts``: what it sent, what it passed on."""
+    passed_on: list[bytes] = []
+
+    async def inner(scope, receive, send):
+        passed_on.append((await receive())["body"])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    messages = [{"type": "http.request", "body": p, "more_body": i < len(parts) - 1} for i, p in enumerate(parts)]
+    sent: list[dict] = []
+
+    async def receive():
+        return messages.pop(0)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": headers}
+    asyncio.run(ContentEncoding(inner, max_bytes=1_000_000)(scope, receive, send))
+    return sent, (passed_on[0] if passed_on else None)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 4096, 4097], ids=lambda n: f"{n} bytes a part")
+def test_gzip_members_are_decoded_as_the_body_arrives_whatever_its_parts(size):
+    """The decoder is fed each part as it arrives: member boundaries, magic bytes and padding split anywhere."""
+    raw = MEMBERS["NUL padding between and after"] + MEMBERS["members with file names"]
+    parts = [raw[i : i + size] for i in range(0, len(raw), size)]
+    headers = [(b"content-type", b"application/json"), (b"content-encoding", b"gzip")]
+    sent, body = through_content_encoding(headers, parts)
+    assert sent[0]["status"] == 204 and body == gzip.decompress(raw) == PLAIN_BODY + PLAIN_BODY
+    sent, body = through_content_encoding(headers, [*parts, b"\0\0x"])
+    assert sent[0]["status"] == 400 and body is None
+    assert f"byte {len(raw) + 2} of the body (0x78)" in json.loads(sent[1]["body"])["detail"][0]["msg"]
+
+
+def utf_name(codec: str) -> str:
+    """The name Python's codec stands for, as the answer writes it: utf-16-le is UTF-16LE; utf-16 and utf-32 (with a
+    byte order mark) are in this machine's byte order."""
+    name = codec.upper()
+    if name in ("UTF-16", "UTF-32"):
+        name += "LE" if sys.byteorder == "little" else "BE"
+    return name.replace("-LE", "LE").replace("-BE", "BE")
+
+
+@pytest.mark.parametrize("codec", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"])
+@pytest.mark.parametrize("encoding", [JSON, GZIP], ids=["plain", "gzip"])
+def test_a_utf16_or_utf32_body_is_refused_naming_its_encoding_and_first_byte(client, codec, encoding):
+    """RFC 8259, 8.1: JSON between systems is UTF-8. Python's decoder guesses UTF-16 and UTF-32: they got 200."""
+    text = json.dumps({"y": 0.5, "num_samples": 10, "objective": "pq"})
+    raw = text.encode(codec)
+    assert json.loads(raw) == json.loads(text)  # the decoder behind FastAPI would have read it
+    utf8 = text.encode("utf-8")
+    first = next(i for i, (a, b) in enumerate(zip(raw, utf8, strict=False)) if a != b)  # where it departs from UTF-8
+    content = gzip.compress(raw) if encoding is GZIP else raw
+    response = client.post("/v1/models/gmm/posterior", content=content, headers=encoding)
+    assert response.status_code == 400, response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body"] and "not UTF-8" in error["msg"] and "RFC 8259" in error["msg"]
+    assert f"but {utf_name(codec)}," in error["msg"] and f"byte {first} is 0x{raw[first]:02x}" in error["msg"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'\xff\xfe{"y": 0.5, "num_samples": 10}',  # a UTF-16 byte order mark before UTF-8 text (was: "byte 8")
+        b'\xfe\xff{"y": 0.5}',
+        b'\x00\x00\xfe\xff{"y": 0.5}',
+        b'\xff\xfe\x00\x00{"y": 0.5}',
+        b'\x00{"y": 0.5}',
+        b'{\x00"y": 0.5}',
+        b'{\x00\x00\x00"y": 0.5}',
+        b'\x00\x00\x00{"y": 0.5}',
+        b"{\x00",
+    ],
+)
+def test_every_body_the_json_decoder_would_not_read_as_utf8_is_refused(client, raw):
+    """What json.loads decodes as UTF-16 or UTF-32 (json.detect_encoding, the reference) gets a 400 naming that."""
+    guessed = json.detect_encoding(raw)
+    assert guessed not in ("utf-8", "utf-8-sig")
+    response = client.post("/v1/models/gmm/posterior", content=raw, headers=JSON)
+    assert response.status_code == 400, response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body"] and "not UTF-8" in error["msg"]
+    bom = {
+        "utf-16": raw.startswith((b"\xff\xfe", b"\xfe\xff")),
+        "utf-32": raw.startswith((b"\0\0\xfe\xff", b"\xff\xfe\0\0")),
+    }
+    if guessed in bom:  # by the byte order mark: the encoding and its byte order
+        assert "byte order mark" in error["msg"] and f"but {guessed.upper()}" in error["msg"]
+        assert f"{'BE' if raw[0] in (0, 0xFE) else 'LE'}," in error["msg"]
+    else:
+        assert f"but {utf_name(guessed)}, as the NUL bytes" in error["msg"]
+    first = 0 if raw[0] in (0, 0xFE, 0xFF) else 1  # the byte order mark's first, or the first NUL
+    assert f"byte {first} is 0x{raw[first]:02x}" in error["msg"]
+
+
+def test_a_utf8_byte_order_mark_is_ignored_and_utf8_text_answers(client):
+    """RFC 8259, 8.1 lets a parser ignore a UTF-8 byte order mark, as Python's does: the answer is the plain one."""
+    plain = client.post("/v1/models/gmm/posterior", content=PLAIN_BODY, headers=JSON)
+    marked = client.post("/v1/models/gmm/posterior", content=codecs.BOM_UTF8 + PLAIN_BODY, headers=JSON)
+    assert plain.status_code == marked.status_code == 200 and marked.content == plain.content
+    accented = json.dumps({"y": 0.5, "objective": "pé"}, ensure_ascii=False).encode()  # UTF-8 beyond ASCII
+    response = client.post("/v1/models/gmm/posterior", content=accented, headers=JSON)
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "objective"]
+
+
+def allow(response) -> set[str]:
+    return {method.strip() for method in response.headers["allow"].split(",") if method.strip()}
+
+
+def test_a_405_lists_in_allow_exactly_the_methods_the_path_answers(app, client):
+    """RFC 9110, 15.5.6: Allow was sent empty. For every route, the methods that do not get 405 are the ones listed."""
+    concrete = {
+        "/v1/models/{model}": "/v1/models/gmm",
+        "/v1/models/{model}/posterior": "/v1/models/gmm/posterior",
+        "/v1/models/{model}/posterior.png": "/v1/models/gmm/posterior.png?y=0",
+        "/v1/models/{model}/exact": "/v1/models/gmm/exact?y=0",
+        "/v1/jobs/{job_id}": "/v1/jobs/0123",
+    }
+    paths = [concrete.get(p, p) for p in app.openapi()["paths"]]
+    paths += ["/openapi.json", "/docs", "/redoc", "/", "/explore", "/static/docs/swagger-ui.css"]
+    seen = set()
+    for path in paths:
+        answers = {m: client.request(m, path) for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
+        answered = {m for m, r in answers.items() if r.status_code != 405}
+        refused = [r for r in answers.values() if r.status_code == 405]
+        assert answered and refused, path
+        for response in refused:
+            assert allow(response) == answered, (path, response.request.method, response.headers["allow"])
+            if response.request.method != "HEAD":  # HEAD: GET's headers without the body
+                assert response.json()["detail"][0]["type"] == "http_405"
+        seen.add(frozenset(answered))
+    # POST only, GET and HEAD, GET HEAD and POST (/v1/models), GET HEAD and DELETE (/v1/jobs/{job_id})
+    assert {frozenset({"POST"}), frozenset({"GET", "HEAD"}), frozenset({"GET", "HEAD", "POST"})} <= seen
+    assert frozenset({"DELETE", "GET", "HEAD"}) in seen

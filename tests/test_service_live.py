@@ -124,3 +124,35 @@ def test_a_slow_body_that_keeps_arriving_is_answered(server):
     answer = json.loads(response.partition(b"\r\n\r\n")[2])
     with AmortizedClient(server) as api:
         assert answer["log_weights"] == api.posterior("gmm", 0.5, num_samples=10, seed=4).log_weights.tolist()
+
+
+def test_a_gzip_body_of_two_members_arriving_in_parts_is_answered_whole(server):
+    """Over a real connection, the second member's magic split between two parts: decoded as the parts arrive."""
+    body = b'{"y": 0.5, "num_samples": 10, "seed": 4}'
+    first, second = gzip.compress(body[:12]), gzip.compress(body[12:])
+    raw = first + second
+    assert gzip.decompress(raw) == body
+    head = b"POST /v1/models/gmm/posterior HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += f"Content-Encoding: gzip\r\nContent-Length: {len(raw)}\r\n\r\n".encode()
+    parts = [raw[: len(first) - 3], raw[len(first) - 3 : len(first) + 1], raw[len(first) + 1 :]]
+    response, _, _ = exchange(server, head, parts, pause=0.1)
+    assert response.startswith(b"HTTP/1.1 200 OK"), response[:300]
+    answer = json.loads(response.partition(b"\r\n\r\n")[2])
+    with AmortizedClient(server) as api:
+        assert answer["log_weights"] == api.posterior("gmm", 0.5, num_samples=10, seed=4).log_weights.tolist()
+
+
+@pytest.mark.parametrize(
+    "request_line, allowed",
+    [
+        (b"GET /v1/models/gmm/posterior", b"POST"),
+        (b"DELETE /v1/models", b"GET, HEAD, POST"),
+        (b"POST /health/live", b"GET, HEAD"),
+    ],
+)
+def test_a_405_on_the_wire_carries_the_allowed_methods(server, request_line, allowed):
+    """``curl -i -X GET .../posterior`` showed ``allow: `` (empty); RFC 9110, 15.5.6 requires the methods."""
+    response, _, _ = exchange(server, request_line + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", [])
+    status, _, rest = response.partition(b"\r\n")
+    headers = rest.partition(b"\r\n\r\n")[0].lower().split(b"\r\n")
+    assert status == b"HTTP/1.1 405 Method Not Allowed" and b"allow: " + allowed.lower() in headers, response

@@ -142,10 +142,11 @@ def mixture_check(log_weights: np.ndarray, log_ratio: np.ndarray) -> tuple[np.nd
     2000, "Safe and effective importance sampling"); its weights are bounded by
     twice either proposal's, so it covers what either covers.
 
-    Returns per observation ``(b,)``: the mixture's log evidence, its standard
-    error, the pooled weights' effective sample size, and the *missed mass*: the posterior probability of the region where
-    q's density is below ``MISSED_DENSITY_RATIO`` times the posterior's (where
-    q's importance weights exceed Z / ratio), self-normalised over the pooled
+    Returns per observation ``(b,)``: the mixture's log evidence, its
+    standard error, the pooled weights' effective sample size, and the
+    *missed mass*: the posterior probability of the region where q's density
+    is below ``MISSED_DENSITY_RATIO`` times the posterior's (where q's
+    importance weights exceed Z / ratio), self-normalised over the pooled
     draws, with its delta-method standard error. Importance weights of q alone
     cannot see that region: its draws almost never land there.
     """
