@@ -253,6 +253,7 @@ class ContentEncoding:
         headers = list(scope.get("headers", []))
         encodings = [value.decode("latin-1").strip().lower() for name, value in headers if name == b"content-encoding"]
         codings = [c.strip() for value in encodings for c in value.split(",") if c.strip() and c.strip() != "identity"]
+        codings = ["gzip" if coding == "x-gzip" else coding for coding in codings]  # the same (RFC 9110, 8.4.1.3)
         if not codings:
             return await self.app(scope, receive, send)
         if codings != ["gzip"]:

@@ -236,6 +236,13 @@ def test_gzip_bodies_are_decoded_and_mislabelled_ones_refused(client):
         headers={"content-type": "application/json", "content-encoding": "gzip"},
     )
     assert zipped.status_code == 200 and zipped.content == plain.content
+    for alias in ("x-gzip", "X-Gzip"):  # the same coding (RFC 9110, 8.4.1.3)
+        aliased = client.post(
+            URL.format("gmm"),
+            content=gzip.compress(body),
+            headers={"content-type": "application/json", "content-encoding": alias},
+        )
+        assert aliased.status_code == 200 and aliased.content == plain.content, alias
     mislabelled = client.post(
         URL.format("gmm"), content=body, headers={"content-type": "application/json", "content-encoding": "gzip"}
     )

@@ -132,7 +132,10 @@ def retry_after(active: list[JobRecord], workers: int) -> int:
     "running, gets 409; a full queue gets 429 with Retry-After. Poll the job at its Location; on success the variant "
     "is served at /v1/models/{name}/posterior.",
     responses={
-        400: {"model": ErrorResponse, "description": "the body is not decodable text (e.g. not UTF-8)"},
+        400: {
+            "model": ErrorResponse,
+            "description": "the body is not UTF-8 text, or does not decode as its Content-Encoding",
+        },
         409: {"model": ErrorResponse},
         413: {"model": ErrorResponse, "description": "body too large"},
         415: {"model": ErrorResponse, "description": "the body is not sent as JSON (Content-Type: application/json)"},

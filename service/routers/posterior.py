@@ -55,7 +55,10 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "gmm_open": {"summary": "gmm_open: one y", "value": {"y": 2.7, "objective": "pq", "num_samples": 1000, "seed": 7}},
 }
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse, "description": "the body is not decodable text (e.g. not UTF-8)"},
+    400: {
+        "model": ErrorResponse,
+        "description": "the body is not UTF-8 text, or does not decode as its Content-Encoding",
+    },
     404: {"model": ErrorResponse, "description": "unknown model, or objective not compiled for it"},
     409: {
         "model": ErrorResponse,
