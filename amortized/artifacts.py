@@ -55,6 +55,7 @@ from amortized.training import TrainingConfig
 from amortized.variants import check_name
 
 FORMAT_VERSION: Final = 2  # 2: variant and family (1 had "model", the family, whose default variant it was)
+MAX_MANIFEST_BYTES = 1 << 20  # a manifest is a few kB; a larger file is refused unread
 VERSION_LENGTH = 16  # hex digits of the weights' sha256 that name a version (as in the weights' file name)
 
 
@@ -230,30 +231,42 @@ def save_artifact(
     return target
 
 
-def read_regular_file(path: Path) -> bytes:
+def read_regular_file(path: Path, max_bytes: int | None = None) -> bytes:
     """The bytes of ``path`` if it is a regular file (a symbolic link to one counts); ArtifactError otherwise.
 
     Opened without blocking and checked on the open descriptor: a named pipe,
     a device or a socket dropped into the artifacts folder is refused at once
     instead of hanging the reader (opening a FIFO for reading waits for a
-    writer). Raises FileNotFoundError when there is no such file.
+    writer), and so is a file that cannot be opened (a socket, a symbolic link
+    loop, no permission) or, with ``max_bytes``, one larger than that (read
+    whole on every rescan, a 512 MB file took the worker past its memory
+    limit). Raises FileNotFoundError when there is no such file.
     """
-    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        mode = os.fstat(descriptor).st_mode
-        if not stat.S_ISREG(mode):
-            kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a pipe, device or socket)"
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise ArtifactError(f"{path}: cannot be opened ({error.strerror or error})") from None
+    try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            kind = "a directory" if stat.S_ISDIR(status.st_mode) else "not a regular file (a pipe, device or socket)"
             raise ArtifactError(f"{path}: {kind}")
+        if max_bytes is not None and status.st_size > max_bytes:
+            raise ArtifactError(f"{path}: {status.st_size} bytes, more than a manifest may hold ({max_bytes})")
         os.set_blocking(descriptor, True)
         with os.fdopen(descriptor, "rb", closefd=False) as handle:
             return handle.read()
+    except OSError as error:
+        raise ArtifactError(f"{path}: cannot be read ({error.strerror or error})") from None
     finally:
         os.close(descriptor)
 
 
 def read_manifest(path: Path) -> Manifest:
     try:
-        return Manifest.model_validate_json(read_regular_file(Path(path)))
+        return Manifest.model_validate_json(read_regular_file(Path(path), MAX_MANIFEST_BYTES))
     except FileNotFoundError:
         raise ArtifactError(f"{path}: no such manifest") from None
     except ValidationError as error:

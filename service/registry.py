@@ -22,7 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-from amortized.artifacts import Artifact, ArtifactError, agreeing, load_artifact, manifest_paths, read_regular_file
+from amortized.artifacts import (
+    MAX_MANIFEST_BYTES,
+    Artifact,
+    ArtifactError,
+    agreeing,
+    load_artifact,
+    manifest_paths,
+    read_regular_file,
+)
 from amortized.distributions import BranchedNormal
 from amortized.mixture import expand_components, view_for
 from amortized.models import ConjugateMixtureModel
@@ -120,9 +128,14 @@ def fingerprint(path: Path) -> tuple | None:
         stat = path.stat()
     except FileNotFoundError:
         return None
+    except OSError:  # a symbolic link loop, say: the link's own stat, and loading says why it is refused
+        try:
+            stat = path.lstat()
+        except OSError:
+            return None
     key: tuple = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-    try:
-        data = read_regular_file(path)  # a pipe or device is not read (it could block): loading refuses it
+    try:  # a pipe, socket or oversized file is not read (it could block, or fill memory): loading refuses it
+        data = read_regular_file(path, MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         return None
     except (ArtifactError, OSError):

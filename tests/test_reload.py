@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 
 import httpx
@@ -296,8 +297,9 @@ def test_a_broken_first_artifact_is_refused_without_touching_others(tmp_path):
 
 
 def test_pipes_and_manifests_that_cannot_be_built_are_refused_and_the_rescan_goes_on(tmp_path, monkeypatch):
-    """A named pipe where a manifest or weights file belongs hung the rescan (opening a FIFO waits for a writer);
-    a manifest whose model raised while being built (1 / sigma^2 of a tiny sigma) failed the whole rescan."""
+    """A named pipe where a manifest or weights file belongs hung the rescan (opening a FIFO waits for a writer); a
+    socket or a symbolic link loop failed it whole, as did a manifest whose model raised while being built (1 /
+    sigma^2 of a tiny sigma); a huge manifest was read whole every second."""
     import threading
 
     import amortized.artifacts
@@ -306,6 +308,14 @@ def test_pipes_and_manifests_that_cannot_be_built_are_refused_and_the_rescan_goe
     manifest = json.loads(good.read_text())
     (tmp_path / "piped").mkdir()
     os.mkfifo(tmp_path / "piped" / "pq.json")  # a pipe as the manifest
+    (tmp_path / "socketed").mkdir()  # a socket as the manifest: opening it fails (ENXIO)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "socketed" / "pq.json"))
+    (tmp_path / "looped").mkdir()  # a symbolic link to itself: stat and open fail (ELOOP)
+    (tmp_path / "looped" / "pq.json").symlink_to("pq.json")
+    (tmp_path / "huge").mkdir()  # a manifest of 2 MB (sparse): refused unread
+    with open(tmp_path / "huge" / "pq.json", "wb") as huge:
+        huge.truncate(2 << 20)
     weights_piped = tmp_path / "gamma" / "pq.json"  # a valid manifest whose weights file is a pipe
     weights_piped.parent.mkdir()
     weights_piped.write_text(json.dumps({**manifest, "variant": "gamma"}))
@@ -326,6 +336,10 @@ def test_pipes_and_manifests_that_cannot_be_built_are_refused_and_the_rescan_goe
     assert served_versions(registry) == {"alpha": {"pq": version_of(good)}}
     refused = registry.refused
     assert "not a regular file" in refused[str(tmp_path / "piped" / "pq.json")]
+    assert "cannot be opened" in refused[str(tmp_path / "socketed" / "pq.json")]
+    assert "cannot be opened" in refused[str(tmp_path / "looped" / "pq.json")]
+    assert "more than a manifest may hold" in refused[str(tmp_path / "huge" / "pq.json")]
+    listener.close()
     assert "not a regular file" in refused[str(weights_piped)]
     assert "ZeroDivisionError" in refused[str(unbuildable)]
     later = compile_into(tmp_path, "gaussian", "qp", name="alpha")  # the next rescan still serves what is new
