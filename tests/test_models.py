@@ -158,3 +158,20 @@ def test_numpy_and_torch_give_the_same_numbers(name):
     torch_q = BranchedNormal(*(as_torch(np.ascontiguousarray(a)) for a in (q.log_probs, q.means, q.stds)))
     for a, b in zip(kl_divergences(model, exact_np, q), kl_divergences(model, exact_t, torch_q)):
         np.testing.assert_allclose(a, b.numpy(), rtol=1e-10)
+
+
+@pytest.mark.parametrize("weights", [[0.5, 0.5], [0.3, 0.7]])
+def test_the_exact_posterior_keeps_the_prior_weights_where_the_fits_are_huge(weights):
+    """Means at +-1e6 with stds and sigma at their floor (1e-6): at y = 0 both fits are about -5e23 and equal, so
+    p(c | y) is the prior's weights and each component's posterior mean lies halfway between y and its prior mean
+    (equal prior and noise variances), at +-5e5; adding log p(c) to a fit of that size rounded it away
+    (probabilities of 1 each, 2 in all)."""
+    for library in (np.asarray, torch.tensor):
+        model = build_model("gmm", {"weights": weights, "means": [-1e6, 1e6], "stds": [1e-6, 1e-6], "sigma": 1e-6})
+        posterior, log_evidence = model.exact_posterior_and_evidence(library([0.0, 1e6]))
+        probs = np.asarray(posterior.probs)
+        np.testing.assert_allclose(probs[0], weights, rtol=1e-12)
+        np.testing.assert_allclose(probs[1], [0.0, 1.0], atol=1e-300)
+        spread = 1e6 * math.sqrt(weights[0] * weights[1])  # two points 1e6 apart with these weights
+        np.testing.assert_allclose(np.asarray(posterior.std_x())[0], spread, rtol=1e-9)
+        assert np.isfinite(np.asarray(log_evidence)).all()

@@ -321,11 +321,18 @@ class ConjugateMixtureModel(ABC):
         """
         t = self.table(y)
         y = like(y, t.means)[..., None]
-        log_joint_c = t.log_weights + normal_log_prob(y, t.means, t.predictive_stds)
+        fit = normal_log_prob(y, t.means, t.predictive_stds)  # log N(y; mu_c, s_c^2 + sigma^2)
+        # the prior weights join the fits relative to the best one: where every fit is huge (y 1e6 from the means
+        # with stds of 1e-6: fits near -5e23) log p(c) added to the fit itself was rounded away (probabilities of 2)
+        xp = lib(fit)
+        top = fit.amax(-1, keepdim=True) if xp is torch else fit.max(-1, keepdims=True)
+        top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))
+        relative = t.log_weights + (fit - top)
+        log_normaliser = logsumexp(relative, -1)
         means = t.posterior_variances * (t.means / t.stds**2 + y / self.sigma**2)
-        log_evidence = logsumexp(log_joint_c, -1)
-        stds = lib(y).broadcast_to(t.posterior_stds, means.shape)
-        return BranchedNormal(log_joint_c - log_evidence[..., None], means, stds), log_evidence
+        stds = xp.broadcast_to(t.posterior_stds, means.shape)
+        posterior = BranchedNormal(relative - log_normaliser[..., None], means, stds)
+        return posterior, log_normaliser + top[..., 0]
 
     def branch_probabilities(self, posterior: BranchedNormal) -> Array:
         """Sum component probabilities into branch probabilities, ``(batch, branches)``."""
