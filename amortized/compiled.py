@@ -81,10 +81,36 @@ def cache_folder() -> str | None:
     return folder
 
 
+COPY_PREFIX = "amortized-numba-"  # + the process id + "-": a copy of a read-only cache (writable_copy)
+
+
+def remove_dead_copies() -> None:
+    """Remove the copies that processes no longer running left in the temporary folder (killed before their exit).
+
+    A process id still running is left alone unless it is this process's own (a copy of an earlier process that had
+    the same id: this one has made none yet), as a restarted container's processes reuse low ids.
+    """
+    for stale in Path(tempfile.gettempdir()).glob(f"{COPY_PREFIX}*-*"):
+        try:
+            pid = int(stale.name[len(COPY_PREFIX) :].split("-")[0])
+            if pid != os.getpid():
+                os.kill(pid, 0)
+                continue
+        except ProcessLookupError:
+            pass
+        except (ValueError, PermissionError):  # not one of ours, or another user's live process
+            continue
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def writable_copy(folder: str, base: str) -> str | None:
-    """A copy of a read-only cache ``folder`` in a fresh temporary folder (removed at exit); None if it cannot be."""
+    """A copy of a read-only cache ``folder`` in a fresh temporary folder (removed at exit); None if it cannot be.
+
+    Copies that killed processes left behind (no exit handler ran) are removed first (:func:`remove_dead_copies`).
+    """
     try:
-        copy = tempfile.mkdtemp(prefix="amortized-numba-")
+        remove_dead_copies()
+        copy = tempfile.mkdtemp(prefix=f"{COPY_PREFIX}{os.getpid()}-")
         atexit.register(shutil.rmtree, copy, ignore_errors=True)
         shutil.copytree(folder, copy, dirs_exist_ok=True)
     except OSError as error:

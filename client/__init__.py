@@ -64,10 +64,18 @@ def plain(value: Any) -> Any:
 
     A NumPy array becomes a (nested) list, a NumPy scalar (``np.float32(1.5)``,
     ``np.int64(3)``, ``np.bool_``) or 0-d array the Python number: its value,
-    floats exactly (a float32 is widened to the float64 it equals). Anything
-    else is returned as it is.
+    floats exactly (a float32 is widened to the float64 it equals; a long
+    double is rounded to the nearest float64, as JSON holds no wider number).
+    Text stays text (the server judges it). Raises ValueError for complex,
+    date and time, bytes and object arrays or scalars: JSON has no value for
+    them. Anything else is returned as it is.
     """
     if isinstance(value, np.ndarray | np.generic):
+        kind = value.dtype.kind
+        if kind not in "biufU":
+            raise ValueError(f"a NumPy value of dtype {value.dtype} is not a real number, bool or text JSON can hold")
+        if kind == "f" and value.dtype.itemsize > 8:  # long double: tolist() keeps NumPy scalars json cannot write
+            value = value.astype(np.float64)
         return value.tolist()
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]

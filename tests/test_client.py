@@ -378,3 +378,21 @@ def test_the_light_client_reads_compressed_answers_without_zstandard(light_clien
 def test_the_checkout_runs_the_client_it_installs():
     assert client_module.__file__.startswith(str(ROOT / "client")), client_module.__file__
     assert sys.modules["client"] is client_module
+
+
+def test_numpy_values_json_cannot_hold_are_refused_before_sending_and_long_doubles_rounded():
+    from client import plain
+
+    assert plain(np.array([1.5, 2.25], dtype=np.longdouble)) == [1.5, 2.25]
+    assert type(plain(np.longdouble(0.1))) is float and plain(np.longdouble(0.1)) == float(np.longdouble(0.1))
+    for value in (
+        np.array([1 + 2j]),
+        np.complex128(1),
+        np.array(["2020-01-01"], dtype="datetime64[D]"),
+        np.timedelta64(3, "s"),
+        np.array([b"1.5"]),
+        np.array([1.5], dtype=object),
+    ):
+        with pytest.raises(ValueError, match="not a real number"):
+            plain(value)
+    assert plain(np.array(["pq"])) == ["pq"]  # text stays text

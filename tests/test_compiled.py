@@ -105,6 +105,23 @@ def test_a_read_only_cache_is_loaded_from_a_copy_that_is_removed_at_exit(tmp_pat
     assert not Path(loaded["folder"]).exists()  # removed when that process ended
 
 
+def test_copies_that_killed_processes_left_are_removed_and_live_ones_kept(tmp_path):
+    """A SIGKILLed or OOM-killed worker runs no exit handler: its copy stayed in /tmp (an emptyDir that fills)."""
+    probe({"NUMBA_CACHE_DIR": str(tmp_path / "cache")})
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = temporary / f"{compiled_module.COPY_PREFIX}{int(finished.stdout)}-abc"
+    live = temporary / f"{compiled_module.COPY_PREFIX}{os.getpid()}-def"  # this test's process: still running
+    other = temporary / "amortized-numba-notapid-x"
+    for folder in (dead, live, other):
+        (folder / "sub").mkdir(parents=True)
+    loaded = probe({"NUMBA_CACHE_DIR": str(tmp_path / "cache"), "TMPDIR": str(temporary)}, prefix=READ_ONLY_CACHE)
+    assert loaded["hits"] >= 1 and Path(loaded["folder"]).parent == temporary
+    assert not dead.exists() and live.exists() and other.exists()
+    assert not Path(loaded["folder"]).exists()
+
+
 def test_the_warm_up_fills_the_cache_for_every_served_kernel(tmp_path):
     """python -m service.warm_cache (the image's build step): a server started on the same cache compiles nothing."""
     artifacts = tmp_path / "artifacts"
