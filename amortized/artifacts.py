@@ -231,7 +231,7 @@ def save_artifact(
     return target
 
 
-def read_regular_file(path: Path, max_bytes: int | None = None) -> bytes:
+def read_regular_file(path: Path, max_bytes: int | None = None, what: str = "a manifest may hold") -> bytes:
     """The bytes of ``path`` if it is a regular file (a symbolic link to one counts); ArtifactError otherwise.
 
     Opened without blocking and checked on the open descriptor: a named pipe,
@@ -246,15 +246,17 @@ def read_regular_file(path: Path, max_bytes: int | None = None) -> bytes:
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise
-    except OSError as error:
-        raise ArtifactError(f"{path}: cannot be opened ({error.strerror or error})") from None
+    except OSError as error:  # a socket (ENXIO: no such device or address), a link loop, no permission
+        raise ArtifactError(
+            f"{path}: cannot be opened ({error.strerror or error}; not a readable regular file)"
+        ) from None
     try:
         status = os.fstat(descriptor)
         if not stat.S_ISREG(status.st_mode):
             kind = "a directory" if stat.S_ISDIR(status.st_mode) else "not a regular file (a pipe, device or socket)"
             raise ArtifactError(f"{path}: {kind}")
         if max_bytes is not None and status.st_size > max_bytes:
-            raise ArtifactError(f"{path}: {status.st_size} bytes, more than a manifest may hold ({max_bytes})")
+            raise ArtifactError(f"{path}: {status.st_size} bytes, more than {what} ({max_bytes})")
         os.set_blocking(descriptor, True)
         with os.fdopen(descriptor, "rb", closefd=False) as handle:
             return handle.read()
@@ -302,7 +304,7 @@ def load_artifact(path: Path) -> Artifact:
     if Path(name).name != name or not name.endswith(".safetensors"):
         raise ArtifactError(f"{path}: weights file name {name!r} must be a plain .safetensors name in the same folder")
     try:
-        data = read_regular_file(path.parent / name)
+        data = read_regular_file(path.parent / name, manifest.weights.bytes, "the manifest says the weights hold")
     except FileNotFoundError:
         raise ArtifactError(f"{path}: weights file {name} is missing") from None
     digest = hashlib.sha256(data).hexdigest()

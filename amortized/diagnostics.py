@@ -239,10 +239,14 @@ def checked_verdict(level: str, why: str, check: CrossCheckResult, i: int) -> tu
     if not upper <= MISSED_MASS_FLOOR:
         level = "usable" if level == "reliable" else level
         return level, why + (
-            f"; the cross-check cannot rule out that q misses posterior mass: up to {upper:.1%} of it may lie where q's"
-            f" density is under {MISSED_DENSITY_RATIO:.0%} of the posterior's ({draws})"
+            f"; the cross-check cannot rule out that q misses posterior mass: up to {upper:.1%} of it, by its draws, "
+            f"may lie where q's density is under {MISSED_DENSITY_RATIO:.0%} of the posterior's ({draws})"
         )
-    return level, why + f"; the cross-check finds no missed mass (at most {upper:.1%}; {draws})"
+    # the bound is the pooled draws': a region neither network reaches is beyond it (README, "Is the verdict right?")
+    return level, why + (
+        f"; the cross-check finds no missed mass (at most {upper:.1%} by its draws, which see only what one of the two "
+        f"networks reaches; {draws})"
+    )
 
 
 def verdict(

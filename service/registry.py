@@ -123,28 +123,26 @@ class State:
 
 
 def fingerprint(path: Path) -> tuple | None:
-    """(manifest stat, weights stat) or None if the manifest is gone: a change of either means load again."""
+    """(manifest stat, weights stat) or None if the manifest is gone: a change of either means load again.
+
+    Whatever the files hold, this never raises: a link that leads nowhere, a pipe, socket or oversized file, or a
+    manifest that is not JSON (nested 2000 deep, Python's parser raises RecursionError) gets a key, and loading
+    refuses it with the reason.
+    """
     try:
         stat = path.stat()
-    except FileNotFoundError:
-        return None
-    except OSError:  # a symbolic link loop, say: the link's own stat, and loading says why it is refused
+    except OSError:  # gone; or a link that leads nowhere or loops: the link's own stat, and loading says why
         try:
             stat = path.lstat()
         except OSError:
             return None
     key: tuple = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-    try:  # a pipe, socket or oversized file is not read (it could block, or fill memory): loading refuses it
+    try:  # a pipe, socket or oversized file is not read (it could block, or fill memory)
         data = read_regular_file(path, MAX_MANIFEST_BYTES)
-    except FileNotFoundError:
-        return None
-    except (ArtifactError, OSError):
-        return key + (None,)
-    try:
         weights = path.parent / json.loads(data)["weights"]["file"]
         w = weights.stat()
         return key + ((weights.name, w.st_mtime_ns, w.st_size, w.st_ino),)
-    except (ValueError, KeyError, TypeError, OSError):  # malformed, or weights missing: loading says which
+    except Exception:  # malformed, unreadable, or weights missing: loading says which
         return key + (None,)
 
 

@@ -316,6 +316,15 @@ def test_pipes_and_manifests_that_cannot_be_built_are_refused_and_the_rescan_goe
     (tmp_path / "huge").mkdir()  # a manifest of 2 MB (sparse): refused unread
     with open(tmp_path / "huge" / "pq.json", "wb") as huge:
         huge.truncate(2 << 20)
+    (tmp_path / "deep").mkdir()  # JSON nested 2000 deep: Python's parser raises RecursionError
+    (tmp_path / "deep" / "pq.json").write_text("[" * 2000 + "]" * 2000)
+    (tmp_path / "dangling").mkdir()  # a link to nothing: refused, not taken for a file removed meanwhile
+    (tmp_path / "dangling" / "pq.json").symlink_to(tmp_path / "nowhere.json")
+    heavy = tmp_path / "heavy" / "pq.json"  # a valid manifest whose weights file is far larger than it says (sparse)
+    heavy.parent.mkdir()
+    heavy.write_text(json.dumps({**manifest, "variant": "heavy"}))
+    with open(heavy.parent / manifest["weights"]["file"], "wb") as weights:
+        weights.truncate(1 << 30)
     weights_piped = tmp_path / "gamma" / "pq.json"  # a valid manifest whose weights file is a pipe
     weights_piped.parent.mkdir()
     weights_piped.write_text(json.dumps({**manifest, "variant": "gamma"}))
@@ -339,6 +348,9 @@ def test_pipes_and_manifests_that_cannot_be_built_are_refused_and_the_rescan_goe
     assert "cannot be opened" in refused[str(tmp_path / "socketed" / "pq.json")]
     assert "cannot be opened" in refused[str(tmp_path / "looped" / "pq.json")]
     assert "more than a manifest may hold" in refused[str(tmp_path / "huge" / "pq.json")]
+    assert "recursion" in refused[str(tmp_path / "deep" / "pq.json")]
+    assert "no such manifest" in refused[str(tmp_path / "dangling" / "pq.json")]
+    assert "more than the manifest says the weights hold" in refused[str(heavy)]
     listener.close()
     assert "not a regular file" in refused[str(weights_piped)]
     assert "ZeroDivisionError" in refused[str(unbuildable)]
