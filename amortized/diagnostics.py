@@ -244,8 +244,8 @@ def checked_verdict(level: str, why: str, check: CrossCheckResult, i: int) -> tu
         )
     # the bound is the pooled draws': a region neither network reaches is beyond it (README, "Is the verdict right?")
     return level, why + (
-        f"; the cross-check finds no missed mass (at most {upper:.1%} by its draws, which see only what one of the two "
-        f"networks reaches; {draws})"
+        f"; the cross-check finds no missed mass (at most {upper:.1%} by its draws, which see only where one network "
+        f"or the other reaches; {draws})"
     )
 
 
