@@ -33,9 +33,10 @@ def like(values: Array, reference: Array) -> Array:
     return np.asarray(values, dtype=reference.dtype)
 
 
-def finite_or_zero(shift: np.ndarray) -> np.ndarray:
+def finite_or_zero(shift: Array) -> Array:
     """A shift for exp(values - shift): the largest value, or 0 where that is not finite (nothing to keep there)."""
-    return np.where(np.isfinite(shift), shift, 0.0)
+    xp = lib(shift)
+    return xp.where(xp.isfinite(shift), shift, 0.0)
 
 
 def logsumexp(array: Array, axis: int = -1, scratch: bool = False) -> Array:

@@ -266,9 +266,14 @@ def read_regular_file(path: Path, max_bytes: int | None = None, what: str = "a m
         os.close(descriptor)
 
 
+def manifest_bytes_of(path: Path) -> bytes:
+    """A manifest file's bytes, unparsed: :func:`read_regular_file` within :data:`MAX_MANIFEST_BYTES`."""
+    return read_regular_file(Path(path), MAX_MANIFEST_BYTES)
+
+
 def read_manifest(path: Path) -> Manifest:
     try:
-        return Manifest.model_validate_json(read_regular_file(Path(path), MAX_MANIFEST_BYTES))
+        return Manifest.model_validate_json(manifest_bytes_of(path))
     except FileNotFoundError:
         raise ArtifactError(f"{path}: no such manifest") from None
     except ValidationError as error:

@@ -487,17 +487,11 @@ class AmortizedClient:
         **more: Any,
     ) -> dict[str, Any]:
         """The request's JSON body, NumPy values as Python ones (:func:`plain`); raises as :func:`observations`."""
-        body: dict[str, Any] = {
-            "y": observations(y),
-            "objective": objective,
-            "num_samples": num_samples,
-            "resample": resample,
-            "cross_check": cross_check,
-        }
+        options = {"objective": objective, "num_samples": num_samples, "resample": resample, "cross_check": cross_check}
         if seed is not None:
-            body["seed"] = seed
-        body.update({key: value for key, value in more.items() if value is not None})
-        return plain(body)
+            options["seed"] = seed
+        options.update({key: value for key, value in more.items() if value is not None})
+        return {"y": observations(y), **plain(options)}  # y made plain once, by observations
 
     def posterior_arrays(
         self, model: str, y: float | Sequence[float] | np.ndarray, objective: str = "pq", **options: Any

@@ -30,7 +30,14 @@ from service.answers import PosteriorQuery, answer_batch
 from service.batching import MicroBatcher
 from service.consumer import supervise
 from service.metrics import Metrics, ResponseMetrics
-from service.middleware import BodySizeLimit, BodyTimeout, ContentEncoding, HeadAsGet, ResponseCompression
+from service.middleware import (
+    BodySizeLimit,
+    BodyTimeout,
+    ContentEncoding,
+    HeadAsGet,
+    ResponseCompression,
+    Utf8Json,
+)
 from service.registry import Registry, ServedModel
 from service.reload import describe, resolve_mode, watch_artifacts
 from service.routers import bench, exact, health, jobs, models, pages, posterior
@@ -204,7 +211,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.batcher = MicroBatcher(answer_batch, settings.offload_samples, app.state.metrics.batch_queries.observe)
     errors.install(app)
     # the last added runs first: HEAD as GET, then the raw size limit and the body's timeout, then decoding (itself
-    # size-limited)
+    # size-limited), then the decoded JSON body's UTF-8 check
+    app.add_middleware(Utf8Json)
     app.add_middleware(ContentEncoding, max_bytes=settings.max_body_bytes)
     app.add_middleware(BodyTimeout, seconds=settings.body_timeout_seconds)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -10,7 +10,7 @@
   as the body arrives; the decoded size is bounded as it inflates, so a small
   compressed body cannot expand into memory (a "zip bomb"); bytes after the
   gzip data that begin no member are refused.
-- :class:`Utf8Json` (inside ContentEncoding, so it sees decoded bodies): a JSON
+- :class:`Utf8Json` (added inside ContentEncoding in service/main.py, so it sees decoded bodies): a JSON
   body that is not UTF-8 gets 400 naming its first offending byte, UTF-16 and UTF-32 by name.
 - :class:`HeadAsGet`: HEAD answers wherever GET does.
 - :class:`ResponseCompression`: answers above a size threshold compressed as
@@ -238,14 +238,13 @@ class GzipMembers:
 
 
 class ContentEncoding:
-    """ASGI middleware: decode ``Content-Encoding: gzip`` bodies (every member), then check JSON bodies are UTF-8.
+    """ASGI middleware: decode ``Content-Encoding: gzip`` bodies (every member).
 
-    415 naming the header for other encodings, 400 for bad gzip (:class:`GzipMembers`). The app inside is wrapped in
-    :class:`Utf8Json`, so what it checks is the decoded body.
+    415 naming the header for other encodings, 400 for bad gzip (:class:`GzipMembers`).
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = Utf8Json(app), max_bytes
+        self.app, self.max_bytes = app, max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -22,15 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from amortized.artifacts import (
-    MAX_MANIFEST_BYTES,
-    Artifact,
-    ArtifactError,
-    agreeing,
-    load_artifact,
-    manifest_paths,
-    read_regular_file,
-)
+from amortized.artifacts import Artifact, ArtifactError, agreeing, load_artifact, manifest_bytes_of, manifest_paths
 from amortized.distributions import BranchedNormal
 from amortized.mixture import expand_components, view_for
 from amortized.models import ConjugateMixtureModel
@@ -138,7 +130,7 @@ def fingerprint(path: Path) -> tuple | None:
             return None
     key: tuple = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
     try:  # a pipe, socket or oversized file is not read (it could block, or fill memory)
-        data = read_regular_file(path, MAX_MANIFEST_BYTES)
+        data = manifest_bytes_of(path)
         weights = path.parent / json.loads(data)["weights"]["file"]
         w = weights.stat()
         return key + ((weights.name, w.st_mtime_ns, w.st_size, w.st_ino),)

@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import Tensor
 
-from amortized.arrays import Array, lib, like, logsumexp
+from amortized.arrays import Array, finite_or_zero, lib, like, logsumexp
 from amortized.distributions import LOG_SQRT_2PI, BranchedNormal, normal_log_prob
 
 
@@ -325,8 +325,7 @@ class ConjugateMixtureModel(ABC):
         # the prior weights join the fits relative to the best one: where every fit is huge (y 1e6 from the means
         # with stds of 1e-6: fits near -5e23) log p(c) added to the fit itself was rounded away (probabilities of 2)
         xp = lib(fit)
-        top = fit.amax(-1, keepdim=True) if xp is torch else fit.max(-1, keepdims=True)
-        top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))
+        top = finite_or_zero(fit.amax(-1, keepdim=True) if xp is torch else fit.max(-1, keepdims=True))
         relative = t.log_weights + (fit - top)
         log_normaliser = logsumexp(relative, -1)
         means = t.posterior_variances * (t.means / t.stds**2 + y / self.sigma**2)
