@@ -166,10 +166,17 @@ class Numbers:
     summary: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
-def row_blocks(rows: int, row_size: int) -> list[slice]:
-    """``rows`` observations in consecutive blocks of about :data:`BLOCK_DRAWS` draws (one block if that is all)."""
+def row_blocks(rows: int, row_size: int, threads: int = 1) -> list[slice]:
+    """``rows`` observations in consecutive blocks of about :data:`BLOCK_DRAWS` draws at most (one if that is all).
+
+    With several blocks, their count is a multiple of ``threads`` (where there
+    are rows enough), so that every thread answers as many: 17 blocks on 2
+    threads kept one thread busy a block longer than the other.
+    """
     per_block = max(1, BLOCK_DRAWS // max(row_size, 1))
     count = -(-rows // per_block)
+    if count > 1:
+        count = min(rows, -(-count // threads) * threads)
     edges = [rows * i // count for i in range(count + 1)]  # as even as they come: no short last block
     return [slice(start, stop) for start, stop in zip(edges[:-1], edges[1:])]
 
@@ -230,7 +237,7 @@ def numbers_for(
     independently of the others, so the numbers are those of one piece, to the bit.
     """
     if rows is None:
-        blocks = row_blocks(len(y), first.row_size)
+        blocks = row_blocks(len(y), first.row_size, first.compute_threads)
         if len(blocks) > 1:
             arguments = (served, y, seeds, objective, q, other, truth, exact_quantiles, first, unchecked)
             block = functools.partial(numbers_for, *arguments)

@@ -365,18 +365,61 @@ def accepted_coding(accept_encoding: str) -> str | None:
     return best
 
 
+class ZstdContexts:
+    """zstd compression contexts kept for reuse, one per response being compressed.
+
+    Making a context costs about 17 us, and a 40 KB answer compresses in about
+    13 us with a kept one against 46 us with a new one (zstd's manual: "When
+    compressing many times, it is recommended to allocate a context just
+    once, and re-use it"). A context serves one response at a time: streams
+    of one compressor that overlap corrupt each other (python-zstandard
+    issue #182), and compression runs on worker threads too. So a response
+    takes one (a new one if none is free) and gives it back after its last
+    chunk; at most ``kept`` wait. ``list.pop`` and ``append`` are atomic, so
+    threads share the list safely.
+    """
+
+    def __init__(self, level: int, kept: int = 8) -> None:
+        self.level, self.kept = level, kept
+        self.free: list[zstandard.ZstdCompressor] = []
+
+    def take(self) -> zstandard.ZstdCompressor:
+        try:
+            return self.free.pop()
+        except IndexError:
+            return zstandard.ZstdCompressor(level=self.level)
+
+    def give(self, context: zstandard.ZstdCompressor) -> None:
+        if len(self.free) < self.kept:
+            self.free.append(context)
+
+
 class ZstdResponder(IdentityResponder):
-    """Starlette's responder machinery (threshold, Vary, Content-Length, streaming) with a zstd stream."""
+    """Starlette's responder machinery (threshold, Vary, Content-Length, streaming) with a zstd stream.
+
+    The stream's context comes from ``contexts`` at the first chunk and goes
+    back after the last (a response cut short leaves its context to the
+    garbage collector).
+    """
 
     content_encoding = "zstd"
 
-    def __init__(self, app: ASGIApp, minimum_size: int, level: int) -> None:
+    def __init__(self, app: ASGIApp, minimum_size: int, contexts: ZstdContexts) -> None:
         super().__init__(app, minimum_size)
-        self.compressor = zstandard.ZstdCompressor(level=level).compressobj()
+        self.contexts = contexts
+        self.context: zstandard.ZstdCompressor | None = None
+        self.stream: zstandard.ZstdCompressionObj | None = None
 
     def _compress_body(self, body: bytes, more_body: bool) -> bytes:
+        if self.context is None or self.stream is None:
+            self.context = self.contexts.take()
+            self.stream = self.context.compressobj()
         flush = zstandard.COMPRESSOBJ_FLUSH_BLOCK if more_body else zstandard.COMPRESSOBJ_FLUSH_FINISH
-        return self.compressor.compress(body) + self.compressor.flush(flush)
+        out = self.stream.compress(body) + self.stream.flush(flush)
+        if not more_body:
+            self.contexts.give(self.context)
+            self.context = self.stream = None
+        return out
 
     async def apply_compression(self, body: bytes, *, more_body: bool) -> bytes:
         if len(body) >= OFF_LOOP_BYTES:  # compressing a large body inline would hold the event loop
@@ -394,7 +437,7 @@ class ResponseCompression:
 
     def __init__(self, app: ASGIApp, minimum_size: int, gzip_level: int, zstd_level: int) -> None:
         self.app, self.minimum_size = app, minimum_size
-        self.gzip_level, self.zstd_level = gzip_level, zstd_level
+        self.gzip_level, self.zstd_contexts = gzip_level, ZstdContexts(zstd_level)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -402,7 +445,7 @@ class ResponseCompression:
         coding = accepted_coding(Headers(scope=scope).get("accept-encoding", ""))
         responder: ASGIApp
         if coding == "zstd":
-            responder = ZstdResponder(self.app, self.minimum_size, self.zstd_level)
+            responder = ZstdResponder(self.app, self.minimum_size, self.zstd_contexts)
         elif coding == "gzip":
             responder = GZipResponder(
                 self.app, self.minimum_size, compresslevel=self.gzip_level, thread_minimum_size=OFF_LOOP_BYTES

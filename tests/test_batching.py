@@ -209,6 +209,18 @@ def test_row_blocks_cover_the_rows_in_order_in_even_blocks():
     assert blocks[0].start == 0 and blocks[-1].stop == 1000
     assert all(a.stop == b.start for a, b in zip(blocks, blocks[1:]))
     assert len(blocks) == 17 and {b.stop - b.start for b in blocks} == {58, 59}  # at most 62 each, none short
+    # on threads: as many blocks for each (17 on 2 threads kept one a block longer), still covering every row in order
+    for rows, row_size, threads, count in [
+        (1000, 2000, 2, 18),
+        (1000, 2000, 3, 18),
+        (1000, 2000, 4, 20),
+        (3, 10**6, 2, 3),
+    ]:
+        blocks = row_blocks(rows, row_size, threads)
+        assert len(blocks) == count and [b.start for b in blocks[1:]] == [b.stop for b in blocks[:-1]]
+        assert blocks[0].start == 0 and blocks[-1].stop == rows and all(b.stop > b.start for b in blocks)
+        assert max(b.stop - b.start for b in blocks) <= max(1, BLOCK_DRAWS // row_size)  # never over the budget
+    assert row_blocks(62, BLOCK_DRAWS // 62, 2) == [slice(0, 62)]  # one piece stays one piece
 
 
 @pytest.mark.parametrize(

@@ -396,3 +396,56 @@ def test_numpy_values_json_cannot_hold_are_refused_before_sending_and_long_doubl
         with pytest.raises(ValueError, match="not a real number"):
             plain(value)
     assert plain(np.array(["pq"])) == ["pq"]  # text stays text
+
+
+class Rechunked(httpx.BaseTransport):
+    """The app's answers, their bodies sent in chunks of ``size`` bytes, ``cut`` bytes short or ``extra`` long,
+    with the app's own headers (its Content-Length)."""
+
+    def __init__(self, inner: httpx.BaseTransport, size: int, cut: int = 0, extra: bytes = b"") -> None:
+        self.inner, self.size, self.cut, self.extra = inner, size, cut, extra
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        body = response.read()
+        body = body[: len(body) - self.cut] + self.extra
+        chunks = [body[i : i + self.size] for i in range(0, len(body), self.size)]
+        return httpx.Response(response.status_code, headers=response.headers, stream=ChunkStream(chunks))
+
+
+class ChunkStream(httpx.SyncByteStream):
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    def __iter__(self):
+        yield from self.chunks
+
+
+def test_an_arrow_answer_is_read_into_one_buffer_of_its_announced_length(client):
+    """Chunk by chunk into a buffer of the Content-Length: the arrays of a whole read; a body that is shorter or
+    longer than announced is refused, never read as an answer."""
+    import pyarrow as pa
+
+    body = dict(objective="pq", num_samples=200, seed=4)
+    y = [0.5, -3.0, 8.0]
+    with AmortizedClient(transport=client._transport, base_url="http://testserver") as api:
+        whole = api.posterior_arrays("gmm_open", y, **body)
+        response = api._http.post(
+            "/v1/models/gmm_open/posterior", json={"y": y, **body}, headers={"accept": client_module.ARROW}
+        )
+    for size in (1, 1000, 65536):
+        with AmortizedClient(transport=Rechunked(client._transport, size), base_url="http://testserver") as api:
+            chunked = api.posterior_arrays("gmm_open", y, **body)
+            with api._http.stream(
+                "POST", "/v1/models/gmm_open/posterior", json={"y": y, **body}, headers={"accept": client_module.ARROW}
+            ) as streamed:
+                buffer = client_module.read_into_buffer(streamed)
+        assert isinstance(buffer, pa.Buffer) and buffer.to_pybytes() == response.content
+        for name in ("y", "seeds", "x", "log_weights", "branch_means"):
+            same(getattr(chunked, name), getattr(whole, name))
+    for wrong in (dict(cut=10), dict(cut=1), dict(extra=b"\0" * 7)):
+        with (
+            AmortizedClient(transport=Rechunked(client._transport, 4096, **wrong), base_url="http://testserver") as api,
+            pytest.raises(httpx.RemoteProtocolError, match="Content-Length|ended after"),
+        ):
+            api.posterior_arrays("gmm_open", y, **body)

@@ -1,5 +1,6 @@
 """Answers sized for their use: include, summaries, the Arrow format and compression, through the app."""
 
+import asyncio
 import gzip
 import json
 import re
@@ -13,7 +14,7 @@ from scipy import optimize, stats
 
 from service.answers import PosteriorQuery, answer
 from service.arrow import MEDIA_TYPE as ARROW
-from service.middleware import accepted_coding
+from service.middleware import ZstdContexts, ZstdResponder, accepted_coding
 from service.schemas import SUMMARY_SOURCES
 from tests.test_service import RESPONSE, strict_json
 
@@ -421,3 +422,52 @@ def test_a_nan_observation_is_named_as_such(client):
     assert response.status_code == 422, response.text
     detail = response.json()["detail"][0]
     assert detail["loc"] == ["body", "y"] and detail["type"] == "out_of_range" and "NaN" in detail["msg"], detail
+
+
+def test_zstd_contexts_are_kept_and_never_shared_by_two_answers_at_once():
+    """Two streamed answers compressed at once, chunks interleaved, then a third: each decodes to its own bytes.
+
+    The third reuses a kept context (no new one is made), and a context is never
+    lent to a second answer while the first is still streaming (python-zstandard
+    issue #182: overlapping streams of one context corrupt each other).
+    """
+    made = []
+
+    class Counted(ZstdContexts):
+        def take(self):
+            context = super().take()
+            made.append(context)
+            return context
+
+    contexts = Counted(3)
+    rng = np.random.default_rng(5)
+    chunks = {name: [rng.integers(0, 4, 50_000, dtype=np.uint8).tobytes() for _ in range(3)] for name in "ab"}
+
+    def streaming(name):
+        async def app(scope, receive, send):
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+            for i, chunk in enumerate(chunks[name]):
+                await send({"type": "http.response.body", "body": chunk, "more_body": i < 2})
+                await asyncio.sleep(0)  # the other answer's chunk goes next
+
+        return app
+
+    async def run(name):
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        responder = ZstdResponder(streaming(name), 500, contexts)
+        await responder({"type": "http", "method": "GET", "headers": []}, None, send)
+        assert dict(sent[0]["headers"])[b"content-encoding"] == b"zstd"
+        return b"".join(m.get("body", b"") for m in sent[1:])
+
+    async def both():
+        return await asyncio.gather(run("a"), run("b"))
+
+    wire = dict(zip("ab", asyncio.run(both())))
+    for name in "ab":
+        assert zstandard.ZstdDecompressor().decompressobj().decompress(wire[name]) == b"".join(chunks[name])
+    assert len({id(context) for context in made}) == 2  # overlapping answers: a context each
+    assert asyncio.run(run("a")) and made[-1] in made[:2] and len(contexts.free) == 2  # the third: a kept one
