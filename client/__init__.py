@@ -31,6 +31,9 @@ except ImportError:  # the client works without it, in JSON
     pa = None
 
 ARROW = "application/vnd.apache.arrow.stream"
+# an Arrow answer announcing at most this many bytes is read into a buffer of that size reserved ahead
+# (read_into_buffer); a 1000 x 1000 answer is 16 MB, the largest the server's default limits allow a few hundred
+MAX_PREALLOCATED_BYTES = 1 << 30
 
 
 class ApiError(Exception):
@@ -180,7 +183,9 @@ class PosteriorArrays:
     ``(observations, branches)``; ``diagnostics``, ``exact`` and ``summary`` map
     dotted field names (``"cross_check.missed_mass"``, ``"q.quantiles.0.05"``,
     ``"q.intervals.0.95"`` as ``(observations, 2)``) to ``(observations,)`` arrays.
-    A part the request left out is None or empty.
+    A part the request left out is None or empty. Read from Arrow, the arrays
+    are read-only views of the answer's buffer (``np.array(a)`` copies one);
+    from JSON they are writable.
     """
 
     objective: str
@@ -285,9 +290,11 @@ def refuse_unless_success(response: httpx.Response) -> None:
     if response.is_success:
         return
     try:
-        detail = response.json().get("detail")
+        body = response.json()
     except ValueError:
-        detail = response.text or response.reason_phrase
+        body = None
+    # not this server's error object (a proxy's page, a JSON list): its text
+    detail = body["detail"] if isinstance(body, dict) and "detail" in body else response.text or response.reason_phrase
     raise ApiError(response.status_code, detail)
 
 
@@ -300,17 +307,21 @@ def read_into_buffer(response: httpx.Response) -> Any:
     the chunks only after the last one has come: for a 16 MB answer that copy
     (8 ms, most of it faulting in fresh pages) followed the transfer, where
     here each chunk's copy overlaps the next one's arrival, into memory
-    Arrow's allocator reuses from one answer to the next. Raises
-    ``httpx.RemoteProtocolError`` if the server sends more or fewer bytes
-    than it announced (as httpx does).
+    Arrow's allocator reuses from one answer to the next. A length over
+    :data:`MAX_PREALLOCATED_BYTES` is not reserved ahead (a broken proxy or a
+    hostile server could announce any): that body is read as it comes.
+    Raises ``httpx.RemoteProtocolError`` if the server sends more or fewer
+    bytes than it announced (as httpx does).
     """
     length = response.headers.get("content-length", "")
     if not length.isdigit() or response.headers.get("content-encoding", "identity").lower() != "identity":
         return response.read()
     total = int(length)
+    if total > MAX_PREALLOCATED_BYTES:  # a length this large is not reserved on the server's word: read as it comes
+        return response.read()
     buffer = pa.allocate_buffer(total)
     view, filled = memoryview(buffer).cast("B"), 0
-    for chunk in response.iter_raw():
+    for chunk in response.iter_bytes():  # identity: the bytes as sent (also from a response already read)
         if filled + len(chunk) > total:
             raise httpx.RemoteProtocolError(f"the answer's body runs past its Content-Length {total}")
         view[filled : filled + len(chunk)] = chunk
@@ -345,8 +356,15 @@ def _branch(branches: list[list[dict[str, Any]]], key: str) -> np.ndarray:
 
 
 def _leaves(array: Any, prefix: str) -> list[tuple[str, Any]]:
-    """The leaf columns of nested structs, with their dotted names."""
+    """The leaf columns of nested structs, with their dotted names.
+
+    A nested struct that is null in every row (``diagnostics.cross_check`` when
+    no check ran) is one all-NaN column under its own name, as the JSON's null
+    reads (:func:`flatten`), not a NaN column per field.
+    """
     if pa is not None and pa.types.is_struct(array.type):
+        if prefix and len(array) and array.null_count == len(array):
+            return [(prefix[:-1], pa.nulls(len(array), pa.float64()))]
         out = []
         for kind, values in zip(array.type, array.flatten()):  # flatten: a null struct makes its fields null
             out += _leaves(values, f"{prefix}{kind.name}.")
@@ -464,11 +482,18 @@ class AmortizedClient:
         return response
 
     def _arrow_body(self, method: str, path: str, **kwargs: Any) -> Any:
-        """The answer's body as one Arrow buffer (:func:`read_into_buffer`); raises ApiError as ``_response``."""
+        """The answer's body as one Arrow buffer (:func:`read_into_buffer`); raises ApiError as ``_response``.
+
+        None where the server answered in another media type (one that ignores
+        ``Accept``): the caller asks again in JSON.
+        """
         with self._http.stream(method, path, **kwargs) as response:
             if not response.is_success:
                 response.read()
                 refuse_unless_success(response)
+            if response.headers.get("content-type", "").split(";")[0].strip().lower() != ARROW:
+                response.read()
+                return None
             return read_into_buffer(response)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -492,21 +517,23 @@ class AmortizedClient:
         json_headers = {"content-type": "application/json"}
         if self.format == "arrow":
             try:
-                body = self._arrow_body("POST", path, content=content, headers=json_headers | {"accept": ARROW})
+                stream = self._arrow_body("POST", path, content=content, headers=json_headers | {"accept": ARROW})
             except ApiError as error:
                 if error.status != 406:
                     raise
                 self.format = "json"  # this server speaks JSON only: ask it in JSON from now on
             else:
-                table = pa.ipc.open_stream(body).read_all()
-                objectives = list(dict.fromkeys(table.column("objective").to_pylist()[:2]))
-                width = len(objectives)
-                parts = [table.take(np.arange(j, len(table), width)) if width > 1 else table for j in range(width)]
-                return (
-                    {name: (PosteriorArrays.from_arrow(part), part) for name, part in zip(objectives, parts)},
-                    None,
-                    (table.schema.metadata or {}).get(b"batch") == b"true",
-                )
+                if stream is not None:
+                    table = pa.ipc.open_stream(stream).read_all()
+                    objectives = list(dict.fromkeys(table.column("objective").to_pylist()[:2]))
+                    width = len(objectives)
+                    parts = [table.take(np.arange(j, len(table), width)) if width > 1 else table for j in range(width)]
+                    return (
+                        {name: (PosteriorArrays.from_arrow(part), part) for name, part in zip(objectives, parts)},
+                        None,
+                        (table.schema.metadata or {}).get(b"batch") == b"true",
+                    )
+                self.format = "json"  # the answer was not Arrow (a server that ignores Accept): JSON from now on
         json_headers["accept"] = "application/json"
         answer = self._response("POST", path, content=content, headers=json_headers).json()
         results = answer.get("results", [answer])

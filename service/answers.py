@@ -450,8 +450,9 @@ def answer_batch(queries: list[PosteriorQuery]) -> list[Any]:
         table = arrow.answer_table(served, y, seeds, list(per_objective.values()), first.parts)
         width = len(objectives)
         for i, query in enumerate(queries):
-            if query.media != "json":
-                out[i] = table.slice(i * count * width, count * width)
+            if query.media != "json":  # a query's rows of a micro-batch: the bytes it gets alone (arrow.own_buffers)
+                rows = table.slice(i * count * width, count * width)
+                out[i] = arrow.own_buffers(rows) if len(queries) > 1 else rows
     if wanted_json:
         results = {
             name: json_results(served, y, seeds, numbers, first.parts) for name, numbers in per_objective.items()

@@ -139,8 +139,14 @@ def diagnostics_column(served: ServedModel, numbers: Numbers) -> pa.Array:
     assert analysis is not None
     rows = len(analysis.x)
     check = analysis.cross_check
-    if check is None:
-        cross_check = pa.nulls(rows, CROSS_CHECK_TYPE)
+    if check is None:  # null rows; its dictionary child built as every other (a slice of it then copies alike)
+        children = [
+            constant(None, rows, list(OBJECTIVES)) if kind.name == "other_objective" else pa.nulls(rows, kind.type)
+            for kind in CROSS_CHECK_TYPE
+        ]
+        cross_check = pa.StructArray.from_arrays(
+            children, fields=list(CROSS_CHECK_TYPE), mask=pa.array(np.ones(rows, bool))
+        )
     else:
         cross_check = struct(
             {
@@ -249,6 +255,18 @@ def answer_table(
     # row i of objective j sits at j * len(y) + i; interleaved: observation-major
     order = (np.arange(len(tables))[None, :] * len(y) + np.arange(len(y))[:, None]).reshape(-1)
     return together.take(pa.array(order))
+
+
+def own_buffers(table: pa.Table) -> pa.Table:
+    """A slice of a larger table (one query's rows of a micro-batch) with buffers of its own: the same values.
+
+    pyarrow's IPC writer writes a slice that starts at row 0 with its parent's
+    whole buffers, and a later slice's dictionary indices likewise, so a query's
+    stream carried its micro-batch's bytes (the same values, more bytes, and
+    not the bytes it gets alone). ``concat_arrays`` of a column's one chunk
+    copies just its rows (about 50 us for a query of 1000 samples).
+    """
+    return pa.table({name: pa.concat_arrays(table.column(name).chunks) for name in table.column_names})
 
 
 def stream(table: pa.Table, metadata: dict[str, str]) -> bytes:

@@ -55,6 +55,10 @@ def test_a_query_answered_in_a_batch_gets_the_bytes_it_gets_alone(registry, name
         together = answer_batch(queries)
         for query, in_batch in zip(queries, together):
             assert as_bytes(in_batch) == as_bytes(answer(query))
+        # the Arrow stream too (a slice of the micro-batch's table carried its buffers: the same values, more bytes)
+        streams = [dataclasses.replace(query, media="arrow") for query in queries]
+        for query, in_batch in zip(streams, answer_batch(streams)):
+            assert arrow.stream(in_batch, {}) == arrow.stream(answer(query), {})
     assert as_bytes(together[0]) != as_bytes(together[1])  # different seeds, different draws
 
 
@@ -137,23 +141,29 @@ def test_a_failing_batch_fails_every_waiting_query_and_the_next_batch_still_runs
     assert all(isinstance(e, RuntimeError) for e in first) and second == 3
 
 
-def test_concurrent_http_requests_are_batched_and_match_lone_answers():
+@pytest.mark.parametrize(
+    "objective, accept", [("both", "application/json"), ("both", arrow.MEDIA_TYPE), ("pq", arrow.MEDIA_TYPE)]
+)
+def test_concurrent_http_requests_are_batched_and_match_lone_answers(objective, accept):
     """Through the app: 8 requests at once are answered as one batch, byte for byte as when sent alone."""
     app = create_app(Settings(artifacts_dir=ARTIFACTS))
     bodies = [
-        {"y": [0.25 * i], "objective": "both", "num_samples": 200, "seed": 40 + i, "resample": True} for i in range(8)
+        {"y": [0.25 * i], "objective": objective, "num_samples": 200, "seed": 40 + i, "resample": True}
+        for i in range(8)
     ]
+    headers = {"accept": accept}
 
     async def scenario():
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            together = await asyncio.gather(*(client.post("/v1/models/gmm_open/posterior", json=b) for b in bodies))
-            alone = [await client.post("/v1/models/gmm_open/posterior", json=b) for b in bodies]
+            path = "/v1/models/gmm_open/posterior"
+            together = await asyncio.gather(*(client.post(path, json=b, headers=headers) for b in bodies))
+            alone = [await client.post(path, json=b, headers=headers) for b in bodies]
             metrics = (await client.get("/metrics")).text
         return together, alone, metrics
 
     together, alone, metrics = asyncio.run(scenario())
-    assert all(r.status_code == 200 for r in together + alone)
+    assert all(r.status_code == 200 and r.headers["content-type"] == accept for r in together + alone)
     assert [r.content for r in together] == [r.content for r in alone]
     count = float(
         next(line.split()[-1] for line in metrics.splitlines() if line.startswith("amortized_batch_queries_count"))

@@ -449,3 +449,75 @@ def test_an_arrow_answer_is_read_into_one_buffer_of_its_announced_length(client)
             pytest.raises(httpx.RemoteProtocolError, match="Content-Length|ended after"),
         ):
             api.posterior_arrays("gmm_open", y, **body)
+
+
+class Replays(httpx.BaseTransport):
+    """The app's answer read whole and handed back as an httpx Response built from its bytes (how mocks are made),
+    with ``headers`` over the app's own (a Content-Length, a Content-Type), or ``status`` and ``content`` instead."""
+
+    def __init__(self, inner: httpx.BaseTransport, headers=None, status=None, content=None) -> None:
+        self.inner, self.headers, self.status, self.content = inner, headers or {}, status, content
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.status is not None:
+            return httpx.Response(self.status, content=self.content)
+        response = self.inner.handle_request(request)
+        body = response.read()
+        headers = {k: v for k, v in response.headers.items() if k not in ("content-length", "content-encoding")}
+        return httpx.Response(response.status_code, headers=headers | self.headers, content=body)
+
+
+def test_odd_answers_a_client_meets_behind_mocks_and_proxies(client):
+    """A response already read (a mock), a Content-Length too large to reserve, an answer in JSON to a request for
+    Arrow, an error body that is not the server's object: each read or refused in the client's own terms."""
+    body = dict(objective="qp", num_samples=40, seed=9)
+    y = [0.5, -3.0]
+    with AmortizedClient(transport=client._transport, base_url="http://testserver", format="json") as api:
+        reference = api.posterior_arrays("gmm_open", y, **body)
+    read_already = Replays(client._transport)
+    too_large = Replays(client._transport, headers={"content-length": str(2**50)})
+    for transport in (read_already, too_large):
+        with AmortizedClient(transport=transport, base_url="http://testserver") as api:
+            arrays = api.posterior_arrays("gmm_open", y, **body)  # no StreamConsumed, no 2**50 bytes reserved
+            assert api.format == "arrow"
+        for name in ("y", "x", "log_weights", "branch_means"):
+            same(getattr(arrays, name), getattr(reference, name))
+
+    class IgnoresAccept(httpx.BaseTransport):  # answers JSON whatever Accept asks
+        def __init__(self) -> None:
+            self.accepts = []
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            self.accepts.append(request.headers["accept"])
+            headers = [(k, v) for k, v in request.headers.raw if k.lower() != b"accept"] + [(b"accept", b"*/*")]
+            plain = httpx.Request(request.method, request.url, headers=headers, content=request.read())
+            return client._transport.handle_request(plain)
+
+    ignores = IgnoresAccept()
+    with AmortizedClient(transport=ignores, base_url="http://testserver") as api:
+        arrays = api.posterior_arrays("gmm_open", y, **body)
+        assert api.format == "json" and ignores.accepts == [client_module.ARROW, "application/json"]
+        api.posterior_arrays("gmm_open", y, **body)  # from then on in JSON: one request
+        assert ignores.accepts[2:] == ["application/json"]
+    same(arrays.x, reference.x)
+    for status, content in ((422, b"[1, 2]"), (502, b"<html>bad gateway</html>"), (500, b"")):
+        failing = Replays(None, status=status, content=content)
+        with AmortizedClient(transport=failing, base_url="http://t") as api, pytest.raises(ApiError) as raised:
+            api.posterior_arrays("gmm", y)
+        assert raised.value.status == status and raised.value.detail in (
+            content.decode(),
+            httpx.codes.get_reason_phrase(status),
+        )
+
+
+@pytest.mark.parametrize("cross_check", [False, True])
+def test_diagnostics_have_the_same_columns_in_both_formats_with_or_without_the_cross_check(client, cross_check):
+    body = dict(objective="pq", num_samples=20, seed=3, cross_check=cross_check)
+    found = {}
+    for fmt in ("arrow", "json"):
+        with AmortizedClient(transport=client._transport, base_url="http://testserver", format=fmt) as api:
+            found[fmt] = api.posterior_arrays("gmm", [0.1, 0.2], **body).diagnostics
+    assert list(found["arrow"]) == list(found["json"])
+    assert ("cross_check" in found["json"]) == (not cross_check)  # JSON's null: one column
+    for key in found["json"]:
+        same(found["arrow"][key], found["json"][key])
