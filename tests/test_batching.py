@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
-from amortized.importance.streams import SEED_BITS, GroupedGenerator, generator_for, row_seeds
+from amortized.importance.streams import SEED_BITS, CompiledStreams, GroupedGenerator, generator_for, row_seeds
 from service import answers, arrow
 from service.answers import BLOCK_DRAWS, PosteriorQuery, answer, answer_batch, row_blocks
 from service.batching import MicroBatcher
@@ -191,13 +191,16 @@ async def _post(app, body) -> bytes:
 
 
 def test_compiled_seeding_gives_numpys_generators_and_row_seeds():
-    """generator_for and row_seeds compute SeedSequence's state in one compiled call: the same state as NumPy's."""
+    """generator_for and row_seeds compute SeedSequence's state in one compiled call: NumPy's streams and seeds."""
     rng = np.random.default_rng(5)
     seeds = [0, 1, 2**32 - 1, 2**32, 2**53 - 1, 2**63 - 1, 2**64 - 1, *rng.integers(0, 2**63, 40).tolist()]
-    grouped = generator_for(seeds)
-    assert isinstance(grouped, GroupedGenerator)
-    for seed, generator in zip(seeds, grouped.generators):
-        assert generator.bit_generator.state == np.random.default_rng(seed).bit_generator.state, seed
+    streams = generator_for(seeds)
+    assert isinstance(streams, CompiledStreams)
+    uniform, normal = streams.random((2 * len(seeds), 3)), streams.standard_normal((len(seeds), 5))
+    for i, seed in enumerate(seeds):  # each row's stream is default_rng(seed)'s, call after call
+        numpy = np.random.default_rng(seed)
+        assert uniform[2 * i : 2 * i + 2].tobytes() == numpy.random((2, 3)).tobytes(), seed
+        assert normal[i].tobytes() == numpy.standard_normal(5).tobytes(), seed
     for seed in seeds[:12]:
         expected = [
             int(np.random.SeedSequence(seed, spawn_key=(i,)).generate_state(1, np.uint64)[0]) & (2**SEED_BITS - 1)

@@ -14,12 +14,11 @@ JavaScript numbers and jq hold them exactly.
 from __future__ import annotations
 
 import secrets
-from typing import Any, cast
 
 import numpy as np
-from numpy.random.bit_generator import ISeedSequence
 
 from amortized.compiled import compiled
+from amortized.importance import pcg64
 
 SEED_BITS = 53  # drawn and derived seeds stay below 2**53: JavaScript numbers and jq hold them exactly
 # NumPy's SeedSequence (numpy/random/bit_generator.pyx, after O'Neill's seed_seq_fe): a pool of four 32-bit words,
@@ -88,24 +87,6 @@ def seed_words(seeds: list[int], spawn: bool = False) -> np.ndarray:
     return words
 
 
-class PrecomputedSeedSequence(ISeedSequence):
-    """A SeedSequence whose state is already known: hands a bit generator the words it would generate.
-
-    NumPy's bit generators take any ``ISeedSequence`` as seed ("BitGenerator
-    implementations should treat any object that adheres to ISeedSequence as
-    if they are SeedSequence", numpy.random.bit_generator); PCG64 asks it for
-    four 64-bit words.
-    """
-
-    def __init__(self, state: np.ndarray) -> None:
-        self.state = state
-
-    def generate_state(self, n_words: int, dtype: Any = np.uint32) -> np.ndarray:
-        if n_words != len(self.state) or np.dtype(dtype) != self.state.dtype:
-            raise ValueError(f"precomputed for {len(self.state)} words of {self.state.dtype}")
-        return self.state
-
-
 def fast_seeding(seeds: list[int], count: int) -> bool:
     """Whether the compiled seeding serves: every seed a non-negative int below 2**64, spawn keys below 2**32."""
     return count < 2**32 and all(type(seed) is int and 0 <= seed < 2**64 for seed in seeds)
@@ -164,20 +145,47 @@ class GroupedGenerator:
         return self._draw("standard_normal", shape)
 
 
-RandomStream = np.random.Generator | GroupedGenerator  # what the request path draws from
+class CompiledStreams:
+    """Stands in for one ``np.random.Generator(PCG64(seed))`` per observation, every row drawn in one compiled call.
+
+    As :class:`GroupedGenerator`, a draw of shape ``(rows, n)`` gives each
+    observation its share of consecutive rows, filled in order by its own
+    stream, and a stream goes on from one call to the next: the numbers its
+    NumPy generator gives, to the bit (:mod:`amortized.importance.pcg64`), without
+    a Python object or a call per observation. ``words`` ``(observations, 4)``:
+    each seed's ``SeedSequence(seed).generate_state(4, np.uint64)``.
+    """
+
+    def __init__(self, words: np.ndarray) -> None:
+        self.states = pcg64.seeded_states(np.ascontiguousarray(words, dtype=np.uint64))
+
+    def _draw(self, shape: tuple[int, ...], normal: bool) -> np.ndarray:
+        if shape[0] % len(self.states):
+            raise ValueError(f"{shape[0]} rows do not split over {len(self.states)} observations")
+        out = np.empty(shape)
+        pcg64.fill(self.states, out.reshape(shape[0], int(np.prod(shape[1:]))), normal)
+        return out
+
+    def random(self, shape: tuple[int, ...]) -> np.ndarray:
+        return self._draw(shape, False)
+
+    def standard_normal(self, shape: tuple[int, ...]) -> np.ndarray:
+        return self._draw(shape, True)
+
+
+RandomStream = np.random.Generator | GroupedGenerator | CompiledStreams  # what the request path draws from
 
 
 def generator_for(seeds: list[int]) -> RandomStream:
-    """One PCG64 generator per observation's seed; grouped when there are several.
+    """One PCG64 stream per observation's seed: :class:`CompiledStreams`, or NumPy's generators where it cannot serve.
 
     Every draw of an answer is made per observation from that observation's own
     stream, so a row's bytes depend on its seed and nothing else: the same alone,
-    in any batch request, or in any micro-batch.
+    in any batch request, or in any micro-batch. Seeds outside the compiled
+    seeding's range (:func:`fast_seeding`; not reachable from the API) get
+    NumPy's own ``default_rng``, which draws the same numbers.
     """
-    if fast_seeding(seeds, 0):  # default_rng(seed)'s PCG64 state, all rows in one compiled call
-        states = seed_sequence_states(seed_words(seeds), 8).astype("<u4").view("<u8").astype(np.uint64)
-        seeded = [cast(np.random.SeedSequence, PrecomputedSeedSequence(state)) for state in states]  # see its doc
-        generators = [np.random.Generator(np.random.PCG64(sequence)) for sequence in seeded]
-    else:
-        generators = [np.random.default_rng(seed) for seed in seeds]
+    if fast_seeding(seeds, 0):  # default_rng(seed)'s PCG64 seed words, all rows in one compiled call
+        return CompiledStreams(seed_sequence_states(seed_words(seeds), 8).astype("<u4").view("<u8"))
+    generators = [np.random.default_rng(seed) for seed in seeds]
     return generators[0] if len(generators) == 1 else GroupedGenerator(generators, [1] * len(generators))
