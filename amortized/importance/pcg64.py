@@ -20,7 +20,8 @@ ziggurat's rare branches included):
   copied from NumPy's ``ziggurat_constants.h``).
 
 The high half of a 128-bit product is one multiplication in LLVM's IR (a numba
-intrinsic: numba has no 128-bit integer type).
+intrinsic: numba has no 128-bit integer type). Should a NumPy release change
+its streams, the tests say so; the answers stay reproducible by their seeds.
 """
 
 from __future__ import annotations
