@@ -260,9 +260,10 @@ def answer_table(
 def own_buffers(table: pa.Table) -> pa.Table:
     """A slice of a larger table (one query's rows of a micro-batch) with buffers of its own: the same values.
 
-    pyarrow's IPC writer writes a slice that starts at row 0 with its parent's
-    whole buffers, and a later slice's dictionary indices likewise, so a query's
-    stream carried its micro-batch's bytes (the same values, more bytes, and
+    pyarrow's IPC writer writes a slice's buffer whole where it fits in the
+    stream's 64-byte padding (a column of a few rows: seeds, y, diagnostics,
+    dictionary indices), so a query's stream carried, in that padding, the other
+    queries' numbers of its micro-batch (the same values for its own rows, but
     not the bytes it gets alone). ``concat_arrays`` of a column's one chunk
     copies just its rows (about 50 us for a query of 1000 samples).
     """
