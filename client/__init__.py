@@ -93,8 +93,12 @@ def observations(y: Any) -> Any:
     NumPy values become Python numbers (:func:`plain`). The values are judged
     by the server (an ApiError 422 for NaN, infinities, numbers beyond +-1e9,
     booleans or text); raises ValueError for a shape the API has no place for:
-    an array of 2 or more dimensions, or a sequence holding sequences.
+    an array of 2 or more dimensions, or a sequence holding sequences, and
+    for a container with no order or no length (a set, a generator: y's
+    order is the answer's).
     """
+    if not isinstance(y, list | tuple | np.ndarray | np.generic | int | float | str | bool) and y is not None:
+        raise ValueError(f"y is a number or a list of numbers (a list, tuple or NumPy array), not a {type(y).__name__}")
     if isinstance(y, np.ndarray) and y.ndim > 1:
         raise ValueError(f"y is a number or a list of numbers (a 0-d or 1-d array), not an array of shape {y.shape}")
     y = plain(y)
@@ -318,7 +322,10 @@ def read_into_buffer(response: httpx.Response) -> Any:
         return response.read()
     total = int(length)
     if total > MAX_PREALLOCATED_BYTES:  # a length this large is not reserved on the server's word: read as it comes
-        return response.read()
+        body = response.read()
+        if len(body) != total:
+            raise httpx.RemoteProtocolError(f"the answer's body has {len(body)} bytes, not its Content-Length {total}")
+        return body
     buffer = pa.allocate_buffer(total)
     view, filled = memoryview(buffer).cast("B"), 0
     for chunk in response.iter_bytes():  # identity: the bytes as sent (also from a response already read)

@@ -475,13 +475,17 @@ def test_odd_answers_a_client_meets_behind_mocks_and_proxies(client):
     with AmortizedClient(transport=client._transport, base_url="http://testserver", format="json") as api:
         reference = api.posterior_arrays("gmm_open", y, **body)
     read_already = Replays(client._transport)
-    too_large = Replays(client._transport, headers={"content-length": str(2**50)})
-    for transport in (read_already, too_large):
-        with AmortizedClient(transport=transport, base_url="http://testserver") as api:
-            arrays = api.posterior_arrays("gmm_open", y, **body)  # no StreamConsumed, no 2**50 bytes reserved
-            assert api.format == "arrow"
-        for name in ("y", "x", "log_weights", "branch_means"):
-            same(getattr(arrays, name), getattr(reference, name))
+    with AmortizedClient(transport=read_already, base_url="http://testserver") as api:
+        arrays = api.posterior_arrays("gmm_open", y, **body)  # no StreamConsumed
+        assert api.format == "arrow"
+    for name in ("y", "x", "log_weights", "branch_means"):
+        same(getattr(arrays, name), getattr(reference, name))
+    too_large = Replays(client._transport, headers={"content-length": str(2**50)})  # 2**50 bytes not reserved ahead
+    with (
+        AmortizedClient(transport=too_large, base_url="http://testserver") as api,
+        pytest.raises(httpx.RemoteProtocolError, match="not its Content-Length"),
+    ):
+        api.posterior_arrays("gmm_open", y, **body)
 
     class IgnoresAccept(httpx.BaseTransport):  # answers JSON whatever Accept asks
         def __init__(self) -> None:
@@ -521,3 +525,11 @@ def test_diagnostics_have_the_same_columns_in_both_formats_with_or_without_the_c
     assert ("cross_check" in found["json"]) == (not cross_check)  # JSON's null: one column
     for key in found["json"]:
         same(found["arrow"][key], found["json"][key])
+
+
+@pytest.mark.parametrize("y", [{0.1, 0.2}, (v for v in [0.1]), frozenset([1.0]), range(3).__iter__(), object()])
+def test_a_y_with_no_order_or_no_length_is_refused_naming_y(client, y):
+    with AmortizedClient(transport=client._transport, base_url="http://testserver") as api:
+        with pytest.raises(ValueError, match="y is a number or a list of numbers"):
+            api.posterior("gmm", y)
+        assert len(api.posterior("gmm", (0.1, 0.2), num_samples=5)) == 2  # a tuple is ordered: sent as a list
