@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 import pytest
 
-from amortized.importance.streams import SEED_BITS, CompiledStreams, GroupedGenerator, generator_for, row_seeds
+from amortized.importance.streams import SEED_BITS, CompiledStreams, generator_for, row_seeds
 from service import answers, arrow
 from service.answers import BLOCK_DRAWS, PosteriorQuery, answer, answer_batch, row_blocks
 from service.batching import MicroBatcher
@@ -88,15 +88,6 @@ def test_networks_run_together_give_the_bytes_each_gives_alone(registry, name):
             expected = getattr(reference, field).double().numpy().reshape(getattr(alone, field).shape)
             np.testing.assert_allclose(getattr(together[objective], field), expected, rtol=1e-4, atol=1e-5)
     assert not np.array_equal(together["pq"].means, together["qp"].means)
-
-
-def test_grouped_generator_draws_each_group_from_its_own_stream():
-    grouped = GroupedGenerator([np.random.default_rng(1), np.random.default_rng(2)], [1, 2])
-    draws = grouped.standard_normal((6, 4))  # two rows per observation
-    np.testing.assert_array_equal(draws[:2], np.random.default_rng(1).standard_normal((2, 4)))
-    np.testing.assert_array_equal(draws[2:], np.random.default_rng(2).standard_normal((4, 4)))
-    with pytest.raises(ValueError, match="do not split"):
-        grouped.random((4, 4))
 
 
 def fake_query(served, seed: int, samples: int = 10) -> PosteriorQuery:
@@ -213,7 +204,9 @@ def test_compiled_seeding_gives_numpys_generators_and_row_seeds():
         ]
         assert row_seeds(seed, 70) == expected, seed
     # outside the compiled range (not reachable from the API: seeds are below 2**63), NumPy's own objects
-    assert generator_for([2**70]).bit_generator.state == np.random.default_rng(2**70).bit_generator.state
+    outside = [2**70, 2**64]
+    drawn = generator_for(outside).standard_normal((2, 4))
+    assert drawn.tobytes() == np.array([np.random.default_rng(seed).standard_normal(4) for seed in outside]).tobytes()
     assert row_seeds(2**70, 2) == [
         int(np.random.SeedSequence(2**70, spawn_key=(i,)).generate_state(1, np.uint64)[0]) & (2**SEED_BITS - 1)
         for i in range(2)

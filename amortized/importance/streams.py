@@ -116,41 +116,12 @@ def row_seeds(seed: int, count: int) -> list[int]:
     return (words.view("<u8")[:, 0].astype(np.uint64) & np.uint64(mask)).tolist()
 
 
-class GroupedGenerator:
-    """Stands in for one ``np.random.Generator`` over a batch whose observations come in groups.
-
-    Every draw of shape ``(rows, ...)`` is split by group: each group's own
-    generator draws its share of rows (rows per observation x its observations),
-    in the same order of calls as when that group is alone.
-    """
-
-    def __init__(self, generators: list[np.random.Generator], counts: list[int]) -> None:
-        self.generators, self.counts, self.total = generators, counts, sum(counts)
-
-    def _draw(self, method: str, shape: tuple[int, ...]) -> np.ndarray:
-        per_observation, remainder = divmod(shape[0], self.total)
-        if remainder:
-            raise ValueError(f"{shape[0]} rows do not split over {self.total} observations")
-        out, start = np.empty(shape), 0
-        for generator, count in zip(self.generators, self.counts):  # each fills its own rows, in place
-            stop = start + per_observation * count
-            getattr(generator, method)(out=out[start:stop])
-            start = stop
-        return out
-
-    def random(self, shape: tuple[int, ...]) -> np.ndarray:
-        return self._draw("random", shape)
-
-    def standard_normal(self, shape: tuple[int, ...]) -> np.ndarray:
-        return self._draw("standard_normal", shape)
-
-
 class CompiledStreams:
     """Stands in for one ``np.random.Generator(PCG64(seed))`` per observation, every row drawn in one compiled call.
 
-    As :class:`GroupedGenerator`, a draw of shape ``(rows, n)`` gives each
-    observation its share of consecutive rows, filled in order by its own
-    stream, and a stream goes on from one call to the next: the numbers its
+    A draw of shape ``(rows, n)`` gives each observation its share of
+    consecutive rows (rows / observations), filled in order by its own stream,
+    and a stream goes on from one call to the next: the numbers its
     NumPy generator gives, to the bit (:mod:`amortized.importance.pcg64`), without
     a Python object or a call per observation. ``words`` ``(observations, 4)``:
     each seed's ``SeedSequence(seed).generate_state(4, np.uint64)``.
@@ -173,19 +144,18 @@ class CompiledStreams:
         return self._draw(shape, True)
 
 
-RandomStream = np.random.Generator | GroupedGenerator | CompiledStreams  # what the request path draws from
+RandomStream = np.random.Generator | CompiledStreams  # what the science draws from (a Generator: one row)
 
 
-def generator_for(seeds: list[int]) -> RandomStream:
-    """One PCG64 stream per observation's seed: :class:`CompiledStreams`, or NumPy's generators where it cannot serve.
+def generator_for(seeds: list[int]) -> CompiledStreams:
+    """One PCG64 stream per observation's seed (:class:`CompiledStreams`): ``default_rng(seed)``'s numbers.
 
     Every draw of an answer is made per observation from that observation's own
     stream, so a row's bytes depend on its seed and nothing else: the same alone,
-    in any batch request, or in any micro-batch. Seeds outside the compiled
-    seeding's range (:func:`fast_seeding`; not reachable from the API) get
-    NumPy's own ``default_rng``, which draws the same numbers.
+    in any batch request, or in any micro-batch. The seed words come from the
+    compiled SeedSequence (:func:`seed_sequence_states`), or from NumPy's own for
+    seeds outside its range (:func:`fast_seeding`; not reachable from the API).
     """
-    if fast_seeding(seeds, 0):  # default_rng(seed)'s PCG64 seed words, all rows in one compiled call
+    if fast_seeding(seeds, 0):  # all rows in one compiled call
         return CompiledStreams(seed_sequence_states(seed_words(seeds), 8).astype("<u4").view("<u8"))
-    generators = [np.random.default_rng(seed) for seed in seeds]
-    return generators[0] if len(generators) == 1 else GroupedGenerator(generators, [1] * len(generators))
+    return CompiledStreams(np.array([np.random.SeedSequence(seed).generate_state(4, np.uint64) for seed in seeds]))
