@@ -39,6 +39,21 @@ def test_pareto_k_matches_arviz_stats(num_samples):
     np.testing.assert_allclose(ours, reference, rtol=1e-9, atol=1e-12)
 
 
+def test_pareto_k_rows_that_cannot_be_fitted_are_nan_and_leave_the_others_alone():
+    """Equal tail weights (no exceedances) or a NaN weight give NaN; zero weights (-inf) below the tail don't matter."""
+    rng = np.random.default_rng(5)
+    log_weights = rng.standard_t(3, size=(5, 1000))
+    alone = pareto_k_hat(log_weights[[0]])
+    log_weights[1] = 0.0  # every weight equal
+    log_weights[2, 7] = np.nan
+    log_weights[3, :500] = -np.inf  # half the draws impossible: the tail is the other half's
+    with np.errstate(invalid="ignore"):
+        k = pareto_k_hat(log_weights)
+    assert np.isnan(k[1]) and np.isnan(k[2])
+    assert np.isfinite(k[[0, 3, 4]]).all()
+    np.testing.assert_array_equal(k[0], alone[0])  # rows are independent of each other, to the bit
+
+
 @pytest.mark.parametrize("scale", [1.2, 1.5, 2.0, 3.0])
 def test_pareto_k_matches_the_closed_form(scale):
     """Proposal N(0, 1), target N(0, s^2): k = 1 - 1/s^2; finite-sample estimates sit slightly low for large s."""

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from amortized.arrays import logsumexp
+from amortized.compiled import compiled
 from amortized.importance import kernels
 
 
@@ -36,33 +36,91 @@ def zhang_stephens_grid(n: int) -> tuple[np.ndarray, int]:
 
 
 def pareto_k_hat(log_weights: np.ndarray) -> np.ndarray:
-    """PSIS k-hat per row: generalised Pareto shape of the largest weights (Zhang & Stephens fit).
+    """PSIS k-hat per row ``(..., samples) -> (...)``: generalised Pareto shape of the largest weights.
 
-    The same estimator as arviz-stats' ``psislw`` (with its weak prior towards
-    0.5), vectorised over rows; NaN where the tail cannot be fitted (fewer than
-    5 tail draws, or all tail weights equal).
+    The same estimator as arviz-stats' ``psislw`` (Zhang & Stephens' fit with
+    its weak prior towards 0.5), vectorised over rows; NaN where the tail
+    cannot be fitted (fewer than 5 tail draws, or all tail weights equal). Two
+    compiled passes per row around one SIMD ``log`` of the profile grid
+    (:func:`pareto_profile`, :func:`pareto_shape`): on the request path a
+    micro-batch's k-hats were about twenty NumPy calls on small arrays.
     """
-    n = pareto_tail_size(log_weights.shape[-1])
+    size = log_weights.shape[-1]
+    n = pareto_tail_size(size)
     if n < 5:
         return np.full(log_weights.shape[:-1], math.nan)
-    size = log_weights.shape[-1]
-    # ascending; the first is the cutoff
-    top = np.sort(np.partition(log_weights, size - n - 1, -1)[..., size - n - 1 :], -1)
-    shifted = top - top[..., -1:]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tail = np.exp(shifted[..., 1:]) - np.exp(shifted[..., :1])  # exceedances, ascending
-        prior_bs, prior_k = 3.0, 10.0
-        grid, quartile = zhang_stephens_grid(n)
-        b = grid / (prior_bs * tail[..., quartile : quartile + 1]) + 1 / tail[..., -1:]
-        terms = kernels.one_minus_outer(b.reshape(-1, b.shape[-1]), tail.reshape(-1, tail.shape[-1]))
-        # log(1 - b x), not log1p: NumPy's log is SIMD, log1p is not (3x)
-        k = np.log(terms, out=terms).sum(-1).reshape(b.shape) / tail.shape[-1]
-        profile = n * (np.log(-b / k) - k - 1)
-        weights = np.exp(profile - logsumexp(profile)[..., None])
-        weights = np.where(weights >= 10 * np.finfo(np.float64).eps, weights, 0.0)
-        b_post = (b * weights).sum(-1) / weights.sum(-1)
-        k_post = np.log1p(-b_post[..., None] * tail).mean(-1)
-    return (n * k_post + prior_k * 0.5) / (n + prior_k)
+    grid, quartile = zhang_stephens_grid(n)
+    top = np.sort(np.partition(log_weights, size - n - 1, -1)[..., size - n - 1 :], -1)  # ascending; [0]: cutoff
+    b, tail, terms = pareto_profile(top.reshape(-1, n + 1), grid, quartile)
+    # log(1 - b x), not log1p: NumPy's log is SIMD, log1p is not (3x); its sum over the tail is SIMD too
+    return pareto_shape(np.log(terms, out=terms).sum(-1), b, tail).reshape(log_weights.shape[:-1])
+
+
+PRIOR_BS, PRIOR_K = 3.0, 10.0  # arviz-stats' weak prior: on the profile grid's scale, and k's pull towards 0.5
+
+
+@compiled
+def pareto_profile(top: np.ndarray, grid: np.ndarray, quartile: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of ``top`` ``(rows, n + 1)``: the tail and Zhang & Stephens' profile grid for its fit.
+
+    ``top`` holds a row's largest n + 1 log weights, ascending; the first is
+    the cutoff. Returns ``b`` ``(rows, m)``: the grid
+    (:func:`zhang_stephens_grid`) scaled by the tail's first quartile and its
+    largest exceedance; ``tail`` ``(rows, n)``: the exceedances over the
+    cutoff, exp(top) - exp(cutoff), ascending; and ``terms`` ``(rows, m, n)``:
+    1 - b_i x_j, whose logs (taken by NumPy) give each grid point's shape.
+    """
+    rows, n, m = top.shape[0], top.shape[1] - 1, grid.shape[0]
+    b, tail, terms = np.empty((rows, m)), np.empty((rows, n)), np.empty((rows, m, n))
+    for r in range(rows):
+        largest = top[r, n]
+        cutoff = math.exp(top[r, 0] - largest)
+        for j in range(n):
+            tail[r, j] = math.exp(top[r, j + 1] - largest) - cutoff
+        for i in range(m):
+            b[r, i] = grid[i] / (PRIOR_BS * tail[r, quartile]) + 1 / tail[r, n - 1]
+            for j in range(n):
+                terms[r, i, j] = 1.0 - b[r, i] * tail[r, j]
+    return b, tail, terms
+
+
+@compiled
+def pareto_shape(log_sums: np.ndarray, b: np.ndarray, tail: np.ndarray) -> np.ndarray:
+    """k-hat per row from the profile of :func:`pareto_profile`: ``log_sums`` ``(rows, m)`` = sum_j log(1 - b_i x_j).
+
+    Each grid point's shape k_i = mean_j log(1 - b_i x_j) and profile
+    log-likelihood n (log(-b_i / k_i) - k_i - 1); their softmax weighs the
+    grid into the posterior mean of b (weights under 10 machine epsilons
+    dropped), whose shape mean_j log1p(-b x_j) is pulled towards 0.5 by the
+    prior: (n k + 10 * 0.5) / (n + 10).
+    """
+    (rows, m), n = log_sums.shape, tail.shape[1]
+    out, profile = np.empty(rows), np.empty(m)
+    floor = 10 * np.finfo(np.float64).eps
+    for r in range(rows):
+        largest = -np.inf
+        for i in range(m):
+            k = log_sums[r, i] / n
+            profile[i] = n * (math.log(-b[r, i] / k) - k - 1)
+            largest = profile[i] if i == 0 else kernels.nan_max(profile[i], largest)
+        shift = kernels.finite_or_zero(largest)
+        normaliser = 0.0
+        for i in range(m):
+            normaliser += math.exp(profile[i] - shift)
+        log_normaliser = math.log(normaliser) + shift
+        weighted, weights = 0.0, 0.0
+        for i in range(m):
+            w = math.exp(profile[i] - log_normaliser)
+            w = w if w >= floor else 0.0
+            weighted += b[r, i] * w
+            weights += w
+        b_post = weighted / weights
+        k_post = 0.0
+        for j in range(n):
+            k_post += math.log1p(-b_post * tail[r, j])
+        k_post /= n
+        out[r] = (n * k_post + PRIOR_K * 0.5) / (n + PRIOR_K)
+    return out
 
 
 def required_samples(k: float) -> float:
