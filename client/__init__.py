@@ -9,8 +9,10 @@ with AmortizedClient("http://127.0.0.1:8000") as api:
 
 Answers come as an Arrow IPC stream (``Accept: application/vnd.apache.arrow.stream``)
 when pyarrow is installed, else as JSON; a server that answers 406 to Arrow
-is asked again in JSON (and from then on). Both carry the same numbers, read
-into the same arrays (same dtypes, floats to the bit).
+is asked again in JSON, and one that answers JSON anyway is read as such (both
+from then on in JSON). Both carry the same numbers, read into the same arrays
+(same dtypes, floats to the bit). A 2xx answer that is neither (a proxy's or
+captive portal's page, a truncated or corrupt body) raises :class:`InvalidAnswer`.
 """
 
 from __future__ import annotations
@@ -42,6 +44,44 @@ class ApiError(Exception):
     def __init__(self, status: int, detail: Any) -> None:
         super().__init__(f"HTTP {status}: {detail}")
         self.status, self.detail = status, detail
+
+
+class InvalidAnswer(ValueError):
+    """A 2xx answer that is not the service's: another media type, or a body that does not read as the one it names.
+
+    ``status`` and ``content_type`` are the response's; ``reason`` says what
+    was wrong, with the body's first bytes where they help (a proxy's page).
+    A ValueError, as the parsers' own errors it replaces.
+    """
+
+    def __init__(self, status: int, content_type: str, reason: str) -> None:
+        super().__init__(f"HTTP {status} answer ({content_type or 'no Content-Type'}) is not the service's: {reason}")
+        self.status, self.content_type, self.reason = status, content_type, reason
+
+
+SHOWN_BYTES = 120  # of a body that is not an answer, quoted in InvalidAnswer
+
+
+def media_type(response: httpx.Response) -> str:
+    """The response's media type, lower case, without parameters ("" when absent)."""
+    return response.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def json_answer(status: int, content_type: str, body: bytes) -> dict[str, Any]:
+    """A posterior answer's JSON object; raises :class:`InvalidAnswer` for another media type or shape."""
+    if content_type != "application/json":
+        shown = body[:SHOWN_BYTES].decode("utf-8", "replace")
+        raise InvalidAnswer(status, content_type, f"expected {ARROW} or application/json; it begins {shown!r}")
+    try:
+        answer = json.loads(body)
+    except ValueError as error:  # not JSON, or not UTF-8
+        raise InvalidAnswer(status, content_type, f"the body is not JSON ({error})") from None
+    results = answer.get("results", [answer]) if isinstance(answer, dict) else None
+    if not (isinstance(results, list) and results and all(isinstance(r, dict) for r in results)) or not (
+        "objective" in results[0] or "objectives" in results[0]
+    ):
+        raise InvalidAnswer(status, content_type, "the JSON is not a posterior answer (no results with an objective)")
+    return answer
 
 
 def segment(value: str) -> str:
@@ -488,20 +528,18 @@ class AmortizedClient:
         refuse_unless_success(response)
         return response
 
-    def _arrow_body(self, method: str, path: str, **kwargs: Any) -> Any:
-        """The answer's body as one Arrow buffer (:func:`read_into_buffer`); raises ApiError as ``_response``.
+    def _arrow_body(self, method: str, path: str, **kwargs: Any) -> tuple[int, str, Any]:
+        """The answer's status, media type and body: an Arrow answer in one buffer (:func:`read_into_buffer`).
 
-        None where the server answered in another media type (one that ignores
-        ``Accept``): the caller asks again in JSON.
+        An answer in another media type (a server that ignores ``Accept``) comes as bytes; raises ApiError as
+        ``_response``.
         """
         with self._http.stream(method, path, **kwargs) as response:
             if not response.is_success:
                 response.read()
                 refuse_unless_success(response)
-            if response.headers.get("content-type", "").split(";")[0].strip().lower() != ARROW:
-                response.read()
-                return None
-            return read_into_buffer(response)
+            media = media_type(response)
+            return response.status_code, media, read_into_buffer(response) if media == ARROW else response.read()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._response(method, path, **kwargs).json()
@@ -522,27 +560,39 @@ class AmortizedClient:
         # encoded here, not by httpx (which refuses NaN from 0.28 on): a non-finite y gets the server's 422 either way
         content = json.dumps(body, separators=(",", ":")).encode()
         json_headers = {"content-type": "application/json"}
+        answer = None
         if self.format == "arrow":
             try:
-                stream = self._arrow_body("POST", path, content=content, headers=json_headers | {"accept": ARROW})
+                status, media, stream = self._arrow_body(
+                    "POST", path, content=content, headers=json_headers | {"accept": ARROW}
+                )
             except ApiError as error:
                 if error.status != 406:
                     raise
                 self.format = "json"  # this server speaks JSON only: ask it in JSON from now on
             else:
-                if stream is not None:
-                    table = pa.ipc.open_stream(stream).read_all()
-                    objectives = list(dict.fromkeys(table.column("objective").to_pylist()[:2]))
-                    width = len(objectives)
-                    parts = [table.take(np.arange(j, len(table), width)) if width > 1 else table for j in range(width)]
-                    return (
-                        {name: (PosteriorArrays.from_arrow(part), part) for name, part in zip(objectives, parts)},
-                        None,
-                        (table.schema.metadata or {}).get(b"batch") == b"true",
-                    )
-                self.format = "json"  # the answer was not Arrow (a server that ignores Accept): JSON from now on
-        json_headers["accept"] = "application/json"
-        answer = self._response("POST", path, content=content, headers=json_headers).json()
+                if media == ARROW:
+                    try:
+                        table = pa.ipc.open_stream(stream).read_all()
+                        objectives = list(dict.fromkeys(table.column("objective").to_pylist()[:2]))
+                        width = len(objectives)
+                        parts = [
+                            table.take(np.arange(j, len(table), width)) if width > 1 else table for j in range(width)
+                        ]
+                        columns = {
+                            name: (PosteriorArrays.from_arrow(part), part) for name, part in zip(objectives, parts)
+                        }
+                    except (pa.ArrowException, KeyError, ValueError) as error:  # ArrowInvalid, a column missing
+                        raise InvalidAnswer(
+                            status, media, f"the body does not read as the service's Arrow answer ({error})"
+                        ) from None
+                    return columns, None, (table.schema.metadata or {}).get(b"batch") == b"true"
+                answer = json_answer(status, media, stream)  # a server that ignores Accept: its JSON, read as such
+                self.format = "json"  # and asked in JSON from now on
+        if answer is None:
+            json_headers["accept"] = "application/json"
+            response = self._response("POST", path, content=content, headers=json_headers)
+            answer = json_answer(response.status_code, media_type(response), response.content)
         results = answer.get("results", [answer])
         if "objectives" in results[0]:
             columns = {

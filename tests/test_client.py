@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import client as client_module
-from client import AmortizedClient, ApiError
+from client import AmortizedClient, ApiError, InvalidAnswer
 from service.schemas import SUMMARY_SOURCES
 from tests.conftest import ARTIFACTS, ROOT
 from tests.launch import start_server, stop_server
@@ -499,10 +499,10 @@ def test_odd_answers_a_client_meets_behind_mocks_and_proxies(client):
 
     ignores = IgnoresAccept()
     with AmortizedClient(transport=ignores, base_url="http://testserver") as api:
-        arrays = api.posterior_arrays("gmm_open", y, **body)
-        assert api.format == "json" and ignores.accepts == [client_module.ARROW, "application/json"]
-        api.posterior_arrays("gmm_open", y, **body)  # from then on in JSON: one request
-        assert ignores.accepts[2:] == ["application/json"]
+        arrays = api.posterior_arrays("gmm_open", y, **body)  # its JSON read as it came: not asked again
+        assert api.format == "json" and ignores.accepts == [client_module.ARROW]
+        api.posterior_arrays("gmm_open", y, **body)  # from then on in JSON
+        assert ignores.accepts[1:] == ["application/json"]
     same(arrays.x, reference.x)
     for status, content in ((422, b"[1, 2]"), (502, b"<html>bad gateway</html>"), (500, b"")):
         failing = Replays(None, status=status, content=content)
@@ -533,3 +533,44 @@ def test_a_y_with_no_order_or_no_length_is_refused_naming_y(client, y):
         with pytest.raises(ValueError, match="y is a number or a list of numbers"):
             api.posterior("gmm", y)
         assert len(api.posterior("gmm", (0.1, 0.2), num_samples=5)) == 2  # a tuple is ordered: sent as a list
+
+
+@pytest.mark.parametrize("format", ["arrow", "json"])
+def test_a_success_that_is_not_the_services_answer_raises_invalid_answer(client, format):
+    """A proxy's page, a corrupt or cut Arrow stream, JSON that is not an answer: InvalidAnswer naming the media
+    type and what was wrong, never pyarrow's or json's own error, and the client keeps the format it was given."""
+    with AmortizedClient(transport=client._transport, base_url="http://testserver", format="arrow") as api:
+        body = {"y": [0.5, 1.0], "num_samples": 30}
+        arrow_body = api._http.post(
+            "/v1/models/gmm/posterior", json=body, headers={"accept": client_module.ARROW}
+        ).content
+    html = {"content-type": "text/html; charset=utf-8"}
+    arrow, json_type = {"content-type": client_module.ARROW}, {"content-type": "application/json"}
+    cases = [
+        (html, b"<html><body>Please log in to the hotel Wi-Fi</body></html>", "text/html", "Please log in"),
+        ({}, b"", "no Content-Type", "expected"),
+        (json_type, b"{not json", "application/json", "not JSON"),
+        (json_type, b"[1, 2]", "application/json", "not a posterior answer"),
+        (json_type, b'{"results": []}', "application/json", "not a posterior answer"),
+        (json_type, b"\xff\xfe", "application/json", "not JSON"),
+    ]
+    if format == "arrow":
+        cases += [
+            (arrow, b"garbage, not an Arrow stream", client_module.ARROW, "Arrow"),
+            (arrow, arrow_body[: len(arrow_body) // 2], client_module.ARROW, "Arrow"),  # cut short
+            (arrow, b"", client_module.ARROW, "Arrow"),
+        ]
+
+    class Answers(httpx.BaseTransport):
+        def __init__(self, headers: dict[str, str], content: bytes) -> None:
+            self.headers, self.content = headers, content
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            return httpx.Response(200, headers=self.headers, content=self.content)
+
+    for headers, content, named, reason in cases:
+        with AmortizedClient(transport=Answers(headers, content), base_url="http://t", format=format) as api:
+            with pytest.raises(InvalidAnswer) as raised:
+                api.posterior_arrays("gmm", [0.5, 1.0], num_samples=30)
+            assert raised.value.status == 200 and named in str(raised.value) and reason in str(raised.value)
+            assert api.format == format  # a page that is not an answer says nothing of the server's formats
