@@ -17,9 +17,10 @@ captive portal's page, a truncated or corrupt body) raises :class:`InvalidAnswer
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 from urllib.parse import quote
@@ -60,6 +61,11 @@ class InvalidAnswer(ValueError):
 
 
 SHOWN_BYTES = 120  # of a body that is not an answer, quoted in InvalidAnswer
+# what reading a body that is not the answer raises: a field missing or of another type (KeyError, TypeError...),
+# pyarrow's errors (ArrowInvalid is a ValueError; a stream cut inside a message is an OSError)
+READ_ERRORS: tuple[type[Exception], ...] = (KeyError, IndexError, TypeError, ValueError, AttributeError, OSError) + (
+    (pa.ArrowException,) if pa is not None else ()
+)
 
 
 def media_type(response: httpx.Response) -> str:
@@ -182,7 +188,7 @@ class Posterior:
         samples = {name: column(values) for name, values in (body.get("samples") or {"x": []}).items()}
         resampled = body.get("resampled")
         return cls(
-            y=body["y"],
+            y=float(body["y"]),  # a number in every answer (ValueError otherwise: the body is not one)
             objective=body["objective"],
             branch_latents=[b["latents"] for b in branches],
             branch_probabilities=np.array([b["probability"] for b in branches]),
@@ -480,6 +486,70 @@ def posterior_rows(arrays: PosteriorArrays, table: Any) -> list[Posterior]:
     ]
 
 
+@contextlib.contextmanager
+def reading(status: int, media: str) -> Iterator[None]:
+    """Errors met reading a success's body as the answer, raised as :class:`InvalidAnswer` (the body's fault)."""
+    try:
+        yield
+    except InvalidAnswer:
+        raise
+    except READ_ERRORS as error:
+        kind = "Arrow" if media == ARROW else "JSON"
+        reason = f"the body does not read as the service's {kind} answer ({type(error).__name__}: {error})"
+        raise InvalidAnswer(status, media, reason) from None
+
+
+def expected_rows(body: dict[str, Any]) -> int:
+    """How many observations the request asked about."""
+    return len(body["y"]) if isinstance(body["y"], list) else 1
+
+
+def check_objectives(found: list[str], objective: str) -> None:
+    """The networks that answered: the one asked for, or pq and qp for "both"; else ValueError (:func:`reading`)."""
+    if sorted(found) != (["pq", "qp"] if objective == "both" else [objective]):
+        raise ValueError(f"it answers objectives {found}, the request asked for {objective!r}")
+
+
+def arrow_answer(table: Any, body: dict[str, Any], rows: bool) -> Any:
+    """An Arrow answer (one row per observation and objective) as :meth:`AmortizedClient._posterior` returns it."""
+    objectives = list(dict.fromkeys(table.column("objective").to_pylist()[:2]))
+    check_objectives(objectives, body["objective"])
+    width, count = len(objectives), expected_rows(body)
+    if table.num_rows != count * width:
+        raise ValueError(f"{table.num_rows} rows, not {count} observations x {width} objectives")
+    parts = {
+        name: table.take(np.arange(j, len(table), width)) if width > 1 else table for j, name in enumerate(objectives)
+    }
+    columns = {name: PosteriorArrays.from_arrow(part) for name, part in parts.items()}
+    if not rows:
+        return columns if body["objective"] == "both" else columns[body["objective"]]
+    per_objective = {name: posterior_rows(columns[name], part) for name, part in parts.items()}
+    answers: list[Any] = (
+        [dict(zip(per_objective, row)) for row in zip(*per_objective.values())]
+        if body["objective"] == "both"
+        else list(per_objective[body["objective"]])
+    )
+    return answers if isinstance(body["y"], list) else answers[0]
+
+
+def json_answers(answer: dict[str, Any], body: dict[str, Any], rows: bool) -> Any:
+    """A JSON answer (:func:`json_answer`) as :meth:`AmortizedClient._posterior` returns it."""
+    results = answer.get("results", [answer])
+    if len(results) != expected_rows(body) or ("results" in answer) != isinstance(body["y"], list):
+        raise ValueError(f"{len(results)} results, not the {expected_rows(body)} observations asked about")
+    both = "objectives" in results[0]
+    check_objectives(list(results[0]["objectives"]) if both else [results[0]["objective"]], body["objective"])
+    if rows:
+        answers = [parse(r) for r in results]
+        return answers if isinstance(body["y"], list) else answers[0]
+    if both:
+        return {
+            name: PosteriorArrays.from_json([r["objectives"][name] for r in results])
+            for name in results[0]["objectives"]
+        }
+    return PosteriorArrays.from_json(results)
+
+
 class AmortizedClient:
     """Synchronous client over httpx; use as a context manager or call ``close()``.
 
@@ -541,26 +611,49 @@ class AmortizedClient:
             media = media_type(response)
             return response.status_code, media, read_into_buffer(response) if media == ARROW else response.read()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self._response(method, path, **kwargs).json()
+    def _described(self, path: str) -> Any:
+        """The JSON at GET ``path``; raises ApiError as ``_response``, InvalidAnswer where it is not JSON."""
+        response = self._response("GET", path, headers={"accept": "application/json"})
+        status, media = response.status_code, media_type(response)
+        if media != "application/json":
+            shown = response.content[:SHOWN_BYTES].decode("utf-8", "replace")
+            raise InvalidAnswer(status, media, f"expected application/json; it begins {shown!r}")
+        with reading(status, media):
+            return response.json()
 
     def models(self) -> list[dict[str, Any]]:
-        return self._call("GET", "/v1/models")
+        """Every served model's description (name, title, latents, branches, params); raises as :meth:`model`."""
+        described = self._described("/v1/models")
+        if not (isinstance(described, list) and all(isinstance(m, dict) and "name" in m for m in described)):
+            raise InvalidAnswer(200, "application/json", "not a list of model descriptions")
+        return described
 
     def model(self, name: str) -> dict[str, Any]:
-        """The model's description; raises ApiError 404 for a model the server does not serve."""
-        return self._call("GET", f"/v1/models/{segment(name)}")
+        """The model's description, with its served artifacts' manifests.
+
+        Raises ApiError 404 for a model the server does not serve, InvalidAnswer for a success that is not a
+        description.
+        """
+        described = self._described(f"/v1/models/{segment(name)}")
+        if not (isinstance(described, dict) and "name" in described):
+            raise InvalidAnswer(200, "application/json", "not a model's description")
+        return described
 
     def ready(self) -> bool:
         return self._http.get("/health/ready").status_code == 200
 
-    def _posterior(self, model: str, body: dict[str, Any]) -> tuple[dict[str, tuple[PosteriorArrays, Any]], Any, bool]:
-        """Per objective, the answer's columns (and its Arrow rows); the JSON results (None for Arrow); batch or not."""
+    def _posterior(self, model: str, body: dict[str, Any], rows: bool) -> Any:
+        """The answer to ``body``, in Arrow while the server speaks it, else in JSON.
+
+        Per objective its columns (:class:`PosteriorArrays`), or with ``rows`` a :class:`Posterior` per
+        observation, laid out as :meth:`posterior_arrays` and :meth:`posterior` return them. Raises ApiError for
+        a refusal and :class:`InvalidAnswer` for a success that does not read as the answer to this request (its
+        objectives, its number of observations).
+        """
         path = f"/v1/models/{segment(model)}/posterior"
         # encoded here, not by httpx (which refuses NaN from 0.28 on): a non-finite y gets the server's 422 either way
         content = json.dumps(body, separators=(",", ":")).encode()
         json_headers = {"content-type": "application/json"}
-        answer = None
         if self.format == "arrow":
             try:
                 status, media, stream = self._arrow_body(
@@ -572,36 +665,19 @@ class AmortizedClient:
                 self.format = "json"  # this server speaks JSON only: ask it in JSON from now on
             else:
                 if media == ARROW:
-                    try:
-                        table = pa.ipc.open_stream(stream).read_all()
-                        objectives = list(dict.fromkeys(table.column("objective").to_pylist()[:2]))
-                        width = len(objectives)
-                        parts = [
-                            table.take(np.arange(j, len(table), width)) if width > 1 else table for j in range(width)
-                        ]
-                        columns = {
-                            name: (PosteriorArrays.from_arrow(part), part) for name, part in zip(objectives, parts)
-                        }
-                    except (pa.ArrowException, KeyError, ValueError) as error:  # ArrowInvalid, a column missing
-                        raise InvalidAnswer(
-                            status, media, f"the body does not read as the service's Arrow answer ({error})"
-                        ) from None
-                    return columns, None, (table.schema.metadata or {}).get(b"batch") == b"true"
+                    with reading(status, media):
+                        return arrow_answer(pa.ipc.open_stream(stream).read_all(), body, rows)
                 answer = json_answer(status, media, stream)  # a server that ignores Accept: its JSON, read as such
+                with reading(status, media):
+                    read = json_answers(answer, body, rows)
                 self.format = "json"  # and asked in JSON from now on
-        if answer is None:
-            json_headers["accept"] = "application/json"
-            response = self._response("POST", path, content=content, headers=json_headers)
-            answer = json_answer(response.status_code, media_type(response), response.content)
-        results = answer.get("results", [answer])
-        if "objectives" in results[0]:
-            columns = {
-                name: (PosteriorArrays.from_json([r["objectives"][name] for r in results]), None)
-                for name in results[0]["objectives"]
-            }
-        else:
-            columns = {results[0]["objective"]: (PosteriorArrays.from_json(results), None)}
-        return columns, results, "results" in answer
+                return read
+        json_headers["accept"] = "application/json"
+        response = self._response("POST", path, content=content, headers=json_headers)
+        status, media = response.status_code, media_type(response)
+        answer = json_answer(status, media, response.content)
+        with reading(status, media):
+            return json_answers(answer, body, rows)
 
     @staticmethod
     def _body(
@@ -628,8 +704,7 @@ class AmortizedClient:
         ``y`` and ``options`` (num_samples, seed, resample, cross_check, version, include): as :meth:`posterior`,
         which says what it raises.
         """
-        columns, _, _ = self._posterior(model, self._body(y, objective, **options))
-        return {name: arrays for name, (arrays, _) in columns.items()} if objective == "both" else columns[objective][0]
+        return self._posterior(model, self._body(y, objective, **options), rows=False)
 
     def posterior(
         self,
@@ -655,14 +730,4 @@ class AmortizedClient:
         text, or an option out of its range.
         """
         body = self._body(y, objective, num_samples, seed, resample, cross_check, version=version, include=include)
-        columns, results, batch = self._posterior(model, body)
-        if results is not None:  # JSON: the parsed bodies, as before
-            answers = [parse(r) for r in results]
-            return answers if batch else answers[0]
-        per_objective = {name: posterior_rows(arrays, table) for name, (arrays, table) in columns.items()}
-        rows: list[Posterior | dict[str, Posterior]] = (
-            [dict(zip(per_objective, row)) for row in zip(*per_objective.values())]
-            if objective == "both"
-            else list(per_objective[objective])
-        )
-        return rows if batch else rows[0]
+        return self._posterior(model, body, rows=True)

@@ -535,42 +535,118 @@ def test_a_y_with_no_order_or_no_length_is_refused_naming_y(client, y):
         assert len(api.posterior("gmm", (0.1, 0.2), num_samples=5)) == 2  # a tuple is ordered: sent as a list
 
 
+class Answers(httpx.BaseTransport):
+    """Answers every request 200 with the same headers and body (a proxy's page, a broken server)."""
+
+    def __init__(self, headers: dict[str, str], content: bytes) -> None:
+        self.headers, self.content = headers, content
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers=self.headers, content=self.content)
+
+
+HTML = {"content-type": "text/html; charset=utf-8"}
+JSON_TYPE = {"content-type": "application/json"}
+ARROW_TYPE = {"content-type": client_module.ARROW}
+
+
+def arrow_answer(client, **body) -> bytes:
+    """The app's Arrow answer's bytes for ``body`` (gmm)."""
+    headers = {"accept": client_module.ARROW}
+    response = client.post("/v1/models/gmm/posterior", json={"num_samples": 30, **body}, headers=headers)
+    assert response.status_code == 200
+    return response.content
+
+
+def refused(format: str, headers: dict[str, str], content: bytes, call) -> InvalidAnswer:
+    """What ``call(api)`` raises against a server answering 200 with ``content``; the client keeps its format."""
+    with AmortizedClient(transport=Answers(headers, content), base_url="http://t", format=format) as api:
+        with pytest.raises(InvalidAnswer) as raised:
+            call(api)
+        assert api.format == format  # a body that is not an answer says nothing of the server's formats
+    assert raised.value.status == 200
+    return raised.value
+
+
 @pytest.mark.parametrize("format", ["arrow", "json"])
 def test_a_success_that_is_not_the_services_answer_raises_invalid_answer(client, format):
-    """A proxy's page, a corrupt or cut Arrow stream, JSON that is not an answer: InvalidAnswer naming the media
-    type and what was wrong, never pyarrow's or json's own error, and the client keeps the format it was given."""
-    with AmortizedClient(transport=client._transport, base_url="http://testserver", format="arrow") as api:
-        body = {"y": [0.5, 1.0], "num_samples": 30}
-        arrow_body = api._http.post(
-            "/v1/models/gmm/posterior", json=body, headers={"accept": client_module.ARROW}
-        ).content
-    html = {"content-type": "text/html; charset=utf-8"}
-    arrow, json_type = {"content-type": client_module.ARROW}, {"content-type": "application/json"}
+    """A proxy's page, JSON that is not an answer, or is one of another shape: InvalidAnswer naming the media type
+    and what was wrong, never json's own error or a KeyError, and the client keeps the format it was given."""
     cases = [
-        (html, b"<html><body>Please log in to the hotel Wi-Fi</body></html>", "text/html", "Please log in"),
+        (HTML, b"<html><body>Please log in to the hotel Wi-Fi</body></html>", "text/html", "Please log in"),
         ({}, b"", "no Content-Type", "expected"),
-        (json_type, b"{not json", "application/json", "not JSON"),
-        (json_type, b"[1, 2]", "application/json", "not a posterior answer"),
-        (json_type, b'{"results": []}', "application/json", "not a posterior answer"),
-        (json_type, b"\xff\xfe", "application/json", "not JSON"),
+        (JSON_TYPE, b"{not json", "application/json", "not JSON"),
+        (JSON_TYPE, b"[1, 2]", "application/json", "not a posterior answer"),
+        (JSON_TYPE, b'{"results": []}', "application/json", "not a posterior answer"),
+        (JSON_TYPE, b"\xff\xfe", "application/json", "not JSON"),
+        # nearly an answer: a field missing or of another type, another objective, another number of observations
+        (JSON_TYPE, b'{"objective": "pq"}', "application/json", "KeyError"),
+        (JSON_TYPE, b'{"objective": "pq", "y": 0, "samples": 5}', "application/json", "JSON answer"),
+        (JSON_TYPE, b'{"objectives": {"pq": 1}}', "application/json", "JSON answer"),
+        (JSON_TYPE, b'{"results": [{"objective": "pq", "y": "a"}]}', "application/json", "observations"),
+        (JSON_TYPE, b'{"objective": "qp", "y": 0.5}', "application/json", "asked for 'pq'"),
     ]
-    if format == "arrow":
-        cases += [
-            (arrow, b"garbage, not an Arrow stream", client_module.ARROW, "Arrow"),
-            (arrow, arrow_body[: len(arrow_body) // 2], client_module.ARROW, "Arrow"),  # cut short
-            (arrow, b"", client_module.ARROW, "Arrow"),
-        ]
-
-    class Answers(httpx.BaseTransport):
-        def __init__(self, headers: dict[str, str], content: bytes) -> None:
-            self.headers, self.content = headers, content
-
-        def handle_request(self, request: httpx.Request) -> httpx.Response:
-            return httpx.Response(200, headers=self.headers, content=self.content)
-
     for headers, content, named, reason in cases:
-        with AmortizedClient(transport=Answers(headers, content), base_url="http://t", format=format) as api:
-            with pytest.raises(InvalidAnswer) as raised:
-                api.posterior_arrays("gmm", [0.5, 1.0], num_samples=30)
-            assert raised.value.status == 200 and named in str(raised.value) and reason in str(raised.value)
-            assert api.format == format  # a page that is not an answer says nothing of the server's formats
+        for call in (
+            lambda api: api.posterior("gmm", 0.5, num_samples=30),
+            lambda api: api.posterior_arrays("gmm", 0.5),
+        ):
+            error = refused(format, headers, content, call)
+            assert named in str(error) and reason in str(error), (content, str(error))
+    for y, content, reason in (
+        ([0.5, 1.0], b'{"results": [{"objective": "pq", "y": "a"}]}', "not the 2 observations"),
+        ([0.5], b'{"results": [{"objective": "pq", "y": "a"}]}', "ValueError"),
+    ):
+        for call in (lambda api, y=y: api.posterior("gmm", y), lambda api, y=y: api.posterior_arrays("gmm", y)):
+            assert reason in str(refused(format, JSON_TYPE, content, call))
+
+
+def test_an_arrow_answer_that_is_corrupt_cut_or_not_this_requests_raises_invalid_answer(client):
+    """Garbage, a stream cut anywhere (its Content-Length the cut length: pyarrow raises ArrowInvalid or OSError by
+    where it is cut), a stream with no rows, another objective's or another number of observations' answer."""
+    import pyarrow as pa
+
+    whole = arrow_answer(client, y=[0.5, 1.0])
+    empty = pa.BufferOutputStream()
+    with pa.ipc.new_stream(empty, pa.ipc.open_stream(whole).schema):
+        pass  # the schema, no record batch
+    bodies = [b"garbage, not an Arrow stream", b"", empty.getvalue().to_pybytes()]
+    bodies += [whole[:cut] for cut in range(0, len(whole), max(1, len(whole) // 40))] + [whole[:-1]]
+    for content in bodies:
+        for call in (lambda api: api.posterior("gmm", [0.5, 1.0]), lambda api: api.posterior_arrays("gmm", [0.5, 1.0])):
+            error = refused("arrow", ARROW_TYPE, content, call)
+            assert client_module.ARROW in str(error) and "Arrow" in error.reason
+    for content, y, objective, reason in (
+        (arrow_answer(client, y=[0.5, 1.0], objective="qp"), [0.5, 1.0], "pq", "asked for 'pq'"),
+        (arrow_answer(client, y=[0.5, 1.0]), [0.5, 1.0, 2.0], "pq", "not 3 observations"),
+        (arrow_answer(client, y=[0.5, 1.0]), 0.5, "pq", "not 1 observations"),
+        (arrow_answer(client, y=[0.5, 1.0]), [0.5, 1.0], "both", "asked for 'both'"),
+    ):
+        assert reason in str(
+            refused(
+                "arrow", ARROW_TYPE, content, lambda api, y=y, objective=objective: api.posterior("gmm", y, objective)
+            )
+        )
+    with AmortizedClient(transport=Answers(ARROW_TYPE, whole), base_url="http://t") as api:  # the control: it reads
+        assert api.posterior_arrays("gmm", [0.5, 1.0]).x.shape == (2, 30)
+
+
+def test_model_descriptions_that_are_not_raise_invalid_answer(client):
+    """models() and model(): a page, no body, text, binary or JSON of another shape is InvalidAnswer, not json's
+    error or the body passed on as if it were a description."""
+    cases = [
+        (HTML, b"<html>proxy</html>"),
+        ({}, b""),
+        ({"content-type": "text/plain"}, b"hello"),
+        ({"content-type": "application/octet-stream"}, bytes(range(256))),
+        (JSON_TYPE, b"\xff\xfe\x00"),
+        (JSON_TYPE, b"[1, 2, 3]"),
+        (JSON_TYPE, b"null"),
+        (JSON_TYPE, b'{"results": [{"foo": 1}]}'),
+        (JSON_TYPE, b'[{"foo": 1}]'),
+    ]
+    for headers, content in cases:
+        refused("json", headers, content, lambda api: api.models())
+        refused("json", headers, content, lambda api: api.model("gmm"))
+    with AmortizedClient(transport=client._transport, base_url="http://testserver") as api:  # the control
+        assert "gmm" in [m["name"] for m in api.models()] and api.model("gmm")["name"] == "gmm"
