@@ -7,10 +7,11 @@ OpenAPI document and for the tests, which validate real responses against them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from amortized.losses import OBJECTIVES, Objective
 
@@ -18,6 +19,27 @@ from amortized.losses import OBJECTIVES, Objective
 # float32 networks and squared residuals stop meaning anything: refused with a 422 rather than answered.
 MAX_ABS_Y = 1e9
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_ABS_Y, le=MAX_ABS_Y)]
+
+
+# Numbers in a query string, as JSON writes them: pydantic parses text with Python's float() and int(), which also
+# take "1_0" (10), surrounding spaces and other scripts' digits, none of which a JSON body may hold
+DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+WHOLE = re.compile(r"[+-]?[0-9]+")
+
+
+def written_as(pattern: re.Pattern[str], what: str) -> BeforeValidator:
+    """Refuses query text that is not ``pattern`` (ASCII digits, no spaces or underscores), naming ``what`` it is."""
+
+    def check(value: object) -> object:
+        if isinstance(value, str) and not pattern.fullmatch(value):
+            raise ValueError(f"{value!r} is not {what} (ASCII digits, no spaces or underscores)")
+        return value
+
+    return BeforeValidator(check)
+
+
+QueryFloat = Annotated[float, written_as(DECIMAL, "a decimal number such as -2.5 or 1e3")]
+QueryInt = Annotated[int, written_as(WHOLE, "a whole number")]
 # a network's version: the first 16 hex digits of its weights' sha256 (or all 64)
 Version = Annotated[str, Field(pattern=r"^[0-9a-f]{16}([0-9a-f]{48})?$", examples=["1bed7b64d88ad135"])]
 

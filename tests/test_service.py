@@ -9,6 +9,7 @@ import math
 import shutil
 import sys
 import zlib
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -446,6 +447,27 @@ def test_a_query_parameter_the_route_does_not_take_gets_422_naming_it(client, pa
     assert response.status_code == 422
     (error,) = response.json()["detail"]
     assert error["loc"] == ["query", name] and why in error["msg"]
+
+
+@pytest.mark.parametrize("text", ["1_0", " 1", "1 ", "\uff11", "\u0661", "0x10", "1e", "--1", "nan", "inf", "", "1,5"])
+def test_query_numbers_are_written_as_json_writes_them(client, text):
+    """Python's float() and int() (which pydantic parses query text with) take "1_0" as 10, spaces, other scripts'
+    digits: a JSON body refuses them, and so does every number in a query string, a 422 naming the parameter."""
+    quoted = quote(text)
+    for path, name in (
+        (f"/v1/models/gmm/exact?y={quoted}", ["query", "y", 0]),
+        (f"/v1/models/gmm/exact?y=0&y={quoted}", ["query", "y", 1]),
+        (f"/v1/models/gmm/posterior.png?y={quoted}", ["query", "y"]),
+        (f"/v1/models/gmm/posterior.png?y=0&width={quoted}", ["query", "width"]),
+        (f"/v1/models/gmm/posterior.png?y=0&height={quoted}", ["query", "height"]),
+    ):
+        response = client.get(path)
+        assert response.status_code == 422, (path, response.status_code)
+        (error,) = response.json()["detail"]
+        assert error["loc"] == name and repr(text) in error["msg"], error
+    for written, value in (("1e3", 1000.0), ("-2.5", -2.5), (".5", 0.5), ("5.", 5.0), ("%2B1", 1.0), ("1E-3", 1e-3)):
+        exact = client.get(f"/v1/models/gmm/exact?y={written}")
+        assert exact.status_code == 200 and exact.json()["results"][0]["y"] == value
 
 
 def test_query_parameters_a_route_takes_still_work_and_list_ones_repeat(client):

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from service.dependencies import ServedModelDep, known_query
 from service.responses import json_response
-from service.schemas import MAX_ABS_Y, ErrorResponse
+from service.schemas import MAX_ABS_Y, ErrorResponse, QueryFloat
 
 router = APIRouter(prefix="/v1/models", tags=["exact posterior"], dependencies=[Depends(known_query)])
 
@@ -46,7 +46,7 @@ class ExactResponse(BaseModel):
 
 
 Observations = Annotated[
-    list[Annotated[float, Field(allow_inf_nan=False, ge=-MAX_ABS_Y, le=MAX_ABS_Y)]],
+    list[Annotated[QueryFloat, Field(allow_inf_nan=False, ge=-MAX_ABS_Y, le=MAX_ABS_Y)]],
     Query(
         min_length=1,
         max_length=MAX_OBSERVATIONS,

@@ -21,7 +21,7 @@ from service.dependencies import RegistryDep, known_query
 from service.errors import ApiError, error_body
 from service.registry import Registry
 from service.responses import json_response
-from service.schemas import ErrorResponse
+from service.schemas import ErrorResponse, QueryInt
 from service.settings import Settings
 from trainer.jobs import JobQueue, JobRecord
 
@@ -209,7 +209,7 @@ def submit(
 def list_jobs(
     registry: RegistryDep,
     queue: QueueDep,
-    limit: Annotated[int, Query(ge=1, le=200, description="most jobs to list")] = 50,
+    limit: Annotated[QueryInt, Query(ge=1, le=200, description="most jobs to list")] = 50,
 ) -> list[dict]:
     return [answer(record, registry) for record in queue.records()[:limit]]
 

@@ -34,6 +34,8 @@ from service.schemas import (
     ErrorResponse,
     PosteriorRequest,
     PosteriorResponse,
+    QueryFloat,
+    QueryInt,
     requested_objectives,
     resolve_parts,
 )
@@ -271,16 +273,19 @@ async def posterior(
 )
 def posterior_png(
     y: Annotated[
-        float, Query(allow_inf_nan=False, ge=-MAX_ABS_Y, le=MAX_ABS_Y, description="the observation", examples=[0.0])
+        QueryFloat,
+        Query(allow_inf_nan=False, ge=-MAX_ABS_Y, le=MAX_ABS_Y, description="the observation", examples=[0.0]),
     ],
     served: ServedModelDep,
     objective: Annotated[
         Literal["pq", "qp", "both"],
         Query(description="which compiled network(s) to draw: pq, qp, or both (every compiled one)"),
     ] = "both",
-    width: Annotated[int | None, Query(ge=320, le=2400, description="image width in pixels (default: 640)")] = None,
+    width: Annotated[
+        QueryInt | None, Query(ge=320, le=2400, description="image width in pixels (default: 640)")
+    ] = None,
     height: Annotated[
-        int | None,
+        QueryInt | None,
         Query(ge=240, le=2400, description="image height in pixels (default: 430, or 750 with discrete latents)"),
     ] = None,
 ) -> Response:
