@@ -88,6 +88,24 @@ def test_no_token_and_wrong_token_401_disabled_403(api, tmp_path, method, path):
     assert not (tmp_path / "off" / "artifacts" / ".jobs").exists()  # no queue opened while the endpoints are off
 
 
+@pytest.mark.parametrize("content", [b"{", b"[1, 2", b"null", b'{"name": 5}'])
+def test_the_token_is_checked_before_the_body_is_read(api, tmp_path, content):
+    """A caller without the token gets 401 (403 with the endpoints off) whatever its body holds, not the body's
+    422: FastAPI parses the body before it solves dependencies, so the route checks the token first. (How the
+    body travels, its size, Content-Encoding and UTF-8, is checked before, by the middleware, as a proxy would.)"""
+    client, _ = api
+    headers = {"content-type": "application/json"}
+    missing = client.post("/v1/models", content=content, headers=headers)
+    assert missing.status_code == 401 and missing.json()["detail"][0]["loc"] == ["header", "authorization"]
+    wrong = client.post("/v1/models", content=content, headers=headers | {"Authorization": f"Bearer {TOKEN}x"})
+    assert wrong.status_code == 401 and "wrong token" in wrong.text
+    with TestClient(create_app(Settings(artifacts_dir=served_root(tmp_path / "off")))) as off:
+        refused = off.post("/v1/models", content=content, headers=headers | AUTH)
+        assert refused.status_code == 403 and "set AMORTIZED_ADMIN_TOKEN" in refused.text
+    allowed = client.post("/v1/models", content=content, headers=headers | AUTH)  # with the token: the body's fault
+    assert allowed.status_code == 422 and allowed.json()["detail"][0]["loc"][0] == "body"
+
+
 @pytest.mark.parametrize(
     "spec, loc, reason",
     [
