@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 from urllib.parse import quote
@@ -611,22 +611,30 @@ class AmortizedClient:
             media = media_type(response)
             return response.status_code, media, read_into_buffer(response) if media == ARROW else response.read()
 
-    def _described(self, path: str) -> Any:
-        """The JSON at GET ``path``; raises ApiError as ``_response``, InvalidAnswer where it is not JSON."""
+    def _described(self, path: str, is_description: Callable[[Any], bool], what: str) -> Any:
+        """The JSON description at GET ``path``.
+
+        Raises ApiError as ``_response``, InvalidAnswer where the body is not JSON or not ``what``
+        (``is_description`` of it is false).
+        """
         response = self._response("GET", path, headers={"accept": "application/json"})
         status, media = response.status_code, media_type(response)
         if media != "application/json":
             shown = response.content[:SHOWN_BYTES].decode("utf-8", "replace")
             raise InvalidAnswer(status, media, f"expected application/json; it begins {shown!r}")
         with reading(status, media):
-            return response.json()
+            described = response.json()
+        if not is_description(described):
+            raise InvalidAnswer(status, media, f"the JSON is not {what}")
+        return described
 
     def models(self) -> list[dict[str, Any]]:
         """Every served model's description (name, title, latents, branches, params); raises as :meth:`model`."""
-        described = self._described("/v1/models")
-        if not (isinstance(described, list) and all(isinstance(m, dict) and "name" in m for m in described)):
-            raise InvalidAnswer(200, "application/json", "not a list of model descriptions")
-        return described
+        return self._described(
+            "/v1/models",
+            lambda d: isinstance(d, list) and all(isinstance(m, dict) and "name" in m for m in d),
+            "a list of model descriptions",
+        )
 
     def model(self, name: str) -> dict[str, Any]:
         """The model's description, with its served artifacts' manifests.
@@ -634,10 +642,8 @@ class AmortizedClient:
         Raises ApiError 404 for a model the server does not serve, InvalidAnswer for a success that is not a
         description.
         """
-        described = self._described(f"/v1/models/{segment(name)}")
-        if not (isinstance(described, dict) and "name" in described):
-            raise InvalidAnswer(200, "application/json", "not a model's description")
-        return described
+        path = f"/v1/models/{segment(name)}"
+        return self._described(path, lambda d: isinstance(d, dict) and "name" in d, "a model's description")
 
     def ready(self) -> bool:
         return self._http.get("/health/ready").status_code == 200
@@ -725,9 +731,10 @@ class AmortizedClient:
         ``version`` pins the network (see ``models()``); a version not served raises ApiError with status 409.
         ``include`` selects the parts (the server's default: all but the summaries).
 
-        Raises ValueError for a ``y`` of 2 or more dimensions (or a list holding lists) and ApiError for what the
-        server refuses: 404 for a model it does not serve, 422 for a non-finite y, one beyond +-1e9, a boolean or
-        text, or an option out of its range.
+        Raises ValueError for a ``y`` of 2 or more dimensions (or a list holding lists), ApiError for what the
+        server refuses (404 for a model it does not serve, 422 for a non-finite y, one beyond +-1e9, a boolean or
+        text, or an option out of its range), and InvalidAnswer for a success that is not the answer to this
+        request (a proxy's page, a corrupt body, other objectives or another number of observations).
         """
         body = self._body(y, objective, num_samples, seed, resample, cross_check, version=version, include=include)
         return self._posterior(model, body, rows=True)
