@@ -11,8 +11,10 @@ Answers come as an Arrow IPC stream (``Accept: application/vnd.apache.arrow.stre
 when pyarrow is installed, else as JSON; a server that answers 406 to Arrow
 is asked again in JSON, and one that answers JSON anyway is read as such (both
 from then on in JSON). Both carry the same numbers, read into the same arrays
-(same dtypes, floats to the bit). A 2xx answer that is neither (a proxy's or
-captive portal's page, a truncated or corrupt body) raises :class:`InvalidAnswer`.
+(same dtypes, floats to the bit). A 2xx answer that is neither, or not the
+answer to the request (a proxy's or captive portal's page, a corrupt body,
+another model's, objectives or observations), raises :class:`InvalidAnswer`;
+one that does not arrive whole, httpx's own errors.
 """
 
 from __future__ import annotations
@@ -62,10 +64,18 @@ class InvalidAnswer(ValueError):
 
 SHOWN_BYTES = 120  # of a body that is not an answer, quoted in InvalidAnswer
 # what reading a body that is not the answer raises: a field missing or of another type (KeyError, TypeError...),
-# pyarrow's errors (ArrowInvalid is a ValueError; a stream cut inside a message is an OSError)
-READ_ERRORS: tuple[type[Exception], ...] = (KeyError, IndexError, TypeError, ValueError, AttributeError, OSError) + (
-    (pa.ArrowException,) if pa is not None else ()
-)
+# a number no float holds (OverflowError), JSON nested past Python's recursion limit (RecursionError), pyarrow's
+# errors (ArrowInvalid is a ValueError; a stream cut inside a message is an OSError)
+READ_ERRORS: tuple[type[Exception], ...] = (
+    KeyError,
+    IndexError,
+    TypeError,
+    ValueError,
+    AttributeError,
+    OSError,
+    OverflowError,
+    RecursionError,
+) + ((pa.ArrowException,) if pa is not None else ())
 
 
 def media_type(response: httpx.Response) -> str:
@@ -80,8 +90,8 @@ def json_answer(status: int, content_type: str, body: bytes) -> dict[str, Any]:
         raise InvalidAnswer(status, content_type, f"expected {ARROW} or application/json; it begins {shown!r}")
     try:
         answer = json.loads(body)
-    except ValueError as error:  # not JSON, or not UTF-8
-        raise InvalidAnswer(status, content_type, f"the body is not JSON ({error})") from None
+    except (ValueError, RecursionError) as error:  # not JSON, not UTF-8, or nested past the recursion limit
+        raise InvalidAnswer(status, content_type, f"the body is not JSON ({type(error).__name__}: {error})") from None
     results = answer.get("results", [answer]) if isinstance(answer, dict) else None
     if not (isinstance(results, list) and results and all(isinstance(r, dict) for r in results)) or not (
         "objective" in results[0] or "objectives" in results[0]
@@ -499,28 +509,59 @@ def reading(status: int, media: str) -> Iterator[None]:
         raise InvalidAnswer(status, media, reason) from None
 
 
-def expected_rows(body: dict[str, Any]) -> int:
-    """How many observations the request asked about."""
-    return len(body["y"]) if isinstance(body["y"], list) else 1
+def requested_y(body: dict[str, Any]) -> np.ndarray:
+    """The observations the request asked about, ``(observations,)`` float64: the answer echoes them, row by row."""
+    return np.asarray(body["y"] if isinstance(body["y"], list) else [body["y"]], dtype=float)
 
 
-def check_objectives(found: list[str], objective: str) -> None:
-    """The networks that answered: the one asked for, or pq and qp for "both"; else ValueError (:func:`reading`)."""
-    if sorted(found) != (["pq", "qp"] if objective == "both" else [objective]):
-        raise ValueError(f"it answers objectives {found}, the request asked for {objective!r}")
+def requested_objectives(objective: str) -> list[str]:
+    """The networks that answer a request's ``objective``: "both" is pq and qp, in this order (as the server's)."""
+    return ["pq", "qp"] if objective == "both" else [objective]
 
 
-def arrow_answer(table: Any, body: dict[str, Any], rows: bool) -> Any:
+NUMERIC = "fiu"  # NumPy kinds of the columns that hold numbers: float, signed and unsigned integers
+
+
+def check_arrays(arrays: PosteriorArrays, objective: str, y: np.ndarray) -> None:
+    """One objective's columns answer this request: its objective, its observations in order, numbers as numbers.
+
+    Raises ValueError (:func:`reading` makes it InvalidAnswer) for an answer of another objective or other
+    observations (rows repeated, swapped or missing), or a column of numbers that holds something else.
+    """
+    if arrays.objective != objective:
+        raise ValueError(f"it answers objective {arrays.objective!r} where the request asked for {objective!r}")
+    if arrays.y.dtype.kind != "f" or not np.array_equal(arrays.y, y):
+        raise ValueError(f"its observations {arrays.y[:5].tolist()} are not the request's {y[:5].tolist()}")
+    numbers = {"seed": arrays.seeds, "x": arrays.x, "log_weights": arrays.log_weights}
+    numbers |= {"branch probabilities": arrays.branch_probabilities, "branch means": arrays.branch_means}
+    numbers |= {"branch stds": arrays.branch_stds, **arrays.latents, **(arrays.resampled or {})}
+    for name, column in numbers.items():
+        if column is not None and (column.dtype.kind not in NUMERIC or len(column) != len(y)):
+            raise ValueError(f"its {name} column is {column.dtype} of {len(column)} rows, not numbers per observation")
+
+
+def check_model(found: Any, model: str) -> None:
+    """The model that answered is the one asked about; else ValueError (:func:`reading`)."""
+    if found != model:
+        raise ValueError(f"it answers for model {found!r}, the request asked about {model!r}")
+
+
+def arrow_answer(table: Any, model: str, body: dict[str, Any], rows: bool) -> Any:
     """An Arrow answer (one row per observation and objective) as :meth:`AmortizedClient._posterior` returns it."""
-    objectives = list(dict.fromkeys(table.column("objective").to_pylist()[:2]))
-    check_objectives(objectives, body["objective"])
-    width, count = len(objectives), expected_rows(body)
-    if table.num_rows != count * width:
-        raise ValueError(f"{table.num_rows} rows, not {count} observations x {width} objectives")
+    check_model((table.schema.metadata or {}).get(b"model", b"").decode(), model)
+    objectives, y = requested_objectives(body["objective"]), requested_y(body)
+    width = len(objectives)
+    if table.num_rows != len(y) * width:
+        raise ValueError(f"{table.num_rows} rows, not {len(y)} observations x {width} objectives")
+    found = table.column("objective").to_pylist()
+    if found != objectives * len(y):
+        raise ValueError(f"its rows answer objectives {found[:4]}..., not {objectives} for each observation")
     parts = {
         name: table.take(np.arange(j, len(table), width)) if width > 1 else table for j, name in enumerate(objectives)
     }
     columns = {name: PosteriorArrays.from_arrow(part) for name, part in parts.items()}
+    for name, arrays in columns.items():
+        check_arrays(arrays, name, y)
     if not rows:
         return columns if body["objective"] == "both" else columns[body["objective"]]
     per_objective = {name: posterior_rows(columns[name], part) for name, part in parts.items()}
@@ -532,22 +573,33 @@ def arrow_answer(table: Any, body: dict[str, Any], rows: bool) -> Any:
     return answers if isinstance(body["y"], list) else answers[0]
 
 
-def json_answers(answer: dict[str, Any], body: dict[str, Any], rows: bool) -> Any:
+def json_answers(answer: dict[str, Any], model: str, body: dict[str, Any], rows: bool) -> Any:
     """A JSON answer (:func:`json_answer`) as :meth:`AmortizedClient._posterior` returns it."""
     results = answer.get("results", [answer])
-    if len(results) != expected_rows(body) or ("results" in answer) != isinstance(body["y"], list):
-        raise ValueError(f"{len(results)} results, not the {expected_rows(body)} observations asked about")
-    both = "objectives" in results[0]
-    check_objectives(list(results[0]["objectives"]) if both else [results[0]["objective"]], body["objective"])
+    y = requested_y(body)
+    if len(results) != len(y) or ("results" in answer) != isinstance(body["y"], list):
+        raise ValueError(f"{len(results)} results, not the {len(y)} observations asked about")
+    objectives = requested_objectives(body["objective"])
+    if "results" in answer:  # a batch names its model, and so does each result
+        check_model(answer.get("model"), model)
+    for result in results:
+        check_model(result.get("model"), model)
+        if body["objective"] == "both" and list(result.get("objectives", {})) != objectives:
+            raise ValueError(f"a result answers objectives {list(result.get('objectives', {}))}, not {objectives}")
+    per_objective = (
+        {name: [r["objectives"][name] for r in results] for name in objectives}
+        if body["objective"] == "both"
+        else {objectives[0]: results}
+    )
+    columns = {name: PosteriorArrays.from_json(part) for name, part in per_objective.items()}
+    for name, part in per_objective.items():
+        if any(r.get("objective") != name for r in part):
+            raise ValueError(f"a result answers another objective than {name!r}")
+        check_arrays(columns[name], name, y)
     if rows:
         answers = [parse(r) for r in results]
         return answers if isinstance(body["y"], list) else answers[0]
-    if both:
-        return {
-            name: PosteriorArrays.from_json([r["objectives"][name] for r in results])
-            for name in results[0]["objectives"]
-        }
-    return PosteriorArrays.from_json(results)
+    return columns if body["objective"] == "both" else columns[objectives[0]]
 
 
 class AmortizedClient:
@@ -632,7 +684,7 @@ class AmortizedClient:
         """Every served model's description (name, title, latents, branches, params); raises as :meth:`model`."""
         return self._described(
             "/v1/models",
-            lambda d: isinstance(d, list) and all(isinstance(m, dict) and "name" in m for m in d),
+            lambda d: isinstance(d, list) and all(isinstance(m, dict) and isinstance(m.get("name"), str) for m in d),
             "a list of model descriptions",
         )
 
@@ -643,7 +695,7 @@ class AmortizedClient:
         description.
         """
         path = f"/v1/models/{segment(name)}"
-        return self._described(path, lambda d: isinstance(d, dict) and "name" in d, "a model's description")
+        return self._described(path, lambda d: isinstance(d, dict) and d.get("name") == name, f"{name}'s description")
 
     def ready(self) -> bool:
         return self._http.get("/health/ready").status_code == 200
@@ -672,10 +724,10 @@ class AmortizedClient:
             else:
                 if media == ARROW:
                     with reading(status, media):
-                        return arrow_answer(pa.ipc.open_stream(stream).read_all(), body, rows)
+                        return arrow_answer(pa.ipc.open_stream(stream).read_all(), model, body, rows)
                 answer = json_answer(status, media, stream)  # a server that ignores Accept: its JSON, read as such
                 with reading(status, media):
-                    read = json_answers(answer, body, rows)
+                    read = json_answers(answer, model, body, rows)
                 self.format = "json"  # and asked in JSON from now on
                 return read
         json_headers["accept"] = "application/json"
@@ -683,7 +735,7 @@ class AmortizedClient:
         status, media = response.status_code, media_type(response)
         answer = json_answer(status, media, response.content)
         with reading(status, media):
-            return json_answers(answer, body, rows)
+            return json_answers(answer, model, body, rows)
 
     @staticmethod
     def _body(
@@ -734,7 +786,9 @@ class AmortizedClient:
         Raises ValueError for a ``y`` of 2 or more dimensions (or a list holding lists), ApiError for what the
         server refuses (404 for a model it does not serve, 422 for a non-finite y, one beyond +-1e9, a boolean or
         text, or an option out of its range), and InvalidAnswer for a success that is not the answer to this
-        request (a proxy's page, a corrupt body, other objectives or another number of observations).
+        request (a proxy's page, a corrupt body, another model's, objectives or observations). A body that does
+        not arrive whole raises httpx's own errors, as every httpx call does: ``httpx.RemoteProtocolError`` (shorter
+        or longer than its Content-Length), ``httpx.DecodingError`` (labelled gzip or zstd but not), timeouts.
         """
         body = self._body(y, objective, num_samples, seed, resample, cross_check, version=version, include=include)
         return self._posterior(model, body, rows=True)

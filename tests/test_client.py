@@ -550,10 +550,11 @@ JSON_TYPE = {"content-type": "application/json"}
 ARROW_TYPE = {"content-type": client_module.ARROW}
 
 
-def arrow_answer(client, **body) -> bytes:
-    """The app's Arrow answer's bytes for ``body`` (gmm)."""
-    headers = {"accept": client_module.ARROW}
-    response = client.post("/v1/models/gmm/posterior", json={"num_samples": 30, **body}, headers=headers)
+def real_answer(client, accept: str, model: str = "gmm", **body) -> bytes:
+    """The app's answer's bytes for ``body`` (30 samples) in ``accept``'s media type."""
+    response = client.post(
+        f"/v1/models/{model}/posterior", json={"num_samples": 30, **body}, headers={"accept": accept}
+    )
     assert response.status_code == 200
     return response.content
 
@@ -568,10 +569,19 @@ def refused(format: str, headers: dict[str, str], content: bytes, call) -> Inval
     return raised.value
 
 
+def both_calls(y, objective="pq"):
+    """posterior() and posterior_arrays() of gmm at ``y``."""
+    return (
+        lambda api: api.posterior("gmm", y, objective, num_samples=30),
+        lambda api: api.posterior_arrays("gmm", y, objective, num_samples=30),
+    )
+
+
 @pytest.mark.parametrize("format", ["arrow", "json"])
 def test_a_success_that_is_not_the_services_answer_raises_invalid_answer(client, format):
     """A proxy's page, JSON that is not an answer, or is one of another shape: InvalidAnswer naming the media type
-    and what was wrong, never json's own error or a KeyError, and the client keeps the format it was given."""
+    and what was wrong, never json's own error, a KeyError or an OverflowError, and the client keeps its format."""
+    deep = b"[" * 200_000 + b"]" * 200_000  # past Python's recursion limit
     cases = [
         (HTML, b"<html><body>Please log in to the hotel Wi-Fi</body></html>", "text/html", "Please log in"),
         ({}, b"", "no Content-Type", "expected"),
@@ -579,71 +589,131 @@ def test_a_success_that_is_not_the_services_answer_raises_invalid_answer(client,
         (JSON_TYPE, b"[1, 2]", "application/json", "not a posterior answer"),
         (JSON_TYPE, b'{"results": []}', "application/json", "not a posterior answer"),
         (JSON_TYPE, b"\xff\xfe", "application/json", "not JSON"),
-        # nearly an answer: a field missing or of another type, another objective, another number of observations
-        (JSON_TYPE, b'{"objective": "pq"}', "application/json", "KeyError"),
-        (JSON_TYPE, b'{"objective": "pq", "y": 0, "samples": 5}', "application/json", "JSON answer"),
-        (JSON_TYPE, b'{"objectives": {"pq": 1}}', "application/json", "JSON answer"),
-        (JSON_TYPE, b'{"results": [{"objective": "pq", "y": "a"}]}', "application/json", "observations"),
-        (JSON_TYPE, b'{"objective": "qp", "y": 0.5}', "application/json", "asked for 'pq'"),
+        (JSON_TYPE, deep, "application/json", "RecursionError"),
+        # nearly an answer: a field missing or of another type
+        (JSON_TYPE, b'{"model": "gmm", "objective": "pq"}', "application/json", "KeyError"),
+        (JSON_TYPE, b'{"model": "gmm", "objective": "pq", "y": 0.5, "samples": 5}', "application/json", "JSON"),
+        (JSON_TYPE, b'{"model": "gmm", "objectives": {"pq": 1}}', "application/json", "JSON answer"),
+        (JSON_TYPE, b'{"model": "gmm", "objective": "pq", "y": "a"}', "application/json", "ValueError"),
+        (JSON_TYPE, b'{"objective": "pq", "y": 0.5}', "application/json", "model None"),
     ]
     for headers, content, named, reason in cases:
-        for call in (
-            lambda api: api.posterior("gmm", 0.5, num_samples=30),
-            lambda api: api.posterior_arrays("gmm", 0.5),
-        ):
+        for call in both_calls(0.5):
             error = refused(format, headers, content, call)
-            assert named in str(error) and reason in str(error), (content, str(error))
-    for y, content, reason in (
-        ([0.5, 1.0], b'{"results": [{"objective": "pq", "y": "a"}]}', "not the 2 observations"),
-        ([0.5], b'{"results": [{"objective": "pq", "y": "a"}]}', "ValueError"),
-    ):
-        for call in (lambda api, y=y: api.posterior("gmm", y), lambda api, y=y: api.posterior_arrays("gmm", y)):
-            assert reason in str(refused(format, JSON_TYPE, content, call))
+            assert named in str(error) and reason in str(error), (content[:80], str(error))
+
+
+def altered_json(content: bytes, change) -> bytes:
+    """A real JSON answer with ``change(answer)`` applied."""
+    answer = json.loads(content)
+    change(answer)
+    return json.dumps(answer).encode()
+
+
+def test_a_json_answer_that_is_not_this_requests_raises_invalid_answer(client):
+    """Well-formed JSON answers of another model, objective or set of observations (a row repeated, rows swapped,
+    others' y), with a part of another shape or a number no float holds: InvalidAnswer, not a wrong answer."""
+    ys = [0.5, 1.0]
+    one = real_answer(client, "application/json", y=ys)
+    both = real_answer(client, "application/json", y=ys, objective="both")
+    huge = int("1" + "0" * 400)
+
+    def set_(path, value):
+        def change(answer):
+            *head, last = path
+            for key in head:
+                answer = answer[key]
+            answer[last] = value
+
+        return change
+
+    cases = [
+        (one, "pq", set_(["model"], "gaussian"), "model 'gaussian'"),
+        (one, "pq", set_(["results", 1, "model"], "gmm_open"), "model 'gmm_open'"),
+        (one, "pq", set_(["results", 1, "objective"], "qp"), "another objective"),
+        (one, "pq", set_(["results", 1], json.loads(one)["results"][0]), "observations"),  # a row repeated
+        (one, "pq", lambda a: a["results"].reverse(), "observations"),  # rows swapped
+        (one, "pq", set_(["results", 1, "y"], 6.0), "observations"),
+        (one, "pq", set_(["results", 0, "samples", "x", 0], huge), "OverflowError"),
+        (one, "pq", set_(["results", 0, "log_weights", 0], huge), "OverflowError"),
+        (one, "pq", set_(["results", 0, "log_weights"], "a"), "ValueError"),
+        (one, "pq", set_(["results", 0, "y"], True), "observations"),
+        (both, "both", lambda a: a["results"][1]["objectives"].pop("qp"), "objectives ['pq']"),
+        (both, "both", set_(["results", 1], json.loads(one)["results"][1]), "objectives []"),
+        (both, "both", set_(["results", 1, "objectives", "qp"], json.loads(one)["results"][1]), "another objective"),
+    ]
+    for content, objective, change, reason in cases:
+        for call in both_calls(ys, objective):
+            error = refused("json", JSON_TYPE, altered_json(content, change), call)
+            assert reason in error.reason, (reason, error.reason)
+    with AmortizedClient(transport=Answers(JSON_TYPE, both), base_url="http://t", format="json") as api:  # control
+        assert api.posterior("gmm", ys, "both", num_samples=30)[1]["qp"].objective == "qp"
 
 
 def test_an_arrow_answer_that_is_corrupt_cut_or_not_this_requests_raises_invalid_answer(client):
     """Garbage, a stream cut anywhere (its Content-Length the cut length: pyarrow raises ArrowInvalid or OSError by
-    where it is cut), a stream with no rows, another objective's or another number of observations' answer."""
+    where it is cut), a stream with no rows, rows of another objective, model or observations, in another order,
+    or a column of numbers holding text: InvalidAnswer."""
     import pyarrow as pa
 
-    whole = arrow_answer(client, y=[0.5, 1.0])
+    ys = [0.5, 1.0, 2.0]
+    whole = real_answer(client, client_module.ARROW, y=ys)
+    table = pa.ipc.open_stream(whole).read_all()
+
+    def written(changed) -> bytes:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, changed.schema) as writer:
+            writer.write_table(changed)
+        return sink.getvalue().to_pybytes()
+
     empty = pa.BufferOutputStream()
-    with pa.ipc.new_stream(empty, pa.ipc.open_stream(whole).schema):
+    with pa.ipc.new_stream(empty, table.schema):
         pass  # the schema, no record batch
     bodies = [b"garbage, not an Arrow stream", b"", empty.getvalue().to_pybytes()]
     bodies += [whole[:cut] for cut in range(0, len(whole), max(1, len(whole) // 40))] + [whole[:-1]]
     for content in bodies:
-        for call in (lambda api: api.posterior("gmm", [0.5, 1.0]), lambda api: api.posterior_arrays("gmm", [0.5, 1.0])):
+        for call in both_calls(ys):
             error = refused("arrow", ARROW_TYPE, content, call)
             assert client_module.ARROW in str(error) and "Arrow" in error.reason
-    for content, y, objective, reason in (
-        (arrow_answer(client, y=[0.5, 1.0], objective="qp"), [0.5, 1.0], "pq", "asked for 'pq'"),
-        (arrow_answer(client, y=[0.5, 1.0]), [0.5, 1.0, 2.0], "pq", "not 3 observations"),
-        (arrow_answer(client, y=[0.5, 1.0]), 0.5, "pq", "not 1 observations"),
-        (arrow_answer(client, y=[0.5, 1.0]), [0.5, 1.0], "both", "asked for 'both'"),
-    ):
-        assert reason in str(
-            refused(
-                "arrow", ARROW_TYPE, content, lambda api, y=y, objective=objective: api.posterior("gmm", y, objective)
-            )
-        )
+    both = pa.ipc.open_stream(real_answer(client, client_module.ARROW, y=ys, objective="both")).read_all()
+    index = table.column_names.index("log_weights")
+    texts = pa.array([["a"] * 30] * 3)
+    cases = [
+        (real_answer(client, client_module.ARROW, y=ys, objective="qp"), ys, "pq", "objectives ['qp'"),
+        (whole, ys + [4.0], "pq", "not 4 observations"),
+        (whole, 0.5, "pq", "not 1 observations"),
+        (whole, ys, "both", "not 3 observations x 2"),
+        (written(table.take([0, 0, 2])), ys, "pq", "observations"),  # a row repeated
+        (written(table.take([1, 0, 2])), ys, "pq", "observations"),  # rows swapped
+        (whole, [0.5, 1.0, 2.5], "pq", "observations"),
+        (written(both.take([0, 1, 3, 2, 4, 5])), ys, "both", "objectives ['pq', 'qp', 'qp', 'pq']"),
+        (written(table.replace_schema_metadata({**table.schema.metadata, b"model": b"gmm_open"})), ys, "pq", "model"),
+        (real_answer(client, client_module.ARROW, "gmm_open", y=ys), ys, "pq", "model 'gmm_open'"),
+        (written(table.set_column(index, "log_weights", texts)), ys, "pq", "log_weights"),
+    ]
+    for content, y, objective, reason in cases:
+        for call in both_calls(y, objective):
+            assert reason in refused("arrow", ARROW_TYPE, content, call).reason, reason
     with AmortizedClient(transport=Answers(ARROW_TYPE, whole), base_url="http://t") as api:  # the control: it reads
-        assert api.posterior_arrays("gmm", [0.5, 1.0]).x.shape == (2, 30)
+        assert api.posterior_arrays("gmm", ys, num_samples=30).x.shape == (3, 30)
 
 
 def test_model_descriptions_that_are_not_raise_invalid_answer(client):
-    """models() and model(): a page, no body, text, binary or JSON of another shape is InvalidAnswer, not json's
-    error or the body passed on as if it were a description."""
+    """models() and model(): a page, no body, text, binary, JSON of another shape, names that are not text or
+    another model's description: InvalidAnswer, not json's error or the body passed on as a description."""
     cases = [
         (HTML, b"<html>proxy</html>"),
         ({}, b""),
         ({"content-type": "text/plain"}, b"hello"),
         ({"content-type": "application/octet-stream"}, bytes(range(256))),
         (JSON_TYPE, b"\xff\xfe\x00"),
+        (JSON_TYPE, b"[" * 200_000 + b"]" * 200_000),
         (JSON_TYPE, b"[1, 2, 3]"),
         (JSON_TYPE, b"null"),
         (JSON_TYPE, b'{"results": [{"foo": 1}]}'),
         (JSON_TYPE, b'[{"foo": 1}]'),
+        (JSON_TYPE, b'[{"name": 1}]'),
+        (JSON_TYPE, b'{"name": "gaussian"}'),
     ]
     for headers, content in cases:
         refused("json", headers, content, lambda api: api.models())

@@ -4,7 +4,9 @@ Compiling costs CPU, so every route here needs ``Authorization: Bearer <token>``
 with the token of ``AMORTIZED_ADMIN_TOKEN`` (compared in constant time, never
 logged); without that setting the routes are off (403 saying how to enable
 them). The token is checked before the body is read as JSON (:class:`AdminRoute`),
-so a caller without it learns nothing of its body's faults. Queries stay open.
+so a caller without it learns nothing of its JSON's faults; how the body
+travels (its size, Content-Encoding and UTF-8) is checked before, by the
+middleware, as a proxy would. Queries stay open.
 The queue and the job state: ``trainer/jobs.py``.
 """
 
