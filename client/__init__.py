@@ -374,7 +374,10 @@ def read_into_buffer(response: httpx.Response) -> Any:
     bytes than it announced (as httpx does).
     """
     length = response.headers.get("content-length", "")
-    if not length.isdigit() or response.headers.get("content-encoding", "identity").lower() != "identity":
+    if (
+        not (length.isascii() and length.isdigit())
+        or response.headers.get("content-encoding", "identity").lower() != "identity"
+    ):
         return response.read()
     total = int(length)
     if total > MAX_PREALLOCATED_BYTES:  # a length this large is not reserved on the server's word: read as it comes
@@ -519,9 +522,6 @@ def requested_objectives(objective: str) -> list[str]:
     return ["pq", "qp"] if objective == "both" else [objective]
 
 
-NUMERIC = "fiu"  # NumPy kinds of the columns that hold numbers: float, signed and unsigned integers
-
-
 def check_arrays(arrays: PosteriorArrays, objective: str, y: np.ndarray) -> None:
     """One objective's columns answer this request: its objective, its observations in order, numbers as numbers.
 
@@ -530,13 +530,15 @@ def check_arrays(arrays: PosteriorArrays, objective: str, y: np.ndarray) -> None
     """
     if arrays.objective != objective:
         raise ValueError(f"it answers objective {arrays.objective!r} where the request asked for {objective!r}")
-    if arrays.y.dtype.kind != "f" or not np.array_equal(arrays.y, y):
+    if arrays.y.dtype != np.float64 or not np.array_equal(arrays.y, y):
         raise ValueError(f"its observations {arrays.y[:5].tolist()} are not the request's {y[:5].tolist()}")
-    numbers = {"seed": arrays.seeds, "x": arrays.x, "log_weights": arrays.log_weights}
+    if arrays.seeds.dtype.kind not in "iu":
+        raise ValueError(f"its seeds are {arrays.seeds.dtype}, not whole numbers")
+    numbers = {"x": arrays.x, "log_weights": arrays.log_weights}
     numbers |= {"branch probabilities": arrays.branch_probabilities, "branch means": arrays.branch_means}
     numbers |= {"branch stds": arrays.branch_stds, **arrays.latents, **(arrays.resampled or {})}
     for name, column in numbers.items():
-        if column is not None and (column.dtype.kind not in NUMERIC or len(column) != len(y)):
+        if column is not None and (column.dtype != np.float64 or len(column) != len(y)):
             raise ValueError(f"its {name} column is {column.dtype} of {len(column)} rows, not numbers per observation")
 
 
@@ -546,9 +548,34 @@ def check_model(found: Any, model: str) -> None:
         raise ValueError(f"it answers for model {found!r}, the request asked about {model!r}")
 
 
+def leaf_type(kind: Any) -> Any:
+    """The type of a (nested) list column's values."""
+    while pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind) or pa.types.is_large_list(kind):
+        kind = kind.value_type
+    return kind
+
+
+def check_arrow_types(schema: Any) -> None:
+    """The columns of numbers hold the types the service writes (README, "Answer formats"); else ValueError.
+
+    The reader converts samples to float64 whatever they hold (text included): their types are checked here.
+    """
+    wanted = {"y": pa.types.is_float64, "seed": pa.types.is_integer, "log_weights": pa.types.is_float64}
+    for name, test in wanted.items():
+        if name in schema.names and not test(leaf_type(schema.field(name).type)):
+            raise ValueError(f"its {name} column is {schema.field(name).type}")
+    for part in ("samples", "resampled"):
+        if part in schema.names:
+            for field in schema.field(part).type:
+                test = pa.types.is_float64 if field.name == "x" else pa.types.is_integer  # x, then the latents
+                if not test(leaf_type(field.type)):
+                    raise ValueError(f"its {part}.{field.name} column is {field.type}")
+
+
 def arrow_answer(table: Any, model: str, body: dict[str, Any], rows: bool) -> Any:
     """An Arrow answer (one row per observation and objective) as :meth:`AmortizedClient._posterior` returns it."""
     check_model((table.schema.metadata or {}).get(b"model", b"").decode(), model)
+    check_arrow_types(table.schema)
     objectives, y = requested_objectives(body["objective"]), requested_y(body)
     width = len(objectives)
     if table.num_rows != len(y) * width:
@@ -584,8 +611,11 @@ def json_answers(answer: dict[str, Any], model: str, body: dict[str, Any], rows:
         check_model(answer.get("model"), model)
     for result in results:
         check_model(result.get("model"), model)
-        if body["objective"] == "both" and list(result.get("objectives", {})) != objectives:
+        if body["objective"] == "both" and sorted(result.get("objectives", {})) != objectives:  # JSON: any key order
             raise ValueError(f"a result answers objectives {list(result.get('objectives', {}))}, not {objectives}")
+        for name, value in (("y", result.get("y")), ("seed", result.get("seed"))):  # numbers, not text or booleans
+            if isinstance(value, bool) or not isinstance(value, (int, float) if name == "y" else int):
+                raise ValueError(f"a result's {name} is {value!r}, not a number")
     per_objective = (
         {name: [r["objectives"][name] for r in results] for name in objectives}
         if body["objective"] == "both"

@@ -591,7 +591,7 @@ def test_a_success_that_is_not_the_services_answer_raises_invalid_answer(client,
         (JSON_TYPE, b"\xff\xfe", "application/json", "not JSON"),
         (JSON_TYPE, deep, "application/json", "RecursionError"),
         # nearly an answer: a field missing or of another type
-        (JSON_TYPE, b'{"model": "gmm", "objective": "pq"}', "application/json", "KeyError"),
+        (JSON_TYPE, b'{"model": "gmm", "objective": "pq"}', "application/json", "y is None, not a number"),
         (JSON_TYPE, b'{"model": "gmm", "objective": "pq", "y": 0.5, "samples": 5}', "application/json", "JSON"),
         (JSON_TYPE, b'{"model": "gmm", "objectives": {"pq": 1}}', "application/json", "JSON answer"),
         (JSON_TYPE, b'{"model": "gmm", "objective": "pq", "y": "a"}', "application/json", "ValueError"),
@@ -637,7 +637,9 @@ def test_a_json_answer_that_is_not_this_requests_raises_invalid_answer(client):
         (one, "pq", set_(["results", 0, "samples", "x", 0], huge), "OverflowError"),
         (one, "pq", set_(["results", 0, "log_weights", 0], huge), "OverflowError"),
         (one, "pq", set_(["results", 0, "log_weights"], "a"), "ValueError"),
-        (one, "pq", set_(["results", 0, "y"], True), "observations"),
+        (one, "pq", set_(["results", 0, "y"], True), "y is True, not a number"),
+        (one, "pq", set_(["results", 0, "y"], "0.5"), "y is '0.5', not a number"),
+        (one, "pq", set_(["results", 1, "seed"], 1.5), "seed is 1.5, not a number"),
         (both, "both", lambda a: a["results"][1]["objectives"].pop("qp"), "objectives ['pq']"),
         (both, "both", set_(["results", 1], json.loads(one)["results"][1]), "objectives []"),
         (both, "both", set_(["results", 1, "objectives", "qp"], json.loads(one)["results"][1]), "another objective"),
@@ -690,12 +692,48 @@ def test_an_arrow_answer_that_is_corrupt_cut_or_not_this_requests_raises_invalid
         (written(table.replace_schema_metadata({**table.schema.metadata, b"model": b"gmm_open"})), ys, "pq", "model"),
         (real_answer(client, client_module.ARROW, "gmm_open", y=ys), ys, "pq", "model 'gmm_open'"),
         (written(table.set_column(index, "log_weights", texts)), ys, "pq", "log_weights"),
+        (written(table.set_column(table.column_names.index("y"), "y", pa.array(ys, pa.float32()))), ys, "pq", "y"),
+        (written(table.set_column(table.column_names.index("seed"), "seed", pa.array([1.0] * 3))), ys, "pq", "seed"),
+        (written(strings_for_x(table)), ys, "pq", "samples.x"),
     ]
     for content, y, objective, reason in cases:
         for call in both_calls(y, objective):
             assert reason in refused("arrow", ARROW_TYPE, content, call).reason, reason
     with AmortizedClient(transport=Answers(ARROW_TYPE, whole), base_url="http://t") as api:  # the control: it reads
         assert api.posterior_arrays("gmm", ys, num_samples=30).x.shape == (3, 30)
+
+
+def strings_for_x(table):
+    """``table`` with its samples' x as text (which a float conversion would read as the same numbers)."""
+    import pyarrow as pa
+
+    samples = table.column("samples").combine_chunks()
+    x = samples.field("x")
+    text = pa.FixedSizeListArray.from_arrays(pa.array([str(v) for v in x.flatten().to_pylist()]), x.type.list_size)
+    fields = [text if f.name == "x" else samples.field(f.name) for f in samples.type]
+    replaced = pa.StructArray.from_arrays(fields, names=[f.name for f in samples.type])
+    return table.set_column(table.column_names.index("samples"), "samples", replaced)
+
+
+def test_answers_a_proxy_may_reorder_or_relabel_still_read(client):
+    """JSON objects are unordered: a "both" answer re-serialised with qp's key first reads as the same answer; a
+    Content-Length of digits that are not ASCII is no length (the body is read as it comes), not a crash."""
+    ys = [0.5, 1.0]
+    both = real_answer(client, "application/json", y=ys, objective="both")
+    answer = json.loads(both)
+    for result in answer["results"]:
+        result["objectives"] = dict(reversed(result["objectives"].items()))
+    with AmortizedClient(transport=Answers(JSON_TYPE, json.dumps(answer).encode()), base_url="http://t") as api:
+        reordered = api.posterior_arrays("gmm", ys, "both", num_samples=30)
+    with AmortizedClient(transport=Answers(JSON_TYPE, both), base_url="http://t") as api:
+        original = api.posterior_arrays("gmm", ys, "both", num_samples=30)
+    for name in ("pq", "qp"):
+        same(reordered[name].x, original[name].x)
+    whole = real_answer(client, client_module.ARROW, y=ys)
+    superscript = [(b"content-type", client_module.ARROW.encode()), (b"content-length", "\u00b2".encode("latin-1"))]
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, headers=superscript, content=whole))
+    with AmortizedClient(transport=transport, base_url="http://t") as api:
+        assert api.posterior_arrays("gmm", ys, num_samples=30).x.shape == (2, 30)
 
 
 def test_model_descriptions_that_are_not_raise_invalid_answer(client):
