@@ -83,21 +83,15 @@ def media_type(response: httpx.Response) -> str:
     return response.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-def json_answer(status: int, content_type: str, body: bytes) -> dict[str, Any]:
-    """A posterior answer's JSON object; raises :class:`InvalidAnswer` for another media type or shape."""
+def decoded_json(status: int, content_type: str, body: bytes, expected: str = "application/json") -> Any:
+    """A success's JSON body, decoded; raises :class:`InvalidAnswer` for another media type or a body not JSON."""
     if content_type != "application/json":
         shown = body[:SHOWN_BYTES].decode("utf-8", "replace")
-        raise InvalidAnswer(status, content_type, f"expected {ARROW} or application/json; it begins {shown!r}")
+        raise InvalidAnswer(status, content_type, f"expected {expected}; it begins {shown!r}")
     try:
-        answer = json.loads(body)
+        return json.loads(body)
     except (ValueError, RecursionError) as error:  # not JSON, not UTF-8, or nested past the recursion limit
         raise InvalidAnswer(status, content_type, f"the body is not JSON ({type(error).__name__}: {error})") from None
-    results = answer.get("results", [answer]) if isinstance(answer, dict) else None
-    if not (isinstance(results, list) and results and all(isinstance(r, dict) for r in results)) or not (
-        "objective" in results[0] or "objectives" in results[0]
-    ):
-        raise InvalidAnswer(status, content_type, "the JSON is not a posterior answer (no results with an objective)")
-    return answer
 
 
 def segment(value: str) -> str:
@@ -600,9 +594,11 @@ def arrow_answer(table: Any, model: str, body: dict[str, Any], rows: bool) -> An
     return answers if isinstance(body["y"], list) else answers[0]
 
 
-def json_answers(answer: dict[str, Any], model: str, body: dict[str, Any], rows: bool) -> Any:
-    """A JSON answer (:func:`json_answer`) as :meth:`AmortizedClient._posterior` returns it."""
-    results = answer.get("results", [answer])
+def json_answers(answer: Any, model: str, body: dict[str, Any], rows: bool) -> Any:
+    """A decoded JSON answer (:func:`decoded_json`) as :meth:`AmortizedClient._posterior` returns it."""
+    results = answer.get("results", [answer]) if isinstance(answer, dict) else None
+    if not (isinstance(results, list) and results and all(isinstance(r, dict) for r in results)):
+        raise ValueError("the JSON is not a posterior answer (an object, or results that are objects)")
     y = requested_y(body)
     if len(results) != len(y) or ("results" in answer) != isinstance(body["y"], list):
         raise ValueError(f"{len(results)} results, not the {len(y)} observations asked about")
@@ -701,11 +697,7 @@ class AmortizedClient:
         """
         response = self._response("GET", path, headers={"accept": "application/json"})
         status, media = response.status_code, media_type(response)
-        if media != "application/json":
-            shown = response.content[:SHOWN_BYTES].decode("utf-8", "replace")
-            raise InvalidAnswer(status, media, f"expected application/json; it begins {shown!r}")
-        with reading(status, media):
-            described = response.json()
+        described = decoded_json(status, media, response.content)
         if not is_description(described):
             raise InvalidAnswer(status, media, f"the JSON is not {what}")
         return described
@@ -742,30 +734,31 @@ class AmortizedClient:
         # encoded here, not by httpx (which refuses NaN from 0.28 on): a non-finite y gets the server's 422 either way
         content = json.dumps(body, separators=(",", ":")).encode()
         json_headers = {"content-type": "application/json"}
+        reply, answered_json_to_arrow = None, False
         if self.format == "arrow":
             try:
-                status, media, stream = self._arrow_body(
-                    "POST", path, content=content, headers=json_headers | {"accept": ARROW}
-                )
+                reply = self._arrow_body("POST", path, content=content, headers=json_headers | {"accept": ARROW})
             except ApiError as error:
                 if error.status != 406:
                     raise
                 self.format = "json"  # this server speaks JSON only: ask it in JSON from now on
             else:
+                status, media, stream = reply
                 if media == ARROW:
                     with reading(status, media):
                         return arrow_answer(pa.ipc.open_stream(stream).read_all(), model, body, rows)
-                answer = json_answer(status, media, stream)  # a server that ignores Accept: its JSON, read as such
-                with reading(status, media):
-                    read = json_answers(answer, model, body, rows)
-                self.format = "json"  # and asked in JSON from now on
-                return read
-        json_headers["accept"] = "application/json"
-        response = self._response("POST", path, content=content, headers=json_headers)
-        status, media = response.status_code, media_type(response)
-        answer = json_answer(status, media, response.content)
+                answered_json_to_arrow = True  # a server that ignores Accept: its answer, read as JSON below
+        if reply is None:
+            json_headers["accept"] = "application/json"
+            response = self._response("POST", path, content=content, headers=json_headers)
+            reply = response.status_code, media_type(response), response.content
+        status, media, content = reply
+        answer = decoded_json(status, media, content, f"{ARROW} or application/json")
         with reading(status, media):
-            return json_answers(answer, model, body, rows)
+            read = json_answers(answer, model, body, rows)
+        if answered_json_to_arrow:
+            self.format = "json"  # and asked in JSON from now on
+        return read
 
     @staticmethod
     def _body(
