@@ -104,8 +104,10 @@ def segment(value: str) -> str:
     answers 404 for a model it does not serve. Raises ValueError for an empty
     string and for one holding ``/``: the server (Starlette) and many proxies
     decode ``%2F`` before routing, so no segment carries them (no model's name
-    holds either).
+    holds either). Raises TypeError for anything but a ``str``.
     """
+    if not isinstance(value, str):
+        raise TypeError(f"a model's name is a str (e.g. 'gmm'), not {type(value).__name__}: {value!r}")
     if value == "" or "/" in value:
         raise ValueError(f"{value!r} cannot be a URL path segment: a name is not empty and holds no '/'")
     escaped = quote(value, safe="")
@@ -391,6 +393,19 @@ def read_into_buffer(response: httpx.Response) -> Any:
     return buffer
 
 
+def arrow_table(body: Any) -> Any:
+    """An Arrow IPC stream (a ``pyarrow.Buffer`` or bytes) as one table, read in place.
+
+    Raises pyarrow's errors for a stream that does not read, and ValueError for bytes after its end-of-stream
+    marker (:func:`reading` makes both InvalidAnswer): the reader stops at the marker and would ignore them.
+    """
+    source = pa.BufferReader(body)
+    table = pa.ipc.open_stream(source).read_all()
+    if source.tell() != source.size():
+        raise ValueError(f"{source.size() - source.tell()} bytes follow the end of its Arrow stream")
+    return table
+
+
 def _json_column(values: list[Any]) -> np.ndarray:
     """JSON values of one field as numpy, typed as Arrow's reading (:func:`_numpy`).
 
@@ -516,11 +531,12 @@ def requested_objectives(objective: str) -> list[str]:
     return ["pq", "qp"] if objective == "both" else [objective]
 
 
-def check_arrays(arrays: PosteriorArrays, objective: str, y: np.ndarray) -> None:
+def check_arrays(arrays: PosteriorArrays, objective: str, y: np.ndarray, num_samples: int) -> None:
     """One objective's columns answer this request: its objective, its observations in order, numbers as numbers.
 
     Raises ValueError (:func:`reading` makes it InvalidAnswer) for an answer of another objective or other
-    observations (rows repeated, swapped or missing), or a column of numbers that holds something else.
+    observations (rows repeated, swapped or missing), a column of numbers that holds something else, or draws
+    (samples, log weights, resampled) other than ``num_samples`` per observation.
     """
     if arrays.objective != objective:
         raise ValueError(f"it answers objective {arrays.objective!r} where the request asked for {objective!r}")
@@ -534,6 +550,11 @@ def check_arrays(arrays: PosteriorArrays, objective: str, y: np.ndarray) -> None
     for name, column in numbers.items():
         if column is not None and (column.dtype != np.float64 or len(column) != len(y)):
             raise ValueError(f"its {name} column is {column.dtype} of {len(column)} rows, not numbers per observation")
+    resampled = {f"resampled {name}": column for name, column in (arrays.resampled or {}).items()}
+    draws = {"x": arrays.x, "log_weights": arrays.log_weights, **arrays.latents, **resampled}
+    for name, column in draws.items():
+        if column is not None and column.shape != (len(y), num_samples):
+            raise ValueError(f"its {name} is {column.shape}, not {num_samples} draws for each of {len(y)} observations")
 
 
 def check_model(found: Any, model: str) -> None:
@@ -582,7 +603,7 @@ def arrow_answer(table: Any, model: str, body: dict[str, Any], rows: bool) -> An
     }
     columns = {name: PosteriorArrays.from_arrow(part) for name, part in parts.items()}
     for name, arrays in columns.items():
-        check_arrays(arrays, name, y)
+        check_arrays(arrays, name, y, body["num_samples"])
     if not rows:
         return columns if body["objective"] == "both" else columns[body["objective"]]
     per_objective = {name: posterior_rows(columns[name], part) for name, part in parts.items()}
@@ -621,7 +642,7 @@ def json_answers(answer: Any, model: str, body: dict[str, Any], rows: bool) -> A
     for name, part in per_objective.items():
         if any(r.get("objective") != name for r in part):
             raise ValueError(f"a result answers another objective than {name!r}")
-        check_arrays(columns[name], name, y)
+        check_arrays(columns[name], name, y, body["num_samples"])
     if rows:
         answers = [parse(r) for r in results]
         return answers if isinstance(body["y"], list) else answers[0]
@@ -637,6 +658,11 @@ class AmortizedClient:
     than the bytes saved: bench/answer_formats.py): zstd where httpx can decode
     it (with the ``zstandard`` package, which the light install does not pull),
     and gzip. An ``accept-encoding`` among ``headers`` overrides both.
+    ``timeout`` (seconds) is httpx's: it bounds each step of a call
+    (connecting, each read, each write, waiting for a pooled connection), not
+    the whole call, so a server that keeps sending, however slowly, holds a
+    call until it is done; where a whole call must end in time, run it in a
+    thread and stop waiting for it (``concurrent.futures``' ``result(timeout)``).
     Raises ValueError for another ``format``.
     """
 
@@ -746,7 +772,7 @@ class AmortizedClient:
                 status, media, stream = reply
                 if media == ARROW:
                     with reading(status, media):
-                        return arrow_answer(pa.ipc.open_stream(stream).read_all(), model, body, rows)
+                        return arrow_answer(arrow_table(stream), model, body, rows)
                 answered_json_to_arrow = True  # a server that ignores Accept: its answer, read as JSON below
         if reply is None:
             json_headers["accept"] = "application/json"

@@ -12,6 +12,7 @@ from fastapi.routing import APIRoute
 from service.errors import ApiError
 from service.metrics import Metrics
 from service.registry import Registry, ServedModel
+from service.schemas import ErrorResponse
 
 if TYPE_CHECKING:
     from amortized.losses import Objective
@@ -78,6 +79,16 @@ def check_version(pin: str | dict[Objective, str] | dict[str, str] | None, objec
                 f"version {wanted} of {served.name}/{name} is not served; served versions: {available}",
                 "conflict",
             )
+
+
+# what every route of a router with known_query may answer, for its OpenAPI description
+QUERY_ERRORS: dict[int | str, dict[str, Any]] = {
+    422: {
+        "model": ErrorResponse,
+        "description": "a query parameter the route does not take, one given twice, or a value it refuses: "
+        "the body names it and why",
+    }
+}
 
 
 async def known_query(request: Request) -> None:

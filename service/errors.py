@@ -21,6 +21,7 @@ from starlette.routing import Match
 from starlette.types import Scope, Send
 
 from service.responses import json_response
+from service.routing import DuplicateKey
 from service.schemas import MAX_ABS_Y
 
 
@@ -39,10 +40,28 @@ class ApiError(Exception):
         self.status, self.loc, self.msg, self.kind, self.headers = status, loc, msg, kind, headers
 
 
+SHOWN_NAME = 200  # characters of a name (a key, a header) an error quotes back; a longer one is cut
+SHOWN_MESSAGE = 4000  # characters of one error's message: room for every served name, not for a quoted megabyte
+
+
+def shown(text: str, limit: int = SHOWN_NAME) -> str:
+    """``text``, or its first ``limit`` characters and how long it was: what an error quotes of a caller's input."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def error_body(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``{"detail": [...]}`` of every error; names in ``loc`` and messages cut to a bounded size (:func:`shown`).
+
+    A location or a message may quote the caller's input (an unknown key of a megabyte, a model's name): an
+    error is never much larger than its explanation.
+    """
     return {
         "detail": [
-            {"loc": list(i.get("loc", [])), "msg": str(i.get("msg", "")), "type": str(i.get("type", "error"))}
+            {
+                "loc": [part if isinstance(part, int) else shown(str(part)) for part in i.get("loc", [])],
+                "msg": shown(str(i.get("msg", "")), SHOWN_MESSAGE),
+                "type": str(i.get("type", "error")),
+            }
             for i in items
         ]
     }
@@ -69,6 +88,13 @@ def reads_as_json(content_type: str) -> bool:
     message["content-type"] = content_type
     subtype = message.get_content_subtype()
     return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+def declared_charset(content_type: str) -> str | None:
+    """The ``charset`` parameter of a Content-Type, lower case; None when it has none."""
+    message = email.message.Message()
+    message["content-type"] = content_type
+    return message.get_content_charset()
 
 
 async def validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -263,6 +289,12 @@ def not_utf8(body: bytes) -> str | None:
 
 
 async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    if exc.status_code == 400 and isinstance(exc.__cause__, DuplicateKey):  # valid JSON, but ambiguous: 422
+        key = shown(exc.__cause__.key)
+        msg = f"key {key!r} appears more than once in one object: JSON leaves what that means open (RFC 8259, 4)"
+        return json_response(
+            error_body([{"loc": ["body", exc.__cause__.key], "msg": msg, "type": "duplicate_key"}]), 422
+        )
     loc = ["body"] if exc.status_code in (400, 408, 413) else ["request"]
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     if exc.status_code == 400:

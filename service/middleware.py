@@ -11,7 +11,8 @@
   compressed body cannot expand into memory (a "zip bomb"); bytes after the
   gzip data that begin no member are refused.
 - :class:`Utf8Json` (added inside ContentEncoding in service/main.py, so it sees decoded bodies): a JSON
-  body that is not UTF-8 gets 400 naming its first offending byte, UTF-16 and UTF-32 by name.
+  body that is not UTF-8 gets 400 naming its first offending byte, UTF-16 and UTF-32 by name; a charset
+  other than UTF-8 gets 415, and a second Content-Type 400.
 - :class:`HeadAsGet`: HEAD answers wherever GET does.
 - :class:`ResponseCompression`: answers above a size threshold compressed as
   the client's ``Accept-Encoding`` allows: zstd (the ``zstandard`` bindings of
@@ -33,7 +34,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.gzip import GZipResponder, IdentityResponder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import not_utf8, reads_as_json, send_error
+from service.errors import declared_charset, not_utf8, reads_as_json, send_error, shown
 
 
 class BodyTimeout:
@@ -270,24 +271,48 @@ class ContentEncoding:
         await self.app(scope, replay(receive, decoded), send)
 
 
-class Utf8Json:
-    """ASGI middleware: 400 at ``["body"]`` for a JSON body that is not UTF-8 text, naming the first offending byte.
+UTF8_NAMES = ("utf-8", "utf8")  # the charset a JSON body may declare: its own (RFC 8259, 8.1)
 
-    JSON exchanged between systems is UTF-8 (RFC 8259, 8.1), but the decoder
-    behind FastAPI (``json.loads`` of bytes) guesses UTF-16 and UTF-32 from a
-    byte order mark or from NULs at the start, so such bodies were answered
-    200, and one with a UTF-16 byte order mark but odd bytes got a 400 naming a
-    byte in the middle. Only bodies FastAPI reads as JSON are read here (their
-    Content-Type says so); the rest pass untouched. A UTF-8 byte order mark is
-    left to the decoder, which ignores it (RFC 8259, 8.1 allows that).
+
+class Utf8Json:
+    """ASGI middleware: a JSON body is UTF-8 text, labelled by one Content-Type that does not say otherwise.
+
+    - 400 at ``["body"]`` for a JSON body that is not UTF-8 text, naming the
+      first offending byte. JSON exchanged between systems is UTF-8 (RFC 8259,
+      8.1), but the decoder behind FastAPI (``json.loads`` of bytes) guesses
+      UTF-16 and UTF-32 from a byte order mark or from NULs at the start, so such
+      bodies were answered 200, and one with a UTF-16 byte order mark but odd
+      bytes got a 400 naming a byte in the middle. A UTF-8 byte order mark is
+      left to the decoder, which ignores it (RFC 8259, 8.1 allows that).
+    - 415 at ``["header", "content-type"]`` for a JSON Content-Type whose
+      ``charset`` is not UTF-8 (``charset=utf-16``): the body was read as
+      UTF-8 whatever the label said.
+    - 400 at ``["header", "content-type"]`` for a request with more than one
+      Content-Type, one of them JSON's (the first was read and the others ignored).
+
+    Only bodies FastAPI reads as JSON are read here (their Content-Type says
+    so); the rest pass untouched.
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not reads_as_json(Headers(scope=scope).get("content-type", "")):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        labels = Headers(scope=scope).getlist("content-type")
+        if len(labels) > 1 and any(map(reads_as_json, labels)):
+            msg = f"Content-Type is given {len(labels)} times ({', '.join(map(repr, labels))}): send it once"
+            return await send_error(send, 400, ["header", "content-type"], msg, "http_400")
+        if not labels or not reads_as_json(labels[0]):
+            return await self.app(scope, receive, send)
+        charset = declared_charset(labels[0])
+        if charset is not None and charset not in UTF8_NAMES:
+            msg = (
+                f"charset={shown(charset)} is not accepted: a JSON body is UTF-8 text (RFC 8259, 8.1); send it as "
+                "UTF-8, labelled application/json or application/json; charset=utf-8"
+            )
+            return await send_error(send, 415, ["header", "content-type"], msg, "unsupported_media_type")
         parts: list[bytes] = []
         try:
             if not await read_body(receive, parts.append):

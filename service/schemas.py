@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 from amortized.losses import OBJECTIVES, Objective
 
@@ -21,8 +22,8 @@ MAX_ABS_Y = 1e9
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_ABS_Y, le=MAX_ABS_Y)]
 
 
-# Numbers in a query string, as JSON writes them: pydantic parses text with Python's float() and int(), which also
-# take "1_0" (10), surrounding spaces and other scripts' digits, none of which a JSON body may hold
+# Numbers in a query string, decimal as a person or JSON writes them (".5", "+1" and "01" too): pydantic parses text
+# with Python's float() and int(), which also take "1_0" (10), surrounding spaces and other scripts' digits
 DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 WHOLE = re.compile(r"[+-]?[0-9]+")
 
@@ -32,13 +33,25 @@ def written_as(pattern: re.Pattern[str], what: str) -> BeforeValidator:
 
     def check(value: object) -> object:
         if isinstance(value, str) and not pattern.fullmatch(value):
-            raise ValueError(f"{value!r} is not {what} (ASCII digits, no spaces or underscores)")
+            # a "+" typed into a URL arrives as a space (application/x-www-form-urlencoded): say so where it fits
+            plus = " (a + in a query string stands for a space: write %2B, or no sign)" if value[:1] == " " else ""
+            raise ValueError(f"{value!r} is not {what} (ASCII digits, no spaces or underscores){plus}")
         return value
 
     return BeforeValidator(check)
 
 
-QueryFloat = Annotated[float, written_as(DECIMAL, "a decimal number such as -2.5 or 1e3")]
+def finite_text(value: object) -> object:
+    """Query text of a number beyond any float (``1e400``) is out of range, as the same number in a body is."""
+    if isinstance(value, str) and DECIMAL.fullmatch(value) and abs(float(value)) == float("inf"):
+        raise PydanticCustomError(
+            "out_of_range", "out of range: {value} is beyond any float (about 1.8e308)", {"value": value}
+        )
+    return value
+
+
+# the validators run last to first: the text's form, then its size
+QueryFloat = Annotated[float, BeforeValidator(finite_text), written_as(DECIMAL, "a decimal number such as -2.5 or 1e3")]
 QueryInt = Annotated[int, written_as(WHOLE, "a whole number")]
 # a network's version: the first 16 hex digits of its weights' sha256 (or all 64)
 Version = Annotated[str, Field(pattern=r"^[0-9a-f]{16}([0-9a-f]{48})?$", examples=["1bed7b64d88ad135"])]

@@ -758,3 +758,75 @@ def test_model_descriptions_that_are_not_raise_invalid_answer(client):
         refused("json", headers, content, lambda api: api.model("gmm"))
     with AmortizedClient(transport=client._transport, base_url="http://testserver") as api:  # the control
         assert "gmm" in [m["name"] for m in api.models()] and api.model("gmm")["name"] == "gmm"
+
+
+DRAWN = {"num_samples": 30, "resample": True, "include": ["samples", "log_weights", "resampled", "q"]}
+
+
+def drawn_calls(y, **options):
+    """posterior() and posterior_arrays() of gmm_open at ``y`` with :data:`DRAWN`'s options (``options`` override)."""
+    body = DRAWN | options
+    return (lambda api: api.posterior("gmm_open", y, **body), lambda api: api.posterior_arrays("gmm_open", y, **body))
+
+
+def cut(path, keep):
+    """A change of a JSON answer: in every result, the list at ``path`` cut to its first ``keep`` items."""
+
+    def change(answer):
+        for result in answer.get("results", [answer]):
+            for key in path[:-1]:
+                result = result[key]
+            result[path[-1]] = result[path[-1]][:keep]
+
+    return change
+
+
+@pytest.mark.parametrize("y", [0.5, [0.5, 1.0]], ids=["one row", "two rows"])
+def test_draws_of_another_count_raise_invalid_answer(client, y):
+    """A single answer whose samples held 3 draws and log weights 10 (num_samples=10) read as x of shape (3,); with
+    two rows NumPy refused the ragged lists, with one it did not. Every draw column must hold num_samples per row,
+    in JSON (one row or several) and in Arrow."""
+    one = real_answer(client, "application/json", "gmm_open", y=y, **DRAWN)
+    cases = [
+        (["samples", "x"], 3, "x is"),
+        (["log_weights"], 29, "log_weights is"),
+        (["samples", "k"], 0, "k is"),  # a latent's column
+        (["resampled", "x"], 5, "resampled x is"),
+    ]
+    for path, keep, reason in cases:
+        for call in drawn_calls(y):
+            error = refused("json", JSON_TYPE, altered_json(one, cut(path, keep)), call)
+            assert reason in error.reason or "JSON answer" in error.reason, (path, error.reason)
+    for call in drawn_calls(y, num_samples=31):  # the request asked for another count than the answer holds
+        assert "not 31 draws" in refused("json", JSON_TYPE, one, call).reason
+    with AmortizedClient(transport=Answers(JSON_TYPE, one), base_url="http://t", format="json") as api:  # control
+        read = api.posterior_arrays("gmm_open", y, **DRAWN)
+        assert read.x.shape == read.log_weights.shape == read.resampled["x"].shape == (len(np.atleast_1d(y)), 30)
+    whole = real_answer(client, client_module.ARROW, "gmm_open", y=y, **DRAWN)
+    for call in drawn_calls(y, num_samples=20):
+        assert "not 20 draws" in refused("arrow", ARROW_TYPE, whole, call).reason
+
+
+def test_bytes_after_an_arrow_streams_end_raise_invalid_answer(client):
+    """The IPC reader stops at the end-of-stream marker: a valid stream followed by anything read as a success."""
+    whole = real_answer(client, client_module.ARROW, y=[0.5, 1.0])
+    for tail in (b"garbage", b"\x00", b"\xff\xff\xff\xff\x00\x00\x00\x00", whole):
+        for call in both_calls([0.5, 1.0]):
+            error = refused("arrow", ARROW_TYPE, whole + tail, call)
+            assert f"{len(tail)} bytes follow the end of its Arrow stream" in error.reason
+    with AmortizedClient(transport=Answers(ARROW_TYPE, whole), base_url="http://t") as api:  # the control
+        assert api.posterior_arrays("gmm", [0.5, 1.0], num_samples=30).x.shape == (2, 30)
+
+
+@pytest.mark.parametrize("name", [5, 1.5, None, b"gmm", ["gmm"], ("gmm",)])
+def test_a_model_name_that_is_not_text_raises_type_error_naming_it(name):
+    """posterior(5, 0.0) raised "argument of type 'int' is not iterable" from the URL escaping."""
+    with AmortizedClient(transport=Answers(JSON_TYPE, b"{}"), base_url="http://t") as api:
+        for call in (
+            lambda: api.posterior(name, 0.5),
+            lambda: api.posterior_arrays(name, 0.5),
+            lambda: api.model(name),
+        ):
+            with pytest.raises(TypeError, match="a model's name is a str") as raised:
+                call()
+            assert repr(name) in str(raised.value)

@@ -234,6 +234,10 @@ def test_impossible_includes_get_a_422_naming_the_field(client, body, loc, words
         "application/json;q=1.5",
         "application/json;q=0.0001",
         "*/*;q=0",
+        # a media range is */*, type/* or type/subtype (RFC 9110, 12.5.1): python-mimeparse matched */json
+        "*/json",
+        f"*/{ARROW.split('/')[1]}",
+        "*/json, text/html",
     ],
 )
 def test_an_unsupported_accept_gets_406_naming_the_supported_types(client, accept):

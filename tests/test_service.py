@@ -450,9 +450,10 @@ def test_a_query_parameter_the_route_does_not_take_gets_422_naming_it(client, pa
 
 
 @pytest.mark.parametrize("text", ["1_0", " 1", "1 ", "\uff11", "\u0661", "0x10", "1e", "--1", "nan", "inf", "", "1,5"])
-def test_query_numbers_are_written_as_json_writes_them(client, text):
+def test_query_numbers_are_decimals_in_ascii_digits(client, text):
     """Python's float() and int() (which pydantic parses query text with) take "1_0" as 10, spaces, other scripts'
-    digits: a JSON body refuses them, and so does every number in a query string, a 422 naming the parameter."""
+    digits: a JSON body refuses them, and so does every number in a query string, a 422 naming the parameter.
+    A raw "+" arrives as a space: the message says so."""
     quoted = quote(text)
     for path, name in (
         (f"/v1/models/gmm/exact?y={quoted}", ["query", "y", 0]),
@@ -465,6 +466,9 @@ def test_query_numbers_are_written_as_json_writes_them(client, text):
         assert response.status_code == 422, (path, response.status_code)
         (error,) = response.json()["detail"]
         assert error["loc"] == name and repr(text) in error["msg"], error
+    plus = client.get("/v1/models/gmm/exact?y=+1").json()["detail"][0]["msg"]
+    assert "' 1'" in plus and "%2B" in plus
+    assert "%2B" not in client.get("/v1/models/gmm/exact?y=1_0").json()["detail"][0]["msg"]
     for written, value in (("1e3", 1000.0), ("-2.5", -2.5), (".5", 0.5), ("5.", 5.0), ("%2B1", 1.0), ("1E-3", 1e-3)):
         exact = client.get(f"/v1/models/gmm/exact?y={written}")
         assert exact.status_code == 200 and exact.json()["results"][0]["y"] == value
@@ -696,3 +700,102 @@ def test_a_405_lists_in_allow_exactly_the_methods_the_path_answers(app, client):
     # POST only, GET and HEAD, GET HEAD and POST (/v1/models), GET HEAD and DELETE (/v1/jobs/{job_id})
     assert {frozenset({"POST"}), frozenset({"GET", "HEAD"}), frozenset({"GET", "HEAD", "POST"})} <= seen
     assert frozenset({"DELETE", "GET", "HEAD"}) in seen
+
+
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        (b'{"y": 1, "num_samples": 5, "seed": 1, "y": 2}', "y"),  # was answered for y = 2
+        (b'{"y": "x", "y": 1}', "y"),  # passed validation: the text was never seen
+        (b'{"y": 0.5, "objective": "pq", "objective": "qp"}', "objective"),
+        (b'{"y": 0.5, "version": {"pq": "a", "pq": "b"}}', "pq"),  # nested: a pin's objective twice
+        (b'{"y": 0.5, "include": ["q"], "seed": 3, "include": ["exact"]}', "include"),
+        ('{"y": 0.5, "é": 1, "é": 2}'.encode(), "é"),
+    ],
+)
+def test_a_key_given_twice_in_any_object_is_a_422_naming_it_and_nothing_is_answered(client, raw, key):
+    """RFC 8259, 4: a repeated name's meaning is left open; Python's decoder kept the last value without a word."""
+    pairs: list[list[tuple[str, object]]] = []
+    json.loads(raw, object_pairs_hook=lambda p: pairs.append(p) or dict(p))  # the reference: every object's keys
+    assert any([k for k, _ in p].count(key) > 1 for p in pairs)
+    response = client.post("/v1/models/gmm/posterior", content=raw, headers=JSON)
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", key] and error["type"] == "duplicate_key"
+    assert f"key {key!r} appears more than once" in error["msg"] and "RFC 8259" in error["msg"]
+    last_wins = json.dumps(json.loads(raw)).encode()  # what the decoder made of it before: read, not refused
+    assert "duplicate_key" not in client.post("/v1/models/gmm/posterior", content=last_wins, headers=JSON).text
+
+
+def test_a_json_charset_other_than_utf8_is_a_415_and_utf8_labels_answer(client):
+    """The body was read as UTF-8 whatever charset its label declared: a label that says otherwise is refused."""
+    plain = client.post("/v1/models/gmm/posterior", content=PLAIN_BODY, headers=JSON)
+    for label in (
+        "application/json; charset=utf-8",
+        "application/json;charset=UTF-8",
+        'application/json; charset="utf8"',
+    ):
+        labelled = client.post("/v1/models/gmm/posterior", content=PLAIN_BODY, headers={"content-type": label})
+        assert labelled.status_code == 200 and labelled.content == plain.content, label
+    for charset in ("utf-16", "latin-1", "UTF-32LE", "x" * 5000):
+        label = f"application/json; charset={charset}"
+        response = client.post("/v1/models/gmm/posterior", content=PLAIN_BODY, headers={"content-type": label})
+        assert response.status_code == 415, (label, response.text)
+        (error,) = response.json()["detail"]
+        assert error["loc"] == ["header", "content-type"] and "UTF-8" in error["msg"]
+        assert f"charset={charset.lower()[:200]}" in error["msg"] and len(response.content) < 1000
+
+
+def test_two_content_types_are_a_400_whatever_their_order(client):
+    """The first Content-Type was read and the second ignored: application/json then text/plain answered 200."""
+    for labels in (["application/json", "text/plain"], ["text/plain", "application/json"], ["application/json"] * 2):
+        headers = [("content-type", label) for label in labels]
+        response = client.post("/v1/models/gmm/posterior", content=PLAIN_BODY, headers=headers)
+        assert response.status_code == 400, response.text
+        (error,) = response.json()["detail"]
+        assert error["loc"] == ["header", "content-type"] and "2 times" in error["msg"]
+
+
+@pytest.mark.parametrize(
+    "request_args",
+    [
+        {"method": "POST", "url": "/v1/models/gmm/posterior", "content": b'{"y": 0.5, "' + b"k" * 900_000 + b'": 1}'},
+        {
+            "method": "POST",
+            "url": "/v1/models/gmm/posterior",
+            "content": b'{"y": 0.5, "' + b"k" * 400_000 + b'": 1, "' + b"k" * 400_000 + b'": 2}',
+        },
+        {"method": "GET", "url": "/v1/models?" + "q" * 60_000 + "=1"},
+        {"method": "POST", "url": "/v1/models/" + "m" * 60_000 + "/posterior", "content": b'{"y": 0.5}'},
+    ],
+    ids=["unknown key", "repeated key", "unknown query parameter", "unknown model"],
+)
+def test_an_error_quoting_a_huge_name_stays_small(client, request_args):
+    """A 900 kB unknown key was quoted back whole (a 422 of 900 kB): names and messages are cut, marked as cut."""
+    response = client.request(**request_args, headers=JSON)
+    assert 400 <= response.status_code < 500 and len(response.content) < 10_000, (
+        response.status_code,
+        len(response.content),
+    )
+    (error, *_) = response.json()["detail"]
+    assert "characters)" in json.dumps(error)  # says how long the name was
+
+
+def test_the_openapi_lists_the_errors_each_operation_can_give_and_only_those(client):
+    """posterior.png listed 406, 400, 413 and 415 (it negotiates nothing and reads no body); GET /v1/models listed
+    no 422, which an unknown query parameter gets. Each listed error is checked against a request that gets it."""
+    paths = client.get("/openapi.json").json()["paths"]
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            codes = set(operation["responses"])
+            if path.startswith("/v1/"):
+                assert "422" in codes, (method, path)  # the query string is checked on every API route
+            if method == "get":
+                assert not codes & {"400", "413", "415"}, (method, path, codes)  # no body to refuse
+            assert ("406" in codes) == (path == "/v1/models/{model}/posterior"), (method, path)
+    for url in ("/v1/models?x=1", "/v1/models/gmm?x=1", "/v1/models/gmm/exact?y=0&x=1"):
+        assert client.get(url).status_code == 422, url
+    png = client.get("/v1/models/gmm/posterior.png?y=0", headers={"accept": "application/json"})
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"  # one representation: Accept unread
+    refused = client.post("/v1/models/gmm/posterior", json={"y": 0.5}, headers={"accept": "text/html"})
+    assert refused.status_code == 406

@@ -316,6 +316,10 @@ def test_numbers_beyond_any_float_are_out_of_range(client, literal):
     items = response.json()["detail"]
     assert len(items) == 1 and items[0]["type"] == "out_of_range" and "out of range" in items[0]["msg"]
     assert items[0]["loc"] == (["body", "y", 1] if literal.startswith("[") else ["body", "y"])
+    if not literal.startswith("["):  # the same number in a query string: out of range too (was less_than_equal)
+        for path, loc in (("exact?y=", ["query", "y", 0]), ("posterior.png?y=", ["query", "y"])):
+            query = client.get(f"/v1/models/gmm/{path}{literal}").json()["detail"]
+            assert [(item["loc"], item["type"]) for item in query] == [(loc, "out_of_range")], query
 
 
 def test_a_refused_artifact_is_named_with_its_reason(tmp_path):

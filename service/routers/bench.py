@@ -12,9 +12,10 @@ from service.answers import PosteriorQuery, answer
 from service.dependencies import RegistryDep
 from service.registry import Registry
 from service.responses import json_response
+from service.routing import JsonRoute
 from service.schemas import PosteriorRequest
 
-router = APIRouter(prefix="/v1/_bench", tags=["benchmark"], include_in_schema=False)
+router = APIRouter(prefix="/v1/_bench", tags=["benchmark"], include_in_schema=False, route_class=JsonRoute)
 
 
 @lru_cache(maxsize=8)

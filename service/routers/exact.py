@@ -14,11 +14,13 @@ import numpy as np
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, Field
 
-from service.dependencies import ServedModelDep, known_query
+from service.dependencies import QUERY_ERRORS, ServedModelDep, known_query
 from service.responses import json_response
 from service.schemas import MAX_ABS_Y, ErrorResponse, QueryFloat
 
-router = APIRouter(prefix="/v1/models", tags=["exact posterior"], dependencies=[Depends(known_query)])
+router = APIRouter(
+    prefix="/v1/models", tags=["exact posterior"], dependencies=[Depends(known_query)], responses=QUERY_ERRORS
+)
 
 MAX_OBSERVATIONS = 1001  # the explorer's sweep over y asks for 201
 
@@ -59,7 +61,7 @@ Observations = Annotated[
 @router.get(
     "/{model}/exact",
     response_model=ExactResponse,
-    responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses={404: {"model": ErrorResponse}},
     summary="The exact posterior at y as its conjugate components (the density of x), with log p(y)",
 )
 def exact(served: ServedModelDep, y: Observations) -> Response:

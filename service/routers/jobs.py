@@ -18,15 +18,15 @@ from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
-from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import Field
 
 from amortized.variants import SpecError, VariantSpec, parse_spec
-from service.dependencies import RegistryDep, known_query
+from service.dependencies import QUERY_ERRORS, RegistryDep, known_query
 from service.errors import ApiError, error_body
 from service.registry import Registry
 from service.responses import json_response
+from service.routing import JsonRoute
 from service.schemas import ErrorResponse, QueryInt
 from service.settings import Settings
 from trainer.jobs import JobQueue, JobRecord
@@ -58,13 +58,15 @@ def require_admin(request: Request, credentials: HTTPAuthorizationCredentials | 
         raise ApiError(401, ["header", "authorization"], "wrong token", "unauthorized", UNAUTHORIZED)
 
 
-class AdminRoute(APIRoute):
+class AdminRoute(JsonRoute):
     """A route that checks the token (:func:`require_admin`) before FastAPI reads the body as JSON and validates it.
 
     FastAPI parses the body before it solves any dependency, so a body that is
     not JSON got its 422 before the 401 or 403 (FastAPI's documentation,
     "Custom Request and APIRoute class"). The router still declares ``bearer``
-    as a dependency: it documents the scheme in the OpenAPI schema.
+    as a dependency: it documents the scheme in the OpenAPI schema. The body
+    is read as every JSON route reads it (:class:`service.routing.JsonRoute`:
+    keys unique).
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -80,7 +82,7 @@ class AdminRoute(APIRoute):
 router = APIRouter(
     tags=["jobs"],
     dependencies=[Depends(bearer), Depends(known_query)],
-    responses=ERRORS,
+    responses=ERRORS | QUERY_ERRORS,
     route_class=AdminRoute,
 )
 

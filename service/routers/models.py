@@ -2,11 +2,11 @@
 
 from fastapi import APIRouter, Depends
 
-from service.dependencies import RegistryDep, ServedModelDep, known_query
+from service.dependencies import QUERY_ERRORS, RegistryDep, ServedModelDep, known_query
 from service.registry import ServedModel
 from service.schemas import ErrorResponse, ModelDetail, ModelSummary
 
-router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(known_query)])
+router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(known_query)], responses=QUERY_ERRORS)
 
 
 def summary(served: ServedModel) -> dict:

@@ -22,12 +22,13 @@ from amortized.importance.streams import draw_seed
 from amortized.mixture import base_model
 from service import arrow
 from service.answers import PosteriorQuery, answer
-from service.dependencies import ServedModelDep, check_version, known_query
-from service.errors import ApiError
+from service.dependencies import QUERY_ERRORS, ServedModelDep, check_version, known_query
+from service.errors import ApiError, shown
 from service.metrics import OBJECTIVE_KEY, Metrics
 from service.middleware import weighed_items
 from service.registry import Registry, ServedModel
 from service.responses import json_response
+from service.routing import JsonRoute
 from service.schemas import (
     DRAWN_PARTS,
     MAX_ABS_Y,
@@ -41,7 +42,7 @@ from service.schemas import (
 )
 from service.settings import Settings
 
-router = APIRouter(prefix="/v1/models", tags=["posterior"], dependencies=[Depends(known_query)])
+router = APIRouter(prefix="/v1/models", tags=["posterior"], dependencies=[Depends(known_query)], route_class=JsonRoute)
 VARY_ACCEPT = {"Vary": "Accept"}  # the answer's format depends on the Accept header (caches key on it)
 
 EXAMPLES: dict[str, dict[str, Any]] = {
@@ -80,9 +81,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 MEDIA_TYPES = {arrow.MEDIA_TYPE: "arrow", "application/json": "json"}
 
 
-SHOWN_HEADER = 200  # characters of a refused Accept header quoted back in the 406
-
-
 def negotiate(accept: str | None) -> str:
     """The layout the Accept header asks for: "json" (also when absent) or "arrow"; 406 naming the supported types.
 
@@ -92,19 +90,21 @@ def negotiate(accept: str | None) -> str:
     if not accept or not accept.strip():
         return "json"
     supported = ", ".join(reversed(MEDIA_TYPES))
-    shown = accept if len(accept) <= SHOWN_HEADER else f"{accept[:SHOWN_HEADER]}... ({len(accept)} characters)"
 
     def refuse(why: str) -> ApiError:
         return ApiError(
             406,
             ["header", "accept"],
-            f"Accept {shown!r} {why}; supported: {supported}",
+            f"Accept {shown(accept)!r} {why}; supported: {supported}",
             "not_acceptable",
             headers={"Vary": "Accept"},
         )
 
-    if any(q is None for _, q in weighed_items(accept)):
+    items = weighed_items(accept)
+    if any(q is None for _, q in items):
         raise refuse("cannot be parsed (q must be a number from 0 to 1, three decimals at most)")
+    if any(name.startswith("*/") and name != "*/*" for name, _ in items):  # RFC 9110, 12.5.1: */* or type/*
+        raise refuse("cannot be parsed (a media range is */*, type/* or type/subtype, not */subtype)")
     try:
         chosen = mimeparse.best_match(list(MEDIA_TYPES), accept.lower())  # media types are case-insensitive
     except (mimeparse.MimeTypeParseException, ValueError):
@@ -119,6 +119,7 @@ def check_parts(request: PosteriorRequest) -> frozenset[str]:
     parts = resolve_parts(request.include, request.num_samples, request.resample)
     if "resampled" in parts and not request.resample:
         raise ApiError(422, ["body", "include"], 'include asks for "resampled", which needs "resample": true')
+
     drawn = sorted(parts & DRAWN_PARTS)
     if request.num_samples == 0 and drawn:
         asked = "the default answer" if request.include is None else "include"
@@ -267,7 +268,8 @@ async def posterior(
     response_class=Response,
     responses={
         200: {"content": {"image/png": {}}, "description": "q of each compiled objective against the exact posterior"},
-        **ERRORS,
+        404: ERRORS[404],
+        **QUERY_ERRORS,
     },
     summary="Figure: q for each objective against the exact posterior at y",
 )
