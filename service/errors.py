@@ -92,6 +92,8 @@ def reads_as_json(content_type: str) -> bool:
 
 def declared_charset(content_type: str) -> str | None:
     """The ``charset`` parameter of a Content-Type, lower case; None when it has none."""
+    if "charset" not in content_type.lower():  # the common case, without parsing (2.5 us a request)
+        return None
     message = email.message.Message()
     message["content-type"] = content_type
     return message.get_content_charset()
