@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from pydantic import (
     model_validator,
 )
 
+from amortized.inputs import DuplicateKey, quoted, unique_keys
 from amortized.losses import OBJECTIVES, Objective
 from amortized.models import MODELS, ConjugateMixtureModel, build_model
 from amortized.training import BLEND, WARM_START, TrainingConfig, recipe
@@ -55,7 +57,7 @@ NAME_RULE = "1 to 48 lowercase letters, digits or underscores, starting with a l
 def check_name(name: str) -> str:
     """``name`` if it is a valid variant name, else ValueError saying the rule."""
     if not isinstance(name, str) or re.fullmatch(NAME_PATTERN, name) is None:
-        raise ValueError(f"a variant name is {NAME_RULE} (got {name!r})")
+        raise ValueError(f"a variant name is {NAME_RULE} (got {quoted(name)})")
     return name
 
 
@@ -90,12 +92,13 @@ class TrainingSettings(BaseModel):
         if isinstance(steps, dict):
             unknown = [key for key in steps if key not in OBJECTIVES]
             if unknown:
-                raise ValueError(f"steps per objective are keyed by {' or '.join(OBJECTIVES)} (got {unknown[0]!r})")
+                keyed = " or ".join(OBJECTIVES)
+                raise ValueError(f"steps per objective are keyed by {keyed} (got {quoted(unknown[0])})")
         for value in steps.values() if isinstance(steps, dict) else [] if steps is None else [steps]:
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_STEPS:
                 raise ValueError(
                     f"steps must be whole numbers from 1 to {MAX_STEPS}, for every objective or per objective "
-                    f'({{"pq": 3000, "qp": 10000}}) (got {value!r})'
+                    f'({{"pq": 3000, "qp": 10000}}) (got {quoted(value)})'
                 )
         return steps
 
@@ -173,7 +176,7 @@ class VariantSpec(BaseModel):
     @classmethod
     def _known_family(cls, family: str) -> str:
         if family not in MODELS:
-            raise ValueError(f"unknown family {family!r}; the families are {', '.join(MODELS)}")
+            raise ValueError(f"unknown family {quoted(family)}; the families are {', '.join(MODELS)}")
         return family
 
     @field_validator("params")
@@ -236,12 +239,17 @@ class VariantSpec(BaseModel):
 class SpecError(ValueError):
     """An invalid spec.
 
-    ``problems`` is a list of (where, why), e.g. ("params.stds.1", "Input should be greater than 0").
+    ``problems`` is a list of (where, why), e.g. ("params.stds.1", "Input should be greater than 0"): where
+    as a dotted path, for people. ``locations`` holds the same places as tuples, e.g. ("params", "stds", 1),
+    for an API: a key may itself hold a dot or be digits (``{"params": {"a.b": 1}}``), which the dotted form
+    cannot tell apart. A problem given with a tuple keeps it; one given with a dotted name is at that one name.
     """
 
-    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
-        self.source, self.problems = source, problems
-        super().__init__("\n".join(f"{source}: {where or '(the spec)'}: {why}" for where, why in problems))
+    def __init__(self, source: str, problems: Sequence[tuple[str | tuple[str | int, ...], str]]) -> None:
+        self.source = source
+        self.locations = [where if isinstance(where, tuple) else (where,) if where else () for where, _ in problems]
+        self.problems = [(".".join(map(str, loc)), why) for loc, (_, why) in zip(self.locations, problems, strict=True)]
+        super().__init__("\n".join(f"{source}: {where or '(the spec)'}: {why}" for where, why in self.problems))
 
 
 def _known_fields(loc: tuple, family: Any) -> list[str]:
@@ -264,19 +272,19 @@ def _known_fields(loc: tuple, family: Any) -> list[str]:
     return []
 
 
-def problems_of(error: ValidationError, data: Any = None) -> list[tuple[str, str]]:
-    """(dotted location, message) for each error, without pydantic's "Value error, " prefix.
+def problems_of(error: ValidationError, data: Any = None) -> list[tuple[tuple[str | int, ...], str]]:
+    """(location, message) for each error, without pydantic's "Value error, " prefix.
 
     Unknown fields say what is known.
     """
     family = data.get("family") if isinstance(data, dict) else None
     out = []
     for item in error.errors():
-        where, why = ".".join(str(part) for part in item["loc"]), item["msg"].removeprefix("Value error, ")
+        where, why = tuple(item["loc"]), item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             parameter = item["loc"][0] == "params" and len(item["loc"]) == 2
             known = _known_fields(item["loc"], family)
-            why = f"unknown {'parameter' if parameter else 'field'} {item['loc'][-1]!r}" + (
+            why = f"unknown {'parameter' if parameter else 'field'} {quoted(item['loc'][-1])}" + (
                 f" for family {family}" if parameter else ""
             )
             why += f"; known: {', '.join(known)}" if known else ""
@@ -294,12 +302,20 @@ def parse_spec(data: Any, source: str = "spec") -> VariantSpec:
         raise SpecError(source, problems_of(error, data)) from None
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    twice = sorted({key for key in keys if keys.count(key) > 1})
-    if twice:
-        raise ValueError(f"key {twice[0]!r} appears twice in one object")
-    return dict(pairs)
+def _yaml_data(text: str) -> Any:
+    """YAML as plain data (PyYAML's SafeLoader), a key given twice in one mapping refused (:class:`DuplicateKey`).
+
+    YAML 1.2 requires a mapping's keys to be unique, but PyYAML keeps the last value without a word.
+    """
+    import yaml  # PyYAML, optional: only YAML spec files need it
+
+    class UniqueKeysLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            self.flatten_mapping(node)  # merge keys (<<) first, as SafeLoader does
+            unique_keys([(self.construct_object(key, deep=True), None) for key, _ in node.value])
+            return super().construct_mapping(node, deep)
+
+    return yaml.load(text, Loader=UniqueKeysLoader)  # a SafeLoader: plain data only
 
 
 def read_spec(path: Path | str) -> VariantSpec:
@@ -309,18 +325,16 @@ def read_spec(path: Path | str) -> VariantSpec:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise SpecError(str(path), [("", f"cannot read it: {error}")]) from None
+    is_yaml = path.suffix.lower() in (".yaml", ".yml")
     try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml  # PyYAML: safe_load builds plain data only
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text, object_pairs_hook=_unique_keys)
+        data = _yaml_data(text) if is_yaml else json.loads(text, object_pairs_hook=unique_keys)
     except ImportError:
         raise SpecError(
             str(path), [("", "reading YAML needs PyYAML (pip install pyyaml); or write the spec as JSON")]
         ) from None
-    except ValueError as error:  # json.JSONDecodeError is one, and so is a repeated key
+    except DuplicateKey as error:
+        raise SpecError(str(path), [("", f"{error}: which value counts would be a guess")]) from None
+    except ValueError as error:  # json.JSONDecodeError is one
         raise SpecError(str(path), [("", f"not valid JSON: {error}")]) from None
     except Exception as error:  # yaml.YAMLError
         raise SpecError(str(path), [("", f"not valid YAML: {error}")]) from None

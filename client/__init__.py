@@ -262,7 +262,14 @@ class PosteriorArrays:
 
     @classmethod
     def from_json(cls, rows: list[dict[str, Any]]) -> PosteriorArrays:
+        """From one objective's results of a JSON answer; ValueError where results hold different parts or draws."""
         first = rows[0]
+        for row in rows[1:]:  # a part (or a kind of draw) in one result and not in another: no column to make
+            if row.keys() != first.keys():
+                raise ValueError(f"its results hold different parts: {sorted(first)} and {sorted(row)}")
+            for name in ("samples", "resampled"):
+                if name in first and (not isinstance(row[name], dict) or row[name].keys() != first[name].keys()):
+                    raise ValueError(f"its results' {name} hold different draws")
 
         def part(name: str) -> dict[str, np.ndarray]:
             if name not in first:
@@ -531,13 +538,50 @@ def requested_objectives(objective: str) -> list[str]:
     return ["pq", "qp"] if objective == "both" else [objective]
 
 
-def check_arrays(arrays: PosteriorArrays, objective: str, y: np.ndarray, num_samples: int) -> None:
+DEFAULT_PARTS = frozenset({"q", "samples", "log_weights", "diagnostics", "exact"})  # and "resampled" with resample
+
+
+def answer_parts(body: dict[str, Any]) -> frozenset[str]:
+    """The parts the answer to ``body`` holds: its ``include``'s ("summary" is "summary.q"), or the default.
+
+    The default is q, samples, log_weights, diagnostics and exact, and resampled with ``"resample": true``
+    (README, "Answers sized for their use"). The server's own rule is ``service.schemas.resolve_parts``; the
+    light client does not install the service, so the rule is written here too, and a test holds the two equal
+    for every ``include``.
+    """
+    include = body.get("include")
+    if include is None:
+        return DEFAULT_PARTS | ({"resampled"} if body.get("resample") else set())
+    return frozenset("summary.q" if part == "summary" else part for part in include)
+
+
+def held_parts(arrays: PosteriorArrays) -> frozenset[str]:
+    """The parts one objective's columns hold, named as ``include`` names them."""
+    present = {
+        "q": arrays.branch_probabilities is not None,
+        "samples": arrays.x is not None,
+        "log_weights": arrays.log_weights is not None,
+        "diagnostics": bool(arrays.diagnostics),
+        "exact": bool(arrays.exact),
+        "resampled": arrays.resampled is not None,
+    }
+    sources = {f"summary.{name.split('.')[0]}" for name in arrays.summary}
+    return frozenset({part for part, held in present.items() if held} | sources)
+
+
+def check_arrays(arrays: PosteriorArrays, objective: str, y: np.ndarray, body: dict[str, Any]) -> None:
     """One objective's columns answer this request: its objective, its observations in order, numbers as numbers.
 
     Raises ValueError (:func:`reading` makes it InvalidAnswer) for an answer of another objective or other
-    observations (rows repeated, swapped or missing), a column of numbers that holds something else, or draws
-    (samples, log weights, resampled) other than ``num_samples`` per observation.
+    observations (rows repeated, swapped or missing), a column of numbers that holds something else, draws
+    (samples, log weights, resampled) other than ``num_samples`` per observation, or other parts than the
+    request asked for (:func:`answer_parts`: samples left out of an answer that asked for them read as none).
     """
+    num_samples = body["num_samples"]
+    wanted, held = answer_parts(body), held_parts(arrays)
+    if held != wanted:
+        missing, extra = ", ".join(sorted(wanted - held)) or "none", ", ".join(sorted(held - wanted)) or "none"
+        raise ValueError(f"its parts are not the request's: missing {missing}; not asked for {extra}")
     if arrays.objective != objective:
         raise ValueError(f"it answers objective {arrays.objective!r} where the request asked for {objective!r}")
     if arrays.y.dtype != np.float64 or not np.array_equal(arrays.y, y):
@@ -603,7 +647,7 @@ def arrow_answer(table: Any, model: str, body: dict[str, Any], rows: bool) -> An
     }
     columns = {name: PosteriorArrays.from_arrow(part) for name, part in parts.items()}
     for name, arrays in columns.items():
-        check_arrays(arrays, name, y, body["num_samples"])
+        check_arrays(arrays, name, y, body)
     if not rows:
         return columns if body["objective"] == "both" else columns[body["objective"]]
     per_objective = {name: posterior_rows(columns[name], part) for name, part in parts.items()}
@@ -642,7 +686,7 @@ def json_answers(answer: Any, model: str, body: dict[str, Any], rows: bool) -> A
     for name, part in per_objective.items():
         if any(r.get("objective") != name for r in part):
             raise ValueError(f"a result answers another objective than {name!r}")
-        check_arrays(columns[name], name, y, body["num_samples"])
+        check_arrays(columns[name], name, y, body)
     if rows:
         answers = [parse(r) for r in results]
         return answers if isinstance(body["y"], list) else answers[0]

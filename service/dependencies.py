@@ -9,6 +9,7 @@ from fastapi import Depends, Path, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
+from amortized.inputs import quoted
 from service.errors import ApiError
 from service.metrics import Metrics
 from service.registry import Registry, ServedModel
@@ -46,10 +47,10 @@ async def get_served_model(
             raise ApiError(
                 404,
                 ["path", "model"],
-                f"model {model!r} is not served: its artifacts were refused ({refused}); served models: {known}",
+                f"model {quoted(model)} is not served: its artifacts were refused ({refused}); served models: {known}",
                 "refused",
             )
-        raise ApiError(404, ["path", "model"], f"unknown model {model!r}; served models: {known}", "not_found")
+        raise ApiError(404, ["path", "model"], f"unknown model {quoted(model)}; served models: {known}", "not_found")
     return served
 
 
@@ -91,6 +92,26 @@ QUERY_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+# what every route that reads a body may answer before it is read (service/middleware.py), for its OpenAPI description
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {
+        "model": ErrorResponse,
+        "description": "the body is not UTF-8 text or does not decode as its Content-Encoding, or Content-Type is "
+        "given more than once",
+    },
+    408: {"model": ErrorResponse, "description": "the body stopped arriving (AMORTIZED_BODY_TIMEOUT_SECONDS)"},
+    413: {
+        "model": ErrorResponse,
+        "description": "the body is larger than AMORTIZED_MAX_BODY_BYTES, as sent or once decoded",
+    },
+    415: {
+        "model": ErrorResponse,
+        "description": "the body is not sent as JSON (Content-Type: application/json), its charset is not UTF-8, "
+        "or its Content-Encoding is not gzip",
+    },
+}
+
+
 async def known_query(request: Request) -> None:
     """422 naming a query parameter the route does not take, or one given twice that takes one value.
 
@@ -107,7 +128,7 @@ async def known_query(request: Request) -> None:
         param = taken.get(name)
         if param is None:
             known = ", ".join(sorted(taken)) or "none"
-            raise ApiError(422, ["query", name], f"unknown query parameter {name!r}; this route takes: {known}")
+            raise ApiError(422, ["query", name], f"unknown query parameter {quoted(name)}; this route takes: {known}")
         count = len(request.query_params.getlist(name))
         if count > 1 and not _takes_several(param.field_info.annotation):
             raise ApiError(422, ["query", name], f"{name} takes one value, got {count}")

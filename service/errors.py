@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import email.message
+import email.utils
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -20,8 +21,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import Scope, Send
 
+from amortized.inputs import DuplicateKey, shown
 from service.responses import json_response
-from service.routing import DuplicateKey
 from service.schemas import MAX_ABS_Y
 
 
@@ -40,20 +41,15 @@ class ApiError(Exception):
         self.status, self.loc, self.msg, self.kind, self.headers = status, loc, msg, kind, headers
 
 
-SHOWN_NAME = 200  # characters of a name (a key, a header) an error quotes back; a longer one is cut
 SHOWN_MESSAGE = 4000  # characters of one error's message: room for every served name, not for a quoted megabyte
 
 
-def shown(text: str, limit: int = SHOWN_NAME) -> str:
-    """``text``, or its first ``limit`` characters and how long it was: what an error quotes of a caller's input."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
 def error_body(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """The ``{"detail": [...]}`` of every error; names in ``loc`` and messages cut to a bounded size (:func:`shown`).
+    """The ``{"detail": [...]}`` of every error; names in ``loc`` and messages bounded and encodable (:func:`shown`).
 
-    A location or a message may quote the caller's input (an unknown key of a megabyte, a model's name): an
-    error is never much larger than its explanation.
+    A location or a message may quote the caller's input (an unknown key of a megabyte, a model's name, a lone
+    surrogate): an error is never much larger than its explanation, and always encodes. Messages quote a
+    caller's text with :func:`amortized.inputs.quoted`; the cut here bounds whatever a message holds.
     """
     return {
         "detail": [
@@ -90,13 +86,18 @@ def reads_as_json(content_type: str) -> bool:
     return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
-def declared_charset(content_type: str) -> str | None:
-    """The ``charset`` parameter of a Content-Type, lower case; None when it has none."""
+def declared_charsets(content_type: str) -> list[str]:
+    """Every ``charset`` parameter of a Content-Type, lower case, in order; empty when it has none.
+
+    A parameter given twice (``charset=utf-8; charset=latin-1``) is given twice here: which one a reader takes is
+    its own choice (``email.message`` takes the first), so the caller refuses the label unless all agree.
+    """
     if "charset" not in content_type.lower():  # the common case, without parsing (2.5 us a request)
-        return None
+        return []
     message = email.message.Message()
     message["content-type"] = content_type
-    return message.get_content_charset()
+    params = message.get_params() or []
+    return [str(email.utils.collapse_rfc2231_value(v)).lower() for k, v in params[1:] if k.lower() == "charset"]
 
 
 async def validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -228,7 +229,7 @@ def why_unparsed(cause: BaseException | None) -> str | None:
     if isinstance(cause, ValueError) and "integer string conversion" in str(cause):
         return (
             f"the body holds an integer of more than {sys.get_int_max_str_digits()} digits, which the JSON decoder "
-            "refuses: no field takes a number that long (observations must be within +-1e9, seeds below 2^63)"
+            "refuses: no field of this API takes a number that long"
         )
     return None
 
@@ -292,8 +293,7 @@ def not_utf8(body: bytes) -> str | None:
 
 async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     if exc.status_code == 400 and isinstance(exc.__cause__, DuplicateKey):  # valid JSON, but ambiguous: 422
-        key = shown(exc.__cause__.key)
-        msg = f"key {key!r} appears more than once in one object: JSON leaves what that means open (RFC 8259, 4)"
+        msg = f"{exc.__cause__}: JSON leaves what that means open (RFC 8259, 4)"  # names the key, quoted
         return json_response(
             error_body([{"loc": ["body", exc.__cause__.key], "msg": msg, "type": "duplicate_key"}]), 422
         )

@@ -14,6 +14,12 @@
   body that is not UTF-8 gets 400 naming its first offending byte, UTF-16 and UTF-32 by name; a charset
   other than UTF-8 gets 415, and a second Content-Type 400.
 - :class:`HeadAsGet`: HEAD answers wherever GET does.
+
+The four body middlewares act on requests whose method carries a body the API
+reads (:data:`BODY_METHODS`: POST, PUT, PATCH); a GET, HEAD, DELETE or OPTIONS
+passes untouched, whatever its headers say. A stray ``Content-Encoding: br``
+or a second Content-Type on a bodyless GET made a liveness probe fail (415,
+400), and the OpenAPI, which lists no body errors for GET routes, was wrong.
 - :class:`ResponseCompression`: answers above a size threshold compressed as
   the client's ``Accept-Encoding`` allows: zstd (the ``zstandard`` bindings of
   the reference library) or gzip, by Starlette's own responders (which add
@@ -34,7 +40,15 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.gzip import GZipResponder, IdentityResponder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import declared_charset, not_utf8, reads_as_json, send_error, shown
+from amortized.inputs import quoted, shown
+from service.errors import declared_charsets, not_utf8, reads_as_json, send_error
+
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # methods whose body a route of this API reads
+
+
+def carries_body(scope: Scope) -> bool:
+    """Whether a request's body is for the app to read: an HTTP request whose method is one of :data:`BODY_METHODS`."""
+    return scope["type"] == "http" and scope["method"] in BODY_METHODS
 
 
 class BodyTimeout:
@@ -60,7 +74,7 @@ class BodyTimeout:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if not carries_body(scope):
             return await self.app(scope, receive, send)
         done = False
 
@@ -91,7 +105,7 @@ class BodySizeLimit:
         self.app, self.max_bytes = app, max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if not carries_body(scope):
             return await self.app(scope, receive, send)
         message = f"request body larger than {self.max_bytes} bytes (AMORTIZED_MAX_BODY_BYTES)"
         for name, value in scope.get("headers", []):
@@ -248,7 +262,7 @@ class ContentEncoding:
         self.app, self.max_bytes = app, max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if not carries_body(scope):
             return await self.app(scope, receive, send)
         headers = list(scope.get("headers", []))
         encodings = [value.decode("latin-1").strip().lower() for name, value in headers if name == b"content-encoding"]
@@ -257,7 +271,8 @@ class ContentEncoding:
         if not codings:
             return await self.app(scope, receive, send)
         if codings != ["gzip"]:
-            msg = f"Content-Encoding {', '.join(codings)!r} is not supported: send the body as is, or gzip-compressed"
+            given = quoted(", ".join(codings))
+            msg = f"Content-Encoding {given} is not supported: send the body as is, or gzip-compressed"
             return await send_error(send, 415, ["header", "content-encoding"], msg, "unsupported_media_type")
         decoder = GzipMembers(self.max_bytes)
         try:  # decoded as it arrives; the raw body is bounded by the BodySizeLimit middleware outside this one
@@ -269,6 +284,28 @@ class ContentEncoding:
         kept = [(n, v) for n, v in headers if n not in (b"content-encoding", b"content-length")]
         scope = {**scope, "headers": [*kept, (b"content-length", str(len(decoded)).encode())]}
         await self.app(scope, replay(receive, decoded), send)
+
+
+QUOTED_OR_COMMA = re.compile(r'"(?:[^"\\]|\\.)*"|,')  # a quoted-string (RFC 9110, 5.6.4), or a comma outside one
+
+
+def media_types(values: list[str]) -> list[str]:
+    """The media types of Content-Type field values: one per value, more where a value joins several by commas.
+
+    A proxy may join repeated fields into one value, separated by commas (RFC 9110, 5.3); a media type holds a
+    comma only inside a quoted parameter value (``charset="a,b"``).
+    """
+    if not any("," in value for value in values):  # the common case, without scanning
+        return values
+    types = []
+    for value in values:
+        start = 0
+        for found in QUOTED_OR_COMMA.finditer(value):
+            if found.group() == ",":
+                types.append(value[start : found.start()].strip())
+                start = found.end()
+        types.append(value[start:].strip())
+    return [t for t in types if t]
 
 
 UTF8_NAMES = ("utf-8", "utf8")  # the charset a JSON body may declare: its own (RFC 8259, 8.1)
@@ -285,10 +322,12 @@ class Utf8Json:
       bytes got a 400 naming a byte in the middle. A UTF-8 byte order mark is
       left to the decoder, which ignores it (RFC 8259, 8.1 allows that).
     - 415 at ``["header", "content-type"]`` for a JSON Content-Type whose
-      ``charset`` is not UTF-8 (``charset=utf-16``): the body was read as
-      UTF-8 whatever the label said.
+      ``charset`` is not UTF-8 (``charset=utf-16``; any of them, when given
+      twice): the body was read as UTF-8 whatever the label said.
     - 400 at ``["header", "content-type"]`` for a request with more than one
-      Content-Type, one of them JSON's (the first was read and the others ignored).
+      Content-Type, one of them JSON's, whether as fields of their own or
+      joined by commas into one (:func:`media_types`): the first was read and
+      the others ignored.
 
     Only bodies FastAPI reads as JSON are read here (their Content-Type says
     so); the rest pass untouched.
@@ -298,16 +337,16 @@ class Utf8Json:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if not carries_body(scope):
             return await self.app(scope, receive, send)
-        labels = Headers(scope=scope).getlist("content-type")
+        labels = media_types(Headers(scope=scope).getlist("content-type"))
         if len(labels) > 1 and any(map(reads_as_json, labels)):
-            msg = f"Content-Type is given {len(labels)} times ({', '.join(map(repr, labels))}): send it once"
+            msg = f"Content-Type is given {len(labels)} times ({', '.join(map(quoted, labels))}): send it once"
             return await send_error(send, 400, ["header", "content-type"], msg, "http_400")
         if not labels or not reads_as_json(labels[0]):
             return await self.app(scope, receive, send)
-        charset = declared_charset(labels[0])
-        if charset is not None and charset not in UTF8_NAMES:
+        charset = next((c for c in declared_charsets(labels[0]) if c not in UTF8_NAMES), None)
+        if charset is not None:
             msg = (
                 f"charset={shown(charset)} is not accepted: a JSON body is UTF-8 text (RFC 8259, 8.1); send it as "
                 "UTF-8, labelled application/json or application/json; charset=utf-8"

@@ -5,8 +5,9 @@ leaves what a duplicate means to the receiver; Python's decoder keeps the last
 value, so ``{"y": 1, "y": 2}`` was answered for y = 2 without a word, and
 ``{"y": "x", "y": 1}`` passed validation. A route of :class:`JsonRoute` reads
 its body with a decoder hook that refuses a repeated key in any object,
-nested ones included (a version pin, a job's parameters); the error handler
-(:func:`service.errors.http_error`) answers 422 naming the key. FastAPI's
+nested ones included (a version pin, a job's parameters): the hook
+:func:`amortized.inputs.unique_keys`, which reads the trainer's spec files too;
+the error handler (:func:`service.errors.http_error`) answers 422 naming the key. FastAPI's
 documented way to change how a body is read ("Custom Request and APIRoute
 class"); one pass of the standard decoder, as before.
 """
@@ -20,25 +21,7 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
-
-class DuplicateKey(ValueError):
-    """A key given twice in one JSON object (``key``: the key, as written)."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__("a key appears more than once in one object")
-        self.key = key
-
-
-def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``json.loads``' ``object_pairs_hook``: the object as a dict; raises :class:`DuplicateKey` for a repeated key."""
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise DuplicateKey(key)
-            seen.add(key)
-    return obj
+from amortized.inputs import unique_keys
 
 
 class UniqueKeysRequest(Request):

@@ -14,6 +14,7 @@ from typing import Annotated, Literal, get_args
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
+from amortized.inputs import quoted
 from amortized.losses import OBJECTIVES, Objective
 
 # Beyond +-1e9 an observation is astronomically far outside every model's p(y) (noise stds of 1 to 10),
@@ -33,9 +34,10 @@ def written_as(pattern: re.Pattern[str], what: str) -> BeforeValidator:
 
     def check(value: object) -> object:
         if isinstance(value, str) and not pattern.fullmatch(value):
-            # a "+" typed into a URL arrives as a space (application/x-www-form-urlencoded): say so where it fits
-            plus = " (a + in a query string stands for a space: write %2B, or no sign)" if value[:1] == " " else ""
-            raise ValueError(f"{value!r} is not {what} (ASCII digits, no spaces or underscores){plus}")
+            # a "+" typed into a URL arrives as a space (application/x-www-form-urlencoded), "1e+5" as "1e 5": the
+            # server cannot tell it from a space sent as %20, so the hint comes with every space
+            plus = " (a + in a query string arrives as a space: write + as %2B)" if " " in value else ""
+            raise ValueError(f"{quoted(value)} is not {what} (ASCII digits, no spaces or underscores){plus}")
         return value
 
     return BeforeValidator(check)
@@ -45,7 +47,7 @@ def finite_text(value: object) -> object:
     """Query text of a number beyond any float (``1e400``) is out of range, as the same number in a body is."""
     if isinstance(value, str) and DECIMAL.fullmatch(value) and abs(float(value)) == float("inf"):
         raise PydanticCustomError(
-            "out_of_range", "out of range: {value} is beyond any float (about 1.8e308)", {"value": value}
+            "out_of_range", "out of range: {value} is beyond any float (about 1.8e308)", {"value": quoted(value)}
         )
     return value
 

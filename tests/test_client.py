@@ -5,6 +5,7 @@ import math
 import subprocess
 import sys
 import textwrap
+import typing
 import venv
 from urllib.parse import unquote
 
@@ -830,3 +831,83 @@ def test_a_model_name_that_is_not_text_raises_type_error_naming_it(name):
             with pytest.raises(TypeError, match="a model's name is a str") as raised:
                 call()
             assert repr(name) in str(raised.value)
+
+
+def drop(part, rows=None):
+    """A change of a JSON answer: ``part`` removed from every result (``rows``: from those results only)."""
+
+    def change(answer):
+        results = answer.get("results", [answer])
+        for i, result in enumerate(results):
+            if rows is None or i in rows:
+                result.pop(part, None)
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "include, resample",
+    [(None, False), (None, True), (["samples", "log_weights", "q"], False), (["summary", "exact", "samples"], False)],
+)
+def test_parts_the_request_asked_for_and_the_answer_lacks_raise_invalid_answer(client, include, resample):
+    """An answer without the samples it was asked for read as zero draws (x None), in JSON and Arrow; a batch
+    whose first result lacked samples while the second held 33 read as x of shape (0,) and (33,). Each part asked
+    for must be in every result, and no other."""
+    import pyarrow as pa
+
+    ys = [0.5, 1.0]
+    options = {"num_samples": 30, "resample": resample, "include": include}
+    body = {k: v for k, v in options.items() if v is not None}
+    asked = client_module.answer_parts({"y": ys, **body})
+    calls = (
+        lambda api: api.posterior("gmm_open", ys, **options),
+        lambda api: api.posterior_arrays("gmm_open", ys, **options),
+    )
+    one = real_answer(client, "application/json", "gmm_open", y=ys, **body)
+    whole = real_answer(client, client_module.ARROW, "gmm_open", y=ys, **body)
+    table = pa.ipc.open_stream(whole).read_all()
+    for part in sorted(asked):
+        key = part.split(".")[0]
+        for change in (drop(key), drop(key, rows={0}), drop(key, rows={1})):
+            for call in calls:
+                error = refused("json", JSON_TYPE, altered_json(one, change), call)
+                assert key in error.reason and ("missing" in error.reason or "different parts" in error.reason)
+        sink = pa.BufferOutputStream()
+        without = table.drop_columns([key])
+        with pa.ipc.new_stream(sink, without.schema) as writer:
+            writer.write_table(without)
+        for call in calls:
+            assert f"missing {key}" in refused("arrow", ARROW_TYPE, sink.getvalue().to_pybytes(), call).reason
+    extra = real_answer(client, "application/json", "gmm_open", y=ys, num_samples=30, include=["q", "exact", "summary"])
+    if asked != {"q", "exact", "summary.q"}:  # another request's parts
+        for call in calls:
+            assert "not the request's" in refused("json", JSON_TYPE, extra, call).reason
+    for format, kind, content in (("json", JSON_TYPE, one), ("arrow", ARROW_TYPE, whole)):  # the controls read
+        with AmortizedClient(transport=Answers(kind, content), base_url="http://t", format=format) as api:
+            read = api.posterior_arrays("gmm_open", ys, **options)
+            assert client_module.held_parts(read) == asked and (read.x is None) == ("samples" not in asked)
+
+
+def test_a_batch_whose_results_hold_draws_of_different_kinds_raises_invalid_answer(client):
+    ys = [0.5, 1.0]
+    one = real_answer(client, "application/json", "gmm_open", y=ys, **DRAWN)
+
+    def rename_latent(answer):
+        samples = answer["results"][1]["samples"]
+        samples["other"] = samples.pop(next(k for k in samples if k != "x"))
+
+    for call in drawn_calls(ys):
+        assert "different draws" in refused("json", JSON_TYPE, altered_json(one, rename_latent), call).reason
+
+
+def test_the_clients_rule_for_an_answers_parts_is_the_servers():
+    """The light client cannot import the service: it writes the rule again (answer_parts), held equal here."""
+    import itertools
+
+    from service.schemas import Part, resolve_parts
+
+    names = list(typing.get_args(Part))
+    includes = [None] + [list(c) for r in range(len(names) + 1) for c in itertools.combinations(names, r)]
+    for include, resample, num_samples in itertools.product(includes, (False, True), (0, 30)):
+        body = {"y": 0.5, "num_samples": num_samples, "resample": resample, "include": include}
+        assert client_module.answer_parts(body) == resolve_parts(include, num_samples, resample), body

@@ -238,6 +238,14 @@ def test_impossible_includes_get_a_422_naming_the_field(client, body, loc, words
         "*/json",
         f"*/{ARROW.split('/')[1]}",
         "*/json, text/html",
+        # nor a bare *, a type alone, or spaces inside: python-mimeparse read "application /json" as JSON, "*" as */*
+        "*",
+        "application /json",
+        "application/ json",
+        "application",
+        "/json",
+        "application/json/x",
+        "text/html, *",
     ],
 )
 def test_an_unsupported_accept_gets_406_naming_the_supported_types(client, accept):
@@ -262,6 +270,9 @@ def test_an_unsupported_accept_gets_406_naming_the_supported_types(client, accep
         ("Application/JSON", "application/json"),
         (ARROW.upper(), ARROW),
         (f"APPLICATION/JSON;Q=0.2, {ARROW.title()}", ARROW),
+        # empty list items are allowed (RFC 9110, 5.6.1), and spaces around items and parameters
+        ("application/json,", "application/json"),
+        (f", {ARROW} ;q=0.9 , ", ARROW),
     ],
 )
 def test_accept_chooses_the_format(client, accept, media):

@@ -23,6 +23,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from amortized.artifacts import load_artifact, manifest_paths
+from amortized.inputs import SHOWN_NAME
 from amortized.variants import parse_spec, read_spec
 from service.main import create_app
 from service.settings import Settings
@@ -144,6 +145,82 @@ def test_a_bad_spec_is_a_422_naming_the_field_and_nothing_is_queued(api, spec, l
     response = client.post("/v1/models", json=spec, headers=AUTH)
     assert response.status_code == 422, response.text
     assert any(item["loc"] == loc and reason in item["msg"] for item in response.json()["detail"]), response.text
+    assert client.get("/v1/jobs", headers=AUTH).json() == [] and queue.huey.pending_count() == 0
+
+
+HUGE_TEXT = "k" * 60_000
+
+
+@pytest.mark.parametrize(
+    "spec, loc",
+    [
+        ({**SMALL, "family": HUGE_TEXT}, ["body", "family"]),
+        ({**SMALL, "name": HUGE_TEXT}, ["body", "name"]),
+        ({**SMALL, "params": {HUGE_TEXT: 1}}, ["body", "params", "k" * SHOWN_NAME]),
+        ({**SMALL, HUGE_TEXT: 1}, ["body", "k" * SHOWN_NAME]),
+        ({**SMALL, "training": {"steps": {HUGE_TEXT: 1}}}, ["body", "training", "steps"]),
+        ({**SMALL, "training": {"steps": HUGE_TEXT}}, ["body", "training", "steps"]),
+    ],
+    ids=["family", "name", "parameter", "field", "steps' key", "steps"],
+)
+def test_a_spec_error_quotes_at_most_a_short_piece_of_a_huge_value(api, spec, loc):
+    """An unknown family, a bad name or an unknown key of 60000 characters was quoted whole in the message."""
+    client, queue = api
+    response = client.post("/v1/models", json=spec, headers=AUTH)
+    assert response.status_code == 422, response.text[:300]
+    assert len(response.content) < 5_000 and "k" * (SHOWN_NAME + 1) not in response.text, len(response.content)
+    (error,) = response.json()["detail"]
+    assert [part.split("...")[0] if isinstance(part, str) else part for part in error["loc"]] == loc, error["loc"]
+    assert "60000 characters" in error["msg"] + "".join(map(str, error["loc"])), error
+
+
+def test_a_spec_with_many_errors_lists_the_first_fifty_and_counts_the_rest(api):
+    client, queue = api
+    spec = {**SMALL, "params": {f"p{i}": 1 for i in range(120)}}
+    response = client.post("/v1/models", json=spec, headers=AUTH)
+    assert response.status_code == 422
+    *items, more = response.json()["detail"]
+    assert [item["loc"] for item in items] == [["body", "params", f"p{i}"] for i in range(50)]
+    assert more["type"] == "too_many_errors" and "70 more" in more["msg"], more
+    assert client.get("/v1/jobs", headers=AUTH).json() == [] and queue.huey.pending_count() == 0
+
+
+@pytest.mark.parametrize("key", ["a.b", "1", "0.5", ".", ""])
+def test_a_spec_error_is_at_the_key_as_given_even_with_dots_or_digits(api, key):
+    """The location was rebuilt from a dotted path: a key "a.b" was reported at ["params", "a", "b"], and "1" at
+    ["params", 1], a list index."""
+    client, _ = api
+    response = client.post("/v1/models", json={**SMALL, "params": {key: 1}}, headers=AUTH)
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "params", key] and f"unknown parameter {key!r}" in error["msg"], error
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        rb'{"name": "a_b", "family": "gmm", "params": {"\ud800": 1, "\ud800": 2}}',
+        rb'{"name": "a_b", "family": "gmm", "params": {"x": {"\ud800": 1, "\ud800": 2}}}',
+        rb'{"name": "\ud800", "family": "\udfff", "params": {}}',
+    ],
+)
+def test_a_spec_quoting_a_lone_surrogate_is_a_422_not_a_500(api, content):
+    client, queue = api
+    response = client.post("/v1/models", content=content, headers=AUTH | {"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert all(item["loc"][0] == "body" for item in response.json()["detail"])
+    assert client.get("/v1/jobs", headers=AUTH).json() == [] and queue.huey.pending_count() == 0
+
+
+def test_a_spec_with_an_integer_too_long_for_the_decoder_is_a_400_about_the_spec(api):
+    """The message spoke of observations and seeds, which a spec does not have."""
+    client, queue = api
+    long_integer = "1" * (sys.get_int_max_str_digits() + 1)
+    content = f'{{"name": "a_b", "family": "gaussian", "params": {{"sigma": {long_integer}}}}}'
+    response = client.post("/v1/models", content=content, headers=AUTH | {"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body"] and "digits" in error["msg"] and "observation" not in error["msg"], error
     assert client.get("/v1/jobs", headers=AUTH).json() == [] and queue.huey.pending_count() == 0
 
 

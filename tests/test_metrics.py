@@ -142,5 +142,5 @@ def test_the_body_timeout_leaves_a_started_response_alone():
     async def send(message):
         sent.append(message)
 
-    asyncio.run(BodyTimeout(app, seconds=0.1)({"type": "http"}, receive, send))
+    asyncio.run(BodyTimeout(app, seconds=0.1)({"type": "http", "method": "POST"}, receive, send))
     assert [m.get("status", m.get("body")) for m in sent] == [200, b"http.disconnect"]

@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 import math
+import re
 import shutil
 import sys
 import zlib
@@ -19,6 +20,7 @@ from pydantic import TypeAdapter
 from scipy import stats
 
 from amortized.evaluation import best_in_family, kl_divergences
+from amortized.inputs import SHOWN_NAME
 from service import schemas
 from service.main import create_app
 from service.middleware import ContentEncoding
@@ -466,10 +468,20 @@ def test_query_numbers_are_decimals_in_ascii_digits(client, text):
         assert response.status_code == 422, (path, response.status_code)
         (error,) = response.json()["detail"]
         assert error["loc"] == name and repr(text) in error["msg"], error
-    plus = client.get("/v1/models/gmm/exact?y=+1").json()["detail"][0]["msg"]
-    assert "' 1'" in plus and "%2B" in plus
+    for written, read in (("+1", " 1"), ("1e+5", "1e 5"), ("-1e+5", "-1e 5"), ("2.5+", "2.5 ")):
+        for url in (f"/v1/models/gmm/exact?y={written}", f"/v1/models/gmm/posterior.png?y=0&width={written}"):
+            plus = client.get(url).json()["detail"][0]["msg"]
+            assert repr(read) in plus and "%2B" in plus, (url, plus)
     assert "%2B" not in client.get("/v1/models/gmm/exact?y=1_0").json()["detail"][0]["msg"]
-    for written, value in (("1e3", 1000.0), ("-2.5", -2.5), (".5", 0.5), ("5.", 5.0), ("%2B1", 1.0), ("1E-3", 1e-3)):
+    for written, value in (
+        ("1e3", 1000.0),
+        ("-2.5", -2.5),
+        (".5", 0.5),
+        ("5.", 5.0),
+        ("%2B1", 1.0),
+        ("1E-3", 1e-3),
+        ("1e%2B2", 100.0),
+    ):
         exact = client.get(f"/v1/models/gmm/exact?y={written}")
         assert exact.status_code == 200 and exact.json()["results"][0]["y"] == value
 
@@ -747,13 +759,70 @@ def test_a_json_charset_other_than_utf8_is_a_415_and_utf8_labels_answer(client):
 
 
 def test_two_content_types_are_a_400_whatever_their_order(client):
-    """The first Content-Type was read and the second ignored: application/json then text/plain answered 200."""
+    """The first Content-Type was read and the second ignored: application/json then text/plain answered 200;
+    so were two joined by a comma into one field, as a proxy joins repeated fields (RFC 9110, 5.3)."""
     for labels in (["application/json", "text/plain"], ["text/plain", "application/json"], ["application/json"] * 2):
-        headers = [("content-type", label) for label in labels]
-        response = client.post("/v1/models/gmm/posterior", content=PLAIN_BODY, headers=headers)
-        assert response.status_code == 400, response.text
-        (error,) = response.json()["detail"]
-        assert error["loc"] == ["header", "content-type"] and "2 times" in error["msg"]
+        for headers in ([("content-type", label) for label in labels], [("content-type", ", ".join(labels))]):
+            response = client.post("/v1/models/gmm/posterior", content=PLAIN_BODY, headers=headers)
+            assert response.status_code == 400, (headers, response.text)
+            (error,) = response.json()["detail"]
+            assert error["loc"] == ["header", "content-type"] and "2 times" in error["msg"]
+            assert all(repr(label) in error["msg"] for label in labels), error["msg"]
+    folded = client.post(
+        "/v1/models/gmm/posterior", content=PLAIN_BODY, headers={"content-type": "application/json; charset=utf-8, a/b"}
+    )
+    assert folded.status_code == 400 and "'application/json; charset=utf-8', 'a/b'" in folded.json()["detail"][0]["msg"]
+    # a comma inside a quoted parameter value is part of that value: one media type
+    quoted = client.post(
+        "/v1/models/gmm/posterior", content=PLAIN_BODY, headers={"content-type": 'application/json; note="a, b"'}
+    )
+    assert quoted.status_code == 200, quoted.text
+
+
+def test_a_charset_given_twice_is_accepted_only_when_both_are_utf8(client):
+    """email.message reads the first charset: utf-8 then latin-1 was accepted, latin-1 then utf-8 refused."""
+    plain = client.post("/v1/models/gmm/posterior", content=PLAIN_BODY, headers=JSON)
+    for first, second in (("utf-8", "latin-1"), ("latin-1", "utf-8"), ("utf-8", "utf-16"), ("UTF-8", "utf8")):
+        label = f"application/json; charset={first}; charset={second}"
+        response = client.post("/v1/models/gmm/posterior", content=PLAIN_BODY, headers={"content-type": label})
+        if {first.lower(), second} <= {"utf-8", "utf8"}:
+            assert response.status_code == 200 and response.content == plain.content, label
+        else:
+            assert response.status_code == 415, (label, response.text)
+            bad = first if first not in ("utf-8", "UTF-8") else second
+            assert f"charset={bad}" in response.json()["detail"][0]["msg"], response.text
+
+
+BODYLESS = [
+    ("GET", "/health/live"),
+    ("GET", "/health/ready"),
+    ("HEAD", "/health/live"),
+    ("GET", "/v1/models"),
+    ("GET", "/v1/models/gmm"),
+    ("GET", "/v1/models/gmm/exact?y=0.5"),
+    ("GET", "/v1/models/gmm/posterior.png?y=0.5"),
+    ("GET", "/metrics"),
+    ("GET", "/"),
+]
+STRAY_HEADERS = {
+    "Content-Encoding br": [("content-encoding", "br")],
+    "bad gzip": [("content-encoding", "gzip")],
+    "two Content-Types": [("content-type", "application/json"), ("content-type", "text/plain")],
+    "charset latin-1": [("content-type", "application/json; charset=latin-1")],
+    "huge Content-Length": [("content-length", str(10**12))],
+}
+
+
+@pytest.mark.parametrize("method, url", BODYLESS)
+@pytest.mark.parametrize("stray", list(STRAY_HEADERS))
+def test_a_bodyless_request_is_answered_whatever_its_body_headers_say(client, method, url, stray):
+    """A GET with a stray Content-Encoding got 415, one with two Content-Types 400 and one declaring a huge body 413:
+    a probe that sends such headers failed, and the OpenAPI lists no body errors for GET routes. No body is read."""
+    response = client.request(method, url, headers=STRAY_HEADERS[stray])
+    assert response.status_code == 200, (method, url, stray, response.text[:300])
+
+
+HUGE = 60_000  # characters of a name in the cases below; an error quotes at most SHOWN_NAME of them
 
 
 @pytest.mark.parametrize(
@@ -765,20 +834,72 @@ def test_two_content_types_are_a_400_whatever_their_order(client):
             "url": "/v1/models/gmm/posterior",
             "content": b'{"y": 0.5, "' + b"k" * 400_000 + b'": 1, "' + b"k" * 400_000 + b'": 2}',
         },
-        {"method": "GET", "url": "/v1/models?" + "q" * 60_000 + "=1"},
-        {"method": "POST", "url": "/v1/models/" + "m" * 60_000 + "/posterior", "content": b'{"y": 0.5}'},
+        {"method": "GET", "url": "/v1/models?" + "k" * HUGE + "=1"},
+        {"method": "POST", "url": "/v1/models/" + "k" * HUGE + "/posterior", "content": b'{"y": 0.5}'},
+        {"method": "GET", "url": "/v1/models/" + "k" * HUGE},
+        {"method": "GET", "url": "/v1/models/gmm/exact?y=" + "k" * HUGE},
+        {"method": "GET", "url": "/v1/models/gmm/posterior.png?y=1" + "0" * HUGE + "e400"},
+        {"method": "GET", "url": "/v1/models/gmm/posterior.png?y=0&width=" + "k" * HUGE},
+        {"method": "POST", "url": "/v1/models/gmm/posterior", "headers": {"accept": "k" * HUGE}},
+        {"method": "POST", "url": "/v1/models/gmm/posterior", "headers": {"content-encoding": "k" * HUGE}},
+        {"method": "POST", "url": "/v1/models/gmm/posterior", "headers": {"content-type": "application/json; x=kk"}},
+        {
+            "method": "POST",
+            "url": "/v1/models/gmm/posterior",
+            "headers": {"content-type": "application/json; charset=" + "k" * HUGE},
+        },
     ],
-    ids=["unknown key", "repeated key", "unknown query parameter", "unknown model"],
+    ids=[
+        "unknown key",
+        "repeated key",
+        "unknown query parameter",
+        "unknown model",
+        "unknown model, GET",
+        "query number",
+        "query number beyond any float",
+        "query whole number",
+        "Accept",
+        "Content-Encoding",
+        "two Content-Types",
+        "charset",
+    ],
 )
 def test_an_error_quoting_a_huge_name_stays_small(client, request_args):
-    """A 900 kB unknown key was quoted back whole (a 422 of 900 kB): names and messages are cut, marked as cut."""
-    response = client.request(**request_args, headers=JSON)
-    assert 400 <= response.status_code < 500 and len(response.content) < 10_000, (
-        response.status_code,
-        len(response.content),
-    )
+    """A 900 kB unknown key was quoted back whole (a 422 of 900 kB), and messages quoted a model's name, a header
+    or a query value up to 4000 characters: every quoted name is cut to SHOWN_NAME characters, marked as cut."""
+    request_args = {"content": PLAIN_BODY, **request_args, "headers": JSON | request_args.get("headers", {})}
+    if request_args["headers"]["content-type"].endswith("x=kk"):  # a second Content-Type, of a huge value
+        headers = [("content-type", "application/json"), ("content-type", "application/" + "k" * HUGE)]
+        request_args["headers"] = headers
+    response = client.request(**request_args)
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
+    text = response.text.lower()
+    longest = max(len(run) for run in re.findall(r"k+|0+", text))
+    assert longest <= SHOWN_NAME, (longest, text[:500])  # neither loc nor msg quotes more of it
+    assert len(response.content) < 5_000, len(response.content)
     (error, *_) = response.json()["detail"]
     assert "characters)" in json.dumps(error)  # says how long the name was
+
+
+@pytest.mark.parametrize(
+    "content, kind",
+    [
+        (rb'{"y": 0.5, "\ud800": 1, "\ud800": 2}', "duplicate_key"),  # quoted in loc and msg
+        (rb'{"y": 0.5, "version": {"\udfff": "abc", "\udfff": "abc"}}', "duplicate_key"),  # nested
+        (rb'{"y": 0.5, "\ud800x": 1}', "string_unicode"),  # pydantic refuses such text
+        (rb'{"y": 0.5, "objective": "\ud800"}', "string_unicode"),
+        (rb'{"y": "\ud800"}', "float_type"),
+    ],
+)
+def test_an_error_quoting_a_lone_surrogate_is_a_422_not_a_500(client, content, kind):
+    """JSON may escape a lone surrogate (\\ud800); decoded, it is a str UTF-8 cannot encode, and an error quoting it
+    failed to serialise (a 500). It is quoted as its escape."""
+    response = client.post("/v1/models/gmm/posterior", content=content, headers=JSON)
+    assert response.status_code == 422, response.text
+    (error, *_) = response.json()["detail"]
+    assert error["loc"][0] == "body" and error["type"] == kind, error
+    if kind == "duplicate_key":
+        assert error["loc"][-1] in ("\\ud800", "\\udfff") and f"'{error['loc'][-1]}'" in error["msg"], error
 
 
 def test_the_openapi_lists_the_errors_each_operation_can_give_and_only_those(client):
@@ -790,8 +911,10 @@ def test_the_openapi_lists_the_errors_each_operation_can_give_and_only_those(cli
             codes = set(operation["responses"])
             if path.startswith("/v1/"):
                 assert "422" in codes, (method, path)  # the query string is checked on every API route
-            if method == "get":
-                assert not codes & {"400", "413", "415"}, (method, path, codes)  # no body to refuse
+            if method in ("get", "delete"):
+                assert not codes & {"400", "408", "413", "415"}, (method, path, codes)  # no body to refuse
+            else:  # every body is checked before it is read
+                assert {"400", "408", "413", "415"} <= codes, (method, path, codes)
             assert ("406" in codes) == (path == "/v1/models/{model}/posterior"), (method, path)
     for url in ("/v1/models?x=1", "/v1/models/gmm?x=1", "/v1/models/gmm/exact?y=0&x=1"):
         assert client.get(url).status_code == 422, url

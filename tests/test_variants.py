@@ -196,11 +196,15 @@ def test_spec_files_json_and_yaml(tmp_path):
     (tmp_path / "a.json").write_text('{"name": "a", "family": "gaussian", "params": {"sigma": 2}}')
     (tmp_path / "b.yaml").write_text("name: b\nfamily: gmm_discrete\nparams:\n  sigma: 4  # noisier\n")
     (tmp_path / "twice.json").write_text('{"name": "a", "name": "b", "family": "gmm"}')
+    (tmp_path / "twice.yaml").write_text("name: a\nfamily: gmm\nparams:\n  sigma: 1\n  sigma: 9\n")
+    (tmp_path / "merged.yaml").write_text("base: &b {sigma: 2}\nname: m\nfamily: gaussian\nparams: {<<: *b}\n")
     (tmp_path / "broken.json").write_text('{"name": ')
     assert read_spec(tmp_path / "a.json").params == {"mu0": 0.0, "sigma0": 1.0, "sigma": 2.0}
     assert read_spec(tmp_path / "b.yaml").build_model().sigma == 4.0
     for name, reason in (
-        ("twice.json", "'name' appears twice"),
+        ("twice.json", "'name' appears more than once"),
+        ("twice.yaml", "'sigma' appears more than once"),  # PyYAML kept the last: sigma 9
+        ("merged.yaml", "unknown field 'base'"),  # a merge key is read (YAML's anchors are plain data)
         ("broken.json", "not valid JSON"),
         ("nope.json", "cannot read"),
     ):

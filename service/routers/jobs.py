@@ -21,9 +21,10 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import Field
 
+from amortized.inputs import quoted
 from amortized.variants import SpecError, VariantSpec, parse_spec
-from service.dependencies import QUERY_ERRORS, RegistryDep, known_query
-from service.errors import ApiError, error_body
+from service.dependencies import BODY_ERRORS, QUERY_ERRORS, RegistryDep, known_query
+from service.errors import MAX_ERRORS, ApiError, at_most, error_body
 from service.registry import Registry
 from service.responses import json_response
 from service.routing import JsonRoute
@@ -138,11 +139,6 @@ def check_limits(spec: VariantSpec, settings: Settings) -> list[dict]:
     return problems
 
 
-def spec_location(where: str) -> list[str | int]:
-    """``params.stds.1`` as a location: ["params", "stds", 1]; the spec as a whole: []."""
-    return [int(part) if part.isdigit() else part for part in where.split(".")] if where else []
-
-
 def retry_after(active: list[JobRecord], workers: int) -> int:
     """Seconds until a place is likely free: the soonest estimate among running jobs, else a minute per job ahead."""
     estimates = [r.eta_seconds for r in active if r.status == "running" and r.eta_seconds is not None]
@@ -162,13 +158,8 @@ def retry_after(active: list[JobRecord], workers: int) -> int:
     "running, gets 409; a full queue gets 429 with Retry-After. Poll the job at its Location; on success the variant "
     "is served at /v1/models/{name}/posterior.",
     responses={
-        400: {
-            "model": ErrorResponse,
-            "description": "the body is not UTF-8 text, or does not decode as its Content-Encoding",
-        },
+        **BODY_ERRORS,
         409: {"model": ErrorResponse},
-        413: {"model": ErrorResponse, "description": "body too large"},
-        415: {"model": ErrorResponse, "description": "the body is not sent as JSON (Content-Type: application/json)"},
         422: {"model": ErrorResponse},
         429: {"model": ErrorResponse, "description": "the queue is full; Retry-After says when to try again"},
     },
@@ -193,10 +184,9 @@ def submit(
     try:
         variant = parse_spec(spec)
     except SpecError as error:
-        items = [
-            {"loc": ["body", *spec_location(where)], "msg": why, "type": "value_error"} for where, why in error.problems
-        ]
-        return json_response(error_body(items), 422)
+        whys = [why for _, why in error.problems]
+        items = [{"loc": ["body", *loc], "msg": why, "type": "value_error"} for loc, why in zip(error.locations, whys)]
+        return json_response(error_body(at_most(items, MAX_ERRORS)), 422)
     problems = check_limits(variant, settings)
     if problems:
         return json_response(error_body(problems), 422)
@@ -247,7 +237,8 @@ def list_jobs(
 def found(queue: JobQueue, job_id: str) -> JobRecord:
     record = queue.read(job_id)
     if record is None:
-        raise ApiError(404, ["path", "job_id"], f"no job {job_id!r} (GET /v1/jobs lists the recent ones)", "not_found")
+        msg = f"no job {quoted(job_id)} (GET /v1/jobs lists the recent ones)"
+        raise ApiError(404, ["path", "job_id"], msg, "not_found")
     return record
 
 

@@ -8,6 +8,7 @@ documents the shape, and the tests validate real responses against it.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Annotated, Any, Literal
 
@@ -19,11 +20,12 @@ from fastapi.concurrency import run_in_threadpool
 from amortized.figures import PNG_HEIGHT, PNG_HEIGHT_BRANCHES, PNG_WIDTH, variant_title
 from amortized.figures import posterior_png as draw
 from amortized.importance.streams import draw_seed
+from amortized.inputs import quoted
 from amortized.mixture import base_model
 from service import arrow
 from service.answers import PosteriorQuery, answer
-from service.dependencies import QUERY_ERRORS, ServedModelDep, check_version, known_query
-from service.errors import ApiError, shown
+from service.dependencies import BODY_ERRORS, QUERY_ERRORS, ServedModelDep, check_version, known_query
+from service.errors import ApiError
 from service.metrics import OBJECTIVE_KEY, Metrics
 from service.middleware import weighed_items
 from service.registry import Registry, ServedModel
@@ -58,10 +60,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "gmm_open": {"summary": "gmm_open: one y", "value": {"y": 2.7, "objective": "pq", "num_samples": 1000, "seed": 7}},
 }
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {
-        "model": ErrorResponse,
-        "description": "the body is not UTF-8 text, or does not decode as its Content-Encoding",
-    },
+    **BODY_ERRORS,
     404: {"model": ErrorResponse, "description": "unknown model, or objective not compiled for it"},
     409: {
         "model": ErrorResponse,
@@ -71,14 +70,16 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         "model": ErrorResponse,
         "description": "the Accept header admits none of the answer's media types (the message names them)",
     },
-    413: {"model": ErrorResponse, "description": "body too large"},
-    415: {"model": ErrorResponse, "description": "the body is not sent as JSON (Content-Type: application/json)"},
     422: {"model": ErrorResponse, "description": "invalid field: the body names it and why"},
 }
 
 
 # the answer's media types, least preferred first: on a tie (*/*, application/*) JSON wins
 MEDIA_TYPES = {arrow.MEDIA_TYPE: "arrow", "application/json": "json"}
+
+
+TOKEN = r"[!#$%&'*+.^_`|~0-9a-z-]+"  # RFC 9110, 5.6.2 (lower case: items are lower-cased)
+MEDIA_RANGE = re.compile(rf"\*/\*|{TOKEN}/\*|(?!\*/){TOKEN}/{TOKEN}")  # RFC 9110, 12.5.1: not */subtype
 
 
 def negotiate(accept: str | None) -> str:
@@ -95,7 +96,7 @@ def negotiate(accept: str | None) -> str:
         return ApiError(
             406,
             ["header", "accept"],
-            f"Accept {shown(accept)!r} {why}; supported: {supported}",
+            f"Accept {quoted(accept)} {why}; supported: {supported}",
             "not_acceptable",
             headers={"Vary": "Accept"},
         )
@@ -103,8 +104,8 @@ def negotiate(accept: str | None) -> str:
     items = weighed_items(accept)
     if any(q is None for _, q in items):
         raise refuse("cannot be parsed (q must be a number from 0 to 1, three decimals at most)")
-    if any(name.startswith("*/") and name != "*/*" for name, _ in items):  # RFC 9110, 12.5.1: */* or type/*
-        raise refuse("cannot be parsed (a media range is */*, type/* or type/subtype, not */subtype)")
+    if not all(MEDIA_RANGE.fullmatch(name) for name, _ in items if name):  # empty list items are allowed (5.6.1)
+        raise refuse("cannot be parsed (a media range is */*, type/* or type/subtype, without spaces)")
     try:
         chosen = mimeparse.best_match(list(MEDIA_TYPES), accept.lower())  # media types are case-insensitive
     except (mimeparse.MimeTypeParseException, ValueError):
