@@ -159,6 +159,8 @@ def plain_errors(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             reported.add(union)
             del loc[at]
         item = {**error, "loc": loc}
+        if error.get("type") == "value_error":  # a validator's own message: pydantic's prefix adds nothing
+            item["msg"] = str(error.get("msg", "")).removeprefix("Value error, ")
         value = error.get("input")
         if error.get("type") == "float_type" and isinstance(value, int) and not isinstance(value, bool):
             item["msg"], item["type"] = (

@@ -52,9 +52,15 @@ def finite_text(value: object) -> object:
     return value
 
 
-# the validators run last to first: the text's form, then its size
-QueryFloat = Annotated[float, BeforeValidator(finite_text), written_as(DECIMAL, "a decimal number such as -2.5 or 1e3")]
-QueryInt = Annotated[int, written_as(WHOLE, "a whole number")]
+# Query text's validators, placed after a number's bounds: Annotated[int, Field(ge=1, le=200), WHOLE_TEXT]. The
+# bounds come first, on the number itself: given after the validators (Query(ge=...)), pydantic could not attach
+# them to a number's schema, and the OpenAPI said "ge": -1e9 where JSON Schema says "minimum", so schema-driven
+# clients (and fuzzers) sent values the route refuses. The validators run last to first: the text's form, then
+# its size.
+DECIMAL_TEXT = written_as(DECIMAL, "a decimal number such as -2.5 or 1e3")
+FINITE_TEXT = BeforeValidator(finite_text)
+WHOLE_TEXT = written_as(WHOLE, "a whole number")
+QueryY = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_ABS_Y, le=MAX_ABS_Y), FINITE_TEXT, DECIMAL_TEXT]
 # a network's version: the first 16 hex digits of its weights' sha256 (or all 64)
 Version = Annotated[str, Field(pattern=r"^[0-9a-f]{16}([0-9a-f]{48})?$", examples=["1bed7b64d88ad135"])]
 

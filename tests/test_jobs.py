@@ -224,6 +224,18 @@ def test_a_spec_with_an_integer_too_long_for_the_decoder_is_a_400_about_the_spec
     assert client.get("/v1/jobs", headers=AUTH).json() == [] and queue.huey.pending_count() == 0
 
 
+def test_the_job_list_limit_is_bounded_as_the_openapi_says(api):
+    client, _ = api
+    (parameter,) = client.get("/openapi.json").json()["paths"]["/v1/jobs"]["get"]["parameters"]
+    low, high = parameter["schema"]["minimum"], parameter["schema"]["maximum"]
+    assert (low, high) == (1, 200)
+    for value, status in ((low, 200), (high, 200), (low - 1, 422), (high + 1, 422), ("1.0", 422), ("%2B5", 200)):
+        response = client.get(f"/v1/jobs?limit={value}", headers=AUTH)
+        assert response.status_code == status, (value, response.text)
+        if status == 422:  # the validator's message, without pydantic's "Value error, " before it
+            assert not response.json()["detail"][0]["msg"].startswith("Value error"), response.text
+
+
 def test_a_name_served_with_other_parameters_or_already_queued_is_a_409(api):
     client, queue = api
     default = {"name": "gaussian", "family": "gaussian"}

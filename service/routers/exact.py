@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from service.dependencies import QUERY_ERRORS, ServedModelDep, known_query
 from service.responses import json_response
-from service.schemas import MAX_ABS_Y, ErrorResponse, QueryFloat
+from service.schemas import ErrorResponse, QueryY
 
 router = APIRouter(
     prefix="/v1/models", tags=["exact posterior"], dependencies=[Depends(known_query)], responses=QUERY_ERRORS
@@ -48,7 +48,7 @@ class ExactResponse(BaseModel):
 
 
 Observations = Annotated[
-    list[Annotated[QueryFloat, Field(allow_inf_nan=False, ge=-MAX_ABS_Y, le=MAX_ABS_Y)]],
+    list[QueryY],
     Query(
         min_length=1,
         max_length=MAX_OBSERVATIONS,

@@ -28,7 +28,7 @@ from service.errors import MAX_ERRORS, ApiError, at_most, error_body
 from service.registry import Registry
 from service.responses import json_response
 from service.routing import JsonRoute
-from service.schemas import ErrorResponse, QueryInt
+from service.schemas import WHOLE_TEXT, ErrorResponse
 from service.settings import Settings
 from trainer.jobs import JobQueue, JobRecord
 
@@ -229,7 +229,7 @@ def submit(
 def list_jobs(
     registry: RegistryDep,
     queue: QueueDep,
-    limit: Annotated[QueryInt, Query(ge=1, le=200, description="most jobs to list")] = 50,
+    limit: Annotated[int, Field(ge=1, le=200), WHOLE_TEXT, Query(description="most jobs to list")] = 50,
 ) -> list[dict]:
     return [answer(record, registry) for record in queue.records()[:limit]]
 

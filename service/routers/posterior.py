@@ -16,6 +16,7 @@ import mimeparse
 import torch
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from pydantic import Field
 
 from amortized.figures import PNG_HEIGHT, PNG_HEIGHT_BRANCHES, PNG_WIDTH, variant_title
 from amortized.figures import posterior_png as draw
@@ -33,12 +34,11 @@ from service.responses import json_response
 from service.routing import JsonRoute
 from service.schemas import (
     DRAWN_PARTS,
-    MAX_ABS_Y,
+    WHOLE_TEXT,
     ErrorResponse,
     PosteriorRequest,
     PosteriorResponse,
-    QueryFloat,
-    QueryInt,
+    QueryY,
     requested_objectives,
     resolve_parts,
 )
@@ -276,8 +276,8 @@ async def posterior(
 )
 def posterior_png(
     y: Annotated[
-        QueryFloat,
-        Query(allow_inf_nan=False, ge=-MAX_ABS_Y, le=MAX_ABS_Y, description="the observation", examples=[0.0]),
+        QueryY,
+        Query(description="the observation", examples=[0.0]),
     ],
     served: ServedModelDep,
     objective: Annotated[
@@ -285,11 +285,12 @@ def posterior_png(
         Query(description="which compiled network(s) to draw: pq, qp, or both (every compiled one)"),
     ] = "both",
     width: Annotated[
-        QueryInt | None, Query(ge=320, le=2400, description="image width in pixels (default: 640)")
+        Annotated[int, Field(ge=320, le=2400), WHOLE_TEXT] | None,
+        Query(description="image width in pixels (default: 640)"),
     ] = None,
     height: Annotated[
-        QueryInt | None,
-        Query(ge=240, le=2400, description="image height in pixels (default: 430, or 750 with discrete latents)"),
+        Annotated[int, Field(ge=240, le=2400), WHOLE_TEXT] | None,
+        Query(description="image height in pixels (default: 430, or 750 with discrete latents)"),
     ] = None,
 ) -> Response:
     artifacts = served.artifacts
