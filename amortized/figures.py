@@ -30,6 +30,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from amortized.distributions import BranchedNormal  # noqa: E402
 from amortized.evaluation import best_in_family, test_observations  # noqa: E402
+from amortized.mixture import model_branch_probabilities, slots_per_branch  # noqa: E402
 from amortized.models import ConjugateMixtureModel  # noqa: E402
 from amortized.networks import InferenceNetwork  # noqa: E402
 
@@ -204,7 +205,8 @@ def _branch_panel(
     axes, model: ConjugateMixtureModel, exact: BranchedNormal, qs: dict[str, BranchedNormal], index: int, font: float
 ) -> None:
     """p(branch | y) and each q(branch | y) as grouped bars, one group per branch, labelled a latent per line."""
-    probs = {"exact": model.branch_probabilities(exact)[index]} | {o: q.probs[index] for o, q in qs.items()}
+    probs = {"exact": model.branch_probabilities(exact)[index]}
+    probs |= {o: model_branch_probabilities(q, model)[index] for o, q in qs.items()}  # a mixture's K slots summed
     width = 0.84 / len(probs)
     for i, (name, p) in enumerate(probs.items()):
         positions = [b + (i - (len(probs) - 1) / 2) * width for b in range(model.num_branches)]
@@ -334,7 +336,10 @@ def _outputs_one_branch(
 def _outputs_branched(
     model: ConjugateMixtureModel, posteriors: dict[str, BranchedNormal], y_grid: torch.Tensor, title: str
 ) -> Figure:
-    """One row per loss: mean, std and q(branch | y) of each branch against y, a colour per branch, exact dashed."""
+    """One row per loss: mean, std and q(branch | y) of each branch against y, a colour per branch, exact dashed.
+
+    A mixture network's K normals per branch are drawn each in their branch's colour; q(branch | y) sums them.
+    """
     exact = model.exact_posterior(y_grid)
     exact_probs = model.branch_probabilities(exact)
     rows = len(posteriors)
@@ -344,10 +349,13 @@ def _outputs_branched(
     colour = [BRANCH_COLOURS[b % len(BRANCH_COLOURS)] for b in range(model.num_branches)]
     for row, (objective, q) in enumerate(posteriors.items()):
         mean_axes, std_axes, prob_axes = grid[row]
+        components = slots_per_branch(q, model)
+        for slot in range(q.num_branches):  # q-branch b * K + j: slot j of branch b
+            mean_axes.plot(y, q.means[:, slot].double(), color=colour[slot // components], lw=1.8, alpha=0.85)
+            std_axes.plot(y, q.stds[:, slot].double(), color=colour[slot // components], lw=1.8, alpha=0.85)
+        q_probs = model_branch_probabilities(q, model)
         for b in range(model.num_branches):
-            mean_axes.plot(y, q.means[:, b].double(), color=colour[b], lw=1.8, alpha=0.85)
-            std_axes.plot(y, q.stds[:, b].double(), color=colour[b], lw=1.8, alpha=0.85)
-            prob_axes.plot(y, q.probs[:, b].double(), color=colour[b], lw=1.8, alpha=0.85)
+            prob_axes.plot(y, q_probs[:, b].double(), color=colour[b], lw=1.8, alpha=0.85)
             prob_axes.plot(y, exact_probs[:, b], "--", color=colour[b], lw=1.1)
         for c, b in enumerate(model.component_branch.tolist()):
             mean_axes.plot(y, exact.means[:, c], "--", color=colour[b], lw=1.1)

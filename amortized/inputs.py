@@ -4,10 +4,16 @@ The trainer reads variant specs from files and the service reads request
 bodies; both refuse what is ambiguous and explain what they refuse by quoting
 it, so both use these.
 
-- :func:`unique_keys`: a ``json.loads`` hook that refuses a key given twice in
-  one object (:class:`DuplicateKey`). RFC 8259 (section 4) says the names
-  within an object SHOULD be unique and leaves what a duplicate means to the
-  receiver; Python's decoder keeps the last value without a word.
+- :func:`strict_json`: JSON text as data, refusing a key given twice in one
+  object (:class:`DuplicateKey`, through the hook :func:`unique_keys`) and a
+  lone surrogate in a key or string (:class:`LoneSurrogate`), each with its
+  place in the document. RFC 8259 says the names within an object SHOULD be
+  unique and leaves what a duplicate means to the receiver (section 4);
+  Python's decoder keeps the last value without a word. A lone surrogate
+  (an escape of U+D800 to U+DFFF not paired as UTF-16) is not a character
+  (section 8.2): decoded, it is a str
+  that UTF-8 cannot encode, and pydantic refused it as "unable to parse raw
+  data as a unicode string" at the whole body, or mangled a key into U+FFFD.
 - :func:`shown` and :func:`quoted`: a caller's text as an error message quotes
   it, bounded (an unknown key of a megabyte is quoted by its first
   :data:`SHOWN_NAME` characters and its length) and encodable (a JSON string
@@ -18,17 +24,39 @@ it, so both use these.
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 SHOWN_NAME = 200  # characters of a caller's name (a key, a header, a value) an error quotes; a longer one is cut
 
 
-class DuplicateKey(ValueError):
-    """A key given twice in one JSON object (``key``: the key, as written)."""
+Location = list[str | int]  # where in a JSON document: keys and list indices from the top
 
-    def __init__(self, key: str) -> None:
-        super().__init__(f"key {quoted(key)} appears more than once in one object")
-        self.key = key
+
+class DuplicateKey(ValueError):
+    """A key given twice in one JSON object (``key``: the key, as written; ``path``: its place, once known)."""
+
+    kind = "duplicate_key"
+
+    def __init__(self, key: str, path: Location | None = None) -> None:
+        super().__init__(
+            f"key {quoted(key)} appears more than once in one object: JSON leaves which value counts open (RFC 8259, 4)"
+        )
+        self.key, self.path = key, (path or []) + [key]
+
+
+class LoneSurrogate(ValueError):
+    """A key or string of a JSON document holding a lone surrogate (``path``: where, the key itself for a key)."""
+
+    kind = "invalid_unicode"
+
+    def __init__(self, path: Location) -> None:
+        super().__init__(
+            "a lone surrogate (an escape \\ud800 to \\udfff not paired as UTF-16) is not a character: JSON text "
+            "is Unicode (RFC 8259, 8.2), so this string cannot be read"
+        )
+        self.path = path
 
 
 def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -44,6 +72,79 @@ def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
                 raise DuplicateKey(key)
             seen.add(key)
     return obj
+
+
+class _Pairs(list):
+    """An object as decoded for :func:`_duplicate_at`: its (key, value) pairs, in order, repeats kept."""
+
+
+def _duplicate_at(node: Any, path: Location) -> Location | None:
+    """The place of the first object with a repeated key, the repeated key last; None when there is none.
+
+    Objects are visited in the order the decoder completes them (innermost first, then in document order), so
+    the place is that of the key :func:`unique_keys` refused.
+    """
+    if isinstance(node, _Pairs):
+        for key, value in node:
+            found = _duplicate_at(value, [*path, key])
+            if found is not None:
+                return found
+        seen: set[str] = set()
+        for key, _ in node:
+            if key in seen:
+                return [*path, key]
+            seen.add(key)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found = _duplicate_at(value, [*path, i])
+            if found is not None:
+                return found
+    return None
+
+
+def _lone_surrogate_at(node: Any, path: Location) -> Location | None:
+    """The place of the first key or string holding a lone surrogate, depth first; None when there is none."""
+    if isinstance(node, str):
+        return None if encodable(node) is node else path
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if encodable(key) is not key:
+                return [*path, key]
+            found = _lone_surrogate_at(value, [*path, key])
+            if found is not None:
+                return found
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found = _lone_surrogate_at(value, [*path, i])
+            if found is not None:
+                return found
+    return None
+
+
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # the start of an escape of U+D800 to U+DFFF
+SURROGATE_ESCAPE_BYTES = re.compile(SURROGATE_ESCAPE.pattern.encode())
+
+
+def strict_json(text: str | bytes) -> Any:
+    """JSON text as Python data, refusing what it leaves ambiguous: a repeated key, a lone surrogate.
+
+    Raises :class:`DuplicateKey` and :class:`LoneSurrogate` (ValueErrors) with the place in the document
+    (``path``), and ``json.JSONDecodeError`` for text that is not JSON. The common case costs one pass of the
+    standard decoder and one regular-expression scan: a lone surrogate can only arrive as an escape (UTF-8
+    cannot encode one), so the decoded data are walked only when the text holds such an escape, and the text is
+    decoded again (with every pair kept) only to locate a repeated key.
+    """
+    try:
+        data = json.loads(text, object_pairs_hook=unique_keys)
+    except DuplicateKey as error:
+        error.path = _duplicate_at(json.loads(text, object_pairs_hook=_Pairs), []) or error.path
+        raise
+    pattern = SURROGATE_ESCAPE_BYTES if isinstance(text, bytes) else SURROGATE_ESCAPE
+    if pattern.search(text):  # type: ignore[arg-type]
+        path = _lone_surrogate_at(data, [])
+        if path is not None:
+            raise LoneSurrogate(path)
+    return data
 
 
 def encodable(text: str) -> str:

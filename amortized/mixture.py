@@ -160,6 +160,25 @@ class ComponentView:
         return repeat(probs, self.components, -1) / self.components
 
 
+def slots_per_branch(q: BranchedNormal, model: ConjugateMixtureModel) -> int:
+    """K, the normals q has in each of the model's branches (1 for a single-normal network).
+
+    q-branch ``b * K + j`` is slot j of the model's branch b (:class:`ComponentView`). Raises ValueError when q's
+    branches are not a whole number of slots per branch of ``model`` (q is another model's).
+    """
+    components, left = divmod(q.num_branches, model.num_branches)
+    if left or not components:
+        raise ValueError(f"q has {q.num_branches} branches, not K for each of the model's {model.num_branches}")
+    return components
+
+
+def model_branch_probabilities(q: BranchedNormal, model: ConjugateMixtureModel) -> Array:
+    """q(branch | y) over the model's branches, ``(batch, model branches)``: each branch's K slots summed."""
+    components = slots_per_branch(q, model)
+    probs = q.probs
+    return probs.reshape(*probs.shape[:-1], model.num_branches, components).sum(-1)
+
+
 def view_for(model: ConjugateMixtureModel, components: int):
     """The model itself for single-normal networks, its :class:`ComponentView` for K > 1."""
     return model if components == 1 else ComponentView(model, components)

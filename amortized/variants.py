@@ -25,7 +25,6 @@ on training are here (MAX_STEPS, MAX_BATCH_SIZE).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,7 +40,7 @@ from pydantic import (
     model_validator,
 )
 
-from amortized.inputs import DuplicateKey, quoted, unique_keys
+from amortized.inputs import DuplicateKey, LoneSurrogate, quoted, shown, strict_json, unique_keys
 from amortized.losses import OBJECTIVES, Objective
 from amortized.models import MODELS, ConjugateMixtureModel, build_model
 from amortized.training import BLEND, WARM_START, TrainingConfig, recipe
@@ -248,7 +247,8 @@ class SpecError(ValueError):
     def __init__(self, source: str, problems: Sequence[tuple[str | tuple[str | int, ...], str]]) -> None:
         self.source = source
         self.locations = [where if isinstance(where, tuple) else (where,) if where else () for where, _ in problems]
-        self.problems = [(".".join(map(str, loc)), why) for loc, (_, why) in zip(self.locations, problems, strict=True)]
+        dotted = [".".join(shown(str(part)) for part in loc) for loc in self.locations]  # printable, bounded
+        self.problems = [(where, why) for where, (_, why) in zip(dotted, problems, strict=True)]
         super().__init__("\n".join(f"{source}: {where or '(the spec)'}: {why}" for where, why in self.problems))
 
 
@@ -327,13 +327,13 @@ def read_spec(path: Path | str) -> VariantSpec:
         raise SpecError(str(path), [("", f"cannot read it: {error}")]) from None
     is_yaml = path.suffix.lower() in (".yaml", ".yml")
     try:
-        data = _yaml_data(text) if is_yaml else json.loads(text, object_pairs_hook=unique_keys)
+        data = _yaml_data(text) if is_yaml else strict_json(text)
     except ImportError:
         raise SpecError(
             str(path), [("", "reading YAML needs PyYAML (pip install pyyaml); or write the spec as JSON")]
         ) from None
-    except DuplicateKey as error:
-        raise SpecError(str(path), [("", f"{error}: which value counts would be a guess")]) from None
+    except (DuplicateKey, LoneSurrogate) as error:
+        raise SpecError(str(path), [(tuple(error.path), str(error))]) from None
     except ValueError as error:  # json.JSONDecodeError is one
         raise SpecError(str(path), [("", f"not valid JSON: {error}")]) from None
     except Exception as error:  # yaml.YAMLError

@@ -104,13 +104,17 @@ def segment(value: str) -> str:
     answers 404 for a model it does not serve. Raises ValueError for an empty
     string and for one holding ``/``: the server (Starlette) and many proxies
     decode ``%2F`` before routing, so no segment carries them (no model's name
-    holds either). Raises TypeError for anything but a ``str``.
+    holds either), and for one holding a lone surrogate (no UTF-8 encodes it). Raises TypeError for anything but
+    a ``str``.
     """
     if not isinstance(value, str):
         raise TypeError(f"a model's name is a str (e.g. 'gmm'), not {type(value).__name__}: {value!r}")
     if value == "" or "/" in value:
         raise ValueError(f"{value!r} cannot be a URL path segment: a name is not empty and holds no '/'")
-    escaped = quote(value, safe="")
+    try:
+        escaped = quote(value, safe="")  # percent-escapes the UTF-8 bytes of the name
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800"): not a character, no UTF-8 bytes, no URL
+        raise ValueError(f"{value!r} cannot be a URL path segment: it holds a lone surrogate") from None
     return escaped.replace(".", "%2E") if escaped in (".", "..") else escaped
 
 
@@ -578,6 +582,9 @@ def check_arrays(arrays: PosteriorArrays, objective: str, y: np.ndarray, body: d
     request asked for (:func:`answer_parts`: samples left out of an answer that asked for them read as none).
     """
     num_samples = body["num_samples"]
+    check_versions(arrays.versions, objective, body.get("version"))
+    if "seed" in body and not isinstance(body["y"], list) and arrays.seeds.tolist() != [body["seed"]]:
+        raise ValueError(f"its seed {arrays.seeds.tolist()} is not the request's {body['seed']}")
     wanted, held = answer_parts(body), held_parts(arrays)
     if held != wanted:
         missing, extra = ", ".join(sorted(wanted - held)) or "none", ", ".join(sorted(held - wanted)) or "none"
@@ -599,6 +606,33 @@ def check_arrays(arrays: PosteriorArrays, objective: str, y: np.ndarray, body: d
     for name, column in draws.items():
         if column is not None and column.shape != (len(y), num_samples):
             raise ValueError(f"its {name} is {column.shape}, not {num_samples} draws for each of {len(y)} observations")
+        if column is not None and np.isinf(column).any():  # the service writes a non-finite weight as null (NaN)
+            raise ValueError(f"its {name} holds an infinite value, which the service never writes")
+
+
+VERSION_DIGITS = 16  # a version is the first 16 hex digits of its weights' sha256; a pin may give all 64
+
+
+def check_versions(versions: list[dict[str, str]], objective: str, pin: str | dict[str, str] | None) -> None:
+    """Every row was answered by the pinned networks: ValueError naming the first that was not.
+
+    A str pins ``objective``'s network; a mapping pins each network it names (the answering one must be among
+    each row's ``versions``; another, the cross-check's, only where a row names it).
+    """
+    pins = {objective: pin} if isinstance(pin, str) else dict(pin or {})
+    for row in versions:
+        if not isinstance(row, dict):
+            raise ValueError(f"its versions are {row!r}, not a mapping of objective to version")
+        for name, wanted in pins.items():
+            found = row.get(name)
+            if (found is None and name == objective) or (found is not None and found != wanted[:VERSION_DIGITS]):
+                raise ValueError(f"its {name} network is version {found}, where the request pinned {wanted}")
+
+
+def check_seed(found: Any, body: dict[str, Any]) -> None:
+    """The answer's seed (a batch's, or a single answer's) is the request's, where it sent one; else ValueError."""
+    if "seed" in body and (isinstance(found, bool) or found != body["seed"]):
+        raise ValueError(f"its seed {found!r} is not the request's {body['seed']}")
 
 
 def check_model(found: Any, model: str) -> None:
@@ -633,7 +667,10 @@ def check_arrow_types(schema: Any) -> None:
 
 def arrow_answer(table: Any, model: str, body: dict[str, Any], rows: bool) -> Any:
     """An Arrow answer (one row per observation and objective) as :meth:`AmortizedClient._posterior` returns it."""
-    check_model((table.schema.metadata or {}).get(b"model", b"").decode(), model)
+    metadata = table.schema.metadata or {}
+    check_model(metadata.get(b"model", b"").decode(), model)
+    seed = metadata.get(b"seed", b"").decode()
+    check_seed(int(seed) if seed.isdecimal() else seed or None, body)
     check_arrow_types(table.schema)
     objectives, y = requested_objectives(body["objective"]), requested_y(body)
     width = len(objectives)
@@ -670,6 +707,7 @@ def json_answers(answer: Any, model: str, body: dict[str, Any], rows: bool) -> A
     objectives = requested_objectives(body["objective"])
     if "results" in answer:  # a batch names its model, and so does each result
         check_model(answer.get("model"), model)
+    check_seed(answer.get("seed"), body)  # a batch's seed, or the one result's
     for result in results:
         check_model(result.get("model"), model)
         if body["objective"] == "both" and sorted(result.get("objectives", {})) != objectives:  # JSON: any key order
@@ -686,6 +724,11 @@ def json_answers(answer: Any, model: str, body: dict[str, Any], rows: bool) -> A
     for name, part in per_objective.items():
         if any(r.get("objective") != name for r in part):
             raise ValueError(f"a result answers another objective than {name!r}")
+        if body["objective"] == "both":  # each objective's answer names its model and y, as the row holding it
+            for inner, outer in zip(part, results, strict=True):
+                check_model(inner.get("model"), model)
+                if inner.get("y") != outer.get("y"):
+                    raise ValueError(f"a result's y {outer.get('y')!r} is not its {name} answer's {inner.get('y')!r}")
         check_arrays(columns[name], name, y, body)
     if rows:
         answers = [parse(r) for r in results]

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import Scope, Send
 
-from amortized.inputs import DuplicateKey, shown
+from amortized.inputs import DuplicateKey, LoneSurrogate, shown
 from service.responses import json_response
 from service.schemas import MAX_ABS_Y
 
@@ -294,11 +294,9 @@ def not_utf8(body: bytes) -> str | None:
 
 
 async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-    if exc.status_code == 400 and isinstance(exc.__cause__, DuplicateKey):  # valid JSON, but ambiguous: 422
-        msg = f"{exc.__cause__}: JSON leaves what that means open (RFC 8259, 4)"  # names the key, quoted
-        return json_response(
-            error_body([{"loc": ["body", exc.__cause__.key], "msg": msg, "type": "duplicate_key"}]), 422
-        )
+    cause = exc.__cause__
+    if exc.status_code == 400 and isinstance(cause, DuplicateKey | LoneSurrogate):  # valid JSON, but ambiguous: 422
+        return json_response(error_body([{"loc": ["body", *cause.path], "msg": str(cause), "type": cause.kind}]), 422)
     loc = ["body"] if exc.status_code in (400, 408, 413) else ["request"]
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     if exc.status_code == 400:

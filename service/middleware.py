@@ -413,6 +413,15 @@ def weighed_items(header: str) -> list[tuple[str, float | None]]:
     return items
 
 
+def field_value(headers: Headers, name: str) -> str:
+    """A list-valued field's whole value: its lines joined by commas, as RFC 9110 (5.3) reads repeated fields.
+
+    ``Headers.get`` gives the first line only: ``Accept: text/xml`` then ``Accept: application/json`` was read as
+    text/xml alone (a 406), and a second Accept-Encoding line was ignored. Empty when the field is absent.
+    """
+    return ", ".join(headers.getlist(name))
+
+
 def accepted_coding(accept_encoding: str) -> str | None:
     """The coding to answer with: the supported one the header weighs highest (q > 0), zstd on a tie; None for none.
 
@@ -506,7 +515,7 @@ class ResponseCompression:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        coding = accepted_coding(Headers(scope=scope).get("accept-encoding", ""))
+        coding = accepted_coding(field_value(Headers(scope=scope), "accept-encoding"))
         responder: ASGIApp
         if coding == "zstd":
             responder = ZstdResponder(self.app, self.minimum_size, self.zstd_contexts)

@@ -1,35 +1,35 @@
-"""How the API's routes read a JSON body: every object's keys unique.
+"""How the API's routes read a JSON body: every object's keys unique, every string Unicode.
 
 RFC 8259 (section 4) says the names within an object SHOULD be unique and
 leaves what a duplicate means to the receiver; Python's decoder keeps the last
 value, so ``{"y": 1, "y": 2}`` was answered for y = 2 without a word, and
 ``{"y": "x", "y": 1}`` passed validation. A route of :class:`JsonRoute` reads
-its body with a decoder hook that refuses a repeated key in any object,
-nested ones included (a version pin, a job's parameters): the hook
-:func:`amortized.inputs.unique_keys`, which reads the trainer's spec files too;
-the error handler (:func:`service.errors.http_error`) answers 422 naming the key. FastAPI's
-documented way to change how a body is read ("Custom Request and APIRoute
-class"); one pass of the standard decoder, as before.
+its body with :func:`amortized.inputs.strict_json` (which reads the trainer's
+spec files too): a repeated key in any object, nested ones included (a version
+pin, a job's parameters), or a lone surrogate in a key or string, is refused
+with its place, and the error handler (:func:`service.errors.http_error`)
+answers 422 there. FastAPI's documented way to change how a body is read
+("Custom Request and APIRoute class"); one pass of the standard decoder, as
+before, and a scan for surrogate escapes.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
-from amortized.inputs import unique_keys
+from amortized.inputs import strict_json
 
 
 class UniqueKeysRequest(Request):
-    """A request whose JSON body is decoded with :func:`unique_keys` (FastAPI calls ``json()`` for JSON bodies)."""
+    """A request whose JSON body is decoded by :func:`amortized.inputs.strict_json` (FastAPI calls ``json()``)."""
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            self._json = json.loads(await self.body(), object_pairs_hook=unique_keys)
+            self._json = strict_json(await self.body())
         return self._json
 
 

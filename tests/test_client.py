@@ -178,7 +178,7 @@ def test_model_names_reach_the_server_as_one_path_segment(live_url):
                     assert path[:3] == ["", "v1", "models"] and unquote(path[3]) == name, (name, path)
                     assert path[4:] == ([] if method == "model" else ["posterior"]), (name, path)
             # the server decodes %2F before routing ("gmm/" would be redirected to gmm): no segment carries a "/"
-            for name in ("", "gmm/../gaussian", "gmm/", "/gmm"):
+            for name in ("", "gmm/../gaussian", "gmm/", "/gmm", "\ud800", "gmm\udfff"):  # no UTF-8 for a surrogate
                 for method, args in (("model", ()), ("posterior", (0.0,)), ("posterior_arrays", ([0.0],))):
                     transport.seen.clear()
                     with pytest.raises(ValueError, match="cannot be a URL path segment"):
@@ -911,3 +911,57 @@ def test_the_clients_rule_for_an_answers_parts_is_the_servers():
     for include, resample, num_samples in itertools.product(includes, (False, True), (0, 30)):
         body = {"y": 0.5, "num_samples": num_samples, "resample": resample, "include": include}
         assert client_module.answer_parts(body) == resolve_parts(include, num_samples, resample), body
+
+
+def test_an_answer_to_another_seed_version_or_with_infinite_draws_raises_invalid_answer(client):
+    """Accepted before: an answer of another seed than the request's, of another network than the pinned one, with
+    an infinite draw or weight (the service writes none; JSON's 1e400 reads as one), or a "both" answer whose inner
+    result names another model or y than its row."""
+    import pyarrow as pa
+
+    described = client.get("/v1/models/gmm").json()
+    version, sha256 = described["versions"]["pq"], described["artifacts"]["pq"]["weights"]["sha256"]
+    one = {"y": 0.5, "seed": 7, "num_samples": 30}
+    batch = {"y": [0.5, 1.0], "seed": 7, "num_samples": 30}
+    both = {"y": [0.5, 1.0], "seed": 7, "num_samples": 30, "objective": "both"}
+
+    def calls(body, **more):
+        options = {k: v for k, v in body.items() if k != "y"} | more
+        return (
+            lambda api: api.posterior("gmm", body["y"], **options),
+            lambda api: api.posterior_arrays("gmm", body["y"], **options),
+        )
+
+    def json_of(body, change):
+        return altered_json(real_answer(client, "application/json", **body), change)
+
+    def first(answer):
+        return answer.get("results", [answer])[0]
+
+    cases = [
+        (json_of(one, lambda a: a.update(seed=8)), one, {}, "seed 8"),
+        (json_of(batch, lambda a: a.update(seed=8)), batch, {}, "seed 8"),
+        (json_of(one, lambda a: a["versions"].update(pq="0" * 16)), one, {"version": version}, "pinned"),
+        (json_of(one, lambda a: a["versions"].pop("pq")), one, {"version": version}, "pinned"),
+        (json_of(one, lambda a: a["samples"]["x"].__setitem__(3, math.inf)), one, {}, "infinite"),
+        (json_of(batch, lambda a: a["results"][1]["log_weights"].__setitem__(0, -math.inf)), batch, {}, "infinite"),
+        (json_of(both, lambda a: first(a)["objectives"]["qp"].update(model="gaussian")), both, {}, "model 'gaussian'"),
+        (json_of(both, lambda a: first(a).update(y=0.25)), both, {}, "is not its"),
+    ]
+    for content, body, more, reason in cases:
+        for call in calls(body, **more):
+            error = refused("json", JSON_TYPE, content, call)
+            assert reason in error.reason, (reason, error.reason)
+    for body in (one, batch):
+        table = pa.ipc.open_stream(real_answer(client, client_module.ARROW, **body)).read_all()
+        sink = pa.BufferOutputStream()
+        other = table.replace_schema_metadata({**table.schema.metadata, b"seed": b"8"})
+        with pa.ipc.new_stream(sink, other.schema) as writer:
+            writer.write_table(other)
+        for call in calls(body):
+            assert "seed 8" in refused("arrow", ARROW_TYPE, sink.getvalue().to_pybytes(), call).reason
+    for body, more in ((one, {"version": version}), (batch, {"version": sha256}), (both, {})):  # controls
+        options = {k: v for k, v in body.items() if k != "y"}
+        content = real_answer(client, "application/json", **options, y=body["y"], **more)
+        with AmortizedClient(transport=Answers(JSON_TYPE, content), base_url="http://t", format="json") as api:
+            api.posterior("gmm", body["y"], **options, **more)

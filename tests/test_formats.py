@@ -332,6 +332,32 @@ def test_accept_encoding_is_weighed(header, coding):
     assert accepted_coding(header) == coding
 
 
+@pytest.mark.parametrize(
+    "lines, media",
+    [
+        (["text/xml", "application/json"], "application/json"),
+        (["text/xml", ARROW], ARROW),
+        ([f"{ARROW};q=0.1", "application/json"], "application/json"),
+        (["application/json;q=0.1", ARROW], ARROW),
+    ],
+)
+def test_an_accept_given_on_several_lines_is_read_whole(client, lines, media):
+    """RFC 9110 (5.3) reads repeated list fields as one joined by commas: Accept: text/xml then Accept:
+    application/json was read as text/xml alone (a 406), a second Accept-Encoding line ignored."""
+    body = {"y": [0.5] * 40, "num_samples": 200, "seed": 1}
+    response = raw(client, "gmm", headers=[("accept", line) for line in lines], **body)
+    joined = raw(client, "gmm", headers={"accept": ", ".join(lines)}, **body)
+    assert response.status_code == joined.status_code == 200, response.text[:200]
+    assert response.headers["content-type"] == media and response.content == joined.content
+    for encodings, chosen in (
+        (["gzip;q=0.5", "zstd"], "zstd"),
+        (["zstd;q=0.1", "gzip"], "gzip"),
+        (["identity", "gzip"], "gzip"),
+    ):
+        headers = [("accept", lines[-1]), *(("accept-encoding", e) for e in encodings)]
+        assert raw(client, "gmm", headers=headers, **body).headers.get("content-encoding") == chosen, encodings
+
+
 def test_a_refused_accept_is_quoted_back_only_in_part(client):
     accept = ", ".join(f"text/x{i}" for i in range(3000))
     response = raw(client, "gmm", headers={"accept": accept}, y=0.0)

@@ -483,19 +483,24 @@ def test_a_blank_token_leaves_the_job_api_off_and_whitespace_around_one_is_dropp
 
 
 @pytest.mark.parametrize(
-    "content, key",
+    "content, loc",
     [
-        (b'{"name": "gaussian_noisy", "family": "gaussian", "params": {"sigma": 2.0, "sigma": 30.0}}', "sigma"),
-        (b'{"name": "a_one", "family": "gaussian", "name": "b_two"}', "name"),
-        (b'{"name": "t", "family": "gaussian", "training": {"steps": 200, "steps": 20000}}', "steps"),
+        (
+            b'{"name": "gaussian_noisy", "family": "gaussian", "params": {"sigma": 2.0, "sigma": 30.0}}',
+            ["params", "sigma"],
+        ),
+        (b'{"name": "a_one", "family": "gaussian", "name": "b_two"}', ["name"]),
+        (b'{"name": "t", "family": "gaussian", "training": {"steps": 200, "steps": 20000}}', ["training", "steps"]),
+        (b'{"name": "t", "family": "gaussian", "params": {"sigma": "\\udc00"}}', ["params", "sigma"]),  # unicode
     ],
 )
-def test_a_spec_with_a_key_given_twice_is_a_422_naming_it_and_nothing_is_queued(api, content, key):
+def test_a_spec_with_a_key_given_twice_is_a_422_naming_it_and_nothing_is_queued(api, content, loc):
     """Which of two values a compile job took was the decoder's choice (the last): the spec is refused instead."""
     client, queue = api
     headers = {"content-type": "application/json"}
     assert client.post("/v1/models", content=content, headers=headers).status_code == 401  # the token first
     response = client.post("/v1/models", content=content, headers=headers | AUTH)
     assert response.status_code == 422, response.text
-    assert [(e["loc"], e["type"]) for e in response.json()["detail"]] == [(["body", key], "duplicate_key")]
+    kind = "invalid_unicode" if b"\\udc00" in content else "duplicate_key"
+    assert [(e["loc"], e["type"]) for e in response.json()["detail"]] == [(["body", *loc], kind)]
     assert client.get("/v1/jobs", headers=AUTH).json() == [] and queue.huey.pending_count() == 0

@@ -1,5 +1,6 @@
 """The mixture family (K normals per branch): losses, scores, the request path's weights, and serving over HTTP."""
 
+import io
 import json
 import math
 import shutil
@@ -258,3 +259,33 @@ def test_a_single_normal_and_a_mixture_network_serve_side_by_side(mixture_artifa
         assert pq["q"]["branches"][0]["mean"] == pq["q"]["branches"][1]["mean"]  # the one normal, twice
         assert pq["diagnostics"]["cross_check"]["other_objective"] == "qp"
         assert abs(qp["diagnostics"]["log_evidence"] - qp["exact"]["log_evidence"]) < 0.05
+
+
+@pytest.mark.parametrize("name", ["gmm_discrete", "gmm_open"])
+@pytest.mark.parametrize("k", [2, 3])
+def test_figures_of_a_mixture_network_on_a_model_with_several_branches(name, k):
+    """q of K normals per branch on a model of several branches: the figure's branch bars got K x branches heights
+    for the model's branches (a 500 on posterior.png, and a failed compile job after its networks were written).
+    q(branch | y) is each branch's K slots summed, and every figure draws."""
+    from PIL import Image
+
+    from amortized import figures
+
+    model, net = mixture_network(name, k)
+    probs, _, _ = q_arrays(net, Y)
+    with torch.no_grad():
+        q = net(torch.tensor(Y, dtype=torch.float32))
+    summed = mixture.model_branch_probabilities(q, model).numpy()
+    by_loop = np.array(
+        [[probs[i, b * k : (b + 1) * k].sum() for b in range(model.num_branches)] for i in range(len(Y))]
+    )
+    np.testing.assert_allclose(summed, by_loop, rtol=1e-6)
+    assert summed.shape == (len(Y), model.num_branches) and mixture.slots_per_branch(q, model) == k
+    odd = model.num_branches * k + 1  # another model's q: not a whole number of slots per branch
+    other = BranchedNormal(np.full((1, odd), -math.log(odd)), np.zeros((1, odd)), np.ones((1, odd)))
+    with pytest.raises(ValueError, match="not K for each"):
+        mixture.slots_per_branch(other, model)
+    pngs = [figures.posterior_png(model, 0.4, {"pq": q[3:4], "qp": q[3:4]}, "t")]
+    pngs += list(figures.model_figures(model, {"pq": net}, "t").values())
+    for png in pngs:
+        assert Image.open(io.BytesIO(png)).format == "PNG"

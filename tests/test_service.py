@@ -715,25 +715,30 @@ def test_a_405_lists_in_allow_exactly_the_methods_the_path_answers(app, client):
 
 
 @pytest.mark.parametrize(
-    "raw, key",
+    "raw, loc",
     [
-        (b'{"y": 1, "num_samples": 5, "seed": 1, "y": 2}', "y"),  # was answered for y = 2
-        (b'{"y": "x", "y": 1}', "y"),  # passed validation: the text was never seen
-        (b'{"y": 0.5, "objective": "pq", "objective": "qp"}', "objective"),
-        (b'{"y": 0.5, "version": {"pq": "a", "pq": "b"}}', "pq"),  # nested: a pin's objective twice
-        (b'{"y": 0.5, "include": ["q"], "seed": 3, "include": ["exact"]}', "include"),
-        ('{"y": 0.5, "é": 1, "é": 2}'.encode(), "é"),
+        (b'{"y": 1, "num_samples": 5, "seed": 1, "y": 2}', ["y"]),  # was answered for y = 2
+        (b'{"y": "x", "y": 1}', ["y"]),  # passed validation: the text was never seen
+        (b'{"y": 0.5, "objective": "pq", "objective": "qp"}', ["objective"]),
+        (b'{"y": 0.5, "version": {"pq": "a", "pq": "b"}}', ["version", "pq"]),  # nested: a pin's objective twice
+        (b'{"y": 0.5, "include": ["q"], "seed": 3, "include": ["exact"]}', ["include"]),
+        ('{"y": 0.5, "é": 1, "é": 2}'.encode(), ["é"]),
+        (b'{"y": 0.5, "x": [1, {"a": {"b": 1, "b": 2}}]}', ["x", 1, "a", "b"]),  # the innermost object's, first
+        (b'{"y": 0.5, "y": {"c": 1, "c": 2}}', ["y", "c"]),
     ],
 )
-def test_a_key_given_twice_in_any_object_is_a_422_naming_it_and_nothing_is_answered(client, raw, key):
-    """RFC 8259, 4: a repeated name's meaning is left open; Python's decoder kept the last value without a word."""
+def test_a_key_given_twice_in_any_object_is_a_422_naming_it_and_nothing_is_answered(client, raw, loc):
+    """RFC 8259, 4: a repeated name's meaning is left open; Python's decoder kept the last value without a word.
+    The error is at the key's place in the body: a version pin's was at ["body", "pq"], not ["body", "version",
+    "pq"]."""
+    key = loc[-1]
     pairs: list[list[tuple[str, object]]] = []
     json.loads(raw, object_pairs_hook=lambda p: pairs.append(p) or dict(p))  # the reference: every object's keys
     assert any([k for k, _ in p].count(key) > 1 for p in pairs)
     response = client.post("/v1/models/gmm/posterior", content=raw, headers=JSON)
     assert response.status_code == 422, response.text
     (error,) = response.json()["detail"]
-    assert error["loc"] == ["body", key] and error["type"] == "duplicate_key"
+    assert error["loc"] == ["body", *loc] and error["type"] == "duplicate_key"
     assert f"key {key!r} appears more than once" in error["msg"] and "RFC 8259" in error["msg"]
     last_wins = json.dumps(json.loads(raw)).encode()  # what the decoder made of it before: read, not refused
     assert "duplicate_key" not in client.post("/v1/models/gmm/posterior", content=last_wins, headers=JSON).text
@@ -882,24 +887,31 @@ def test_an_error_quoting_a_huge_name_stays_small(client, request_args):
 
 
 @pytest.mark.parametrize(
-    "content, kind",
+    "content, loc",
     [
-        (rb'{"y": 0.5, "\ud800": 1, "\ud800": 2}', "duplicate_key"),  # quoted in loc and msg
-        (rb'{"y": 0.5, "version": {"\udfff": "abc", "\udfff": "abc"}}', "duplicate_key"),  # nested
-        (rb'{"y": 0.5, "\ud800x": 1}', "string_unicode"),  # pydantic refuses such text
-        (rb'{"y": 0.5, "objective": "\ud800"}', "string_unicode"),
-        (rb'{"y": "\ud800"}', "float_type"),
+        (rb'{"y": 0.5, "\ud800": 1, "\ud800": 2}', ["\\ud800"]),  # a repeated key: quoted in loc and msg
+        (rb'{"y": 0.5, "version": {"\udfff": "abc", "\udfff": "abc"}}', ["version", "\\udfff"]),
+        (rb'{"y": 0.5, "\ud800x": 1}', ["\\ud800x"]),  # a key
+        (rb'{"y": 0.5, "version": {"\uDBFF": "abc"}}', ["version", "\\udbff"]),  # pydantic mangled it to U+FFFD
+        (rb'{"y": 0.5, "objective": "\ud800"}', ["objective"]),
+        (rb'{"y": "\ud800"}', ["y"]),
+        (rb'{"y": [0.5, 1], "include": ["q", "x\udc00y"]}', ["include", 1]),
+        (rb'{"y": 0.5, "objective": "\ud83d\ude00"}', ["objective"]),  # a pair is a character: another error
     ],
 )
-def test_an_error_quoting_a_lone_surrogate_is_a_422_not_a_500(client, content, kind):
-    """JSON may escape a lone surrogate (\\ud800); decoded, it is a str UTF-8 cannot encode, and an error quoting it
-    failed to serialise (a 500). It is quoted as its escape."""
+def test_a_lone_surrogate_is_a_422_at_its_place_not_a_500(client, content, loc):
+    """JSON may escape a lone surrogate (\\ud800); decoded, it is a str UTF-8 cannot encode: an error quoting it
+    failed to serialise (a 500), and pydantic refused others at the whole body ("unable to parse raw data as a
+    unicode string") or mangled a key into U+FFFD. The error is at its place, the surrogate quoted as its escape."""
     response = client.post("/v1/models/gmm/posterior", content=content, headers=JSON)
     assert response.status_code == 422, response.text
     (error, *_) = response.json()["detail"]
-    assert error["loc"][0] == "body" and error["type"] == kind, error
-    if kind == "duplicate_key":
-        assert error["loc"][-1] in ("\\ud800", "\\udfff") and f"'{error['loc'][-1]}'" in error["msg"], error
+    assert error["loc"] == ["body", *loc], error
+    pair = b"\\ud83d\\ude00" in content
+    repeated = content.count(rb"\ud800") + content.count(rb"\udfff") == 2
+    assert error["type"] == ("literal_error" if pair else "duplicate_key" if repeated else "invalid_unicode"), error
+    if repeated:
+        assert f"'{loc[-1]}'" in error["msg"], error
 
 
 PYDANTIC_ONLY = {"ge", "le", "gt", "lt", "allow_inf_nan", "min_length", "max_length", "multiple_of"}

@@ -196,6 +196,7 @@ def test_spec_files_json_and_yaml(tmp_path):
     (tmp_path / "a.json").write_text('{"name": "a", "family": "gaussian", "params": {"sigma": 2}}')
     (tmp_path / "b.yaml").write_text("name: b\nfamily: gmm_discrete\nparams:\n  sigma: 4  # noisier\n")
     (tmp_path / "twice.json").write_text('{"name": "a", "name": "b", "family": "gmm"}')
+    (tmp_path / "lone.json").write_text('{"name": "a", "family": "gmm", "params": {"sigma": 1, "\\ud800": 2}}')
     (tmp_path / "twice.yaml").write_text("name: a\nfamily: gmm\nparams:\n  sigma: 1\n  sigma: 9\n")
     (tmp_path / "merged.yaml").write_text("base: &b {sigma: 2}\nname: m\nfamily: gaussian\nparams: {<<: *b}\n")
     (tmp_path / "broken.json").write_text('{"name": ')
@@ -204,6 +205,7 @@ def test_spec_files_json_and_yaml(tmp_path):
     for name, reason in (
         ("twice.json", "'name' appears more than once"),
         ("twice.yaml", "'sigma' appears more than once"),  # PyYAML kept the last: sigma 9
+        ("lone.json", "params.\\\\ud800: a lone surrogate"),  # at its place, quoted as its escape
         ("merged.yaml", "unknown field 'base'"),  # a merge key is read (YAML's anchors are plain data)
         ("broken.json", "not valid JSON"),
         ("nope.json", "cannot read"),

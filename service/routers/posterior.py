@@ -28,7 +28,7 @@ from service.answers import PosteriorQuery, answer
 from service.dependencies import BODY_ERRORS, QUERY_ERRORS, ServedModelDep, check_version, known_query
 from service.errors import ApiError
 from service.metrics import OBJECTIVE_KEY, Metrics
-from service.middleware import weighed_items
+from service.middleware import field_value, weighed_items
 from service.registry import Registry, ServedModel
 from service.responses import json_response
 from service.routing import JsonRoute
@@ -220,7 +220,7 @@ async def posterior(
     settings: Settings = state.settings
     # for the response metrics (service/metrics.py), which count every response
     http.scope[OBJECTIVE_KEY] = request.objective
-    media = negotiate(http.headers.get("accept"))
+    media = negotiate(field_value(http.headers, "accept"))
     y = check_request(request, served, settings, state.registry)
     parts = check_parts(request)
     check_version(request.version, request.objective, served)  # a pinned version not served is a 409
