@@ -89,6 +89,18 @@ def test_no_token_and_wrong_token_401_disabled_403(api, tmp_path, method, path):
     assert not (tmp_path / "off" / "artifacts" / ".jobs").exists()  # no queue opened while the endpoints are off
 
 
+@pytest.mark.parametrize("method, path", ROUTES)
+def test_two_authorization_headers_are_a_401_whichever_comes_first(api, method, path):
+    """The first of two Authorization headers was read and the second ignored."""
+    client, _ = api
+    body = {"json": SMALL} if method == "post" else {}
+    for tokens in ((TOKEN, "wrong"), ("wrong", TOKEN), (TOKEN, TOKEN)):
+        headers = [("authorization", f"Bearer {token}") for token in tokens]
+        response = client.request(method, path, headers=headers, **body)
+        assert response.status_code == 401 and "2 times" in response.json()["detail"][0]["msg"], response.text
+    assert client.get("/v1/jobs", headers=AUTH).json() == []
+
+
 @pytest.mark.parametrize("content", [b"{", b"[1, 2", b"null", b'{"name": 5}'])
 def test_the_token_is_checked_before_the_body_is_read(api, tmp_path, content):
     """A caller without the token gets 401 (403 with the endpoints off) whatever its body holds, not the body's

@@ -41,7 +41,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def require_admin(request: Request, credentials: HTTPAuthorizationCredentials | None) -> None:
-    """403 when the job endpoints are off; 401 for a missing or wrong token (hmac.compare_digest)."""
+    """403 when the job endpoints are off; 401 for a missing or wrong token (hmac.compare_digest), or two of them."""
     settings: Settings = request.app.state.settings
     if settings.admin_token is None:
         raise ApiError(
@@ -49,6 +49,15 @@ def require_admin(request: Request, credentials: HTTPAuthorizationCredentials | 
             ["header", "authorization"],
             "the job endpoints are off on this server: set AMORTIZED_ADMIN_TOKEN in its environment to enable them",
             "forbidden",
+        )
+    given = len(request.headers.getlist("authorization"))
+    if given > 1:  # which one counts would be a guess (a proxy may add its own): refused, as a missing one is
+        raise ApiError(
+            401,
+            ["header", "authorization"],
+            f"Authorization is given {given} times: send it once",
+            "unauthorized",
+            UNAUTHORIZED,
         )
     if credentials is None:
         raise ApiError(
