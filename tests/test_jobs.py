@@ -313,6 +313,32 @@ def test_queue_messages_are_json_not_pickle(api):
     assert task.id == job["id"] and task.args == [job["id"], job["spec"]]
 
 
+def test_a_job_that_fails_after_writing_its_networks_says_which_stay_served(api, monkeypatch):
+    """A job whose figures failed (a mixture network on a model of several branches) read "failed" with no
+    versions, while the networks it had written were served. Its record names them, as a success's does."""
+    import trainer.compile
+
+    client, queue = api
+
+    def broken_figures(*args, **kwargs):
+        raise RuntimeError("figures broke")
+
+    monkeypatch.setattr(trainer.compile, "write_figures", broken_figures)
+    spec = parse_spec({**SMALL, "name": "fails_late", "training": {"steps": 30}})
+    record = queue.submit(spec)
+    queue.run(record.id, record.spec)  # the task, run here (the fixture's app has no consumer)
+    answer = client.get(f"/v1/jobs/{record.id}", headers=AUTH).json()
+    written = load_artifact(queue.artifacts_dir / "fails_late" / "pq.json")
+    assert answer["status"] == "failed" and "figures broke" in answer["error"], answer
+    assert answer["versions"] == {"pq": written.version} and "pq finished before and stay served" in answer["error"]
+    early = parse_spec({**SMALL, "name": "fails_early", "params": {"sigma": 3.0}, "training": {"steps": 30}})
+    monkeypatch.setattr(trainer.compile, "compile_all", lambda *a, **k: broken_figures())
+    record = queue.submit(early)
+    queue.run(record.id, record.spec)
+    answer = client.get(f"/v1/jobs/{record.id}", headers=AUTH).json()
+    assert answer["status"] == "failed" and answer["versions"] == {} and "no artifact was written" in answer["error"]
+
+
 def test_a_running_job_without_heartbeat_reads_failed(api):
     client, queue = api
     record = JobRecord(

@@ -240,6 +240,27 @@ class JobQueue:
             self.storage.delete_data(f"job:{record.id}")
             self.storage.delete_data(f"cancel:{record.id}")
 
+    def written_versions(self, record: JobRecord, started_at: str | None) -> dict[str, str]:
+        """The versions of the job's objectives whose artifacts it wrote (manifests created since ``started_at``).
+
+        A job that fails or stops after writing some artifacts (its figures, say, come after its networks)
+        leaves them served: its record says which, as a successful job's does. Unreadable manifests count as
+        not written (the registry refuses them too).
+        """
+        from amortized.artifacts import read_manifest
+
+        assert self.artifacts_dir is not None
+        start = dt.datetime.fromisoformat(started_at) if started_at else None
+        written = {}
+        for objective in record.objectives:
+            try:
+                manifest = read_manifest(self.artifacts_dir / record.name / f"{objective}.json")
+            except Exception:  # missing, partial or refused: not this job's to report
+                continue
+            if start is not None and dt.datetime.fromisoformat(manifest.created_at) >= start:
+                written[objective] = manifest.version
+        return written
+
     # the API's side
 
     def submit(self, spec: VariantSpec) -> JobRecord:
@@ -302,13 +323,16 @@ class JobQueue:
             jobs = [Job(spec=spec, objective=objective, out=self.artifacts_dir) for objective in spec.objectives]
             rows = compile_all(jobs, workers=1, figures=True, progress=tracker.progress)
         except JobCancelled:
-            tracker.finish("cancelled", error="cancelled on request; objectives finished before stay served")
+            written = self.written_versions(record, tracker.record.started_at)
+            tracker.finish("cancelled", error=f"cancelled on request{stay_served(written)}", versions=written)
         except KeyboardInterrupt:  # Huey's immediate stop (SIGTERM) interrupts the task so
-            tracker.finish("failed", error="the worker was stopped mid-job; artifacts written before stay whole")
+            written = self.written_versions(record, tracker.record.started_at)
+            tracker.finish("failed", error=f"the worker was stopped mid-job{stay_served(written)}", versions=written)
             raise
         except Exception as error:  # a job's failure is its record's, not the worker's
             log.exception("job %s failed", job_id)
-            tracker.finish("failed", error=f"{type(error).__name__}: {error}")
+            written = self.written_versions(record, tracker.record.started_at)
+            tracker.finish("failed", error=f"{type(error).__name__}: {error}{stay_served(written)}", versions=written)
         else:
             from amortized.artifacts import read_manifest
 
@@ -389,6 +413,13 @@ class Tracker:
             **update,
         )
         self.queue.write(self.record)
+
+
+def stay_served(written: dict[str, str]) -> str:
+    """What a stopped job's error adds about the artifacts it wrote: those stay served."""
+    if not written:
+        return "; no artifact was written"
+    return f"; {', '.join(sorted(written))} finished before and stay served (versions in this record)"
 
 
 def cpu_count() -> int:
