@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 SHOWN_NAME = 200  # characters of a caller's name (a key, a header, a value) an error quotes; a longer one is cut
@@ -78,46 +79,46 @@ class _Pairs(list):
     """An object as decoded for :func:`_duplicate_at`: its (key, value) pairs, in order, repeats kept."""
 
 
-def _duplicate_at(node: Any, path: Location) -> Location | None:
-    """The place of the first object with a repeated key, the repeated key last; None when there is none.
-
-    Objects are visited in the order the decoder completes them (innermost first, then in document order), so
-    the place is that of the key :func:`unique_keys` refused.
-    """
+def _members(node: Any) -> list[tuple[str | int, Any]]:
+    """An object's (key, value) pairs (a dict or :class:`_Pairs`), a list's (index, value) pairs; else none."""
+    if isinstance(node, dict):
+        return list(node.items())
     if isinstance(node, _Pairs):
-        for key, value in node:
-            found = _duplicate_at(value, [*path, key])
-            if found is not None:
-                return found
-        seen: set[str] = set()
-        for key, _ in node:
-            if key in seen:
-                return [*path, key]
-            seen.add(key)
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            found = _duplicate_at(value, [*path, i])
-            if found is not None:
-                return found
+        return list(node)
+    return list(enumerate(node)) if isinstance(node, list) else []
+
+
+def _post_order(node: Any, path: Location) -> Iterator[tuple[Location, Any]]:
+    """Every value of a decoded document with its place, each after its members.
+
+    That is the order in which the decoder completes objects: innermost first, then in document order.
+    """
+    for key, value in _members(node):
+        yield from _post_order(value, [*path, key])
+    yield path, node
+
+
+def _duplicate_at(document: Any) -> Location | None:
+    """The place of the key :func:`unique_keys` refused, in a document decoded into :class:`_Pairs`; else None."""
+    for path, node in _post_order(document, []):
+        if isinstance(node, _Pairs):
+            seen: set[str] = set()
+            for key, _ in node:
+                if key in seen:
+                    return [*path, key]
+                seen.add(key)
     return None
 
 
-def _lone_surrogate_at(node: Any, path: Location) -> Location | None:
-    """The place of the first key or string holding a lone surrogate, depth first; None when there is none."""
-    if isinstance(node, str):
-        return None if encodable(node) is node else path
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if encodable(key) is not key:
-                return [*path, key]
-            found = _lone_surrogate_at(value, [*path, key])
-            if found is not None:
-                return found
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            found = _lone_surrogate_at(value, [*path, i])
-            if found is not None:
-                return found
+def _lone_surrogate_at(document: Any) -> Location | None:
+    """The place of the first key or string holding a lone surrogate (the key itself for a key); else None."""
+    for path, node in _post_order(document, []):
+        if isinstance(node, str) and encodable(node) is not node:
+            return path
+        if isinstance(node, dict):
+            for key in node:
+                if encodable(key) is not key:
+                    return [*path, key]
     return None
 
 
@@ -137,11 +138,11 @@ def strict_json(text: str | bytes) -> Any:
     try:
         data = json.loads(text, object_pairs_hook=unique_keys)
     except DuplicateKey as error:
-        error.path = _duplicate_at(json.loads(text, object_pairs_hook=_Pairs), []) or error.path
+        error.path = _duplicate_at(json.loads(text, object_pairs_hook=_Pairs)) or error.path
         raise
     pattern = SURROGATE_ESCAPE_BYTES if isinstance(text, bytes) else SURROGATE_ESCAPE
     if pattern.search(text):  # type: ignore[arg-type]
-        path = _lone_surrogate_at(data, [])
+        path = _lone_surrogate_at(data)
         if path is not None:
             raise LoneSurrogate(path)
     return data
