@@ -347,8 +347,9 @@ class Utf8Json:
             return await self.app(scope, receive, send)
         charset = next((c for c in declared_charsets(labels[0]) if c not in UTF8_NAMES), None)
         if charset is not None:
+            named = f"charset={shown(charset)}" if charset else "an empty charset"
             msg = (
-                f"charset={shown(charset)} is not accepted: a JSON body is UTF-8 text (RFC 8259, 8.1); send it as "
+                f"{named} is not accepted: a JSON body is UTF-8 text (RFC 8259, 8.1); send it as "
                 "UTF-8, labelled application/json or application/json; charset=utf-8"
             )
             return await send_error(send, 415, ["header", "content-type"], msg, "unsupported_media_type")

@@ -761,6 +761,9 @@ def test_a_json_charset_other_than_utf8_is_a_415_and_utf8_labels_answer(client):
         (error,) = response.json()["detail"]
         assert error["loc"] == ["header", "content-type"] and "UTF-8" in error["msg"]
         assert f"charset={charset.lower()[:200]}" in error["msg"] and len(response.content) < 1000
+    for label in ('application/json; charset=""', "application/json; charset*=utf-16''"):  # RFC 8187: no value
+        response = client.post("/v1/models/gmm/posterior", content=PLAIN_BODY, headers={"content-type": label})
+        assert response.status_code == 415 and "an empty charset" in response.json()["detail"][0]["msg"], label
 
 
 def test_two_content_types_are_a_400_whatever_their_order(client):
