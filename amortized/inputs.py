@@ -35,27 +35,32 @@ SHOWN_NAME = 200  # characters of a caller's name (a key, a header, a value) an 
 Location = list[str | int]  # where in a JSON document: keys and list indices from the top
 
 
+# what each syntax says of a repeated key and of text that is not Unicode
+RULES = {
+    "JSON": ("JSON leaves which value counts open (RFC 8259, 4)", "JSON text is Unicode (RFC 8259, 8.2)"),
+    "YAML": ("YAML requires a mapping's keys to be unique (YAML 1.2.2, 3.2.1.1)", "YAML text is Unicode (5.1)"),
+}
+
+
 class DuplicateKey(ValueError):
-    """A key given twice in one JSON object (``key``: the key, as written; ``path``: its place, once known)."""
+    """A key given twice in one object (``key``: the key, as written; ``path``: its place, once known)."""
 
     kind = "duplicate_key"
 
-    def __init__(self, key: str, path: Location | None = None) -> None:
-        super().__init__(
-            f"key {quoted(key)} appears more than once in one object: JSON leaves which value counts open (RFC 8259, 4)"
-        )
+    def __init__(self, key: Any, path: Location | None = None, syntax: str = "JSON") -> None:
+        super().__init__(f"key {quoted(key)} appears more than once in one object: {RULES[syntax][0]}")
         self.key, self.path = key, (path or []) + [key]
 
 
 class LoneSurrogate(ValueError):
-    """A key or string of a JSON document holding a lone surrogate (``path``: where, the key itself for a key)."""
+    """A key or string holding a lone surrogate (``path``: where, the key itself for a key)."""
 
     kind = "invalid_unicode"
 
-    def __init__(self, path: Location) -> None:
+    def __init__(self, path: Location, syntax: str = "JSON") -> None:
         super().__init__(
-            "a lone surrogate (an escape \\ud800 to \\udfff not paired as UTF-16) is not a character: JSON text "
-            "is Unicode (RFC 8259, 8.2), so this string cannot be read"
+            "a lone surrogate (an escape \\ud800 to \\udfff not paired as UTF-16) is not a character: "
+            f"{RULES[syntax][1]}, so this string cannot be read"
         )
         self.path = path
 
@@ -79,47 +84,87 @@ class _Pairs(list):
     """An object as decoded for :func:`_duplicate_at`: its (key, value) pairs, in order, repeats kept."""
 
 
+CONTAINERS = (dict, _Pairs, list)  # what a decoded document's values are made of, beside str and numbers
+WALKED = frozenset({str, dict, _Pairs, list})  # the kinds of value a walk visits: text and containers
+
+
 def _members(node: Any) -> list[tuple[str | int, Any]]:
-    """An object's (key, value) pairs (a dict or :class:`_Pairs`), a list's (index, value) pairs; else none."""
-    if isinstance(node, dict):
-        return list(node.items())
-    if isinstance(node, _Pairs):
-        return list(node)
-    return list(enumerate(node)) if isinstance(node, list) else []
+    """The members of an object (a dict or :class:`_Pairs`) or list worth visiting: containers and strings.
 
-
-def _post_order(node: Any, path: Location) -> Iterator[tuple[Location, Any]]:
-    """Every value of a decoded document with its place, each after its members.
-
-    That is the order in which the decoder completes objects: innermost first, then in document order.
+    Numbers, booleans and null hold no key and no text: a list of half a million numbers is passed over at C
+    speed (``map(type, ...)``) rather than visited one by one.
     """
-    for key, value in _members(node):
-        yield from _post_order(value, [*path, key])
-    yield path, node
+    if isinstance(node, dict):
+        return [(key, value) for key, value in node.items() if value.__class__ in WALKED]
+    if isinstance(node, _Pairs):
+        return [(key, value) for key, value in node if value.__class__ in WALKED]
+    kinds = list(map(type, node))
+    return [(i, node[i]) for i, kind in enumerate(kinds) if kind in WALKED]
+
+
+def _post_order(document: Any, parents: list[tuple[int, str | int]]) -> Iterator[tuple[int, Any]]:
+    """Every container and string of a decoded document, each after its members, with the number of its place.
+
+    That is the order in which the decoder completes objects: innermost first, then in document order. The walk
+    keeps its own stack (a document may nest as deep as the decoder allows) and fills ``parents`` with each
+    place's (parent, key), not its path, so a document of n values nested d deep costs O(n), not O(n d):
+    :func:`_place` builds a place's path when it is asked for. Place 0 is the document.
+    """
+    parents[:] = [(-1, "")]
+    stack: list[tuple[Any, int, bool]] = [(document, 0, False)]
+    while stack:
+        node, here, done = stack.pop()
+        if done or not isinstance(node, CONTAINERS):
+            yield here, node
+            continue
+        stack.append((node, here, True))
+        for key, value in reversed(_members(node)):
+            parents.append((here, key))
+            stack.append((value, len(parents) - 1, False))
+
+
+def _place(parents: list[tuple[int, str | int]], here: int) -> Location:
+    """The path of place ``here`` of :func:`_post_order`: keys and indices from the top."""
+    keys: Location = []
+    while here > 0:
+        here, key = parents[here]
+        keys.append(key)
+    return keys[::-1]
 
 
 def _duplicate_at(document: Any) -> Location | None:
     """The place of the key :func:`unique_keys` refused, in a document decoded into :class:`_Pairs`; else None."""
-    for path, node in _post_order(document, []):
-        if isinstance(node, _Pairs):
+    parents: list[tuple[int, str | int]] = []
+    for here, node in _post_order(document, parents):
+        if isinstance(node, _Pairs) and len({key for key, _ in node}) < len(node):
             seen: set[str] = set()
             for key, _ in node:
                 if key in seen:
-                    return [*path, key]
+                    return [*_place(parents, here), key]
                 seen.add(key)
     return None
 
 
 def _lone_surrogate_at(document: Any) -> Location | None:
     """The place of the first key or string holding a lone surrogate (the key itself for a key); else None."""
-    for path, node in _post_order(document, []):
+    parents: list[tuple[int, str | int]] = []
+    for here, node in _post_order(document, parents):
         if isinstance(node, str) and encodable(node) is not node:
-            return path
+            return _place(parents, here)
         if isinstance(node, dict):
             for key in node:
-                if encodable(key) is not key:
-                    return [*path, key]
+                if isinstance(key, str) and encodable(key) is not key:
+                    return [*_place(parents, here), key]
     return None
+
+
+def _has_lone_surrogate(data: Any) -> bool:
+    """Whether any key or string of decoded JSON holds a lone surrogate: one pass of the C encoder and of UTF-8's."""
+    try:  # str() for what only YAML holds (dates, sets): their text holds no surrogate a key or string did not
+        json.dumps(data, ensure_ascii=False, default=str).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # the start of an escape of U+D800 to U+DFFF
@@ -142,7 +187,7 @@ def strict_json(text: str | bytes) -> Any:
         raise
     pattern = SURROGATE_ESCAPE_BYTES if isinstance(text, bytes) else SURROGATE_ESCAPE
     if pattern.search(text):  # type: ignore[arg-type]
-        path = _lone_surrogate_at(data)
+        path = _lone_surrogate_at(data) if _has_lone_surrogate(data) else None
         if path is not None:
             raise LoneSurrogate(path)
     return data
@@ -174,3 +219,39 @@ def quoted(value: object, limit: int = SHOWN_NAME) -> str:
         more = f"... ({len(value)} characters)" if len(value) > limit else ""
         return encodable(f"{value[:limit]!r}{more}")
     return shown(repr(value), limit)
+
+
+def strict_yaml(text: str) -> Any:
+    """YAML as plain data (PyYAML's SafeLoader), refusing what :func:`strict_json` refuses, with its place.
+
+    PyYAML keeps the last of a repeated key without a word (YAML 1.2 requires unique keys), and passes a lone
+    surrogate (the escape of U+D800 in a double-quoted string) on. Mappings are read as their pairs first, so a repeated
+    key is located as in JSON. Raises :class:`DuplicateKey` and :class:`LoneSurrogate`, ImportError without
+    PyYAML, and ``yaml.YAMLError`` for text that is not YAML.
+    """
+    import yaml  # PyYAML, optional: only YAML files need it
+
+    class PairsLoader(yaml.SafeLoader):
+        """SafeLoader (plain data only) whose mappings are their pairs, repeats kept."""
+
+    def pairs(loader: PairsLoader, node: yaml.MappingNode) -> _Pairs:
+        loader.flatten_mapping(node)  # merge keys (<<) first, as SafeLoader does
+        construct = loader.construct_object
+        return _Pairs((construct(key, deep=True), construct(value, deep=True)) for key, value in node.value)
+
+    PairsLoader.add_constructor("tag:yaml.org,2002:map", pairs)
+    document = yaml.load(text, Loader=PairsLoader)  # a SafeLoader: plain data only
+    place = _duplicate_at(document)
+    if place is not None:
+        raise DuplicateKey(place[-1], place[:-1], "YAML")
+    data = _plain(document)
+    if _has_lone_surrogate(data):
+        raise LoneSurrogate(_lone_surrogate_at(data) or [], "YAML")
+    return data
+
+
+def _plain(node: Any) -> Any:
+    """A document read by :func:`strict_yaml`'s loader with its mappings as dicts (a spec file: shallow)."""
+    if isinstance(node, _Pairs):
+        return {key: _plain(value) for key, value in node}
+    return [_plain(value) for value in node] if isinstance(node, list) else node

@@ -40,7 +40,7 @@ from pydantic import (
     model_validator,
 )
 
-from amortized.inputs import DuplicateKey, LoneSurrogate, quoted, shown, strict_json, unique_keys
+from amortized.inputs import DuplicateKey, LoneSurrogate, quoted, shown, strict_json, strict_yaml
 from amortized.losses import OBJECTIVES, Objective
 from amortized.models import MODELS, ConjugateMixtureModel, build_model
 from amortized.training import BLEND, WARM_START, TrainingConfig, recipe
@@ -302,22 +302,6 @@ def parse_spec(data: Any, source: str = "spec") -> VariantSpec:
         raise SpecError(source, problems_of(error, data)) from None
 
 
-def _yaml_data(text: str) -> Any:
-    """YAML as plain data (PyYAML's SafeLoader), a key given twice in one mapping refused (:class:`DuplicateKey`).
-
-    YAML 1.2 requires a mapping's keys to be unique, but PyYAML keeps the last value without a word.
-    """
-    import yaml  # PyYAML, optional: only YAML spec files need it
-
-    class UniqueKeysLoader(yaml.SafeLoader):
-        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-            self.flatten_mapping(node)  # merge keys (<<) first, as SafeLoader does
-            unique_keys([(self.construct_object(key, deep=True), None) for key, _ in node.value])
-            return super().construct_mapping(node, deep)
-
-    return yaml.load(text, Loader=UniqueKeysLoader)  # a SafeLoader: plain data only
-
-
 def read_spec(path: Path | str) -> VariantSpec:
     """A spec file: JSON, or YAML when its name ends in .yaml or .yml. SpecError names the file, field and reason."""
     path = Path(path)
@@ -327,7 +311,7 @@ def read_spec(path: Path | str) -> VariantSpec:
         raise SpecError(str(path), [("", f"cannot read it: {error}")]) from None
     is_yaml = path.suffix.lower() in (".yaml", ".yml")
     try:
-        data = _yaml_data(text) if is_yaml else strict_json(text)
+        data = strict_yaml(text) if is_yaml else strict_json(text)
     except ImportError:
         raise SpecError(
             str(path), [("", "reading YAML needs PyYAML (pip install pyyaml); or write the spec as JSON")]

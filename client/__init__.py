@@ -608,6 +608,25 @@ def check_arrays(arrays: PosteriorArrays, objective: str, y: np.ndarray, body: d
             raise ValueError(f"its {name} is {column.shape}, not {num_samples} draws for each of {len(y)} observations")
         if column is not None and np.isinf(column).any():  # the service writes a non-finite weight as null (NaN)
             raise ValueError(f"its {name} holds an infinite value, which the service never writes")
+    for name, column in (("x", arrays.x), ("resampled x", (arrays.resampled or {}).get("x"))):
+        if column is not None and not np.isfinite(column).all():  # every draw of x is a number
+            raise ValueError(f"its {name} holds a value that is not a finite number")
+    check_branches(arrays)
+
+
+def check_branches(arrays: PosteriorArrays) -> None:
+    """q's branches are a distribution: probabilities in [0, 1] summing to 1, finite means, positive stds."""
+    if arrays.branch_probabilities is None or arrays.branch_means is None or arrays.branch_stds is None:
+        return
+    probabilities, means, stds = arrays.branch_probabilities, arrays.branch_means, arrays.branch_stds
+    tolerance = 1e-5  # the service's sum to 1 within 1e-14 (float64); room for a writer that rounds
+    if not (
+        np.all((probabilities >= 0) & (probabilities <= 1 + tolerance))
+        and np.allclose(probabilities.sum(-1), 1, rtol=0, atol=tolerance)
+    ):
+        raise ValueError("its branch probabilities are not a distribution (each in [0, 1], summing to 1)")
+    if not (np.isfinite(means).all() and np.all(stds > 0) and np.isfinite(stds).all()):
+        raise ValueError("its branch means are not finite numbers, or its stds not positive finite numbers")
 
 
 VERSION_DIGITS = 16  # a version is the first 16 hex digits of its weights' sha256; a pin may give all 64
@@ -670,7 +689,8 @@ def arrow_answer(table: Any, model: str, body: dict[str, Any], rows: bool) -> An
     metadata = table.schema.metadata or {}
     check_model(metadata.get(b"model", b"").decode(), model)
     seed = metadata.get(b"seed", b"").decode()
-    check_seed(int(seed) if seed.isdecimal() else seed or None, body)
+    plain_digits = seed.isascii() and seed.isdigit() and str(int(seed)) == seed  # not "03", not other scripts'
+    check_seed(int(seed) if plain_digits else seed or None, body)
     check_arrow_types(table.schema)
     objectives, y = requested_objectives(body["objective"]), requested_y(body)
     width = len(objectives)

@@ -286,7 +286,24 @@ class ContentEncoding:
         await self.app(scope, replay(receive, decoded), send)
 
 
-QUOTED_OR_COMMA = re.compile(r'"(?:[^"\\]|\\.)*"|,')  # a quoted-string (RFC 9110, 5.6.4), or a comma outside one
+# a quoted-string (RFC 9110, 5.6.4), or a separator outside one: a list's comma, a parameter's semicolon
+UNQUOTED = {separator: re.compile(rf'"(?:[^"\\]|\\.)*"|{separator}') for separator in (",", ";")}
+
+
+def split_unquoted(text: str, separator: str) -> list[str]:
+    """``text`` split at every ``separator`` ("," or ";") outside a quoted string, each part stripped.
+
+    A parameter's quoted value may hold either (``x="a,b;c"``, RFC 9110, 5.6.4 and 5.6.6).
+    """
+    if separator not in text:  # the common case, without scanning
+        return [text.strip()]
+    parts, start = [], 0
+    for found in UNQUOTED[separator].finditer(text):
+        if found.group() == separator:
+            parts.append(text[start : found.start()].strip())
+            start = found.end()
+    parts.append(text[start:].strip())
+    return parts
 
 
 def media_types(values: list[str]) -> list[str]:
@@ -295,17 +312,7 @@ def media_types(values: list[str]) -> list[str]:
     A proxy may join repeated fields into one value, separated by commas (RFC 9110, 5.3); a media type holds a
     comma only inside a quoted parameter value (``charset="a,b"``).
     """
-    if not any("," in value for value in values):  # the common case, without scanning
-        return values
-    types = []
-    for value in values:
-        start = 0
-        for found in QUOTED_OR_COMMA.finditer(value):
-            if found.group() == ",":
-                types.append(value[start : found.start()].strip())
-                start = found.end()
-        types.append(value[start:].strip())
-    return [t for t in types if t]
+    return [kind for value in values for kind in split_unquoted(value, ",") if kind]
 
 
 UTF8_NAMES = ("utf-8", "utf8")  # the charset a JSON body may declare: its own (RFC 8259, 8.1)
@@ -400,11 +407,12 @@ QVALUE = re.compile(r"0(\.\d{0,3})?|1(\.0{0,3})?")  # RFC 9110, 12.4.2: 0 to 1, 
 def weighed_items(header: str) -> list[tuple[str, float | None]]:
     """An Accept-style header's items with their q (RFC 9110, 12.4.2): 1 when absent, None when not a qvalue.
 
-    q may come among other parameters (``zstd;level=1;q=0.5``); names are lower-cased.
+    q may come among other parameters (``zstd;level=1;q=0.5``), whose quoted values may hold commas and
+    semicolons; names are lower-cased.
     """
     items = []
-    for item in header.lower().split(","):
-        name, *parameters = (part.strip() for part in item.split(";"))
+    for item in split_unquoted(header.lower(), ","):
+        name, *parameters = split_unquoted(item, ";")
         q: float | None = 1.0
         for parameter in parameters:
             key, _, value = (part.strip() for part in parameter.partition("="))

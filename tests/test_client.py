@@ -947,6 +947,10 @@ def test_an_answer_to_another_seed_version_or_with_infinite_draws_raises_invalid
         (json_of(batch, lambda a: a["results"][1]["log_weights"].__setitem__(0, -math.inf)), batch, {}, "infinite"),
         (json_of(both, lambda a: first(a)["objectives"]["qp"].update(model="gaussian")), both, {}, "model 'gaussian'"),
         (json_of(both, lambda a: first(a).update(y=0.25)), both, {}, "is not its"),
+        (json_of(one, lambda a: a["samples"]["x"].__setitem__(3, None)), one, {}, "not a finite number"),
+        (json_of(one, lambda a: a["q"]["branches"][0].update(probability=7.0)), one, {}, "not a distribution"),
+        (json_of(one, lambda a: a["q"]["branches"][0].update(std=-1.0)), one, {}, "stds not positive"),
+        (json_of(batch, lambda a: a["results"][1]["q"]["branches"][0].update(mean=math.inf)), batch, {}, "not finite"),
     ]
     for content, body, more, reason in cases:
         for call in calls(body, **more):
@@ -954,12 +958,13 @@ def test_an_answer_to_another_seed_version_or_with_infinite_draws_raises_invalid
             assert reason in error.reason, (reason, error.reason)
     for body in (one, batch):
         table = pa.ipc.open_stream(real_answer(client, client_module.ARROW, **body)).read_all()
-        sink = pa.BufferOutputStream()
-        other = table.replace_schema_metadata({**table.schema.metadata, b"seed": b"8"})
-        with pa.ipc.new_stream(sink, other.schema) as writer:
-            writer.write_table(other)
-        for call in calls(body):
-            assert "seed 8" in refused("arrow", ARROW_TYPE, sink.getvalue().to_pybytes(), call).reason
+        for written in ("8", "07", "\u0667", " 7"):  # another seed; 7 with a leading zero, in Arabic-Indic, spaced
+            sink = pa.BufferOutputStream()
+            other = table.replace_schema_metadata({**table.schema.metadata, b"seed": written.encode()})
+            with pa.ipc.new_stream(sink, other.schema) as writer:
+                writer.write_table(other)
+            for call in calls(body):
+                assert "seed" in refused("arrow", ARROW_TYPE, sink.getvalue().to_pybytes(), call).reason, written
     for body, more in ((one, {"version": version}), (batch, {"version": sha256}), (both, {})):  # controls
         options = {k: v for k, v in body.items() if k != "y"}
         content = real_answer(client, "application/json", **options, y=body["y"], **more)

@@ -273,6 +273,10 @@ def test_an_unsupported_accept_gets_406_naming_the_supported_types(client, accep
         # empty list items are allowed (RFC 9110, 5.6.1), and spaces around items and parameters
         ("application/json,", "application/json"),
         (f", {ARROW} ;q=0.9 , ", ARROW),
+        # a quoted parameter value may hold a comma or a semicolon (RFC 9110, 5.6.4): one item, not two
+        ('application/json; x="a,b"', "application/json"),
+        (f'application/json; x="a,b;q=1";q=0.5, {ARROW}; y="c, d"', ARROW),
+        (f'{ARROW}; x="a,b";q=0.1, application/json', "application/json"),
     ],
 )
 def test_accept_chooses_the_format(client, accept, media):

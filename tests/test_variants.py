@@ -197,6 +197,8 @@ def test_spec_files_json_and_yaml(tmp_path):
     (tmp_path / "b.yaml").write_text("name: b\nfamily: gmm_discrete\nparams:\n  sigma: 4  # noisier\n")
     (tmp_path / "twice.json").write_text('{"name": "a", "name": "b", "family": "gmm"}')
     (tmp_path / "lone.json").write_text('{"name": "a", "family": "gmm", "params": {"sigma": 1, "\\ud800": 2}}')
+    (tmp_path / "deep_twice.yaml").write_text("name: a\nfamily: gmm\nparams:\n  stds: [1, {a: 1, a: 2}]\n")
+    (tmp_path / "lone.yaml").write_text('name: a\nfamily: gmm\nfamily_options: {"\\ud800": 1}\n')
     (tmp_path / "twice.yaml").write_text("name: a\nfamily: gmm\nparams:\n  sigma: 1\n  sigma: 9\n")
     (tmp_path / "merged.yaml").write_text("base: &b {sigma: 2}\nname: m\nfamily: gaussian\nparams: {<<: *b}\n")
     (tmp_path / "broken.json").write_text('{"name": ')
@@ -204,7 +206,9 @@ def test_spec_files_json_and_yaml(tmp_path):
     assert read_spec(tmp_path / "b.yaml").build_model().sigma == 4.0
     for name, reason in (
         ("twice.json", "'name' appears more than once"),
-        ("twice.yaml", "'sigma' appears more than once"),  # PyYAML kept the last: sigma 9
+        ("twice.yaml", "params.sigma: key 'sigma' appears more than once in one object: YAML"),  # PyYAML: sigma 9
+        ("deep_twice.yaml", "params.stds.1.a: key 'a' appears more than once"),
+        ("lone.yaml", "family_options.\\\\ud800: a lone surrogate"),  # pydantic's "unable to parse" at the parent
         ("lone.json", "params.\\\\ud800: a lone surrogate"),  # at its place, quoted as its escape
         ("merged.yaml", "unknown field 'base'"),  # a merge key is read (YAML's anchors are plain data)
         ("broken.json", "not valid JSON"),

@@ -106,8 +106,11 @@ def negotiate(accept: str | None) -> str:
         raise refuse("cannot be parsed (q must be a number from 0 to 1, three decimals at most)")
     if not all(MEDIA_RANGE.fullmatch(name) for name, _ in items if name):  # empty list items are allowed (5.6.1)
         raise refuse("cannot be parsed (a media range is */*, type/* or type/subtype, without spaces)")
+    # python-mimeparse splits at every comma, a quoted one too: it weighs the items as read here (lower case: media
+    # types are case-insensitive), without their other parameters, which no supported type has
+    canonical = ", ".join(f"{name};q={q}" for name, q in items if name)
     try:
-        chosen = mimeparse.best_match(list(MEDIA_TYPES), accept.lower())  # media types are case-insensitive
+        chosen = mimeparse.best_match(list(MEDIA_TYPES), canonical)
     except (mimeparse.MimeTypeParseException, ValueError):
         raise refuse("cannot be parsed") from None
     if not chosen:
