@@ -72,12 +72,18 @@ def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """
     obj = dict(pairs)
     if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise DuplicateKey(key)
-            seen.add(key)
+        raise DuplicateKey(_first_repeated(pairs))
     return obj
+
+
+def _first_repeated(pairs: list[tuple[Any, Any]]) -> Any:
+    """The first key of ``pairs`` that an earlier pair already had (asked once a repeat is known: a key may be None)."""
+    seen: set[Any] = set()
+    for key, _ in pairs:
+        if key in seen:
+            return key
+        seen.add(key)
+    return None
 
 
 class _Pairs(list):
@@ -137,11 +143,7 @@ def _duplicate_at(document: Any) -> Location | None:
     parents: list[tuple[int, str | int]] = []
     for here, node in _post_order(document, parents):
         if isinstance(node, _Pairs) and len({key for key, _ in node}) < len(node):
-            seen: set[str] = set()
-            for key, _ in node:
-                if key in seen:
-                    return [*_place(parents, here), key]
-                seen.add(key)
+            return [*_place(parents, here), _first_repeated(node)]
     return None
 
 

@@ -15,15 +15,16 @@
   other than UTF-8 gets 415, and a second Content-Type 400.
 - :class:`HeadAsGet`: HEAD answers wherever GET does.
 
+- :class:`ResponseCompression`: answers above a size threshold compressed as
+  the client's ``Accept-Encoding`` allows: zstd (the ``zstandard`` bindings of
+  the reference library) or gzip, by Starlette's own responders (which add
+  ``Vary: Accept-Encoding`` and move large bodies off the event loop).
+
 The four body middlewares act on requests whose method carries a body the API
 reads (:data:`BODY_METHODS`: POST, PUT, PATCH); a GET, HEAD, DELETE or OPTIONS
 passes untouched, whatever its headers say. A stray ``Content-Encoding: br``
 or a second Content-Type on a bodyless GET made a liveness probe fail (415,
 400), and the OpenAPI, which lists no body errors for GET routes, was wrong.
-- :class:`ResponseCompression`: answers above a size threshold compressed as
-  the client's ``Accept-Encoding`` allows: zstd (the ``zstandard`` bindings of
-  the reference library) or gzip, by Starlette's own responders (which add
-  ``Vary: Accept-Encoding`` and move large bodies off the event loop).
 """
 
 from __future__ import annotations
@@ -397,7 +398,9 @@ class HeadAsGet:
         await self.app({**scope, "method": "GET"}, receive, headers_only)
 
 
-OFF_LOOP_BYTES = 128 * 1024  # bodies at least this large are compressed in a worker thread (Starlette's gzip default)
+# bodies at least this large are compressed (and request bodies decoded, service/routing.py) in a worker thread
+# rather than on the event loop (Starlette's gzip default)
+OFF_LOOP_BYTES = 128 * 1024
 CODINGS = ("zstd", "gzip")  # the codings answers may use, preferred first on equal q
 
 

@@ -23,8 +23,7 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
 from amortized.inputs import strict_json
-
-OFF_LOOP_BYTES = 64 * 1024  # bodies at least this large are decoded in a worker thread (a batch of about 4000 y)
+from service.middleware import OFF_LOOP_BYTES
 
 
 class UniqueKeysRequest(Request):

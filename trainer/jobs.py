@@ -240,6 +240,11 @@ class JobQueue:
             self.storage.delete_data(f"job:{record.id}")
             self.storage.delete_data(f"cancel:{record.id}")
 
+    def stopped(self, tracker: Tracker, status: Status, why: str) -> None:
+        """Finish a job that did not succeed, naming the versions it wrote before it stopped (they stay served)."""
+        written = self.written_versions(tracker.record, tracker.record.started_at)
+        tracker.finish(status, error=why + stay_served(written), versions=written)
+
     def written_versions(self, record: JobRecord, started_at: str | None) -> dict[str, str]:
         """The versions of the job's objectives whose artifacts it wrote (manifests created since ``started_at``).
 
@@ -323,16 +328,13 @@ class JobQueue:
             jobs = [Job(spec=spec, objective=objective, out=self.artifacts_dir) for objective in spec.objectives]
             rows = compile_all(jobs, workers=1, figures=True, progress=tracker.progress)
         except JobCancelled:
-            written = self.written_versions(record, tracker.record.started_at)
-            tracker.finish("cancelled", error=f"cancelled on request{stay_served(written)}", versions=written)
+            self.stopped(tracker, "cancelled", "cancelled on request")
         except KeyboardInterrupt:  # Huey's immediate stop (SIGTERM) interrupts the task so
-            written = self.written_versions(record, tracker.record.started_at)
-            tracker.finish("failed", error=f"the worker was stopped mid-job{stay_served(written)}", versions=written)
+            self.stopped(tracker, "failed", "the worker was stopped mid-job")
             raise
         except Exception as error:  # a job's failure is its record's, not the worker's
             log.exception("job %s failed", job_id)
-            written = self.written_versions(record, tracker.record.started_at)
-            tracker.finish("failed", error=f"{type(error).__name__}: {error}{stay_served(written)}", versions=written)
+            self.stopped(tracker, "failed", f"{type(error).__name__}: {error}")
         else:
             from amortized.artifacts import read_manifest
 
