@@ -408,13 +408,19 @@ def arrow_table(body: Any) -> Any:
     """An Arrow IPC stream (a ``pyarrow.Buffer`` or bytes) as one table, read in place.
 
     Raises pyarrow's errors for a stream that does not read, and ValueError for bytes after its end-of-stream
-    marker (:func:`reading` makes both InvalidAnswer): the reader stops at the marker and would ignore them.
+    marker, or for a stream without one (:func:`reading` makes both InvalidAnswer): the reader stops at the
+    marker and would ignore what follows, and reads a stream cut between two messages as a whole one.
     """
     source = pa.BufferReader(body)
     table = pa.ipc.open_stream(source).read_all()
     if source.tell() != source.size():
         raise ValueError(f"{source.size() - source.tell()} bytes follow the end of its Arrow stream")
+    if source.size() < len(END_OF_STREAM) or bytes(pa.py_buffer(body)[-len(END_OF_STREAM) :]) != END_OF_STREAM:
+        raise ValueError("its Arrow stream has no end-of-stream marker: it was cut short")
     return table
+
+
+END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # continuation marker, then a message of length 0 (Arrow IPC)
 
 
 def _json_column(values: list[Any]) -> np.ndarray:

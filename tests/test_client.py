@@ -674,6 +674,7 @@ def test_an_arrow_answer_that_is_corrupt_cut_or_not_this_requests_raises_invalid
         pass  # the schema, no record batch
     bodies = [b"garbage, not an Arrow stream", b"", empty.getvalue().to_pybytes()]
     bodies += [whole[:cut] for cut in range(0, len(whole), max(1, len(whole) // 40))] + [whole[:-1]]
+    bodies += [whole[:-8]]  # every message whole, the end-of-stream marker cut: read as a complete table before
     for content in bodies:
         for call in both_calls(ys):
             error = refused("arrow", ARROW_TYPE, content, call)
