@@ -24,8 +24,10 @@ from amortized.distributions import BranchedNormal
 from amortized.divergences import kl_divergences
 from amortized.evaluation import best_in_family
 from amortized.importance import kernels
+from amortized.importance.noise import joint_log_prob, log_prob_at_draws, proposal_log_prob, weight_tables
 from amortized.importance.psis import pareto_k_hat
 from amortized.importance.weighing import MISSED_DENSITY_RATIO, WeightSummary, mixture_check, summarise_weights, weigh
+from amortized.mixture import view_for
 from amortized.models import MODELS, build_model
 
 
@@ -320,6 +322,55 @@ def test_compiled_passes_give_numpys_bits():
     np.testing.assert_array_equal(exponents[1], -np.abs(log_ratio))
     b, x = rng.normal(size=(4, 7)), rng.normal(size=(4, 9))
     np.testing.assert_array_equal(kernels.one_minus_outer(b, x), 1.0 - np.einsum("ri,rj->rij", b, x))
+
+
+@pytest.mark.parametrize("components", [1, 2])
+@pytest.mark.parametrize("name", MODELS)
+def test_the_compiled_quadratic_tables_are_numpys(name, components):
+    """weight_tables against the NumPy quadratics it stands in for: every model, a mixture network's view, with and
+    without another proposal, extreme y and stds included."""
+    model = view_for(build_model(name), components)
+    y = np.array([-1e6, -30.0, 0.0, 0.7, 9.0, 3e8])
+    rng = np.random.default_rng(21)
+    shape = (len(y), model.num_branches)
+    log_probs = rng.normal(size=shape)
+    q = BranchedNormal(
+        log_probs - logsumexp(log_probs)[:, None], y[:, None] + rng.normal(size=shape), rng.uniform(1e-3, 30.0, shape)
+    )
+    other = BranchedNormal(q.log_probs[:, ::-1].copy(), q.means - 2.0, q.stds * 3.0)
+    own = proposal_log_prob(q)
+    with np.errstate(divide="ignore"):  # -inf where a component is not in a branch
+        expected_joint = (joint_log_prob(model, q, y) - own).table()
+    expected_ratio = (log_prob_at_draws(other, q) - own).table()
+    joint, ratio = weight_tables(model, q, y, other)
+    np.testing.assert_allclose(joint, expected_joint, rtol=1e-14, atol=1e-12)
+    np.testing.assert_array_equal(np.isneginf(joint), np.isneginf(expected_joint))
+    np.testing.assert_allclose(ratio, expected_ratio, rtol=1e-14, atol=1e-12)
+    alone, none = weight_tables(model, q, y, None)
+    np.testing.assert_array_equal(alone, joint)
+    assert none.shape == (0, *joint.shape[1:])
+
+
+def test_the_weight_summary_kernels_keep_numpys_rules_for_non_finite_rows():
+    """A row with a NaN shifts by 0 and stays NaN; a row of -inf shifts by 0 (all weights 0, evidence -inf); a row
+    with +inf shifts by 0; finite rows shift by their largest value. One draw has no standard error (NaN)."""
+    log_weights = np.random.default_rng(22).normal(size=(5, 40)) * 20
+    log_weights[0, 7] = np.nan
+    log_weights[1] = -np.inf
+    log_weights[2, 3] = np.inf
+    shifted, shift = kernels.shifted_rows(log_weights)
+    with np.errstate(invalid="ignore"):
+        top = log_weights.max(-1)
+        expected = np.where(np.isfinite(top), top, 0.0)
+        np.testing.assert_array_equal(shift, expected)
+        np.testing.assert_array_equal(shifted, log_weights - expected[:, None])
+    with np.errstate(all="ignore"):
+        summary = summarise_weights(log_weights)
+        reference = summarise_plainly(log_weights[3:])
+    for field in ("log_evidence", "log_evidence_se", "elbo", "ess"):
+        np.testing.assert_allclose(getattr(summary, field)[3:], reference[field], rtol=1e-12, err_msg=field)
+    assert np.isnan(summary.log_evidence[0]) and summary.log_evidence[1] == -np.inf
+    assert np.isnan(summarise_weights(np.zeros((2, 1))).log_evidence_se).all()
 
 
 @pytest.mark.parametrize("branches", [1, 3])

@@ -134,8 +134,30 @@ def component_sums(exponentials: np.ndarray) -> np.ndarray:
 
 
 @compiled
+def shifted_rows(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``log_weights`` ``(rows, n)``: the shift for a stable sum of exp, and the row less it.
+
+    The shift is the row's largest value, NaN if any is, 0 where that is not
+    finite (:func:`amortized.arrays.finite_or_zero` of NumPy's ``max``), in one pass.
+    """
+    rows, n = log_weights.shape
+    shifted, shift = np.empty((rows, n)), np.empty(rows)
+    for r in range(rows):
+        largest = log_weights[r, 0]
+        for j in range(1, n):
+            largest = nan_max(log_weights[r, j], largest)
+        shift[r] = finite_or_zero(largest)
+        for j in range(n):
+            shifted[r, j] = log_weights[r, j] - shift[r]
+    return shifted, shift
+
+
+@compiled
 def weight_sums(weights: np.ndarray, log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row: sum and sum of squares of ``weights`` (exp of the log weights, shifted), and the mean log weight."""
+    """Per row: sum and sum of squares of ``weights`` (exp of the log weights, shifted), and the mean log weight.
+
+    Then divides ``weights`` by their row's sum, in place: the self-normalised weights.
+    """
     rows, n = weights.shape
     total, squares, mean_log = np.empty(rows), np.empty(rows), np.empty(rows)
     for r in range(rows):
@@ -146,6 +168,8 @@ def weight_sums(weights: np.ndarray, log_weights: np.ndarray) -> tuple[np.ndarra
             s2 += w * w
             s_log += log_weights[r, j]
         total[r], squares[r], mean_log[r] = s, s2, s_log / n
+        for j in range(n):
+            weights[r, j] /= s
     return total, squares, mean_log
 
 

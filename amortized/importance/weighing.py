@@ -19,10 +19,10 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from amortized.arrays import finite_or_zero
+from amortized.compiled import compiled
 from amortized.distributions import BranchedNormal, cdf_edges
 from amortized.importance import kernels
-from amortized.importance.noise import joint_log_prob, log_prob_at_draws, proposal_log_prob
+from amortized.importance.noise import weight_tables
 from amortized.importance.streams import RandomStream
 from amortized.models import ConjugateMixtureModel
 
@@ -60,6 +60,7 @@ class Weighed:
         return Weighed(self.branch[index], self.x[index], self.log_weights[index], self.summary.rows(index))
 
 
+@compiled
 def evidence_from_sums(
     total: np.ndarray, squares: np.ndarray, shift: np.ndarray, n: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -67,12 +68,12 @@ def evidence_from_sums(
 
     The standard error sqrt(1/ESS - 1/n) estimates the spread of the weights from
     the weights themselves: with one draw there is nothing to estimate it from,
-    so it is NaN (null in JSON), never 0.
+    so it is NaN (null in JSON), never 0. Compiled (NumPy's rules for a division
+    by zero: inf or NaN, no warning), so that a request pays one call for it.
     """
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ess = total * total / squares
-        se = np.sqrt(np.maximum(1.0 / ess - 1.0 / n, 0.0)) if n >= 2 else np.full_like(ess, math.nan)
-        log_evidence = np.log(total / n) + shift
+    ess = total * total / squares
+    se = np.sqrt(np.maximum(1.0 / ess - 1.0 / n, 0.0)) if n >= 2 else np.full_like(ess, math.nan)
+    log_evidence = np.log(total / n) + shift
     return log_evidence, se, ess
 
 
@@ -83,11 +84,9 @@ def summarise_weights(log_weights: np.ndarray) -> WeightSummary:
     """
     *rows, n = log_weights.shape
     log_weights = np.ascontiguousarray(log_weights).reshape(-1, n)
-    shift = finite_or_zero(log_weights.max(-1))
-    weights = np.subtract(log_weights, shift[:, None])
+    weights, shift = kernels.shifted_rows(log_weights)
     np.exp(weights, out=weights)  # in place: less memory to stream through on the request path
-    total, squares, elbo = kernels.weight_sums(weights, log_weights)
-    np.divide(weights, total[:, None], out=weights)  # normalised in place: each row sums to 1
+    total, squares, elbo = kernels.weight_sums(weights, log_weights)  # and the weights normalised in place
     log_evidence, se, ess = evidence_from_sums(total, squares, shift, n)
     return WeightSummary(
         log_evidence.reshape(rows),
@@ -113,13 +112,12 @@ def weigh(
     proposal at each draw (what a mixture of the two needs). Every log
     density is a quadratic in the draw's noise
     (:class:`~amortized.importance.noise.NoiseQuadratic`): combined per (row,
-    branch) here, evaluated per draw by :func:`amortized.importance.kernels.evaluate_draws`.
+    branch) by :func:`~amortized.importance.noise.weight_tables`, evaluated per
+    draw by :func:`amortized.importance.kernels.evaluate_draws`.
     The draws are those ``proposal.sample(num_samples, generator)`` gives.
     """
     rows, width = proposal.means.shape
-    own = proposal_log_prob(proposal)
-    joint = (joint_log_prob(model, proposal, y) - own).table()
-    ratio = (log_prob_at_draws(other, proposal) - own).table() if other is not None else np.empty((0, rows, width, 3))
+    joint, ratio = weight_tables(model, proposal, y, other)
     edges = np.ascontiguousarray(cdf_edges(proposal.probs))
     uniform = generator.random((rows, num_samples)) if width > 1 else np.empty((rows, 0))
     noise = generator.standard_normal((rows, num_samples))
@@ -160,8 +158,18 @@ def mixture_check(log_weights: np.ndarray, log_ratio: np.ndarray) -> tuple[np.nd
     sums = kernels.mixture_sums(bound, tails, log_weights, log_ratio, threshold_offset)
     total, squares, missed, missed_squares = sums
     log_evidence, se, ess = evidence_from_sums(2.0 * total, 4.0 * squares, shift, 2 * n)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mass = missed / total
-        variance = (missed_squares * (1.0 - 2.0 * mass) + mass * mass * squares) / (total * total)
-        mass_se = np.sqrt(np.maximum(variance, 0.0))
-    return log_evidence, se, ess, mass, mass_se
+    return (log_evidence, se, ess, *self_normalised_share(total, squares, missed, missed_squares))
+
+
+@compiled
+def self_normalised_share(
+    total: np.ndarray, squares: np.ndarray, part: np.ndarray, part_squares: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The share of the weights that some draws carry, part / total, and its delta-method standard error.
+
+    From the sums of the weights and of their squares, over all draws and over
+    those draws; NaN where the total is 0 (compiled: NumPy's rules, no warning).
+    """
+    share = part / total
+    variance = (part_squares * (1.0 - 2.0 * share) + share * share * squares) / (total * total)
+    return share, np.sqrt(np.maximum(variance, 0.0))
