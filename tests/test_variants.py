@@ -125,6 +125,25 @@ def test_a_spec_takes_the_familys_defaults_for_what_it_leaves_out():
             "params.universes.0.weights",
             "must sum to 1",
         ),
+        (  # each weight positive, their product p(k) pi_kz (a component's prior weight) below the smallest double
+            {
+                "name": "g",
+                "family": "gmm_open",
+                "params": {
+                    "universes": [
+                        {"probability": 1 - 1e-200, "weights": [1.0], "means": [0.0], "stds": [1.0]},
+                        {
+                            "probability": 1e-200,
+                            "weights": [0.5, 0.5 - 1e-170, 1e-170],
+                            "means": [0, 1, 2],
+                            "stds": [1] * 3,
+                        },
+                    ]
+                },
+            },
+            "params.universes",
+            "universes[1]: probability 1e-200 times weights[2] 1e-170 is 0 in double precision",
+        ),
         ({"name": "g", "family": "gmm", "training": {"steps": 0}}, "training.steps", "from 1 to 100000"),
         ({"name": "g", "family": "gmm", "training": {"steps": {"pq": 200_000}}}, "training.steps", "from 1 to 100000"),
         (

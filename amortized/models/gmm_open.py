@@ -48,6 +48,14 @@ class GmmOpenParams(ModelParams):
         components = sum(len(u.weights) for u in universes)
         if components > MAX_COMPONENTS:
             raise ValueError(f"{components} components in all: at most {MAX_COMPONENTS} (summed over the universes)")
+        for i, universe in enumerate(universes):  # a component's prior weight is p(k) pi_kz: its log must exist
+            for j, weight in enumerate(universe.weights):
+                if not universe.probability * weight > 0.0:
+                    raise ValueError(
+                        f"universes[{i}]: probability {universe.probability:.6g} times weights[{j}] {weight:.6g} is 0 "
+                        "in double precision (below 5e-324): every component's prior weight p(k) x pi_kz must be a "
+                        "positive number"
+                    )
         return universes
 
 
