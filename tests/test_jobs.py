@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -337,6 +338,52 @@ def test_a_job_that_fails_after_writing_its_networks_says_which_stay_served(api,
     queue.run(record.id, record.spec)
     answer = client.get(f"/v1/jobs/{record.id}", headers=AUTH).json()
     assert answer["status"] == "failed" and answer["versions"] == {} and "no artifact was written" in answer["error"]
+
+
+def test_a_running_job_lists_the_versions_of_the_objectives_it_has_finished(api, monkeypatch):
+    """The first objective written and served while the second trains: the running job's record names its version
+    (it read {} until the whole job ended)."""
+    import trainer.jobs
+
+    client, queue = api
+    order: list[str] = []  # objectives in the order they train (compile_all runs the longest first)
+    second_started, release = threading.Event(), threading.Event()
+    progress = trainer.jobs.Tracker.progress
+
+    def slow_second(self, objective, step, loss, phase):
+        progress(self, objective, step, loss, phase)
+        if objective not in order:
+            order.append(objective)
+            if len(order) == 2:  # the second's first step: held until the test has looked
+                second_started.set()
+                release.wait(60)
+
+    monkeypatch.setattr(trainer.jobs.Tracker, "progress", slow_second)
+    spec = parse_spec({**SMALL, "name": "two_objectives", "objectives": ["pq", "qp"], "training": {"steps": 30}})
+    record = queue.submit(spec)
+    worker = threading.Thread(target=queue.run, args=(record.id, record.spec))  # the fixture's app has no consumer
+    worker.start()
+    try:
+        assert second_started.wait(120), "the second objective never started"
+        first, second = order
+        written = load_artifact(queue.artifacts_dir / "two_objectives" / f"{first}.json")
+        deadline = time.monotonic() + 10 * trainer.jobs.HEARTBEAT_SECONDS
+        while (answer := client.get(f"/v1/jobs/{record.id}", headers=AUTH).json())["versions"] == {}:
+            assert time.monotonic() < deadline, answer
+            time.sleep(0.2)
+        assert answer["status"] == "running" and answer["objective"] == second, answer
+        assert answer["versions"] == {first: written.version}, answer
+        body = {"y": 0.5, "objective": first}
+        while (served := client.post("/v1/models/two_objectives/posterior", json=body)).status_code == 404:
+            assert time.monotonic() < deadline, served.text  # the registry's rescan picks it up within a second
+            time.sleep(0.2)
+        assert served.status_code == 200 and served.json()["versions"] == {first: written.version}, served.text
+    finally:
+        release.set()
+        worker.join(120)
+    answer = client.get(f"/v1/jobs/{record.id}", headers=AUTH).json()
+    assert answer["status"] == "succeeded" and set(answer["versions"]) == {"pq", "qp"}, answer
+    assert answer["versions"][first] == written.version
 
 
 def test_a_running_job_without_heartbeat_reads_failed(api):

@@ -103,7 +103,9 @@ class JobRecord(BaseModel):
     error: str | None = Field(None, description="why it failed")
     metrics: dict[str, Any] = Field(default_factory=dict, description="on success: each objective's evaluation metrics")
     versions: dict[str, str] = Field(
-        default_factory=dict, description="each objective's version written (the first 16 hex digits of its sha256)"
+        default_factory=dict,
+        description="each objective's version written (the first 16 hex digits of its sha256), as soon as it is "
+        "written: a running job lists the objectives it has finished, which are served from then on",
     )
     spec: dict[str, Any] = Field(..., description="the validated spec")
 
@@ -377,7 +379,9 @@ class Tracker:
             try:
                 if self.queue.cancel_requested(self.record.id):
                     self.cancelled.set()
-                self.queue.write(self.current())
+                # an objective finished before the others is served from its manifest on: the record says so now
+                written = self.queue.written_versions(self.record, self.record.started_at)
+                self.queue.write(self.current(versions=written))
             except Exception:  # the store is briefly unreachable: the next beat tries again
                 log.exception("heartbeat of job %s", self.record.id)
 
