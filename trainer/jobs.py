@@ -361,6 +361,8 @@ class Tracker:
         self.steps = {o: parse_spec(record.spec).training_config(o).total_steps for o in record.objectives}  # type: ignore[arg-type]
         self.now: tuple[str, int, float, str] | None = None  # (objective, step, loss, phase) at the last callback
         self.seen: set[str] = set()  # objectives trained so far (one at a time: those before the current are done)
+        self.checked = 0  # len(seen) when the versions written so far were last read
+        self.written: dict[str, str] = {}  # those versions
         self.record = record.model_copy(
             update={
                 "started_at": now_iso(),
@@ -379,9 +381,13 @@ class Tracker:
             try:
                 if self.queue.cancel_requested(self.record.id):
                     self.cancelled.set()
-                # an objective finished before the others is served from its manifest on: the record says so now
-                written = self.queue.written_versions(self.record, self.record.started_at)
-                self.queue.write(self.current(versions=written))
+                # an objective finished before the others is served from its manifest on: the record says so now.
+                # Objectives run one after another, so one is written once the next has started: the manifests are
+                # read when another objective starts, not at every beat
+                if len(self.seen) != self.checked:
+                    self.checked = len(self.seen)
+                    self.written = self.queue.written_versions(self.record, self.record.started_at)
+                self.queue.write(self.current(versions=self.written))
             except Exception:  # the store is briefly unreachable: the next beat tries again
                 log.exception("heartbeat of job %s", self.record.id)
 
