@@ -43,6 +43,7 @@ from pydantic import (
 from amortized.inputs import DuplicateKey, LoneSurrogate, quoted, shown, strict_json, strict_yaml
 from amortized.losses import OBJECTIVES, Objective
 from amortized.models import MODELS, ConjugateMixtureModel, build_model
+from amortized.networks import check_family_options, network_family
 from amortized.training import BLEND, WARM_START, TrainingConfig, recipe
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,47}$"
@@ -163,7 +164,9 @@ class VariantSpec(BaseModel):
         default_factory=TrainingSettings, description="training settings (default: the family's recipe)"
     )
     family_options: FamilyOptions = Field(
-        default_factory=FamilyOptions, description='q\'s family beyond its default, e.g. {"mixture_components": 2}'
+        default_factory=FamilyOptions,
+        description='q\'s family beyond its default, e.g. {"mixture_components": 2}; the MLP networks of gmm, '
+        "gmm_discrete and gmm_open take these options, gaussian's linear network none",
     )
 
     @field_validator("name")
@@ -191,6 +194,19 @@ class VariantSpec(BaseModel):
         except ArithmeticError as error:
             raise ValueError(f"the {family} model cannot be built with these parameters ({error})") from None
         return validated.model_dump()
+
+    @field_validator("family_options")
+    @classmethod
+    def _options_of_the_network_family(cls, options: FamilyOptions, info: ValidationInfo) -> FamilyOptions:
+        """Options the model family's network does not take are refused here, not when its job has started."""
+        family = info.data.get("family")
+        if family is not None:
+            network = network_family(family)
+            try:
+                check_family_options(network, options.model_dump(exclude_defaults=True))
+            except ValueError as error:
+                raise ValueError(f"{error} (a {family} model compiles a {network} network)") from None
+        return options
 
     @field_validator("objectives")
     @classmethod

@@ -138,6 +138,13 @@ def test_the_token_is_checked_before_the_body_is_read(api, tmp_path, content):
             "32 branches",
         ),
         ([1, 2], ["body"], "valid dictionary"),
+        # an option the model's network does not take: a 202 and a failed job before
+        (
+            {**SMALL, "family_options": {"mixture_components": 2}},
+            ["body", "family_options"],
+            "takes no option 'mixture_components'",
+        ),
+        ({**SMALL, "family_options": {"input_gain": 3.0}}, ["body", "family_options"], "takes no option 'input_gain'"),
         # scales whose 1 / s^2 divides by zero: a 500 (gaussian, gmm) or a failed job (gmm's stds) before
         ({**SMALL, "params": {"sigma": 1e-200}}, ["body", "params", "sigma"], "greater than or equal to 0.000001"),
         ({**SMALL, "params": {"sigma0": 5e-324}}, ["body", "params", "sigma0"], "greater than or equal"),

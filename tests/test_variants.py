@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from amortized.artifacts import ArtifactError, discover_artifacts, load_artifact, upgrade_manifest
-from amortized.models import MODELS
+from amortized.models import MODELS, build_model
+from amortized.networks import build_network
 from amortized.training import compile_network
 from amortized.variants import NAME_PATTERN, SpecError, VariantSpec, default_spec, parse_spec, read_spec
 from tests.conftest import ARTIFACTS, EXAMPLES
@@ -164,6 +165,17 @@ def test_a_spec_takes_the_familys_defaults_for_what_it_leaves_out():
             {"name": "g", "family": "gmm", "family_options": {"input_gain": "ten"}},
             "family_options.input_gain",
             "valid number",
+        ),
+        # options the model's network does not take: refused here, not by a job that has started
+        (
+            {"name": "g", "family": "gaussian", "family_options": {"mixture_components": 2}},
+            "family_options",
+            "the linear_gaussian family takes no option 'mixture_components'; it takes: none",
+        ),
+        (
+            {"name": "g", "family": "gaussian", "family_options": {"input_gain": 30}},
+            "family_options",
+            "takes no option 'input_gain'",
         ),
         # numbers only, never a string or a boolean read as one
         ({"name": "g", "family": "gmm", "params": {"sigma": "1"}}, "params.sigma", "valid number"),
@@ -431,3 +443,21 @@ def test_the_smallest_allowed_scales_build_and_train():
     assert np.isfinite(log_evidence).all() and np.isfinite(exact.stds).all() and (exact.stds > 0).all()
     _, result = compile_network(model, spec.training_config("pq"))
     assert math.isfinite(result["phases"][-1]["final_loss"])
+
+
+@pytest.mark.parametrize("family", sorted(MODELS))
+@pytest.mark.parametrize("option, value", [("mixture_components", 2), ("input_gain", 3.0)])
+def test_a_spec_takes_a_family_option_exactly_when_its_network_can_be_built_with_it(family, option, value):
+    """The spec's check and the network's constructor agree for every model family and option (a spec accepted
+    here used to fail later, in its job: a gaussian with mixture_components)."""
+    data = {"name": "g", "family": family, "family_options": {option: value}}
+    try:
+        build_network(build_model(family, {}), None, {option: value})
+        builds = True
+    except ValueError:
+        builds = False
+    if builds:
+        assert parse_spec(data).family_options.model_dump(exclude_defaults=True) == {option: value}
+    else:
+        with pytest.raises(SpecError, match=f"takes no option '{option}'"):
+            parse_spec(data)

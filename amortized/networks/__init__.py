@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from amortized.models import ConjugateMixtureModel
@@ -22,6 +23,19 @@ FAMILY_OPTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+def network_family(model_family: str) -> str:
+    """The network family a model family compiles to by default (``linear_gaussian`` for gaussian, else the MLP's)."""
+    return str(DEFAULT_ARCHITECTURE.get(model_family, MLP_ARCHITECTURE)["family"])
+
+
+def check_family_options(family: str, options: Iterable[str]) -> None:
+    """Raise ValueError naming the first of ``options`` the network ``family`` does not take, and those it takes."""
+    takes = FAMILY_OPTIONS.get(family, ())
+    for name in options:
+        if name not in takes:
+            raise ValueError(f"the {family} family takes no option {name!r}; it takes: {', '.join(takes) or 'none'}")
+
+
 def build_network(
     model: ConjugateMixtureModel,
     architecture: dict[str, Any] | None = None,
@@ -36,13 +50,8 @@ def build_network(
     family = spec.pop("family")
     if family not in FAMILIES:
         raise ValueError(f"unknown network family {family!r}; known: {', '.join(FAMILIES)}")
-    for name, value in (family_options or {}).items():
-        if name not in FAMILY_OPTIONS.get(family, ()):
-            raise ValueError(
-                f"the {family} family takes no option {name!r}; it takes: "
-                f"{', '.join(FAMILY_OPTIONS.get(family, ())) or 'none'}"
-            )
-        spec[name] = value
+    check_family_options(family, family_options or {})
+    spec.update(family_options or {})
     return FAMILIES[family](model, **spec)
 
 
@@ -53,5 +62,7 @@ __all__ = [
     "MLP_ARCHITECTURE",
     "InferenceNetwork",
     "build_network",
+    "check_family_options",
+    "network_family",
     "tanh_through_sigmoid",
 ]
