@@ -215,8 +215,9 @@ def expected_log_density(
                     largest = max(largest, terms[i])
                 summed = 0.0
                 for i in range(count):
-                    if terms[i] > largest - 37.0:
-                        summed += math.exp(terms[i] - largest)
+                    below = terms[i] - largest  # not terms[i] > largest - 37: at |largest| > 1e17 that is largest
+                    if below > -37.0:
+                        summed += math.exp(below)
                 total += grid_weights[t] * (largest + (math.log(summed) if summed != 1.0 else 0.0))
             out[r, g] = total
     return out

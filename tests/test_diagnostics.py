@@ -21,7 +21,13 @@ from amortized.diagnostics import (
     verdict,
 )
 from amortized.distributions import BranchedNormal
-from amortized.divergences import kl_divergences
+from amortized.divergences import (
+    COMPONENT_GRID,
+    dense_expected_log_density,
+    expectation_weights,
+    expected_log_density,
+    kl_divergences,
+)
 from amortized.evaluation import best_in_family
 from amortized.importance import kernels
 from amortized.importance.noise import joint_log_prob, log_prob_at_draws, proposal_log_prob, weight_tables
@@ -419,3 +425,32 @@ def test_the_cross_checks_agreement_matches_its_definition():
         below = ~(estimates[0] >= estimates[2] - allowed[0, 2])
         np.testing.assert_array_equal(misses, below | (excess > MISSED_MASS_FLOOR) | np.isnan(excess))
     assert consistent.any() and (~consistent[20:]).any() and misses[20:].any() and (~misses).any()
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"means": [-1e6, 1e6], "stds": [1e-6, 1e6], "sigma": 1e-6},  # a newcomer's: kl_pq was null (NaN) at y = 0
+        {"means": [-1e6, 1e6], "stds": [1e-6, 1e-6], "sigma": 1e6},
+        {"means": [-3e5, 2e5], "stds": [1e-5, 1e3], "sigma": 1e-3},
+        {},  # the default, beside them
+    ],
+)
+def test_the_compiled_kl_quadrature_is_numpys_at_terms_beyond_1e17(params):
+    """log p(b, x) under a component of tiny weight is a sum of terms near -1e23: the compiled skip of negligible
+    terms (37 nats below the largest) must still keep the largest one. Held to the dense NumPy sums, finite."""
+    model = build_model("gmm", params)
+    y = np.array([-2e6, -1e6, -5e5, -1.0, 0.0, 3.0, 5e5, 1e6, 2e6])
+    exact = model.exact_posterior(y)
+    table = model.table(exact.means)
+    p = [np.ascontiguousarray(a) for a in (exact.log_probs, exact.means, exact.stds)]
+    q = best_in_family(model, torch.tensor(y), "qp").numpy()
+    for centres, widths, branch, grid in (
+        (p[1], p[2], table.component_branch, COMPONENT_GRID),
+        (np.ascontiguousarray(q.means), np.ascontiguousarray(q.stds * 3), np.arange(1), REQUEST_KL_GRID),
+    ):
+        arguments = (centres, widths, branch, *p, table.membership > 0, grid, expectation_weights(grid))
+        compiled, dense = expected_log_density(*arguments), dense_expected_log_density(*arguments)
+        assert np.isfinite(compiled).all(), compiled
+        np.testing.assert_allclose(compiled, dense, rtol=1e-12, atol=1e-9)
+    assert all(np.isfinite(kl).all() for kl in kl_divergences(model, exact, q, REQUEST_KL_GRID))
