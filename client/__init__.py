@@ -189,8 +189,11 @@ class Posterior:
     exact: dict[str, Any]
     resampled: dict[str, np.ndarray] | None = None
     versions: dict[str, str] = field(default_factory=dict)  # {objective: version} of the networks that answered
+    # the decoded JSON result (JSON answers only: an Arrow answer's numbers are in the arrays above, not copied here)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
     summary: dict[str, Any] | None = None  # {"q" | "weighted" | "exact": {"quantiles", "intervals", ...}}
+    # this observation's seed (the request's for a scalar y, or the one drawn): {"y": y, "seed": seed} replays it
+    seed: int | None = None
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Posterior:
@@ -213,6 +216,7 @@ class Posterior:
             versions=body.get("versions", {}),
             raw=body,
             summary=body.get("summary"),
+            seed=body.get("seed"),
         )
 
 
@@ -520,6 +524,7 @@ def posterior_rows(arrays: PosteriorArrays, table: Any) -> list[Posterior]:
             resampled=None if arrays.resampled is None else {k: v[i] for k, v in arrays.resampled.items()},
             versions=arrays.versions[i],
             summary=summary[i],
+            seed=int(arrays.seeds[i]),
         )
         for i in range(len(arrays.y))
     ]

@@ -92,6 +92,9 @@ def test_arrow_and_json_give_the_client_the_same_arrays(client):
             assert ours[objective].diagnostics == theirs[objective].diagnostics
             assert ours[objective].exact == theirs[objective].exact
             same(ours[objective].x, theirs[objective].x)
+            assert type(ours[objective].seed) is int and ours[objective].seed == theirs[objective].seed
+            assert theirs[objective].raw["seed"] == theirs[objective].seed  # the JSON result itself, in JSON mode
+        assert [row[objective].seed for row in arrow_rows] == a.seeds.tolist()
 
 
 def test_arrow_columns_read_alike_in_one_chunk_or_several_and_versions_name_the_networks_that_answered(client):
@@ -308,6 +311,22 @@ def test_compress_without_zstandard_asks_for_gzip_only(live_url):
     script = prelude + compressed_answers_script(live_url)
     ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
     check_gzip_without_zstd(ran)
+
+
+@pytest.mark.parametrize("answer_format", ["arrow", "json"])
+@pytest.mark.parametrize("y", [1.5, [1.5, -4.0]])
+def test_a_drawn_seed_is_on_each_posterior_and_replays_its_answer(client, answer_format, y):
+    """Without a seed the server draws one; each Posterior carries its observation's (Arrow answers held it only in
+    posterior_arrays(...).seeds), and asking again with it gives the same draws."""
+    with AmortizedClient(transport=client._transport, base_url="http://testserver", format=answer_format) as api:
+        answers = api.posterior("gmm_open", y, num_samples=30)
+        rows = answers if isinstance(y, list) else [answers]
+        for value, row in zip(np.atleast_1d(y), rows, strict=True):
+            assert type(row.seed) is int and 0 <= row.seed < 2**53, row.seed
+            again = api.posterior("gmm_open", float(value), num_samples=30, seed=row.seed)
+            assert again.seed == row.seed
+            same(again.x, row.x)
+            same(again.log_weights, row.log_weights)
 
 
 def test_a_server_that_refuses_arrow_is_asked_in_json(client):
