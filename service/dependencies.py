@@ -74,12 +74,13 @@ def check_version(pin: str | dict[Objective, str] | dict[str, str] | None, objec
         artifact = served.artifacts.get(name)
         if artifact is None or wanted not in (artifact.version, artifact.manifest.weights.sha256):
             available = ", ".join(f"{o} {v}" for o, v in served.versions.items()) or "none"
-            raise ApiError(
-                409,
-                ["body", "version"],
-                f"version {wanted} of {served.name}/{name} is not served; served versions: {available}",
-                "conflict",
+            other = [o for o, a in served.artifacts.items() if wanted in (a.version, a.manifest.weights.sha256)]
+            why = (
+                f"version {wanted} is {served.name}'s {other[0]} network, not its {name} network"
+                if other
+                else f"version {wanted} of {served.name}/{name} is not served"
             )
+            raise ApiError(409, ["body", "version"], f"{why}; served versions: {available}", "conflict")
 
 
 # what every route of a router with known_query may answer, for its OpenAPI description

@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from amortized.inputs import quoted
@@ -62,7 +62,26 @@ FINITE_TEXT = BeforeValidator(finite_text)
 WHOLE_TEXT = written_as(WHOLE, "a whole number")
 QueryY = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_ABS_Y, le=MAX_ABS_Y), FINITE_TEXT, DECIMAL_TEXT]
 # a network's version: the first 16 hex digits of its weights' sha256 (or all 64)
-Version = Annotated[str, Field(pattern=r"^[0-9a-f]{16}([0-9a-f]{48})?$", examples=["1bed7b64d88ad135"])]
+VERSION = re.compile(r"[0-9a-f]{16}(?:[0-9a-f]{48})?")
+
+
+def version_form(value: str) -> str:
+    """A version's form, said in words (pydantic's pattern error would quote the regular expression)."""
+    if not VERSION.fullmatch(value):
+        raise PydanticCustomError(
+            "version_form",
+            "{value} is not a network version: 16 lowercase hexadecimal digits as GET /v1/models lists them (e.g. "
+            "1bed7b64d88ad135), or the weights' whole sha256 (64 digits)",
+            {"value": quoted(value)},
+        )
+    return value
+
+
+Version = Annotated[
+    str,
+    Field(examples=["1bed7b64d88ad135"], json_schema_extra={"pattern": f"^{VERSION.pattern}$"}),
+    AfterValidator(version_form),
+]
 
 
 # the parts of an answer "include" may name; "summary" stands for q's summary, a source's name for that source

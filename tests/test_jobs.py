@@ -287,10 +287,34 @@ def test_cancelling_a_queued_job_revokes_it(api):
     cancelled = client.delete(f"/v1/jobs/{job['id']}", headers=AUTH)
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
     assert queue.huey.is_revoked(job["id"])  # the consumer will skip its message
-    assert client.delete(f"/v1/jobs/{job['id']}", headers=AUTH).status_code == 409
+    again = client.delete(f"/v1/jobs/{job['id']}", headers=AUTH)
+    assert again.status_code == 409 and f"job {job['id']} has already been cancelled" in again.text, again.text
     assert client.get("/v1/jobs/nope", headers=AUTH).status_code == 404
     # a place is free again: the cancelled job no longer counts
     assert client.post("/v1/models", json=SMALL, headers=AUTH).status_code == 202
+
+
+def test_every_spec_example_in_the_openapi_is_accepted(api):
+    """/docs offers these specs to try: each is a valid spec within the job limits (202), none is already served."""
+    client, _ = api
+    operation = client.get("/openapi.json").json()["paths"]["/v1/models"]["post"]
+    examples = operation["requestBody"]["content"]["application/json"]["examples"]
+    assert len(examples) >= 3 and {"gmm", "gaussian", "gmm_open"} <= {e["value"]["family"] for e in examples.values()}
+    for name, example in examples.items():
+        assert example["summary"], name
+        posted = client.post("/v1/models", json=example["value"], headers=AUTH)
+        assert posted.status_code == 202, (name, posted.text)
+        assert client.delete(f"/v1/jobs/{posted.json()['id']}", headers=AUTH).status_code == 200  # a place again
+
+
+@pytest.mark.parametrize("status, said", [("succeeded", "succeeded"), ("failed", "failed")])
+def test_cancelling_an_ended_job_is_a_409_saying_how_it_ended(api, status, said):
+    client, queue = api
+    job = client.post("/v1/models", json=SMALL, headers=AUTH).json()
+    queue.write(queue.read(job["id"]).model_copy(update={"status": status, "phase": "done"}))  # as its worker would
+    response = client.delete(f"/v1/jobs/{job['id']}", headers=AUTH)
+    assert response.status_code == 409 and response.json()["detail"][0]["loc"] == ["path", "job_id"]
+    assert f"job {job['id']} has already {said}" in response.text, response.text
 
 
 @pytest.mark.parametrize(

@@ -192,13 +192,21 @@ def test_answers_carry_versions_and_a_pin_must_be_served(client, app):
     assert f"pq {versions['pq']}" in conflict["msg"] and f"qp {versions['qp']}" in conflict["msg"]
     # the cross-check's network
     other = ask(client, "gmm_open", expect=409, objective="pq", version={"qp": versions["pq"]})["detail"][0]
-    assert "gmm_open/qp is not served" in other["msg"]
+    assert f"version {versions['pq']} is gmm_open's pq network, not its qp network" in other["msg"], other
+    for objective, pin in (("pq", versions["qp"]), ("qp", versions["pq"])):  # the other network's version
+        swapped = ask(client, "gmm_open", expect=409, objective=objective, version=pin, cross_check=False)["detail"][0]
+        assert f"not its {objective} network" in swapped["msg"] and "is not served" not in swapped["msg"], swapped
     assert (
         "pin each network"
         in ask(client, "gmm_open", expect=422, objective="both", version=versions["pq"])["detail"][0]["msg"]
     )
     for bad in ("4209aa33", "XYZ", {"kl": versions["pq"]}):
         assert ask(client, "gmm_open", expect=422, version=bad)["detail"][0]["loc"][:2] == ["body", "version"]
+    # a version's form in words, not pydantic's regular expression: too short, upper case, 17 digits, one pin
+    for bad in ("4209aa33", versions["pq"].upper(), versions["pq"] + "0", {"pq": "xyz"}):
+        detail = ask(client, "gmm_open", expect=422, version=bad)["detail"][0]
+        assert "is not a network version: 16 lowercase hexadecimal digits" in detail["msg"], detail
+        assert "^" not in detail["msg"] and detail["type"] == "version_form"
 
 
 # reload: new, changed, removed, corrupt

@@ -34,6 +34,7 @@ from trainer.jobs import JobQueue, JobRecord
 
 bearer = HTTPBearer(auto_error=False, description="the token of AMORTIZED_ADMIN_TOKEN")
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
+ENDED = {"succeeded": "succeeded", "failed": "failed", "cancelled": "been cancelled"}  # "job ... has already ..."
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "no bearer token, or not the right one"},
     403: {"model": ErrorResponse, "description": "the job endpoints are off: set AMORTIZED_ADMIN_TOKEN"},
@@ -156,6 +157,47 @@ def retry_after(active: list[JobRecord], workers: int) -> int:
     return 60 * max(1, math.ceil(len(active) / max(workers, 1)))
 
 
+# Specs /docs offers for POST /v1/models ("Try it out"); tests/test_jobs.py posts each and expects its 202.
+SPEC_EXAMPLES: dict[str, dict[str, Any]] = {
+    "gmm_sigma5": {
+        "summary": "gmm with noise std 5 (both losses, the recipe's training)",
+        "value": {"name": "gmm_sigma5", "family": "gmm", "params": {"sigma": 5.0}, "family_options": {"input_gain": 1}},
+    },
+    "gaussian_noisy": {
+        "summary": "gaussian, pq only, a short training",
+        "value": {
+            "name": "gaussian_noisy",
+            "family": "gaussian",
+            "params": {"sigma": 2.0},
+            "objectives": ["pq"],
+            "training": {"steps": 300, "seed": 1},
+        },
+    },
+    "gmm_open_two_universes": {
+        "summary": "gmm_open with universes of its own",
+        "value": {
+            "name": "gmm_open_two",
+            "family": "gmm_open",
+            "params": {
+                "universes": [
+                    {"probability": 0.6, "weights": [0.5, 0.5], "means": [-4.0, 4.0], "stds": [1.0, 1.0]},
+                    {"probability": 0.4, "weights": [1.0], "means": [0.0], "stds": [3.0]},
+                ]
+            },
+        },
+    },
+    "gmm_mixture": {
+        "summary": "gmm, qp with q a mixture of 2 normals",
+        "value": {
+            "name": "gmm_k2",
+            "family": "gmm",
+            "objectives": ["qp"],
+            "family_options": {"mixture_components": 2},
+        },
+    },
+}
+
+
 @router.post(
     "/v1/models",
     status_code=202,
@@ -181,11 +223,8 @@ def submit(
     spec: Annotated[
         dict[str, Any],
         Body(
-            description="a variant spec",
-            examples=[
-                {"name": "gmm_sigma5", "family": "gmm", "params": {"sigma": 5.0}},
-                {"name": "gaussian_noisy", "family": "gaussian", "params": {"sigma": 2.0}, "objectives": ["pq"]},
-            ],
+            description="a variant spec: name, family, params; optional objectives, training and family_options",
+            openapi_examples=SPEC_EXAMPLES,
         ),
     ],
 ) -> Any:
@@ -270,7 +309,7 @@ def get_job(job_id: JobId, registry: RegistryDep, queue: QueueDep) -> dict:
 def cancel_job(job_id: JobId, registry: RegistryDep, queue: QueueDep) -> dict:
     record = found(queue, job_id)
     if record.status not in ("queued", "running"):
-        raise ApiError(409, ["path", "job_id"], f"job {job_id} is {record.status} already", "conflict")
+        raise ApiError(409, ["path", "job_id"], f"job {job_id} has already {ENDED[record.status]}", "conflict")
     if record.status == "running" and record.phase == "save" and record.step >= record.total_steps:
         raise ApiError(
             409,
