@@ -177,10 +177,26 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 await watcher
 
 
+MIN_ADMIN_TOKEN = 16  # characters; the README's command makes 43 (32 random bytes)
+
+
 def open_jobs(settings: Settings) -> JobQueue | None:
     """The job queue when the job endpoints are on (AMORTIZED_ADMIN_TOKEN), else None; says why if it cannot open."""
     if settings.admin_token is None:
         return None
+    length = len(settings.admin_token.get_secret_value())  # the token itself is never said
+    if length < MIN_ADMIN_TOKEN:
+        raise RuntimeError(
+            f"AMORTIZED_ADMIN_TOKEN has {length} characters: a bearer token guessable by trying is no lock; use at "
+            f"least {MIN_ADMIN_TOKEN} random ones, e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    if settings.embedded_worker is False and is_embedded(settings.queue_url):
+        logging.getLogger("service.jobs").warning(
+            "AMORTIZED_EMBEDDED_WORKER=0 with the SQLite queue %s: jobs wait until a worker on this machine consumes "
+            "it (python -m trainer worker); a queued job's record says so after %g s",
+            settings.queue_url,
+            settings.job_stale_seconds,
+        )
     try:
         return JobQueue(settings.queue_url, settings.artifacts_dir, settings.job_stale_seconds)
     except (OSError, ValueError) as error:

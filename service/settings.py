@@ -103,8 +103,8 @@ class Settings(BaseSettings):
     # compile on request (service/routers/jobs.py, trainer/jobs.py)
     admin_token: SecretStr | None = Field(
         None,
-        description="the bearer token of the job endpoints (POST /v1/models, /v1/jobs); unset or empty: they are off "
-        "(403)",
+        description="the bearer token of the job endpoints (POST /v1/models, /v1/jobs), at least 16 characters "
+        "(shorter stops the server at start); unset or empty: they are off (403)",
     )
     queue: str | None = Field(
         None,

@@ -7,7 +7,9 @@ committed variants (tests/test_service.py); a worker SIGKILLed mid-job; a
 running job cancelled.
 """
 
+import datetime as dt
 import json
+import logging
 import os
 import shutil
 import signal
@@ -31,7 +33,7 @@ from service.settings import Settings
 from tests.conftest import ARTIFACTS, EXAMPLES
 from tests.launch import ROOT, free_port, start_server
 from tests.test_service import VARIANTS, assert_answer_accurate, assert_meets_compile_bounds
-from trainer.jobs import HEARTBEAT_SECONDS, JobRecord, now_iso
+from trainer.jobs import CONSUMER_KEY, HEARTBEAT_SECONDS, JobRecord, now_iso
 
 TOKEN = "job-test-token-5d1c"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -596,6 +598,69 @@ def test_a_blank_token_leaves_the_job_api_off_and_whitespace_around_one_is_dropp
     """A token of spaces would turn the endpoints on with no way to log in (HTTP strips the header's whitespace)."""
     settings = Settings(admin_token=token)
     assert (settings.admin_token and settings.admin_token.get_secret_value()) == enabled
+
+
+@pytest.mark.parametrize("length", [1, 8, 15])
+def test_a_short_admin_token_stops_the_server_and_is_never_said(tmp_path, caplog, length):
+    """A token of any length used to be taken: one of a few characters is guessed by trying. Refused at start, naming
+    its length and how to make one, never the token itself (here a run of one letter, found in no message)."""
+    token = "~" * length
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(RuntimeError) as refused:
+        create_app(Settings(artifacts_dir=served_root(tmp_path), admin_token=token))
+    assert f"has {length} characters" in str(refused.value) and "at least 16" in str(refused.value)
+    assert "secrets.token_urlsafe" in str(refused.value)
+    assert token not in str(refused.value).replace("secrets.token_urlsafe", "") and token not in caplog.text
+    with TestClient(create_app(Settings(artifacts_dir=served_root(tmp_path / "ok"), admin_token="~" * 16))) as client:
+        assert client.get("/v1/jobs", headers={"Authorization": "Bearer " + "~" * 16}).status_code == 200
+
+
+def test_a_queued_job_says_when_no_worker_takes_jobs_from_its_queue(api):
+    """With AMORTIZED_EMBEDDED_WORKER=0 a SQLite queue has no consumer unless one is started: a job stayed queued for
+    ever without a word. Its record says so once it has waited the stale time, and not while a consumer is about."""
+    client, queue = api
+    job = client.post("/v1/models", json=SMALL, headers=AUTH).json()
+    assert job["waiting"] is None  # just posted: an embedded consumer may still be starting
+    old = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=queue.stale_seconds + 5)).isoformat()
+    queue.write(queue.read(job["id"]).model_copy(update={"created_at": old}))
+    never = client.get(f"/v1/jobs/{job['id']}", headers=AUTH).json()["waiting"]
+    assert "no worker has ever taken jobs from this queue" in never and "python -m trainer worker" in never, never
+    queue.mark_consumer("elsewhere:1")  # a consumer about: the job waits for its turn, nothing to say
+    assert client.get(f"/v1/jobs/{job['id']}", headers=AUTH).json()["waiting"] is None
+    gone = {"worker": "elsewhere:1", "seen": time.time() - 100}
+    queue.storage.put_data(CONSUMER_KEY, json.dumps(gone).encode())
+    listed = [j for j in client.get("/v1/jobs", headers=AUTH).json() if j["id"] == job["id"]][0]
+    assert "no worker has taken jobs for 100 s" in listed["waiting"], listed
+    assert JobRecord.model_validate_json(queue.storage.peek_data(f"job:{job['id']}")).waiting is None  # not stored
+
+
+def test_a_job_waiting_on_a_queue_without_consumer_runs_once_a_worker_starts(tmp_path):
+    """Live: a server with AMORTIZED_EMBEDDED_WORKER=0 on its SQLite queue; the job says no worker is about, then a
+    `python -m trainer worker` started on the same folder compiles it, and the hint is gone."""
+    root = served_root(tmp_path)
+    env = {"AMORTIZED_EMBEDDED_WORKER": "0", "AMORTIZED_JOB_STALE_SECONDS": "3"}
+    with live("embedded", root, env, tmp_path / "server.log") as deployment:
+        job = deployment.submit(SMALL)
+        waiting = deployment.wait(job["id"], lambda r: r["waiting"] is not None, timeout=30)
+        assert waiting["status"] == "queued" and "python -m trainer worker" in waiting["waiting"]
+        assert "AMORTIZED_EMBEDDED_WORKER=0" in (tmp_path / "server.log").read_text()  # the start's warning
+        log = (tmp_path / "worker.log").open("w")
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "trainer", "worker", "--artifacts", str(root), "--stale-seconds", "3"],
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
+        )
+        try:
+            done = deployment.wait(job["id"], served, timeout=180)
+        finally:
+            worker.terminate()
+            try:
+                worker.wait(15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+        assert done["status"] == "succeeded" and done["waiting"] is None, done
 
 
 @pytest.mark.parametrize(

@@ -66,6 +66,7 @@ log = logging.getLogger("trainer.jobs")
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ACTIVE: tuple[Status, ...] = ("queued", "running")
+CONSUMER_KEY = "consumer"  # beside the job records: {"worker": host:pid, "seen": epoch seconds} of the last consumer
 HEARTBEAT_SECONDS = 1.0  # how often a running job's worker rewrites its record (and reads the cancel flag)
 KEEP_FINISHED = 200  # finished job records kept for GET /v1/jobs; older ones are dropped on the next submit
 QUEUE_NAME = "amortized"
@@ -108,6 +109,11 @@ class JobRecord(BaseModel):
         "written: a running job lists the objectives it has finished, which are served from then on",
     )
     spec: dict[str, Any] = Field(..., description="the validated spec")
+    waiting: str | None = Field(
+        None,
+        description="a queued job's hint when no worker has taken jobs from this queue lately (none started, or all "
+        "stopped): how to start one; null while a worker is about (the job then waits for a free one)",
+    )
 
 
 # Huey's messages as JSON (no pickle)
@@ -210,7 +216,41 @@ class JobQueue:
         record = self._read_raw(job_id)
         return None if record is None else self._settle(record)
 
+    # the consumer's presence: every consumer rewrites it (run_worker), so a queued job can say when none is about
+
+    def mark_consumer(self, worker: str) -> None:
+        self.storage.put_data(CONSUMER_KEY, json.dumps({"worker": worker, "seen": time.time()}).encode())
+
+    def consumer_seen(self) -> float | None:
+        """When a consumer last said it was about (seconds since the epoch), or None if none ever did."""
+        data = self.storage.peek_data(CONSUMER_KEY)
+        if not isinstance(data, bytes | str):
+            return None
+        try:
+            return float(json.loads(data)["seen"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def waiting_hint(self, record: JobRecord, now: float) -> str | None:
+        """Why a queued job may wait for ever: no consumer seen for ``stale_seconds`` (None while one is about).
+
+        A job younger than ``stale_seconds`` gets no hint yet: an embedded consumer takes a moment to start.
+        """
+        created = dt.datetime.fromisoformat(record.created_at).timestamp()
+        seen = self.consumer_seen()
+        if now - created <= self.stale_seconds or (seen is not None and now - seen <= self.stale_seconds):
+            return None
+        when = "has ever taken jobs" if seen is None else f"has taken jobs for {now - seen:.0f} s"
+        return (
+            f"no worker {when} from this queue ({self.url.split('@')[-1]}): start one with python -m trainer worker "
+            "--queue <this queue> --artifacts <the served folder>, or with a SQLite queue let the server run it "
+            "(AMORTIZED_EMBEDDED_WORKER unset or 1)"
+        )
+
     def _settle(self, record: JobRecord) -> JobRecord:
+        if record.status == "queued":
+            hint = self.waiting_hint(record, time.time())
+            return record if hint is None else record.model_copy(update={"waiting": hint})  # said, not stored
         if record.status == "running" and time.time() - (record.heartbeat or 0) > self.stale_seconds:
             record = record.model_copy(
                 update={
@@ -367,7 +407,7 @@ class Tracker:
             update={
                 "started_at": now_iso(),
                 "heartbeat": time.time(),
-                "worker": f"{socket.gethostname()}:{os.getpid()}",
+                "worker": worker_name(),
             }
         )
         self.thread = threading.Thread(target=self._beat, name=f"heartbeat {record.id}", daemon=True)
@@ -434,6 +474,11 @@ def stay_served(written: dict[str, str]) -> str:
     return f"; {', '.join(sorted(written))} finished before and stay served (versions in this record)"
 
 
+def worker_name() -> str:
+    """This process as a job record names its worker: host:pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -466,6 +511,21 @@ def run_worker(
         check_worker_health=True,
         health_check_interval=health_check_seconds,
     )
+
+    @queue.huey.on_startup("presence")
+    def presence() -> None:  # in each worker process, once forked: a thread started before the fork could hold
+        # the SQLite storage's lock as the fork copies it, and the worker would wait on it for ever
+        def beat() -> None:
+            own = JobQueue(url, stale_seconds=stale_seconds)  # this thread's own connection to the store
+            while True:
+                try:
+                    own.mark_consumer(worker_name())
+                except Exception:  # the store is briefly unreachable: said again at the next beat
+                    log.exception("could not mark this worker present in the queue")
+                time.sleep(min(HEARTBEAT_SECONDS * 5, stale_seconds / 3))
+
+        threading.Thread(target=beat, name="worker presence", daemon=True).start()
+
     if parent_pid is not None:
 
         def orphaned() -> None:
