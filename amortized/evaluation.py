@@ -172,3 +172,27 @@ def evaluate(model: ConjugateMixtureModel, net: InferenceNetwork, objective: str
             for name in learned
         }
     return metrics
+
+
+# A recompiled network replaces the served one only if it is not clearly worse on the same test set: its own
+# objective's mean KL may exceed the served one's by at most this much (seeds and recipes move a good network's
+# score by about 1e-3 nats on the committed variants; a bad recipe by orders of magnitude).
+REPLACE_TOLERANCE_NATS = 0.01
+REPLACE_TOLERANCE_RATIO = 0.1
+
+
+def clearly_worse(new: dict, served: dict, objective: str) -> str | None:
+    """Why a network scored ``new`` is clearly worse than one scored ``served`` (both :func:`evaluate`'s), or None.
+
+    Compares each one's own objective's mean KL over the test set (``kl_pq`` for pq, ``kl_qp`` for qp, nats):
+    worse when new > served + max(REPLACE_TOLERANCE_NATS, REPLACE_TOLERANCE_RATIO x served). Raises ValueError
+    when the two were scored on different test sets (sizes or seeds), which are not comparable.
+    """
+    if new.get("test_set") != served.get("test_set"):
+        raise ValueError(f"scored on different test sets ({new.get('test_set')} and {served.get('test_set')})")
+    key = f"kl_{objective}"
+    ours, theirs = float(new[key]), float(served[key])
+    allowed = theirs + max(REPLACE_TOLERANCE_NATS, REPLACE_TOLERANCE_RATIO * abs(theirs))
+    if ours <= allowed or math.isnan(theirs):
+        return None
+    return f"{key} {ours:.4g} nats on the test set, against the served network's {theirs:.4g} (at most {allowed:.4g})"

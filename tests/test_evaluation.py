@@ -71,3 +71,24 @@ def test_moment_matching_is_the_forward_kl_minimum():
     for d_mean, scale in [(0.05, 1), (-0.05, 1), (0, 1.02), (0, 0.98)]:
         moved = BranchedNormal(match.log_probs, match.means + d_mean, match.stds * scale)
         assert (kl_divergences(model, exact, moved)[0] > base).all()
+
+
+def test_a_recompiled_network_is_clearly_worse_only_past_the_tolerance():
+    """The replace rule of jobs: the objective's own KL may exceed the served one's by max(0.01 nats, 10%)."""
+    from amortized.evaluation import REPLACE_TOLERANCE_NATS, REPLACE_TOLERANCE_RATIO, clearly_worse
+
+    test_set = {"size": 1000, "seed": 1}
+    scored = lambda kl_pq, kl_qp: {"test_set": test_set, "kl_pq": kl_pq, "kl_qp": kl_qp}  # noqa: E731
+    for served in (0.0, 0.002, 0.05, 3.0):
+        allowed = served + max(REPLACE_TOLERANCE_NATS, REPLACE_TOLERANCE_RATIO * served)
+        for objective in ("pq", "qp"):
+            other = "qp" if objective == "pq" else "pq"
+            at_bound = {f"kl_{objective}": allowed, f"kl_{other}": 1e9}  # the other objective's KL does not count
+            assert clearly_worse(scored(**at_bound), scored(served, served), objective) is None
+            past = {f"kl_{objective}": math.nextafter(allowed, math.inf) * (1 + 1e-9), f"kl_{other}": 0.0}
+            why = clearly_worse(scored(**past), scored(served, served), objective)
+            assert why is not None and why.startswith(f"kl_{objective} ") and f"{allowed:.4g}" in why
+    assert clearly_worse(scored(math.nan, math.nan), scored(0.1, 0.1), "pq") is not None  # a NaN score: worse
+    assert clearly_worse(scored(5.0, 5.0), scored(math.nan, math.nan), "qp") is None  # a NaN served: replaced
+    with pytest.raises(ValueError, match="different test sets"):
+        clearly_worse({**scored(0, 0), "test_set": {"size": 10, "seed": 1}}, scored(0, 0), "pq")

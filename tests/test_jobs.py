@@ -560,6 +560,32 @@ def test_an_example_spec_compiles_through_the_api_and_passes_the_accuracy_tests(
     assert TOKEN not in deployment.log.read_text()  # the access log never prints the Authorization header
 
 
+def test_a_recompile_that_scores_worse_keeps_the_served_network_unless_told_to_replace_it(deployment):
+    """A newcomer re-posted a served name with a bad recipe: it replaced the network and deleted its weights, and
+    pinned clients got 409. Now the job fails saying the served network stays (files and pin intact); with
+    ?replace=always the new one replaces it."""
+    name = f"keep_{deployment.mode}"
+    spec = SMALL | {"name": name, "training": {"steps": 300, "seed": 2}}
+    good = deployment.wait(deployment.submit(spec)["id"], served)
+    assert good["status"] == "succeeded", good
+    version, folder = good["versions"]["pq"], deployment.root / name
+    files = {path.name: path.read_bytes() for path in folder.iterdir() if path.name.startswith("pq")}
+    bad = spec | {"training": {"steps": 1, "learning_rate": 1.0, "seed": 3}}
+    kept = deployment.wait(deployment.submit(bad)["id"], finished)
+    assert kept["status"] == "failed" and kept["versions"] == {}, kept
+    assert f"the served one ({version}) stays" in kept["error"] and "?replace=always" in kept["error"], kept["error"]
+    assert kept["metrics"]["pq"]["kl_pq"] > good["metrics"]["pq"]["kl_pq"] + 0.01  # the rejected network's scores
+    assert {path.name: path.read_bytes() for path in folder.iterdir() if path.name.startswith("pq")} == files
+    pinned = deployment.http.post(f"/v1/models/{name}/posterior", json={"y": 1.0, "version": version, "seed": 1})
+    assert pinned.status_code == 200, pinned.text
+    response = deployment.http.post("/v1/models", params={"replace": "always"}, json=bad)
+    assert response.status_code == 202 and response.json()["replace"] == "always", response.text
+    replaced = deployment.wait(response.json()["id"], served)
+    assert replaced["status"] == "succeeded" and replaced["versions"]["pq"] != version, replaced
+    wrong = deployment.http.post("/v1/models", params={"replace": "sometimes"}, json=bad)
+    assert wrong.status_code == 422 and wrong.json()["detail"][0]["loc"] == ["query", "replace"], wrong.text
+
+
 def test_a_worker_killed_mid_job_fails_the_job_in_bounded_time_and_the_next_job_runs(deployment):
     before = {path: load_artifact(path).version for path in manifest_paths(deployment.root)}
     job = deployment.submit(LONG)

@@ -173,3 +173,32 @@ def test_a_bad_worker_variable_stops_the_worker_only_and_names_itself(
     assert main(["worker", "--artifacts", str(tmp_path)]) == 2
     assert f"${variable}={value!r} (the default of {flag}): {why}" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # refused before the queue was opened
+
+
+@pytest.mark.parametrize("model, objective", [("gaussian", "qp"), ("gmm_discrete", "pq")])
+def test_replace_if_better_keeps_a_served_network_that_a_bad_recipe_would_replace(tmp_path, capsys, model, objective):
+    """A recompile with a bad recipe (one step at rate 1) replaced a good network and deleted its weights. With
+    --replace if_better (the job API's default) the served files stay byte for byte and the exit status says so;
+    a recipe as good replaces it; --replace always replaces it whatever it scores."""
+    import shutil
+
+    shutil.copytree(ARTIFACTS / model, tmp_path / model)
+    folder = tmp_path / model
+    before = {path.name: path.read_bytes() for path in folder.iterdir() if path.name.startswith(objective)}
+    bad = ["compile", "--model", model, "--objective", objective, "--steps", "1", "--learning-rate", "1.0"]
+    common = ["--jobs", "1", "--no-figures", "--out", str(tmp_path)]
+    assert main([*bad, *common, "--replace", "if_better"]) == 1
+    captured = capsys.readouterr()
+    served = load_artifact(folder / f"{objective}.json").manifest
+    assert f"not written: the served network {served.version} stays (kl_{objective} " in captured.out, captured.out
+    assert "compiled 0 artifact(s)" in captured.out and "kept (--replace if_better)" in captured.err
+    after = {path.name: path.read_bytes() for path in folder.iterdir() if path.name.startswith(objective)}
+    assert after == before
+    # the recipe's own settings: as good (within the tolerance), so written
+    seed = ["compile", "--model", model, "--objective", objective, "--seed", "5"]
+    assert main([*seed, *common, "--replace", "if_better"]) == 0
+    good = load_artifact(folder / f"{objective}.json").manifest
+    assert good.version != served.version and good.training.seed == 5
+    assert main([*bad, *common]) == 0  # always, the command line's default
+    worse = load_artifact(folder / f"{objective}.json").manifest
+    assert worse.version != good.version and worse.metrics[f"kl_{objective}"] > good.metrics[f"kl_{objective}"] + 0.01

@@ -94,6 +94,13 @@ def parser() -> argparse.ArgumentParser:
     compile_.add_argument("--out", type=Path, default=Path("artifacts"), help="artifact folder (default artifacts/)")
     compile_.add_argument("--jobs", type=positive_int, default=2, help="parallel worker processes (default 2)")
     compile_.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    compile_.add_argument(
+        "--replace",
+        choices=["always", "if_better"],
+        default="always",
+        help="always (default): a new network replaces the one in --out; if_better: not when it scores clearly worse "
+        "on the test set (its objective's KL; the job API's default); a network kept so makes the exit status 1",
+    )
 
     report_ = commands.add_parser("report", help="print the evaluation table of all artifacts")
     report_.add_argument("--dir", type=Path, default=Path("artifacts"), help="artifact folder (default artifacts/)")
@@ -344,7 +351,11 @@ def compile_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    jobs = [Job(spec=spec, objective=objective, out=args.out) for spec in specs for objective in spec.objectives]
+    jobs = [
+        Job(spec=spec, objective=objective, out=args.out, replace=args.replace)
+        for spec in specs
+        for objective in spec.objectives
+    ]
     try:
         results, seconds = timed(compile_all, jobs, args.jobs, not args.no_figures)
     except KeyboardInterrupt:
@@ -355,14 +366,18 @@ def compile_command(args: argparse.Namespace) -> int:
     print()
     for row in sorted(results, key=lambda r: (r["variant"], r["objective"])):
         gap, t = row["metrics"]["amortisation_gap"], row["times"]
+        where = row["path"] or f"not written: the served network {row['kept']['version']} stays ({row['kept']['why']})"
         print(
             f"{row['variant']:>13}/{row['objective']}: gap {'n/a' if gap is None else f'{gap:.4f}'} nats; "
             f"{t['total']:.1f} s (train {t['train']:.1f}, evaluate {t['evaluate']:.1f}, calibrate "
             f"{t['calibrate']:.1f}; "
-            f"{t['cpu']:.1f} s CPU) -> {row['path']}"
+            f"{t['cpu']:.1f} s CPU) -> {where}"
         )
-    print(f"compiled {len(results)} artifact(s) in {seconds:.1f} s wall-clock")
-    return 0
+    kept = sum(row["kept"] is not None for row in results)
+    print(f"compiled {len(results) - kept} artifact(s) in {seconds:.1f} s wall-clock")
+    if kept:
+        print(f"{kept} served network(s) kept (--replace if_better): exit status 1", file=sys.stderr)
+    return 1 if kept else 0
 
 
 def remove_empty(folders: list[Path]) -> None:

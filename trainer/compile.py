@@ -9,18 +9,21 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tqdm import tqdm
 
-from amortized.artifacts import STAGING, atomic_write, discover_artifacts, save_artifact
+from amortized.artifacts import STAGING, atomic_write, discover_artifacts, load_artifact, save_artifact
 from amortized.calibration import calibration
-from amortized.evaluation import evaluate
+from amortized.evaluation import clearly_worse, evaluate
 from amortized.losses import Objective
+from amortized.models import ConjugateMixtureModel
 from amortized.networks import DEFAULT_ARCHITECTURE
 from amortized.training import ProgressCallback, compile_network
 from amortized.variants import VariantSpec
 
+Replace = Literal["always", "if_better"]
 JobProgress = Callable[[str, int, float, str], None]  # (objective, step, running loss, phase)
 
 
@@ -32,6 +35,8 @@ class Job:
     objective: Objective
     out: Path
     position: int = 0
+    # "always": the new network replaces a served one; "if_better": not when it scores clearly worse (kept_served)
+    replace: Replace = "always"
 
     @property
     def total_steps(self) -> int:
@@ -74,13 +79,17 @@ def run_job(job: Job, progress: ProgressCallback | None = None) -> dict:
         progress(config.total_steps, last, "evaluate")
     metrics = evaluate(model, network, job.objective)
     evaluated = time.perf_counter()
-    if progress is not None:
-        progress(config.total_steps, last, "calibrate")
-    metrics["calibration"] = calibration(model, network)
+    kept = kept_served(job, model, metrics) if job.replace == "if_better" else None
+    path = None
+    if kept is None:  # else the served network stays: nothing calibrated, nothing written
+        if progress is not None:
+            progress(config.total_steps, last, "calibrate")
+        metrics["calibration"] = calibration(model, network)
     calibrated = time.perf_counter()
-    if progress is not None:
-        progress(config.total_steps, last, "save")
-    path = save_artifact(job.out, model, network, job.objective, config, result, metrics, variant=name)
+    if kept is None:
+        if progress is not None:
+            progress(config.total_steps, last, "save")
+        path = save_artifact(job.out, model, network, job.objective, config, result, metrics, variant=name)
     times = {
         "train": trained - started,
         "evaluate": evaluated - trained,
@@ -93,10 +102,34 @@ def run_job(job: Job, progress: ProgressCallback | None = None) -> dict:
         "family": job.spec.family,
         "objective": job.objective,
         "seconds": result["seconds"],
-        "path": str(path),
+        "path": None if path is None else str(path),
         "metrics": metrics,
+        "kept": kept,  # None, or the served network that stays: {"version", "why"}
         "times": times,
     }
+
+
+def kept_served(job: Job, model: ConjugateMixtureModel, metrics: dict) -> dict[str, str] | None:
+    """The served network this job's would replace, if the new one scores clearly worse; else None.
+
+    ``{"version": ..., "why": ...}`` (:func:`amortized.evaluation.clearly_worse` says why). Nothing served, a
+    manifest that cannot be read, or one of other parameters: None (nothing to keep). A manifest scored on
+    another test set is scored again here, on this one.
+    """
+    path = job.out / job.spec.name / f"{job.objective}.json"
+    if not path.exists():
+        return None
+    try:
+        served = load_artifact(path)
+    except Exception:  # unreadable or refused (checksum): the registry does not serve it either
+        return None
+    if (served.manifest.family, served.manifest.model_params) != (job.spec.family, job.spec.params):
+        return None
+    try:
+        why = clearly_worse(metrics, served.manifest.metrics, job.objective)
+    except ValueError:  # scored on another test set (an older trainer): scored again on this one
+        why = clearly_worse(metrics, evaluate(model, served.network, job.objective), job.objective)
+    return None if why is None else {"version": served.manifest.version, "why": why}
 
 
 # Relative CPU cost of one step, measured on gmm (pq 0.77 ms, the pq-to-qp blend 1.77 ms, qp 1.3 ms at batch 256);
@@ -125,7 +158,7 @@ def compile_all(
     """
     # longest first: a greedy schedule that ends the pool together
     jobs = sorted(jobs, key=lambda j: -estimated_cost(j))
-    jobs = [Job(job.spec, job.objective, job.out, position=i) for i, job in enumerate(jobs)]
+    jobs = [Job(job.spec, job.objective, job.out, position=i, replace=job.replace) for i, job in enumerate(jobs)]
     outs = {job.spec.name: job.out for job in jobs}
     if workers <= 1:
         results = [run_job(job, progress and functools.partial(progress, job.objective)) for job in jobs]

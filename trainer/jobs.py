@@ -109,6 +109,11 @@ class JobRecord(BaseModel):
         "written: a running job lists the objectives it has finished, which are served from then on",
     )
     spec: dict[str, Any] = Field(..., description="the validated spec")
+    replace: Literal["if_better", "always"] = Field(
+        "if_better",
+        description="if_better: a network that scores clearly worse than the served one (its objective's KL on the "
+        "test set) is not written, the served one stays and the job fails saying so; always: it replaces it",
+    )
     waiting: str | None = Field(
         None,
         description="a queued job's hint when no worker has taken jobs from this queue lately (none started, or all "
@@ -310,7 +315,7 @@ class JobQueue:
 
     # the API's side
 
-    def submit(self, spec: VariantSpec) -> JobRecord:
+    def submit(self, spec: VariantSpec, replace: Literal["if_better", "always"] = "if_better") -> JobRecord:
         """Store the job as queued, then enqueue its task (same id): a worker never sees a job without a record."""
         job_id = uuid.uuid4().hex
         record = JobRecord(
@@ -322,6 +327,7 @@ class JobQueue:
             total_steps=sum(spec.training_config(o).total_steps for o in spec.objectives),
             created_at=now_iso(),
             spec=spec.model_dump(mode="json"),
+            replace=replace,
         )
         self._prune(self.records())
         self.write(record)
@@ -367,7 +373,10 @@ class JobQueue:
         tracker.start()
         try:
             spec = parse_spec(spec_data, f"job {job_id}")  # checked when posted; again, as the CLI does
-            jobs = [Job(spec=spec, objective=objective, out=self.artifacts_dir) for objective in spec.objectives]
+            jobs = [
+                Job(spec=spec, objective=objective, out=self.artifacts_dir, replace=record.replace)
+                for objective in spec.objectives
+            ]
             rows = compile_all(jobs, workers=1, figures=True, progress=tracker.progress)
         except JobCancelled:
             self.stopped(tracker, "cancelled", "cancelled on request")
@@ -380,11 +389,24 @@ class JobQueue:
         else:
             from amortized.artifacts import read_manifest
 
-            tracker.finish(
-                "succeeded",
-                metrics={row["objective"]: row["metrics"] for row in rows},
-                versions={row["objective"]: read_manifest(Path(row["path"])).version for row in rows},
+            metrics = {row["objective"]: row["metrics"] for row in rows}  # a network not written: its scores too
+            versions = {row["objective"]: read_manifest(Path(row["path"])).version for row in rows if row["path"]}
+            kept = [row for row in rows if row["kept"] is not None]
+            if not kept:
+                tracker.finish("succeeded", metrics=metrics, versions=versions)
+                return
+            whys = "; ".join(
+                f"the new {row['objective']} network scored {row['kept']['why']}: the served one "
+                f"({row['kept']['version']}) stays"
+                for row in kept
             )
+            written = (
+                f"; the new {' and '.join(sorted(versions))} network replaced the served one (versions in this record)"
+                if versions
+                else "; no artifact was written"
+            )
+            advice = ". Post the spec again with ?replace=always to replace it anyway"
+            tracker.finish("failed", error=whys + written + advice, metrics=metrics, versions=versions)
 
 
 class Tracker:

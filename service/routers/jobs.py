@@ -15,7 +15,7 @@ from __future__ import annotations
 import hmac
 import math
 from collections.abc import Callable, Coroutine
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -227,6 +227,14 @@ def submit(
             openapi_examples=SPEC_EXAMPLES,
         ),
     ],
+    replace: Annotated[
+        Literal["if_better", "always"],
+        Query(
+            description="for a variant already served: if_better (default) keeps the served network when the new one "
+            "scores clearly worse on the test set (its objective's KL; the job then fails saying so), always replaces "
+            "it"
+        ),
+    ] = "if_better",
 ) -> Any:
     settings: Settings = request.app.state.settings
     try:
@@ -268,7 +276,7 @@ def submit(
             "too_many_jobs",
             {"Retry-After": str(retry_after(active, settings.job_workers))},
         )
-    record = queue.submit(variant)
+    record = queue.submit(variant, replace)
     response.headers["Location"] = f"/v1/jobs/{record.id}"
     return answer(record, registry)
 
