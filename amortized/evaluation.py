@@ -196,3 +196,32 @@ def clearly_worse(new: dict, served: dict, objective: str) -> str | None:
     if ours <= allowed or math.isnan(theirs):
         return None
     return f"{key} {ours:.4g} nats on the test set, against the served network's {theirs:.4g} (at most {allowed:.4g})"
+
+
+# A compiled network's amortisation gap (its objective's, nats) up to this is called good: the committed networks'
+# are 0.0002 to 0.02 (README results table); past it the network is far from the best its family can do.
+GOOD_GAP_NATS = 0.05
+
+
+def compile_quality(metrics: dict, objective: str) -> dict[str, Any]:
+    """How close a compiled network is to its family's best, from :func:`evaluate`'s ``metrics``.
+
+    ``{"verdict": "good" | "poor" | "unknown", "amortisation_gap": nats or None, "why": text}``: good when the
+    objective's amortisation gap is at most GOOD_GAP_NATS, poor above it (or not a number), unknown where the
+    family's best is not known (a mixture of fewer normals than a branch's posterior components).
+    """
+    gap = metrics.get(f"gap_{objective}")
+    if gap is None:
+        return {
+            "verdict": "unknown",
+            "amortisation_gap": None,
+            "why": "the family's best is not known for this layout: judge each answer by its query-time verdict",
+        }
+    good = gap <= GOOD_GAP_NATS  # False for NaN
+    relation = "at most" if good else "above"
+    return {
+        "verdict": "good" if good else "poor",
+        "amortisation_gap": gap,
+        "why": f"amortisation gap {gap:.4g} nats on the test set, {relation} {GOOD_GAP_NATS}"
+        + ("" if good else ": far from the best its family can do; check the training settings"),
+    }

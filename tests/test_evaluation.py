@@ -92,3 +92,24 @@ def test_a_recompiled_network_is_clearly_worse_only_past_the_tolerance():
     assert clearly_worse(scored(5.0, 5.0), scored(math.nan, math.nan), "qp") is None  # a NaN served: replaced
     with pytest.raises(ValueError, match="different test sets"):
         clearly_worse({**scored(0, 0), "test_set": {"size": 10, "seed": 1}}, scored(0, 0), "pq")
+
+
+def test_a_compiled_networks_quality_is_good_up_to_the_gap_bound_and_poor_past_it():
+    from amortized.evaluation import GOOD_GAP_NATS, compile_quality
+
+    for objective in ("pq", "qp"):
+        at = compile_quality({f"gap_{objective}": GOOD_GAP_NATS}, objective)
+        assert at["verdict"] == "good" and at["amortisation_gap"] == GOOD_GAP_NATS
+        past = compile_quality({f"gap_{objective}": math.nextafter(GOOD_GAP_NATS, 1.0)}, objective)
+        assert past["verdict"] == "poor" and "check the training settings" in past["why"]
+        assert compile_quality({f"gap_{objective}": math.nan}, objective)["verdict"] == "poor"
+        assert compile_quality({f"gap_{objective}": None}, objective)["verdict"] == "unknown"
+    # the committed networks: each objective's own gap is good, as the README's table says
+    from amortized.artifacts import discover_artifacts
+    from tests.conftest import ARTIFACTS
+
+    loaded, refused = discover_artifacts(ARTIFACTS)
+    assert loaded and not refused
+    for (variant, objective), artifact in loaded.items():
+        verdict = compile_quality(artifact.manifest.metrics, objective)["verdict"]
+        assert verdict in ("good", "unknown"), (variant, objective, artifact.manifest.metrics.get(f"gap_{objective}"))

@@ -567,7 +567,7 @@ def test_a_recompile_that_scores_worse_keeps_the_served_network_unless_told_to_r
     name = f"keep_{deployment.mode}"
     spec = SMALL | {"name": name, "training": {"steps": 300, "seed": 2}}
     good = deployment.wait(deployment.submit(spec)["id"], served)
-    assert good["status"] == "succeeded", good
+    assert good["status"] == "succeeded" and good["quality"]["pq"]["verdict"] == "good", good
     version, folder = good["versions"]["pq"], deployment.root / name
     files = {path.name: path.read_bytes() for path in folder.iterdir() if path.name.startswith("pq")}
     bad = spec | {"training": {"steps": 1, "learning_rate": 1.0, "seed": 3}}
@@ -582,6 +582,7 @@ def test_a_recompile_that_scores_worse_keeps_the_served_network_unless_told_to_r
     assert response.status_code == 202 and response.json()["replace"] == "always", response.text
     replaced = deployment.wait(response.json()["id"], served)
     assert replaced["status"] == "succeeded" and replaced["versions"]["pq"] != version, replaced
+    assert replaced["quality"]["pq"]["verdict"] == "poor" and replaced["quality"]["pq"]["amortisation_gap"] > 0.05
     wrong = deployment.http.post("/v1/models", params={"replace": "sometimes"}, json=bad)
     assert wrong.status_code == 422 and wrong.json()["detail"][0]["loc"] == ["query", "replace"], wrong.text
 

@@ -200,5 +200,6 @@ def test_replace_if_better_keeps_a_served_network_that_a_bad_recipe_would_replac
     good = load_artifact(folder / f"{objective}.json").manifest
     assert good.version != served.version and good.training.seed == 5
     assert main([*bad, *common]) == 0  # always, the command line's default
+    assert "poor: amortisation gap" in capsys.readouterr().out  # written, and said to be far from its best
     worse = load_artifact(folder / f"{objective}.json").manifest
     assert worse.version != good.version and worse.metrics[f"kl_{objective}"] > good.metrics[f"kl_{objective}"] + 0.01

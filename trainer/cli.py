@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from amortized.artifacts import ArtifactError, manifest_paths, upgrade_manifest
+from amortized.evaluation import compile_quality
 from amortized.losses import OBJECTIVES
 from amortized.models import MODELS
 from amortized.training import BLEND, WARM_START
@@ -367,6 +368,9 @@ def compile_command(args: argparse.Namespace) -> int:
     for row in sorted(results, key=lambda r: (r["variant"], r["objective"])):
         gap, t = row["metrics"]["amortisation_gap"], row["times"]
         where = row["path"] or f"not written: the served network {row['kept']['version']} stays ({row['kept']['why']})"
+        quality = compile_quality(row["metrics"], row["objective"])
+        if quality["verdict"] == "poor":
+            where += f"\n  poor: {quality['why']}"
         print(
             f"{row['variant']:>13}/{row['objective']}: gap {'n/a' if gap is None else f'{gap:.4f}'} nats; "
             f"{t['total']:.1f} s (train {t['train']:.1f}, evaluate {t['evaluate']:.1f}, calibrate "

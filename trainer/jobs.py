@@ -109,6 +109,12 @@ class JobRecord(BaseModel):
         "written: a running job lists the objectives it has finished, which are served from then on",
     )
     spec: dict[str, Any] = Field(..., description="the validated spec")
+    quality: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="each compiled objective's closeness to its family's best: {\"verdict\": good, poor or unknown, "
+        '"amortisation_gap": nats, "why"} (amortized.evaluation.compile_quality); a poor network is still served, '
+        "and each answer's diagnostics say how far to trust it",
+    )
     replace: Literal["if_better", "always"] = Field(
         "if_better",
         description="if_better: a network that scores clearly worse than the served one (its objective's KL on the "
@@ -388,12 +394,14 @@ class JobQueue:
             self.stopped(tracker, "failed", f"{type(error).__name__}: {error}")
         else:
             from amortized.artifacts import read_manifest
+            from amortized.evaluation import compile_quality
 
             metrics = {row["objective"]: row["metrics"] for row in rows}  # a network not written: its scores too
+            quality = {o: compile_quality(m, o) for o, m in metrics.items()}
             versions = {row["objective"]: read_manifest(Path(row["path"])).version for row in rows if row["path"]}
             kept = [row for row in rows if row["kept"] is not None]
             if not kept:
-                tracker.finish("succeeded", metrics=metrics, versions=versions)
+                tracker.finish("succeeded", metrics=metrics, versions=versions, quality=quality)
                 return
             whys = "; ".join(
                 f"the new {row['objective']} network scored {row['kept']['why']}: the served one "
@@ -406,7 +414,7 @@ class JobQueue:
                 else "; no artifact was written"
             )
             advice = ". Post the spec again with ?replace=always to replace it anyway"
-            tracker.finish("failed", error=whys + written + advice, metrics=metrics, versions=versions)
+            tracker.finish("failed", error=whys + written + advice, metrics=metrics, versions=versions, quality=quality)
 
 
 class Tracker:
