@@ -63,6 +63,16 @@ class Settings(BaseSettings):
         "the event loop;"
         " also the most a micro-batch holds",
     )
+    heavy_concurrency: int = Field(
+        2,
+        ge=1,
+        le=1000,
+        description="heavy requests (more draws than offload_samples) answered at once, each until its answer is sent; "
+        "the others wait (service/admission.py). Bounds memory: 4.8 million draws make about 115 MB of JSON",
+    )
+    heavy_wait_seconds: float = Field(
+        30.0, gt=0, le=3600, description="the longest a heavy request waits for a place; then 503 with Retry-After"
+    )
     cross_check_samples: int = Field(
         DEFAULT_CHECK_SAMPLES,
         ge=100,

@@ -31,7 +31,7 @@ from amortized.variants import parse_spec, read_spec
 from service.main import create_app
 from service.settings import Settings
 from tests.conftest import ARTIFACTS, EXAMPLES
-from tests.launch import ROOT, free_port, start_server
+from tests.launch import ROOT, free_port, start_server, stop_server
 from tests.test_service import VARIANTS, assert_answer_accurate, assert_meets_compile_bounds
 from trainer.jobs import CONSUMER_KEY, HEARTBEAT_SECONDS, JobRecord, now_iso
 
@@ -518,12 +518,7 @@ def live(mode: str, root: Path, env: dict[str, str], log: Path) -> Iterator[JobC
             yield JobClient(mode, url, root, log)
         finally:
             for process in processes:
-                process.terminate()
-                try:
-                    process.wait(15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+                stop_server(process)
 
 
 @pytest.fixture(scope="module", params=["embedded", "redis"])
@@ -681,12 +676,7 @@ def test_a_job_waiting_on_a_queue_without_consumer_runs_once_a_worker_starts(tmp
         try:
             done = deployment.wait(job["id"], served, timeout=180)
         finally:
-            worker.terminate()
-            try:
-                worker.wait(15)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+            stop_server(worker)  # terminate, and kill after 15 s
         assert done["status"] == "succeeded" and done["waiting"] is None, done
 
 

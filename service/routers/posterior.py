@@ -24,6 +24,7 @@ from amortized.importance.streams import draw_seed
 from amortized.inputs import quoted
 from amortized.mixture import base_model
 from service import arrow
+from service.admission import HeavyAdmission
 from service.answers import PosteriorQuery, answer
 from service.dependencies import BODY_ERRORS, QUERY_ERRORS, ServedModelDep, check_version, known_query
 from service.errors import ApiError
@@ -71,6 +72,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         "description": "the Accept header admits none of the answer's media types (the message names them)",
     },
     422: {"model": ErrorResponse, "description": "invalid field: the body names it and why"},
+    503: {
+        "model": ErrorResponse,
+        "description": "a large request (more draws than AMORTIZED_OFFLOAD_SAMPLES) found no place among those "
+        "answered at once within AMORTIZED_HEAVY_WAIT_SECONDS; Retry-After says when to try again",
+    },
 }
 
 
@@ -244,22 +250,33 @@ async def posterior(
     )
     check_cost(query, settings)
     started = time.perf_counter()
-    if query.size > settings.offload_samples:  # heavy (draws of every objective and of the cross-check): off the loop
-        results = await run_in_threadpool(answer, query)
-    elif settings.micro_batch:
-        results = await state.batcher.answer(query)
-    else:
-        results = answer(query)
-    answered = time.perf_counter()
-    metrics: Metrics = state.metrics
-    metrics.answered(served.name, len(y))
-    if media == "arrow":
-        metadata = {"model": served.name, "seed": str(seed), "batch": str(isinstance(request.y, list)).lower()}
-        response = Response(arrow.stream(results, metadata), media_type=arrow.MEDIA_TYPE, headers=VARY_ACCEPT)
-    elif isinstance(request.y, list):
-        response = json_response({"model": served.name, "seed": seed, "results": results}, headers=VARY_ACCEPT)
-    else:
-        response = json_response(results[0], headers=VARY_ACCEPT)
+    heavy = query.size > settings.offload_samples  # draws of every objective and of the cross-check
+    admission: HeavyAdmission = state.admission
+    token = await admission.enter(query.size) if heavy else None  # heavy: a few at a time (service/admission.py)
+    try:
+        if heavy:  # off the event loop
+            results = await run_in_threadpool(answer, query)
+        elif settings.micro_batch:
+            results = await state.batcher.answer(query)
+        else:
+            results = answer(query)
+        answered = time.perf_counter()
+        metrics: Metrics = state.metrics
+        metrics.answered(served.name, len(y))
+        if media == "arrow":
+            metadata = {"model": served.name, "seed": str(seed), "batch": str(isinstance(request.y, list)).lower()}
+            response = Response(arrow.stream(results, metadata), media_type=arrow.MEDIA_TYPE, headers=VARY_ACCEPT)
+        elif isinstance(request.y, list):
+            response = json_response({"model": served.name, "seed": seed, "results": results}, headers=VARY_ACCEPT)
+        else:
+            response = json_response(results[0], headers=VARY_ACCEPT)
+    except BaseException:
+        if token is not None:
+            admission.leave(token)
+        raise
+    if token is not None:  # the place is held until the response, and with it its bytes, is gone
+        del results
+        admission.hold_until_gone(token, response)
     # where the server's time went (W3C Server-Timing, ms): the answer (a micro-batch's wait included), the bytes
     response.headers["Server-Timing"] = (
         f"answer;dur={1e3 * (answered - started):.2f}, serialise;dur={1e3 * (time.perf_counter() - answered):.2f}"

@@ -1,0 +1,160 @@
+"""Heavy requests are admitted a few at a time (service/admission.py): the others wait, then get 503.
+
+A newcomer's 12 concurrent requests of 4.8 million draws each took the server to 3.3 GB; bench/heavy_answers.py
+measures the memory. Here: the places are held until the answer is gone and freed on every path, light requests
+never wait, and a client that goes away frees its place.
+"""
+
+import asyncio
+import gc
+import threading
+import time
+
+import httpx
+import pytest
+
+from service.admission import HeavyAdmission
+from service.errors import ApiError
+from service.main import create_app
+from service.routers import posterior as posterior_route
+from service.settings import Settings
+from tests.conftest import ARTIFACTS
+from tests.launch import start_server, stop_server
+
+
+def test_a_place_is_held_until_its_holder_is_gone_and_a_waiter_past_its_time_gets_503():
+    async def scenario():
+        admission = HeavyAdmission(places=1, wait_seconds=0.2)
+        first = await admission.enter(10)
+        with pytest.raises(ApiError) as busy:
+            await admission.enter(20)
+        assert busy.value.status == 503 and busy.value.headers == {"Retry-After": "1"}
+        assert "answering 1 large requests" in busy.value.msg and "this one draws 20" in busy.value.msg
+
+        class Body:  # stands for a response and its bytes
+            pass
+
+        held = Body()
+        admission.hold_until_gone(first, held)
+        waiter = asyncio.create_task(admission.enter(30))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()  # still held by the response
+        del held
+        gc.collect()
+        second = await asyncio.wait_for(waiter, 1)  # freed when the response went
+        admission.leave(second)
+        admission.leave(second)  # a second release does nothing
+        assert admission.in_use == 0
+
+    asyncio.run(scenario())
+
+
+def test_the_heap_is_given_back_when_the_last_place_is_freed():
+    idle = []
+
+    async def scenario():
+        admission = HeavyAdmission(places=2, wait_seconds=1, on_idle=lambda: idle.append(admission.in_use))
+        first, second = await admission.enter(1), await admission.enter(1)
+        admission.leave(first)
+        assert idle == []  # one still answered
+        admission.leave(second)
+        admission.leave(second)
+        assert idle == [0]  # once, when none is left
+
+    asyncio.run(scenario())
+
+
+def test_heavy_requests_past_the_places_wait_then_get_503_while_light_ones_are_answered(monkeypatch):
+    """In the app: one place; a heavy answer held open (its compute waits on an event), a second heavy request gets
+    503 naming the setting, with Retry-After; a light request is answered meanwhile; once the first is done, the
+    second is answered, byte for byte as by a server without the limit."""
+    gate, entered = threading.Event(), threading.Event()
+    real = posterior_route.answer
+
+    def held_answer(query):
+        if len(query.y) == 3:  # the held request
+            entered.set()
+            assert gate.wait(30)
+        return real(query)
+
+    monkeypatch.setattr(posterior_route, "answer", held_answer)
+    settings = Settings(artifacts_dir=ARTIFACTS, offload_samples=1000, heavy_concurrency=1, heavy_wait_seconds=0.3)
+    app = create_app(settings)
+    path = "/v1/models/gmm/posterior"
+    held = {"y": [0.0, 1.0, 2.0], "num_samples": 2000, "seed": 1, "cross_check": False}
+    second = {"y": [5.0], "num_samples": 2000, "seed": 2, "cross_check": False}
+    light = {"y": 0.5, "num_samples": 200, "seed": 3, "cross_check": False}  # 200 draws: micro-batched
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
+            first = asyncio.create_task(client.post(path, json=held))
+            while not entered.is_set():
+                await asyncio.sleep(0.01)
+            refused = await client.post(path, json=second)
+            answered = await client.post(path, json=light)
+            gate.set()
+            done = await first
+            again = await client.post(path, json=second)
+        return refused, answered, done, again
+
+    refused, answered, done, again = asyncio.run(scenario())
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1", refused.text
+    detail = refused.json()["detail"][0]
+    assert detail["loc"] == ["body"] and detail["type"] == "busy" and "AMORTIZED_OFFLOAD_SAMPLES" in detail["msg"]
+    assert answered.status_code == 200 and done.status_code == 200 and again.status_code == 200
+    monkeypatch.setattr(posterior_route, "answer", real)
+    unlimited = create_app(Settings(artifacts_dir=ARTIFACTS, offload_samples=1000, heavy_concurrency=50))
+
+    async def alone():
+        transport = httpx.ASGITransport(app=unlimited)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.post(path, json=second)
+
+    assert again.content == asyncio.run(alone()).content
+
+
+def test_a_heavy_answer_that_fails_frees_its_place(monkeypatch):
+    def failing(query):
+        raise MemoryError("as if the answer could not be allocated")
+
+    monkeypatch.setattr(posterior_route, "answer", failing)
+    app = create_app(Settings(artifacts_dir=ARTIFACTS, offload_samples=1000, heavy_concurrency=1))
+    with pytest.raises(MemoryError):
+        asyncio.run(post(app, {"y": [0.0], "num_samples": 2000, "cross_check": False}, raise_app_exceptions=True))
+    assert app.state.admission.in_use == 0
+
+
+async def post(app, body, raise_app_exceptions=False):
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        return await client.post("/v1/models/gmm/posterior", json=body)
+
+
+def test_a_client_that_goes_away_mid_answer_frees_its_place():
+    """Live: the client of a heavy request gives up before its answer; the server finishes, the response is dropped
+    with the connection, and the place is free again (a leaked place would refuse every heavy request after)."""
+    env = {
+        "AMORTIZED_ARTIFACTS_DIR": str(ARTIFACTS),
+        "AMORTIZED_OFFLOAD_SAMPLES": "1000",
+        "AMORTIZED_HEAVY_CONCURRENCY": "1",
+        "AMORTIZED_HEAVY_WAIT_SECONDS": "1",
+    }
+    process, url = start_server(env, "--log-level", "warning")
+    try:
+        heavy = {"y": [float(i) for i in range(20)], "num_samples": 50_000, "cross_check": False, "seed": 4}
+        with pytest.raises(httpx.TimeoutException), httpx.Client(timeout=0.3) as impatient:
+            impatient.post(f"{url}/v1/models/gmm/posterior", json=heavy)
+        small = {"y": [1.0], "num_samples": 2000, "cross_check": False, "seed": 5}
+        statuses = []
+        deadline = time.monotonic() + 90
+        with httpx.Client(timeout=30) as client:
+            while time.monotonic() < deadline:
+                response = client.post(f"{url}/v1/models/gmm/posterior", json=small)
+                statuses.append(response.status_code)
+                if response.status_code == 200:
+                    break
+                assert response.status_code == 503, response.text
+        assert statuses[-1] == 200, statuses
+    finally:
+        stop_server(process)
