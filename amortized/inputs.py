@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -173,6 +174,25 @@ SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # the start of an escape of
 SURROGATE_ESCAPE_BYTES = re.compile(SURROGATE_ESCAPE.pattern.encode())
 
 
+def _loads(text: str | bytes, pairs: Any) -> Any:
+    """``json.loads`` with ``pairs`` as its object_pairs_hook, integers of any length read.
+
+    An integer too long for Python's int() (sys.get_int_max_str_digits()) is read as :func:`float` reads it (plus
+    or minus infinity), so that the field holding it is refused by its own rules (out of range, not a whole
+    number) at its place, rather than the whole body by the decoder.
+    """
+    try:
+        return json.loads(text, object_pairs_hook=pairs)
+    except ValueError as error:
+        if "integer string conversion" not in str(error):  # not JSON, or a repeated key: raised as it is
+            raise
+    return json.loads(text, object_pairs_hook=pairs, parse_int=_integer_or_float)
+
+
+def _integer_or_float(digits: str) -> int | float:
+    return int(digits) if len(digits.lstrip("-")) <= sys.get_int_max_str_digits() else float(digits)
+
+
 def strict_json(text: str | bytes) -> Any:
     """JSON text as Python data, refusing what it leaves ambiguous: a repeated key, a lone surrogate.
 
@@ -183,9 +203,9 @@ def strict_json(text: str | bytes) -> Any:
     decoded again (with every pair kept) only to locate a repeated key.
     """
     try:
-        data = json.loads(text, object_pairs_hook=unique_keys)
+        data = _loads(text, unique_keys)
     except DuplicateKey as error:
-        error.path = _duplicate_at(json.loads(text, object_pairs_hook=_Pairs)) or error.path
+        error.path = _duplicate_at(_loads(text, _Pairs)) or error.path
         raise
     pattern = SURROGATE_ESCAPE_BYTES if isinstance(text, bytes) else SURROGATE_ESCAPE
     if pattern.search(text):  # type: ignore[arg-type]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import codecs
 import email.message
 import email.utils
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -228,11 +227,6 @@ def why_unparsed(cause: BaseException | None) -> str | None:
         return "the body could not be read as JSON: its arrays or objects are nested too deeply"
     if isinstance(cause, UnicodeDecodeError):  # the Utf8Json middleware refuses such bodies before they get here
         return not_utf8(bytes(cause.object)) or "the body is not valid JSON: it is not UTF-8 text"
-    if isinstance(cause, ValueError) and "integer string conversion" in str(cause):
-        return (
-            f"the body holds an integer of more than {sys.get_int_max_str_digits()} digits, which the JSON decoder "
-            "refuses: no field of this API takes a number that long"
-        )
     return None
 
 

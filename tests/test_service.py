@@ -258,15 +258,32 @@ def test_json_nested_too_deeply_says_so(client, raw):
     assert "nested too deeply" in response.json()["detail"][0]["msg"]
 
 
-@pytest.mark.parametrize("field", ["y", "seed", "num_samples"])
-def test_an_integer_too_long_for_the_decoder_is_a_400_that_says_so(client, field):
-    """Python refuses to convert integers of more digits than sys.get_int_max_str_digits(): the 400 says that."""
-    digits = sys.get_int_max_str_digits() + 1
-    long_integer = "1" + "0" * digits
-    raw = f'{{"y": {long_integer}}}' if field == "y" else f'{{"y": 1.0, "{field}": {long_integer}}}'
+@pytest.mark.parametrize(
+    "field, loc, reason",
+    [
+        ("y", ["body", "y"], "out of range: not a finite number"),
+        ("-y", ["body", "y"], "out of range: not a finite number"),
+        ("[y]", ["body", "y", 1], "out of range: not a finite number"),
+        ("seed", ["body", "seed"], "valid integer"),
+        ("num_samples", ["body", "num_samples"], "valid integer"),
+        ("version", ["body", "version"], "valid string"),
+    ],
+)
+@pytest.mark.parametrize("extra", [1, 2000])
+def test_an_integer_too_long_for_pythons_int_is_a_422_at_its_field(client, field, loc, reason, extra):
+    """Python's int() refuses more digits than sys.get_int_max_str_digits(): such a body got a 400 at "body" (one
+    digit fewer, a 422 at the field). It is now read as float() reads it, and refused at its place by the field's
+    own rule, as 1e400 is."""
+    long_integer = "1" * (sys.get_int_max_str_digits() + extra)
+    raw = {
+        "y": f'{{"y": {long_integer}}}',
+        "-y": f'{{"y": -{long_integer}}}',
+        "[y]": f'{{"y": [0.5, {long_integer}]}}',
+    }.get(field, f'{{"y": 1.0, "{field}": {long_integer}}}')
     response = client.post("/v1/models/gmm/posterior", content=raw, headers={"content-type": "application/json"})
-    assert response.status_code == 400 and response.json()["detail"][0]["loc"] == ["body"], response.text
-    assert f"more than {digits - 1} digits" in response.json()["detail"][0]["msg"]
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"] == loc and reason in error["msg"], error
 
 
 @pytest.mark.parametrize("path", ["/v1/models/gmm/posterior", "/v1/models/gmm_open/posterior"])
