@@ -25,10 +25,10 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from amortized.artifacts import ArtifactError, manifest_paths, upgrade_manifest
-from amortized.evaluation import compile_quality
+from amortized.evaluation import Replace, compile_quality
 from amortized.losses import OBJECTIVES
 from amortized.models import MODELS
 from amortized.training import BLEND, WARM_START
@@ -97,7 +97,7 @@ def parser() -> argparse.ArgumentParser:
     compile_.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     compile_.add_argument(
         "--replace",
-        choices=["always", "if_better"],
+        choices=get_args(Replace),
         default="always",
         help="always (default): a new network replaces the one in --out; if_better: not when it scores clearly worse "
         "on the test set (its objective's KL; the job API's default); a network kept so makes the exit status 1",

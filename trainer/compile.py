@@ -9,21 +9,19 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from tqdm import tqdm
 
 from amortized.artifacts import STAGING, atomic_write, discover_artifacts, load_artifact, save_artifact
 from amortized.calibration import calibration
-from amortized.evaluation import clearly_worse, evaluate
+from amortized.evaluation import Replace, clearly_worse, evaluate
 from amortized.losses import Objective
 from amortized.models import ConjugateMixtureModel
 from amortized.networks import DEFAULT_ARCHITECTURE
 from amortized.training import ProgressCallback, compile_network
 from amortized.variants import VariantSpec
 
-Replace = Literal["always", "if_better"]
 JobProgress = Callable[[str, int, float, str], None]  # (objective, step, running loss, phase)
 
 

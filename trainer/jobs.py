@@ -60,6 +60,7 @@ from huey.registry import Message
 from huey.serializer import Serializer
 from pydantic import BaseModel, Field
 
+from amortized.evaluation import Replace
 from amortized.variants import VariantSpec, parse_spec
 
 log = logging.getLogger("trainer.jobs")
@@ -111,11 +112,11 @@ class JobRecord(BaseModel):
     spec: dict[str, Any] = Field(..., description="the validated spec")
     quality: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
-        description="each compiled objective's closeness to its family's best: {\"verdict\": good, poor or unknown, "
+        description="each written network's closeness to its family's best: {\"verdict\": good, poor or unknown, "
         '"amortisation_gap": nats, "why"} (amortized.evaluation.compile_quality); a poor network is still served, '
         "and each answer's diagnostics say how far to trust it",
     )
-    replace: Literal["if_better", "always"] = Field(
+    replace: Replace = Field(
         "if_better",
         description="if_better: a network that scores clearly worse than the served one (its objective's KL on the "
         "test set) is not written, the served one stays and the job fails saying so; always: it replaces it",
@@ -321,7 +322,7 @@ class JobQueue:
 
     # the API's side
 
-    def submit(self, spec: VariantSpec, replace: Literal["if_better", "always"] = "if_better") -> JobRecord:
+    def submit(self, spec: VariantSpec, replace: Replace = "if_better") -> JobRecord:
         """Store the job as queued, then enqueue its task (same id): a worker never sees a job without a record."""
         job_id = uuid.uuid4().hex
         record = JobRecord(
@@ -397,8 +398,8 @@ class JobQueue:
             from amortized.evaluation import compile_quality
 
             metrics = {row["objective"]: row["metrics"] for row in rows}  # a network not written: its scores too
-            quality = {o: compile_quality(m, o) for o, m in metrics.items()}
             versions = {row["objective"]: read_manifest(Path(row["path"])).version for row in rows if row["path"]}
+            quality = {o: compile_quality(metrics[o], o) for o in versions}  # of the networks written
             kept = [row for row in rows if row["kept"] is not None]
             if not kept:
                 tracker.finish("succeeded", metrics=metrics, versions=versions, quality=quality)
@@ -409,7 +410,7 @@ class JobQueue:
                 for row in kept
             )
             written = (
-                f"; the new {' and '.join(sorted(versions))} network replaced the served one (versions in this record)"
+                f"; the new {' and '.join(sorted(versions))} network is written and served (versions in this record)"
                 if versions
                 else "; no artifact was written"
             )

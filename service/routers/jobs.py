@@ -15,12 +15,13 @@ from __future__ import annotations
 import hmac
 import math
 from collections.abc import Callable, Coroutine
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import Field
 
+from amortized.evaluation import Replace
 from amortized.inputs import quoted
 from amortized.variants import SpecError, VariantSpec, parse_spec
 from service.dependencies import BODY_ERRORS, QUERY_ERRORS, RegistryDep, known_query
@@ -228,7 +229,7 @@ def submit(
         ),
     ],
     replace: Annotated[
-        Literal["if_better", "always"],
+        Replace,
         Query(
             description="for a variant already served: if_better (default) keeps the served network when the new one "
             "scores clearly worse on the test set (its objective's KL; the job then fails saying so), always replaces "
