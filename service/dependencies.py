@@ -124,6 +124,9 @@ async def known_query(request: Request) -> None:
     route = request.scope.get("route")
     if not request.query_params or not isinstance(route, APIRoute):
         return  # the posterior route's requests carry none: nothing to look up
+    model = request.path_params.get("model")
+    if model is not None and model not in request.app.state.registry.models:
+        return  # an unknown model's 404 comes first (get_served_model): the query is not that route's to judge
     taken = _taken(route)
     for name in request.query_params:
         param = taken.get(name)

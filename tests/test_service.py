@@ -468,6 +468,22 @@ def test_a_query_parameter_the_route_does_not_take_gets_422_naming_it(client, pa
     assert error["loc"] == ["query", name] and why in error["msg"]
 
 
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("get", "/v1/models/gmmm?verbose=1"),
+        ("get", "/v1/models/gmmm/exact?y=0&foo=1"),
+        ("get", "/v1/models/gmmm/posterior.png?y=0&objetive=qp"),
+        ("post", "/v1/models/gmmm/posterior?bad=1"),
+    ],
+)
+def test_an_unknown_model_is_a_404_whatever_its_query_holds(client, method, path):
+    """A misspelt model with a stray query parameter got the parameter's 422, hiding that the model does not exist."""
+    response = client.request(method, path, json={"y": 0.0} if method == "post" else None)
+    assert response.status_code == 404, response.text
+    assert response.json()["detail"][0]["loc"] == ["path", "model"] and "unknown model 'gmmm'" in response.text
+
+
 @pytest.mark.parametrize("text", ["1_0", " 1", "1 ", "\uff11", "\u0661", "0x10", "1e", "--1", "nan", "inf", "", "1,5"])
 def test_query_numbers_are_decimals_in_ascii_digits(client, text):
     """Python's float() and int() (which pydantic parses query text with) take "1_0" as 10, spaces, other scripts'
