@@ -6,8 +6,9 @@ a server to 3.3 GB. At most ``AMORTIZED_HEAVY_CONCURRENCY`` are admitted at once
 first come first served); the others wait up to ``AMORTIZED_HEAVY_WAIT_SECONDS``, then get 503 with Retry-After.
 Light requests (micro-batched) never wait here.
 
-A place is held by a token until the response object is gone (``weakref.finalize``): after its bytes are sent, or
-dropped with a client that went away, or at once when the request fails before a response exists.
+A place is held by a token until the answer's last chunk is handed to the connection (:class:`SentInChunks`:
+chunks wait for the client to read), or until the response is gone unsent (``weakref.finalize``), or at once when
+the request fails before a response exists.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+from starlette.responses import Response
 
 from service.errors import ApiError
 
@@ -61,6 +63,41 @@ class HeavyAdmission:
         if self.in_use == 0 and self.on_idle is not None:
             self.on_idle()
 
-    def hold_until_gone(self, token: object, response: Any) -> None:
-        """Keep ``token``'s place until ``response`` (and so its body) is garbage, then free it."""
-        weakref.finalize(response, self.leave, token)
+    def held(self, token: object, response: Response) -> Response:
+        """``response`` sent in chunks that wait for the connection (:class:`SentInChunks`).
+
+        ``token``'s place is freed once the last chunk is handed over, or when the response is gone unsent
+        (``weakref.finalize``).
+        """
+        held = SentInChunks(response, lambda: self.leave(token))
+        weakref.finalize(held, self.leave, token)
+        return held
+
+
+CHUNK_BYTES = 1 << 20
+
+
+class SentInChunks(Response):
+    """A ready response sent in chunks of CHUNK_BYTES, then ``sent()`` called, whatever happened.
+
+    uvicorn writes each chunk only once the connection has taken what came before (its flow control: ``send``
+    waits while the transport's buffer is over its high-water mark). A whole body in one message would be copied
+    into that buffer at once: with slow readers, every answer's bytes stay in memory while no place is held.
+    Compression (service/middleware.py) then streams, chunk by chunk.
+    """
+
+    def __init__(self, response: Response, sent: Callable[[], None]) -> None:
+        self.status_code, self.body, self.background = response.status_code, bytes(response.body), None
+        self.raw_headers = response.raw_headers
+        self.sent = sent
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            body, size = self.body, len(self.body)
+            for start in range(0, max(size, 1), CHUNK_BYTES):
+                end = start + CHUNK_BYTES
+                await send({"type": "http.response.body", "body": body[start:end], "more_body": end < size})
+        finally:
+            self.body = b""
+            self.sent()

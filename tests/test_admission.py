@@ -1,19 +1,22 @@
 """Heavy requests are admitted a few at a time (service/admission.py): the others wait, then get 503.
 
 A newcomer's 12 concurrent requests of 4.8 million draws each took the server to 3.3 GB; bench/heavy_answers.py
-measures the memory. Here: the places are held until the answer is gone and freed on every path, light requests
-never wait, and a client that goes away frees its place.
+measures the memory. Here: the places are held until the answer's bytes have gone to the client (a slow reader
+holds its place) and are freed on every path, light requests never wait, and a client that goes away frees its
+place.
 """
 
 import asyncio
 import gc
+import socket
 import threading
 import time
 
 import httpx
 import pytest
+from starlette.responses import Response
 
-from service.admission import HeavyAdmission
+from service.admission import CHUNK_BYTES, HeavyAdmission, SentInChunks
 from service.errors import ApiError
 from service.main import create_app
 from service.routers import posterior as posterior_route
@@ -31,11 +34,7 @@ def test_a_place_is_held_until_its_holder_is_gone_and_a_waiter_past_its_time_get
         assert busy.value.status == 503 and busy.value.headers == {"Retry-After": "1"}
         assert "answering 1 large requests" in busy.value.msg and "this one draws 20" in busy.value.msg
 
-        class Body:  # stands for a response and its bytes
-            pass
-
-        held = Body()
-        admission.hold_until_gone(first, held)
+        held = admission.held(first, Response(b"x" * 10))  # never sent: freed when it is gone
         waiter = asyncio.create_task(admission.enter(30))
         await asyncio.sleep(0.05)
         assert not waiter.done()  # still held by the response
@@ -62,6 +61,32 @@ def test_the_heap_is_given_back_when_the_last_place_is_freed():
         assert idle == [0]  # once, when none is left
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK_BYTES, CHUNK_BYTES + 1, 3 * CHUNK_BYTES - 7])
+def test_an_answer_goes_in_chunks_with_its_headers_and_frees_its_place_after_the_last(size):
+    body = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    original = Response(body, media_type="application/json", headers={"Server-Timing": "answer;dur=1"})
+    sent, messages = [], []
+
+    async def send(message):
+        messages.append((message, list(sent)))
+
+    asyncio.run(SentInChunks(original, lambda: sent.append(True))({}, None, send))
+    start, *chunks = [m for m, _ in messages]
+    assert start["status"] == 200 and start["headers"] == original.raw_headers
+    assert b"".join(c["body"] for c in chunks) == body and len(chunks) == max(1, -(-size // CHUNK_BYTES))
+    assert [c["more_body"] for c in chunks] == [True] * (len(chunks) - 1) + [False]
+    assert all(not before for _, before in messages) and sent == [True]  # freed after the last chunk, once
+
+    async def gone(message):
+        if message["type"] == "http.response.body":
+            raise OSError("the client went away")
+
+    freed = []
+    with pytest.raises(OSError):
+        asyncio.run(SentInChunks(original, lambda: freed.append(True))({}, None, gone))
+    assert freed == [True]
 
 
 def test_heavy_requests_past_the_places_wait_then_get_503_while_light_ones_are_answered(monkeypatch):
@@ -142,8 +167,8 @@ def test_a_client_that_goes_away_mid_answer_frees_its_place():
     }
     process, url = start_server(env, "--log-level", "warning")
     try:
-        heavy = {"y": [float(i) for i in range(20)], "num_samples": 50_000, "cross_check": False, "seed": 4}
-        with pytest.raises(httpx.TimeoutException), httpx.Client(timeout=0.3) as impatient:
+        heavy = {"y": [float(i) for i in range(40)], "num_samples": 100_000, "cross_check": False, "seed": 4}
+        with pytest.raises(httpx.TimeoutException), httpx.Client(timeout=0.2) as impatient:  # seconds to answer
             impatient.post(f"{url}/v1/models/gmm/posterior", json=heavy)
         small = {"y": [1.0], "num_samples": 2000, "cross_check": False, "seed": 5}
         statuses = []
@@ -156,5 +181,46 @@ def test_a_client_that_goes_away_mid_answer_frees_its_place():
                     break
                 assert response.status_code == 503, response.text
         assert statuses[-1] == 200, statuses
+    finally:
+        stop_server(process)
+
+
+def test_a_slow_reader_holds_its_place_until_its_answer_has_gone_to_it():
+    """Live: a client that reads nothing of its 24 MB answer. The place used to be freed once uvicorn had the
+    bytes in its buffer, so every slow reader held an answer in memory beyond the limit. Now the next heavy request
+    waits for the place and gets 503; once the reader goes, the place is free."""
+    env = {
+        "AMORTIZED_ARTIFACTS_DIR": str(ARTIFACTS),
+        "AMORTIZED_OFFLOAD_SAMPLES": "1000",
+        "AMORTIZED_HEAVY_CONCURRENCY": "1",
+        "AMORTIZED_HEAVY_WAIT_SECONDS": "2",
+    }
+    process, url = start_server(env, "--log-level", "warning")
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        body = (
+            b'{"y": [' + b", ".join(b"%d" % i for i in range(10)) + b'], "num_samples": 100000, "cross_check": false}'
+        )
+        slow = socket.socket()
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.connect(("127.0.0.1", port))
+        request = (
+            b"POST /v1/models/gmm/posterior HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        ) + body
+        slow.sendall(request)
+        assert slow.recv(12).startswith(b"HTTP/1.1 200")  # answered: its bytes are being sent, and not read
+        small = {"y": [1.0], "num_samples": 2000, "cross_check": False, "seed": 5}
+        with httpx.Client(timeout=30) as client:
+            waited = client.post(f"{url}/v1/models/gmm/posterior", json=small)
+            assert waited.status_code == 503 and waited.json()["detail"][0]["type"] == "busy", waited.text[:300]
+            slow.close()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                again = client.post(f"{url}/v1/models/gmm/posterior", json=small)
+                if again.status_code == 200:
+                    break
+                assert again.status_code == 503, again.text[:300]
+            assert again.status_code == 200, again.text[:300]
     finally:
         stop_server(process)

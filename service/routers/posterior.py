@@ -274,13 +274,13 @@ async def posterior(
         if token is not None:
             admission.leave(token)
         raise
-    if token is not None:  # the place is held until the response, and with it its bytes, is gone
-        del results
-        admission.hold_until_gone(token, response)
     # where the server's time went (W3C Server-Timing, ms): the answer (a micro-batch's wait included), the bytes
     response.headers["Server-Timing"] = (
         f"answer;dur={1e3 * (answered - started):.2f}, serialise;dur={1e3 * (time.perf_counter() - answered):.2f}"
     )
+    if token is not None:  # the place is held until the answer's bytes have gone to the client
+        del results
+        return admission.held(token, response)
     return response
 
 
