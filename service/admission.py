@@ -46,7 +46,8 @@ class HeavyAdmission:
             raise ApiError(
                 503,
                 ["body"],
-                f"the server is answering {self.in_use} large requests (more draws than AMORTIZED_OFFLOAD_SAMPLES; "
+                f"the server is answering {self.in_use} large request{'s' * (self.in_use != 1)} (more draws than "
+                "AMORTIZED_OFFLOAD_SAMPLES; "
                 f"this one draws {draws}) and no place freed up within {self.wait_seconds:g} s; retry later, or ask "
                 "for fewer samples or observations per request",
                 "busy",

@@ -17,6 +17,7 @@ import functools
 import gc
 import itertools
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -197,17 +198,24 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 MIN_ADMIN_TOKEN = 16  # characters; the README's command makes 43 (32 random bytes)
+BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # b64token (RFC 6750, 2.1)
 
 
 def open_jobs(settings: Settings) -> JobQueue | None:
     """The job queue when the job endpoints are on (AMORTIZED_ADMIN_TOKEN), else None; says why if it cannot open."""
     if settings.admin_token is None:
         return None
-    length = len(settings.admin_token.get_secret_value())  # the token itself is never said
-    if length < MIN_ADMIN_TOKEN:
+    token = settings.admin_token.get_secret_value()  # never said: only its length and the rule
+    make = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+    if len(token) < MIN_ADMIN_TOKEN:
         raise RuntimeError(
-            f"AMORTIZED_ADMIN_TOKEN has {length} characters: a bearer token guessable by trying is no lock; use at "
-            f"least {MIN_ADMIN_TOKEN} random ones, e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            f"AMORTIZED_ADMIN_TOKEN has {len(token)} character{'s' * (len(token) != 1)}: a bearer token guessable "
+            f"by trying is no lock; use at least {MIN_ADMIN_TOKEN} random ones, e.g. {make}"
+        )
+    if not BEARER_TOKEN.fullmatch(token):
+        raise RuntimeError(
+            "AMORTIZED_ADMIN_TOKEN holds characters a bearer token cannot (RFC 6750, 2.1: letters and digits of "
+            f"ASCII, - . _ ~ + /, then = at the end): a client could not send it as set; make one with {make}"
         )
     if settings.embedded_worker is False and is_embedded(settings.queue_url):
         logging.getLogger("service.jobs").warning(

@@ -32,7 +32,7 @@ def test_a_place_is_held_until_its_holder_is_gone_and_a_waiter_past_its_time_get
         with pytest.raises(ApiError) as busy:
             await admission.enter(20)
         assert busy.value.status == 503 and busy.value.headers == {"Retry-After": "1"}
-        assert "answering 1 large requests" in busy.value.msg and "this one draws 20" in busy.value.msg
+        assert "answering 1 large request (" in busy.value.msg and "this one draws 20" in busy.value.msg
 
         held = admission.held(first, Response(b"x" * 10))  # never sent: freed when it is gone
         waiter = asyncio.create_task(admission.enter(30))

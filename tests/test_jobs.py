@@ -637,11 +637,37 @@ def test_a_short_admin_token_stops_the_server_and_is_never_said(tmp_path, caplog
     caplog.set_level(logging.DEBUG)
     with pytest.raises(RuntimeError) as refused:
         create_app(Settings(artifacts_dir=served_root(tmp_path), admin_token=token))
-    assert f"has {length} characters" in str(refused.value) and "at least 16" in str(refused.value)
+    said = f"has {length} character{'s' if length > 1 else ''}:"
+    assert said in str(refused.value) and "at least 16" in str(refused.value)
     assert "secrets.token_urlsafe" in str(refused.value)
     assert token not in str(refused.value).replace("secrets.token_urlsafe", "") and token not in caplog.text
     with TestClient(create_app(Settings(artifacts_dir=served_root(tmp_path / "ok"), admin_token="~" * 16))) as client:
         assert client.get("/v1/jobs", headers={"Authorization": "Bearer " + "~" * 16}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "token", ["\u00e9" * 16, "abcdefgh ijklmnop", "abcdefghijklmnop\x00", "abcdefgh=ijklmnop", "abcdefghijklmno\u2013"]
+)
+def test_an_admin_token_no_client_could_send_stops_the_server_and_is_never_said(tmp_path, caplog, token):
+    """A token of 16 accented letters started the server, and no client could log in with it (a client sends
+    UTF-8, the check compared other bytes). Tokens are RFC 6750's b64token, checked at start."""
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(RuntimeError) as refused:
+        create_app(Settings(artifacts_dir=served_root(tmp_path), admin_token=token))
+    assert "RFC 6750" in str(refused.value) and token not in str(refused.value) and token not in caplog.text
+
+
+def test_a_failed_job_that_wrote_networks_says_whether_they_are_served(api):
+    client, queue = api
+    job = client.post("/v1/models", json=SMALL | {"name": "gaussian", "params": {}}, headers=AUTH).json()
+    served = client.get("/v1/models/gaussian").json()["versions"]
+    failed = {"status": "failed", "phase": "done", "versions": {"pq": served["pq"]}, "error": "qp kept"}
+    queue.write(queue.read(job["id"]).model_copy(update=failed))  # as its worker would write it
+    assert client.get(f"/v1/jobs/{job['id']}", headers=AUTH).json()["served"] is True
+    queue.write(queue.read(job["id"]).model_copy(update={"versions": {"pq": "0" * 16}}))
+    assert client.get(f"/v1/jobs/{job['id']}", headers=AUTH).json()["served"] is False
+    queue.write(queue.read(job["id"]).model_copy(update={"versions": {}}))
+    assert client.get(f"/v1/jobs/{job['id']}", headers=AUTH).json()["served"] is None  # nothing written
 
 
 def test_a_queued_job_says_when_no_worker_takes_jobs_from_its_queue(api):

@@ -102,8 +102,8 @@ router = APIRouter(
 class JobAnswer(JobRecord):
     served: bool | None = Field(
         None,
-        description="on success: whether this server process already serves every version the job wrote (live "
-        "reload takes about a second)",
+        description="on success, or on a failure or cancellation after some networks were written: whether this "
+        "server process already serves every version the job wrote (live reload takes about a second)",
     )
 
 
@@ -117,7 +117,7 @@ JobId = Annotated[str, Path(description="the job's id, from POST /v1/models", ma
 
 def answer(record: JobRecord, registry: Registry) -> dict:
     served = None
-    if record.status == "succeeded":
+    if record.status == "succeeded" or (record.status in ("failed", "cancelled") and record.versions):
         model = registry.models.get(record.name)
         served = model is not None and all(model.versions.get(o) == v for o, v in record.versions.items())
     return {**record.model_dump(mode="json"), "served": served}
