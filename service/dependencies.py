@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import UnionType
 from typing import TYPE_CHECKING, Annotated, Any, Union, get_args, get_origin
 
@@ -54,7 +55,12 @@ async def get_served_model(
     return served
 
 
-def check_version(pin: str | dict[Objective, str] | dict[str, str] | None, objective: str, served: ServedModel) -> None:
+def check_version(
+    pin: str | dict[Objective, str] | dict[str, str] | None,
+    objective: str,
+    served: ServedModel,
+    models: Mapping[str, ServedModel] | None = None,
+) -> None:
     """A pinned ``version`` must be what is served, else 409 naming the served versions.
 
     A string pins the network of the requested objective; a mapping pins each
@@ -74,12 +80,18 @@ def check_version(pin: str | dict[Objective, str] | dict[str, str] | None, objec
         artifact = served.artifacts.get(name)
         if artifact is None or wanted not in (artifact.version, artifact.manifest.weights.sha256):
             available = ", ".join(f"{o} {v}" for o, v in served.versions.items()) or "none"
-            other = [o for o, a in served.artifacts.items() if wanted in (a.version, a.manifest.weights.sha256)]
-            why = (
-                f"version {wanted} is {served.name}'s {other[0]} network, not its {name} network"
-                if other
-                else f"version {wanted} of {served.name}/{name} is not served"
-            )
+            owners = [  # whose network it is: this model's other objective, or another served model's
+                (model.name, o)
+                for model in [served, *(m for m in (models or {}).values() if m.name != served.name)]
+                for o, a in model.artifacts.items()
+                if wanted in (a.version, a.manifest.weights.sha256)
+            ]
+            if owners and owners[0][0] == served.name:
+                why = f"version {wanted} is {served.name}'s {owners[0][1]} network, not its {name} network"
+            elif owners:
+                why = f"version {wanted} is {owners[0][0]}'s {owners[0][1]} network, not one of {served.name}'s"
+            else:
+                why = f"version {wanted} of {served.name}/{name} is not served"
             raise ApiError(409, ["body", "version"], f"{why}; served versions: {available}", "conflict")
 
 

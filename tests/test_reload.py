@@ -193,6 +193,11 @@ def test_answers_carry_versions_and_a_pin_must_be_served(client, app):
     # the cross-check's network
     other = ask(client, "gmm_open", expect=409, objective="pq", version={"qp": versions["pq"]})["detail"][0]
     assert f"version {versions['pq']} is gmm_open's pq network, not its qp network" in other["msg"], other
+    for owner in ("gmm", "gmm_sigma5"):  # another variant's network, by its short version or its whole sha256
+        theirs = app.state.registry.models[owner].artifacts["qp"]
+        for pin in (theirs.version, theirs.manifest.weights.sha256):
+            found = ask(client, "gmm_open", expect=409, objective="qp", version=pin, cross_check=False)["detail"][0]
+            assert f"version {pin} is {owner}'s qp network, not one of gmm_open's" in found["msg"], found
     for objective, pin in (("pq", versions["qp"]), ("qp", versions["pq"])):  # the other network's version
         swapped = ask(client, "gmm_open", expect=409, objective=objective, version=pin, cross_check=False)["detail"][0]
         assert f"not its {objective} network" in swapped["msg"] and "is not served" not in swapped["msg"], swapped

@@ -232,7 +232,7 @@ async def posterior(
     media = negotiate(field_value(http.headers, "accept"))
     y = check_request(request, served, settings, state.registry)
     parts = check_parts(request)
-    check_version(request.version, request.objective, served)  # a pinned version not served is a 409
+    check_version(request.version, request.objective, served, state.registry.models)  # not served: a 409
     seed = request.seed if request.seed is not None else draw_seed()
     query = PosteriorQuery(
         served,
