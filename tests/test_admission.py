@@ -11,6 +11,8 @@ import gc
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -156,71 +158,64 @@ async def post(app, body, raise_app_exceptions=False):
         return await client.post("/v1/models/gmm/posterior", json=body)
 
 
-def test_a_client_that_goes_away_mid_answer_frees_its_place():
-    """Live: the client of a heavy request gives up before its answer; the server finishes, the response is dropped
-    with the connection, and the place is free again (a leaked place would refuse every heavy request after)."""
+SMALL_HEAVY = {"y": [1.0], "num_samples": 2000, "cross_check": False, "seed": 5}  # over the servers' 1000 draws
+
+
+@contextmanager
+def server_with_one_place(wait_seconds: float) -> Iterator[str]:
+    """A live server (python -m service) whose requests of more than 1000 draws take its one place in turn."""
     env = {
         "AMORTIZED_ARTIFACTS_DIR": str(ARTIFACTS),
         "AMORTIZED_OFFLOAD_SAMPLES": "1000",
         "AMORTIZED_HEAVY_CONCURRENCY": "1",
-        "AMORTIZED_HEAVY_WAIT_SECONDS": "1",
+        "AMORTIZED_HEAVY_WAIT_SECONDS": str(wait_seconds),
     }
     process, url = start_server(env, "--log-level", "warning")
     try:
+        yield url
+    finally:
+        stop_server(process)
+
+
+def admitted(client: httpx.Client, url: str, seconds: float = 90) -> httpx.Response:
+    """SMALL_HEAVY asked until answered (each 503 waited its server's wait); the last response."""
+    deadline = time.monotonic() + seconds
+    while True:
+        response = client.post(f"{url}/v1/models/gmm/posterior", json=SMALL_HEAVY)
+        if response.status_code != 503 or time.monotonic() > deadline:
+            return response
+
+
+def test_a_client_that_goes_away_mid_answer_frees_its_place():
+    """Live: the client of a heavy request gives up before its answer; the server finishes, the response is dropped
+    with the connection, and the place is free again (a leaked place would refuse every heavy request after)."""
+    with server_with_one_place(wait_seconds=1) as url, httpx.Client(timeout=30) as client:
         heavy = {"y": [float(i) for i in range(40)], "num_samples": 100_000, "cross_check": False, "seed": 4}
         with pytest.raises(httpx.TimeoutException), httpx.Client(timeout=0.2) as impatient:  # seconds to answer
             impatient.post(f"{url}/v1/models/gmm/posterior", json=heavy)
-        small = {"y": [1.0], "num_samples": 2000, "cross_check": False, "seed": 5}
-        statuses = []
-        deadline = time.monotonic() + 90
-        with httpx.Client(timeout=30) as client:
-            while time.monotonic() < deadline:
-                response = client.post(f"{url}/v1/models/gmm/posterior", json=small)
-                statuses.append(response.status_code)
-                if response.status_code == 200:
-                    break
-                assert response.status_code == 503, response.text
-        assert statuses[-1] == 200, statuses
-    finally:
-        stop_server(process)
+        again = admitted(client, url)
+        assert again.status_code == 200, again.text[:300]
 
 
 def test_a_slow_reader_holds_its_place_until_its_answer_has_gone_to_it():
     """Live: a client that reads nothing of its 24 MB answer. The place used to be freed once uvicorn had the
     bytes in its buffer, so every slow reader held an answer in memory beyond the limit. Now the next heavy request
     waits for the place and gets 503; once the reader goes, the place is free."""
-    env = {
-        "AMORTIZED_ARTIFACTS_DIR": str(ARTIFACTS),
-        "AMORTIZED_OFFLOAD_SAMPLES": "1000",
-        "AMORTIZED_HEAVY_CONCURRENCY": "1",
-        "AMORTIZED_HEAVY_WAIT_SECONDS": "2",
-    }
-    process, url = start_server(env, "--log-level", "warning")
-    port = int(url.rsplit(":", 1)[1])
-    try:
+    with server_with_one_place(wait_seconds=2) as url, httpx.Client(timeout=30) as client:
         body = (
             b'{"y": [' + b", ".join(b"%d" % i for i in range(10)) + b'], "num_samples": 100000, "cross_check": false}'
         )
         slow = socket.socket()
         slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        slow.connect(("127.0.0.1", port))
+        slow.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
         request = (
             b"POST /v1/models/gmm/posterior HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n" % len(body)
         ) + body
         slow.sendall(request)
         assert slow.recv(12).startswith(b"HTTP/1.1 200")  # answered: its bytes are being sent, and not read
-        small = {"y": [1.0], "num_samples": 2000, "cross_check": False, "seed": 5}
-        with httpx.Client(timeout=30) as client:
-            waited = client.post(f"{url}/v1/models/gmm/posterior", json=small)
-            assert waited.status_code == 503 and waited.json()["detail"][0]["type"] == "busy", waited.text[:300]
-            slow.close()
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                again = client.post(f"{url}/v1/models/gmm/posterior", json=small)
-                if again.status_code == 200:
-                    break
-                assert again.status_code == 503, again.text[:300]
-            assert again.status_code == 200, again.text[:300]
-    finally:
-        stop_server(process)
+        waited = client.post(f"{url}/v1/models/gmm/posterior", json=SMALL_HEAVY)
+        assert waited.status_code == 503 and waited.json()["detail"][0]["type"] == "busy", waited.text[:300]
+        slow.close()
+        again = admitted(client, url, seconds=60)
+        assert again.status_code == 200, again.text[:300]
