@@ -75,7 +75,9 @@ def check_version(
             raise ApiError(
                 422, ["body", "version"], 'with objective "both", pin each network by objective: {"pq": ..., "qp": ...}'
             )
-        pin = {objective: pin}
+        pin, at = {objective: pin}, False
+    else:
+        at = True  # a mapping: the error is at the objective's pin
     for name, wanted in pin.items():
         artifact = served.artifacts.get(name)
         if artifact is None or wanted not in (artifact.version, artifact.manifest.weights.sha256):
@@ -92,7 +94,8 @@ def check_version(
                 why = f"version {wanted} is {owners[0][0]}'s {owners[0][1]} network, not one of {served.name}'s"
             else:
                 why = f"version {wanted} of {served.name}/{name} is not served"
-            raise ApiError(409, ["body", "version"], f"{why}; served versions: {available}", "conflict")
+            where: list[str | int] = ["body", "version", name] if at else ["body", "version"]
+            raise ApiError(409, where, f"{why}; served versions: {available}", "conflict")
 
 
 # what every route of a router with known_query may answer, for its OpenAPI description

@@ -193,6 +193,7 @@ def test_answers_carry_versions_and_a_pin_must_be_served(client, app):
     # the cross-check's network
     other = ask(client, "gmm_open", expect=409, objective="pq", version={"qp": versions["pq"]})["detail"][0]
     assert f"version {versions['pq']} is gmm_open's pq network, not its qp network" in other["msg"], other
+    assert other["loc"] == ["body", "version", "qp"]  # a mapping's pin: at its objective
     for owner in ("gmm", "gmm_sigma5"):  # another variant's network, by its short version or its whole sha256
         theirs = app.state.registry.models[owner].artifacts["qp"]
         for pin in (theirs.version, theirs.manifest.weights.sha256):
