@@ -50,7 +50,7 @@ def test_a_place_is_held_until_its_holder_is_gone_and_a_waiter_past_its_time_get
     asyncio.run(scenario())
 
 
-def test_the_heap_is_given_back_when_the_last_place_is_freed():
+def test_the_heap_is_given_back_when_the_last_place_of_a_burst_is_freed():
     idle = []
 
     async def scenario():
@@ -61,6 +61,9 @@ def test_the_heap_is_given_back_when_the_last_place_is_freed():
         admission.leave(second)
         admission.leave(second)
         assert idle == [0]  # once, when none is left
+        for _ in range(3):  # answers one at a time keep their thread's heap (main.keep_heap): no trim
+            admission.leave(await admission.enter(1))
+        assert idle == [0]
 
     asyncio.run(scenario())
 
