@@ -99,7 +99,8 @@ def trim_heap() -> None:
 
     The trim threshold of :func:`keep_heap` applies to each arena on its own, and every thread that answered a
     heavy request has one: twelve 4-million-draw answers left 2.9 GB resident with two admitted at a time
-    (bench/heavy_answers.py). Called when the last heavy request's answer is gone (service/admission.py).
+    (bench/heavy_answers.py). Called when the last answer of a burst of heavy requests (more than one at once) is
+    gone (service/admission.py); answers one at a time keep the one thread's heap, as keep_heap means.
     """
     malloc_trim = getattr(libc(), "malloc_trim", None)
     if malloc_trim is not None:
