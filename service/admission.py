@@ -27,9 +27,15 @@ from service.errors import ApiError
 class HeavyAdmission:
     """At most ``places`` heavy requests answered at once; ``wait_seconds`` the longest a request waits for one."""
 
-    def __init__(self, places: int, wait_seconds: float, on_idle: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, places: int, wait_seconds: float, on_idle: Callable[[], None] | None = None, gauge: Any = None
+    ) -> None:
         self.limiter = anyio.CapacityLimiter(places)
         self.wait_seconds = wait_seconds
+        # prometheus_client's Gauge labelled by state (service/metrics.py): answering and waiting, or None
+        self.answering, self.waiting = (
+            (None, None) if gauge is None else (gauge.labels("answering"), gauge.labels("waiting"))
+        )
         self.on_idle = on_idle  # called when the last place of a burst is freed (the server gives memory back)
         self.most = 0  # the most places in use at once since the last idle moment
 
@@ -40,6 +46,8 @@ class HeavyAdmission:
     async def enter(self, draws: int) -> object:
         """A token holding one place; ApiError 503 (Retry-After) when none frees up within ``wait_seconds``."""
         token = object()
+        if self.waiting is not None:
+            self.waiting.inc()
         try:
             with anyio.fail_after(self.wait_seconds):
                 await self.limiter.acquire_on_behalf_of(token)
@@ -54,6 +62,11 @@ class HeavyAdmission:
                 "busy",
                 {"Retry-After": str(max(1, math.ceil(self.wait_seconds)))},
             ) from None
+        finally:
+            if self.waiting is not None:
+                self.waiting.dec()
+        if self.answering is not None:
+            self.answering.inc()
         self.most = max(self.most, self.in_use)
         return token
 
@@ -63,6 +76,8 @@ class HeavyAdmission:
             self.limiter.release_on_behalf_of(token)
         except RuntimeError:  # already released
             return
+        if self.answering is not None:
+            self.answering.dec()
         if self.in_use == 0:
             # after a burst only: answers one at a time reuse one thread's heap (the kept heap, main.keep_heap, saves
             # them page faults: a 1000 x 1000 Arrow answer took 102 ms of server time trimmed after each, 49 not)

@@ -252,7 +252,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     # the job queue (trainer/jobs.py), opened only when the job endpoints are on
     app.state.jobs = open_jobs(settings)
-    app.state.admission = HeavyAdmission(settings.heavy_concurrency, settings.heavy_wait_seconds, on_idle=trim_heap)
+    app.state.admission = HeavyAdmission(
+        settings.heavy_concurrency, settings.heavy_wait_seconds, on_idle=trim_heap, gauge=app.state.metrics.heavy
+    )
     app.state.batcher = MicroBatcher(answer_batch, settings.offload_samples, app.state.metrics.batch_queries.observe)
     errors.install(app)
     # the last added runs first: HEAD as GET, then the raw size limit and the body's timeout, then decoding (itself

@@ -91,6 +91,15 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.heavy = Gauge(
+            "amortized_heavy_answers",
+            "heavy posterior requests (more draws than AMORTIZED_OFFLOAD_SAMPLES): answering (computed or being sent, "
+            "each holding a place) and waiting for a place (service/admission.py); the 503s of those that waited too "
+            'long are amortized_posterior_requests{code="503"}',
+            ["state"],
+            multiprocess_mode="livesum",
+            registry=self.registry,
+        )
         self._children: dict[tuple, tuple] = {}
         self._observed: dict[str, Any] = {}  # each model's observations counter (labels() costs a lock and lookups)
         self._process_refreshed = 0.0

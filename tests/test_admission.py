@@ -121,14 +121,19 @@ def test_heavy_requests_past_the_places_wait_then_get_503_while_light_ones_are_a
             first = asyncio.create_task(client.post(path, json=held))
             while not entered.is_set():
                 await asyncio.sleep(0.01)
-            refused = await client.post(path, json=second)
+            waiting = asyncio.create_task(client.post(path, json=second))
+            await asyncio.sleep(0.1)
+            during = heavy_gauge((await client.get("/metrics")).text)
+            refused = await waiting
             answered = await client.post(path, json=light)
             gate.set()
             done = await first
             again = await client.post(path, json=second)
-        return refused, answered, done, again
+            after = heavy_gauge((await client.get("/metrics")).text)
+        return refused, answered, done, again, during, after
 
-    refused, answered, done, again = asyncio.run(scenario())
+    refused, answered, done, again, during, after = asyncio.run(scenario())
+    assert during == {"answering": 1.0, "waiting": 1.0} and after == {"answering": 0.0, "waiting": 0.0}
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1", refused.text
     detail = refused.json()["detail"][0]
     assert detail["loc"] == ["body"] and detail["type"] == "busy" and "AMORTIZED_OFFLOAD_SAMPLES" in detail["msg"]
@@ -144,6 +149,16 @@ def test_heavy_requests_past_the_places_wait_then_get_503_while_light_ones_are_a
     assert again.content == asyncio.run(alone()).content
 
 
+def heavy_gauge(text: str) -> dict[str, float]:
+    """amortized_heavy_answers by state, from /metrics."""
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("amortized_heavy_answers{"):
+            labels, value = line.rsplit(" ", 1)
+            found[labels.split('state="')[1].split('"')[0]] = float(value)
+    return found
+
+
 def test_a_heavy_answer_that_fails_frees_its_place(monkeypatch):
     def failing(query):
         raise MemoryError("as if the answer could not be allocated")
@@ -153,6 +168,12 @@ def test_a_heavy_answer_that_fails_frees_its_place(monkeypatch):
     with pytest.raises(MemoryError):
         asyncio.run(post(app, {"y": [0.0], "num_samples": 2000, "cross_check": False}, raise_app_exceptions=True))
     assert app.state.admission.in_use == 0
+
+    async def metrics():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            return (await client.get("/metrics")).text
+
+    assert heavy_gauge(asyncio.run(metrics())) == {"answering": 0.0, "waiting": 0.0}
 
 
 async def post(app, body, raise_app_exceptions=False):
