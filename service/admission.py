@@ -33,9 +33,8 @@ class HeavyAdmission:
         self.limiter = anyio.CapacityLimiter(places)
         self.wait_seconds = wait_seconds
         # prometheus_client's Gauge labelled by state (service/metrics.py): answering and waiting, or None
-        self.answering, self.waiting = (
-            (None, None) if gauge is None else (gauge.labels("answering"), gauge.labels("waiting"))
-        )
+        self.answering: Any = None if gauge is None else gauge.labels("answering")
+        self.waiting: Any = None if gauge is None else gauge.labels("waiting")
         self.on_idle = on_idle  # called when the last place of a burst is freed (the server gives memory back)
         self.most = 0  # the most places in use at once since the last idle moment
 
