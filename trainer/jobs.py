@@ -248,9 +248,10 @@ class JobQueue:
 
         A job younger than ``stale_seconds`` gets no hint yet: an embedded consumer takes a moment to start.
         """
-        created = dt.datetime.fromisoformat(record.created_at).timestamp()
+        if now - dt.datetime.fromisoformat(record.created_at).timestamp() <= self.stale_seconds:
+            return None  # young: the store is not read (GET /v1/jobs settles every record)
         seen = self.consumer_seen()
-        if now - created <= self.stale_seconds or (seen is not None and now - seen <= self.stale_seconds):
+        if seen is not None and now - seen <= self.stale_seconds:
             return None
         when = "has ever taken jobs" if seen is None else f"has taken jobs for {now - seen:.0f} s"
         return (
