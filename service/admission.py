@@ -8,11 +8,14 @@ Light requests (micro-batched) never wait here.
 
 A place is held by a token until the answer's last chunk is handed to the connection (:class:`SentInChunks`:
 chunks wait for the client to read), or until the response is gone unsent (``weakref.finalize``), or at once when
-the request fails before a response exists.
+the request fails before a response exists. A client that takes no chunk for ``AMORTIZED_SEND_TIMEOUT_SECONDS`` is
+cut off (its connection closed): a client that stopped reading held its place, and two such held every heavy request
+off for as long as they kept their connections open.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import weakref
 from collections.abc import Callable
@@ -23,15 +26,25 @@ from starlette.responses import Response
 
 from service.errors import ApiError
 
+logger = logging.getLogger(__name__)
+
 
 class HeavyAdmission:
-    """At most ``places`` heavy requests answered at once; ``wait_seconds`` the longest a request waits for one."""
+    """At most ``places`` heavy requests answered at once; ``wait_seconds`` the longest a request waits for one.
+
+    ``send_timeout``: the longest an answer's client may take to read a chunk before it is cut off (seconds).
+    """
 
     def __init__(
-        self, places: int, wait_seconds: float, on_idle: Callable[[], None] | None = None, gauge: Any = None
+        self,
+        places: int,
+        wait_seconds: float,
+        on_idle: Callable[[], None] | None = None,
+        gauge: Any = None,
+        send_timeout: float = 60.0,
     ) -> None:
         self.limiter = anyio.CapacityLimiter(places)
-        self.wait_seconds = wait_seconds
+        self.wait_seconds, self.send_timeout = wait_seconds, send_timeout
         # prometheus_client's Gauge labelled by state (service/metrics.py): answering and waiting, or None
         self.answering: Any = None if gauge is None else gauge.labels("answering")
         self.waiting: Any = None if gauge is None else gauge.labels("waiting")
@@ -87,10 +100,10 @@ class HeavyAdmission:
     def held(self, token: object, response: Response) -> Response:
         """``response`` sent in chunks that wait for the connection (:class:`SentInChunks`).
 
-        ``token``'s place is freed once the last chunk is handed over, or when the response is gone unsent
-        (``weakref.finalize``).
+        ``token``'s place is freed once the last chunk is handed over, when the client is cut off (no chunk taken
+        within ``send_timeout``), or when the response is gone unsent (``weakref.finalize``).
         """
-        held = SentInChunks(response, lambda: self.leave(token))
+        held = SentInChunks(response, lambda: self.leave(token), self.send_timeout)
         weakref.finalize(held, self.leave, token)
         return held
 
@@ -105,20 +118,36 @@ class SentInChunks(Response):
     waits while the transport's buffer is over its high-water mark). A whole body in one message would be copied
     into that buffer at once: with slow readers, every answer's bytes stay in memory while no place is held.
     Compression (service/middleware.py) then streams, chunk by chunk.
+
+    A client that takes nothing for ``timeout`` seconds (a chunk of 4 MiB unread: under 70 kB/s at the default 60)
+    is cut off: the answer stops there, and uvicorn closes a connection whose response was left incomplete (it logs
+    "ASGI callable returned without completing response", after this module's warning that says why).
     """
 
-    def __init__(self, response: Response, sent: Callable[[], None]) -> None:
+    def __init__(self, response: Response, sent: Callable[[], None], timeout: float = 60.0) -> None:
         self.status_code, self.body, self.background = response.status_code, bytes(response.body), None
         self.raw_headers = response.raw_headers
-        self.sent = sent
+        self.sent, self.timeout = sent, timeout
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        body, size, taken = self.body, len(self.body), 0
         try:
-            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            body, size = self.body, len(self.body)
+            with anyio.fail_after(self.timeout):
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             for start in range(0, max(size, 1), CHUNK_BYTES):
                 end = start + CHUNK_BYTES
-                await send({"type": "http.response.body", "body": body[start:end], "more_body": end < size})
+                with anyio.fail_after(self.timeout):  # each wait for the client to take what came before
+                    await send({"type": "http.response.body", "body": body[start:end], "more_body": end < size})
+                taken = min(end, size)
+        except TimeoutError:
+            logger.warning(
+                "a client took none of its answer for %g s (AMORTIZED_SEND_TIMEOUT_SECONDS) with %d of %d bytes "
+                "handed over: cut off, its place freed",
+                self.timeout,
+                taken,
+                size,
+            )
         finally:
             self.body = b""
+            del body
             self.sent()

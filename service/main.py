@@ -253,7 +253,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # the job queue (trainer/jobs.py), opened only when the job endpoints are on
     app.state.jobs = open_jobs(settings)
     app.state.admission = HeavyAdmission(
-        settings.heavy_concurrency, settings.heavy_wait_seconds, on_idle=trim_heap, gauge=app.state.metrics.heavy
+        settings.heavy_concurrency,
+        settings.heavy_wait_seconds,
+        on_idle=trim_heap,
+        gauge=app.state.metrics.heavy,
+        send_timeout=settings.send_timeout_seconds,
     )
     app.state.batcher = MicroBatcher(answer_batch, settings.offload_samples, app.state.metrics.batch_queries.observe)
     errors.install(app)

@@ -73,6 +73,13 @@ class Settings(BaseSettings):
     heavy_wait_seconds: float = Field(
         30.0, gt=0, le=3600, description="the longest a heavy request waits for a place; then 503 with Retry-After"
     )
+    send_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="a heavy answer's client that takes no chunk of it (4 MiB) for this long is cut off: its "
+        "connection is closed and its place freed (a client that stopped reading would otherwise hold it for ever)",
+    )
     cross_check_samples: int = Field(
         DEFAULT_CHECK_SAMPLES,
         ge=100,

@@ -94,6 +94,34 @@ def test_an_answer_goes_in_chunks_with_its_headers_and_frees_its_place_after_the
     assert freed == [True]
 
 
+def test_a_client_that_takes_no_chunk_within_the_send_timeout_is_cut_off_and_frees_its_place(caplog):
+    """The timeout is on each chunk's wait: a reader slower in all than the timeout, but taking each chunk within
+    it, gets every byte; one that stops taking is cut off there, once, and says so in the log."""
+    body = bytes(3 * CHUNK_BYTES)
+    original = Response(body, media_type="application/json")
+
+    async def slow(message):  # each chunk taken after 0.1 s: 0.3 s in all, over the 0.2 s timeout
+        await asyncio.sleep(0.1)
+        received.append(message)
+
+    received, freed = [], []
+    asyncio.run(SentInChunks(original, lambda: freed.append(True), timeout=0.2)({}, None, slow))
+    assert b"".join(m.get("body", b"") for m in received) == body and freed == [True]
+
+    async def stops(message):  # the start and the first chunk are taken, then nothing more
+        if len([m for m in received if m["type"] == "http.response.body"]) == 1:
+            await asyncio.Event().wait()
+        received.append(message)
+
+    received, freed = [], []
+    started = time.monotonic()
+    with caplog.at_level("WARNING", logger="service.admission"):
+        asyncio.run(SentInChunks(original, lambda: freed.append(True), timeout=0.2)({}, None, stops))
+    assert 0.2 <= time.monotonic() - started < 5
+    assert [m["type"] for m in received] == ["http.response.start", "http.response.body"] and freed == [True]
+    assert f"with {CHUNK_BYTES} of {len(body)} bytes handed over: cut off" in caplog.text
+
+
 def test_heavy_requests_past_the_places_wait_then_get_503_while_light_ones_are_answered(monkeypatch):
     """In the app: one place; a heavy answer held open (its compute waits on an event), a second heavy request gets
     503 naming the setting, with Retry-After; a light request is answered meanwhile; once the first is done, the
@@ -186,13 +214,14 @@ SMALL_HEAVY = {"y": [1.0], "num_samples": 2000, "cross_check": False, "seed": 5}
 
 
 @contextmanager
-def server_with_one_place(wait_seconds: float) -> Iterator[str]:
+def server_with_one_place(wait_seconds: float, send_timeout: float = 60) -> Iterator[str]:
     """A live server (python -m service) whose requests of more than 1000 draws take its one place in turn."""
     env = {
         "AMORTIZED_ARTIFACTS_DIR": str(ARTIFACTS),
         "AMORTIZED_OFFLOAD_SAMPLES": "1000",
         "AMORTIZED_HEAVY_CONCURRENCY": "1",
         "AMORTIZED_HEAVY_WAIT_SECONDS": str(wait_seconds),
+        "AMORTIZED_SEND_TIMEOUT_SECONDS": str(send_timeout),
     }
     process, url = start_server(env, "--log-level", "warning")
     try:
@@ -221,25 +250,49 @@ def test_a_client_that_goes_away_mid_answer_frees_its_place():
         assert again.status_code == 200, again.text[:300]
 
 
+def stalled_reader(url: str) -> socket.socket:
+    """A connection that asks for a 24 MB answer and, once it has begun, reads nothing more of it."""
+    body = b'{"y": [' + b", ".join(b"%d" % i for i in range(10)) + b'], "num_samples": 100000, "cross_check": false}'
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    request = (
+        b"POST /v1/models/gmm/posterior HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    ) + body
+    slow.sendall(request)
+    assert slow.recv(12).startswith(b"HTTP/1.1 200")  # answered: its bytes are being sent, and not read
+    return slow
+
+
 def test_a_slow_reader_holds_its_place_until_its_answer_has_gone_to_it():
     """Live: a client that reads nothing of its 24 MB answer. The place used to be freed once uvicorn had the
     bytes in its buffer, so every slow reader held an answer in memory beyond the limit. Now the next heavy request
     waits for the place and gets 503; once the reader goes, the place is free."""
     with server_with_one_place(wait_seconds=2) as url, httpx.Client(timeout=30) as client:
-        body = (
-            b'{"y": [' + b", ".join(b"%d" % i for i in range(10)) + b'], "num_samples": 100000, "cross_check": false}'
-        )
-        slow = socket.socket()
-        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        slow.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
-        request = (
-            b"POST /v1/models/gmm/posterior HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n" % len(body)
-        ) + body
-        slow.sendall(request)
-        assert slow.recv(12).startswith(b"HTTP/1.1 200")  # answered: its bytes are being sent, and not read
+        slow = stalled_reader(url)
         waited = client.post(f"{url}/v1/models/gmm/posterior", json=SMALL_HEAVY)
         assert waited.status_code == 503 and waited.json()["detail"][0]["type"] == "busy", waited.text[:300]
         slow.close()
         again = admitted(client, url, seconds=60)
         assert again.status_code == 200, again.text[:300]
+
+
+def test_a_stalled_reader_is_cut_off_after_the_send_timeout_and_the_next_heavy_request_is_answered():
+    """Live: a client that stops reading held its place for as long as its connection stayed open (two such held
+    every heavy request off). With AMORTIZED_SEND_TIMEOUT_SECONDS=1 its connection is closed after a second without
+    taking a chunk, while it is still open at its end, and the next heavy request takes the place."""
+    with server_with_one_place(wait_seconds=20, send_timeout=1) as url, httpx.Client(timeout=60) as client:
+        slow = stalled_reader(url)
+        try:
+            started = time.monotonic()
+            answered = client.post(f"{url}/v1/models/gmm/posterior", json=SMALL_HEAVY)  # waits for the place
+            assert answered.status_code == 200, answered.text[:300]
+            assert 0.9 <= time.monotonic() - started < 20
+            slow.settimeout(30)
+            received = 0
+            while chunk := slow.recv(1 << 20):  # what was already in the buffers, then the server's close
+                received += len(chunk)
+            assert received < 24_000_000  # cut off: the answer never came whole
+        finally:
+            slow.close()
