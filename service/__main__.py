@@ -21,6 +21,11 @@ once per start, before any worker exists:
   gracefully and then raises the signal again with the handler it found, which
   by default would end the process before any clean-up runs.)
 
+- settings: checked before uvicorn starts (:func:`service.main.startup_refusal`); a refusal is one line on stderr
+  and exit status 3 (uvicorn's for a failed start). A worker that failed at start printed a traceback, and with
+  several workers uvicorn restarted them for ever. With one worker the check runs in this process (which then
+  serves); with several, in a child process, so that the supervisor never loads torch.
+
 What each worker sets for itself (torch's threads, the garbage collector) it
 sets when its app starts (``service.main.lifespan``): uvicorn's workers are
 fresh interpreters.
@@ -32,9 +37,11 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -64,6 +71,35 @@ def fresh_metrics_folder() -> tuple[str, bool]:
     return tempfile.mkdtemp(prefix="amortized-metrics-"), True
 
 
+STARTUP_FAILURE = 3  # uvicorn's exit status for a server that could not start
+CHECK = "from service.main import startup_refusal; print(startup_refusal() or '', end='')"
+
+
+def worker_count(options: list[str]) -> int:
+    """The workers uvicorn would run for these options (``--workers``, else $WEB_CONCURRENCY, else 1).
+
+    Read by uvicorn's own command-line parser; options it refuses count as one worker (it then says why itself).
+    """
+    try:
+        command: Any = uvicorn.main.main  # the click command uvicorn's CLI runs
+        with command.make_context("uvicorn", ["--factory", FACTORY, *options]) as context:
+            return int(context.params.get("workers") or 1)
+    except Exception:  # a usage error, --help or --version: uvicorn answers them
+        return 1
+
+
+def startup_refusal(options: list[str]) -> str | None:
+    """Why the settings would stop the server (:func:`service.main.startup_refusal`), or None."""
+    if worker_count(options) <= 1:
+        from service.main import startup_refusal as refusal
+
+        return refusal()
+    checked = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True)
+    if checked.returncode != 0:  # the check itself failed: what it printed is the reason
+        return checked.stderr.strip().splitlines()[-1] if checked.stderr.strip() else "the start-up check failed"
+    return checked.stdout or None
+
+
 def exit_on(signum: int, frame: object) -> None:
     """Signal handler: leave through ``finally`` blocks, with the shell's status for a signal (128 + its number)."""
     raise SystemExit(128 + signum)
@@ -82,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         if "--log-config" not in options:
             options = ["--log-config", log_config.name, *options]
         try:
+            refusal = startup_refusal(options)
+            if refusal:
+                print(f"service: not started: {refusal}", file=sys.stderr)
+                return STARTUP_FAILURE
             uvicorn.main.main(args=["--factory", FACTORY, *options], standalone_mode=False)
         except SystemExit as stop:
             return stop.code if isinstance(stop.code, int) else 1

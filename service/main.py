@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
+from pydantic import ValidationError
 
 from amortized.diagnostics import DEFAULT_CHECK_SAMPLES
 from service import errors
@@ -45,7 +46,7 @@ from service.registry import Registry, ServedModel
 from service.reload import describe, resolve_mode, watch_artifacts
 from service.routers import bench, exact, health, jobs, models, pages, posterior
 from service.schemas import SUMMARY_SOURCES, resolve_parts
-from service.settings import Settings, get_settings
+from service.settings import Settings, get_settings, settings_refusal
 from trainer.jobs import JobQueue, is_embedded
 
 DESCRIPTION = """
@@ -202,8 +203,30 @@ MIN_ADMIN_TOKEN = 16  # characters; the README's command makes 43 (32 random byt
 BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # b64token (RFC 6750, 2.1)
 
 
-def open_jobs(settings: Settings) -> JobQueue | None:
-    """The job queue when the job endpoints are on (AMORTIZED_ADMIN_TOKEN), else None; says why if it cannot open."""
+def startup_refusal() -> str | None:
+    """Why the server would not start with this environment's settings, in a sentence (None: it would).
+
+    Settings out of their range (:func:`service.settings.settings_refusal`), an admin token no client should or
+    could use, or a job queue that cannot be opened. ``python -m service`` asks before uvicorn starts: a worker that
+    failed at start printed a traceback, and with several workers uvicorn restarted them for ever.
+    """
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        return settings_refusal(error)
+    try:
+        open_jobs(settings, warn=False)
+    except RuntimeError as error:
+        return str(error)
+    return None
+
+
+def open_jobs(settings: Settings, warn: bool = True) -> JobQueue | None:
+    """The job queue when the job endpoints are on (AMORTIZED_ADMIN_TOKEN), else None; says why if it cannot open.
+
+    Raises RuntimeError for a token under MIN_ADMIN_TOKEN characters or outside RFC 6750's b64token (never saying
+    it), or a queue that cannot be opened; ``warn``: log the warning for a SQLite queue without its embedded worker.
+    """
     if settings.admin_token is None:
         return None
     token = settings.admin_token.get_secret_value()  # never said: only its length and the rule
@@ -218,7 +241,7 @@ def open_jobs(settings: Settings) -> JobQueue | None:
             "AMORTIZED_ADMIN_TOKEN holds characters a bearer token cannot (RFC 6750, 2.1: letters and digits of "
             f"ASCII, - . _ ~ + /, then = at the end): a client could not send it as set; make one with {make}"
         )
-    if settings.embedded_worker is False and is_embedded(settings.queue_url):
+    if warn and settings.embedded_worker is False and is_embedded(settings.queue_url):
         logging.getLogger("service.jobs").warning(
             "AMORTIZED_EMBEDDED_WORKER=0 with the SQLite queue %s: jobs wait until a worker on this machine consumes "
             "it (python -m trainer worker); a queued job's record says so after %g s",

@@ -5,10 +5,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from amortized.diagnostics import DEFAULT_CHECK_SAMPLES
+from amortized.inputs import quoted
 
 
 def default_compute_threads() -> int:
@@ -163,6 +164,24 @@ class Settings(BaseSettings):
         from trainer.jobs import embedded_queue_url
 
         return self.queue or embedded_queue_url(self.artifacts_dir)
+
+
+SECRET_SETTINGS = frozenset({"admin_token"})  # their values are never said
+
+
+def settings_refusal(error: ValidationError) -> str:
+    """What is wrong with the environment's settings, one line per variable: ``AMORTIZED_X='value': why``.
+
+    A secret's value is never said (:data:`SECRET_SETTINGS`); a value is quoted to 200 characters
+    (:func:`amortized.inputs.quoted`).
+    """
+    lines = []
+    for item in error.errors(include_url=False):
+        field = str(item["loc"][0]) if item["loc"] else ""
+        name = f"{Settings.model_config.get('env_prefix', '')}{field}".upper()
+        value = "" if field in SECRET_SETTINGS or "input" not in item else f"={quoted(str(item['input']))}"
+        lines.append(f"{name}{value}: {item['msg']}")
+    return "; ".join(lines)
 
 
 @lru_cache

@@ -4,15 +4,19 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
+from pydantic import ValidationError
 
+from service.settings import Settings, settings_refusal
 from tests.conftest import ARTIFACTS
-from tests.launch import start_server, stop_server
+from tests.launch import ROOT, start_server, stop_server
 
 N = 24
 
@@ -108,3 +112,44 @@ def test_stopping_leaves_no_temporary_files(tmp_path, workers):
     stop_server(process)
     assert process.returncode in (0, 128 + signal.SIGTERM), process.returncode
     assert not [path.name for path in tmp_path.iterdir() if path.name.startswith("amortized-")]
+
+
+def refused_start(env: dict[str, str], *options: str) -> tuple[int, str]:
+    """``python -m service`` with ``env`` added: its exit status and stderr (90 s at most)."""
+    command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", "0", *options]
+    environment = {**os.environ, "AMORTIZED_ARTIFACTS_DIR": str(ARTIFACTS), **env}
+    done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=90, cwd=ROOT)
+    return done.returncode, done.stderr
+
+
+@pytest.mark.parametrize("workers", [(), ("--workers", "2"), ("WEB_CONCURRENCY", "2")])
+def test_settings_out_of_range_stop_the_server_at_start_in_one_line_with_any_worker_count(workers):
+    """A setting out of its range printed a traceback; with several workers uvicorn restarted each failed worker for
+    ever and the server never exited. Now every such setting is named in one line, with exit status 3."""
+    env = {"AMORTIZED_HEAVY_CONCURRENCY": "0", "AMORTIZED_GZIP_LEVEL": "fast", "AMORTIZED_SEND_TIMEOUT_SECONDS": "-1"}
+    options: tuple[str, ...] = workers
+    if workers and workers[0] == "WEB_CONCURRENCY":
+        env, options = {**env, "WEB_CONCURRENCY": "2"}, ()
+    status, stderr = refused_start(env, *options)
+    assert status == 3 and "Traceback" not in stderr, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("service: not started: "), stderr[-2000:]
+    assert "AMORTIZED_HEAVY_CONCURRENCY='0': Input should be greater than or equal to 1" in last
+    assert "AMORTIZED_GZIP_LEVEL='fast': Input should be a valid integer" in last
+    assert "AMORTIZED_SEND_TIMEOUT_SECONDS='-1': Input should be greater than 0" in last
+
+
+@pytest.mark.parametrize("token", ["~" * 9, "\u00e9" * 16])
+def test_an_unusable_admin_token_stops_a_server_of_two_workers_at_start_and_is_never_said(token):
+    status, stderr = refused_start({"AMORTIZED_ADMIN_TOKEN": token, "WEB_CONCURRENCY": "2"})
+    assert status == 3 and "Traceback" not in stderr, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("service: not started: AMORTIZED_ADMIN_TOKEN ")
+    assert token not in stderr
+
+
+def test_a_secret_setting_of_the_wrong_type_is_named_and_its_value_never_said():
+    with pytest.raises(ValidationError) as refused:
+        Settings(admin_token=12345678901234567, gzip_level=0)
+    said = settings_refusal(refused.value)
+    assert "AMORTIZED_ADMIN_TOKEN: Input should be a valid string" in said and "12345" not in said
+    assert "AMORTIZED_GZIP_LEVEL='0': Input should be greater than or equal to 1" in said
