@@ -91,7 +91,7 @@ class PosteriorAnalysis:
     x: np.ndarray
     log_weights: np.ndarray
     log_evidence: np.ndarray
-    log_evidence_se: np.ndarray
+    log_evidence_se: np.ndarray  # NaN where q's own weights are unreliable (analyse)
     elbo: np.ndarray
     ess: np.ndarray
     ess_fraction: np.ndarray
@@ -251,8 +251,12 @@ def checked_verdict(level: str, why: str, check: CrossCheckResult, i: int) -> tu
 
 def verdict(
     summary: WeightSummary, pareto_k: np.ndarray, num_samples: int, check: CrossCheckResult | None, unchecked: str = ""
-) -> tuple[list[str], list[str]]:
+) -> tuple[list[str], list[str], np.ndarray]:
     """A plain verdict per observation: "reliable", "usable" or "unreliable", with the reason in a sentence.
+
+    Also, per observation, whether q's own weights are unreliable by themselves (before the cross-check): non-finite,
+    collapsed, or too heavy-tailed for the draws (bool ``(batch,)``); their standard error is then not reported
+    (:func:`analyse`).
 
     - Non-finite weights: unreliable.
     - q's own weights (:func:`weights_verdict`): below ``MIN_JUDGED_SAMPLES``
@@ -268,6 +272,7 @@ def verdict(
     The reason says what was checked and what was not.
     """
     levels, reasons = [], []
+    own_unreliable = np.ones(len(pareto_k), dtype=bool)
     rows = zip(summary.ess_fraction.tolist(), summary.ess.tolist(), pareto_k.tolist(), summary.log_evidence.tolist())
     for i, (ess_fraction, ess, k, log_z) in enumerate(rows):
         if not math.isfinite(log_z) or not math.isfinite(ess_fraction):
@@ -275,6 +280,7 @@ def verdict(
             reasons.append("the importance weights are not finite numbers")
             continue
         level, why = weights_verdict(num_samples, ess_fraction, ess, k)
+        own_unreliable[i] = level == "unreliable"
         if check is None:
             if level == "reliable":
                 level = "usable"
@@ -286,7 +292,7 @@ def verdict(
             level, why = checked_verdict(level, why, check, i)
         levels.append(level)
         reasons.append(why)
-    return levels, reasons
+    return levels, reasons, own_unreliable
 
 
 def analyse(
@@ -307,6 +313,12 @@ def analyse(
     its power does not fall with the caller's ``num_samples``: from
     ``check_samples`` draws on, q's own draws serve it; below, it draws its
     own, after q's. ``unchecked``: why there is no ``other`` (for the reason).
+
+    The evidence's standard error is NaN where q's own weights are unreliable (:func:`verdict`): the delta-method
+    value sqrt(1/ESS - 1/N) is estimated from the weights themselves, so it can never exceed 1 nat, while a
+    heavy-tailed or collapsed set of weights can miss log p(y) by any amount (with k-hat above 0.5 their variance
+    is infinite; Vehtari et al. 2024, sec. 3: above 0.7 no Monte Carlo error estimate can be trusted). The
+    cross-check still weighs q's estimate with the delta-method value.
     """
     if other is None:
         weighed, check = weigh(model, y, q, num_samples, generator), None
@@ -320,7 +332,7 @@ def analyse(
         summary.normalised, weighed.x, weighed.branch, q.num_branches
     )
     pareto_k = pareto_k_hat(weighed.log_weights)
-    verdicts, reasons = verdict(summary, pareto_k, num_samples, check, unchecked)
+    verdicts, reasons, own_unreliable = verdict(summary, pareto_k, num_samples, check, unchecked)
     resampled_branch = resampled_x = None
     if resample:
         finite = np.where(np.isfinite(summary.normalised), summary.normalised, 0.0)
@@ -332,7 +344,7 @@ def analyse(
         x=weighed.x,
         log_weights=weighed.log_weights,
         log_evidence=summary.log_evidence,
-        log_evidence_se=summary.log_evidence_se,
+        log_evidence_se=np.where(own_unreliable, math.nan, summary.log_evidence_se),
         elbo=summary.elbo,
         ess=summary.ess,
         ess_fraction=summary.ess_fraction,

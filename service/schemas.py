@@ -244,7 +244,10 @@ class Diagnostics(BaseModel):
     ess_fraction: float | None = Field(..., description="ESS / N")
     log_evidence: float | None = Field(..., description="logsumexp(log w) - log N, an estimate of log p(y)")
     log_evidence_se: float | None = Field(
-        ..., description="standard error of log_evidence (delta method); null with one sample"
+        ...,
+        description="standard error of log_evidence (delta method, sqrt(1/ESS - 1/N)); null with one sample, and "
+        "where q's own weights are unreliable (collapsed or too heavy-tailed: the reason says which), since the "
+        "weights cannot bound their own error then",
     )
     elbo: float | None = Field(..., description="mean log weight, a lower bound on log p(y)")
     pareto_k: float | None = Field(

@@ -138,8 +138,9 @@ def a_check(missed_mass, missed_mass_se, misses_mass) -> CrossCheckResult:
 def test_a_noisy_k_hat_over_uniform_weights_is_not_a_warning():
     """k-hat above 1 has been seen with ESS/N 0.999: the tail fit of near-constant weights is noise."""
     summary = WeightSummary(*(np.array([v, v]) for v in (-1.0, 0.001, -1.0, 999.0, 0.999)), np.full((2, 1000), 1e-3))
-    levels, reasons = verdict(summary, np.array([1.3, 1.3]), 1000, a_check([0.0, 0.3], [0.0, 0.01], [False, True]))
+    levels, reasons, own = verdict(summary, np.array([1.3, 1.3]), 1000, a_check([0.0, 0.3], [0.0, 0.01], [False, True]))
     assert levels == ["reliable", "unreliable"]  # the second only because the cross-check finds missing mass
+    assert not own.any()  # the weights themselves are fine in both
     assert "not informative" in reasons[0] and "finds no missed mass" in reasons[0]
     assert "q misses posterior mass: 30.0%" in reasons[1]
 
@@ -152,6 +153,8 @@ def test_heavy_tailed_weights_are_unreliable():
     narrow = BranchedNormal(exact.log_probs, exact.means, exact.stds * 0.3)
     result = analyse(model, y, narrow, 20_000, np.random.default_rng(2))  # true k = 1 - 0.3^2 = 0.91
     assert (result.pareto_k > 0.7).all() and result.verdict == ["unreliable", "unreliable"]
+    # no standard error is claimed for them: the delta-method value is below 1 nat whatever the weights
+    assert np.isnan(result.log_evidence_se).all()
 
 
 def test_resampling_follows_the_posterior():

@@ -96,12 +96,16 @@ def assert_answer_accurate(data, network, model, family, objective, y):
                 assert abs(np.mean([v == value for v in values]) - expected) < 0.03
     # the evidence: within 3 standard errors of the truth, except where q misses a mode (then the cross-check says so)
     d, exact = data["diagnostics"], data["exact"]
-    z = (d["log_evidence"] - exact["log_evidence"]) / d["log_evidence_se"]
+    mixture = d["cross_check"]
     if (family, objective) == ("gmm", "qp"):
         assert d["cross_check"]["misses_mass"] and d["verdict"] == "unreliable"
-        mixture = d["cross_check"]
         assert abs(mixture["log_evidence_mixture"] - exact["log_evidence"]) < 3 * mixture["log_evidence_mixture_se"]
+    elif d["log_evidence_se"] is None:  # q's own weights are unreliable (gmm_sigma5's pq: k-hat 1.9): no error claimed
+        assert d["verdict"] == "unreliable" and "heavy-tailed" in d["reason"], d
+        if mixture is not None:  # the cross-check's mixture does bound its error (a variant of one objective has none)
+            assert abs(mixture["log_evidence_mixture"] - exact["log_evidence"]) < 3 * mixture["log_evidence_mixture_se"]
     else:
+        z = (d["log_evidence"] - exact["log_evidence"]) / d["log_evidence_se"]
         assert abs(z) < 3, z
     if family in CONTAINS_POSTERIOR:
         assert d["ess_fraction"] > 0.9 and d["verdict"] == "reliable"

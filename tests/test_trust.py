@@ -61,6 +61,33 @@ def test_the_standard_error_with_two_draws_is_the_delta_method_value(client):
     )
 
 
+@pytest.mark.parametrize("model, objective, y", [("gmm_open", "pq", 30.0), ("gmm_open", "qp", 30.0), ("gmm", "qp", 2e4)])
+def test_no_standard_error_is_claimed_for_weights_that_are_unreliable_by_themselves(client, model, objective, y):
+    """With collapsed or heavy-tailed weights the delta-method error sqrt(1/ESS - 1/N) stays below 1 nat while the
+    estimate misses log p(y) by tens of nats or more (the closed form): it was reported as if it bounded the error.
+    It is null there; the verdict and its reason say why."""
+    data = post(client, model, y=y, objective=objective, num_samples=1000, seed=1)
+    d, exact = data["diagnostics"], data["exact"]
+    assert d["verdict"] == "unreliable" and ("heavy-tailed" in d["reason"] or "collapsed" in d["reason"])
+    assert d["log_evidence_se"] is None
+    claimed = math.sqrt(max(1 / d["ess"] - 1 / 1000, 0.0))  # what used to be reported
+    assert abs(d["log_evidence"] - exact["log_evidence"]) > 10 * max(claimed, 1.0)
+
+
+def test_a_standard_error_is_reported_wherever_the_weights_themselves_are_usable(client):
+    """The same delta-method value as before wherever q's own weights pass (a finite k-hat within the bounds)."""
+    for model in ("gaussian", "gmm", "gmm_open", "gmm_discrete"):
+        for y in (-3.0, 0.3, 4.0):
+            data = post(client, model, y=y, objective="pq", num_samples=1000, seed=2)
+            d = data["diagnostics"]
+            w = np.exp(np.array(data["log_weights"]) - max(data["log_weights"]))
+            ess = w.sum() ** 2 / (w**2).sum()
+            if "heavy-tailed" in d["reason"] or "collapsed" in d["reason"] or "needs at least" in d["reason"]:
+                assert d["log_evidence_se"] is None, (model, y, d)
+            else:
+                assert d["log_evidence_se"] == pytest.approx(math.sqrt(1 / ess - 1 / 1000), rel=1e-9, abs=1e-12)
+
+
 @pytest.mark.parametrize("num_samples", [2, 10, 100, 1000])
 def test_the_cross_check_catches_a_missed_mode_at_any_sample_size(client, num_samples):
     """gmm at y = -20.7: the qp network sits on the heavier mode; the other holds 11.4% of the mass (closed form)."""
