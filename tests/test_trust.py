@@ -61,7 +61,9 @@ def test_the_standard_error_with_two_draws_is_the_delta_method_value(client):
     )
 
 
-@pytest.mark.parametrize("model, objective, y", [("gmm_open", "pq", 30.0), ("gmm_open", "qp", 30.0), ("gmm", "qp", 2e4)])
+@pytest.mark.parametrize(
+    "model, objective, y", [("gmm_open", "pq", 30.0), ("gmm_open", "qp", 30.0), ("gmm", "qp", 2e4)]
+)
 def test_no_standard_error_is_claimed_for_weights_that_are_unreliable_by_themselves(client, model, objective, y):
     """With collapsed or heavy-tailed weights the delta-method error sqrt(1/ESS - 1/N) stays below 1 nat while the
     estimate misses log p(y) by tens of nats or more (the closed form): it was reported as if it bounded the error.
