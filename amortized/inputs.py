@@ -25,9 +25,10 @@ it, so both use these.
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 SHOWN_NAME = 200  # characters of a caller's name (a key, a header, a value) an error quotes; a longer one is cut
@@ -187,6 +188,22 @@ def _loads(text: str | bytes, pairs: Any) -> Any:
         if "integer string conversion" not in str(error):  # not JSON, or a repeated key: raised as it is
             raise
     return json.loads(text, object_pairs_hook=pairs, parse_int=_integer_or_float)
+
+
+def beyond_any_integer(item: Mapping[str, Any]) -> str | None:
+    """What to say of a pydantic error where an integer field got a number no integer field holds; else None.
+
+    Infinity, 1e400, or an integer longer than int() reads (read as float() reads it, :func:`_loads`) come to an
+    integer field as an infinite float, which pydantic calls "not a valid integer": it is one, beyond any bound.
+    One rule for the service's bodies and the trainer's spec files.
+    """
+    value = item.get("input")
+    if item.get("type") != "int_type" or not isinstance(value, float) or math.isfinite(value):
+        return None
+    return (
+        "out of range: not a finite number (NaN, infinity, beyond about 1.8e308, or an integer of more than "
+        f"{sys.get_int_max_str_digits()} digits); this field takes a whole number within its bounds"
+    )
 
 
 def _integer_or_float(digits: str) -> int | float:

@@ -40,7 +40,15 @@ from pydantic import (
     model_validator,
 )
 
-from amortized.inputs import DuplicateKey, LoneSurrogate, quoted, shown, strict_json, strict_yaml
+from amortized.inputs import (
+    DuplicateKey,
+    LoneSurrogate,
+    beyond_any_integer,
+    quoted,
+    shown,
+    strict_json,
+    strict_yaml,
+)
 from amortized.losses import OBJECTIVES, Objective
 from amortized.models import MODELS, ConjugateMixtureModel, build_model
 from amortized.networks import check_family_options, network_family
@@ -296,7 +304,7 @@ def problems_of(error: ValidationError, data: Any = None) -> list[tuple[tuple[st
     family = data.get("family") if isinstance(data, dict) else None
     out = []
     for item in error.errors():
-        where, why = tuple(item["loc"]), item["msg"].removeprefix("Value error, ")
+        where, why = tuple(item["loc"]), beyond_any_integer(item) or item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             parameter = item["loc"][0] == "params" and len(item["loc"]) == 2
             known = _known_fields(item["loc"], family)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 from urllib.parse import quote
@@ -42,11 +42,15 @@ MAX_PREALLOCATED_BYTES = 1 << 30
 
 
 class ApiError(Exception):
-    """A 3xx/4xx/5xx answer: ``status`` and the server's ``detail`` list (where and why; else its text)."""
+    """A 3xx/4xx/5xx answer: ``status`` and the server's ``detail`` list (where and why; else its text).
 
-    def __init__(self, status: int, detail: Any) -> None:
+    ``retry_after``: the seconds its ``Retry-After`` says to wait (a 503 ``busy``, a 429 of a full job queue, a 503
+    of a job queue out of reach), or None without one (or with the HTTP-date form, which the service never sends).
+    """
+
+    def __init__(self, status: int, detail: Any, retry_after: float | None = None) -> None:
         super().__init__(f"HTTP {status}: {detail}")
-        self.status, self.detail = status, detail
+        self.status, self.detail, self.retry_after = status, detail, retry_after
 
 
 class InvalidAnswer(ValueError):
@@ -125,7 +129,8 @@ def plain(value: Any) -> Any:
     ``np.int64(3)``, ``np.bool_``) or 0-d array the Python number: its value,
     floats exactly (a float32 is widened to the float64 it equals; a long
     double is rounded to the nearest float64, as JSON holds no wider number).
-    Text stays text (the server judges it). Raises ValueError for complex,
+    A set becomes a list, sorted (``include={"q", "samples"}``). Text stays text (the server judges it). Raises
+    ValueError for complex,
     date and time, bytes and object arrays or scalars: JSON has no value for
     them. Anything else is returned as it is.
     """
@@ -138,6 +143,8 @@ def plain(value: Any) -> Any:
         return value.tolist()
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
+    if isinstance(value, set | frozenset):  # include={"q", "samples"}: JSON has no sets; a list in a stable order
+        return sorted((plain(v) for v in value), key=str)
     if isinstance(value, dict):
         return {plain(k): plain(v) for k, v in value.items()}
     return value
@@ -366,7 +373,14 @@ def refuse_unless_success(response: httpx.Response) -> None:
         body = None
     # not this server's error object (a proxy's page, a JSON list): its text
     detail = body["detail"] if isinstance(body, dict) and "detail" in body else response.text or response.reason_phrase
-    raise ApiError(response.status_code, detail)
+    raise ApiError(response.status_code, detail, retry_after(response.headers.get("retry-after")))
+
+
+def retry_after(value: str | None) -> float | None:
+    """The delay a Retry-After header gives in seconds (RFC 9110, 10.2.3: delay-seconds), else None."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return float(value.strip())
 
 
 def read_into_buffer(response: httpx.Response) -> Any:
@@ -941,7 +955,7 @@ class AmortizedClient:
         resample: bool = False,
         cross_check: bool = True,
         version: str | dict[str, str] | None = None,
-        include: list[str] | None = None,
+        include: Collection[str] | None = None,
     ) -> Posterior | dict[str, Posterior] | list[Posterior | dict[str, Posterior]]:
         """One answer for a scalar y, a list for a list; ``objective="both"`` gives {"pq": ..., "qp": ...}.
 

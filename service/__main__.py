@@ -21,10 +21,12 @@ once per start, before any worker exists:
   gracefully and then raises the signal again with the handler it found, which
   by default would end the process before any clean-up runs.)
 
-- settings: checked before uvicorn starts (:func:`service.main.startup_refusal`); a refusal is one line on stderr
-  and exit status 3 (uvicorn's for a failed start). A worker that failed at start printed a traceback, and with
-  several workers uvicorn restarted them for ever. With one worker the check runs in this process (which then
-  serves); with several, in a child process, so that the supervisor never loads torch.
+- settings: checked before uvicorn starts (:func:`service.main.startup_refusal`), those of an ``--env-file``
+  included, with ``$WEB_CONCURRENCY`` and the metrics folder; a refusal is one line on stderr and exit status 3
+  (uvicorn's for a failed start). A worker that failed at start printed a traceback, and with several workers
+  uvicorn restarted them for ever. With one worker the check runs in this process (which then serves); with
+  several, in a child process, so that the supervisor never loads torch. An option uvicorn cannot read gets its
+  usage message and status 2, as from its own command line; ``--help`` and ``--version`` are answered unchecked.
 
 What each worker sets for itself (torch's threads, the garbage collector) it
 sets when its app starts (``service.main.lifespan``): uvicorn's workers are
@@ -43,6 +45,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import click
 import uvicorn
 
 FACTORY = "service.main:create_app"
@@ -73,29 +76,54 @@ def fresh_metrics_folder() -> tuple[str, bool]:
 
 STARTUP_FAILURE = 3  # uvicorn's exit status for a server that could not start
 CHECK = "from service.main import startup_refusal; print(startup_refusal() or '', end='')"
+ANSWERED_BY_UVICORN = ("--help", "--version")  # options uvicorn answers without starting: nothing to check
 
 
-def worker_count(options: list[str]) -> int:
-    """The workers uvicorn would run for these options (``--workers``, else $WEB_CONCURRENCY, else 1).
+class Refused(Exception):
+    """The server cannot start: the one line that says why (printed after ``service: not started: ``)."""
 
-    Read by uvicorn's own command-line parser; options it refuses count as one worker (it then says why itself).
+
+def uvicorn_options(options: list[str]) -> dict[str, Any]:
+    """The options as uvicorn's command line reads them (its click command); ``click.ClickException`` if it refuses.
+
+    ``--env-file`` is loaded into the environment here, as uvicorn loads it (python-dotenv, variables already set
+    win), so that the settings it holds are checked like any other.
     """
+    command: Any = uvicorn.main  # the package's ``main`` is the click command (uvicorn.main.main is its method)
+    with command.make_context("uvicorn", ["--factory", FACTORY, *options]) as context:
+        params = dict(context.params)
+    if params.get("env_file"):
+        from dotenv import load_dotenv  # uvicorn[standard]'s, which uvicorn itself uses for --env-file
+
+        load_dotenv(dotenv_path=params["env_file"])
+    return params
+
+
+def worker_count(params: dict[str, Any]) -> int:
+    """The workers uvicorn will run: ``--workers``, else ``$WEB_CONCURRENCY``, else 1 (uvicorn's ``Config``)."""
+    if params.get("workers") is not None:
+        return int(params["workers"])
+    raw = os.environ.get("WEB_CONCURRENCY", "1")
     try:
-        command: Any = uvicorn.main.main  # the click command uvicorn's CLI runs
-        with command.make_context("uvicorn", ["--factory", FACTORY, *options]) as context:
-            return int(context.params.get("workers") or 1)
-    except Exception:  # a usage error, --help or --version: uvicorn answers them
-        return 1
+        return int(raw)
+    except ValueError:
+        raise Refused(f"WEB_CONCURRENCY={raw[:200]!r}: the number of worker processes is a whole number") from None
 
 
 def startup_refusal(options: list[str]) -> str | None:
-    """Why the settings would stop the server (:func:`service.main.startup_refusal`), or None."""
-    if worker_count(options) <= 1:
+    """Why the server would not start (:func:`service.main.startup_refusal`), or None.
+
+    With one worker the check runs here (this process then serves); with several, in a child process, so that the
+    supervisor never loads torch. ``Refused`` or ``click.ClickException`` for options that cannot be read.
+    """
+    if any(option in ANSWERED_BY_UVICORN for option in options):
+        return None
+    if worker_count(uvicorn_options(options)) <= 1:
         from service.main import startup_refusal as refusal
 
         return refusal()
     checked = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True)
-    if checked.returncode != 0:  # the check itself failed: what it printed is the reason
+    if checked.returncode != 0:  # the check itself failed: its last line says why
         return checked.stderr.strip().splitlines()[-1] if checked.stderr.strip() else "the start-up check failed"
     return checked.stdout or None
 
@@ -110,7 +138,16 @@ def main(argv: list[str] | None = None) -> int:
     options = sys.argv[1:] if argv is None else argv
     for stop_signal in (signal.SIGTERM, signal.SIGINT):  # uvicorn raises the signal again once it has shut down
         signal.signal(stop_signal, exit_on)
-    folder, ours = fresh_metrics_folder()
+    try:
+        folder, ours = fresh_metrics_folder()
+    except OSError as error:
+        given = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+        print(
+            f"service: not started: PROMETHEUS_MULTIPROC_DIR={given[:200]!r} cannot be the metrics folder "
+            f"({error.strerror or error}): name a folder this process may write, or leave it unset",
+            file=sys.stderr,
+        )
+        return STARTUP_FAILURE
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder  # before any worker imports prometheus_client
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="amortized-logging-") as log_config:
         json.dump(LOG_CONFIG, log_config)
@@ -120,9 +157,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             refusal = startup_refusal(options)
             if refusal:
-                print(f"service: not started: {refusal}", file=sys.stderr)
-                return STARTUP_FAILURE
+                raise Refused(refusal)
             uvicorn.main.main(args=["--factory", FACTORY, *options], standalone_mode=False)
+        except Refused as refused:
+            print(f"service: not started: {refused}", file=sys.stderr)
+            return STARTUP_FAILURE
+        except click.ClickException as error:  # an option uvicorn cannot read: its usage message, as its CLI gives
+            error.show()
+            return error.exit_code
         except SystemExit as stop:
             return stop.code if isinstance(stop.code, int) else 1
         finally:

@@ -30,7 +30,9 @@ logger = logging.getLogger(__name__)
 
 
 class HeavyAdmission:
-    """At most ``places`` heavy requests answered at once; ``wait_seconds`` the longest a request waits for one.
+    """At most ``places`` heavy requests answered at once by this worker process; ``wait_seconds``: the longest wait.
+
+    Each uvicorn worker admits its own: N workers answer up to N x ``places`` heavy requests at once.
 
     ``send_timeout``: the longest an answer's client may take to read a chunk before it is cut off (seconds).
     """
@@ -42,9 +44,11 @@ class HeavyAdmission:
         on_idle: Callable[[], None] | None = None,
         gauge: Any = None,
         send_timeout: float = 60.0,
+        cut_off: Any = None,
     ) -> None:
         self.limiter = anyio.CapacityLimiter(places)
         self.wait_seconds, self.send_timeout = wait_seconds, send_timeout
+        self.cut_off: Any = cut_off  # prometheus_client's Counter of answers cut off at the send timeout, or None
         # prometheus_client's Gauge labelled by state (service/metrics.py): answering and waiting, or None
         self.answering: Any = None if gauge is None else gauge.labels("answering")
         self.waiting: Any = None if gauge is None else gauge.labels("waiting")
@@ -67,8 +71,8 @@ class HeavyAdmission:
             raise ApiError(
                 503,
                 ["body"],
-                f"the server is answering {self.in_use} large request{'s' * (self.in_use != 1)} (more draws than "
-                "AMORTIZED_OFFLOAD_SAMPLES; "
+                f"this worker process is answering {self.in_use} large request{'s' * (self.in_use != 1)} (more draws "
+                "than AMORTIZED_OFFLOAD_SAMPLES; "
                 f"this one draws {draws}) and no place freed up within {self.wait_seconds:g} s; retry later, or ask "
                 "for fewer samples or observations per request",
                 "busy",
@@ -103,7 +107,7 @@ class HeavyAdmission:
         ``token``'s place is freed once the last chunk is handed over, when the client is cut off (no chunk taken
         within ``send_timeout``), or when the response is gone unsent (``weakref.finalize``).
         """
-        held = SentInChunks(response, lambda: self.leave(token), self.send_timeout)
+        held = SentInChunks(response, lambda: self.leave(token), self.send_timeout, self.cut_off)
         weakref.finalize(held, self.leave, token)
         return held
 
@@ -124,10 +128,12 @@ class SentInChunks(Response):
     "ASGI callable returned without completing response", after this module's warning that says why).
     """
 
-    def __init__(self, response: Response, sent: Callable[[], None], timeout: float = 60.0) -> None:
+    def __init__(
+        self, response: Response, sent: Callable[[], None], timeout: float = 60.0, cut_off: Any = None
+    ) -> None:
         self.status_code, self.body, self.background = response.status_code, bytes(response.body), None
         self.raw_headers = response.raw_headers
-        self.sent, self.timeout = sent, timeout
+        self.sent, self.timeout, self.cut_off = sent, timeout, cut_off
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         body, size, taken = self.body, len(self.body), 0
@@ -147,6 +153,8 @@ class SentInChunks(Response):
                 taken,
                 size,
             )
+            if self.cut_off is not None:
+                self.cut_off.inc()
         finally:
             self.body = b""
             del body

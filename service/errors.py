@@ -20,9 +20,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import Scope, Send
 
-from amortized.inputs import DuplicateKey, LoneSurrogate, shown
+from amortized.inputs import DuplicateKey, LoneSurrogate, beyond_any_integer, shown
 from service.responses import json_response
 from service.schemas import MAX_ABS_Y
+from trainer.jobs import UNAVAILABLE, public_url
 
 
 class ApiError(Exception):
@@ -166,6 +167,8 @@ def plain_errors(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 f"out of range: {_magnitude(value)} is beyond any float; {RANGE}",
                 "out_of_range",
             )
+        elif beyond := beyond_any_integer(error):  # Infinity, 1e400 or 4301 digits in an integer field
+            item["msg"], item["type"] = beyond, "out_of_range"
         elif error.get("type") == "json_invalid":
             where = f" at character {loc[1]}" if len(loc) > 1 else ""
             item["loc"] = ["body"]
@@ -218,13 +221,27 @@ async def api_error(request: Request, exc: ApiError) -> Response:
     return json_response(error_body([{"loc": exc.loc, "msg": exc.msg, "type": exc.kind}]), exc.status, exc.headers)
 
 
+QUEUE_RETRY_SECONDS = 5
+
+
+async def queue_unavailable(request: Request, exc: Exception) -> Response:
+    """503 naming the job queue (without credentials) when its storage cannot be reached: Redis down, SQLite locked.
+
+    Not a 500: the request was fine, and the same request may succeed once the queue is back (Retry-After).
+    """
+    settings = request.app.state.settings
+    where = public_url(settings.queue_url)
+    msg = f"the job queue {where} cannot be reached ({shown(str(exc), 200)}); retry later"
+    body = error_body([{"loc": ["queue"], "msg": msg, "type": "queue_unavailable"}])
+    return json_response(body, 503, {"Retry-After": str(QUEUE_RETRY_SECONDS)})
+
+
 def why_unparsed(cause: BaseException | None) -> str | None:
     """Why the JSON decoder refused a body, from the exception behind FastAPI's "There was an error parsing the body".
 
-    None for a cause not named here (the generic message stays). UnicodeDecodeError is a ValueError: it comes first.
+    None for a cause not named here (the generic message stays). (Nesting too deep for the decoder, a RecursionError,
+    is a 422 as malformed JSON is: :func:`http_error`.)
     """
-    if isinstance(cause, RecursionError):
-        return "the body could not be read as JSON: its arrays or objects are nested too deeply"
     if isinstance(cause, UnicodeDecodeError):  # the Utf8Json middleware refuses such bodies before they get here
         return not_utf8(bytes(cause.object)) or "the body is not valid JSON: it is not UTF-8 text"
     return None
@@ -291,6 +308,9 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     cause = exc.__cause__
     if exc.status_code == 400 and isinstance(cause, DuplicateKey | LoneSurrogate):  # valid JSON, but ambiguous: 422
         return json_response(error_body([{"loc": ["body", *cause.path], "msg": str(cause), "type": cause.kind}]), 422)
+    if exc.status_code == 400 and isinstance(cause, RecursionError):  # unreadable as JSON here: as malformed JSON is
+        msg = "the body is not valid JSON for this service: its arrays or objects are nested too deeply"
+        return json_response(error_body([{"loc": ["body"], "msg": msg, "type": "json_invalid"}]), 422)
     loc = ["body"] if exc.status_code in (400, 408, 413) else ["request"]
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     if exc.status_code == 400:
@@ -349,3 +369,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(ApiError, api_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
+    for unavailable in UNAVAILABLE:  # the job queue's storage, out of reach
+        app.add_exception_handler(unavailable, queue_unavailable)

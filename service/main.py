@@ -18,6 +18,7 @@ import gc
 import itertools
 import logging
 import re
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -47,7 +48,7 @@ from service.reload import describe, resolve_mode, watch_artifacts
 from service.routers import bench, exact, health, jobs, models, pages, posterior
 from service.schemas import SUMMARY_SOURCES, resolve_parts
 from service.settings import Settings, get_settings, settings_refusal
-from trainer.jobs import JobQueue, is_embedded
+from trainer.jobs import UNAVAILABLE, JobQueue, is_embedded, public_url
 
 DESCRIPTION = """
 Amortized inference as a service. Compiled inference networks q(x|y) for variants of four model
@@ -249,12 +250,22 @@ def open_jobs(settings: Settings, warn: bool = True) -> JobQueue | None:
             settings.job_stale_seconds,
         )
     try:
-        return JobQueue(settings.queue_url, settings.artifacts_dir, settings.job_stale_seconds)
-    except (OSError, ValueError) as error:
+        queue = JobQueue(settings.queue_url, settings.artifacts_dir, settings.job_stale_seconds)
+    except (OSError, ValueError, sqlite3.Error) as error:
         raise RuntimeError(
-            f"AMORTIZED_ADMIN_TOKEN is set, but the job queue {settings.queue_url.split('@')[-1]} cannot be opened "
+            f"AMORTIZED_ADMIN_TOKEN is set, but the job queue {public_url(settings.queue_url)} cannot be opened "
             f"({error}); set AMORTIZED_QUEUE to a writable sqlite:///path or a redis:// URL"
         ) from error
+    try:  # a Redis queue may come up after the server: its routes answer 503 until then (service/errors.py)
+        queue.consumer_seen()
+    except UNAVAILABLE as error:
+        if warn:
+            logging.getLogger("service.jobs").warning(
+                "the job queue %s cannot be reached now (%s): the job routes answer 503 until it can",
+                public_url(settings.queue_url),
+                error,
+            )
+    return queue
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -281,6 +292,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         on_idle=trim_heap,
         gauge=app.state.metrics.heavy,
         send_timeout=settings.send_timeout_seconds,
+        cut_off=app.state.metrics.cut_off,
     )
     app.state.batcher = MicroBatcher(answer_batch, settings.offload_samples, app.state.metrics.batch_queries.observe)
     errors.install(app)

@@ -100,6 +100,12 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=self.registry,
         )
+        self.cut_off = Counter(
+            "amortized_heavy_cut_off",
+            "heavy answers cut off because their client took no chunk for AMORTIZED_SEND_TIMEOUT_SECONDS (their "
+            "responses began as 200, so amortized_http_responses counts them there too)",
+            registry=self.registry,
+        )
         self._children: dict[tuple, tuple] = {}
         self._observed: dict[str, Any] = {}  # each model's observations counter (labels() costs a lock and lookups)
         self._process_refreshed = 0.0

@@ -34,7 +34,11 @@ class Settings(BaseSettings):
         "imports, else poll",
     )
     reload_interval: float = Field(
-        1.0, gt=0, le=3600, description="seconds between rescans of the artifacts folder (poll; and watch's safety net)"
+        1.0,
+        ge=0.1,
+        le=3600,
+        description="seconds between rescans of the artifacts folder (poll; and watch's safety net); at least 0.1: "
+        "each rescan reads every manifest's files (1e-300 kept an idle server at full CPU)",
     )
     max_batch: int = Field(10_000, ge=1, description="most observations in one request")
     max_samples: int = Field(
@@ -52,7 +56,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body accepted")
     body_timeout_seconds: float = Field(
         30.0,
-        gt=0,
+        ge=1,
         le=3600,
         description="a request body that stops arriving for this long is answered 408 (a client that sent less than "
         "its Content-Length would otherwise hold its connection open for ever)",
@@ -76,10 +80,11 @@ class Settings(BaseSettings):
     )
     send_timeout_seconds: float = Field(
         60.0,
-        gt=0,
+        ge=1,
         le=3600,
         description="a heavy answer's client that takes no chunk of it (4 MiB) for this long is cut off: its "
-        "connection is closed and its place freed (a client that stopped reading would otherwise hold it for ever)",
+        "connection is closed and its place freed (a client that stopped reading would otherwise hold it for ever); "
+        "at least 1: a chunk takes a fast client milliseconds, but a timeout of 1e-9 cut off every heavy answer",
     )
     cross_check_samples: int = Field(
         DEFAULT_CHECK_SAMPLES,
@@ -151,10 +156,13 @@ class Settings(BaseSettings):
     )
     job_max_queued: int = Field(4, ge=1, le=1000, description="most jobs queued or running at once; past it, 429")
 
-    @field_validator("admin_token", "queue", mode="before")
+    @field_validator("admin_token", "queue", "embedded_worker", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
-        """Blank is unset; surrounding whitespace is dropped (HTTP strips it from the Authorization header too)."""
+        """Blank is unset, for every setting whose default is "unset".
+
+        Surrounding whitespace is dropped (HTTP strips it from the Authorization header too).
+        """
         if isinstance(value, str):
             value = value.strip()
         return None if value == "" else value

@@ -294,5 +294,8 @@ def test_a_stalled_reader_is_cut_off_after_the_send_timeout_and_the_next_heavy_r
             while chunk := slow.recv(1 << 20):  # what was already in the buffers, then the server's close
                 received += len(chunk)
             assert received < 24_000_000  # cut off: the answer never came whole
+            metrics = client.get(f"{url}/metrics").text
+            assert "amortized_heavy_cut_off_total 1.0" in metrics  # its response began as a 200: counted apart too
+            assert 'amortized_heavy_answers{state="answering"} 0.0' in metrics
         finally:
             slow.close()

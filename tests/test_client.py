@@ -990,3 +990,26 @@ def test_an_answer_to_another_seed_version_or_with_infinite_draws_raises_invalid
         content = real_answer(client, "application/json", **options, y=body["y"], **more)
         with AmortizedClient(transport=Answers(JSON_TYPE, content), base_url="http://t", format="json") as api:
             api.posterior("gmm", body["y"], **options, **more)
+
+
+def test_include_may_be_a_set_and_a_refusal_carries_its_retry_after(client):
+    """include={"q", ...} raised json's own TypeError; a 503 busy's Retry-After was not on the ApiError."""
+    with AmortizedClient(transport=client._transport, base_url="http://testserver", format="json") as api:
+        as_set = api.posterior("gmm_open", 0.5, num_samples=20, seed=4, include={"q", "diagnostics"})
+        as_list = api.posterior("gmm_open", 0.5, num_samples=20, seed=4, include=["diagnostics", "q"])
+    assert as_set.raw == as_list.raw and "samples" not in as_set.raw
+
+    class Busy(httpx.BaseTransport):
+        def __init__(self, retry_after: str | None) -> None:
+            self.retry_after = retry_after
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            headers = {} if self.retry_after is None else {"retry-after": self.retry_after}
+            detail = [{"loc": ["body"], "msg": "busy", "type": "busy"}]
+            return httpx.Response(503, headers=headers, json={"detail": detail})
+
+    for header, seconds in (("30", 30.0), (" 7 ", 7.0), (None, None), ("Wed, 21 Oct 2026 07:28:00 GMT", None)):
+        with AmortizedClient(transport=Busy(header), base_url="http://t") as api, pytest.raises(ApiError) as raised:
+            api.posterior("gmm", 0.0)
+        assert raised.value.status == 503 and raised.value.retry_after == seconds
+        assert raised.value.detail[0]["type"] == "busy"

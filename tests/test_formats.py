@@ -5,6 +5,7 @@ import gzip
 import json
 import re
 import struct
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -516,3 +517,29 @@ def test_zstd_contexts_are_kept_and_never_shared_by_two_answers_at_once():
         assert zstandard.ZstdDecompressor().decompressobj().decompress(wire[name]) == b"".join(chunks[name])
     assert len({id(context) for context in made}) == 2  # overlapping answers: a context each
     assert asyncio.run(run("a")) and made[-1] in made[:2] and len(contexts.free) == 2  # the third: a kept one
+
+
+def test_the_readme_names_each_dictionary_column_of_the_arrow_schema(client):
+    """The README's Arrow table said "string" for model, objective and versions, which are dictionary columns (R
+    reads them as factors, pandas as Categoricals): each column's row says "dictionary" where the stream has one."""
+    body = {"y": [0.5, 1.0], "objective": "both", "num_samples": 5, "seed": 3, "include": ["q", "diagnostics"]}
+    stream = client.post("/v1/models/gmm_open/posterior", json=body, headers={"Accept": ARROW}).content
+    schema = pa.ipc.open_stream(stream).schema
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = dict(re.findall(r"^\| ((?:`\w+`(?:, )?)+) \| (.+) \|$", readme, re.MULTILINE))
+    table = {name.strip("` "): text for names, text in rows.items() for name in names.split(",")}
+
+    def dictionary_leaves(kind: pa.DataType) -> list[str]:
+        if pa.types.is_dictionary(kind):
+            return ["dictionary"]
+        if pa.types.is_struct(kind):
+            return [leaf for i in range(kind.num_fields) for leaf in dictionary_leaves(kind.field(i).type)]
+        return []
+
+    for field in schema:
+        said = table[field.name]
+        if pa.types.is_dictionary(field.type) or pa.types.is_struct(field.type) and field.name == "versions":
+            assert said.startswith(("dictionary", "struct of dictionary")), (field.name, said)
+        assert said.count("dictionary") >= len(set(dictionary_leaves(field.type))), (field.name, said)
+    diagnostics = table["diagnostics"]
+    assert "`verdict`: dictionary" in diagnostics and "`other_objective`: dictionary" in diagnostics

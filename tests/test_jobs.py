@@ -239,7 +239,7 @@ def test_a_spec_quoting_a_lone_surrogate_is_a_422_not_a_500(api, content):
     [
         ('"params": {{"sigma": {}}}', ["body", "params", "sigma"], "finite number"),
         ('"training": {{"steps": {}}}', ["body", "training", "steps"], "whole numbers from 1"),
-        ('"training": {{"seed": -{}}}', ["body", "training", "seed"], "integer"),
+        ('"training": {{"seed": -{}}}', ["body", "training", "seed"], "out of range: not a finite number"),
     ],
 )
 def test_a_spec_with_an_integer_too_long_for_pythons_int_is_a_422_at_its_field(api, where, loc, reason):
@@ -620,6 +620,36 @@ def test_a_running_job_is_cancelled_within_seconds(deployment):
     done = deployment.wait(job["id"], finished, timeout=10)
     assert done["status"] == "cancelled" and time.monotonic() - asked < 2 * HEARTBEAT_SECONDS + 1.5
     assert not (deployment.root / f"cancel_{deployment.mode}").exists()
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_a_blank_embedded_worker_setting_is_unset_as_its_default(monkeypatch, value):
+    """AMORTIZED_EMBEDDED_WORKER= was refused as "not a valid boolean" while a blank token or queue counts as unset."""
+    monkeypatch.setenv("AMORTIZED_EMBEDDED_WORKER", value)
+    assert Settings().embedded_worker is None
+    monkeypatch.setenv("AMORTIZED_EMBEDDED_WORKER", "0")
+    assert Settings().embedded_worker is False
+
+
+def test_a_redis_queue_out_of_reach_answers_503_naming_it_without_credentials(tmp_path, caplog):
+    """Every job route answered 500 (a ConnectionError traceback) while the server said ready; a Redis queue may come
+    up after the server, so it starts, warns, and the job routes say 503 with Retry-After until the queue answers."""
+    queue = "redis://someone:secret-word@127.0.0.1:1/0"
+    with caplog.at_level(logging.WARNING, "service.jobs"):
+        app = create_app(Settings(artifacts_dir=served_root(tmp_path), admin_token=TOKEN, queue=queue))
+    assert "redis://127.0.0.1:1/0 cannot be reached now" in caplog.text and "secret-word" not in caplog.text
+    with TestClient(app) as client:
+        assert client.get("/health/ready").status_code == 200  # the posterior serves without the queue
+        for method, path, body in [
+            ("GET", "/v1/jobs", None),
+            ("GET", "/v1/jobs/abc", None),
+            ("POST", "/v1/models", SMALL),
+        ]:
+            response = client.request(method, path, json=body, headers=AUTH)
+            assert response.status_code == 503 and response.headers["Retry-After"] == "5", response.text
+            (item,) = response.json()["detail"]
+            assert item["loc"] == ["queue"] and item["type"] == "queue_unavailable"
+            assert "redis://127.0.0.1:1/0 cannot be reached" in item["msg"] and "secret-word" not in response.text
 
 
 @pytest.mark.parametrize("token, enabled", [("", None), ("   ", None), ("\t\n", None), (f"  {TOKEN} ", TOKEN)])

@@ -162,7 +162,7 @@ def test_a_missing_folder_is_logged_and_named_by_readiness(tmp_path, caplog):
 
 def test_an_empty_folder_is_named_and_artifacts_that_appear_are_served(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, "service.registry"):
-        app = app_for(tmp_path, reload="poll", reload_interval=0.05)
+        app = app_for(tmp_path, reload="poll", reload_interval=0.1)
     assert any(f"{tmp_path} holds no artifacts" in r.getMessage() for r in caplog.records)
     with TestClient(app) as client:
         body = client.get("/health/ready").json()

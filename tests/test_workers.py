@@ -9,11 +9,13 @@ import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from pydantic import ValidationError
 
+from service.__main__ import uvicorn_options, worker_count
 from service.settings import Settings, settings_refusal
 from tests.conftest import ARTIFACTS
 from tests.launch import ROOT, start_server, stop_server
@@ -57,7 +59,7 @@ def two_workers(tmp_path_factory):
         timeout=90,
     )
     wait_for_workers(url, 2)
-    yield url, folder
+    yield url, folder, process.pid
     stop_server(process)
 
 
@@ -73,7 +75,7 @@ def per_worker_counts(folder) -> list[float]:
 
 
 def test_counters_are_the_sum_over_workers_and_survive_a_dead_worker(two_workers):
-    url, folder = two_workers
+    url, folder, _ = two_workers
     # 30 y x 1000 draws: answered on the event loop (~20 ms), so while one worker is busy the other accepts
     body = json.dumps({"y": [0.1 * i for i in range(30)], "objective": "qp", "num_samples": 1000}).encode()
     sent = 0
@@ -136,7 +138,7 @@ def test_settings_out_of_range_stop_the_server_at_start_in_one_line_with_any_wor
     assert last.startswith("service: not started: "), stderr[-2000:]
     assert "AMORTIZED_HEAVY_CONCURRENCY='0': Input should be greater than or equal to 1" in last
     assert "AMORTIZED_GZIP_LEVEL='fast': Input should be a valid integer" in last
-    assert "AMORTIZED_SEND_TIMEOUT_SECONDS='-1': Input should be greater than 0" in last
+    assert "AMORTIZED_SEND_TIMEOUT_SECONDS='-1': Input should be greater than or equal to 1" in last
 
 
 @pytest.mark.parametrize("token", ["~" * 9, "\u00e9" * 16])
@@ -153,3 +155,61 @@ def test_a_secret_setting_of_the_wrong_type_is_named_and_its_value_never_said():
     said = settings_refusal(refused.value)
     assert "AMORTIZED_ADMIN_TOKEN: Input should be a valid string" in said and "12345" not in said
     assert "AMORTIZED_GZIP_LEVEL='0': Input should be greater than or equal to 1" in said
+
+
+def test_an_env_file_is_checked_like_the_environment_with_two_workers(tmp_path):
+    """uvicorn's --env-file got past the check: with two workers uvicorn restarted them for ever."""
+    env_file = tmp_path / "bad.env"
+    env_file.write_text("AMORTIZED_HEAVY_CONCURRENCY=0\n")
+    status, stderr = refused_start({}, "--workers", "2", "--env-file", str(env_file))
+    assert status == 3 and "Traceback" not in stderr, stderr[-2000:]
+    assert "AMORTIZED_HEAVY_CONCURRENCY='0'" in stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "env, words",
+    [
+        ({"WEB_CONCURRENCY": "two"}, "WEB_CONCURRENCY='two': the number of worker processes is a whole number"),
+        ({"PROMETHEUS_MULTIPROC_DIR": "FILE"}, "cannot be the metrics folder"),
+        ({"AMORTIZED_ADMIN_TOKEN": "a" * 32, "AMORTIZED_QUEUE": "sqlite:///DIR"}, "cannot be opened"),
+        ({"AMORTIZED_RELOAD_INTERVAL": "1e-300"}, "AMORTIZED_RELOAD_INTERVAL='1e-300': Input should be greater than"),
+        ({"AMORTIZED_SEND_TIMEOUT_SECONDS": "1e-9"}, "AMORTIZED_SEND_TIMEOUT_SECONDS='1e-9': Input should be greater"),
+        ({"AMORTIZED_BODY_TIMEOUT_SECONDS": "0.001"}, "AMORTIZED_BODY_TIMEOUT_SECONDS='0.001': Input should be"),
+    ],
+)
+def test_every_environment_that_cannot_serve_is_refused_in_one_line(tmp_path, env, words):
+    """Each used to end in a traceback (or to start and then spin: a rescan every 1e-300 s kept an idle server at full
+    CPU; a send timeout of 1e-9 s cut off every heavy answer)."""
+    (tmp_path / "file").write_text("")
+    (tmp_path / "dir").mkdir()
+    env = {k: v.replace("FILE", str(tmp_path / "file")).replace("DIR", str(tmp_path / "dir")) for k, v in env.items()}
+    status, stderr = refused_start(env)
+    assert status == 3 and "Traceback" not in stderr, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("service: not started: ") and words in last, last
+
+
+@pytest.mark.parametrize("options", [("--bogus",), ("--port", "notanumber"), ("--workers", "abc"), ("main:app",)])
+def test_an_option_uvicorn_cannot_read_gets_its_usage_message_not_a_traceback(options):
+    status, stderr = refused_start({}, *options)
+    assert status == 2 and "Traceback" not in stderr and "Error: " in stderr, stderr[-2000:]
+
+
+def test_help_is_answered_whatever_the_settings():
+    status, stderr = refused_start({"AMORTIZED_HEAVY_CONCURRENCY": "0"}, "--help")
+    assert status == 0 and "not started" not in stderr
+
+
+def test_the_workers_are_counted_as_uvicorn_counts_them(monkeypatch):
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    assert worker_count(uvicorn_options(["--workers", "2"])) == 2 and worker_count(uvicorn_options([])) == 1
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    assert worker_count(uvicorn_options([])) == 3 and worker_count(uvicorn_options(["--workers", "1"])) == 1
+
+
+def test_the_supervisor_of_two_workers_never_loads_torch(two_workers):
+    """With several workers the settings are checked in a child process: the check in the supervisor loaded torch
+    there (383 MB resident in a process that only watches its workers)."""
+    _, _, supervisor = two_workers
+    maps = Path(f"/proc/{supervisor}/maps").read_text()
+    assert "libtorch" not in maps and "libtorch" in Path(f"/proc/{os.getpid()}/maps").read_text()

@@ -48,12 +48,15 @@ import math
 import os
 import signal
 import socket
+import sqlite3
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Literal
 
+import redis
+import redis.exceptions
 from huey import RedisHuey, SqliteHuey
 from huey.api import Huey
 from huey.registry import Message
@@ -176,6 +179,24 @@ def is_embedded(url: str) -> bool:
     return url.startswith("sqlite:")
 
 
+# what a queue's storage raises when it cannot be reached or used (Redis down or unreachable, a SQLite file locked
+# or gone): the service answers the job routes 503 naming the queue (service/errors.py), not 500
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    sqlite3.OperationalError,
+)
+
+
+REDIS_CONNECT_SECONDS, REDIS_SOCKET_SECONDS = 5.0, 10.0  # a Redis queue's longest waits to connect and to answer
+
+
+def public_url(url: str) -> str:
+    """A queue's URL without its credentials (``redis://user:secret@host`` names ``redis://host``), to be said."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rsplit('@', 1)[-1]}" if rest else url
+
+
 def make_huey(url: str) -> Huey:
     """A Huey over SQLite (``sqlite:///path``) or Redis (``redis://``, ``rediss://``, ``unix://``); ValueError else."""
     common: dict[str, Any] = {"name": QUEUE_NAME, "results": False, "serializer": JsonSerializer(), "utc": True}
@@ -186,7 +207,12 @@ def make_huey(url: str) -> Huey:
         path.parent.mkdir(parents=True, exist_ok=True)
         return SqliteHuey(filename=str(path), **common)
     if url.startswith(("redis://", "rediss://", "unix://")):
-        return RedisHuey(url=url, blocking=True, read_timeout=1, **common)
+        # bounded waits (options in the URL's query win): an unreachable host held requests for the OS's connect
+        # timeout (minutes); the consumer's blocking reads last read_timeout (1 s), well within the socket's
+        pool = redis.ConnectionPool.from_url(
+            url, socket_connect_timeout=REDIS_CONNECT_SECONDS, socket_timeout=REDIS_SOCKET_SECONDS
+        )
+        return RedisHuey(connection_pool=pool, blocking=True, read_timeout=1, **common)
     raise ValueError(f"a queue is sqlite:///path or redis://host:port/db (got {url.split('://')[0]}://...)")
 
 

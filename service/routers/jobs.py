@@ -39,6 +39,11 @@ ENDED = {"succeeded": "succeeded", "failed": "failed", "cancelled": "been cancel
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "no bearer token, or not the right one"},
     403: {"model": ErrorResponse, "description": "the job endpoints are off: set AMORTIZED_ADMIN_TOKEN"},
+    503: {
+        "model": ErrorResponse,
+        "description": "the job queue (AMORTIZED_QUEUE) cannot be reached, e.g. Redis is down: `queue_unavailable` at "
+        '["queue"], naming it without credentials; Retry-After says when to try again',
+    },
 }
 
 
