@@ -70,6 +70,8 @@ def fresh_metrics_folder() -> tuple[str, bool]:
         Path(folder).mkdir(parents=True, exist_ok=True)
         for stale in Path(folder).glob("*.db"):  # values of an earlier start would be summed with this one's
             stale.unlink()
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".writable-"):  # each worker writes its files there
+            pass
         return folder, False
     return tempfile.mkdtemp(prefix="amortized-metrics-"), True
 
@@ -110,15 +112,13 @@ def worker_count(params: dict[str, Any]) -> int:
         raise Refused(f"WEB_CONCURRENCY={raw[:200]!r}: the number of worker processes is a whole number") from None
 
 
-def startup_refusal(options: list[str]) -> str | None:
-    """Why the server would not start (:func:`service.main.startup_refusal`), or None.
+def startup_refusal(params: dict[str, Any]) -> str | None:
+    """Why the server would not start (:func:`service.main.startup_refusal`), or None; ``params``: uvicorn's options.
 
     With one worker the check runs here (this process then serves); with several, in a child process, so that the
-    supervisor never loads torch. ``Refused`` or ``click.ClickException`` for options that cannot be read.
+    supervisor never loads torch. ``Refused`` for a worker count that cannot be read.
     """
-    if any(option in ANSWERED_BY_UVICORN for option in options):
-        return None
-    if worker_count(uvicorn_options(options)) <= 1:
+    if worker_count(params) <= 1:
         from service.main import startup_refusal as refusal
 
         return refusal()
@@ -138,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     options = sys.argv[1:] if argv is None else argv
     for stop_signal in (signal.SIGTERM, signal.SIGINT):  # uvicorn raises the signal again once it has shut down
         signal.signal(stop_signal, exit_on)
+    answered_by_uvicorn = any(option in ANSWERED_BY_UVICORN for option in options)
+    try:  # first: an --env-file may set PROMETHEUS_MULTIPROC_DIR
+        params = {} if answered_by_uvicorn else uvicorn_options(options)
+    except click.ClickException as error:  # an option uvicorn cannot read: its usage message, as its CLI gives
+        error.show()
+        return error.exit_code
     try:
         folder, ours = fresh_metrics_folder()
     except OSError as error:
@@ -155,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         if "--log-config" not in options:
             options = ["--log-config", log_config.name, *options]
         try:
-            refusal = startup_refusal(options)
+            refusal = None if answered_by_uvicorn else startup_refusal(params)
             if refusal:
                 raise Refused(refusal)
             uvicorn.main.main(args=["--factory", FACTORY, *options], standalone_mode=False)

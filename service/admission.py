@@ -112,6 +112,50 @@ class HeavyAdmission:
         return held
 
 
+# the scope key under which the app keeps the server's own ``send`` (keep_server_send): ASGI has no message that
+# drops a connection, and a response left incomplete is closed by uvicorn with ``transport.close()``, which first
+# sends what its buffer holds: a client that read nothing kept its connection (and megabytes of buffer) for as long
+# as it stayed open, and held up shutdown
+SERVER_SEND = "amortized.server_send"
+
+
+def keep_server_send(app: Any) -> None:
+    """Have ``app`` (Starlette's) keep the server's own ``send`` in each HTTP scope, for :func:`abort_connection`.
+
+    Starlette wraps ``send`` (its ServerErrorMiddleware) before any middleware the app adds sees it, so this wraps
+    the whole stack it builds (``build_middleware_stack``, which Starlette calls on the first request).
+    """
+    build = app.build_middleware_stack
+
+    def build_keeping_send() -> Any:
+        stack = build()
+
+        async def keeping_send(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                scope[SERVER_SEND] = send
+            await stack(scope, receive, send)
+
+        return keeping_send
+
+    app.build_middleware_stack = build_keeping_send
+
+
+async def abort_connection(scope: Any) -> bool:
+    """Drop the request's connection at once, its buffered bytes unsent (``transport.abort()``); whether it could.
+
+    uvicorn's ``send`` is a method of its request-response cycle, which holds the connection's asyncio transport
+    (httptools and h11 alike); another server, or none found, leaves the closing to the server. Then one turn of the
+    event loop, so that uvicorn sees the connection lost before the app returns (else it logs the response as
+    incomplete).
+    """
+    transport = getattr(getattr(scope.get(SERVER_SEND), "__self__", None), "transport", None)
+    if transport is None or not hasattr(transport, "abort"):
+        return False
+    transport.abort()
+    await anyio.sleep(0)
+    return True
+
+
 CHUNK_BYTES = 4 << 20  # 1 MiB chunks cost a lone fast client 16 ms more for a 16 MB answer (a wait per chunk)
 
 
@@ -124,8 +168,8 @@ class SentInChunks(Response):
     Compression (service/middleware.py) then streams, chunk by chunk.
 
     A client that takes nothing for ``timeout`` seconds (a chunk of 4 MiB unread: under 70 kB/s at the default 60)
-    is cut off: the answer stops there, and uvicorn closes a connection whose response was left incomplete (it logs
-    "ASGI callable returned without completing response", after this module's warning that says why).
+    is cut off: the answer stops there and its connection is dropped with what its buffer holds
+    (:func:`abort_connection`), with a warning that says why.
     """
 
     def __init__(
@@ -146,12 +190,14 @@ class SentInChunks(Response):
                     await send({"type": "http.response.body", "body": body[start:end], "more_body": end < size})
                 taken = min(end, size)
         except TimeoutError:
+            dropped = await abort_connection(scope)
             logger.warning(
                 "a client took none of its answer for %g s (AMORTIZED_SEND_TIMEOUT_SECONDS) with %d of %d bytes "
-                "handed over: cut off, its place freed",
+                "handed over: cut off (%s), its place freed",
                 self.timeout,
                 taken,
                 size,
+                "its connection dropped" if dropped else "its connection left to the server to close",
             )
             if self.cut_off is not None:
                 self.cut_off.inc()

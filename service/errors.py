@@ -225,13 +225,13 @@ QUEUE_RETRY_SECONDS = 5
 
 
 async def queue_unavailable(request: Request, exc: Exception) -> Response:
-    """503 naming the job queue (without credentials) when its storage cannot be reached: Redis down, SQLite locked.
+    """503 naming the job queue (without credentials) when its storage cannot be reached or used (trainer.jobs).
 
     Not a 500: the request was fine, and the same request may succeed once the queue is back (Retry-After).
     """
     settings = request.app.state.settings
     where = public_url(settings.queue_url)
-    msg = f"the job queue {where} cannot be reached ({shown(str(exc), 200)}); retry later"
+    msg = f"the job queue {where} cannot be reached or used ({shown(str(exc), 200)}); retry later"
     body = error_body([{"loc": ["queue"], "msg": msg, "type": "queue_unavailable"}])
     return json_response(body, 503, {"Retry-After": str(QUEUE_RETRY_SECONDS)})
 

@@ -17,6 +17,7 @@ import functools
 import gc
 import itertools
 import logging
+import os
 import re
 import sqlite3
 from collections.abc import AsyncIterator
@@ -30,7 +31,7 @@ from pydantic import ValidationError
 
 from amortized.diagnostics import DEFAULT_CHECK_SAMPLES
 from service import errors
-from service.admission import HeavyAdmission
+from service.admission import HeavyAdmission, keep_server_send
 from service.answers import PosteriorQuery, answer_batch
 from service.batching import MicroBatcher
 from service.consumer import supervise
@@ -213,12 +214,29 @@ def startup_refusal() -> str | None:
     """
     try:
         settings = Settings()
-    except ValidationError as error:
-        return settings_refusal(error)
+    except ValidationError as error:  # and the token's own problem, so that one start names every problem
+        token = (os.environ.get("AMORTIZED_ADMIN_TOKEN") or "").strip()
+        return "; ".join(filter(None, [settings_refusal(error), admin_token_refusal(token) if token else None]))
     try:
         open_jobs(settings, warn=False)
     except RuntimeError as error:
         return str(error)
+    return None
+
+
+def admin_token_refusal(token: str) -> str | None:
+    """Why an admin token cannot serve (never saying it: only its length and the rule), or None."""
+    make = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+    if len(token) < MIN_ADMIN_TOKEN:
+        return (
+            f"AMORTIZED_ADMIN_TOKEN has {len(token)} character{'s' * (len(token) != 1)}: a bearer token guessable "
+            f"by trying is no lock; use at least {MIN_ADMIN_TOKEN} random ones, e.g. {make}"
+        )
+    if not BEARER_TOKEN.fullmatch(token):
+        return (
+            "AMORTIZED_ADMIN_TOKEN holds characters a bearer token cannot (RFC 6750, 2.1: letters and digits of "
+            f"ASCII, - . _ ~ + /, then = at the end): a client could not send it as set; make one with {make}"
+        )
     return None
 
 
@@ -230,18 +248,9 @@ def open_jobs(settings: Settings, warn: bool = True) -> JobQueue | None:
     """
     if settings.admin_token is None:
         return None
-    token = settings.admin_token.get_secret_value()  # never said: only its length and the rule
-    make = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
-    if len(token) < MIN_ADMIN_TOKEN:
-        raise RuntimeError(
-            f"AMORTIZED_ADMIN_TOKEN has {len(token)} character{'s' * (len(token) != 1)}: a bearer token guessable "
-            f"by trying is no lock; use at least {MIN_ADMIN_TOKEN} random ones, e.g. {make}"
-        )
-    if not BEARER_TOKEN.fullmatch(token):
-        raise RuntimeError(
-            "AMORTIZED_ADMIN_TOKEN holds characters a bearer token cannot (RFC 6750, 2.1: letters and digits of "
-            f"ASCII, - . _ ~ + /, then = at the end): a client could not send it as set; make one with {make}"
-        )
+    refusal = admin_token_refusal(settings.admin_token.get_secret_value())
+    if refusal:
+        raise RuntimeError(refusal)
     if warn and settings.embedded_worker is False and is_embedded(settings.queue_url):
         logging.getLogger("service.jobs").warning(
             "AMORTIZED_EMBEDDED_WORKER=0 with the SQLite queue %s: jobs wait until a worker on this machine consumes "
@@ -261,7 +270,7 @@ def open_jobs(settings: Settings, warn: bool = True) -> JobQueue | None:
     except UNAVAILABLE as error:
         if warn:
             logging.getLogger("service.jobs").warning(
-                "the job queue %s cannot be reached now (%s): the job routes answer 503 until it can",
+                "the job queue %s cannot be reached or used now (%s): the job routes answer 503 until it can",
                 public_url(settings.queue_url),
                 error,
             )
@@ -296,6 +305,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.batcher = MicroBatcher(answer_batch, settings.offload_samples, app.state.metrics.batch_queries.observe)
     errors.install(app)
+    keep_server_send(app)
     # the last added runs first: HEAD as GET, then the raw size limit and the body's timeout, then decoding (itself
     # size-limited), then the decoded JSON body's UTF-8 check
     app.add_middleware(Utf8Json)

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -637,7 +638,7 @@ def test_a_redis_queue_out_of_reach_answers_503_naming_it_without_credentials(tm
     queue = "redis://someone:secret-word@127.0.0.1:1/0"
     with caplog.at_level(logging.WARNING, "service.jobs"):
         app = create_app(Settings(artifacts_dir=served_root(tmp_path), admin_token=TOKEN, queue=queue))
-    assert "redis://127.0.0.1:1/0 cannot be reached now" in caplog.text and "secret-word" not in caplog.text
+    assert "redis://127.0.0.1:1/0 cannot be reached or used now" in caplog.text and "secret-word" not in caplog.text
     with TestClient(app) as client:
         assert client.get("/health/ready").status_code == 200  # the posterior serves without the queue
         for method, path, body in [
@@ -650,6 +651,50 @@ def test_a_redis_queue_out_of_reach_answers_503_naming_it_without_credentials(tm
             (item,) = response.json()["detail"]
             assert item["loc"] == ["queue"] and item["type"] == "queue_unavailable"
             assert "redis://127.0.0.1:1/0 cannot be reached" in item["msg"] and "secret-word" not in response.text
+
+
+def test_a_queue_that_answers_but_is_not_usable_answers_503_not_500(tmp_path, caplog):
+    """A listener that is not Redis made the start a traceback and every job route a 500; so did a SQLite queue
+    whose file was overwritten (not a database)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    stop = threading.Event()
+
+    def answer_http() -> None:  # whatever Redis is asked, an HTTP error page comes back
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.recv(4096)
+                connection.sendall(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+
+    thread = threading.Thread(target=answer_http, daemon=True)
+    thread.start()
+    try:
+        queue = f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+        with caplog.at_level(logging.WARNING, "service.jobs"):
+            app = create_app(Settings(artifacts_dir=served_root(tmp_path / "redis"), admin_token=TOKEN, queue=queue))
+        assert "cannot be reached or used now" in caplog.text
+        with TestClient(app) as client:
+            response = client.get("/v1/jobs", headers=AUTH)
+            assert response.status_code == 503 and response.json()["detail"][0]["type"] == "queue_unavailable"
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+    root = served_root(tmp_path / "sqlite")
+    app = create_app(Settings(artifacts_dir=root, admin_token=TOKEN, embedded_worker=False))
+    with TestClient(app) as client:
+        assert client.get("/v1/jobs", headers=AUTH).status_code == 200
+        (root / ".jobs" / "queue.sqlite3").write_bytes(b"not a database " * 1000)
+        for method, path, body in [("GET", "/v1/jobs", None), ("POST", "/v1/models", SMALL)]:
+            response = client.request(method, path, json=body, headers=AUTH)
+            assert response.status_code == 503, response.text
+            assert response.json()["detail"][0]["loc"] == ["queue"] and response.headers["Retry-After"] == "5"
 
 
 @pytest.mark.parametrize("token, enabled", [("", None), ("   ", None), ("\t\n", None), (f"  {TOKEN} ", TOKEN)])

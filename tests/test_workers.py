@@ -141,6 +141,16 @@ def test_settings_out_of_range_stop_the_server_at_start_in_one_line_with_any_wor
     assert "AMORTIZED_SEND_TIMEOUT_SECONDS='-1': Input should be greater than or equal to 1" in last
 
 
+def test_one_refusal_names_the_token_beside_the_settings_out_of_range():
+    """The token's problem came only once the other settings were mended: a start names every problem."""
+    status, stderr = refused_start({"AMORTIZED_HEAVY_CONCURRENCY": "0", "AMORTIZED_ADMIN_TOKEN": "short"})
+    last = stderr.strip().splitlines()[-1]
+    assert (
+        status == 3 and "AMORTIZED_HEAVY_CONCURRENCY='0'" in last and "AMORTIZED_ADMIN_TOKEN has 5 characters" in last
+    )
+    assert "short" not in last
+
+
 @pytest.mark.parametrize("token", ["~" * 9, "\u00e9" * 16])
 def test_an_unusable_admin_token_stops_a_server_of_two_workers_at_start_and_is_never_said(token):
     status, stderr = refused_start({"AMORTIZED_ADMIN_TOKEN": token, "WEB_CONCURRENCY": "2"})
@@ -157,13 +167,21 @@ def test_a_secret_setting_of_the_wrong_type_is_named_and_its_value_never_said():
     assert "AMORTIZED_GZIP_LEVEL='0': Input should be greater than or equal to 1" in said
 
 
-def test_an_env_file_is_checked_like_the_environment_with_two_workers(tmp_path):
+@pytest.mark.parametrize(
+    "line, words",
+    [
+        ("AMORTIZED_HEAVY_CONCURRENCY=0", "AMORTIZED_HEAVY_CONCURRENCY='0'"),
+        ("PROMETHEUS_MULTIPROC_DIR=FILE", "cannot be the metrics folder"),  # the file was read after the folder
+    ],
+)
+def test_an_env_file_is_checked_like_the_environment_with_two_workers(tmp_path, line, words):
     """uvicorn's --env-file got past the check: with two workers uvicorn restarted them for ever."""
     env_file = tmp_path / "bad.env"
-    env_file.write_text("AMORTIZED_HEAVY_CONCURRENCY=0\n")
+    (tmp_path / "file").write_text("")
+    env_file.write_text(line.replace("FILE", str(tmp_path / "file")) + "\n")
     status, stderr = refused_start({}, "--workers", "2", "--env-file", str(env_file))
     assert status == 3 and "Traceback" not in stderr, stderr[-2000:]
-    assert "AMORTIZED_HEAVY_CONCURRENCY='0'" in stderr.strip().splitlines()[-1]
+    assert words in stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize(
@@ -171,6 +189,7 @@ def test_an_env_file_is_checked_like_the_environment_with_two_workers(tmp_path):
     [
         ({"WEB_CONCURRENCY": "two"}, "WEB_CONCURRENCY='two': the number of worker processes is a whole number"),
         ({"PROMETHEUS_MULTIPROC_DIR": "FILE"}, "cannot be the metrics folder"),
+        ({"PROMETHEUS_MULTIPROC_DIR": "/proc/self"}, "PROMETHEUS_MULTIPROC_DIR='/proc/self' cannot be the metrics"),
         ({"AMORTIZED_ADMIN_TOKEN": "a" * 32, "AMORTIZED_QUEUE": "sqlite:///DIR"}, "cannot be opened"),
         ({"AMORTIZED_RELOAD_INTERVAL": "1e-300"}, "AMORTIZED_RELOAD_INTERVAL='1e-300': Input should be greater than"),
         ({"AMORTIZED_SEND_TIMEOUT_SECONDS": "1e-9"}, "AMORTIZED_SEND_TIMEOUT_SECONDS='1e-9': Input should be greater"),

@@ -179,16 +179,13 @@ def is_embedded(url: str) -> bool:
     return url.startswith("sqlite:")
 
 
-# what a queue's storage raises when it cannot be reached or used (Redis down or unreachable, a SQLite file locked
-# or gone): the service answers the job routes 503 naming the queue (service/errors.py), not 500
-UNAVAILABLE: tuple[type[Exception], ...] = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    sqlite3.OperationalError,
-)
+# what a queue's storage raises when it cannot be reached or used (Redis down, unreachable, refusing or not Redis at
+# all; a SQLite file locked, gone or corrupt): the service answers the job routes 503 naming the queue
+# (service/errors.py), not 500
+UNAVAILABLE: tuple[type[Exception], ...] = (redis.exceptions.RedisError, sqlite3.DatabaseError)
 
 
-REDIS_CONNECT_SECONDS, REDIS_SOCKET_SECONDS = 5.0, 10.0  # a Redis queue's longest waits to connect and to answer
+REDIS_CONNECT_SECONDS, REDIS_SOCKET_SECONDS = 5.0, 5.0  # a Redis queue's longest waits to connect and to answer
 
 
 def public_url(url: str) -> str:
