@@ -8,6 +8,7 @@ import torch
 from amortized import artifacts
 from amortized.artifacts import ArtifactError, discover_artifacts, load_artifact, save_artifact
 from amortized.models import build_model
+from amortized.networks import build_network
 from amortized.training import compile_network, recipe
 
 
@@ -139,3 +140,32 @@ def test_files_a_killed_writer_left_are_staged_outside_the_model_folders_and_rem
     assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
     loaded, refused = discover_artifacts(tmp_path)
     assert list(loaded) == [("gmm_open", "qp")] and not refused
+
+
+@pytest.mark.parametrize(
+    "architecture, words",
+    [
+        ({"hidden": [12000, 12000]}, "continuous.0.bias is 12000 in the architecture, 64 in pq-"),
+        ({"hidden": [64]}, "continuous.2.bias is 2 in the architecture, 64 in pq-"),  # the output layer comes early
+        ({"hidden": [64, 64, 64]}, "continuous.4.bias is 64 in the architecture, 2 in pq-"),
+    ],
+)
+def test_an_architecture_that_disagrees_with_the_weights_is_refused_before_the_network_is_made(
+    tmp_path, monkeypatch, architecture, words
+):
+    """A manifest whose hidden said 12000 units was built in full (1.1 GB, seconds of CPU) before its weights were
+    found not to fit. The shapes are compared first, on torch's meta device: no network is made on the CPU."""
+    path, _ = compile_small(tmp_path, "gmm_discrete", "pq")
+    manifest = json.loads(path.read_text())
+    manifest["architecture"].update(architecture)
+    path.write_text(json.dumps(manifest))
+    made_on = []
+
+    def recording(*args, **kwargs):
+        made_on.append(torch.empty(0).device.type)
+        return build_network(*args, **kwargs)
+
+    monkeypatch.setattr(artifacts, "build_network", recording)
+    with pytest.raises(ArtifactError, match="does not match the weights") as refused:
+        load_artifact(path)
+    assert words in str(refused.value) and made_on == ["meta"]
