@@ -102,6 +102,11 @@ class TrainingSettings(BaseModel):
             if unknown:
                 keyed = " or ".join(OBJECTIVES)
                 raise ValueError(f"steps per objective are keyed by {keyed} (got {quoted(unknown[0])})")
+            if not steps:  # {} was taken, and every objective compiled with the recipe's steps
+                raise ValueError(
+                    'steps per objective name at least one ({"pq": 3000}); {} names none: leave steps out for the '
+                    "recipe's"
+                )
         for value in steps.values() if isinstance(steps, dict) else [] if steps is None else [steps]:
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_STEPS:
                 raise ValueError(

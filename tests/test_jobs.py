@@ -296,6 +296,11 @@ def test_cancelling_a_queued_job_revokes_it(api):
     job = client.post("/v1/models", json=SMALL, headers=AUTH).json()
     cancelled = client.delete(f"/v1/jobs/{job['id']}", headers=AUTH)
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    # its record says so, as a running job's does (error was null)
+    said = "cancelled on request before it started; nothing was written"
+    assert (
+        cancelled.json()["error"] == said and client.get(f"/v1/jobs/{job['id']}", headers=AUTH).json()["error"] == said
+    )
     assert queue.huey.is_revoked(job["id"])  # the consumer will skip its message
     again = client.delete(f"/v1/jobs/{job['id']}", headers=AUTH)
     assert again.status_code == 409 and f"job {job['id']} has already been cancelled" in again.text, again.text

@@ -188,6 +188,8 @@ def test_a_spec_takes_the_familys_defaults_for_what_it_leaves_out():
         ({"name": "g", "family": "gmm", "training": {"steps": 1e30}}, "training.steps", "whole numbers from 1"),
         ({"name": "g", "family": "gmm", "training": {"steps": [5]}}, "training.steps", "whole numbers from 1"),
         ({"name": "g", "family": "gmm", "training": {"steps": {"zz": 5}}}, "training.steps", "keyed by pq or qp"),
+        # an empty mapping was taken as "the recipe's steps" for every objective
+        ({"name": "g", "family": "gmm", "training": {"steps": {}}}, "training.steps", "{} names none"),
         ({"name": "g", "family": "gmm", "training": {"steps": {"qp": "5"}}}, "training.steps", "(got '5')"),
         ({"name": "g", "family": "gmm", "family_options": {"input_gain": "2"}}, "family_options.input_gain", "number"),
         # scales so small that 1 / s^2 divides by zero (a 500 and a failed job before): refused where they stand

@@ -185,6 +185,12 @@ def is_embedded(url: str) -> bool:
 UNAVAILABLE: tuple[type[Exception], ...] = (redis.exceptions.RedisError, sqlite3.DatabaseError)
 
 
+# a queued job cancelled before a worker took it: its record says so, as a running one's does (error was null)
+CANCELLED_QUEUED: dict[str, Any] = {
+    "status": "cancelled",
+    "phase": "done",
+    "error": "cancelled on request before it started; nothing was written",
+}
 REDIS_CONNECT_SECONDS, REDIS_SOCKET_SECONDS = 5.0, 5.0  # a Redis queue's longest waits to connect and to answer
 
 
@@ -378,7 +384,7 @@ class JobQueue:
         self.huey.revoke_by_id(job_id)
         record = self._read_raw(job_id) or record
         if record.status == "queued":
-            record = record.model_copy(update={"status": "cancelled", "phase": "done", "finished_at": now_iso()})
+            record = record.model_copy(update=CANCELLED_QUEUED | {"finished_at": now_iso()})
             self.write(record)
         return record
 
@@ -397,7 +403,7 @@ class JobQueue:
             return
         if record.status != "queued" or self.cancel_requested(job_id):
             if record.status == "queued":
-                self.write(record.model_copy(update={"status": "cancelled", "phase": "done", "finished_at": now_iso()}))
+                self.write(record.model_copy(update=CANCELLED_QUEUED | {"finished_at": now_iso()}))
             return
         assert self.artifacts_dir is not None, "a worker needs the artifacts folder"
         tracker = Tracker(self, record.model_copy(update={"status": "running", "phase": "starting"}))
