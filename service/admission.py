@@ -123,7 +123,9 @@ def keep_server_send(app: Any) -> None:
     """Have ``app`` (Starlette's) keep the server's own ``send`` in each HTTP scope, for :func:`abort_connection`.
 
     Starlette wraps ``send`` (its ServerErrorMiddleware) before any middleware the app adds sees it, so this wraps
-    the whole stack it builds (``build_middleware_stack``, which Starlette calls on the first request).
+    the whole stack it builds (``build_middleware_stack``, which Starlette calls on the first request). The key is
+    removed when the request ends: the send's request-response cycle holds the scope, and a cycle per request left
+    to the garbage collector stalled the server 30 ms at a time (p99 of 20 to 40 ms against 4).
     """
     build = app.build_middleware_stack
 
@@ -131,9 +133,13 @@ def keep_server_send(app: Any) -> None:
         stack = build()
 
         async def keeping_send(scope: Any, receive: Any, send: Any) -> None:
-            if scope["type"] == "http":
-                scope[SERVER_SEND] = send
-            await stack(scope, receive, send)
+            if scope["type"] != "http":
+                return await stack(scope, receive, send)
+            scope[SERVER_SEND] = send
+            try:
+                await stack(scope, receive, send)
+            finally:  # uvicorn's cycle holds the scope: kept, the send would make every request a reference cycle
+                del scope[SERVER_SEND]
 
         return keeping_send
 
