@@ -273,8 +273,12 @@ class SpecError(ValueError):
     cannot tell apart. A problem given with a tuple keeps it; one given with a dotted name is at that one name.
     """
 
-    def __init__(self, source: str, problems: Sequence[tuple[str | tuple[str | int, ...], str]]) -> None:
+    def __init__(
+        self, source: str, problems: Sequence[tuple[str | tuple[str | int, ...], str]], kinds: Sequence[str] = ()
+    ) -> None:
         self.source = source
+        # each problem's kind, as pydantic names it (an API's error type): "value_error" where none is given
+        self.kinds = [*kinds, *["value_error"] * (len(problems) - len(kinds))]
         self.locations = [where if isinstance(where, tuple) else (where,) if where else () for where, _ in problems]
         dotted = [".".join(shown(str(part)) for part in loc) for loc in self.locations]  # printable, bounded
         self.problems = [(where, why) for where, (_, why) in zip(dotted, problems, strict=True)]
@@ -304,7 +308,7 @@ def _known_fields(loc: tuple, family: Any) -> list[str]:
 def problems_of(error: ValidationError, data: Any = None) -> list[tuple[tuple[str | int, ...], str]]:
     """(location, message) for each error, without pydantic's "Value error, " prefix.
 
-    Unknown fields say what is known.
+    Unknown fields say what is known. Their kinds, in the same order: :func:`kinds_of`.
     """
     family = data.get("family") if isinstance(data, dict) else None
     out = []
@@ -321,6 +325,15 @@ def problems_of(error: ValidationError, data: Any = None) -> list[tuple[tuple[st
     return out
 
 
+def kinds_of(error: ValidationError) -> list[str]:
+    """Each error's kind, as the service's answers name them (the order of :func:`problems_of`).
+
+    Pydantic's type, or ``out_of_range`` where an integer field got a number beyond any
+    (:func:`amortized.inputs.beyond_any_integer`); job specs were all ``value_error``.
+    """
+    return ["out_of_range" if beyond_any_integer(item) else item["type"] for item in error.errors()]
+
+
 def parse_spec(data: Any, source: str = "spec") -> VariantSpec:
     """Validate plain data (parsed JSON or YAML) as a variant spec; SpecError names every bad field."""
     if not isinstance(data, dict):
@@ -328,7 +341,7 @@ def parse_spec(data: Any, source: str = "spec") -> VariantSpec:
     try:
         return VariantSpec.model_validate(data)
     except ValidationError as error:
-        raise SpecError(source, problems_of(error, data)) from None
+        raise SpecError(source, problems_of(error, data), kinds_of(error)) from None
 
 
 def read_spec(path: Path | str) -> VariantSpec:

@@ -169,6 +169,8 @@ def test_a_bad_spec_is_a_422_naming_the_field_and_nothing_is_queued(api, spec, l
     assert response.status_code == 422, response.text
     assert any(item["loc"] == loc and reason in item["msg"] for item in response.json()["detail"]), response.text
     assert client.get("/v1/jobs", headers=AUTH).json() == [] and queue.huey.pending_count() == 0
+    if reason.startswith("out of range"):  # typed as the posterior types it (every spec error was value_error)
+        assert any(item["type"] == "out_of_range" for item in response.json()["detail"]), response.text
 
 
 HUGE_TEXT = "k" * 60_000
@@ -815,3 +817,14 @@ def test_a_spec_with_a_key_given_twice_is_a_422_naming_it_and_nothing_is_queued(
     kind = "invalid_unicode" if b"\\udc00" in content else "duplicate_key"
     assert [(e["loc"], e["type"]) for e in response.json()["detail"]] == [(["body", *loc], kind)]
     assert client.get("/v1/jobs", headers=AUTH).json() == [] and queue.huey.pending_count() == 0
+
+
+def test_spec_errors_are_typed_as_the_posteriors_are(api):
+    """Every job-spec error was typed value_error; each now has pydantic's type, as the posterior's errors do."""
+    client, _ = api
+    body = {"name": "a_b", "family": "gmm", "params": {"stds": [1, 1e-9]}, "nope": 1}
+    detail = client.post("/v1/models", json=body, headers=AUTH).json()["detail"]
+    types = {tuple(item["loc"]): item["type"] for item in detail}
+    assert types == {("body", "params", "stds", 1): "greater_than_equal", ("body", "nope"): "extra_forbidden"}, detail
+    posterior = client.post("/v1/models/gaussian/posterior", json={"y": 0.0, "num_samples": -1}).json()["detail"]
+    assert posterior[0]["type"] == "greater_than_equal"  # the same name for the same rule

@@ -246,8 +246,10 @@ def submit(
     try:
         variant = parse_spec(spec)
     except SpecError as error:
-        whys = [why for _, why in error.problems]
-        items = [{"loc": ["body", *loc], "msg": why, "type": "value_error"} for loc, why in zip(error.locations, whys)]
+        items = [
+            {"loc": ["body", *loc], "msg": why, "type": kind}
+            for loc, (_, why), kind in zip(error.locations, error.problems, error.kinds)
+        ]
         return json_response(error_body(at_most(items, MAX_ERRORS)), 422)
     problems = check_limits(variant, settings)
     if problems:
