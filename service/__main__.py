@@ -128,6 +128,12 @@ def startup_refusal(params: dict[str, Any]) -> str | None:
     return checked.stdout or None
 
 
+def usage_error(error: click.ClickException) -> int:
+    """An option uvicorn cannot read: its usage message on stderr and its status (2), as its own command line gives."""
+    error.show()
+    return error.exit_code
+
+
 def exit_on(signum: int, frame: object) -> None:
     """Signal handler: leave through ``finally`` blocks, with the shell's status for a signal (128 + its number)."""
     raise SystemExit(128 + signum)
@@ -141,9 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     answered_by_uvicorn = any(option in ANSWERED_BY_UVICORN for option in options)
     try:  # first: an --env-file may set PROMETHEUS_MULTIPROC_DIR
         params = {} if answered_by_uvicorn else uvicorn_options(options)
-    except click.ClickException as error:  # an option uvicorn cannot read: its usage message, as its CLI gives
-        error.show()
-        return error.exit_code
+    except click.ClickException as error:
+        return usage_error(error)
     try:
         folder, ours = fresh_metrics_folder()
     except OSError as error:
@@ -168,9 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         except Refused as refused:
             print(f"service: not started: {refused}", file=sys.stderr)
             return STARTUP_FAILURE
-        except click.ClickException as error:  # an option uvicorn cannot read: its usage message, as its CLI gives
-            error.show()
-            return error.exit_code
+        except click.ClickException as error:
+            return usage_error(error)
         except SystemExit as stop:
             return stop.code if isinstance(stop.code, int) else 1
         finally:

@@ -213,10 +213,10 @@ def startup_refusal() -> str | None:
     failed at start printed a traceback, and with several workers uvicorn restarted them for ever.
     """
     try:
-        settings = Settings()
+        settings = get_settings()  # cached: with one worker, create_app then reads the same object
     except ValidationError as error:  # and the token's own problem, so that one start names every problem
-        token = (os.environ.get("AMORTIZED_ADMIN_TOKEN") or "").strip()
-        return "; ".join(filter(None, [settings_refusal(error), admin_token_refusal(token) if token else None]))
+        token = Settings._empty_is_unset(os.environ.get("AMORTIZED_ADMIN_TOKEN"))  # the setting's own blank rule
+        return "; ".join(filter(None, [settings_refusal(error), admin_token_refusal(str(token)) if token else None]))
     try:
         open_jobs(settings, warn=False)
     except RuntimeError as error:

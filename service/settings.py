@@ -3,7 +3,7 @@
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -174,7 +174,12 @@ class Settings(BaseSettings):
         return self.queue or embedded_queue_url(self.artifacts_dir)
 
 
-SECRET_SETTINGS = frozenset({"admin_token"})  # their values are never said
+# the settings whose values are never said: those typed SecretStr (derived, so a new secret is kept quiet too)
+SECRET_SETTINGS = frozenset(
+    name
+    for name, field in Settings.model_fields.items()
+    if SecretStr in (field.annotation, *get_args(field.annotation))
+)
 
 
 def settings_refusal(error: ValidationError) -> str:
