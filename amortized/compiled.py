@@ -3,7 +3,8 @@
 Every kernel is compiled with ``error_model="numpy"`` (a float division by
 zero gives inf or NaN, as in NumPy, instead of raising) and ``nogil=True``
 (a batch's blocks run on threads), without fastmath: infinities and NaN
-propagate as in NumPy and sums run in order.
+propagate as in NumPy, and sums run in the order the code states (the
+compiler may not reorder them).
 
 Compiling every kernel costs a process several seconds of CPU at start (the
 service warms them up before it answers). numba can keep the machine code on
@@ -28,6 +29,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import logging
+import math
 import os
 import shutil
 import sys
@@ -139,3 +141,18 @@ def compiled(function: Callable) -> Any:
         return njit(cache=True, **OPTIONS)(function)
     finally:
         config.CACHE_DIR = saved
+
+
+# Scalar helpers that compiled kernels share (kernels inline them)
+
+
+@compiled
+def nan_max(value: float, current: float) -> float:
+    """The larger of two floats, NaN if either is NaN (NumPy's ``max`` and ``maximum``)."""
+    return value if value > current or math.isnan(value) else current
+
+
+@compiled
+def finite_or_zero(value: float) -> float:
+    """``value``, or 0 where it is not finite: a shift for exp (as :func:`amortized.arrays.finite_or_zero`)."""
+    return value if math.isfinite(value) else 0.0

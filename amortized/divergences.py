@@ -95,6 +95,9 @@ def kl_divergences(
     model = getattr(model, "base", model)  # a mixture network's view of the model: the model's own tables
     if q.num_branches > model.table(exact.means).membership.shape[1]:
         return _mixture_kl_divergences(model, exact, q, grid, density_expectation)
+    if model.family_contains_posterior and not dense:  # the request path: the closed forms in one compiled pass
+        arrays = (exact.log_probs, exact.means, exact.stds, q.log_probs, q.means, q.stds)
+        return closed_form_kls(*(np.ascontiguousarray(a, dtype=np.float64) for a in arrays))
     if model.family_contains_posterior:
         kl_pq = (
             exact.probs * (exact.log_probs - q.log_probs + normal_kl(exact.means, exact.stds, q.means, q.stds))
@@ -123,6 +126,39 @@ def kl_divergences(
     kl_pq = (exact.probs * (expected_log_p(exact.means, exact.stds, branch_of, COMPONENT_GRID) - cross)).sum(-1)
     entropy = np.log(q.stds) + 0.5 * math.log(2 * math.pi * math.e)
     kl_qp = (q.probs * (q.log_probs - entropy - expected_log_p(q.means, q.stds, branches, grid))).sum(-1)
+    return kl_pq, kl_qp
+
+
+@compiled
+def closed_form_kls(
+    p_log_probs: np.ndarray,
+    p_means: np.ndarray,
+    p_stds: np.ndarray,
+    q_log_probs: np.ndarray,
+    q_means: np.ndarray,
+    q_stds: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """KL(p || q) and KL(q || p) per row when each branch of p and q is one normal, branch by branch ``(rows, b)``.
+
+    sum_b p_b (log p_b - log q_b + KL(N_p,b || N_q,b)) and its mirror: the NumPy expressions of
+    :func:`kl_divergences` (:func:`normal_kl`) in the same order, up to the rounding of ``exp`` and ``log``.
+    """
+    rows, branches = p_means.shape
+    kl_pq, kl_qp = np.empty(rows), np.empty(rows)
+    for r in range(rows):
+        forward, backward = 0.0, 0.0
+        for b in range(branches):
+            ratio = p_stds[r, b] / q_stds[r, b]
+            offset = (p_means[r, b] - q_means[r, b]) / q_stds[r, b]
+            between = 0.5 * (ratio * ratio + offset * offset - 1.0) - math.log(ratio)
+            term = math.exp(p_log_probs[r, b]) * (p_log_probs[r, b] - q_log_probs[r, b] + between)
+            forward = forward + term if b else term
+            ratio = q_stds[r, b] / p_stds[r, b]
+            offset = (q_means[r, b] - p_means[r, b]) / p_stds[r, b]
+            between = 0.5 * (ratio * ratio + offset * offset - 1.0) - math.log(ratio)
+            term = math.exp(q_log_probs[r, b]) * (q_log_probs[r, b] - p_log_probs[r, b] + between)
+            backward = backward + term if b else term
+        kl_pq[r], kl_qp[r] = forward, backward
     return kl_pq, kl_qp
 
 
@@ -187,7 +223,8 @@ def expected_log_density(
 
     p(b, x) is a mixture over components (per row: ``log_weights``, ``means``, ``stds``, ``(rows, components)``)
     summed within branch b (``membership`` (components, branches)); normal g sits in branch ``centre_branch[g]``.
-    A component more than 37 nats below the largest would not change the sum's last bit: its exp is skipped.
+    A component more than 37 nats below the largest would not change the sum's last bit: its exp is skipped, and
+    the largest's own is 1.
     """
     rows, normals = centres.shape
     components, points = means.shape[1], grid.shape[0]
@@ -207,16 +244,17 @@ def expected_log_density(
             total = 0.0
             for t in range(points):
                 x = centres[r, g] + widths[r, g] * grid[t]
-                largest = -np.inf
+                largest, top = -np.inf, 0
                 for i in range(count):
                     c = members[i]
                     z = (x - means[r, c]) * inverse_stds[c]
                     terms[i] = offsets[c] - 0.5 * z * z
-                    largest = max(largest, terms[i])
-                summed = 0.0
+                    if terms[i] > largest:
+                        largest, top = terms[i], i
+                summed = 1.0  # the largest term's exp(0)
                 for i in range(count):
                     below = terms[i] - largest  # not terms[i] > largest - 37: at |largest| > 1e17 that is largest
-                    if below > -37.0:
+                    if i != top and below > -37.0:
                         summed += math.exp(below)
                 total += grid_weights[t] * (largest + (math.log(summed) if summed != 1.0 else 0.0))
             out[r, g] = total

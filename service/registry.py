@@ -52,11 +52,19 @@ class ServedModel:
         # latent value of each branch for the JSON samples: an int array, or Python objects with None where
         # the latent does not exist in a branch (z when k = 1)
         self.branch_values: dict[str, np.ndarray] = {}
+        # where a latent may be absent, each branch's JSON text ("0", "null"): the rows (uint8, padded) and lengths
+        self.branch_texts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         # the same for the Arrow answer: (value, 0 where absent) as int64, and whether absent, per branch
         self.branch_value_tables: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name in self.model.latent_names:
             values = [branch.get(name) for branch in self.model.branches]
             self.branch_values[name] = np.array(values, dtype=object if None in values else np.int64)
+            if None in values:
+                texts = [b"null" if v is None else str(v).encode() for v in values]
+                self.branch_texts[name] = (
+                    np.array([list(t.ljust(max(map(len, texts)), b" ")) for t in texts], dtype=np.uint8),
+                    np.array([len(t) for t in texts], dtype=np.int64),
+                )
             self.branch_value_tables[name] = (
                 np.array([0 if v is None else v for v in values], dtype=np.int64),
                 np.array([v is None for v in values], dtype=bool),

@@ -90,6 +90,46 @@ def test_networks_run_together_give_the_bytes_each_gives_alone(registry, name):
     assert not np.array_equal(together["pq"].means, together["qp"].means)
 
 
+def test_a_layer_computes_each_row_alone_as_a_matrix_product_would():
+    """The request path's linear layers (affine_rows): every row's bits are the same alone or among others, whatever
+    the batch's size, within rounding of NumPy's matrix product, and one item of inputs serves every network."""
+    from amortized.networks.branched_mlp import affine_rows
+
+    rng = np.random.default_rng(8)
+    inputs, weight, bias = rng.normal(size=(2, 37, 64)), rng.normal(size=(2, 64, 48)), rng.normal(size=(2, 48))
+    together = affine_rows(inputs, weight, bias)
+    np.testing.assert_allclose(together, inputs @ weight + bias[:, None], rtol=1e-12, atol=1e-12)
+    for rows in (slice(0, 1), slice(5, 6), slice(3, 20), slice(36, 37)):
+        assert affine_rows(np.ascontiguousarray(inputs[:, rows]), weight, bias).tobytes() == together[:, rows].tobytes()
+    shared = affine_rows(inputs[:1], weight, bias)
+    assert shared[0].tobytes() == together[0].tobytes()
+    np.testing.assert_allclose(shared[1], inputs[0] @ weight[1] + bias[1], rtol=1e-12, atol=1e-12)
+
+
+def test_a_latent_absent_from_some_branches_is_written_as_orjson_writes_the_list():
+    """gmm_open's z (null where k = 1): the samples' compiled JSON text is the bytes orjson gives the Python list of
+    ints and None, for one draw, a few and a thousand, and rows all of one branch."""
+    served = Registry(ARTIFACTS).models["gmm_open"]
+    texts = served.branch_texts["z"]
+    values = [branch.get("z") for branch in served.model.branches]
+    rng = np.random.default_rng(4)
+    for n in (1, 2, 7, 1000):
+        branch = rng.integers(0, len(values), size=(3, n))
+        branch[1] = 0  # every draw in the branch without z
+        branch[2] = len(values) - 1
+        text, ends = answers.json_lists(branch, *texts)
+        for row, end, draws in zip(text, ends, branch):
+            assert row[:end].tobytes() == orjson.dumps([values[b] for b in draws])
+        x = rng.normal(size=(3, n))
+        laid_out = answers.samples_columns(served, branch, x)
+        for row, draws, xs in zip(laid_out, branch, x):
+            assert orjson.loads(orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY)) == {
+                "x": xs.tolist(),
+                "k": [served.model.branches[b]["k"] for b in draws],
+                "z": [values[b] for b in draws],
+            }
+
+
 def fake_query(served, seed: int, samples: int = 10) -> PosteriorQuery:
     return PosteriorQuery(served, [0.0], "pq", samples, seed, False, False)
 

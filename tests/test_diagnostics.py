@@ -457,3 +457,45 @@ def test_the_compiled_kl_quadrature_is_numpys_at_terms_beyond_1e17(params):
         assert np.isfinite(compiled).all(), compiled
         np.testing.assert_allclose(compiled, dense, rtol=1e-12, atol=1e-9)
     assert all(np.isfinite(kl).all() for kl in kl_divergences(model, exact, q, REQUEST_KL_GRID))
+
+
+def test_four_lane_sums_add_every_term_once_in_their_stated_order():
+    """The compiled reductions' sum (kernels.four_lane_sum): every length's tail included, the stated order to the bit,
+    close to an exact sum, and NaN and infinities carried as a plain sum carries them."""
+    rng = np.random.default_rng(12)
+    for n in (0, 1, 3, 4, 5, 8, 11, 1000, 1003):
+        terms = rng.normal(size=n) * 10.0 ** rng.integers(-5, 5, size=n)
+        lanes = [0.0] * 4
+        whole = n - n % 4
+        for j in range(0, whole, 4):
+            for k in range(4):
+                lanes[k] += terms[j + k]
+        expected = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
+        for value in terms[whole:]:
+            expected += value
+        assert kernels.four_lane_sum(terms) == expected
+        assert kernels.four_lane_sum(terms) == pytest.approx(math.fsum(terms), rel=1e-12, abs=1e-9)
+    assert math.isnan(kernels.four_lane_sum(np.array([1.0, np.nan, 2.0, 3.0, 4.0])))
+    assert kernels.four_lane_sum(np.array([1.0, np.inf, 2.0, 3.0, 4.0, 5.0])) == np.inf
+    assert math.isnan(kernels.four_lane_sum(np.array([np.inf, -np.inf, 1.0, 1.0, 1.0])))
+
+
+@pytest.mark.parametrize("branches", [1, 2, 9])
+def test_the_weighted_moments_are_numpys_sums_for_any_number_of_branches(branches):
+    """Mean, std and branch probabilities of self-normalised weights against NumPy, draws crowded in one branch
+    (a running sum into memory was the slow case) and spread over many; a NaN weight stays in its branch."""
+    rng = np.random.default_rng(branches)
+    weights = rng.random((5, 1001))
+    weights /= weights.sum(-1, keepdims=True)
+    x = rng.normal(3.0, 2.0, size=weights.shape)
+    branch = rng.integers(0, branches, size=weights.shape)
+    branch[0] = 0
+    mean, std, probabilities = kernels.weighted_moments(weights, x, branch, branches)
+    expected_mean = (weights * x).sum(-1)
+    np.testing.assert_allclose(mean, expected_mean, rtol=1e-13)
+    np.testing.assert_allclose(std, np.sqrt((weights * (x - expected_mean[:, None]) ** 2).sum(-1)), rtol=1e-12)
+    expected = np.stack([(weights * (branch == b)).sum(-1) for b in range(branches)], -1)
+    np.testing.assert_allclose(probabilities, expected, rtol=1e-13, atol=1e-16)
+    weights[1, 7] = np.nan
+    _, _, with_nan = kernels.weighted_moments(weights, x, branch, branches)
+    assert np.isnan(with_nan[1, branch[1, 7]]) and np.isfinite(np.delete(with_nan[1], branch[1, 7])).all()

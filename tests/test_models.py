@@ -175,3 +175,25 @@ def test_the_exact_posterior_keeps_the_prior_weights_where_the_fits_are_huge(wei
         spread = 1e6 * math.sqrt(weights[0] * weights[1])  # two points 1e6 apart with these weights
         np.testing.assert_allclose(np.asarray(posterior.std_x())[0], spread, rtol=1e-9)
         assert np.isfinite(np.asarray(log_evidence)).all()
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS if build_model(n).num_branches > 1])
+def test_the_compiled_tree_log_probs_are_torchs(name):
+    """The request path's q(b | y) from the discrete head's logits (one compiled pass for NumPy logits) against
+    torch's float64 log-softmax per sibling group summed along each path: random logits, huge ones, and rows whose
+    groups are dominated by one logit (log q(b) near -1e3); stacked leading axes keep their shape."""
+    from amortized.networks.branched_mlp import CategoricalTree, categorical_tree, tree_log_probs
+
+    model = build_model(name)
+    tree = categorical_tree(model.branches, model.latent_names)
+    as_numpy = CategoricalTree(tree.group_slots.numpy(), tree.node_group.numpy(), tree.membership.double().numpy())
+    as_torch = CategoricalTree(tree.group_slots, tree.node_group, tree.membership.double())
+    rng = np.random.default_rng(5)
+    logits = rng.normal(0.0, 5.0, size=(2, 9, len(tree.membership)))
+    logits[0, 0] *= 1e300 / np.abs(logits[0, 0]).max()
+    logits[1, 1, 0] = 1e3
+    ours = tree_log_probs(logits, as_numpy)
+    theirs = tree_log_probs(torch.from_numpy(logits), as_torch).numpy()
+    assert ours.shape == theirs.shape == (2, 9, model.num_branches)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(np.exp(ours[1:]).sum(-1), 1.0, rtol=1e-12)  # a distribution over the branches

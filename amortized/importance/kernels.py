@@ -9,8 +9,9 @@ loops: its SIMD ``exp`` is about seven times faster than a compiled scalar one.
 
 Each loop works row by row in a fixed order, so a row's result does not
 depend on the other rows of a batch (micro-batching relies on it). No
-fastmath: infinities and NaN propagate as in NumPy, and sums run in order
-(:mod:`amortized.compiled`: the options, and the disk cache where the
+fastmath: infinities and NaN propagate as in NumPy, and every sum runs in an
+order the code states (the long ones in four lanes, :func:`four_lane_sum`;
+:mod:`amortized.compiled`: the options, and the disk cache where the
 environment enables it). Kernels compile on first call (about a second; the
 service warms them up at start).
 """
@@ -21,7 +22,7 @@ import math
 
 import numpy as np
 
-from amortized.compiled import compiled
+from amortized.compiled import compiled, finite_or_zero, nan_max
 
 
 @compiled
@@ -90,18 +91,6 @@ def evaluate_draws(
 
 
 @compiled
-def nan_max(value: float, current: float) -> float:
-    """The larger of two floats, NaN if either is NaN (NumPy's ``max`` and ``maximum``)."""
-    return value if value > current or math.isnan(value) else current
-
-
-@compiled
-def finite_or_zero(value: float) -> float:
-    """``value``, or 0 where it is not finite: a shift for exp (as :func:`amortized.arrays.finite_or_zero`)."""
-    return value if math.isfinite(value) else 0.0
-
-
-@compiled
 def shift_row(terms: np.ndarray, top: np.ndarray, r: int) -> None:
     """In place, the first step of a log-sum-exp over the leading axis of ``terms`` ``(components, rows, n)``, row r.
 
@@ -143,13 +132,26 @@ def shifted_rows(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     rows, n = log_weights.shape
     shifted, shift = np.empty((rows, n)), np.empty(rows)
     for r in range(rows):
-        largest = log_weights[r, 0]
-        for j in range(1, n):
-            largest = nan_max(log_weights[r, j], largest)
-        shift[r] = finite_or_zero(largest)
+        shift[r] = finite_or_zero(row_max(log_weights[r]))
         for j in range(n):
             shifted[r, j] = log_weights[r, j] - shift[r]
     return shifted, shift
+
+
+@compiled
+def row_max(values: np.ndarray) -> float:
+    """The largest of ``values`` (1-D, not empty), NaN if any is NaN: NumPy's ``max``.
+
+    The comparisons and the test for NaN run as two passes without a branch
+    per value, which the compiler vectorises: in one pass that carried NaN
+    along (:func:`nan_max`) each value waited for the last comparison.
+    """
+    largest, unordered = values[0], False
+    for j in range(1, values.shape[0]):
+        largest = values[j] if values[j] > largest else largest
+    for j in range(values.shape[0]):
+        unordered |= values[j] != values[j]
+    return math.nan if unordered else largest
 
 
 @compiled
@@ -160,35 +162,67 @@ def weight_sums(weights: np.ndarray, log_weights: np.ndarray) -> tuple[np.ndarra
     """
     rows, n = weights.shape
     total, squares, mean_log = np.empty(rows), np.empty(rows), np.empty(rows)
+    terms = np.empty(n)
     for r in range(rows):
-        s, s2, s_log = 0.0, 0.0, 0.0
         for j in range(n):
-            w = weights[r, j]
-            s += w
-            s2 += w * w
-            s_log += log_weights[r, j]
-        total[r], squares[r], mean_log[r] = s, s2, s_log / n
+            terms[j] = weights[r, j] * weights[r, j]
+        s = four_lane_sum(weights[r])
+        total[r], squares[r], mean_log[r] = s, four_lane_sum(terms), four_lane_sum(log_weights[r]) / n
         for j in range(n):
             weights[r, j] /= s
     return total, squares, mean_log
+
+
+LANES = 4  # running sums per reduction: each adds every LANES-th term, and they join in a fixed order (four_lane_sum)
+
+
+@compiled
+def four_lane_sum(terms: np.ndarray) -> float:
+    """The sum of ``terms`` (1-D) in four running sums of every fourth term, joined as (s0 + s1) + (s2 + s3).
+
+    One order for every row whatever else is in a batch, and a quarter of the
+    wait: a single running sum makes each addition wait for the last (about
+    three cycles a term), which was most of the time of the weighted moments.
+    """
+    n = terms.shape[0]
+    whole = n - n % LANES
+    s0, s1, s2, s3 = 0.0, 0.0, 0.0, 0.0
+    for j in range(0, whole, LANES):
+        s0 += terms[j]
+        s1 += terms[j + 1]
+        s2 += terms[j + 2]
+        s3 += terms[j + 3]
+    total = (s0 + s1) + (s2 + s3)
+    for j in range(whole, n):
+        total += terms[j]
+    return total
 
 
 @compiled
 def weighted_moments(
     normalised: np.ndarray, x: np.ndarray, branch: np.ndarray, num_branches: int
 ) -> tuple[np.ndarray, ...]:
-    """Per row, self-normalised estimates: the mean and std of x, and the probability of each branch."""
+    """Per row, self-normalised estimates: the mean and std of x, and the probability of each branch.
+
+    Each is a sum of per-draw terms written to a scratch row, then summed by
+    :func:`four_lane_sum`: a branch's probability sums the weights of its
+    draws and 0 for the others (the same sum as adding each weight to its
+    branch, in another order).
+    """
     rows, n = x.shape
     mean, std, probabilities = np.empty(rows), np.empty(rows), np.zeros((rows, num_branches))
+    terms = np.empty(n)
     for r in range(rows):
-        m = 0.0
         for j in range(n):
-            m += normalised[r, j] * x[r, j]
-            probabilities[r, branch[r, j]] += normalised[r, j]
-        variance = 0.0
+            terms[j] = normalised[r, j] * x[r, j]
+        m = four_lane_sum(terms)
+        for b in range(num_branches):
+            for j in range(n):
+                terms[j] = normalised[r, j] if branch[r, j] == b else 0.0
+            probabilities[r, b] = four_lane_sum(terms)
         for j in range(n):
-            variance += normalised[r, j] * (x[r, j] - m) ** 2
-        mean[r], std[r] = m, math.sqrt(variance)
+            terms[j] = normalised[r, j] * (x[r, j] - m) ** 2
+        mean[r], std[r] = m, math.sqrt(four_lane_sum(terms))
     return mean, std, probabilities
 
 
@@ -204,17 +238,12 @@ def mixture_exponents(log_weights: np.ndarray, log_ratio: np.ndarray) -> tuple[n
     rows, n = log_weights.shape
     exponents, shift = np.empty((2, rows, n)), np.empty(rows // 2)
     for p in range(rows // 2):
-        largest = -np.inf
-        first = True
         for r in range(2 * p, 2 * p + 2):
             for j in range(n):
                 d = log_ratio[r, j]
-                u = log_weights[r, j] - (d if d >= 0.0 or math.isnan(d) else 0.0)
-                exponents[0, r, j] = u
+                exponents[0, r, j] = log_weights[r, j] - (d if d >= 0.0 or math.isnan(d) else 0.0)
                 exponents[1, r, j] = -abs(d)
-                largest = u if first else nan_max(u, largest)
-                first = False
-        shift[p] = finite_or_zero(largest)
+        shift[p] = finite_or_zero(nan_max(row_max(exponents[0, 2 * p]), row_max(exponents[0, 2 * p + 1])))
         for r in range(2 * p, 2 * p + 2):
             for j in range(n):
                 exponents[0, r, j] -= shift[p]
@@ -244,22 +273,24 @@ def mixture_sums(
     rows, n = bound_weights.shape
     pairs = rows // 2
     total, squares, past, past_squares = np.empty(pairs), np.empty(pairs), np.empty(pairs), np.empty(pairs)
+    half, squared = np.empty((2, n)), np.empty((2, n))  # a pair's half weights and their squares, then their sums
     for p in range(pairs):
-        s, s2 = 0.0, 0.0
-        for r in range(2 * p, 2 * p + 2):
+        for i in range(2):
             for j in range(n):
-                w = bound_weights[r, j] / (1.0 + tails[r, j])
-                s += w
-                s2 += w * w
+                half[i, j] = bound_weights[2 * p + i, j] / (1.0 + tails[2 * p + i, j])
+        for i in range(2):
+            for j in range(n):
+                squared[i, j] = half[i, j] * half[i, j]
+        s, s2 = four_lane_sum(half.ravel()), four_lane_sum(squared.ravel())
         threshold = math.log(s) + threshold_offset[p] if s > 0.0 else np.inf
         a, a2 = 0.0, 0.0
-        for r in range(2 * p, 2 * p + 2):
+        for i in range(2):
             for j in range(n):
-                log_q_weight = log_weights[r, j] if r == 2 * p else log_weights[r, j] - log_ratio[r, j]
+                r = 2 * p + i
+                log_q_weight = log_weights[r, j] if i == 0 else log_weights[r, j] - log_ratio[r, j]
                 if log_q_weight > threshold:
-                    w = bound_weights[r, j] / (1.0 + tails[r, j])
-                    a += w
-                    a2 += w * w
+                    a += half[i, j]
+                    a2 += half[i, j] * half[i, j]
         total[p], squares[p], past[p], past_squares[p] = s, s2, a, a2
     return total, squares, past, past_squares
 
