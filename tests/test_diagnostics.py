@@ -382,7 +382,7 @@ def test_the_weight_summary_kernels_keep_numpys_rules_for_non_finite_rows():
     assert np.isnan(summarise_weights(np.zeros((2, 1))).log_evidence_se).all()
 
 
-@pytest.mark.parametrize("branches", [1, 3])
+@pytest.mark.parametrize("branches", [1, 3, 12])  # 12: past FEW_BRANCHES, each draw looks its branch up
 def test_the_draws_kernel_places_draws_and_shifts_each_components_terms_as_numpy_does(branches):
     """evaluate_draws against the same steps written out in NumPy: branch, x, the quadratics, the shift per draw."""
     rng = np.random.default_rng(21)

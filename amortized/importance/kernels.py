@@ -75,19 +75,63 @@ def evaluate_draws(
                 for e in range(num_edges):
                     k += uniform[r, j] >= edges[r, e]
                 branch[r, j] = k
-            for j in range(n):
-                x[r, j] = means[r, branch[r, j]] + stds[r, branch[r, j]] * noise[r, j]
-            for c in range(components):
+            if num_edges < FEW_BRANCHES:  # a pass per branch, its coefficients loaded once (the same arithmetic)
+                for k in range(num_edges + 1):
+                    place_branch(r, k, branch, noise, means, stds, joint, ratio, x, terms, log_ratio)
+            else:  # each draw looks its branch's coefficients up
                 for j in range(n):
-                    k, eps = branch[r, j], noise[r, j]
-                    terms[c, r, j] = joint[c, r, k, 0] + eps * (joint[c, r, k, 1] + joint[c, r, k, 2] * eps)
-            for o in range(others):
-                for j in range(n):
-                    k, eps = branch[r, j], noise[r, j]
-                    log_ratio[o, r, j] = ratio[o, r, k, 0] + eps * (ratio[o, r, k, 1] + ratio[o, r, k, 2] * eps)
+                    x[r, j] = means[r, branch[r, j]] + stds[r, branch[r, j]] * noise[r, j]
+                for c in range(components):
+                    for j in range(n):
+                        k, eps = branch[r, j], noise[r, j]
+                        terms[c, r, j] = joint[c, r, k, 0] + eps * (joint[c, r, k, 1] + joint[c, r, k, 2] * eps)
+                for o in range(others):
+                    for j in range(n):
+                        k, eps = branch[r, j], noise[r, j]
+                        log_ratio[o, r, j] = ratio[o, r, k, 0] + eps * (ratio[o, r, k, 1] + ratio[o, r, k, 2] * eps)
         if components > 1:  # the row is in cache: shift it now
             shift_row(terms, top, r)
     return branch, x, terms, log_ratio, top
+
+
+FEW_BRANCHES = 8  # up to this many, evaluate_draws places a row's draws in a pass per branch
+
+
+@compiled
+def place_branch(
+    r: int,
+    k: int,
+    branch: np.ndarray,
+    noise: np.ndarray,
+    means: np.ndarray,
+    stds: np.ndarray,
+    joint: np.ndarray,
+    ratio: np.ndarray,
+    x: np.ndarray,
+    terms: np.ndarray,
+    log_ratio: np.ndarray,
+) -> None:
+    """:func:`evaluate_draws` for the draws of row ``r`` in branch ``k``: x, the joint's terms, the log ratios.
+
+    The branch's coefficients are loaded once and every draw of the row is
+    visited, those of other branches left as they are: the compiler
+    vectorises this (a masked store), where looking the coefficients up per
+    draw could not be.
+    """
+    mean, std = means[r, k], stds[r, k]
+    for j in range(noise.shape[1]):
+        if branch[r, j] == k:
+            x[r, j] = mean + std * noise[r, j]
+    for c in range(joint.shape[0]):
+        a, b, q = joint[c, r, k, 0], joint[c, r, k, 1], joint[c, r, k, 2]
+        for j in range(noise.shape[1]):
+            if branch[r, j] == k:
+                terms[c, r, j] = a + noise[r, j] * (b + q * noise[r, j])
+    for o in range(ratio.shape[0]):
+        a, b, q = ratio[o, r, k, 0], ratio[o, r, k, 1], ratio[o, r, k, 2]
+        for j in range(noise.shape[1]):
+            if branch[r, j] == k:
+                log_ratio[o, r, j] = a + noise[r, j] * (b + q * noise[r, j])
 
 
 @compiled

@@ -52,8 +52,8 @@ def pareto_k_hat(log_weights: np.ndarray) -> np.ndarray:
     grid, quartile = zhang_stephens_grid(n)
     top = np.sort(np.partition(log_weights, size - n - 1, -1)[..., size - n - 1 :], -1)  # ascending; [0]: cutoff
     b, tail, terms = pareto_profile(top.reshape(-1, n + 1), grid, quartile)
-    # log(1 - b x), not log1p: NumPy's log is SIMD, log1p is not (3x); its sum over the tail is SIMD too
-    return pareto_shape(np.log(terms, out=terms).sum(-1), b, tail).reshape(log_weights.shape[:-1])
+    # log(1 - b x), not log1p: NumPy's log is SIMD, log1p is not (3x); summed over the tail in pareto_shape
+    return pareto_shape(np.log(terms, out=terms), b, tail).reshape(log_weights.shape[:-1])
 
 
 PRIOR_BS, PRIOR_K = 3.0, 10.0  # arviz-stats' weak prior: on the profile grid's scale, and k's pull towards 0.5
@@ -85,8 +85,8 @@ def pareto_profile(top: np.ndarray, grid: np.ndarray, quartile: int) -> tuple[np
 
 
 @compiled
-def pareto_shape(log_sums: np.ndarray, b: np.ndarray, tail: np.ndarray) -> np.ndarray:
-    """k-hat per row from the profile of :func:`pareto_profile`: ``log_sums`` ``(rows, m)`` = sum_j log(1 - b_i x_j).
+def pareto_shape(log_terms: np.ndarray, b: np.ndarray, tail: np.ndarray) -> np.ndarray:
+    """k-hat per row from the profile of :func:`pareto_profile`: ``log_terms`` ``(rows, m, n)`` = log(1 - b_i x_j).
 
     Each grid point's shape k_i = mean_j log(1 - b_i x_j) and profile
     log-likelihood n (log(-b_i / k_i) - k_i - 1); their softmax weighs the
@@ -94,13 +94,13 @@ def pareto_shape(log_sums: np.ndarray, b: np.ndarray, tail: np.ndarray) -> np.nd
     dropped), whose shape mean_j log1p(-b x_j) is pulled towards 0.5 by the
     prior: (n k + 10 * 0.5) / (n + 10).
     """
-    (rows, m), n = log_sums.shape, tail.shape[1]
+    rows, m, n = log_terms.shape
     out, profile = np.empty(rows), np.empty(m)
     floor = 10 * np.finfo(np.float64).eps
     for r in range(rows):
         largest = -np.inf
         for i in range(m):
-            k = log_sums[r, i] / n
+            k = kernels.four_lane_sum(log_terms[r, i]) / n
             profile[i] = n * (math.log(-b[r, i] / k) - k - 1)
             largest = profile[i] if i == 0 else kernels.nan_max(profile[i], largest)
         shift = kernels.finite_or_zero(largest)
