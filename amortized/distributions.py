@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from amortized.arrays import Array, flat_index, gather, lib, logsumexp, to_numpy
+from amortized.compiled import compiled
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 Generator = torch.Generator | np.random.Generator
@@ -166,3 +167,32 @@ class BranchedNormal:
         mean = self.mean_x()
         offsets = self.means - mean[..., None]
         return lib(mean).sqrt((self.probs * (self.stds**2 + offsets * offsets)).sum(-1))
+
+    def moments(self) -> tuple[Array, Array]:
+        """:meth:`mean_x` and :meth:`std_x` together; NumPy ``(batch, branches)`` arrays in one compiled pass.
+
+        The same sums in the same order (:func:`mixture_moments`); on the request path the NumPy expressions
+        were a dozen calls on arrays of a few numbers.
+        """
+        if isinstance(self.means, np.ndarray) and self.means.ndim == 2:
+            return mixture_moments(*(np.ascontiguousarray(getattr(self, f), dtype=np.float64) for f in FIELDS))
+        return self.mean_x(), self.std_x()
+
+
+@compiled
+def mixture_moments(log_probs: np.ndarray, means: np.ndarray, stds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row ``(rows, branches)``: the mixture's mean sum_b q_b mu_b and std (:meth:`BranchedNormal.std_x`)."""
+    rows, branches = means.shape
+    mean, std = np.empty(rows), np.empty(rows)
+    for r in range(rows):
+        m = 0.0
+        for b in range(branches):
+            term = math.exp(log_probs[r, b]) * means[r, b]
+            m = m + term if b else term
+        spread = 0.0
+        for b in range(branches):
+            offset = means[r, b] - m
+            term = math.exp(log_probs[r, b]) * (stds[r, b] * stds[r, b] + offset * offset)
+            spread = spread + term if b else term
+        mean[r], std[r] = m, math.sqrt(spread)
+    return mean, std

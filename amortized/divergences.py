@@ -109,6 +109,10 @@ def kl_divergences(
     t = model.table(exact.means)
     membership, branch_of, branches = t.membership > 0, t.component_branch, np.arange(q.num_branches)
     p = [np.ascontiguousarray(a, dtype=np.float64) for a in (exact.log_probs, exact.means, exact.stds)]
+    if not dense:  # the request path: both KLs in one compiled pass
+        grids = (COMPONENT_GRID, expectation_weights(COMPONENT_GRID), grid, expectation_weights(grid))
+        qs = (np.ascontiguousarray(a, dtype=np.float64) for a in (q.log_probs, q.means, q.stds))
+        return marginal_kls(*p, *qs, branch_of, membership, *grids)
 
     def expected_log_p(
         centres: np.ndarray, widths: np.ndarray, centre_branch: np.ndarray, points: np.ndarray
@@ -227,35 +231,145 @@ def expected_log_density(
     the largest's own is 1.
     """
     rows, normals = centres.shape
-    components, points = means.shape[1], grid.shape[0]
+    components = means.shape[1]
     out, terms = np.empty((rows, normals)), np.empty(components)
     offsets, inverse_stds = np.empty(components), np.empty(components)
     members = np.empty(components, np.int64)
     for r in range(rows):
-        for c in range(components):
-            offsets[c] = log_weights[r, c] - math.log(stds[r, c]) - LOG_SQRT_2PI
-            inverse_stds[c] = 1.0 / stds[r, c]
+        component_constants(log_weights[r], stds[r], offsets, inverse_stds)
         for g in range(normals):
-            count = 0  # the components of this normal's branch
-            for c in range(components):
-                if membership[c, centre_branch[g]]:
-                    members[count] = c
-                    count += 1
-            total = 0.0
-            for t in range(points):
-                x = centres[r, g] + widths[r, g] * grid[t]
-                largest, top = -np.inf, 0
-                for i in range(count):
-                    c = members[i]
-                    z = (x - means[r, c]) * inverse_stds[c]
-                    terms[i] = offsets[c] - 0.5 * z * z
-                    if terms[i] > largest:
-                        largest, top = terms[i], i
-                summed = 1.0  # the largest term's exp(0)
-                for i in range(count):
-                    below = terms[i] - largest  # not terms[i] > largest - 37: at |largest| > 1e17 that is largest
-                    if i != top and below > -37.0:
-                        summed += math.exp(below)
-                total += grid_weights[t] * (largest + (math.log(summed) if summed != 1.0 else 0.0))
-            out[r, g] = total
+            count = branch_members(membership, centre_branch[g], members)
+            out[r, g] = expectation_under_normal(
+                centres[r, g], widths[r, g], members[:count], offsets, inverse_stds, means[r], grid, grid_weights, terms
+            )
     return out
+
+
+@compiled
+def component_constants(log_weights: np.ndarray, stds: np.ndarray, offsets: np.ndarray, inverse: np.ndarray) -> None:
+    """Per component, log w_c - log s_c - log sqrt(2 pi) and 1 / s_c (written into ``offsets``, ``inverse``)."""
+    for c in range(log_weights.shape[0]):
+        offsets[c] = log_weights[c] - math.log(stds[c]) - LOG_SQRT_2PI
+        inverse[c] = 1.0 / stds[c]
+
+
+@compiled
+def branch_members(membership: np.ndarray, branch: int, members: np.ndarray) -> int:
+    """The components in ``branch``, written in order into ``members``; returns how many."""
+    count = 0
+    for c in range(membership.shape[0]):
+        if membership[c, branch]:
+            members[count] = c
+            count += 1
+    return count
+
+
+@compiled
+def expectation_under_normal(
+    centre: float,
+    width: float,
+    members: np.ndarray,
+    offsets: np.ndarray,
+    inverse_stds: np.ndarray,
+    means: np.ndarray,
+    grid: np.ndarray,
+    grid_weights: np.ndarray,
+    terms: np.ndarray,
+) -> float:
+    """sum_t grid_weights[t] log sum_{c in members} exp(offsets_c - z_c^2 / 2) at x = centre + width grid[t].
+
+    (:func:`expected_log_density` for one normal: z_c = (x - means_c) / s_c; ``terms``: scratch.)
+    """
+    total = 0.0
+    for t in range(grid.shape[0]):
+        x = centre + width * grid[t]
+        largest, top = -np.inf, 0
+        for i in range(members.shape[0]):
+            c = members[i]
+            z = (x - means[c]) * inverse_stds[c]
+            terms[i] = offsets[c] - 0.5 * z * z
+            if terms[i] > largest:
+                largest, top = terms[i], i
+        summed = 1.0  # the largest term's exp(0)
+        for i in range(members.shape[0]):
+            below = terms[i] - largest  # not terms[i] > largest - 37: at |largest| > 1e17 that is largest
+            if i != top and below > -37.0:
+                summed += math.exp(below)
+        total += grid_weights[t] * (largest + (math.log(summed) if summed != 1.0 else 0.0))
+    return total
+
+
+@compiled
+def marginal_kls(
+    p_log_probs: np.ndarray,
+    p_means: np.ndarray,
+    p_stds: np.ndarray,
+    q_log_probs: np.ndarray,
+    q_means: np.ndarray,
+    q_stds: np.ndarray,
+    component_branch: np.ndarray,
+    membership: np.ndarray,
+    component_grid: np.ndarray,
+    component_weights: np.ndarray,
+    grid: np.ndarray,
+    grid_weights: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`kl_divergences` where p's branches are mixtures and q's single normals, per row, in one pass.
+
+    ``p_*`` ``(rows, components)``, ``q_*`` ``(rows, branches)``. The same terms in the same order as the NumPy
+    expressions there: KL(p || q) sums, over p's components, w_c (E_c[log p(b_c, x)] - cross_c) with the cross
+    term of q's normal in the component's branch; KL(q || p) sums q_b (log q_b - H_b - E_b[log p(b, x)]); each
+    expectation by :func:`expectation_under_normal` (p's own components on ``component_grid``, q's on ``grid``).
+    """
+    rows, components = p_means.shape
+    branches = q_means.shape[1]
+    kl_pq, kl_qp = np.empty(rows), np.empty(rows)
+    terms, offsets, inverse_stds = np.empty(components), np.empty(components), np.empty(components)
+    members = np.empty(components, np.int64)
+    half_log_2_pi_e = 0.5 * math.log(2 * math.pi * math.e)
+    for r in range(rows):
+        component_constants(p_log_probs[r], p_stds[r], offsets, inverse_stds)
+        forward = 0.0
+        for c in range(components):
+            b = component_branch[c]
+            count = branch_members(membership, b, members)
+            expected = expectation_under_normal(
+                p_means[r, c],
+                p_stds[r, c],
+                members[:count],
+                offsets,
+                inverse_stds,
+                p_means[r],
+                component_grid,
+                component_weights,
+                terms,
+            )
+            mu, sigma = q_means[r, b], q_stds[r, b]
+            offset = p_means[r, c] - mu
+            cross = (
+                q_log_probs[r, b]
+                - math.log(sigma)
+                - LOG_SQRT_2PI
+                - (offset * offset + p_stds[r, c] * p_stds[r, c]) / (2 * (sigma * sigma))
+            )
+            term = math.exp(p_log_probs[r, c]) * (expected - cross)
+            forward = forward + term if c else term
+        backward = 0.0
+        for b in range(branches):
+            count = branch_members(membership, b, members)
+            expected = expectation_under_normal(
+                q_means[r, b],
+                q_stds[r, b],
+                members[:count],
+                offsets,
+                inverse_stds,
+                p_means[r],
+                grid,
+                grid_weights,
+                terms,
+            )
+            entropy = math.log(q_stds[r, b]) + half_log_2_pi_e
+            term = math.exp(q_log_probs[r, b]) * (q_log_probs[r, b] - entropy - expected)
+            backward = backward + term if b else term
+        kl_pq[r], kl_qp[r] = forward, backward
+    return kl_pq, kl_qp

@@ -57,22 +57,20 @@ def json_lists(branch: np.ndarray, texts: np.ndarray, lengths: np.ndarray) -> tu
     uint8 and where each row ends.
     """
     rows, n = branch.shape
-    out = np.empty((rows, 2 + n * (texts.shape[1] + 1)), np.uint8)
+    width = texts.shape[1]
+    out = np.empty((rows, 2 + n * (width + 1) + width), np.uint8)  # room for a whole padded text past the last
     ends = np.empty(rows, np.int64)
     for r in range(rows):
         at = 0
-        out[r, at] = 91  # [
-        at += 1
-        for j in range(n):
-            if j:
-                out[r, at] = 44  # ,
-                at += 1
+        for j in range(n):  # a comma, then the branch's whole padded text; the next write starts past its length
             b = branch[r, j]
-            for i in range(lengths[b]):
-                out[r, at + i] = texts[b, i]
-            at += lengths[b]
-        out[r, at] = 93  # ]
-        ends[r] = at + 1
+            out[r, at] = 44  # ,
+            for i in range(width):
+                out[r, at + 1 + i] = texts[b, i]
+            at += 1 + lengths[b]
+        out[r, 0] = 91  # [ in place of the first comma
+        out[r, at if n else 1] = 93  # ]
+        ends[r] = at + 1 if n else 2
     return out, ends
 
 
