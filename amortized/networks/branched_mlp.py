@@ -425,7 +425,7 @@ class BranchedMLPNetwork(InferenceNetwork):
                 u = u * gains.reshape(-1, *[1] * (u.ndim - 1))
             q = first._forward(u, discrete, continuous, tree)
             if discrete is None:  # one branch: log q(b) = 0 for every network
-                q = BranchedNormal(np.broadcast_to(q.log_probs, q.means.shape), q.means, q.stds)
+                q = BranchedNormal(np.zeros(q.means.shape), q.means, q.stds)
             if first.components > 1:
                 q = sort_components(q, first.components)
             return [q[i] for i in range(len(networks))]
@@ -467,7 +467,9 @@ class BranchedMLPNetwork(InferenceNetwork):
     def _normals(self, out: Array) -> tuple[Array, Array]:
         """Means and standard deviations on x from the continuous head's (mean, log variance) outputs ``(..., 2)``."""
         means = self.x_loc + self.x_scale * out[..., 0]
-        stds = self.x_scale * lib(out).exp(0.5 * lib(out).clip(out[..., 1], -30.0, 10.0))
+        xp = lib(out)  # NumPy's clip is a Python wrapper around the two ufuncs (several us on the request path)
+        bounded = xp.clip(out[..., 1], -30.0, 10.0) if xp is torch else np.minimum(np.maximum(out[..., 1], -30.0), 10.0)
+        stds = self.x_scale * xp.exp(0.5 * bounded)
         return means, stds
 
     def architecture(self) -> dict:
