@@ -3,9 +3,10 @@
 Every draw of an answer (the proposal's branch and noise, the cross-check's,
 resampling's) is made per observation from that observation's own PCG64
 generator, seeded by its row seed, and every step of an answer computes an
-observation's row independently of the other rows (sums per row rather than
-matrix products, networks run one observation per BLAS call: BLAS may round a
-row differently by batch size). So a row's bytes are the same alone, in any
+observation's row independently of the other rows (sums per row in an order
+the code states rather than matrix products; the networks' layers in a
+compiled loop per row, not BLAS, which may round a row differently by batch
+size). So a row's bytes are the same alone, in any
 batch request, or in any micro-batch of the service; this module is the one
 place that rule is stated (tests/test_batching.py and tests/test_trust.py hold it). Seeds stay below 2**53 so that
 JavaScript numbers and jq hold them exactly.
