@@ -4,7 +4,10 @@ The numbers come from :func:`amortized.diagnostics.analyse` and
 :func:`amortized.diagnostics.exact_summary`, vectorised over all observations
 of a request in NumPy; this module only lays them out per observation. Arrays
 stay NumPy (orjson writes them directly), and orjson writes every NaN or
-infinity as null, so a 200 response never carries NaN.
+infinity as null, so a 200 response never carries NaN. The rows are for orjson
+only: a latent that may be absent from a draw is its JSON text already, an
+``orjson.Fragment`` (:func:`samples_columns`), which the ``json`` module,
+``copy`` and ``pickle`` cannot handle.
 """
 
 from __future__ import annotations

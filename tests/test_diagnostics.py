@@ -499,3 +499,16 @@ def test_the_weighted_moments_are_numpys_sums_for_any_number_of_branches(branche
     weights[1, 7] = np.nan
     _, _, with_nan = kernels.weighted_moments(weights, x, branch, branches)
     assert np.isnan(with_nan[1, branch[1, 7]]) and np.isfinite(np.delete(with_nan[1], branch[1, 7])).all()
+
+
+def test_a_posterior_wholly_in_the_missed_region_is_a_missed_mass_of_one_exactly():
+    """Every pooled draw where q's density is far below the posterior's (q misses it all, as gaussian's qp network
+    does at |y| of 1e4): the missed mass is the whole of the weights, 1 with no error, never a few ulp above 1
+    (the missed part and the total must be the same sums in the same order). Helper-42's case."""
+    rng = np.random.default_rng(3)
+    for n in (5, 8, 37, 100, 1000):
+        log_weights, log_ratio = np.zeros((2, n)), np.zeros((2, n))
+        log_weights[0], log_ratio[0] = 20 + rng.normal(size=n) * 0.3, 30 + rng.normal(size=n)  # q's draws
+        log_weights[1], log_ratio[1] = rng.normal(size=n) * 0.3, -30 + rng.normal(size=n)  # the other's draws
+        *_, missed, missed_se = mixture_check(log_weights, log_ratio)
+        assert missed[0] == 1.0 and missed_se[0] == 0.0, (n, missed[0], missed_se[0])

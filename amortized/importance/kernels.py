@@ -327,15 +327,14 @@ def mixture_sums(
                 squared[i, j] = half[i, j] * half[i, j]
         s, s2 = four_lane_sum(half.ravel()), four_lane_sum(squared.ravel())
         threshold = math.log(s) + threshold_offset[p] if s > 0.0 else np.inf
-        a, a2 = 0.0, 0.0
-        for i in range(2):
-            for j in range(n):
+        for i in range(2):  # past the threshold: the same terms, 0 for the other draws, summed in the same order
+            for j in range(n):  # (so that where every draw is past it, the share is 1 and its error 0 exactly)
                 r = 2 * p + i
                 log_q_weight = log_weights[r, j] if i == 0 else log_weights[r, j] - log_ratio[r, j]
-                if log_q_weight > threshold:
-                    a += half[i, j]
-                    a2 += half[i, j] * half[i, j]
-        total[p], squares[p], past[p], past_squares[p] = s, s2, a, a2
+                if not log_q_weight > threshold:
+                    half[i, j], squared[i, j] = 0.0, 0.0
+        total[p], squares[p] = s, s2
+        past[p], past_squares[p] = four_lane_sum(half.ravel()), four_lane_sum(squared.ravel())
     return total, squares, past, past_squares
 
 
