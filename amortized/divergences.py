@@ -96,8 +96,7 @@ def kl_divergences(
     if q.num_branches > model.table(exact.means).membership.shape[1]:
         return _mixture_kl_divergences(model, exact, q, grid, density_expectation)
     if model.family_contains_posterior and not dense:  # the request path: the closed forms in one compiled pass
-        arrays = (exact.log_probs, exact.means, exact.stds, q.log_probs, q.means, q.stds)
-        return closed_form_kls(*(np.ascontiguousarray(a, dtype=np.float64) for a in arrays))
+        return closed_form_kls(float_arrays(exact), float_arrays(q))
     if model.family_contains_posterior:
         kl_pq = (
             exact.probs * (exact.log_probs - q.log_probs + normal_kl(exact.means, exact.stds, q.means, q.stds))
@@ -111,8 +110,7 @@ def kl_divergences(
     p = [np.ascontiguousarray(a, dtype=np.float64) for a in (exact.log_probs, exact.means, exact.stds)]
     if not dense:  # the request path: both KLs in one compiled pass
         grids = (COMPONENT_GRID, expectation_weights(COMPONENT_GRID), grid, expectation_weights(grid))
-        qs = (np.ascontiguousarray(a, dtype=np.float64) for a in (q.log_probs, q.means, q.stds))
-        return marginal_kls(*p, *qs, branch_of, membership, *grids)
+        return marginal_kls(tuple(p), float_arrays(q), branch_of, membership, *grids)
 
     def expected_log_p(
         centres: np.ndarray, widths: np.ndarray, centre_branch: np.ndarray, points: np.ndarray
@@ -133,20 +131,23 @@ def kl_divergences(
     return kl_pq, kl_qp
 
 
+def float_arrays(distribution: BranchedNormal) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(log probabilities, means, stds) as C-ordered float64 arrays: what the compiled KLs take."""
+    return tuple(
+        np.ascontiguousarray(a, dtype=np.float64)
+        for a in (distribution.log_probs, distribution.means, distribution.stds)
+    )  # type: ignore[return-value]
+
+
 @compiled
-def closed_form_kls(
-    p_log_probs: np.ndarray,
-    p_means: np.ndarray,
-    p_stds: np.ndarray,
-    q_log_probs: np.ndarray,
-    q_means: np.ndarray,
-    q_stds: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
+def closed_form_kls(p: tuple[np.ndarray, ...], q: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
     """KL(p || q) and KL(q || p) per row when each branch of p and q is one normal, branch by branch ``(rows, b)``.
 
     sum_b p_b (log p_b - log q_b + KL(N_p,b || N_q,b)) and its mirror: the NumPy expressions of
     :func:`kl_divergences` (:func:`normal_kl`) in the same order, up to the rounding of ``exp`` and ``log``.
+    ``p`` and ``q``: (log probabilities, means, stds).
     """
+    (p_log_probs, p_means, p_stds), (q_log_probs, q_means, q_stds) = p, q
     rows, branches = p_means.shape
     kl_pq, kl_qp = np.empty(rows), np.empty(rows)
     for r in range(rows):
@@ -239,8 +240,9 @@ def expected_log_density(
         component_constants(log_weights[r], stds[r], offsets, inverse_stds)
         for g in range(normals):
             count = branch_members(membership, centre_branch[g], members)
+            mixture, quadrature = (offsets, inverse_stds, means[r]), (grid, grid_weights)
             out[r, g] = expectation_under_normal(
-                centres[r, g], widths[r, g], members[:count], offsets, inverse_stds, means[r], grid, grid_weights, terms
+                centres[r, g], widths[r, g], members[:count], mixture, quadrature, terms
             )
     return out
 
@@ -266,20 +268,15 @@ def branch_members(membership: np.ndarray, branch: int, members: np.ndarray) -> 
 
 @compiled
 def expectation_under_normal(
-    centre: float,
-    width: float,
-    members: np.ndarray,
-    offsets: np.ndarray,
-    inverse_stds: np.ndarray,
-    means: np.ndarray,
-    grid: np.ndarray,
-    grid_weights: np.ndarray,
-    terms: np.ndarray,
+    centre: float, width: float, members: np.ndarray, mixture: tuple, quadrature: tuple, terms: np.ndarray
 ) -> float:
     """sum_t grid_weights[t] log sum_{c in members} exp(offsets_c - z_c^2 / 2) at x = centre + width grid[t].
 
-    (:func:`expected_log_density` for one normal: z_c = (x - means_c) / s_c; ``terms``: scratch.)
+    (:func:`expected_log_density` for one normal: ``mixture`` is (offsets, inverse_stds, means) per component,
+    z_c = (x - means_c) * inverse_stds_c; ``quadrature`` is (grid, grid_weights); ``terms``: scratch.)
     """
+    offsets, inverse_stds, means = mixture
+    grid, grid_weights = quadrature
     total = 0.0
     for t in range(grid.shape[0]):
         x = centre + width * grid[t]
@@ -301,12 +298,8 @@ def expectation_under_normal(
 
 @compiled
 def marginal_kls(
-    p_log_probs: np.ndarray,
-    p_means: np.ndarray,
-    p_stds: np.ndarray,
-    q_log_probs: np.ndarray,
-    q_means: np.ndarray,
-    q_stds: np.ndarray,
+    p: tuple[np.ndarray, ...],
+    q: tuple[np.ndarray, ...],
     component_branch: np.ndarray,
     membership: np.ndarray,
     component_grid: np.ndarray,
@@ -316,34 +309,29 @@ def marginal_kls(
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`kl_divergences` where p's branches are mixtures and q's single normals, per row, in one pass.
 
-    ``p_*`` ``(rows, components)``, ``q_*`` ``(rows, branches)``. The same terms in the same order as the NumPy
-    expressions there: KL(p || q) sums, over p's components, w_c (E_c[log p(b_c, x)] - cross_c) with the cross
-    term of q's normal in the component's branch; KL(q || p) sums q_b (log q_b - H_b - E_b[log p(b, x)]); each
-    expectation by :func:`expectation_under_normal` (p's own components on ``component_grid``, q's on ``grid``).
+    ``p`` ``(rows, components)`` and ``q`` ``(rows, branches)``: (log probabilities, means, stds). The same terms
+    in the same order as the NumPy expressions there: KL(p || q) sums, over p's components, w_c (E_c[log p(b_c, x)]
+    - cross_c) with the cross term of q's normal in the component's branch; KL(q || p) sums q_b (log q_b - H_b -
+    E_b[log p(b, x)]); each expectation by :func:`expectation_under_normal` (p's own components on
+    ``component_grid``, q's on ``grid``).
     """
+    (p_log_probs, p_means, p_stds), (q_log_probs, q_means, q_stds) = p, q
     rows, components = p_means.shape
     branches = q_means.shape[1]
     kl_pq, kl_qp = np.empty(rows), np.empty(rows)
     terms, offsets, inverse_stds = np.empty(components), np.empty(components), np.empty(components)
     members = np.empty(components, np.int64)
     half_log_2_pi_e = 0.5 * math.log(2 * math.pi * math.e)
+    wide = (grid, grid_weights)
     for r in range(rows):
         component_constants(p_log_probs[r], p_stds[r], offsets, inverse_stds)
+        mixture = (offsets, inverse_stds, p_means[r])
         forward = 0.0
         for c in range(components):
             b = component_branch[c]
             count = branch_members(membership, b, members)
-            expected = expectation_under_normal(
-                p_means[r, c],
-                p_stds[r, c],
-                members[:count],
-                offsets,
-                inverse_stds,
-                p_means[r],
-                component_grid,
-                component_weights,
-                terms,
-            )
+            own = (component_grid, component_weights)
+            expected = expectation_under_normal(p_means[r, c], p_stds[r, c], members[:count], mixture, own, terms)
             mu, sigma = q_means[r, b], q_stds[r, b]
             offset = p_means[r, c] - mu
             cross = (
@@ -357,17 +345,7 @@ def marginal_kls(
         backward = 0.0
         for b in range(branches):
             count = branch_members(membership, b, members)
-            expected = expectation_under_normal(
-                q_means[r, b],
-                q_stds[r, b],
-                members[:count],
-                offsets,
-                inverse_stds,
-                p_means[r],
-                grid,
-                grid_weights,
-                terms,
-            )
+            expected = expectation_under_normal(q_means[r, b], q_stds[r, b], members[:count], mixture, wide, terms)
             entropy = math.log(q_stds[r, b]) + half_log_2_pi_e
             term = math.exp(q_log_probs[r, b]) * (q_log_probs[r, b] - entropy - expected)
             backward = backward + term if b else term
