@@ -89,6 +89,10 @@ class BranchedNormal:
         """Tensors converted to ``dtype`` (torch only)."""
         return BranchedNormal(self.log_probs.to(dtype), self.means.to(dtype), self.stds.to(dtype))
 
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(log_probs, means, stds) as C-ordered float64 NumPy arrays: what the compiled passes take."""
+        return tuple(np.ascontiguousarray(getattr(self, f), dtype=np.float64) for f in FIELDS)  # type: ignore[return-value]
+
     def numpy(self) -> BranchedNormal:
         """The same distribution as float64 NumPy arrays, for the request path."""
         return BranchedNormal(to_numpy(self.log_probs), to_numpy(self.means), to_numpy(self.stds))
@@ -175,7 +179,7 @@ class BranchedNormal:
         were a dozen calls on arrays of a few numbers.
         """
         if isinstance(self.means, np.ndarray) and self.means.ndim == 2:
-            return mixture_moments(*(np.ascontiguousarray(getattr(self, f), dtype=np.float64) for f in FIELDS))
+            return mixture_moments(*self.arrays())
         return self.mean_x(), self.std_x()
 
 

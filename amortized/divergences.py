@@ -96,7 +96,7 @@ def kl_divergences(
     if q.num_branches > model.table(exact.means).membership.shape[1]:
         return _mixture_kl_divergences(model, exact, q, grid, density_expectation)
     if model.family_contains_posterior and not dense:  # the request path: the closed forms in one compiled pass
-        return closed_form_kls(float_arrays(exact), float_arrays(q))
+        return closed_form_kls(exact.arrays(), q.arrays())
     if model.family_contains_posterior:
         kl_pq = (
             exact.probs * (exact.log_probs - q.log_probs + normal_kl(exact.means, exact.stds, q.means, q.stds))
@@ -107,10 +107,10 @@ def kl_divergences(
         return kl_pq, kl_qp
     t = model.table(exact.means)
     membership, branch_of, branches = t.membership > 0, t.component_branch, np.arange(q.num_branches)
-    p = [np.ascontiguousarray(a, dtype=np.float64) for a in (exact.log_probs, exact.means, exact.stds)]
+    p = exact.arrays()
     if not dense:  # the request path: both KLs in one compiled pass
         grids = (COMPONENT_GRID, expectation_weights(COMPONENT_GRID), grid, expectation_weights(grid))
-        return marginal_kls(tuple(p), float_arrays(q), branch_of, membership, *grids)
+        return marginal_kls(p, q.arrays(), branch_of, membership, *grids)
 
     def expected_log_p(
         centres: np.ndarray, widths: np.ndarray, centre_branch: np.ndarray, points: np.ndarray
@@ -129,14 +129,6 @@ def kl_divergences(
     entropy = np.log(q.stds) + 0.5 * math.log(2 * math.pi * math.e)
     kl_qp = (q.probs * (q.log_probs - entropy - expected_log_p(q.means, q.stds, branches, grid))).sum(-1)
     return kl_pq, kl_qp
-
-
-def float_arrays(distribution: BranchedNormal) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(log probabilities, means, stds) as C-ordered float64 arrays: what the compiled KLs take."""
-    return tuple(
-        np.ascontiguousarray(a, dtype=np.float64)
-        for a in (distribution.log_probs, distribution.means, distribution.stds)
-    )  # type: ignore[return-value]
 
 
 @compiled
@@ -186,8 +178,7 @@ def _mixture_kl_divergences(
     k = q.num_branches // branches
     q_branch = np.arange(q.num_branches) // k
     q_membership = q_branch[:, None] == np.arange(branches)[None, :]
-    p = [np.ascontiguousarray(a, dtype=np.float64) for a in (exact.log_probs, exact.means, exact.stds)]
-    qs = [np.ascontiguousarray(a, dtype=np.float64) for a in (q.log_probs, q.means, q.stds)]
+    p, qs = exact.arrays(), q.arrays()
 
     def expected(centres, widths, centre_branch, density, member, points):
         centres, widths = (np.ascontiguousarray(a, dtype=np.float64) for a in (centres, widths))

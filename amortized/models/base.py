@@ -325,7 +325,7 @@ class ConjugateMixtureModel(ABC):
         """
         t = self.table(y)
         if isinstance(y, np.ndarray) and y.ndim == 1 and y.dtype == np.float64:
-            constants = (t.log_weights, t.means, t.stds, t.predictive_stds, t.posterior_variances)
+            constants = (t.log_weights, t.means, t.stds, t.predictive_stds, t.posterior_variances, t.posterior_stds)
             log_probs, means, stds, log_evidence = conjugate_posterior(np.ascontiguousarray(y), *constants, self.sigma)
             return BranchedNormal(log_probs, means, stds), log_evidence
         y = like(y, t.means)[..., None]
@@ -366,6 +366,7 @@ def conjugate_posterior(
     stds: np.ndarray,
     predictive_stds: np.ndarray,
     posterior_variances: np.ndarray,
+    posterior_stds: np.ndarray,
     sigma: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:meth:`ConjugateMixtureModel.exact_posterior_and_evidence` for a vector of y ``(rows,)``, per row.
@@ -399,6 +400,6 @@ def conjugate_posterior(
         for c in range(components):
             log_probs[r, c] = fit[c] - log_normaliser
             posterior_means[r, c] = posterior_variances[c] * (means[c] / (stds[c] * stds[c]) + y[r] / noise_variance)
-            posterior[r, c] = math.sqrt(posterior_variances[c])
+            posterior[r, c] = posterior_stds[c]  # the table's, computed once per model
         log_evidence[r] = log_normaliser + top
     return log_probs, posterior_means, posterior, log_evidence
