@@ -525,6 +525,24 @@ def test_query_numbers_are_decimals_in_ascii_digits(client, text):
         assert exact.status_code == 200 and exact.json()["results"][0]["y"] == value
 
 
+def test_every_model_route_refuses_a_query_parameter_it_does_not_take(client):
+    """Every documented route of a model answers 422 naming a stray query parameter: the posterior and exact routers
+    check the query string with the model (KnownQueryModelDep, one FastAPI dependency fewer on the posterior path),
+    the others with a router dependency, and a route added to either router without its check fails here."""
+    routes = [
+        (path.replace("{model}", "gmm"), method)
+        for path, operations in client.get("/openapi.json").json()["paths"].items()
+        if path.startswith("/v1/models")
+        for method, operation in operations.items()
+        if "jobs" not in operation["tags"]  # compile jobs: the bearer token first (tests/test_jobs.py)
+    ]
+    assert len(routes) == 5, routes
+    for path, method in routes:
+        response = client.request(method, f"{path}?zzz=1", json={"y": 0.0} if method == "post" else None)
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["detail"][0]["loc"] == ["query", "zzz"], path
+
+
 def test_query_parameters_a_route_takes_still_work_and_list_ones_repeat(client):
     exact = client.get("/v1/models/gmm/exact?y=0&y=1.5")
     assert exact.status_code == 200 and [r["y"] for r in exact.json()["results"]] == [0.0, 1.5]

@@ -11,16 +11,15 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
-from service.dependencies import QUERY_ERRORS, ServedModelDep, known_query
+from service.dependencies import QUERY_ERRORS, KnownQueryModelDep
 from service.responses import json_response
 from service.schemas import ErrorResponse, QueryY
 
-router = APIRouter(
-    prefix="/v1/models", tags=["exact posterior"], dependencies=[Depends(known_query)], responses=QUERY_ERRORS
-)
+# its one route names a model: the query string is checked with it (KnownQueryModelDep)
+router = APIRouter(prefix="/v1/models", tags=["exact posterior"], responses=QUERY_ERRORS)
 
 MAX_OBSERVATIONS = 1001  # the explorer's sweep over y asks for 201
 
@@ -64,7 +63,7 @@ Observations = Annotated[
     responses={404: {"model": ErrorResponse}},
     summary="The exact posterior at y as its conjugate components (the density of x), with log p(y)",
 )
-def exact(served: ServedModelDep, y: Observations) -> Response:
+def exact(served: KnownQueryModelDep, y: Observations) -> Response:
     model = served.model
     posterior, log_evidence = model.exact_posterior_and_evidence(np.asarray(y, dtype=np.float64))
     probs = posterior.probs
