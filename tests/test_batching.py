@@ -130,6 +130,25 @@ def test_a_latent_absent_from_some_branches_is_written_as_orjson_writes_the_list
             }
 
 
+def test_json_lists_writes_texts_of_any_length_as_orjson_does():
+    """The compiled list writer packs a comma and a branch's text into 64-bit words: texts that fill a word exactly,
+    spill into a second or third, mixed with short ones and null, and rows of no draw, against orjson's bytes."""
+    values = [None, 1234567, 12345678, 123456789012345678, -5, 0]  # "1234567" and a comma: exactly one word
+    texts = [b"null" if v is None else str(v).encode() for v in values]
+    width = max(map(len, texts))
+    table = np.array([list(t.ljust(width, b" ")) for t in texts], dtype=np.uint8)
+    lengths = np.array([len(t) for t in texts], dtype=np.int64)
+    rng = np.random.default_rng(11)
+    for n in (0, 1, 2, 3, 9, 500):
+        branch = rng.integers(0, len(values), size=(4, n))
+        if n:
+            branch[1] = 2  # every draw a whole word
+            branch[2] = 3  # every draw over two words
+        text, ends = answers.json_lists(branch, table, lengths)
+        for row, end, draws in zip(text, ends, branch):
+            assert row[:end].tobytes() == orjson.dumps([values[b] for b in draws])
+
+
 def fake_query(served, seed: int, samples: int = 10) -> PosteriorQuery:
     return PosteriorQuery(served, [0.0], "pq", samples, seed, False, False)
 
