@@ -14,6 +14,7 @@ JavaScript numbers and jq hold them exactly.
 
 from __future__ import annotations
 
+import math
 import secrets
 
 import numpy as np
@@ -135,7 +136,7 @@ class CompiledStreams:
         if shape[0] % len(self.states):
             raise ValueError(f"{shape[0]} rows do not split over {len(self.states)} observations")
         out = np.empty(shape)
-        pcg64.fill(self.states, out.reshape(shape[0], int(np.prod(shape[1:]))), normal)
+        pcg64.fill(self.states, out.reshape(shape[0], math.prod(shape[1:])), normal)
         return out
 
     def random(self, shape: tuple[int, ...]) -> np.ndarray:

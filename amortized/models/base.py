@@ -185,9 +185,12 @@ class ConjugateMixtureModel(ABC):
     def num_branches(self) -> int:
         return len(self.branches)
 
-    @property
+    @cached_property
     def family_contains_posterior(self) -> bool:
-        """True when each branch holds one component: the exact posterior is then a BranchedNormal over branches."""
+        """True when each branch holds one component: the exact posterior is then a BranchedNormal over branches.
+
+        Read a few times per answer: computed once (``len`` of a tensor costs about a microsecond).
+        """
         return len(self.component_branch) == self.num_branches
 
     @cached_property

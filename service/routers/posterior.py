@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 import mimeparse
 import torch
-from fastapi import APIRouter, Body, Depends, Query, Request, Response
+from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import Field
 
@@ -26,12 +26,12 @@ from amortized.mixture import base_model
 from service import arrow
 from service.admission import HeavyAdmission
 from service.answers import PosteriorQuery, answer
-from service.dependencies import BODY_ERRORS, QUERY_ERRORS, ServedModelDep, check_version, known_query
+from service.dependencies import BODY_ERRORS, QUERY_ERRORS, KnownQueryModelDep, check_version
 from service.errors import ApiError
 from service.metrics import OBJECTIVE_KEY, Metrics
 from service.middleware import field_value, weighed_items
 from service.registry import Registry, ServedModel
-from service.responses import json_response
+from service.responses import JSON, json_bytes
 from service.routing import JsonRoute
 from service.schemas import (
     DRAWN_PARTS,
@@ -45,7 +45,8 @@ from service.schemas import (
 )
 from service.settings import Settings
 
-router = APIRouter(prefix="/v1/models", tags=["posterior"], dependencies=[Depends(known_query)], route_class=JsonRoute)
+# every route names a model: the query string is checked with it (KnownQueryModelDep), not by a router dependency
+router = APIRouter(prefix="/v1/models", tags=["posterior"], route_class=JsonRoute)
 VARY_ACCEPT = {"Vary": "Accept"}  # the answer's format depends on the Accept header (caches key on it)
 
 EXAMPLES: dict[str, dict[str, Any]] = {
@@ -211,7 +212,7 @@ def check_cost(query: PosteriorQuery, settings: Settings) -> None:
 )
 async def posterior(
     request: Annotated[PosteriorRequest, Body(openapi_examples=EXAMPLES)],
-    served: ServedModelDep,
+    served: KnownQueryModelDep,
     http: Request,
 ) -> Response:
     """A scalar y answers one object; a list answers {"results": [...]} in the same order.
@@ -265,19 +266,19 @@ async def posterior(
         metrics.answered(served.name, len(y))
         if media == "arrow":
             metadata = {"model": served.name, "seed": str(seed), "batch": str(isinstance(request.y, list)).lower()}
-            response = Response(arrow.stream(results, metadata), media_type=arrow.MEDIA_TYPE, headers=VARY_ACCEPT)
+            body, media_type = arrow.stream(results, metadata), arrow.MEDIA_TYPE
         elif isinstance(request.y, list):
-            response = json_response({"model": served.name, "seed": seed, "results": results}, headers=VARY_ACCEPT)
+            body, media_type = json_bytes({"model": served.name, "seed": seed, "results": results}), JSON
         else:
-            response = json_response(results[0], headers=VARY_ACCEPT)
+            body, media_type = json_bytes(results[0]), JSON
+        # where the server's time went (W3C Server-Timing, ms): the answer (a micro-batch's wait included), the bytes
+        answer_ms, serialise_ms = 1e3 * (answered - started), 1e3 * (time.perf_counter() - answered)
+        timing = f"answer;dur={answer_ms:.2f}, serialise;dur={serialise_ms:.2f}"
+        response = Response(body, media_type=media_type, headers={**VARY_ACCEPT, "Server-Timing": timing})
     except BaseException:
         if token is not None:
             admission.leave(token)
         raise
-    # where the server's time went (W3C Server-Timing, ms): the answer (a micro-batch's wait included), the bytes
-    response.headers["Server-Timing"] = (
-        f"answer;dur={1e3 * (answered - started):.2f}, serialise;dur={1e3 * (time.perf_counter() - answered):.2f}"
-    )
     if token is not None:  # the place is held until the answer's bytes have gone to the client
         del results
         return admission.held(token, response)
@@ -299,7 +300,7 @@ def posterior_png(
         QueryY,
         Query(description="the observation", examples=[0.0]),
     ],
-    served: ServedModelDep,
+    served: KnownQueryModelDep,
     objective: Annotated[
         Literal["pq", "qp", "both"],
         Query(description="which compiled network(s) to draw: pq, qp, or both (every compiled one)"),
